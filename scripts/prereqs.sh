@@ -1,0 +1,21 @@
+#!/usr/bin/env bash
+# Installs what the testbed needs on a Debian machine (run as root). Safe to repeat: installs only what is missing.
+# Packages: OpenSSH's sshd (one per test node), Debian's Docker engine (one dockerd per node), etcd (server and
+# etcdctl), a static busybox (tiny images without a registry), protoc (gRPC code generation for etcd-client/KMS).
+set -euo pipefail
+need=()
+command -v sshd >/dev/null 2>&1 || [ -x /usr/sbin/sshd ] || need+=(openssh-server)
+command -v dockerd >/dev/null 2>&1 || need+=(docker.io)
+command -v etcd >/dev/null 2>&1 || need+=(etcd-server)
+command -v etcdctl >/dev/null 2>&1 || need+=(etcd-client)
+[ -x /bin/busybox ] && file /bin/busybox 2>/dev/null | grep -q static || command -v busybox >/dev/null 2>&1 || need+=(busybox-static)
+command -v protoc >/dev/null 2>&1 || need+=(protobuf-compiler)
+if [ ${#need[@]} -gt 0 ]; then
+  echo "prereqs: installing ${need[*]}"
+  export DEBIAN_FRONTEND=noninteractive
+  apt-get update -q >/dev/null
+  apt-get install -y -q --no-install-recommends "${need[@]}" >/dev/null
+fi
+mkdir -p /run/sshd
+command -v kubectl >/dev/null 2>&1 || echo "prereqs: note: kubectl not found; kubectl round-trip tests will be skipped" >&2
+echo "prereqs: ok"

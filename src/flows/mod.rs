@@ -1,0 +1,1 @@
+//! Flows: one function per CLI verb, tying config, plan, exec and state together.

@@ -1,0 +1,71 @@
+//! atrest's bookkeeping, stored under the `"atrest"` key of cluster.rkestate (RKE ignores unknown keys).
+
+use crate::plan::stage::{Phase, Stage};
+use serde::{Deserialize, Serialize};
+use std::collections::BTreeMap;
+
+/// The top-level key in cluster.rkestate that holds [`AtrestState`].
+pub const STATE_KEY: &str = "atrest";
+
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", default)]
+pub struct AtrestState {
+    /// The transition in progress, if any. A rerun resumes it before anything else.
+    pub transition: Option<TransitionRecord>,
+    /// Keys no longer deployed but kept because snapshots may still need them.
+    pub archive: Vec<ArchivedKey>,
+    /// Snapshots atrest took, newest last.
+    pub snapshots: Vec<SnapshotRecord>,
+    /// The last census of etcd.
+    pub last_census: Option<CensusRecord>,
+}
+
+/// A transition from the config `from` to the config `to` (rendered EncryptionConfiguration YAML;
+/// `None` = no encryption config deployed at all).
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct TransitionRecord {
+    /// Unique id (RFC 3339 start time plus a short random suffix).
+    pub id: String,
+    /// Why: "enable", "disable", "rotate-key", "custom-edit", …
+    pub kind: String,
+    pub from: Option<String>,
+    pub to: Option<String>,
+    pub stage: Stage,
+    /// Phases completed so far, in order.
+    pub done: Vec<Phase>,
+    pub started_at: String,
+    pub updated_at: String,
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct ArchivedKey {
+    /// Provider type: aescbc, aesgcm, secretbox, kms.
+    pub provider: String,
+    pub name: String,
+    /// The base64 key text (absent for kms).
+    pub secret: Option<String>,
+    pub retired_at: String,
+    /// Names/paths of snapshots taken while this key was in use.
+    pub snapshots: Vec<String>,
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct SnapshotRecord {
+    pub name: String,
+    pub node: String,
+    pub path: String,
+    pub taken_at: String,
+    /// sha256 of the encryption config deployed when the snapshot was taken.
+    pub config_sha256: Option<String>,
+}
+
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct CensusRecord {
+    pub taken_at: String,
+    /// resource → (provider/key label, e.g. "aescbc:aescbckey-2026-…", "identity", "kms:v2:name:keyid") → count
+    pub counts: BTreeMap<String, BTreeMap<String, u64>>,
+}

@@ -1,0 +1,1 @@
+//! Brings up and tears down the local test cluster.

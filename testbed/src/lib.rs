@@ -1,0 +1,4 @@
+//! The local test cluster (harness) and the kube-apiserver stand-in.
+
+pub mod harness;
+pub mod standin;

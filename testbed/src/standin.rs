@@ -1,0 +1,1 @@
+//! The kube-apiserver stand-in: storage transformers, etcd storage and the HTTP API.
