@@ -226,10 +226,13 @@ enum Inner {
     V2(V2Envelope),
 }
 
+/// A decrypted DEK or seed, shared between the cache and in-flight reads.
+type PlainKey = Arc<Zeroizing<Vec<u8>>>;
+
 struct V1Envelope {
     service: Arc<dyn KmsV1Service>,
     /// base64(E) → DEK
-    cache: Option<Mutex<LruCache<String, Arc<Zeroizing<Vec<u8>>>>>>,
+    cache: Option<Mutex<LruCache<String, PlainKey>>>,
 }
 
 /// The current write state (upstream `kmsv2.State`).
@@ -242,7 +245,7 @@ struct WriteState {
 }
 
 struct CachedKey {
-    key: Arc<Zeroizing<Vec<u8>>>,
+    key: PlainKey,
     inserted: Instant,
 }
 
@@ -628,7 +631,7 @@ impl V2Envelope {
         Ok(envelope::encode_encrypted_object(&object)?)
     }
 
-    fn cached(&self, key: &[u8]) -> Option<Arc<Zeroizing<Vec<u8>>>> {
+    fn cached(&self, key: &[u8]) -> Option<PlainKey> {
         let mut cache = lock(&self.cache);
         cache.retain(|_, v| v.inserted.elapsed() < V2_CACHE_TTL);
         cache.get(key).map(|v| v.key.clone())
