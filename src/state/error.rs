@@ -19,7 +19,7 @@ pub enum StateError {
         source: io::Error,
     },
 
-    #[error("state file {} is empty (0 bytes of JSON); {RESTORE_HINT}", path.display())]
+    #[error("state file {} is empty (no JSON in it); {RESTORE_HINT}", path.display())]
     Empty { path: PathBuf },
 
     /// Not JSON, truncated, or a known key holds the wrong type. `at` is the key path, if known.

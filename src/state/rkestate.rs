@@ -82,6 +82,16 @@ impl RkeState {
                 path: path.to_path_buf(),
             });
         }
+        if bytes.starts_with(b"\xEF\xBB\xBF") {
+            return Err(StateError::Malformed {
+                path: path.to_path_buf(),
+                line: 1,
+                column: 1,
+                at: None,
+                message: "the file starts with a UTF-8 byte order mark, which JSON (and RKE's reader) do not allow"
+                    .to_string(),
+            });
+        }
         // First a typed pass over the text: it reports wrong types with their position and key path.
         check_shape(bytes, path)?;
         let value: Value = serde_json::from_slice(bytes).map_err(|e| malformed(path, None, &e))?;
@@ -288,10 +298,13 @@ fn zeroize_strings(value: &mut Value) {
 fn malformed(path: &Path, at: Option<String>, e: &serde_json::Error) -> StateError {
     let text = e.to_string();
     // serde_json appends " at line L column C"; the error shows the position as file:line:column instead.
-    let message = match text.rfind(" at line ") {
+    let mut message = match text.rfind(" at line ") {
         Some(i) if e.line() > 0 => text[..i].to_string(),
         _ => text,
     };
+    if message == "expected value" {
+        message = "expected a JSON value here (is this file JSON at all?)".to_string();
+    }
     StateError::Malformed {
         path: path.to_path_buf(),
         line: e.line(),
