@@ -84,27 +84,9 @@ impl StateFile {
         sibling(&self.path, ".bak")
     }
 
-    /// Reads the state. A missing file is an empty state (RKE has not run yet); anything else that cannot be
-    /// read or parsed is an error naming the file (and line:column for content errors).
+    /// Reads the state (see [`read`]).
     pub fn load(&self) -> Result<RkeState, StateError> {
-        let bytes = match fs::read(&self.path) {
-            Ok(bytes) => zeroize::Zeroizing::new(bytes),
-            Err(e) if e.kind() == io::ErrorKind::NotFound => {
-                tracing::info!(path = %self.path.display(), "no state file yet; starting from an empty state");
-                return Ok(RkeState::empty());
-            }
-            Err(e) => return Err(StateError::io("read state file", &self.path, e)),
-        };
-        if let Ok(meta) = fs::metadata(&self.path)
-            && meta.permissions().mode() & 0o077 != 0
-        {
-            tracing::warn!(
-                path = %self.path.display(),
-                mode = format!("{:o}", meta.permissions().mode() & 0o777),
-                "state file is readable by others; atrest writes it back as 0600"
-            );
-        }
-        RkeState::parse(&bytes, &self.path)
+        read(&self.path)
     }
 
     /// Writes `state` atomically. If the content differs from the file on disk, the old file is first kept as
@@ -127,6 +109,32 @@ impl StateFile {
         }
         write_atomic(&self.path, &new)
     }
+}
+
+/// Reads the state file at `path` without taking the lock (for read-only verbs; saves replace the file
+/// atomically, so a concurrent writer is never seen half-done). A missing file is an empty state (RKE has not
+/// run yet); anything else that cannot be read or parsed is an error naming the file (and line:column for
+/// content errors).
+pub fn read(path: &Path) -> Result<RkeState, StateError> {
+    let bytes = match fs::read(path) {
+        Ok(bytes) => zeroize::Zeroizing::new(bytes),
+        Err(e) if e.kind() == io::ErrorKind::NotFound => {
+            tracing::debug!(path = %path.display(), "no state file yet; starting from an empty state");
+            return Ok(RkeState::empty());
+        }
+        Err(e) => return Err(StateError::io("read state file", path, e)),
+    };
+    if let Ok(meta) = fs::metadata(path)
+        && meta.permissions().mode() & 0o077 != 0
+    {
+        tracing::warn!(
+            "state file {} has mode {:o}: it holds private keys, only its owner should read it (atrest saves it \
+             as 0600)",
+            path.display(),
+            meta.permissions().mode() & 0o777
+        );
+    }
+    RkeState::parse(&bytes, path)
 }
 
 /// `path` with `suffix` appended to its file name (`cluster.rkestate` → `cluster.rkestate.lock`).
