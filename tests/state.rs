@@ -346,6 +346,49 @@ fn an_interrupted_save_leaves_a_temp_file_that_does_not_break_the_next_run() {
 }
 
 #[test]
+fn a_state_rewritten_by_rke_meanwhile_is_not_overwritten() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("cluster.rkestate");
+    let (_, bytes) = fixture("rke-v1.5.rkestate");
+    fs::write(&path, &bytes).unwrap();
+    let file = StateFile::open_locked(&path).unwrap();
+    let mut state = file.load().unwrap();
+    state.set_atrest(&sample_atrest()).unwrap();
+    file.save(&state).unwrap();
+
+    // `rke up` does not take atrest's lock: it rewrites the file between two atrest saves.
+    let rke_wrote = String::from_utf8(bytes.clone())
+        .unwrap()
+        .replace("k-fw5hn", "k-new01");
+    fs::write(&path, &rke_wrote).unwrap();
+    state.set_desired_encryption_config(None);
+    let err = file.save(&state).unwrap_err();
+    assert!(matches!(err, StateError::ChangedOnDisk { .. }), "{err}");
+    assert!(
+        err.to_string().contains("was changed by another program"),
+        "{err}"
+    );
+    assert_eq!(
+        fs::read_to_string(&path).unwrap(),
+        rke_wrote,
+        "RKE's version must survive"
+    );
+
+    // Saving without loading first, over an existing file, is refused the same way.
+    drop(file);
+    let file = StateFile::open_locked(&path).unwrap();
+    assert!(matches!(
+        file.save(&RkeState::empty()),
+        Err(StateError::ChangedOnDisk { .. })
+    ));
+    // After loading, the handle saves again.
+    let mut state = file.load().unwrap();
+    state.set_atrest(&sample_atrest()).unwrap();
+    file.save(&state).unwrap();
+    assert_eq!(fs::read_to_string(file.backup_path()).unwrap(), rke_wrote);
+}
+
+#[test]
 fn concurrent_savers_never_interleave() {
     // Several threads race for the lock; the losers are refused, the winner's file is complete and parses.
     let dir = tempfile::tempdir().unwrap();

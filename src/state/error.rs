@@ -48,6 +48,11 @@ pub enum StateError {
         holder: String,
     },
 
+    /// The state file changed on disk after atrest read it (RKE does not take atrest's lock).
+    #[error("{} was changed by another program since atrest read it (did `rke up` run meanwhile?); nothing was \
+             written: run atrest again so it starts from the current file", path.display())]
+    ChangedOnDisk { path: PathBuf },
+
     /// A certificate in `currentState.certificatesBundle` lacks its PEM text.
     #[error("certificate {name} in the state's currentState.certificatesBundle has no {field}")]
     IncompleteCertificate { name: String, field: &'static str },

@@ -9,6 +9,8 @@ use std::fs::{self, File, OpenOptions, Permissions};
 use std::io::{self, Read, Seek, Write};
 use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
+use std::sync::{Mutex, PoisonError};
+use zeroize::Zeroizing;
 
 /// State files hold private keys and encryption keys: owner read/write only.
 const FILE_MODE: u32 = 0o600;
@@ -20,6 +22,9 @@ pub struct StateFile {
     lock_path: PathBuf,
     /// Holds the exclusive lock for as long as it is open.
     _lock: File,
+    /// sha256 of the content this handle last read or wrote (`None`: the file was absent, or not read yet).
+    /// RKE does not take atrest's lock, so a save first checks the file is still what atrest started from.
+    seen: Mutex<Option<[u8; 32]>>,
 }
 
 impl StateFile {
@@ -68,6 +73,7 @@ impl StateFile {
             path,
             lock_path,
             _lock: lock,
+            seen: Mutex::new(None),
         })
     }
 
@@ -84,20 +90,27 @@ impl StateFile {
         sibling(&self.path, ".bak")
     }
 
-    /// Reads the state (see [`read`]).
+    /// Reads the state (see [`read`]) and remembers what it read, for [`StateFile::save`]'s check.
     pub fn load(&self) -> Result<RkeState, StateError> {
-        read(&self.path)
+        let bytes = read_bytes(&self.path)?;
+        *self.seen() = bytes.as_deref().map(|b| digest(b));
+        parse(&self.path, bytes)
     }
 
     /// Writes `state` atomically. If the content differs from the file on disk, the old file is first kept as
     /// `<state>.bak`; identical content is not rewritten (only its mode is corrected to 0600).
+    ///
+    /// Refuses (and writes nothing) if the file on disk is no longer what this handle last loaded or saved, e.g.
+    /// because `rke up` rewrote it meanwhile: writing would silently drop RKE's changes.
     pub fn save(&self, state: &RkeState) -> Result<(), StateError> {
         let new = state.to_bytes()?;
-        let old = match fs::read(&self.path) {
-            Ok(bytes) => Some(zeroize::Zeroizing::new(bytes)),
-            Err(e) if e.kind() == io::ErrorKind::NotFound => None,
-            Err(e) => return Err(StateError::io("read state file", &self.path, e)),
-        };
+        let mut seen = self.seen();
+        let old = read_bytes(&self.path)?;
+        if old.as_deref().map(|b| digest(b)) != *seen {
+            return Err(StateError::ChangedOnDisk {
+                path: self.path.clone(),
+            });
+        }
         match old {
             Some(old) if *old == *new => {
                 fs::set_permissions(&self.path, Permissions::from_mode(FILE_MODE))
@@ -107,7 +120,27 @@ impl StateFile {
             Some(old) => write_atomic(&self.backup_path(), &old)?,
             None => {}
         }
-        write_atomic(&self.path, &new)
+        write_atomic(&self.path, &new)?;
+        *seen = Some(digest(&new));
+        Ok(())
+    }
+
+    fn seen(&self) -> std::sync::MutexGuard<'_, Option<[u8; 32]>> {
+        self.seen.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+}
+
+fn digest(bytes: &[u8]) -> [u8; 32] {
+    use sha2::Digest;
+    sha2::Sha256::digest(bytes).into()
+}
+
+/// The file's bytes, or `None` if it does not exist.
+fn read_bytes(path: &Path) -> Result<Option<Zeroizing<Vec<u8>>>, StateError> {
+    match fs::read(path) {
+        Ok(bytes) => Ok(Some(Zeroizing::new(bytes))),
+        Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(None),
+        Err(e) => Err(StateError::io("read state file", path, e)),
     }
 }
 
@@ -116,13 +149,13 @@ impl StateFile {
 /// run yet); anything else that cannot be read or parsed is an error naming the file (and line:column for
 /// content errors).
 pub fn read(path: &Path) -> Result<RkeState, StateError> {
-    let bytes = match fs::read(path) {
-        Ok(bytes) => zeroize::Zeroizing::new(bytes),
-        Err(e) if e.kind() == io::ErrorKind::NotFound => {
-            tracing::debug!(path = %path.display(), "no state file yet; starting from an empty state");
-            return Ok(RkeState::empty());
-        }
-        Err(e) => return Err(StateError::io("read state file", path, e)),
+    parse(path, read_bytes(path)?)
+}
+
+fn parse(path: &Path, bytes: Option<Zeroizing<Vec<u8>>>) -> Result<RkeState, StateError> {
+    let Some(bytes) = bytes else {
+        tracing::debug!(path = %path.display(), "no state file yet; starting from an empty state");
+        return Ok(RkeState::empty());
     };
     if let Ok(meta) = fs::metadata(path)
         && meta.permissions().mode() & 0o077 != 0
