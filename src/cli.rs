@@ -279,8 +279,14 @@ pub fn init_logging(global: &GlobalOpts) {
 }
 
 /// Writes the completion script for `shell` to `out`.
-pub fn write_completions(shell: clap_complete::Shell, out: &mut dyn Write) {
-    clap_complete::generate(shell, &mut Cli::command(), "atrest", out);
+pub fn write_completions(shell: clap_complete::Shell, out: &mut dyn Write) -> std::io::Result<()> {
+    // Generated into memory first: clap_complete panics on a write error (e.g. a closed pipe).
+    let mut script = Vec::new();
+    clap_complete::generate(shell, &mut Cli::command(), "atrest", &mut script);
+    match out.write_all(&script).and_then(|()| out.flush()) {
+        Err(e) if e.kind() == std::io::ErrorKind::BrokenPipe => Ok(()),
+        other => other,
+    }
 }
 
 /// Runs the verb the user asked for.
@@ -299,7 +305,9 @@ pub fn run(cli: &Cli) -> anyhow::Result<ExitCode> {
             EncryptCommand::RotateKeys => flows::encrypt_rotate_keys(g),
         },
         Command::Completions { shell } => {
-            write_completions(*shell, &mut std::io::stdout());
+            write_completions(*shell, &mut std::io::stdout().lock()).map_err(|e| {
+                anyhow::anyhow!(e).context("cannot write the completion script to stdout")
+            })?;
             Ok(ExitCode::SUCCESS)
         }
     }

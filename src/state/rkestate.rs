@@ -34,6 +34,7 @@ pub struct CertificatePem {
 }
 
 /// The whole cluster.rkestate document.
+#[derive(Clone)]
 pub struct RkeState {
     /// Always a JSON object.
     value: Value,
