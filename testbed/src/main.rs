@@ -1,3 +1,1 @@
-fn main() {
-    println!("stub");
-}
+fn main() { println!("stub"); }
