@@ -78,7 +78,7 @@ fn describe_provider(units: &[&Unit]) -> String {
 }
 
 /// Line diff (longest common subsequence): unchanged lines start with two spaces, removed with `- `,
-/// added with `+ `.
+/// added with `+ ` (removals first).
 pub fn diff_lines(old: &[String], new: &[String]) -> Vec<String> {
     let (n, m) = (old.len(), new.len());
     let mut lcs = vec![vec![0usize; m + 1]; n + 1];
@@ -97,12 +97,12 @@ pub fn diff_lines(old: &[String], new: &[String]) -> Vec<String> {
             out.push(format!("  {}", old[i]));
             i += 1;
             j += 1;
-        } else if j < m && (i == n || lcs[i][j + 1] >= lcs[i + 1][j]) {
-            out.push(format!("+ {}", new[j]));
-            j += 1;
-        } else {
+        } else if i < n && (j == m || lcs[i + 1][j] >= lcs[i][j + 1]) {
             out.push(format!("- {}", old[i]));
             i += 1;
+        } else {
+            out.push(format!("+ {}", new[j]));
+            j += 1;
         }
     }
     out
@@ -230,4 +230,20 @@ pub fn to_text(plan: &Plan) -> String {
         }
     }
     out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn lines(s: &[&str]) -> Vec<String> {
+        s.iter().map(|l| l.to_string()).collect()
+    }
+
+    #[test]
+    fn diff_keeps_common_lines_and_shows_removals_first() {
+        let d = diff_lines(&lines(&["a", "b", "c"]), &lines(&["a", "x", "c", "d"]));
+        assert_eq!(d, ["  a", "- b", "+ x", "  c", "+ d"]);
+        assert_eq!(diff_lines(&[], &lines(&["a"])), ["+ a"]);
+    }
 }

@@ -883,7 +883,7 @@ fn text_and_json_never_show_key_material() {
         "{text}"
     );
     assert!(
-        text.contains("- resources: secrets") || text.contains("-   1. aescbc keys: old"),
+        text.contains("-   1. aescbc keys: old (secrets REDACTED)"),
         "{text}"
     );
     assert!(
