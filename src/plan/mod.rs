@@ -58,7 +58,7 @@ pub fn plan(input: &PlanInput) -> Result<Plan, PlanError> {
         involved.push(record.from.clone());
         involved.push(record.to.clone());
         check_key_reuse(&involved.iter().collect::<Vec<_>>())?;
-        let seq = sequence(&record.from, &record.to, multi);
+        let seq = sequence(&record.from, &record.to, multi)?;
         let done = done_phases(&record.done, record.stage);
         let all = seq.steps(0, &input.controlplanes);
         let (done_steps, remaining): (Vec<Step>, Vec<Step>) =
@@ -111,7 +111,7 @@ pub fn plan(input: &PlanInput) -> Result<Plan, PlanError> {
         check_census(census, &involved.iter().collect::<Vec<_>>())?;
     }
 
-    let seq = sequence(&base, &desired, multi);
+    let seq = sequence(&base, &desired, multi)?;
     let index = transitions.len();
     let mut new_steps = seq.steps(index, &input.controlplanes);
     if !new_steps.is_empty() {

@@ -107,7 +107,7 @@ pub(crate) fn check_census(
 
 /// Computes the transition O → N. `multi`: more than one controlplane (single: P is skipped, R deployed
 /// directly, which is safe because one server flips atomically).
-pub(crate) fn sequence(from: &Config, to: &Config, multi: bool) -> Sequence {
+pub(crate) fn sequence(from: &Config, to: &Config, multi: bool) -> Result<Sequence, PlanError> {
     let o = rules_of(from);
     let n = rules_of(to);
     let keys = union_keys(&o, &n);
@@ -177,7 +177,12 @@ pub(crate) fn sequence(from: &Config, to: &Config, multi: bool) -> Sequence {
             retired.push(unit.clone());
         }
     }
-    Sequence {
+    for (phase, config) in [("prepare", &prepare), ("rotate", &rotate)] {
+        if config != from && config != to {
+            check_kms_v2_once(phase, config)?;
+        }
+    }
+    Ok(Sequence {
         from: from.clone(),
         to: to.clone(),
         prepare,
@@ -186,7 +191,31 @@ pub(crate) fn sequence(from: &Config, to: &Config, multi: bool) -> Sequence {
         verify,
         retired,
         notes,
+    })
+}
+
+/// kube-apiserver rejects a kms v2 provider name that occurs in more than one provider of a config. A phase
+/// config needs that when resources that must read the kms provider differ in what they write.
+fn check_kms_v2_once(phase: &str, config: &Config) -> Result<(), PlanError> {
+    let Some(config) = config else { return Ok(()) };
+    let mut seen = BTreeSet::new();
+    for entry in &config.resources {
+        for provider in &entry.providers {
+            if let Some(kms) = &provider.kms
+                && kms.api_version.as_deref() == Some("v2")
+                && !seen.insert(kms.name.clone())
+            {
+                return Err(PlanError::Unsupported(format!(
+                    "the {phase} config of this change would need kms provider `{}` in more than one resource \
+                     entry (resources that must read it write with different providers), which kube-apiserver \
+                     rejects; change it in two steps: first give those resources the same providers, then \
+                     switch them to kms together",
+                    kms.name
+                )));
+            }
+        }
     }
+    Ok(())
 }
 
 fn dedup(ids: impl Iterator<Item = UnitId>) -> Vec<UnitId> {

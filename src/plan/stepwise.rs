@@ -56,12 +56,12 @@ pub fn stepwise(verb: StepwiseVerb, input: &StepwiseInput) -> Result<Plan, PlanE
                     hint: "rotate follows prepare; use --force to run it anyway".into(),
                 });
             }
-            Ok(cut(
+            cut(
                 input,
                 record,
                 &[Phase::Rotate],
                 Some((Stage::Rotate, false)),
-            ))
+            )
         }
         StepwiseVerb::Reencrypt { force, skip } => {
             let record = recorded(input, "reencrypt", stage)?;
@@ -73,19 +73,19 @@ pub fn stepwise(verb: StepwiseVerb, input: &StepwiseInput) -> Result<Plan, PlanE
                 });
             }
             if skip {
-                Ok(cut(
+                cut(
                     input,
                     record,
                     &[Phase::Reencrypt],
                     Some((Stage::Rotate, false)),
-                ))
+                )
             } else {
-                Ok(cut(
+                cut(
                     input,
                     record,
                     &[Phase::Reencrypt, Phase::Verify, Phase::Finish],
                     Some((Stage::ReencryptFinished, true)),
-                ))
+                )
             }
         }
     }
@@ -104,13 +104,14 @@ fn recorded<'a>(
 }
 
 /// The config deployed now: `current`, or for a recorded transition the last config its done phases deployed.
-fn deployed_now(input: &StepwiseInput) -> Option<EncryptionConfiguration> {
+fn deployed_now(input: &StepwiseInput) -> Result<Option<EncryptionConfiguration>, PlanError> {
     let Some(record) = &input.transition else {
-        return input.current.config().cloned();
+        return Ok(input.current.config().cloned());
     };
     let done = done_phases(&record.done, record.stage);
-    let seq = sequence(&record.from, &record.to, true);
-    seq.steps(0, &input.controlplanes)
+    let seq = sequence(&record.from, &record.to, true)?;
+    Ok(seq
+        .steps(0, &input.controlplanes)
         .iter()
         .filter(|s| done.contains(&s.phase))
         .filter_map(|s| match &s.action {
@@ -118,11 +119,11 @@ fn deployed_now(input: &StepwiseInput) -> Option<EncryptionConfiguration> {
             _ => None,
         })
         .next_back()
-        .unwrap_or_else(|| record.from.clone())
+        .unwrap_or_else(|| record.from.clone()))
 }
 
 fn prepare(input: &StepwiseInput) -> Result<Plan, PlanError> {
-    let from = deployed_now(input);
+    let from = deployed_now(input)?;
     let Some(from_config) = &from else {
         return Err(PlanError::Unsupported(
             "encryption is disabled: enable it before rotating keys stepwise".into(),
@@ -168,7 +169,7 @@ fn prepare(input: &StepwiseInput) -> Result<Plan, PlanError> {
         &record,
         &[Phase::Prepare],
         Some((Stage::Prepare, false)),
-    );
+    )?;
     plan.transitions[0].resumed_at = None;
     if !input.options.no_snapshot {
         plan.steps.insert(
@@ -191,8 +192,8 @@ fn cut(
     record: &InProgress,
     phases: &[Phase],
     close: Option<(Stage, bool)>,
-) -> Plan {
-    let seq = sequence(&record.from, &record.to, true);
+) -> Result<Plan, PlanError> {
+    let seq = sequence(&record.from, &record.to, true)?;
     let mut steps: Vec<Step> = seq
         .steps(0, &input.controlplanes)
         .into_iter()
@@ -211,7 +212,7 @@ fn cut(
         });
     }
     let kind = super::kind_from_record(&record.kind);
-    Plan {
+    Ok(Plan {
         kind,
         from: record.from.clone(),
         to: record.to.clone(),
@@ -224,5 +225,5 @@ fn cut(
         }],
         steps,
         notes: seq.notes,
-    }
+    })
 }

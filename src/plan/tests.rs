@@ -664,7 +664,8 @@ fn a_drifted_node_gets_the_expected_config_back_first() {
     );
 
     // Mid-rollout, a node on the next phase's config is not drifted.
-    let seq = super::sequence::sequence(&o.config().cloned(), &n.config().cloned(), true);
+    let seq = super::sequence::sequence(&o.config().cloned(), &n.config().cloned(), true)
+        .expect("sequence");
     input.desired = n.clone();
     input.transition = Some(record(&o, &n, Stage::Prepare, &[Phase::Prepare]));
     input.observed.nodes[1].config_sha256 = hash(seq.rotate.as_ref());
@@ -911,4 +912,39 @@ fn effective_lists_follow_apiserver_precedence() {
     assert_eq!(first("deployments.apps"), "identity");
     assert_eq!(first("statefulsets.apps"), "aescbc:a");
     assert_eq!(first("secrets"), "secretbox:s");
+}
+
+#[test]
+fn a_kms_provider_needed_in_two_entries_is_refused_but_a_shared_entry_works() {
+    let kms = "resources:\n- resources: [secrets, configmaps]\n  providers:\n  \
+               - kms: {apiVersion: v2, name: vault, endpoint: 'unix:///run/kms.sock'}\n  - identity: {}\n";
+    // secrets write aescbc and configmaps plaintext before: P would list vault in two entries.
+    let err = plan(&PlanInput::new(custom(kms), managed(&["k1"]), nodes(3))).expect_err("refused");
+    assert!(
+        matches!(&err, PlanError::Unsupported(why) if why.contains("vault")),
+        "{err}"
+    );
+    // From nothing, both resources read and write alike in every phase: one entry each time.
+    let p = run_plan(custom(kms), Target::Disabled, 3);
+    assert_eq!(
+        summary(&p)[1],
+        "prepare/prepare: deploy:Add:configmaps=[identity,kms:v2:vault] secrets=[identity,kms:v2:vault]"
+    );
+    let Action::Deploy {
+        config: Some(prepare),
+        ..
+    } = &p.steps[1].action
+    else {
+        panic!("deploy")
+    };
+    assert_eq!(prepare.resources.len(), 1);
+    assert_eq!(
+        summary(&p)[4],
+        "reencrypt/reencrypt_active: rewrite:configmaps->kms:v2:vault,secrets->kms:v2:vault"
+    );
+    let Action::Rewrite { targeted, .. } = &p.steps[4].action else {
+        panic!("rewrite")
+    };
+    assert!(!targeted, "kms key ids are not visible in the prefix");
+    simulate(&p, &custom(kms), &Target::Disabled, 3);
 }
