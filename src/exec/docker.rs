@@ -141,6 +141,16 @@ impl NodeDocker {
                             host.label()
                         ))
                     })?;
+                // A raw HTTP/1 connection: send origin-form URIs and a Host header, as a pooled client would.
+                let (mut parts, body) = req.into_parts();
+                if let Some(pq) = parts.uri.path_and_query().cloned() {
+                    parts.uri = hyper::Uri::from(pq);
+                }
+                parts
+                    .headers
+                    .entry(hyper::header::HOST)
+                    .or_insert(hyper::header::HeaderValue::from_static("docker"));
+                let req = BollardRequest::from_parts(parts, body);
                 let io = hyper_util::rt::TokioIo::new(channel.into_stream());
                 let (mut sender, conn) = hyper::client::conn::http1::handshake(io).await?;
                 tokio::spawn(async move {

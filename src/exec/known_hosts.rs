@@ -182,7 +182,7 @@ impl KnownHosts {
         } else {
             "\n"
         };
-        write!(f, "{sep}{host_port} {key_text}\n")?;
+        writeln!(f, "{sep}{host_port} {key_text}")?;
         f.sync_all()
     }
 }

@@ -13,18 +13,19 @@ use zeroize::Zeroizing;
 /// What to change on each controlplane.
 #[derive(Clone, Debug)]
 pub struct NodeChange {
-    /// Path of the encryption config on the node's host filesystem (prefix applied).
-    pub path: String,
     /// New content, or `None` to remove the file.
     pub file: Option<Zeroizing<Vec<u8>>>,
     pub flag: FlagChange,
     pub extra_binds: Vec<String>,
 }
 
-/// One node's target: its connection and how to probe its apiserver.
+/// One node's target: its connection, where its encryption config lives, how to probe its apiserver.
 #[derive(Clone)]
 pub struct RolloutTarget {
     pub host: Arc<Host>,
+    /// Path of the encryption config on the node (prefix applied), e.g.
+    /// `/opt/rke/etc/kubernetes/ssl/encryption.yaml`.
+    pub config_path: String,
     pub probe: HealthProbe,
 }
 
@@ -215,7 +216,7 @@ async fn apply_one(
         .inspect_apiserver()
         .await
         .map_err(|e| NodeFailure::RolledBack(e.into()))?;
-    let previous = files::read_file(host, &change.path)
+    let previous = files::read_file(host, &target.config_path)
         .await
         .map_err(|e| NodeFailure::RolledBack(e.into()))?;
     let container_change = ContainerChange {
@@ -226,8 +227,10 @@ async fn apply_one(
 
     let attempt = async {
         match &change.file {
-            Some(bytes) => files::write_file_atomic(host, &change.path, bytes, 0o600).await?,
-            None => files::remove_file(host, &change.path).await?,
+            Some(bytes) => {
+                files::write_file_atomic(host, &target.config_path, bytes, 0o600).await?
+            }
+            None => files::remove_file(host, &target.config_path).await?,
         }
         if recreate {
             docker.begin_recreate(&container_change).await?;
@@ -258,7 +261,6 @@ async fn apply_one(
             match restore(
                 target,
                 &docker,
-                change,
                 previous.as_deref().map(|v| v.as_slice()),
                 recreate,
                 opts,
@@ -275,15 +277,14 @@ async fn apply_one(
 async fn restore(
     target: &RolloutTarget,
     docker: &NodeDocker,
-    change: &NodeChange,
     previous: Option<&[u8]>,
     recreated: bool,
     opts: &RolloutOptions,
 ) -> Result<(), StepError> {
     let host = &target.host;
     match previous {
-        Some(bytes) => files::write_file_atomic(host, &change.path, bytes, 0o600).await?,
-        None => files::remove_file(host, &change.path).await?,
+        Some(bytes) => files::write_file_atomic(host, &target.config_path, bytes, 0o600).await?,
+        None => files::remove_file(host, &target.config_path).await?,
     }
     let old_exists = docker
         .inspect(crate::exec::docker::OLD_APISERVER)

@@ -77,13 +77,13 @@ pub enum SshError {
     HostKey {
         node: NodeLabel,
         #[source]
-        source: HostKeyError,
+        source: Box<HostKeyError>,
     },
     #[error("{node}: {source}")]
     Auth {
         node: NodeLabel,
         #[source]
-        source: AuthError,
+        source: Box<AuthError>,
     },
     #[error("{node}: timed out after {secs}s while {what}")]
     Timeout {
@@ -270,7 +270,7 @@ where
             if let Some(source) = refusal.lock().ok().and_then(|mut s| s.take()) {
                 return Err(SshError::HostKey {
                     node: label.clone(),
-                    source,
+                    source: Box::new(source),
                 });
             }
             return Err(SshError::Connect {
@@ -284,7 +284,7 @@ where
         .await
         .map_err(|source| SshError::Auth {
             node: label.clone(),
-            source,
+            source: Box::new(source),
         })?;
     Ok(handle)
 }
