@@ -7,6 +7,7 @@ use atrest::config::cluster::{BastionHost, ClusterConfig, Node};
 use atrest::exec::docker::{APISERVER, FlagChange, NodeDocker, OLD_APISERVER};
 use atrest::exec::files;
 use atrest::exec::health::wait_ready;
+use atrest::exec::known_hosts::host_pattern;
 use atrest::exec::preflight::preflight;
 use atrest::exec::restart::{
     ContainerAction, NodeChange, RolloutError, RolloutOptions, RolloutTarget, rolling_apply,
@@ -162,8 +163,8 @@ async fn unknown_host_key_refused_then_tofu() {
     let recorded = std::fs::read_to_string(&kh).expect("recorded");
     assert!(
         recorded.starts_with(&format!(
-            "[{}]:{} ssh-ed25519 ",
-            bed.nodes[0].address, bed.nodes[0].port
+            "{} ssh-ed25519 ",
+            host_pattern(&bed.nodes[0].address, bed.nodes[0].port)
         )),
         "{recorded}"
     );
@@ -185,12 +186,18 @@ async fn changed_host_key_refused_even_with_tofu() {
     let n2_key = real
         .lines()
         .find(|l| {
-            l.starts_with(&format!("[{}]:", bed.nodes[1].address))
-                || l.starts_with(&format!("{} ", bed.nodes[1].address))
+            l.starts_with(&format!(
+                "{} ",
+                host_pattern(&bed.nodes[1].address, bed.nodes[1].port)
+            ))
         })
         .and_then(|l| l.split_once(' ').map(|(_, k)| k.to_string()))
         .expect("node2 key line");
-    std::fs::write(&kh, format!("[{}]:{} {n2_key}\n", n1.address, n1.port)).expect("write kh");
+    std::fs::write(
+        &kh,
+        format!("{} {n2_key}\n", host_pattern(&n1.address, n1.port)),
+    )
+    .expect("write kh");
     let mut o = opts(&bed);
     o.known_hosts = Some(kh);
     o.accept_new_host_keys = true;

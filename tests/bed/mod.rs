@@ -5,6 +5,26 @@ use atrest::exec::health::HealthProbe;
 use atrest::exec::ssh::Host;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
+use testbed::harness::image::IMAGE;
+use testbed::harness::{Options, PREFIX_PATH, Standin, Testbed};
+
+/// `GET /readyz` answers 200 (plain HTTP placeholder), within 10 s.
+fn wait_http_ok(address: &str) {
+    use std::io::{Read, Write};
+    for _ in 0..200 {
+        if let Ok(mut s) = std::net::TcpStream::connect((address, 6443)) {
+            let _ =
+                s.write_all(format!("GET /readyz HTTP/1.0\r\nHost: {address}\r\n\r\n").as_bytes());
+            let mut buf = String::new();
+            let _ = s.read_to_string(&mut buf);
+            if buf.starts_with("HTTP/1.0 200") || buf.starts_with("HTTP/1.1 200") {
+                return;
+            }
+        }
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+    panic!("apiserver placeholder on {address}:6443 never answered 200");
+}
 
 pub struct BedNode {
     pub address: String,
@@ -25,43 +45,101 @@ pub struct Bed {
     pub key_ed25519: PathBuf,
     pub key_rsa: PathBuf,
     pub known_hosts: PathBuf,
-    _guard: Option<std::sync::MutexGuard<'static, ()>>,
+    tb: Testbed,
 }
 
-static SCRATCH: std::sync::Mutex<()> = std::sync::Mutex::new(());
+/// Placeholder apiserver that honours the flag like kube-apiserver does at start: it refuses to run when
+/// `--encryption-provider-config` names a file that is not an EncryptionConfiguration (so a broken change makes
+/// it exit and crash-loop under `--restart=always`, as the real one does). Extra arguments land in `$@`.
+const FLAG_AWARE: &str = r#"for a; do case $a in --encryption-provider-config=*) busybox grep -q "^kind: EncryptionConfiguration" "${a#*=}" || { echo "bad encryption config" >&2; exit 1; };; esac; done; exec httpd -f -p "$ADDR:6443" -h /etc/kubernetes"#;
 
 impl Bed {
-    /// The scratch bed from `/tmp/tp/up.sh` (`ATREST_TP_BED`), one test at a time.
+    /// A fresh 2-node testbed (sshd + dockerd per node, placeholder apiserver without etcd), plus an RSA client
+    /// key and a flag-aware apiserver command.
     pub fn up() -> Bed {
-        let dir =
-            PathBuf::from(std::env::var("ATREST_TP_BED").unwrap_or_else(|_| "/tmp/tp/bed".into()));
-        let guard = SCRATCH.lock().unwrap_or_else(|p| p.into_inner());
-        let nodes = (1..=2)
-            .map(|i| {
-                let kdir = dir.join(format!("node{i}/prefix/etc/kubernetes"));
-                let sock = format!("/run/tp-transport/node{i}/docker.sock");
-                BedNode {
-                    address: format!("127.0.77.{}", 10 + i),
-                    port: 2222,
-                    kdir_node: kdir.display().to_string(),
-                    kdir_host: kdir,
-                    docker_socket_node: sock.clone(),
-                    docker_socket_host: PathBuf::from(sock),
-                    sshd_pid: std::fs::read_to_string(dir.join(format!("pids/sshd{i}")))
-                        .expect("scratch bed is up")
-                        .trim()
-                        .parse()
-                        .expect("pid"),
-                }
-            })
-            .collect();
+        let tb = Testbed::up(Options {
+            nodes: 2,
+            etcd: false,
+            standin: Standin::Placeholder,
+            ..Default::default()
+        })
+        .expect("testbed up");
+        let key_rsa = tb.dir().join("id_rsa");
+        let st = Command::new("ssh-keygen")
+            .args([
+                "-q",
+                "-t",
+                "rsa",
+                "-b",
+                "3072",
+                "-N",
+                "",
+                "-C",
+                "transport-rsa",
+                "-f",
+            ])
+            .arg(&key_rsa)
+            .stdin(Stdio::null())
+            .status()
+            .expect("ssh-keygen");
+        assert!(st.success());
+        let rsa_pub = std::fs::read_to_string(key_rsa.with_extension("pub")).expect("rsa pub");
+        let mut nodes = Vec::new();
+        for n in tb.nodes() {
+            let ak = n.dir.join("ssh/authorized_keys");
+            let mut keys = std::fs::read_to_string(&ak).expect("authorized_keys");
+            keys.push_str(&rsa_pub);
+            std::fs::write(&ak, keys).expect("authorized_keys");
+            std::fs::write(n.kubernetes_dir().join("readyz"), "ok\n").expect("readyz");
+            let sock = n.docker_socket.clone();
+            run(docker(&sock).args(["rm", "-f", "kube-apiserver"]));
+            run(docker(&sock)
+                .args([
+                    "run",
+                    "-d",
+                    "--init",
+                    "--name",
+                    "kube-apiserver",
+                    "--net=host",
+                    "--restart=always",
+                ])
+                .arg("-e")
+                .arg(format!("ADDR={}", n.address))
+                .arg("-v")
+                .arg(format!("{PREFIX_PATH}/etc/kubernetes:/etc/kubernetes:z"))
+                .arg(IMAGE)
+                .args(["sh", "-c", FLAG_AWARE, "sh"]));
+            let sshd_pid = tb
+                .manifest()
+                .procs
+                .iter()
+                .find(|p| p.kind == "sshd" && p.node == n.index)
+                .map(|p| p.pid)
+                .expect("sshd recorded");
+            nodes.push(BedNode {
+                address: n.address.to_string(),
+                port: n.ssh_port,
+                kdir_node: format!("{PREFIX_PATH}/etc/kubernetes"),
+                kdir_host: n.kubernetes_dir(),
+                docker_socket_node: sock.display().to_string(),
+                docker_socket_host: sock,
+                sshd_pid,
+            });
+        }
+        for n in &nodes {
+            wait_http_ok(&n.address);
+        }
         Bed {
             nodes,
-            key_ed25519: dir.join("id_ed25519"),
-            key_rsa: dir.join("id_rsa"),
-            known_hosts: dir.join("known_hosts"),
-            _guard: Some(guard),
+            key_ed25519: tb.client_key(),
+            key_rsa,
+            known_hosts: tb.known_hosts(),
+            tb,
         }
+    }
+
+    pub fn dir(&self) -> &Path {
+        self.tb.dir()
     }
 
     pub fn config_nodes(&self) -> Vec<ConfigNode> {
@@ -89,7 +167,8 @@ impl Bed {
 
     /// An address in the bed's block where nothing listens.
     pub fn unreachable_address(&self) -> String {
-        "127.0.77.99".into()
+        let a = &self.nodes[0].address;
+        format!("{}.99", &a[..a.rfind('.').unwrap_or(a.len())])
     }
 
     pub fn probe(&self, h: &Host) -> HealthProbe {
