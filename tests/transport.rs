@@ -6,7 +6,7 @@ mod bed;
 use atrest::config::cluster::{BastionHost, ClusterConfig, Node};
 use atrest::exec::docker::{APISERVER, FlagChange, NodeDocker, OLD_APISERVER};
 use atrest::exec::files;
-use atrest::exec::health::wait_ready;
+use atrest::exec::health::{HealthProbe, probe_once, wait_ready};
 use atrest::exec::known_hosts::host_pattern;
 use atrest::exec::preflight::preflight;
 use atrest::exec::restart::{
@@ -462,4 +462,56 @@ async fn broken_change_is_rolled_back_and_node_healthy() {
             .expect("inspect")
             .is_some_and(|i| i.running && !i.has_encryption_flag)
     );
+}
+
+/// `/readyz` over HTTPS through the tunnel against a real TLS server (openssl s_server) using the node's
+/// apiserver certificate and requiring a client certificate, like kube-apiserver with anonymous auth off.
+#[tokio::test(flavor = "multi_thread")]
+async fn tls_readyz_checks_kube_ca_and_presents_client_cert() {
+    let bed = Bed::up();
+    let c = cluster(&bed, &bed.key_ed25519);
+    let hosts = connect_all(&c, &c.nodes[..1], &opts(&bed), 1)
+        .await
+        .expect("connect");
+    let n = &bed.nodes[0];
+    let ssl = n.kdir_host.join("ssl");
+    let port = 16443;
+    let _server = bed::ChildGuard(
+        std::process::Command::new("openssl")
+            .args(["s_server", "-quiet", "-www", "-Verify", "1", "-accept"])
+            .arg(format!("{}:{port}", n.address))
+            .arg("-cert")
+            .arg(ssl.join("kube-apiserver.pem"))
+            .arg("-key")
+            .arg(ssl.join("kube-apiserver-key.pem"))
+            .arg("-CAfile")
+            .arg(ssl.join("kube-ca.pem"))
+            .stdin(std::process::Stdio::null())
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .expect("openssl s_server"),
+    );
+    let mut probe = HealthProbe::from_node_certs(&hosts[0], &n.kdir_node)
+        .await
+        .expect("node certs");
+    probe.port = port;
+    wait_ready(&hosts[0], &probe, Duration::from_secs(10))
+        .await
+        .expect("ready over TLS with kube-ca and client cert");
+
+    let mut anonymous = probe.clone();
+    anonymous.client_cert_pem = None;
+    anonymous.client_key_pem = None;
+    assert!(
+        probe_once(&hosts[0], &anonymous).await.is_err(),
+        "server requires a client cert"
+    );
+
+    let mut wrong_ca = probe.clone();
+    wrong_ca.ca_pem = Some(bed.other_ca_pem());
+    let err = probe_once(&hosts[0], &wrong_ca)
+        .await
+        .expect_err("unknown issuer refused");
+    assert!(err.contains("TLS") || err.contains("certificate"), "{err}");
 }

@@ -3,16 +3,19 @@
 //! `--restart=always` reports `Running=true`); only an HTTP 200 from `/readyz` is.
 //!
 //! TLS: with `kube-ca` given, the serving certificate is verified against it for the address dialled (what
-//! kubectl does). Without it, the certificate is not checked — the channel itself is already authenticated by
+//! kubectl does), and a client certificate is presented when given (RKE disables anonymous auth, so an anonymous
+//! `/readyz` gets 401). [`HealthProbe::from_node_certs`] takes both from the node's own `ssl/` dir. Without a CA, the certificate is not checked — the channel itself is already authenticated by
 //! SSH host-key verification and ends on the node, so this only trusts "whatever listens on the node's :6443".
 
+use crate::exec::files::{FileError, read_file};
 use crate::exec::ssh::Host;
 use crate::exec::tunnel::open_stream;
 use http_body_util::{BodyExt, Empty};
 use hyper::body::Bytes;
-use rustls::pki_types::{CertificateDer, ServerName, pem::PemObject};
+use rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName, pem::PemObject};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
+use zeroize::Zeroizing;
 
 /// How to reach and trust one node's apiserver.
 #[derive(Clone, Debug)]
@@ -22,6 +25,10 @@ pub struct HealthProbe {
     pub port: u16,
     /// PEM of kube-ca; `None` skips certificate verification (see the module docs).
     pub ca_pem: Option<Vec<u8>>,
+    /// Client certificate and key (PEM) to present: RKE runs kube-apiserver with `--anonymous-auth=false`, so
+    /// `/readyz` answers 401 to anonymous callers. Any certificate signed by kube-ca will do.
+    pub client_cert_pem: Option<Vec<u8>>,
+    pub client_key_pem: Option<Zeroizing<Vec<u8>>>,
     /// Plain HTTP instead of HTTPS (only for stand-ins without TLS).
     pub plain_http: bool,
 }
@@ -39,8 +46,36 @@ impl HealthProbe {
             target,
             port: 6443,
             ca_pem,
+            client_cert_pem: None,
+            client_key_pem: None,
             plain_http: false,
         }
+    }
+
+    /// Like [`HealthProbe::for_host`], trusting the node's own `kube-ca.pem` and presenting its `kube-node`
+    /// certificate, read over SSH from `<kubernetes_dir>/ssl/` (RKE puts both on every controlplane).
+    pub async fn from_node_certs(host: &Host, kubernetes_dir: &str) -> Result<Self, FileError> {
+        let ssl = format!("{kubernetes_dir}/ssl");
+        let missing = |what: &str| FileError::Other {
+            node: host.label().to_string(),
+            what: "reading",
+            path: format!("{ssl}/{what}"),
+            status: 1,
+            stderr: "file not found".into(),
+        };
+        let ca = read_file(host, &format!("{ssl}/kube-ca.pem"))
+            .await?
+            .ok_or_else(|| missing("kube-ca.pem"))?;
+        let cert = read_file(host, &format!("{ssl}/kube-node.pem"))
+            .await?
+            .ok_or_else(|| missing("kube-node.pem"))?;
+        let key = read_file(host, &format!("{ssl}/kube-node-key.pem"))
+            .await?
+            .ok_or_else(|| missing("kube-node-key.pem"))?;
+        let mut probe = Self::for_host(host, Some(ca.to_vec()));
+        probe.client_cert_pem = Some(cert.to_vec());
+        probe.client_key_pem = Some(key);
+        Ok(probe)
     }
 }
 
@@ -62,8 +97,7 @@ pub async fn probe_once(host: &Host, probe: &HealthProbe) -> Result<(), String> 
     let status = if probe.plain_http {
         get_readyz(hyper_util::rt::TokioIo::new(stream), &probe.target).await?
     } else {
-        let connector =
-            tokio_rustls::TlsConnector::from(Arc::new(tls_config(probe.ca_pem.as_deref())?));
+        let connector = tokio_rustls::TlsConnector::from(Arc::new(tls_config(probe)?));
         let name = ServerName::try_from(probe.target.clone())
             .map_err(|e| format!("bad server name: {e}"))?;
         let tls = connector
@@ -102,12 +136,12 @@ where
     Ok(status)
 }
 
-fn tls_config(ca_pem: Option<&[u8]>) -> Result<rustls::ClientConfig, String> {
+fn tls_config(probe: &HealthProbe) -> Result<rustls::ClientConfig, String> {
     let provider = Arc::new(rustls::crypto::ring::default_provider());
     let builder = rustls::ClientConfig::builder_with_provider(provider.clone())
         .with_safe_default_protocol_versions()
         .map_err(|e| e.to_string())?;
-    Ok(match ca_pem {
+    let builder = match probe.ca_pem.as_deref() {
         Some(pem) => {
             let mut roots = rustls::RootCertStore::empty();
             for cert in CertificateDer::pem_slice_iter(pem) {
@@ -117,13 +151,25 @@ fn tls_config(ca_pem: Option<&[u8]>) -> Result<rustls::ClientConfig, String> {
             if roots.is_empty() {
                 return Err("kube-ca PEM holds no certificate".into());
             }
-            builder.with_root_certificates(roots).with_no_client_auth()
+            builder.with_root_certificates(roots)
         }
         None => builder
             .dangerous()
-            .with_custom_certificate_verifier(Arc::new(NoVerify(provider)))
-            .with_no_client_auth(),
-    })
+            .with_custom_certificate_verifier(Arc::new(NoVerify(provider))),
+    };
+    match (&probe.client_cert_pem, &probe.client_key_pem) {
+        (Some(cert), Some(key)) => {
+            let chain = CertificateDer::pem_slice_iter(cert)
+                .collect::<Result<Vec<_>, _>>()
+                .map_err(|e| format!("client certificate PEM: {e}"))?;
+            let key =
+                PrivateKeyDer::from_pem_slice(key).map_err(|e| format!("client key PEM: {e}"))?;
+            builder
+                .with_client_auth_cert(chain, key)
+                .map_err(|e| format!("client certificate: {e}"))
+        }
+        _ => Ok(builder.with_no_client_auth()),
+    }
 }
 
 /// Accepts any certificate (signatures are still checked for protocol integrity). See the module docs.

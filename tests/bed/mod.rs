@@ -346,3 +346,45 @@ impl Drop for Agent {
         let _ = self.child.wait();
     }
 }
+
+/// Kills and reaps a helper process when the test ends.
+pub struct ChildGuard(pub Child);
+
+impl Drop for ChildGuard {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+impl Bed {
+    /// A CA certificate that did not sign anything in this testbed.
+    pub fn other_ca_pem(&self) -> Vec<u8> {
+        let dir = self.dir().join("other-ca");
+        std::fs::create_dir_all(&dir).expect("mkdir");
+        let st = Command::new("openssl")
+            .args([
+                "req",
+                "-x509",
+                "-newkey",
+                "ec",
+                "-pkeyopt",
+                "ec_paramgen_curve:P-256",
+                "-nodes",
+                "-days",
+                "1",
+            ])
+            .args(["-subj", "/CN=kube-ca"])
+            .arg("-keyout")
+            .arg(dir.join("ca-key.pem"))
+            .arg("-out")
+            .arg(dir.join("ca.pem"))
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .status()
+            .expect("openssl");
+        assert!(st.success());
+        std::fs::read(dir.join("ca.pem")).expect("ca pem")
+    }
+}
