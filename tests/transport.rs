@@ -8,7 +8,7 @@ use atrest::exec::docker::{APISERVER, FlagChange, NodeDocker, OLD_APISERVER};
 use atrest::exec::files;
 use atrest::exec::health::{HealthProbe, probe_once, wait_ready};
 use atrest::exec::known_hosts::host_pattern;
-use atrest::exec::preflight::preflight;
+use atrest::exec::preflight::{connect_and_preflight, preflight};
 use atrest::exec::restart::{
     ContainerAction, NodeChange, RolloutError, RolloutOptions, RolloutTarget, rolling_apply,
 };
@@ -229,25 +229,32 @@ async fn unreachable_node_fails_before_anything_changes() {
     assert!(text.contains("(ghost)"), "{text}");
     assert!(text.contains("cannot connect to 1 node"), "{text}");
 
-    // Preflight on reachable hosts with a broken Docker socket on one: both problems listed, nothing created.
-    let mut nodes = c.nodes[..2].to_vec();
+    // Connect + preflight together: the unreachable node and node 2's broken Docker socket are both listed,
+    // node 1 is not, and nothing changed anywhere.
+    let mut nodes = c.nodes.clone();
     nodes[1].docker_socket = Some("/nonexistent/docker.sock".into());
-    let hosts = connect_all(&c, &nodes, &o, 4).await.expect("connect");
     let before = bed.snapshot();
-    let err = preflight(&hosts, |h: &Host| bed.node_of(h).kdir_node.clone())
+    let err = connect_and_preflight(&c, &nodes, &o, 4, &bed.nodes[0].kdir_node)
         .await
         .expect_err("preflight fails");
     let text = err.to_string();
     assert!(text.contains("nothing was changed"), "{text}");
+    assert!(text.contains("preflight failed on 2 node(s)"), "{text}");
+    assert!(text.contains("(ghost)"), "{text}");
     assert!(
         text.contains(&bed.nodes[1].address) && text.contains("/nonexistent/docker.sock"),
         "{text}"
     );
     assert!(
-        !text.contains(&format!("node {}:", bed.nodes[0].address)),
+        !text.contains(&format!("node {} (node1)", bed.nodes[0].address)),
         "{text}"
     );
     assert_eq!(bed.snapshot(), before, "preflight changed something");
+    let hosts = connect_all(&c, &nodes[..2], &o, 4).await.expect("connect");
+    let err = preflight(&hosts, |h: &Host| bed.node_of(h).kdir_node.clone())
+        .await
+        .expect_err("node 2 still fails");
+    assert_eq!(err.0.len(), 1, "{err}");
     let healthy: Vec<Arc<Host>> = vec![hosts[0].clone()];
     preflight(&healthy, |_| bed.nodes[0].kdir_node.clone())
         .await

@@ -1,8 +1,9 @@
 //! Checks before any change: every controlplane reachable, its Docker engine answering, the prefix directory
 //! writable, a `kube-apiserver` container present. Read-only; all failing nodes are reported together.
 
+use crate::config::cluster::{ClusterConfig, Node};
 use crate::exec::docker::{APISERVER, NodeDocker};
-use crate::exec::ssh::{Host, NodeLabel, shell_quote};
+use crate::exec::ssh::{Host, NodeLabel, SshOptions, connect_each, shell_quote};
 use std::sync::Arc;
 
 #[derive(Debug, thiserror::Error)]
@@ -70,6 +71,39 @@ pub async fn preflight(
     if failures.is_empty() {
         Ok(())
     } else {
+        Err(PreflightError(failures))
+    }
+}
+
+/// Connect to every node and check each one; every unreachable or failing node is listed in one error.
+/// `kubernetes_dir` is `<prefix_path>/etc/kubernetes` as the nodes see it. Read-only.
+pub async fn connect_and_preflight(
+    cluster: &ClusterConfig,
+    nodes: &[Node],
+    opts: &SshOptions,
+    max_parallel: usize,
+    kubernetes_dir: &str,
+) -> Result<Vec<Arc<Host>>, PreflightError> {
+    let results = connect_each(cluster, nodes, opts, max_parallel)
+        .await
+        .map_err(|e| PreflightError(vec![(e.node().clone(), e.to_string())]))?;
+    let mut hosts = Vec::new();
+    let mut failures = Vec::new();
+    for r in results {
+        match r {
+            Ok(h) => hosts.push(h),
+            Err(e) => failures.push((e.node().clone(), e.to_string())),
+        }
+    }
+    if let Err(PreflightError(more)) = preflight(&hosts, |_| kubernetes_dir.to_string()).await {
+        failures.extend(more);
+    }
+    if failures.is_empty() {
+        Ok(hosts)
+    } else {
+        for h in &hosts {
+            h.close().await;
+        }
         Err(PreflightError(failures))
     }
 }

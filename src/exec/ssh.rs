@@ -550,23 +550,14 @@ pub async fn connect_all(
     opts: &SshOptions,
     max_parallel: usize,
 ) -> Result<Vec<Arc<Host>>, ConnectErrors> {
-    use futures::StreamExt;
-    let bastion = connect_bastion(cluster, opts)
+    let results = connect_each(cluster, nodes, opts, max_parallel)
         .await
         .map_err(|e| ConnectErrors(vec![e]))?;
-    let results: Vec<Result<Host, SshError>> = futures::stream::iter(nodes.iter())
-        .map(|node| {
-            let bastion = bastion.clone();
-            async move { Host::connect(cluster, node, bastion, opts).await }
-        })
-        .buffered(max_parallel.max(1))
-        .collect()
-        .await;
     let mut hosts = Vec::new();
     let mut errors = Vec::new();
     for r in results {
         match r {
-            Ok(h) => hosts.push(Arc::new(h)),
+            Ok(h) => hosts.push(h),
             Err(e) => errors.push(e),
         }
     }
@@ -578,6 +569,30 @@ pub async fn connect_all(
         }
         Err(ConnectErrors(errors))
     }
+}
+
+/// Connect to every node (through the bastion if configured), at most `max_parallel` at a time; one result
+/// per node, in order. `Err` only when the bastion itself cannot be reached.
+pub async fn connect_each(
+    cluster: &ClusterConfig,
+    nodes: &[Node],
+    opts: &SshOptions,
+    max_parallel: usize,
+) -> Result<Vec<Result<Arc<Host>, SshError>>, SshError> {
+    use futures::StreamExt;
+    let bastion = connect_bastion(cluster, opts).await?;
+    Ok(futures::stream::iter(nodes.iter())
+        .map(|node| {
+            let bastion = bastion.clone();
+            async move {
+                Host::connect(cluster, node, bastion, opts)
+                    .await
+                    .map(Arc::new)
+            }
+        })
+        .buffered(max_parallel.max(1))
+        .collect()
+        .await)
 }
 
 #[cfg(test)]
