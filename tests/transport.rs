@@ -522,3 +522,53 @@ async fn tls_readyz_checks_kube_ca_and_presents_client_cert() {
         .expect_err("unknown issuer refused");
     assert!(err.contains("TLS") || err.contains("certificate"), "{err}");
 }
+
+/// An OpenSSH user certificate (node 1 trusts the CA; the key itself is not in authorized_keys), and an
+/// encrypted ECDSA key whose passphrase comes from ATREST_SSH_PASSPHRASE.
+#[tokio::test(flavor = "multi_thread")]
+async fn certificate_and_encrypted_key_auth() {
+    let bed = Bed::up();
+    let d = bed.dir().join("certauth");
+    std::fs::create_dir_all(&d).expect("mkdir");
+    bed::keygen(&d.join("ca"), "ed25519", "");
+    bed::keygen(&d.join("user"), "ed25519", "");
+    bed::sign_user_cert(&d.join("ca"), &d.join("user.pub"), "root");
+    bed.trust_user_ca(0, &d.join("ca.pub"));
+
+    let mut c = cluster(&bed, &d.join("user"));
+    let without_cert = connect_all(&c, &c.nodes[..1], &opts(&bed), 1)
+        .await
+        .expect_err("bare key is not authorized");
+    assert!(
+        without_cert
+            .to_string()
+            .contains("authentication as root was rejected"),
+        "{without_cert}"
+    );
+    c.ssh_cert_path = Some(d.join("user-cert.pub").display().to_string());
+    let hosts = connect_all(&c, &c.nodes[..1], &opts(&bed), 1)
+        .await
+        .expect("certificate accepted");
+    assert_eq!(
+        hosts[0]
+            .exec("echo cert")
+            .await
+            .expect("exec")
+            .stdout_text(),
+        "cert\n"
+    );
+
+    // Encrypted ECDSA key, authorized on node 1.
+    bed::keygen(&d.join("enc"), "ecdsa", "s3cret pass");
+    bed.authorize(0, &d.join("enc.pub"));
+    let c = cluster(&bed, &d.join("enc"));
+    // Only this test sets the variable; other tests use unencrypted keys, which ignore it.
+    unsafe { std::env::set_var(atrest::exec::auth::PASSPHRASE_ENV, "s3cret pass") };
+    let hosts = connect_all(&c, &c.nodes[..1], &opts(&bed), 1)
+        .await
+        .expect("encrypted key with passphrase");
+    assert_eq!(
+        hosts[0].exec("echo enc").await.expect("exec").stdout_text(),
+        "enc\n"
+    );
+}

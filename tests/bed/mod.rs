@@ -388,3 +388,70 @@ impl Bed {
         std::fs::read(dir.join("ca.pem")).expect("ca pem")
     }
 }
+
+/// `ssh-keygen -t TYPE -N PASSPHRASE -f PATH`.
+pub fn keygen(path: &Path, kind: &str, passphrase: &str) {
+    let st = Command::new("ssh-keygen")
+        .args([
+            "-q",
+            "-t",
+            kind,
+            "-N",
+            passphrase,
+            "-C",
+            "transport-test",
+            "-f",
+        ])
+        .arg(path)
+        .stdin(Stdio::null())
+        .status()
+        .expect("ssh-keygen");
+    assert!(st.success(), "ssh-keygen {kind}");
+}
+
+/// Sign `user_pub` with the CA key at `ca` for `principal`; writes `<user>-cert.pub`.
+pub fn sign_user_cert(ca: &Path, user_pub: &Path, principal: &str) {
+    let st = Command::new("ssh-keygen")
+        .args(["-q", "-s"])
+        .arg(ca)
+        .args(["-I", "transport-test", "-n", principal, "-V", "-5m:+1h"])
+        .arg(user_pub)
+        .stdin(Stdio::null())
+        .status()
+        .expect("ssh-keygen -s");
+    assert!(st.success(), "signing the user certificate");
+}
+
+impl Bed {
+    /// Append a public key to node `i`'s authorized_keys.
+    pub fn authorize(&self, i: usize, pubkey: &Path) {
+        let n = &self.tb.nodes()[i];
+        let ak = n.dir.join("ssh/authorized_keys");
+        let mut keys = std::fs::read_to_string(&ak).expect("authorized_keys");
+        keys.push_str(&std::fs::read_to_string(pubkey).expect("pub key"));
+        std::fs::write(&ak, keys).expect("authorized_keys");
+    }
+
+    /// Make node `i`'s sshd trust user certificates signed by `ca_pub` (config + SIGHUP, which re-execs sshd
+    /// under the same PID).
+    pub fn trust_user_ca(&self, i: usize, ca_pub: &Path) {
+        let n = &self.tb.nodes()[i];
+        let cfg = n.dir.join("ssh/sshd_config");
+        let mut text = std::fs::read_to_string(&cfg).expect("sshd_config");
+        text.push_str(&format!("TrustedUserCAKeys {}\n", ca_pub.display()));
+        std::fs::write(&cfg, text).expect("sshd_config");
+        // SAFETY: kill(2) with SIGHUP on the sshd PID this testbed recorded.
+        assert_eq!(unsafe { libc_kill(self.nodes[i].sshd_pid as i32, 1) }, 0);
+        // sshd re-execs; wait until it listens again.
+        for _ in 0..200 {
+            if std::net::TcpStream::connect((self.nodes[i].address.as_str(), self.nodes[i].port))
+                .is_ok()
+            {
+                std::thread::sleep(std::time::Duration::from_millis(100));
+                return;
+            }
+            std::thread::sleep(std::time::Duration::from_millis(25));
+        }
+        panic!("sshd did not come back after SIGHUP");
+    }
+}
