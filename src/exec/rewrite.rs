@@ -583,6 +583,9 @@ async fn rewrite_resource(
     }
 }
 
+/// Give up on a resource after this many expired-token restarts in a row that listed nothing new.
+const MAX_STALLED_RESTARTS: u32 = 5;
+
 /// Page through the resource and queue every object not yet handed out, starting again on a 410.
 async fn list_into(
     client: &kube::Client,
@@ -595,7 +598,9 @@ async fn list_into(
     let mut dispatched: HashSet<u128> = HashSet::new();
     let mut continue_token: Option<String> = None;
     let mut first_page = true;
-    let mut restarts = 0u32;
+    let mut restarted = false;
+    let mut stalled_restarts = 0u32;
+    let mut dispatched_at_last_restart = 0usize;
     let mut attempt = 0u32;
     loop {
         if options.cancel.is_cancelled() {
@@ -614,14 +619,31 @@ async fn list_into(
                 attempt = 0;
                 page
             }
-            Err(kube::Error::Api(status)) if status.code == 410 && restarts < 10 => {
-                // The continue token expired (etcd compacted the list's revision): list again from the start,
-                // skipping what was already handed out.
-                restarts += 1;
+            Err(kube::Error::Api(status))
+                if status.code == 410 && stalled_restarts < MAX_STALLED_RESTARTS =>
+            {
+                // The continue token expired (etcd compacted the list's revision). Upstream hands back a fresh
+                // token that continues after the same key at the latest revision: every object not yet listed
+                // is still ahead of it. Without one, list again from the start and skip what was handed out.
                 Stats::add(&stats.list_restarts);
-                tracing::info!(resource = %target.name(), "continue token expired, listing again");
-                continue_token = None;
-                first_page = true;
+                if dispatched.len() == dispatched_at_last_restart {
+                    stalled_restarts += 1;
+                } else {
+                    stalled_restarts = 0;
+                }
+                dispatched_at_last_restart = dispatched.len();
+                continue_token = status
+                    .metadata
+                    .as_ref()
+                    .and_then(|m| m.continue_.clone())
+                    .filter(|t| !t.is_empty());
+                tracing::info!(
+                    resource = %target.name(),
+                    resumed = continue_token.is_some(),
+                    "continue token expired, listing again"
+                );
+                first_page = continue_token.is_none();
+                restarted = true;
                 continue;
             }
             Err(e) if is_transient(&e) && attempt < options.max_retries => {
@@ -643,7 +665,7 @@ async fn list_into(
                 return;
             }
         };
-        if first_page && restarts == 0 {
+        if first_page && !restarted {
             let remaining = page.metadata.remaining_item_count.unwrap_or(0).max(0) as u64;
             stats
                 .expected
@@ -712,7 +734,8 @@ fn display_name(object: &DynamicObject) -> String {
 }
 
 /// What happened to one object.
-enum Outcome {
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Outcome {
     Rewritten,
     Unchanged,
     Gone,
@@ -872,6 +895,22 @@ impl Writer {
         };
         self.record(label, outcome);
     }
+}
+
+/// Write back one object as it was read (its `resourceVersion` is the precondition), with the same conflict,
+/// retry and skip rules as the full rewrite; the counts go to the returned report.
+pub async fn rewrite_object(
+    client: &kube::Client,
+    target: &Target,
+    object: DynamicObject,
+    options: &RewriteOptions,
+) -> (Outcome, RewriteReport) {
+    let started = Instant::now();
+    let stats = Arc::new(Stats::default());
+    let writer = Writer::new(client, target, options, stats.clone());
+    let outcome = writer.put_back(writer.with_types(object)).await;
+    writer.record(String::new(), outcome.clone());
+    (outcome, stats.report(started.elapsed(), false))
 }
 
 // ---------------------------------------------------------------------------------------------------------

@@ -9,6 +9,7 @@ use rcgen::{
 use std::net::{IpAddr, SocketAddr, TcpListener};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
+
 use std::time::{Duration, Instant};
 use zeroize::Zeroizing;
 
@@ -97,15 +98,23 @@ pub struct EtcdProcess {
 }
 
 impl EtcdProcess {
+    /// The server certificate names only `etcd-node1`, not the address: clients must override the name.
     pub fn start(third_octet: u8) -> Result<Self> {
         let tmp = tempfile::tempdir()?;
-        let mut etcd = Self::start_in(tmp.path(), private_loopback(third_octet))?;
+        let mut etcd = Self::start_in(tmp.path(), private_loopback(third_octet), false)?;
         etcd._tmp = Some(tmp);
         Ok(etcd)
     }
 
-    pub fn start_in(dir: &Path, ip: IpAddr) -> Result<Self> {
-        let pki = Pki::new(&[ETCD_SERVER_NAME])?;
+    /// `ip_in_cert`: also name the address (kube-apiserver dials etcd by URL, without a name override).
+    pub fn start_in(dir: &Path, ip: IpAddr, ip_in_cert: bool) -> Result<Self> {
+        let ip_text = ip.to_string();
+        let names: Vec<&str> = if ip_in_cert {
+            vec![ETCD_SERVER_NAME, &ip_text]
+        } else {
+            vec![ETCD_SERVER_NAME]
+        };
+        let pki = Pki::new(&names)?;
         pki.write(dir)?;
         let client_port = free_port(ip)?;
         let peer_port = free_port(ip)?;
@@ -153,6 +162,10 @@ impl EtcdProcess {
             _tmp: None,
         };
         Ok(process)
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child.id()
     }
 
     pub fn target(&self, server_name: Option<&str>) -> EtcdTarget {
@@ -209,4 +222,175 @@ impl Drop for EtcdProcess {
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
+}
+
+/// Where the kube-apiserver stand-in binary is (`cargo build -p testbed --bin kube-apiserver [--release]`).
+pub fn standin_binary() -> Result<PathBuf> {
+    if let Ok(path) = std::env::var("ATREST_STANDIN_BIN") {
+        return Ok(PathBuf::from(path));
+    }
+    let target = std::env::var("CARGO_TARGET_DIR")
+        .unwrap_or_else(|_| format!("{}/target", env!("CARGO_MANIFEST_DIR")));
+    for profile in ["release", "debug"] {
+        let path = Path::new(&target).join(profile).join("kube-apiserver");
+        if path.exists() {
+            return Ok(path);
+        }
+    }
+    bail!(
+        "kube-apiserver stand-in not built: run `cargo build -p testbed --bin kube-apiserver` (or set ATREST_STANDIN_BIN)"
+    )
+}
+
+/// The kube-apiserver stand-in serving TLS with client-certificate auth, talking to `etcd`; killed on drop.
+pub struct StandIn {
+    child: Option<Child>,
+    pub dir: PathBuf,
+    pub url: String,
+    pub kubeconfig: PathBuf,
+    args: Vec<String>,
+}
+
+impl StandIn {
+    /// Start with `encryption_config` (YAML) written to `dir/encryption.yaml`.
+    pub fn start(
+        etcd: &EtcdProcess,
+        dir: &Path,
+        ip: IpAddr,
+        encryption_config: &str,
+    ) -> Result<Self> {
+        std::fs::create_dir_all(dir)?;
+        let pki = Pki::new(&[&ip.to_string(), "kubernetes"])?;
+        std::fs::write(dir.join("apiserver.pem"), &pki.server_cert_pem)?;
+        std::fs::write(dir.join("apiserver-key.pem"), &pki.server_key_pem)?;
+        std::fs::write(dir.join("client-ca.pem"), &pki.ca_pem)?;
+        let port = free_port(ip)?;
+        let url = format!("https://{ip}:{port}");
+        let kubeconfig = dir.join("kubeconfig");
+        write_kubeconfig(&kubeconfig, &url, &pki)?;
+        let encryption = dir.join("encryption.yaml");
+        std::fs::write(&encryption, encryption_config)?;
+        let p = |name: &str| etcd.dir.join(name).display().to_string();
+        let args = vec![
+            format!("--etcd-servers={}", etcd.client_url),
+            format!("--etcd-cafile={}", p("ca.pem")),
+            format!("--etcd-certfile={}", p("client.pem")),
+            format!("--etcd-keyfile={}", p("client-key.pem")),
+            format!("--encryption-provider-config={}", encryption.display()),
+            format!("--bind-address={ip}"),
+            format!("--secure-port={port}"),
+            format!("--tls-cert-file={}", dir.join("apiserver.pem").display()),
+            format!(
+                "--tls-private-key-file={}",
+                dir.join("apiserver-key.pem").display()
+            ),
+            format!("--client-ca-file={}", dir.join("client-ca.pem").display()),
+            "--anonymous-auth=false".to_string(),
+        ];
+        let mut standin = Self {
+            child: None,
+            dir: dir.to_path_buf(),
+            url,
+            kubeconfig,
+            args,
+        };
+        standin.spawn()?;
+        Ok(standin)
+    }
+
+    fn spawn(&mut self) -> Result<()> {
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(self.dir.join("kube-apiserver.log"))?;
+        let child = Command::new(standin_binary()?)
+            .args(&self.args)
+            .stdin(Stdio::null())
+            .stdout(log.try_clone()?)
+            .stderr(log)
+            .spawn()
+            .context("spawn kube-apiserver stand-in")?;
+        self.child = Some(child);
+        Ok(())
+    }
+
+    /// Stop, write a new encryption config, start again (what an RKE rolling restart does per node).
+    pub fn restart_with(&mut self, encryption_config: &str) -> Result<()> {
+        self.stop();
+        std::fs::write(self.dir.join("encryption.yaml"), encryption_config)?;
+        self.spawn()
+    }
+
+    pub fn stop(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+
+    pub fn pid(&self) -> Option<u32> {
+        self.child.as_ref().map(Child::id)
+    }
+
+    /// A client from the kubeconfig, once the server answers.
+    pub async fn ready(&self) -> Result<kube::Client> {
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            if let Ok(client) = atrest::exec::kube::client(&self.kubeconfig).await
+                && client.apiserver_version().await.is_ok()
+            {
+                return Ok(client);
+            }
+            if Instant::now() > deadline {
+                let log = std::fs::read_to_string(self.dir.join("kube-apiserver.log"))
+                    .unwrap_or_default();
+                bail!("stand-in at {} not ready after 30 s; log:\n{log}", self.url);
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+}
+
+impl Drop for StandIn {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}
+
+fn write_kubeconfig(path: &Path, url: &str, pki: &Pki) -> Result<()> {
+    use base64::Engine as _;
+    let b64 = |s: &str| base64::engine::general_purpose::STANDARD.encode(s);
+    let yaml = format!(
+        "apiVersion: v1\nkind: Config\nclusters:\n- name: test\n  cluster:\n    server: {url}\n    certificate-authority-data: {}\n\
+         users:\n- name: admin\n  user:\n    client-certificate-data: {}\n    client-key-data: {}\n\
+         contexts:\n- name: test\n  context:\n    cluster: test\n    user: admin\ncurrent-context: test\n",
+        b64(&pki.ca_pem),
+        b64(&pki.client_cert_pem),
+        b64(&pki.client_key_pem)
+    );
+    std::fs::write(path, yaml)?;
+    Ok(())
+}
+
+/// A random 32-byte AES key, base64.
+pub fn random_key() -> String {
+    use base64::Engine as _;
+    let key: [u8; 32] = rand::random();
+    base64::engine::general_purpose::STANDARD.encode(key)
+}
+
+/// An aescbc EncryptionConfiguration for `resources` with the keys in order (first = write key).
+pub fn aescbc_config(resources: &[&str], keys: &[(&str, &str)]) -> String {
+    let mut yaml = String::from(
+        "apiVersion: apiserver.config.k8s.io/v1\nkind: EncryptionConfiguration\nresources:\n- resources:\n",
+    );
+    for r in resources {
+        yaml.push_str(&format!("  - \"{r}\"\n"));
+    }
+    yaml.push_str("  providers:\n  - aescbc:\n      keys:\n");
+    for (name, secret) in keys {
+        yaml.push_str(&format!("      - name: {name}\n        secret: {secret}\n"));
+    }
+    yaml.push_str("  - identity: {}\n");
+    yaml
 }
