@@ -386,6 +386,7 @@ async fn wildcards_resolve_and_targeted_rewrite_uses_census_keys() {
     assert_eq!(resolution.targets.len(), 1);
     assert_eq!(resolution.unusable.len(), 1);
     assert_eq!(resolution.unusable[0].resource, "widgets.example.com");
+    assert!(!resolution.unusable[0].from_wildcard);
     assert_eq!(
         ResourceSelector::parse("*."),
         ResourceSelector::Group(String::new())

@@ -103,6 +103,9 @@ impl Target {
 pub struct Unusable {
     pub resource: String,
     pub reason: String,
+    /// Matched only through a wildcard (e.g. `tokenreviews` under `*.*`, which is never stored): usually
+    /// harmless, whereas a resource named explicitly and unusable is a configuration problem.
+    pub from_wildcard: bool,
 }
 
 #[derive(Debug, Default)]
