@@ -125,7 +125,7 @@ fn load_config(path: &Path) -> Result<EncryptionConfiguration, String> {
     Ok(config)
 }
 
-/// Go prints `open <path>: no such file or directory`; Rust's text differs, so keep the OS part only.
+/// The OS part of Go's `*PathError` text (Rust appends `(os error N)`, Go does not).
 fn go_io_error(e: &std::io::Error) -> String {
     match e.kind() {
         std::io::ErrorKind::NotFound => "no such file or directory".into(),
