@@ -239,9 +239,9 @@ async fn rewrite_moves_everything_to_the_new_key_without_losing_concurrent_updat
     assert!(report.is_success(), "{report}: {:?}", report.errors);
     assert_eq!(report.processed(), 1500, "{report}");
     assert_eq!(report.expected, 1500);
-    assert_eq!(report.rewritten + report.skipped_newer, 1500, "{report}");
-    assert_eq!(report.unchanged, 0);
-
+    // Objects the writer touched before we listed them are already on the new key: unchanged.
+    assert_eq!(report.rewritten + report.skipped_newer + report.unchanged, 1500, "{report}");
+    assert!(report.unchanged + report.skipped_newer <= counters.len() as u64, "{report}");
     let after = cluster.census(&resources).await;
     assert_eq!(
         after.resources["secrets"].by_label,

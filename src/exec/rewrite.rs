@@ -174,13 +174,16 @@ pub async fn resolve(
             }
         };
         for (api, caps) in resources {
-            let covered = selectors.iter().any(|s| match s {
-                ResourceSelector::Exact { group: g, resource } => {
-                    *g == api.group && *resource == api.plural
-                }
-                ResourceSelector::Group(g) => *g == api.group,
-                ResourceSelector::All => true,
+            let named = selectors.iter().any(|s| {
+                matches!(s, ResourceSelector::Exact { group: g, resource }
+                    if *g == api.group && *resource == api.plural)
             });
+            let covered = named
+                || selectors.iter().any(|s| match s {
+                    ResourceSelector::Exact { .. } => false,
+                    ResourceSelector::Group(g) => *g == api.group,
+                    ResourceSelector::All => true,
+                });
             if !covered || !seen.insert((api.group.clone(), api.plural.clone())) {
                 continue;
             }
@@ -196,6 +199,7 @@ pub async fn resolve(
                     reason: format!(
                         "the API does not allow {missing} on it, so it cannot be rewritten"
                     ),
+                    from_wildcard: !named,
                 }),
             }
         }
@@ -212,9 +216,14 @@ pub async fn resolve(
             resolution.unusable.push(Unusable {
                 resource: name,
                 reason: "not served by the API server".into(),
+                from_wildcard: false,
             });
         }
     }
+    resolution.targets.sort_by_key(Target::name);
+    resolution
+        .unusable
+        .sort_by(|a, b| a.resource.cmp(&b.resource));
     Ok(resolution)
 }
 
