@@ -144,6 +144,18 @@ fn three_nodes_reachable_over_ssh_and_docker_then_clean_teardown() {
         .args(["get", "/testbed/probe", "--print-value-only"]));
     assert!(ok, "etcdctl get: {err}");
     assert_eq!(out.trim(), "v1");
+    // The harness's HTTPS probe (used for /readyz) against etcd's /health: CA trust + client certificate.
+    let pem = |p: std::path::PathBuf| std::fs::read_to_string(p).expect("reading a PEM");
+    let probe = testbed::harness::health::HttpsProbe::new(
+        &pem(tb.etcd_ca()),
+        &pem(tb.etcd_client_cert()),
+        &pem(tb.etcd_client_key()),
+    )
+    .expect("HTTPS probe");
+    let etcd1 = std::net::SocketAddr::new(tb.nodes()[0].address.into(), 2379);
+    let (code, body) = probe.get(etcd1, "/health").expect("GET etcd /health");
+    assert_eq!(code, 200, "{body}");
+    assert!(body.contains("true"), "{body}");
     let manifest = tb.manifest().clone();
     assert_eq!(manifest.procs.len(), 9, "3 × (sshd, dockerd, etcd)");
     assert_clean(&mut tb);

@@ -205,6 +205,7 @@ impl Testbed {
             procs: Vec::new(),
             containers: Vec::new(),
             up_ms: 0,
+            steps: Vec::new(),
         };
         manifest.save()?;
         slot.write_owner(&dir)?;
@@ -218,7 +219,7 @@ impl Testbed {
             down_done: false,
             keep: false,
         };
-        match tb.bring_up() {
+        match tb.bring_up(t0) {
             Ok(()) => {
                 tb.manifest.up_ms = t0.elapsed().as_millis() as u64;
                 tb.manifest.save()?;
@@ -252,7 +253,23 @@ impl Testbed {
         Ok(pid)
     }
 
-    fn bring_up(&mut self) -> Result<()> {
+    fn mark(&mut self, t0: Instant, step: &str) {
+        self.manifest
+            .steps
+            .push((step.to_string(), t0.elapsed().as_millis() as u64));
+    }
+
+    /// Milestones of `up` (step, time since `up` began).
+    pub fn bring_up_steps(&self) -> Vec<(String, Duration)> {
+        self.manifest
+            .steps
+            .iter()
+            .map(|(s, ms)| (s.clone(), Duration::from_millis(*ms)))
+            .collect()
+    }
+
+    fn bring_up(&mut self, t0: Instant) -> Result<()> {
+        self.mark(t0, "slot acquired");
         let dir = self.manifest.dir.clone();
         mkdir(Path::new("/run/sshd"))?;
         mkdir(Path::new(PREFIX_PATH))?;
@@ -350,6 +367,7 @@ impl Testbed {
             0o644,
         )?;
 
+        self.mark(t0, "keys, pki and node files written");
         // sshd in a fresh mount namespace where PREFIX_PATH is the node's tree; dockerd joins that namespace.
         let nodes = self.nodes.clone();
         for (n, rec) in nodes.iter().zip(self.manifest.nodes.clone()) {
@@ -370,15 +388,34 @@ impl Testbed {
             let sshd_pid = self.record(child, "sshd", n.index, &cfg)?;
             let host_ns = mnt_ns(std::process::id());
             // Wait until sh has mounted and exec'd sshd, so nsenter joins the finished namespace.
-            health::wait_for(
+            let logs = [n.dir.join("sshd.stdio.log"), n.dir.join("sshd.log")];
+            health::wait_until(
                 &format!("sshd of {} to start", n.name),
                 Duration::from_secs(10),
                 Duration::from_millis(5),
                 || {
-                    procs::cmdline(sshd_pid).is_some_and(|c| c.starts_with("/usr/sbin/sshd"))
-                        && mnt_ns(sshd_pid) != host_ns
+                    if !procs::alive(sshd_pid, "") {
+                        bail!(
+                            "sshd (pid {sshd_pid}) exited; {}",
+                            logs.iter()
+                                .map(|l| health::log_tail(l, 10))
+                                .collect::<Vec<_>>()
+                                .join("\n")
+                        );
+                    }
+                    Ok(fs::read_link(format!("/proc/{sshd_pid}/exe"))
+                        .is_ok_and(|e| e == Path::new("/usr/sbin/sshd"))
+                        && mnt_ns(sshd_pid) != host_ns)
                 },
-            )?;
+            )
+            .map_err(|e| {
+                let c = procs::cmdline(sshd_pid).unwrap_or_default();
+                e.context(format!(
+                    "sshd pid {sshd_pid} cmdline {c:?}, mount ns {:?} (host {:?})",
+                    mnt_ns(sshd_pid),
+                    host_ns
+                ))
+            })?;
             if let Some(p) = self.manifest.procs.last_mut() {
                 p.cmdline = procs::cmdline(sshd_pid).unwrap_or_default();
             }
@@ -461,35 +498,63 @@ impl Testbed {
                 self.record(child, "etcd", n.index, &data)?;
             }
         }
+        self.mark(t0, "daemons spawned");
         // Image: build while the engines start.
         let work = dir.join("image");
         mkdir(&work)?;
         let tar = image::build_rootfs_tar(&self.standin, &work)?;
         for n in &nodes {
-            health::wait_for(
+            let pid = self
+                .manifest
+                .procs
+                .iter()
+                .find(|p| p.kind == "dockerd" && p.node == n.index)
+                .map(|p| p.pid);
+            let log = n.dir.join("dockerd.log");
+            health::wait_until(
                 &format!("dockerd of {}", n.name),
                 Duration::from_secs(30),
                 Duration::from_millis(20),
-                || health::docker_ping(&n.docker_socket),
+                || {
+                    if pid.is_some_and(|p| !procs::alive(p, "")) {
+                        bail!("dockerd exited; {}", health::log_tail(&log, 10));
+                    }
+                    Ok(health::docker_ping(&n.docker_socket))
+                },
             )?;
         }
+        self.mark(t0, "engines ready");
         let sockets: Vec<PathBuf> = nodes.iter().map(|n| n.docker_socket.clone()).collect();
         image::install(&tar, &work, &sockets)?;
+        self.mark(t0, "image installed");
         if self.etcd {
-            health::wait_for(
+            let etcds: Vec<(u32, PathBuf)> = self
+                .manifest
+                .procs
+                .iter()
+                .filter(|p| p.kind == "etcd")
+                .map(|p| (p.pid, self.manifest.nodes[p.node - 1].dir.join("etcd.log")))
+                .collect();
+            health::wait_until(
                 "etcd cluster health",
                 Duration::from_secs(60),
                 Duration::from_millis(100),
                 || {
-                    self.etcdctl()
+                    if let Some((pid, log)) = etcds.iter().find(|(pid, _)| !procs::alive(*pid, ""))
+                    {
+                        bail!("etcd (pid {pid}) exited; {}", health::log_tail(log, 5));
+                    }
+                    Ok(self
+                        .etcdctl()
                         .args(["endpoint", "health"])
                         .stdout(Stdio::null())
                         .stderr(Stdio::null())
                         .status()
-                        .is_ok_and(|s| s.success())
+                        .is_ok_and(|s| s.success()))
                 },
             )?;
         }
+        self.mark(t0, "etcd healthy");
         // kube-apiserver per node, RKE-style.
         for n in &nodes {
             let mut cmd = self.docker(n);
@@ -547,6 +612,7 @@ impl Testbed {
             serde_json::to_string_pretty(&state)?.as_bytes(),
             0o600,
         )?;
+        self.mark(t0, "containers started, cluster files written");
         // Health: the API (not the container state: a crash-looping container looks "Up").
         let probe = health::HttpsProbe::new(
             &pki.ca.cert_pem,
@@ -565,8 +631,10 @@ impl Testbed {
                         .get(addr, "/readyz")
                         .is_ok_and(|(code, _)| code == 200),
                 },
-            )?;
+            )
+            .map_err(|e| e.context(self.container_diagnostics(n)))?;
         }
+        self.mark(t0, "apiservers ready");
         // SSH with host-key checking, all nodes at once.
         let this = &*self;
         std::thread::scope(|s| {
@@ -584,7 +652,40 @@ impl Testbed {
             }
             anyhow::Ok(())
         })?;
+        self.mark(t0, "ssh verified");
         Ok(())
+    }
+
+    /// Container state and its last log lines, for errors about a node's kube-apiserver.
+    fn container_diagnostics(&self, n: &Node) -> String {
+        let state = self
+            .docker(n)
+            .args([
+                "inspect",
+                "-f",
+                "status={{.State.Status}} restarts={{.RestartCount}} exit={{.State.ExitCode}}",
+                "kube-apiserver",
+            ])
+            .output()
+            .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_string())
+            .unwrap_or_default();
+        let logs = self
+            .docker(n)
+            .args(["logs", "--tail", "5", "kube-apiserver"])
+            .output()
+            .map(|o| {
+                format!(
+                    "{}{}",
+                    String::from_utf8_lossy(&o.stdout),
+                    String::from_utf8_lossy(&o.stderr)
+                )
+            })
+            .unwrap_or_default();
+        format!(
+            "kube-apiserver container on {}: {state}; last log lines:\n{}",
+            n.name,
+            logs.trim_end()
+        )
     }
 
     /// The container command line: RKE's `kube-apiserver` flags (the stand-in ignores the ones it does not model).
