@@ -88,6 +88,9 @@ fn main() -> Result<()> {
                 tb.bring_up_time().as_secs_f64(),
                 tb.slot()
             );
+            for (step, at) in tb.bring_up_steps() {
+                println!("  {:>6} ms  {step}", at.as_millis());
+            }
             for n in tb.nodes() {
                 println!(
                     "  {}  {}  ssh :{}  docker {}",

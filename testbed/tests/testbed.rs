@@ -30,6 +30,12 @@ fn run(cmd: &mut Command) -> (bool, String, String) {
     )
 }
 
+fn print_steps(tb: &Testbed) {
+    for (step, at) in tb.bring_up_steps() {
+        println!("  {:>6} ms  {step}", at.as_millis());
+    }
+}
+
 fn assert_clean(tb: &mut Testbed) {
     let t = Instant::now();
     tb.down().expect("teardown");
@@ -53,6 +59,7 @@ fn three_nodes_reachable_over_ssh_and_docker_then_clean_teardown() {
         "bring-up (placeholder, 3 nodes, etcd): {:.2} s",
         tb.bring_up_time().as_secs_f64()
     );
+    print_steps(&tb);
     assert_eq!(tb.nodes().len(), 3);
     let key = tb.client_key();
     let known = tb.known_hosts();
@@ -169,7 +176,6 @@ fn three_nodes_reachable_over_ssh_and_docker_then_clean_teardown() {
 }
 
 #[test]
-#[ignore = "needs the kube-apiserver stand-in binary (branch standin)"]
 fn seeded_secrets_read_back_with_kubectl() {
     if !may_run() {
         return;
@@ -184,6 +190,7 @@ fn seeded_secrets_read_back_with_kubectl() {
         "bring-up (stand-in, 3 nodes): {:.2} s",
         tb.bring_up_time().as_secs_f64()
     );
+    print_steps(&tb);
     let t = Instant::now();
     let report = tb.seed(1000, 0, 2048).expect("seeding");
     println!("seeded 1000 secrets in {:.2} s", t.elapsed().as_secs_f64());
