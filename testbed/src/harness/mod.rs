@@ -555,34 +555,43 @@ impl Testbed {
             )?;
         }
         self.mark(t0, "etcd healthy");
-        // kube-apiserver per node, RKE-style.
-        for n in &nodes {
-            let mut cmd = self.docker(n);
-            cmd.args([
-                "run",
-                "-d",
-                "--name",
-                "kube-apiserver",
-                "--net=host",
-                "--restart=always",
-            ]);
-            if self.standin == Standin::Placeholder {
-                cmd.arg("--init");
+        // kube-apiserver per node, RKE-style, all nodes at once.
+        let runs: Vec<Result<String>> = {
+            let this = &*self;
+            std::thread::scope(|s| {
+                let hs: Vec<_> = nodes
+                    .iter()
+                    .map(|n| {
+                        s.spawn(move || {
+                            image::run_ok(
+                                &mut this.apiserver_run(n),
+                                &format!("docker run kube-apiserver on {}", n.name),
+                            )
+                        })
+                    })
+                    .collect();
+                hs.into_iter()
+                    .map(|h| {
+                        h.join()
+                            .unwrap_or_else(|_| Err(anyhow::anyhow!("docker run thread panicked")))
+                    })
+                    .collect()
+            })
+        };
+        let mut first_err = None;
+        for (n, r) in nodes.iter().zip(runs) {
+            match r {
+                Ok(id) => self.manifest.containers.push(ContainerRecord {
+                    node: n.index,
+                    id,
+                    name: "kube-apiserver".into(),
+                }),
+                Err(e) => first_err = first_err.or(Some(e)),
             }
-            cmd.arg("-v")
-                .arg(format!("{PREFIX_PATH}/etc/kubernetes:/etc/kubernetes:z"))
-                .arg(image::IMAGE);
-            cmd.args(self.apiserver_command(n));
-            let id = image::run_ok(
-                &mut cmd,
-                &format!("docker run kube-apiserver on {}", n.name),
-            )?;
-            self.manifest.containers.push(ContainerRecord {
-                node: n.index,
-                id,
-                name: "kube-apiserver".into(),
-            });
-            self.manifest.save()?;
+        }
+        self.manifest.save()?;
+        if let Some(e) = first_err {
+            return Err(e);
         }
         // Cluster files.
         let spec = files::ClusterSpec {
@@ -686,6 +695,28 @@ impl Testbed {
             n.name,
             logs.trim_end()
         )
+    }
+
+    /// `docker run` for a node's kube-apiserver container, as RKE creates it.
+    pub fn apiserver_run(&self, n: &Node) -> Command {
+        let mut cmd = self.docker(n);
+        cmd.args([
+            "run",
+            "-d",
+            "--name",
+            "kube-apiserver",
+            "--net=host",
+            "--restart=always",
+        ]);
+        if self.standin == Standin::Placeholder {
+            // busybox httpd as PID 1 ignores SIGTERM; the stand-in handles it, like the real apiserver.
+            cmd.arg("--init");
+        }
+        cmd.arg("-v")
+            .arg(format!("{PREFIX_PATH}/etc/kubernetes:/etc/kubernetes:z"))
+            .arg(image::IMAGE);
+        cmd.args(self.apiserver_command(n));
+        cmd
     }
 
     /// The container command line: RKE's `kube-apiserver` flags (the stand-in ignores the ones it does not model).
