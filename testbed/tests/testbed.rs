@@ -52,6 +52,7 @@ fn three_nodes_reachable_over_ssh_and_docker_then_clean_teardown() {
     }
     let mut tb = Testbed::up(Options {
         standin: Standin::Placeholder,
+        sudo_user: true,
         ..Options::default()
     })
     .expect("testbed up");
@@ -106,6 +107,26 @@ fn three_nodes_reachable_over_ssh_and_docker_then_clean_teardown() {
             Some("2"),
             "{}: exactly its own etcd cert+key pair in its prefix",
             n.name
+        );
+        // The sudo user: not root, in group docker, passwordless sudo reaches root-only key files.
+        let own_key = own_cert.replace(".pem", "-key.pem");
+        let user_check = format!(
+            "id -un; id -Gn; cat {own_key} >/dev/null 2>&1 && echo readable; sudo -n head -1 {own_key}"
+        );
+        let (ok, out, err) = run(tb.ssh_as(n, tb.ssh_user()).arg(&user_check));
+        assert!(ok, "ssh as {} to {}: {err}", tb.ssh_user(), n.name);
+        let lines: Vec<&str> = out.lines().collect();
+        assert_eq!(lines.first(), Some(&"atrest"), "{out}");
+        assert!(
+            lines
+                .get(1)
+                .is_some_and(|g| g.split(' ').any(|g| g == "docker")),
+            "{out}"
+        );
+        assert_eq!(
+            lines.get(2),
+            Some(&"-----BEGIN PRIVATE KEY-----"),
+            "key must not be readable without sudo: {out}"
         );
         // Unknown host key: refused.
         let (ok, _, err) = ssh(&empty_known, "true");

@@ -9,6 +9,7 @@ pub mod pki;
 pub mod procs;
 pub mod seed;
 pub mod slot;
+pub mod users;
 
 use std::fs;
 use std::net::{Ipv4Addr, SocketAddr};
@@ -33,7 +34,7 @@ pub struct Options {
     pub standin: Standin,
     /// Start an N-member etcd cluster (required by the real stand-in).
     pub etcd: bool,
-    /// Not implemented yet: a non-root sudo user.
+    /// Also create user `atrest` (passwordless sudo, member of `docker`) on every node and name it in cluster.yml.
     pub sudo_user: bool,
     /// How long to wait for a free slot.
     pub slot_timeout: Duration,
@@ -82,6 +83,7 @@ pub struct Testbed {
     slot: Option<slot::Slot>,
     standin: Standin,
     etcd: bool,
+    sudo_user: bool,
     down_done: bool,
     /// Leave everything running on drop (CLI `up`).
     keep: bool,
@@ -167,7 +169,9 @@ impl Testbed {
         let dir = dir
             .canonicalize()
             .with_context(|| format!("resolving {}", dir.display()))?;
-        fs::set_permissions(&dir, std::os::unix::fs::PermissionsExt::from_mode(0o700))?;
+        // 0711: the sudo user's sshd session must traverse DIR to its home; files with secrets are 0600.
+        let mode = if opts.sudo_user { 0o711 } else { 0o700 };
+        fs::set_permissions(&dir, std::os::unix::fs::PermissionsExt::from_mode(mode))?;
         let run_dir = slot.run_dir();
         if run_dir.exists() {
             // A previous owner was reclaimed or crashed before writing its owner file.
@@ -216,6 +220,7 @@ impl Testbed {
             slot: Some(slot),
             standin: opts.standin.clone(),
             etcd: opts.etcd,
+            sudo_user: opts.sudo_user,
             down_done: false,
             keep: false,
         };
@@ -328,7 +333,13 @@ impl Testbed {
                      PermitRootLogin prohibit-password\nPubkeyAuthentication yes\nPasswordAuthentication no\n\
                      KbdInteractiveAuthentication no\nUsePAM no\nAllowTcpForwarding yes\nAllowStreamLocalForwarding yes\n\
                      StreamLocalBindUnlink yes\nSetEnv DOCKER_HOST=unix://{sock}\nSubsystem sftp /usr/lib/openssh/sftp-server\n\
-                     LogLevel VERBOSE\n",
+                     LogLevel VERBOSE\n{sudo}",
+                    sudo = if self.sudo_user {
+                        // The user's own file (readable by it); root keeps the file above only.
+                        format!("Match User {}\n  AuthorizedKeysFile .ssh/authorized_keys\n", users::SUDO_USER)
+                    } else {
+                        String::new()
+                    },
                     ip = n.address,
                     port = n.ssh_port,
                     hk = host_key.display(),
@@ -372,12 +383,18 @@ impl Testbed {
         let nodes = self.nodes.clone();
         for (n, rec) in nodes.iter().zip(self.manifest.nodes.clone()) {
             let cfg = n.dir.join("ssh/sshd_config");
+            let mut binds = vec![(n.prefix.clone(), PathBuf::from(PREFIX_PATH))];
+            if self.sudo_user {
+                binds.extend(users::prepare(&n.dir, &client_pub)?);
+            }
             let mut cmd = Command::new("unshare");
             cmd.args(["--mount", "--propagation", "private", "--", "/bin/sh", "-c"])
-                .arg(r#"mount --bind -- "$1" "$2" && shift 2 && exec "$@""#)
-                .arg("sh")
-                .arg(&n.prefix)
-                .arg(PREFIX_PATH)
+                .arg(r#"while [ "$1" != -- ]; do mount --bind -- "$1" "$2" || exit 1; shift 2; done; shift; exec "$@""#)
+                .arg("sh");
+            for (src, dst) in &binds {
+                cmd.arg(src).arg(dst);
+            }
+            cmd.arg("--")
                 .arg("/usr/sbin/sshd")
                 .arg("-D")
                 .arg("-f")
@@ -598,6 +615,7 @@ impl Testbed {
             cluster_name: format!("atrest-testbed-slot-{}", self.manifest.slot),
             ssh_key_path: &key,
             prefix_path: PREFIX_PATH,
+            user: self.ssh_user(),
             nodes: nodes
                 .iter()
                 .map(|n| files::NodeSpec {
@@ -867,15 +885,30 @@ impl Testbed {
     pub fn docker(&self, n: &Node) -> Command {
         image::docker(&n.docker_socket)
     }
-    /// `ssh -F DIR/ssh_config root@IP` with strict host-key checking; append the remote command.
-    pub fn ssh(&self, n: &Node) -> Command {
+
+    /// The SSH user named in cluster.yml: `root`, or [`users::SUDO_USER`] with `sudo_user`.
+    pub fn ssh_user(&self) -> &'static str {
+        if self.sudo_user {
+            users::SUDO_USER
+        } else {
+            "root"
+        }
+    }
+
+    /// `ssh -F DIR/ssh_config USER@IP` with strict host-key checking; append the remote command.
+    pub fn ssh_as(&self, n: &Node, user: &str) -> Command {
         let mut c = Command::new("ssh");
         c.arg("-F")
             .arg(self.ssh_config_path())
             .arg("-p")
             .arg(n.ssh_port.to_string());
-        c.arg(format!("root@{}", n.address)).stdin(Stdio::null());
+        c.arg(format!("{user}@{}", n.address)).stdin(Stdio::null());
         c
+    }
+
+    /// `ssh -F DIR/ssh_config root@IP` with strict host-key checking; append the remote command.
+    pub fn ssh(&self, n: &Node) -> Command {
+        self.ssh_as(n, "root")
     }
 }
 
