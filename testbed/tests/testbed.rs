@@ -235,3 +235,37 @@ fn seeded_secrets_read_back_with_kubectl() {
     assert_eq!(verified.secrets, 1000);
     assert_clean(&mut tb);
 }
+
+#[test]
+fn a_kept_testbed_is_torn_down_from_its_manifest() {
+    if !may_run() {
+        return;
+    }
+    // What the CLI does: `up` leaves the daemons running, a later `down --dir` works from testbed.json alone.
+    let mut tb = Testbed::up(Options {
+        nodes: 1,
+        etcd: false,
+        standin: Standin::Placeholder,
+        ..Options::default()
+    })
+    .expect("testbed up");
+    tb.keep_running();
+    let manifest = tb.manifest().clone();
+    let dir = tb.dir().to_path_buf();
+    drop(tb);
+    assert!(
+        manifest.any_alive(),
+        "daemons must outlive the Testbed value after keep_running"
+    );
+    let owner = manifest.run_dir.join("owner");
+    assert_eq!(
+        std::fs::read_to_string(&owner).ok().as_deref(),
+        dir.to_str(),
+        "slot owner file names the testbed"
+    );
+    Testbed::down_dir(&dir).expect("down from the manifest");
+    let left = testbed::harness::procs::leftovers(&manifest);
+    assert!(left.is_empty(), "teardown left: {left:#?}");
+    assert!(!owner.exists());
+    Testbed::down_dir(&dir).expect("down again is a no-op");
+}
