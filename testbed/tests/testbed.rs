@@ -62,6 +62,33 @@ fn three_nodes_reachable_over_ssh_and_docker_then_clean_teardown() {
     );
     print_steps(&tb);
     assert_eq!(tb.nodes().len(), 3);
+    // atrest reads the cluster file the testbed wrote.
+    let cluster =
+        atrest::config::cluster::load(&tb.cluster_yml()).expect("atrest parses cluster.yml");
+    assert_eq!(cluster.nodes.len(), 3);
+    assert_eq!(cluster.prefix_path(), testbed::harness::PREFIX_PATH);
+    assert_eq!(cluster.controlplanes().len(), 3);
+    assert_eq!(cluster.etcd_nodes().len(), 3);
+    for (cn, n) in cluster.nodes.iter().zip(tb.nodes()) {
+        assert_eq!(cn.address, n.address.to_string());
+        assert_eq!(cn.user.as_deref(), Some("atrest"));
+        assert_eq!(
+            cn.docker_socket(),
+            n.docker_socket.to_str().unwrap_or_default()
+        );
+    }
+    let state: serde_json::Value = serde_json::from_str(
+        &std::fs::read_to_string(tb.rkestate()).expect("reading cluster.rkestate"),
+    )
+    .expect("cluster.rkestate is JSON");
+    let bundle = &state["currentState"]["certificatesBundle"];
+    for name in ["kube-ca", "kube-node", "kube-etcd-127-0-2"] {
+        let found = bundle
+            .as_object()
+            .is_some_and(|b| b.keys().any(|k| k.starts_with(name)));
+        assert!(found, "certificatesBundle has {name}*");
+    }
+    assert!(state["currentState"].get("encryptionConfig").is_none());
     let key = tb.client_key();
     let known = tb.known_hosts();
     let empty_known = tb.dir().join("empty_known_hosts");
