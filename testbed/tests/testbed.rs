@@ -259,6 +259,37 @@ fn seeded_secrets_read_back_with_kubectl() {
     let list: serde_json::Value = serde_json::from_str(&out).expect("kubectl JSON");
     assert_eq!(list["items"].as_array().map(Vec::len), Some(1000));
     let verified = tb.verify_seed(1000, 0, 2048).expect("verifying");
+    // No --init: the stand-in is PID 1 and must stop on SIGTERM (else `docker restart` takes the 10 s timeout).
+    let pem = |p: std::path::PathBuf| std::fs::read_to_string(p).expect("reading a PEM");
+    let probe = testbed::harness::health::HttpsProbe::new(
+        &pem(tb.etcd_ca()),
+        &pem(tb.admin_cert()),
+        &pem(tb.admin_key()),
+    )
+    .expect("HTTPS probe");
+    let n2 = &tb.nodes()[1];
+    let t = Instant::now();
+    let (ok, _, err) = run(tb
+        .docker(n2)
+        .args(["restart", "-t", "10", "kube-apiserver"]));
+    assert!(ok, "docker restart: {err}");
+    let addr = std::net::SocketAddr::new(n2.address.into(), 6443);
+    testbed::harness::health::wait_for(
+        "readyz after restart",
+        Duration::from_secs(30),
+        Duration::from_millis(20),
+        || probe.get(addr, "/readyz").is_ok_and(|(c, _)| c == 200),
+    )
+    .expect("ready again");
+    let restart = t.elapsed();
+    println!(
+        "docker restart kube-apiserver → /readyz 200: {:.2} s",
+        restart.as_secs_f64()
+    );
+    assert!(
+        restart < Duration::from_secs(8),
+        "restart took {restart:?}: SIGTERM not handled by PID 1?"
+    );
     assert_eq!(verified.secrets, 1000);
     assert_clean(&mut tb);
 }
