@@ -277,21 +277,24 @@ resources:
     #[test]
     fn lookup_exact_then_wildcards() {
         let rt = build(&parse(TWO)).unwrap();
-        let s = rt
-            .for_resource(&GroupResource::core("secrets"))
-            .transform_to_storage(b"x", b"")
-            .unwrap();
+        let s = super::super::transform::tests::block_on(
+            rt.for_resource(&GroupResource::core("secrets"))
+                .transform_to_storage(b"x", b""),
+        )
+        .unwrap();
         assert!(s.starts_with(b"k8s:enc:aescbc:v1:k1:"));
-        let c = rt
-            .for_resource(&GroupResource::core("configmaps"))
-            .transform_to_storage(b"x", b"")
-            .unwrap();
+        let c = super::super::transform::tests::block_on(
+            rt.for_resource(&GroupResource::core("configmaps"))
+                .transform_to_storage(b"x", b""),
+        )
+        .unwrap();
         assert_eq!(c, b"x");
         let none = ResourceTransformers::identity_only();
-        let err = none
-            .for_resource(&GroupResource::core("secrets"))
-            .transform_from_storage(&s, b"")
-            .unwrap_err();
+        let err = super::super::transform::tests::block_on(
+            none.for_resource(&GroupResource::core("secrets"))
+                .transform_from_storage(&s, b""),
+        )
+        .unwrap_err();
         assert_eq!(
             err.to_string(),
             super::super::transform::ERR_IDENTITY_ENCRYPTED
