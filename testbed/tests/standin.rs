@@ -606,6 +606,16 @@ fn kubectl_round_trips_and_upstream_errors() {
         "{out}"
     );
 
+    // kubectl label sends a strategic merge patch.
+    env.kubectl_ok(&["label", "secret", "s1", "team=blue"], None);
+    let labelled = env.get_json(&["secret", "s1"]);
+    assert_eq!(labelled["metadata"]["labels"]["team"], "blue");
+    assert_eq!(labelled["data"]["user"], "eA==");
+    assert!(
+        env.etcd_value("/registry/secrets/default/s1")
+            .starts_with(b"k8s:enc:aescbc:v1:key1:")
+    );
+
     let out = env.kubectl_ok(&["delete", "secret", "s1"], None);
     assert_eq!(out.trim(), "secret \"s1\" deleted");
     assert_eq!(
