@@ -246,54 +246,54 @@ where
     Ok(Option::<T>::deserialize(d)?.unwrap_or_default())
 }
 
-/// A scalar kept as its text: `22` and `"22"` both give `"22"`.
-#[derive(Deserialize)]
-#[serde(untagged)]
-enum Scalar {
-    Str(String),
-    Int(i64),
-    Uint(u64),
-    Float(f64),
-    Bool(bool),
-}
-
-impl Scalar {
-    fn into_text(self) -> String {
-        match self {
-            Scalar::Str(s) => s,
-            Scalar::Int(n) => n.to_string(),
-            Scalar::Uint(n) => n.to_string(),
-            Scalar::Float(n) => n.to_string(),
-            Scalar::Bool(b) => b.to_string(),
+/// `port: 22` and `port: "22"` both give `Some("22")`; anything else is a type error that
+/// serde_yaml_ng reports with its position.
+fn string_or_number<'de, D: Deserializer<'de>>(d: D) -> Result<Option<String>, D::Error> {
+    struct PortVisitor;
+    impl<'de> serde::de::Visitor<'de> for PortVisitor {
+        type Value = Option<String>;
+        fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+            f.write_str("a port number or a string")
+        }
+        fn visit_str<E: serde::de::Error>(self, v: &str) -> Result<Self::Value, E> {
+            Ok(Some(v.to_string()))
+        }
+        fn visit_i64<E: serde::de::Error>(self, v: i64) -> Result<Self::Value, E> {
+            Ok(Some(v.to_string()))
+        }
+        fn visit_u64<E: serde::de::Error>(self, v: u64) -> Result<Self::Value, E> {
+            Ok(Some(v.to_string()))
+        }
+        fn visit_unit<E: serde::de::Error>(self) -> Result<Self::Value, E> {
+            Ok(None)
+        }
+        fn visit_none<E: serde::de::Error>(self) -> Result<Self::Value, E> {
+            Ok(None)
         }
     }
+    d.deserialize_any(PortVisitor)
 }
 
-fn string_or_number<'de, D: Deserializer<'de>>(d: D) -> Result<Option<String>, D::Error> {
-    #[derive(Deserialize)]
-    #[serde(untagged)]
-    enum Port {
-        Str(String),
-        Int(i64),
-    }
-    Ok(Option::<Port>::deserialize(d)
-        .map_err(|_| serde::de::Error::custom("invalid type: expected a port number or a string"))?
-        .map(|p| match p {
-            Port::Str(s) => s,
-            Port::Int(n) => n.to_string(),
-        }))
-}
-
+/// `extra_args` values are flags' text; numbers and booleans are kept as written.
 fn scalar_map<'de, D: Deserializer<'de>>(d: D) -> Result<BTreeMap<String, String>, D::Error> {
-    let map = Option::<BTreeMap<String, Option<Scalar>>>::deserialize(d)
-        .map_err(|_| {
-            serde::de::Error::custom("invalid type: expected a map of flag names to values")
-        })?
-        .unwrap_or_default();
-    Ok(map
-        .into_iter()
-        .map(|(k, v)| (k, v.map(Scalar::into_text).unwrap_or_default()))
-        .collect())
+    use serde_yaml_ng::Value;
+    let map = Option::<BTreeMap<String, Value>>::deserialize(d)?.unwrap_or_default();
+    map.into_iter()
+        .map(|(k, v)| {
+            let text = match v {
+                Value::String(s) => s,
+                Value::Number(n) => n.to_string(),
+                Value::Bool(b) => b.to_string(),
+                Value::Null => String::new(),
+                _ => {
+                    return Err(serde::de::Error::custom(format!(
+                        "extra_args.{k}: expected a string value"
+                    )));
+                }
+            };
+            Ok((k, text))
+        })
+        .collect()
 }
 
 /// Reads and checks an RKE cluster.yml. Unknown fields are ignored; problems are reported all at once,
@@ -314,7 +314,7 @@ pub fn parse(text: &str, origin: &str) -> Result<ClusterConfig, ConfigError> {
         message,
     };
     let root = yaml_pos::parse(text)
-        .map_err(|e| ConfigError::Invalid(vec![diag(Some(e.pos), e.message)]))?;
+        .map_err(|e| ConfigError::Invalid(vec![encryption::syntax_diagnostic(text, origin, e)]))?;
     let root = match root {
         Some(r) if matches!(r.kind, NodeKind::Map(_)) => r,
         Some(r) if !r.is_null() => {

@@ -183,7 +183,11 @@ pub fn parse_with_source(
         Ok(root) => root,
         // Some valid JSON (tabs as indentation) is not valid YAML; serde_json reports real JSON errors below.
         Err(_) if looks_like_json => None,
-        Err(e) => return Err(ConfigError::one(origin, Some(e.pos), e.message)),
+        Err(e) => {
+            return Err(ConfigError::Invalid(vec![syntax_diagnostic(
+                text, origin, e,
+            )]));
+        }
     };
     let map = SourceMap::new(origin, root.as_ref());
     let root_pos = root.as_ref().map(|r| r.pos);
@@ -472,6 +476,24 @@ pub(crate) fn timeout_errors(
         }
     }
     out
+}
+
+/// A syntax error in the words of libyaml (via serde_yaml_ng), which most YAML users know, with
+/// saphyr's report as the fallback should the two parsers disagree.
+pub(crate) fn syntax_diagnostic(
+    text: &str,
+    origin: &str,
+    fallback: yaml_pos::SyntaxError,
+) -> Diagnostic {
+    let (position, message) = match serde_yaml_ng::from_str::<serde_yaml_ng::Value>(text) {
+        Err(e) if e.location().is_some() => yaml_error(&e),
+        _ => (Some(fallback.pos), fallback.message),
+    };
+    Diagnostic {
+        origin: origin.to_string(),
+        position,
+        message,
+    }
 }
 
 /// serde_yaml_ng's message without its trailing `at line L column C`, and the position apart.

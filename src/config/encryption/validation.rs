@@ -608,3 +608,7 @@ pub fn check_key_conflicts(config: &EncryptionConfiguration) -> Result<(), Valid
     }
     ValidationErrors::from_list(errs)
 }
+
+#[cfg(test)]
+#[path = "validation_tests.rs"]
+mod tests;
