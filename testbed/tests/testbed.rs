@@ -30,6 +30,12 @@ fn run(cmd: &mut Command) -> (bool, String, String) {
     )
 }
 
+fn print_steps(tb: &Testbed) {
+    for (step, at) in tb.bring_up_steps() {
+        println!("  {:>6} ms  {step}", at.as_millis());
+    }
+}
+
 fn assert_clean(tb: &mut Testbed) {
     let t = Instant::now();
     tb.down().expect("teardown");
@@ -46,6 +52,7 @@ fn three_nodes_reachable_over_ssh_and_docker_then_clean_teardown() {
     }
     let mut tb = Testbed::up(Options {
         standin: Standin::Placeholder,
+        sudo_user: true,
         ..Options::default()
     })
     .expect("testbed up");
@@ -53,6 +60,7 @@ fn three_nodes_reachable_over_ssh_and_docker_then_clean_teardown() {
         "bring-up (placeholder, 3 nodes, etcd): {:.2} s",
         tb.bring_up_time().as_secs_f64()
     );
+    print_steps(&tb);
     assert_eq!(tb.nodes().len(), 3);
     let key = tb.client_key();
     let known = tb.known_hosts();
@@ -100,6 +108,26 @@ fn three_nodes_reachable_over_ssh_and_docker_then_clean_teardown() {
             "{}: exactly its own etcd cert+key pair in its prefix",
             n.name
         );
+        // The sudo user: not root, in group docker, passwordless sudo reaches root-only key files.
+        let own_key = own_cert.replace(".pem", "-key.pem");
+        let user_check = format!(
+            "id -un; id -Gn; cat {own_key} >/dev/null 2>&1 && echo readable; sudo -n head -1 {own_key}"
+        );
+        let (ok, out, err) = run(tb.ssh_as(n, tb.ssh_user()).arg(&user_check));
+        assert!(ok, "ssh as {} to {}: {err}", tb.ssh_user(), n.name);
+        let lines: Vec<&str> = out.lines().collect();
+        assert_eq!(lines.first(), Some(&"atrest"), "{out}");
+        assert!(
+            lines
+                .get(1)
+                .is_some_and(|g| g.split(' ').any(|g| g == "docker")),
+            "{out}"
+        );
+        assert_eq!(
+            lines.get(2),
+            Some(&"-----BEGIN PRIVATE KEY-----"),
+            "key must not be readable without sudo: {out}"
+        );
         // Unknown host key: refused.
         let (ok, _, err) = ssh(&empty_known, "true");
         assert!(
@@ -144,6 +172,18 @@ fn three_nodes_reachable_over_ssh_and_docker_then_clean_teardown() {
         .args(["get", "/testbed/probe", "--print-value-only"]));
     assert!(ok, "etcdctl get: {err}");
     assert_eq!(out.trim(), "v1");
+    // The harness's HTTPS probe (used for /readyz) against etcd's /health: CA trust + client certificate.
+    let pem = |p: std::path::PathBuf| std::fs::read_to_string(p).expect("reading a PEM");
+    let probe = testbed::harness::health::HttpsProbe::new(
+        &pem(tb.etcd_ca()),
+        &pem(tb.etcd_client_cert()),
+        &pem(tb.etcd_client_key()),
+    )
+    .expect("HTTPS probe");
+    let etcd1 = std::net::SocketAddr::new(tb.nodes()[0].address.into(), 2379);
+    let (code, body) = probe.get(etcd1, "/health").expect("GET etcd /health");
+    assert_eq!(code, 200, "{body}");
+    assert!(body.contains("true"), "{body}");
     let manifest = tb.manifest().clone();
     assert_eq!(manifest.procs.len(), 9, "3 × (sshd, dockerd, etcd)");
     assert_clean(&mut tb);
@@ -157,7 +197,6 @@ fn three_nodes_reachable_over_ssh_and_docker_then_clean_teardown() {
 }
 
 #[test]
-#[ignore = "needs the kube-apiserver stand-in binary (branch standin)"]
 fn seeded_secrets_read_back_with_kubectl() {
     if !may_run() {
         return;
@@ -172,6 +211,7 @@ fn seeded_secrets_read_back_with_kubectl() {
         "bring-up (stand-in, 3 nodes): {:.2} s",
         tb.bring_up_time().as_secs_f64()
     );
+    print_steps(&tb);
     let t = Instant::now();
     let report = tb.seed(1000, 0, 2048).expect("seeding");
     println!("seeded 1000 secrets in {:.2} s", t.elapsed().as_secs_f64());
