@@ -4,7 +4,7 @@
 use crate::cli::GlobalOpts;
 use crate::config::cluster::ClusterConfig;
 use crate::state::{RkeState, store};
-use anyhow::{Context, anyhow};
+use anyhow::anyhow;
 use std::path::{Path, PathBuf};
 
 /// The config and state a verb starts from.
@@ -31,31 +31,13 @@ impl Inputs {
     }
 }
 
-/// Reads and parses cluster.yml, with errors as `file:line:column: what`.
-// Stand-in until `atrest::config::cluster::load` (config area) lands; swap the body for a call to it.
+/// Reads, parses and validates cluster.yml, with errors as `file:line:column: what`.
 pub fn load_cluster_config(path: &Path) -> anyhow::Result<ClusterConfig> {
-    let text = std::fs::read_to_string(path).with_context(|| {
-        format!(
+    if !path.exists() {
+        return Err(anyhow!(
             "cannot read cluster config {} (choose the file with --config FILE or RKE_CONFIG)",
             path.display()
-        )
-    })?;
-    serde_yaml_ng::from_str(&text).map_err(|e| {
-        let message = e.to_string();
-        match e.location() {
-            Some(at) => {
-                // serde_yaml_ng appends " at line L column C"; show the position as file:line:column instead.
-                let message = message
-                    .rfind(" at line ")
-                    .map_or(message.as_str(), |i| &message[..i]);
-                anyhow!(
-                    "{}:{}:{}: {message}",
-                    path.display(),
-                    at.line(),
-                    at.column()
-                )
-            }
-            None => anyhow!("{}: {message}", path.display()),
-        }
-    })
+        ));
+    }
+    Ok(crate::config::cluster::load(path)?)
 }

@@ -1,76 +1,398 @@
 //! Flows: one function per CLI verb, tying config, plan, exec and state together.
 //!
 //! Every verb first loads and checks the config and the state ([`Inputs::load`]), so bad input gets its error
-//! before anything else. The verbs themselves arrive with the flows work; until then each says so and fails.
+//! before anything else. Verbs that change anything hold the state lock for the whole run, connect to every
+//! controlplane and pass the pre-flight checks, observe (config hashes, an etcd census), plan, ask, and then
+//! carry the plan out with [`execute::Executor`], which saves progress so a rerun resumes.
 
+mod execute;
 mod inputs;
+mod report;
+mod session;
+mod targets;
 
+pub use execute::snapshot_dir;
 pub use inputs::{Inputs, load_cluster_config};
+pub use targets::is_managed_shape;
 
 use crate::cli::{GlobalOpts, PlanFormat, StatusFormat};
+use crate::config::{self, Desired};
+use crate::plan::units::{KeyProvider, key_unit};
+use crate::plan::{
+    self, InProgress, Intent, Observed, Plan, PlanInput, PlanKind, PlanOptions, StepwiseInput,
+    StepwiseVerb, Target,
+};
+use crate::state::{RkeState, StateFile};
+use anyhow::{Context, anyhow, bail};
+use execute::{Executor, say};
+use session::Session;
+use std::collections::BTreeSet;
+use std::io::IsTerminal;
 use std::process::ExitCode;
+use std::time::Instant;
 
-/// The tracker issue that brings the verbs (flows: prepare/rotate/reencrypt/verify/finish over SSH and etcd).
-const FLOWS_ISSUE: u32 = 6;
+fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
+    tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .context("cannot start the async runtime")
+}
 
-fn not_implemented(verb: &str) -> anyhow::Error {
-    anyhow::anyhow!("`atrest {verb}` is not implemented yet (arrives with issue #{FLOWS_ISSUE})")
+/// What a planning verb does with the plan.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Mode {
+    /// Print it (text or JSON) and change nothing.
+    Show(PlanFormat),
+    /// Print it, ask, and carry it out.
+    Apply,
 }
 
 /// `atrest up [--dry-run]`.
 pub fn up(global: &GlobalOpts, dry_run: bool) -> anyhow::Result<ExitCode> {
-    let _inputs = Inputs::load(global)?;
-    Err(not_implemented(if dry_run { "up --dry-run" } else { "up" }))
+    let inputs = Inputs::load(global)?;
+    let mode = if dry_run {
+        Mode::Show(PlanFormat::Text)
+    } else {
+        Mode::Apply
+    };
+    runtime()?.block_on(reconcile(global, inputs, mode, Intent::Reconcile))
 }
 
 /// `atrest plan [-o text|json]`.
-pub fn plan(global: &GlobalOpts, _format: PlanFormat) -> anyhow::Result<ExitCode> {
-    let _inputs = Inputs::load(global)?;
-    Err(not_implemented("plan"))
+pub fn plan(global: &GlobalOpts, format: PlanFormat) -> anyhow::Result<ExitCode> {
+    let inputs = Inputs::load(global)?;
+    runtime()?.block_on(reconcile(
+        global,
+        inputs,
+        Mode::Show(format),
+        Intent::Reconcile,
+    ))
 }
 
 /// `atrest encrypt rotate-key`.
 pub fn encrypt_rotate_key(global: &GlobalOpts) -> anyhow::Result<ExitCode> {
-    let _inputs = Inputs::load(global)?;
-    Err(not_implemented("encrypt rotate-key"))
+    let inputs = Inputs::load(global)?;
+    runtime()?.block_on(reconcile(global, inputs, Mode::Apply, Intent::RotateKey))
+}
+
+/// `atrest encrypt rotate-keys` (RKE2's name for the same thing).
+pub fn encrypt_rotate_keys(global: &GlobalOpts) -> anyhow::Result<ExitCode> {
+    encrypt_rotate_key(global)
 }
 
 /// `atrest encrypt status [-o table|json]`.
-pub fn encrypt_status(global: &GlobalOpts, _format: StatusFormat) -> anyhow::Result<ExitCode> {
-    let _inputs = Inputs::load(global)?;
-    Err(not_implemented("encrypt status"))
+pub fn encrypt_status(global: &GlobalOpts, format: StatusFormat) -> anyhow::Result<ExitCode> {
+    let inputs = Inputs::load(global)?;
+    runtime()?.block_on(report::status(global, inputs, format))
 }
 
 /// `atrest encrypt verify`.
 pub fn encrypt_verify(global: &GlobalOpts) -> anyhow::Result<ExitCode> {
-    let _inputs = Inputs::load(global)?;
-    Err(not_implemented("encrypt verify"))
+    let inputs = Inputs::load(global)?;
+    runtime()?.block_on(report::verify(global, inputs))
 }
 
 /// `atrest encrypt prepare [--force]`.
-pub fn encrypt_prepare(global: &GlobalOpts, _force: bool) -> anyhow::Result<ExitCode> {
-    let _inputs = Inputs::load(global)?;
-    Err(not_implemented("encrypt prepare"))
+pub fn encrypt_prepare(global: &GlobalOpts, force: bool) -> anyhow::Result<ExitCode> {
+    let inputs = Inputs::load(global)?;
+    runtime()?.block_on(stepwise_verb(global, inputs, StepwiseVerb::Prepare { force }))
 }
 
 /// `atrest encrypt rotate [--force]`.
-pub fn encrypt_rotate(global: &GlobalOpts, _force: bool) -> anyhow::Result<ExitCode> {
-    let _inputs = Inputs::load(global)?;
-    Err(not_implemented("encrypt rotate"))
+pub fn encrypt_rotate(global: &GlobalOpts, force: bool) -> anyhow::Result<ExitCode> {
+    let inputs = Inputs::load(global)?;
+    runtime()?.block_on(stepwise_verb(global, inputs, StepwiseVerb::Rotate { force }))
 }
 
 /// `atrest encrypt reencrypt [--force] [--skip]`.
-pub fn encrypt_reencrypt(
-    global: &GlobalOpts,
-    _force: bool,
-    _skip: bool,
-) -> anyhow::Result<ExitCode> {
-    let _inputs = Inputs::load(global)?;
-    Err(not_implemented("encrypt reencrypt"))
+pub fn encrypt_reencrypt(global: &GlobalOpts, force: bool, skip: bool) -> anyhow::Result<ExitCode> {
+    let inputs = Inputs::load(global)?;
+    runtime()?.block_on(stepwise_verb(
+        global,
+        inputs,
+        StepwiseVerb::Reencrypt { force, skip },
+    ))
 }
 
-/// `atrest encrypt rotate-keys`.
-pub fn encrypt_rotate_keys(global: &GlobalOpts) -> anyhow::Result<ExitCode> {
-    let _inputs = Inputs::load(global)?;
-    Err(not_implemented("encrypt rotate-keys"))
+const CUSTOM_ROTATION_HINT: &str = "cluster.yml sets a custom_config: atrest does not invent keys for it. To \
+     rotate, add a new key with a new name as the FIRST key of the provider in custom_config (keep the old one \
+     after it) and run `atrest up`: the old key is kept for reading until every object is rewritten; remove it \
+     from custom_config in a later edit (or right away: atrest verifies etcd before it is dropped)";
+
+/// The desired config must be atrest-managed for key rotation.
+fn require_managed(desired: &Desired, verb: &str) -> anyhow::Result<()> {
+    match desired {
+        Desired::Managed => Ok(()),
+        Desired::Custom(_) => bail!("`atrest {verb}` refused: {CUSTOM_ROTATION_HINT}"),
+        Desired::Disabled => bail!(
+            "`atrest {verb}` refused: encryption is disabled in cluster.yml \
+             (services.kube-api.secrets_encryption_config.enabled); enable it and run `atrest up` first"
+        ),
+    }
+}
+
+/// `up`, `plan`, `up --dry-run`, `encrypt rotate-key`.
+async fn reconcile(
+    global: &GlobalOpts,
+    inputs: Inputs,
+    mode: Mode,
+    intent: Intent,
+) -> anyhow::Result<ExitCode> {
+    let started = Instant::now();
+    let desired = config::desired(&inputs.config)?;
+    if inputs.config.custom_config_ignored() {
+        tracing::warn!(
+            "cluster.yml has a custom_config but secrets_encryption_config.enabled is false: encryption is \
+             disabled and the custom_config is ignored"
+        );
+    }
+    if intent == Intent::RotateKey {
+        require_managed(&desired, "encrypt rotate-key")?;
+    }
+    // The lock is taken before the state is read and held until the run ends.
+    let lock = match mode {
+        Mode::Apply => Some(StateFile::open_locked(&inputs.state_path)?),
+        Mode::Show(_) => None,
+    };
+    let state = match &lock {
+        Some(file) => file.load()?,
+        None => inputs.state.clone(),
+    };
+    let atrest = state.atrest()?;
+    let record = atrest
+        .transition
+        .as_ref()
+        .map(InProgress::from_record)
+        .transpose()?;
+    let deployed = targets::deployed(&state)?;
+    let base = match &record {
+        Some(r) => r.to.clone(),
+        None => deployed.clone(),
+    };
+    let mut extra_notes = Vec::new();
+    let desired_target = match intent {
+        Intent::Reconcile => targets::desired_target(&desired, base.as_ref(), &atrest)?,
+        Intent::RotateKey => match &record {
+            Some(r) if r.kind == PlanKind::Rotate.as_str() => {
+                extra_notes.push(
+                    "a key rotation is already in progress: it is finished first and no other key is generated"
+                        .to_string(),
+                );
+                Target::Managed(
+                    r.to.clone()
+                        .ok_or_else(|| anyhow!("the recorded rotation has no target config"))?,
+                )
+            }
+            _ => match &base {
+                Some(b) if targets::is_managed_shape(b) => {
+                    Target::Managed(targets::rotated(Some(b), &atrest)?)
+                }
+                _ => bail!(
+                    "`atrest encrypt rotate-key` refused: the deployed config is not the managed one (run \
+                     `atrest up` first to deploy what cluster.yml asks for)"
+                ),
+            },
+        },
+    };
+
+    let mut session = match Session::connect(global, &inputs.config, mode == Mode::Apply).await {
+        Ok(s) => s,
+        Err(e) => {
+            return Err(e.context("pre-flight failed; nothing was changed"));
+        }
+    };
+    let views = session.observe_nodes().await?;
+    let mut observed_nodes = session::observations(&views);
+    // A file RKE rendered holds the deployed config in RKE's layout: count it as the deployed config.
+    if let Some(raw) = state.current_encryption_config() {
+        let rke_hash = config::render::fingerprint(raw);
+        for n in &mut observed_nodes {
+            if n.config_sha256.as_deref() == Some(rke_hash.as_str()) {
+                n.config_sha256 = targets::deployed_hash(deployed.as_ref());
+            }
+        }
+    }
+    let resources = involved_resources(&[
+        deployed.as_ref(),
+        desired_target.config(),
+        record.as_ref().and_then(|r| r.from.as_ref()),
+        record.as_ref().and_then(|r| r.to.as_ref()),
+    ]);
+    let (_, census) = session
+        .census(&state, &resources, None)
+        .await
+        .context("pre-flight: the etcd census failed; nothing was changed")?;
+
+    let mut input = PlanInput::new(
+        desired_target,
+        targets::current_target(deployed),
+        session.node_names(),
+    );
+    input.transition = record;
+    input.intent = intent;
+    input.options = PlanOptions {
+        no_snapshot: global.no_snapshot,
+    };
+    input.observed = Observed {
+        nodes: observed_nodes,
+        census: Some(session::census_counts(&census)),
+    };
+    input.config_hash = Some(targets::deployed_hash);
+    let mut plan = plan::plan(&input)?;
+    plan.notes.extend(extra_notes);
+
+    match mode {
+        Mode::Show(format) => {
+            print_plan(&plan, format);
+            session.close().await;
+            Ok(ExitCode::SUCCESS)
+        }
+        Mode::Apply => {
+            let lock = lock.ok_or_else(|| anyhow!("the state lock is not held"))?;
+            apply(global, &mut session, &lock, state, &plan, started).await
+        }
+    }
+}
+
+/// K3s-style single verbs.
+async fn stepwise_verb(
+    global: &GlobalOpts,
+    inputs: Inputs,
+    verb: StepwiseVerb,
+) -> anyhow::Result<ExitCode> {
+    let started = Instant::now();
+    let name = match verb {
+        StepwiseVerb::Prepare { .. } => "encrypt prepare",
+        StepwiseVerb::Rotate { .. } => "encrypt rotate",
+        StepwiseVerb::Reencrypt { .. } => "encrypt reencrypt",
+    };
+    let desired = config::desired(&inputs.config)?;
+    require_managed(&desired, name)?;
+    let lock = StateFile::open_locked(&inputs.state_path)?;
+    let state = lock.load()?;
+    let atrest = state.atrest()?;
+    let record = atrest
+        .transition
+        .as_ref()
+        .map(InProgress::from_record)
+        .transpose()?;
+    let deployed = targets::deployed(&state)?;
+    let new_key = match verb {
+        StepwiseVerb::Prepare { .. } => {
+            let base = record.as_ref().map_or(deployed.as_ref(), |r| r.to.as_ref());
+            let key = targets::fresh_key(base, &atrest)?;
+            Some(key_unit(KeyProvider::Aescbc, &key.name, key.secret.expose()))
+        }
+        _ => None,
+    };
+    let mut session = Session::connect(global, &inputs.config, true)
+        .await
+        .context("pre-flight failed; nothing was changed")?;
+    let input = StepwiseInput {
+        current: targets::current_target(deployed),
+        transition: record,
+        controlplanes: session.node_names(),
+        new_key,
+        options: PlanOptions {
+            no_snapshot: global.no_snapshot,
+        },
+    };
+    let plan = plan::stepwise(verb, &input)?;
+    apply(global, &mut session, &lock, state, &plan, started).await
+}
+
+/// Shows the plan, asks, runs it, and reports.
+async fn apply(
+    global: &GlobalOpts,
+    session: &mut Session,
+    lock: &StateFile,
+    state: RkeState,
+    plan: &Plan,
+    started: Instant,
+) -> anyhow::Result<ExitCode> {
+    print_plan(plan, PlanFormat::Text);
+    if plan.is_noop() {
+        session.close().await;
+        return Ok(ExitCode::SUCCESS);
+    }
+    if !confirm(global)? {
+        eprintln!("Cancelled; nothing was changed.");
+        session.close().await;
+        return Ok(ExitCode::FAILURE);
+    }
+    let mut executor = Executor {
+        session,
+        file: lock,
+        state,
+        rewritten: Vec::new(),
+    };
+    let result = executor.run(plan).await;
+    let objects: u64 = executor.rewritten.iter().map(|r| r.processed()).sum();
+    let rewrite_secs: f64 = executor
+        .rewritten
+        .iter()
+        .map(|r| r.elapsed.as_secs_f64())
+        .sum();
+    executor.session.close().await;
+    match result {
+        Ok(()) => {
+            say!(
+                "done: {} in {:.1} s ({objects} objects rewritten in {rewrite_secs:.1} s{})",
+                plan.kind,
+                started.elapsed().as_secs_f64(),
+                if rewrite_secs > 0.0 {
+                    format!(", {:.0} objects/s", objects as f64 / rewrite_secs)
+                } else {
+                    String::new()
+                }
+            );
+            Ok(ExitCode::SUCCESS)
+        }
+        Err(e) => Err(e.context(
+            "the run stopped; its progress is saved in the state file: `atrest encrypt status` shows where, \
+             and rerunning the same command resumes",
+        )),
+    }
+}
+
+fn print_plan(plan: &Plan, format: PlanFormat) {
+    match format {
+        PlanFormat::Text => print!("{}", plan::render::to_text(plan)),
+        PlanFormat::Json => println!(
+            "{}",
+            serde_json::to_string_pretty(&plan::render::to_json(plan)).unwrap_or_default()
+        ),
+    }
+}
+
+/// Asks on a terminal; `--yes` answers for scripts, and without a terminal `--yes` is required.
+fn confirm(global: &GlobalOpts) -> anyhow::Result<bool> {
+    if global.yes {
+        return Ok(true);
+    }
+    if !std::io::stdin().is_terminal() {
+        bail!("stdin is not a terminal: pass --yes to carry out the plan above (nothing was changed)");
+    }
+    eprint!("Carry out this plan? [y/N] ");
+    let mut answer = String::new();
+    std::io::stdin()
+        .read_line(&mut answer)
+        .context("reading the answer from stdin")?;
+    Ok(matches!(answer.trim(), "y" | "Y" | "yes" | "Yes" | "YES"))
+}
+
+/// Every resource string any of the configs names (`secrets` when none does).
+fn involved_resources(
+    configs: &[Option<&crate::config::encryption::EncryptionConfiguration>],
+) -> Vec<String> {
+    let mut set = BTreeSet::new();
+    for c in configs.iter().flatten() {
+        for entry in &c.resources {
+            set.extend(entry.resources.iter().cloned());
+        }
+    }
+    if set.is_empty() {
+        set.insert("secrets".to_string());
+    }
+    set.into_iter().collect()
 }

@@ -151,6 +151,7 @@ impl Store {
         let (plain, stale) = self
             .transformer(kind)
             .transform_from_storage(item.value(), key.as_bytes())
+            .await
             .map_err(|e| ApiError::internal(&e.to_string()))?;
         let obj = objects::decode_storage(kind, &plain, item.mod_revision())
             .map_err(|e| ApiError::internal(&e))?;
@@ -171,6 +172,7 @@ impl Store {
         let value = self
             .transformer(kind)
             .transform_to_storage(&plain, key.as_bytes())
+            .await
             .map_err(|e| ApiError::internal(&e.to_string()))?;
         let mut kv = self.client.kv_client();
         if dry_run {
@@ -230,6 +232,7 @@ impl Store {
             let value = self
                 .transformer(kind)
                 .transform_to_storage(&plain, key.as_bytes())
+                .await
                 .map_err(|e| ApiError::internal(&e.to_string()))?;
             let txn = Txn::new()
                 .when(vec![Compare::mod_revision(
@@ -382,6 +385,7 @@ impl Store {
                 let key_text = String::from_utf8_lossy(item.key()).to_string();
                 let (plain, _) = transformer
                     .transform_from_storage(item.value(), item.key())
+                    .await
                     .map_err(|e| {
                         ApiError::internal(&format!("unable to transform key \"{key_text}\": {e}"))
                     })?;

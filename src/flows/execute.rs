@@ -1,0 +1,560 @@
+//! Carrying out a plan, step by step, with the state saved around every step so a rerun resumes.
+//!
+//! Before the first step of a transition its record is written (kind, from, to); before each phase the record
+//! is saved; after every node of a rolling deploy and after every step the stage is saved; after a phase's last
+//! step the phase joins `done`. RKE's `desiredState.encryptionConfig` becomes the transition's target when it
+//! starts and `currentState.encryptionConfig` follows every completed deploy, so RKE reads what is on the nodes.
+
+use super::session::{ETCD_PREFIX, Session};
+use super::targets::{file_bytes, state_yaml};
+use crate::exec::docker::FlagChange;
+use crate::exec::health::HealthProbe;
+use crate::exec::restart::{ContainerAction, NodeChange, RolloutOptions, RolloutTarget, rolling_apply};
+use crate::exec::rewrite::{self, RewriteOptions, RewriteReport};
+use crate::plan::stage::{Phase, Stage};
+use crate::plan::units::{Unit, UnitId};
+use crate::plan::{Action, Flag, Plan, RewriteTarget, VerifyRule};
+use crate::config::encryption::EncryptionConfiguration;
+use crate::state::atrest::{ArchivedKey, AtrestState, CensusRecord, SnapshotRecord, TransitionRecord};
+use crate::state::{RkeState, StateFile};
+use anyhow::{Context, anyhow, bail};
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::time::Instant;
+use zeroize::Zeroizing;
+
+/// How many times verify retries a targeted rewrite of leftovers before it gives up.
+const VERIFY_ATTEMPTS: usize = 3;
+
+pub struct Executor<'a> {
+    pub session: &'a mut Session,
+    pub file: &'a StateFile,
+    pub state: RkeState,
+    /// Steps carried out, for the summary.
+    pub rewritten: Vec<RewriteReport>,
+}
+
+/// Now, RFC 3339 UTC.
+pub fn now() -> String {
+    time::OffsetDateTime::now_utc()
+        .format(&time::format_description::well_known::Rfc3339)
+        .unwrap_or_default()
+}
+
+/// Progress goes to stderr so stdout stays for plans and reports.
+macro_rules! say {
+    ($($arg:tt)*) => { eprintln!($($arg)*) };
+}
+pub(crate) use say;
+
+impl<'a> Executor<'a> {
+    fn atrest(&self) -> anyhow::Result<AtrestState> {
+        Ok(self.state.atrest()?)
+    }
+
+    fn save_atrest(&mut self, atrest: &AtrestState) -> anyhow::Result<()> {
+        self.state.set_atrest(atrest)?;
+        self.file.save(&self.state).with_context(|| {
+            format!("saving progress to {}", self.file.path().display())
+        })?;
+        Ok(())
+    }
+
+    fn update_record(&mut self, f: impl FnOnce(&mut TransitionRecord)) -> anyhow::Result<()> {
+        let mut atrest = self.atrest()?;
+        let record = atrest
+            .transition
+            .as_mut()
+            .ok_or_else(|| anyhow!("no transition is recorded in the state"))?;
+        f(record);
+        record.updated_at = now();
+        self.save_atrest(&atrest)
+    }
+
+    /// Runs every step of `plan`.
+    pub async fn run(&mut self, plan: &Plan) -> anyhow::Result<()> {
+        let groups = phase_groups(plan);
+        let mut started: Option<usize> = None;
+        let mut group_index = 0usize;
+        let mut deployed: Option<EncryptionConfiguration> = plan.from.clone();
+        for (i, step) in plan.steps.iter().enumerate() {
+            let spec = &plan.transitions[step.transition];
+            if started != Some(step.transition) {
+                started = Some(step.transition);
+                deployed = spec.from.clone();
+                self.begin_transition(plan, step.transition)?;
+            }
+            let key = (step.transition, step.phase);
+            let first_of_phase = i == 0 || {
+                let prev = &plan.steps[i - 1];
+                (prev.transition, prev.phase) != key
+            };
+            if first_of_phase {
+                group_index += 1;
+                say!(
+                    "[{group_index}/{}] {} ({}{})",
+                    groups.len(),
+                    step.phase,
+                    spec.kind,
+                    spec.resumed_at
+                        .map(|s| format!(", resumed at stage {s}"))
+                        .unwrap_or_default()
+                );
+                // Saved before the phase starts, so the state shows the run is under way.
+                self.update_record(|_| {})?;
+            }
+            let label = format!("[{group_index}/{}] {}", groups.len(), step.phase);
+            match &step.action {
+                Action::Snapshot => self.snapshot(&label, spec.kind.as_str(), &deployed).await?,
+                Action::Deploy {
+                    config,
+                    flag,
+                    nodes,
+                } => {
+                    self.deploy(&label, config.as_ref(), *flag, nodes).await?;
+                    deployed = config.clone();
+                }
+                Action::Rewrite {
+                    resources,
+                    targeted,
+                } => self.rewrite(&label, resources, *targeted).await?,
+                Action::Verify { rules } => self.verify(&label, rules).await?,
+                Action::Archive { units } => self.archive(&label, units)?,
+                Action::PersistStage { complete } => {
+                    if *complete {
+                        self.complete(step.stage, spec.to.as_ref())?;
+                        continue;
+                    }
+                }
+            }
+            let last_of_phase = plan
+                .steps
+                .get(i + 1)
+                .is_none_or(|next| (next.transition, next.phase) != key);
+            let stage = step.stage;
+            let phase = step.phase;
+            self.update_record(|r| {
+                r.stage = stage;
+                if last_of_phase && !r.done.contains(&phase) {
+                    r.done.push(phase);
+                }
+            })?;
+        }
+        Ok(())
+    }
+
+    /// Writes the record of a new transition (a resumed one is already there) and RKE's desired config.
+    fn begin_transition(&mut self, plan: &Plan, index: usize) -> anyhow::Result<()> {
+        let spec = &plan.transitions[index];
+        let mut atrest = self.atrest()?;
+        if spec.resumed_at.is_some() {
+            if atrest.transition.is_none() {
+                bail!("the plan resumes a transition the state does not record");
+            }
+            return Ok(());
+        }
+        let started_at = now();
+        let suffix: u32 = rand::random::<u32>() & 0xffff;
+        atrest.transition = Some(TransitionRecord {
+            id: format!("{started_at}-{suffix:04x}"),
+            kind: spec.kind.as_str().to_string(),
+            from: state_yaml(spec.from.as_ref()),
+            to: state_yaml(spec.to.as_ref()),
+            stage: Stage::Start,
+            done: Vec::new(),
+            started_at: started_at.clone(),
+            updated_at: started_at,
+        });
+        self.state
+            .set_desired_encryption_config(state_yaml(spec.to.as_ref()).as_deref());
+        self.save_atrest(&atrest)?;
+        say!("recorded transition {} ({})", index + 1, spec.kind);
+        Ok(())
+    }
+
+    /// The transition is over: drop the record (stage start) or keep it at `reencrypt_finished` (stepwise).
+    fn complete(&mut self, stage: Stage, to: Option<&EncryptionConfiguration>) -> anyhow::Result<()> {
+        let yaml = state_yaml(to);
+        self.state.set_current_encryption_config(yaml.as_deref());
+        self.state.set_desired_encryption_config(yaml.as_deref());
+        let mut atrest = self.atrest()?;
+        if stage == Stage::Start {
+            atrest.transition = None;
+        } else if let Some(r) = atrest.transition.as_mut() {
+            r.stage = stage;
+            for p in [Phase::Reencrypt, Phase::Verify, Phase::Finish] {
+                if !r.done.contains(&p) {
+                    r.done.push(p);
+                }
+            }
+            r.updated_at = now();
+        }
+        self.save_atrest(&atrest)?;
+        say!("transition complete (stage {stage})");
+        Ok(())
+    }
+
+    async fn snapshot(
+        &mut self,
+        label: &str,
+        kind: &str,
+        deployed: &Option<EncryptionConfiguration>,
+    ) -> anyhow::Result<()> {
+        let dir = snapshot_dir(self.file.path());
+        create_private_dir(&dir)?;
+        let stamp = now().replace(':', "");
+        let name = format!("atrest-{stamp}-{kind}");
+        let path = dir.join(format!("{name}.db"));
+        let started = Instant::now();
+        let state = self.state.clone();
+        let etcd = self.session.etcd(&state).await?;
+        let node = etcd.endpoints().to_string();
+        let info = etcd
+            .snapshot(&path)
+            .await
+            .with_context(|| format!("taking an etcd snapshot into {}", path.display()))?;
+        say!(
+            "{label}: etcd snapshot {} ({} bytes, sha256 {}) in {:.1} s",
+            path.display(),
+            info.size,
+            &info.sha256[..16],
+            started.elapsed().as_secs_f64()
+        );
+        let mut atrest = self.atrest()?;
+        atrest.snapshots.push(SnapshotRecord {
+            name,
+            node: self
+                .session
+                .cluster
+                .etcd_nodes()
+                .first()
+                .map_or(node, |n| n.address.clone()),
+            path: path.display().to_string(),
+            taken_at: now(),
+            config_sha256: super::targets::deployed_hash(deployed.as_ref()),
+        });
+        self.save_atrest(&atrest)
+    }
+
+    async fn deploy(
+        &mut self,
+        label: &str,
+        config: Option<&EncryptionConfiguration>,
+        flag: Flag,
+        nodes: &[String],
+    ) -> anyhow::Result<()> {
+        let kubernetes_dir = self.session.kubernetes_dir();
+        let config_path = self.session.config_path();
+        let mut targets = Vec::new();
+        for name in nodes {
+            let host = self
+                .session
+                .hosts
+                .iter()
+                .find(|h| super::session::node_name(h.node()) == *name)
+                .ok_or_else(|| anyhow!("node {name} is not among the connected controlplanes"))?
+                .clone();
+            let probe = HealthProbe::from_node_certs(&host, &kubernetes_dir).await?;
+            targets.push(RolloutTarget {
+                host,
+                config_path: config_path.clone(),
+                probe,
+            });
+        }
+        let change = NodeChange {
+            file: config.map(|c| Zeroizing::new(file_bytes(c).as_bytes().to_vec())),
+            flag: match flag {
+                Flag::Keep => FlagChange::Keep,
+                Flag::Add => FlagChange::Add,
+                Flag::Remove => FlagChange::Remove,
+            },
+            extra_binds: Vec::new(),
+        };
+        let what = match config {
+            Some(c) => format!("config with write unit {}", write_unit(c)),
+            None => "no config".to_string(),
+        };
+        say!("{label}: deploying {what} to {} node(s), one at a time", nodes.len());
+        let file = self.file;
+        let mut state = self.state.clone();
+        let mut clock = Instant::now();
+        let result = rolling_apply(&targets, &change, &RolloutOptions::default(), |outcome| {
+            let action = match outcome.action {
+                ContainerAction::Restarted => "restarted",
+                ContainerAction::Recreated => "recreated",
+            };
+            say!(
+                "{label}: node {} {action}, ready in {:.1} s",
+                outcome.node,
+                clock.elapsed().as_secs_f64()
+            );
+            clock = Instant::now();
+            // Progress after each node: the record's time stamp says the run got this far.
+            let mut atrest = state.atrest().map_err(|e| e.to_string())?;
+            if let Some(r) = atrest.transition.as_mut() {
+                r.updated_at = now();
+            }
+            state.set_atrest(&atrest).map_err(|e| e.to_string())?;
+            file.save(&state).map_err(|e| e.to_string())
+        })
+        .await;
+        self.state = state;
+        result?;
+        // Every node now has `config`: that is what RKE should see as deployed.
+        self.state
+            .set_current_encryption_config(state_yaml(config).as_deref());
+        self.file.save(&self.state)?;
+        Ok(())
+    }
+
+    async fn rewrite(
+        &mut self,
+        label: &str,
+        resources: &[RewriteTarget],
+        targeted: bool,
+    ) -> anyhow::Result<()> {
+        for rt in resources {
+            let report = self
+                .rewrite_one(&rt.resource, &rt.write, targeted)
+                .await?;
+            if let Some(report) = report {
+                say!(
+                    "{label}: {} → {}: {} objects ({} rewritten, {} already on target, {} gone, {} newer) in {:.1} s, {:.0} objects/s",
+                    rt.resource,
+                    rt.write,
+                    report.processed(),
+                    report.rewritten,
+                    report.unchanged,
+                    report.gone,
+                    report.skipped_newer,
+                    report.elapsed.as_secs_f64(),
+                    report.objects_per_second()
+                );
+                check_report(&rt.resource, &report)?;
+                self.rewritten.push(report);
+            } else {
+                say!("{label}: {} → {}: nothing to rewrite", rt.resource, rt.write);
+            }
+        }
+        Ok(())
+    }
+
+    /// Rewrites the objects of one resource string; targeted: only those etcd shows off `write`.
+    async fn rewrite_one(
+        &mut self,
+        resource: &str,
+        write: &UnitId,
+        targeted: bool,
+    ) -> anyhow::Result<Option<RewriteReport>> {
+        let resources = vec![resource.to_string()];
+        if targeted {
+            let state = self.state.clone();
+            let (targets, census) = self
+                .session
+                .census(&state, &resources, Some(&write.label()))
+                .await?;
+            if targets.is_empty() {
+                return Ok(None);
+            }
+            let truncated = census.resources.values().any(|r| r.off_target_truncated());
+            if !truncated {
+                let keys: Vec<String> = census
+                    .resources
+                    .values()
+                    .flat_map(|r| r.off_target.iter().cloned())
+                    .collect();
+                if keys.is_empty() {
+                    return Ok(None);
+                }
+                let kube = self.session.kube().await?.clone();
+                return Ok(Some(
+                    rewrite::rewrite_keys(&kube, &targets, ETCD_PREFIX, &keys, &RewriteOptions::default())
+                        .await,
+                ));
+            }
+            let kube = self.session.kube().await?.clone();
+            return Ok(Some(
+                rewrite::rewrite(&kube, &targets, &RewriteOptions::default()).await,
+            ));
+        }
+        let targets = self.session.resolve(&resources).await?;
+        if targets.is_empty() {
+            return Ok(None);
+        }
+        let kube = self.session.kube().await?.clone();
+        Ok(Some(
+            rewrite::rewrite(&kube, &targets, &RewriteOptions::default()).await,
+        ))
+    }
+
+    /// Census; anything on a unit its rule does not allow is rewritten (targeted) and counted again.
+    async fn verify(&mut self, label: &str, rules: &[VerifyRule]) -> anyhow::Result<()> {
+        for attempt in 1..=VERIFY_ATTEMPTS {
+            let started = Instant::now();
+            let mut problems = Vec::new();
+            let mut counts: BTreeMap<String, BTreeMap<String, u64>> = BTreeMap::new();
+            let mut leftovers: Vec<(String, UnitId)> = Vec::new();
+            let mut total = 0u64;
+            for rule in rules {
+                let state = self.state.clone();
+                let (_, census) = self
+                    .session
+                    .census(&state, std::slice::from_ref(&rule.resource), Some(&rule.write.label()))
+                    .await?;
+                for (resource, rc) in &census.resources {
+                    total += rc.total;
+                    counts.insert(resource.clone(), rc.by_label.clone());
+                    for (l, n) in &rc.by_label {
+                        let allowed = UnitId::parse_label(l).is_some_and(|id| rule.allowed.contains(&id));
+                        if !allowed && *n > 0 {
+                            problems.push(format!("{resource}: {n} object(s) on {l}"));
+                            leftovers.push((rule.resource.clone(), rule.write.clone()));
+                        }
+                    }
+                }
+            }
+            self.record_census(counts)?;
+            if problems.is_empty() {
+                say!(
+                    "{label}: census of {total} objects in {:.1} s: nothing needs a provider or key that is going away",
+                    started.elapsed().as_secs_f64()
+                );
+                return Ok(());
+            }
+            if attempt == VERIFY_ATTEMPTS {
+                bail!(
+                    "verification failed after {attempt} attempts; stored objects still need what is being removed: {}. \
+                     Nothing was removed; rerun `atrest up` to try again",
+                    problems.join("; ")
+                );
+            }
+            say!(
+                "{label}: census found leftovers ({}); rewriting them and counting again",
+                problems.join("; ")
+            );
+            leftovers.dedup();
+            for (resource, write) in leftovers {
+                if let Some(report) = self.rewrite_one(&resource, &write, true).await? {
+                    check_report(&resource, &report)?;
+                }
+            }
+        }
+        Ok(())
+    }
+
+    fn record_census(&mut self, counts: BTreeMap<String, BTreeMap<String, u64>>) -> anyhow::Result<()> {
+        let mut atrest = self.atrest()?;
+        atrest.last_census = Some(CensusRecord {
+            taken_at: now(),
+            counts,
+        });
+        self.save_atrest(&atrest)
+    }
+
+    fn archive(&mut self, label: &str, units: &[Unit]) -> anyhow::Result<()> {
+        let mut atrest = self.atrest()?;
+        let snapshots: Vec<String> = atrest.snapshots.iter().map(|s| s.name.clone()).collect();
+        let retired_at = now();
+        let mut names = Vec::new();
+        for unit in units {
+            let (provider, name, secret) = match unit {
+                Unit::Identity => continue,
+                Unit::Key {
+                    provider,
+                    name,
+                    secret,
+                } => (provider.as_str().to_string(), name.clone(), Some(secret.clone())),
+                Unit::Kms(k) => ("kms".to_string(), k.name.clone(), None),
+            };
+            if atrest
+                .archive
+                .iter()
+                .any(|a| a.provider == provider && a.name == name)
+            {
+                continue;
+            }
+            names.push(format!("{provider}:{name}"));
+            atrest.archive.push(ArchivedKey {
+                provider,
+                name,
+                secret,
+                retired_at: retired_at.clone(),
+                snapshots: snapshots.clone(),
+            });
+        }
+        self.save_atrest(&atrest)?;
+        if !names.is_empty() {
+            say!(
+                "{label}: archived {} in the state (needed to restore the {} snapshot(s) taken before)",
+                names.join(", "),
+                snapshots.len()
+            );
+        }
+        Ok(())
+    }
+}
+
+/// The (transition, phase) groups of a plan, in order.
+pub fn phase_groups(plan: &Plan) -> Vec<(usize, Phase)> {
+    let mut groups: Vec<(usize, Phase)> = Vec::new();
+    for s in &plan.steps {
+        if groups.last() != Some(&(s.transition, s.phase)) {
+            groups.push((s.transition, s.phase));
+        }
+    }
+    groups
+}
+
+fn check_report(resource: &str, report: &RewriteReport) -> anyhow::Result<()> {
+    if report.is_success() {
+        return Ok(());
+    }
+    let mut detail: Vec<String> = report
+        .failed_resources
+        .iter()
+        .chain(report.errors.iter())
+        .take(5)
+        .map(|e| format!("{} {}: {}", e.resource, e.object, e.error))
+        .collect();
+    if report.interrupted {
+        detail.push("interrupted".into());
+    }
+    bail!(
+        "rewriting {resource} did not complete ({} error(s)): {}. Nothing was removed; rerun `atrest up` to resume",
+        report.errors_total + report.failed_resources.len() as u64,
+        detail.join("; ")
+    )
+}
+
+/// The unit that writes `secrets` (or the first rule), for messages.
+pub fn write_unit(config: &EncryptionConfiguration) -> String {
+    let rules = crate::plan::units::Rules::from_config(config);
+    rules
+        .0
+        .values()
+        .next()
+        .and_then(|u| u.first())
+        .map_or_else(|| "identity".to_string(), |u| u.id().label())
+}
+
+/// `<dir>/<state stem>.snapshots`, beside the state file.
+pub fn snapshot_dir(state_path: &Path) -> PathBuf {
+    let stem = state_path
+        .file_stem()
+        .map(|s| s.to_string_lossy().into_owned())
+        .unwrap_or_else(|| "cluster".into());
+    state_path.with_file_name(format!("{stem}.snapshots"))
+}
+
+fn create_private_dir(dir: &Path) -> anyhow::Result<()> {
+    use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
+    if !dir.exists() {
+        std::fs::DirBuilder::new()
+            .recursive(true)
+            .mode(0o700)
+            .create(dir)
+            .with_context(|| format!("creating {}", dir.display()))?;
+    }
+    std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700))
+        .with_context(|| format!("setting the mode of {}", dir.display()))
+}

@@ -1,0 +1,152 @@
+//! Turning cluster.yml and cluster.rkestate into the planner's targets: what is deployed, what is wanted
+//! (a managed config keeps its keys; a fresh key only when there is no managed config to keep), and the
+//! hash a deployed config has on the nodes.
+
+use crate::config::encryption::{self, EncryptionConfiguration, Key};
+use crate::config::keys::{self, KeyKind};
+use crate::config::{Desired, render};
+use crate::plan::Target;
+use crate::state::RkeState;
+use crate::state::atrest::AtrestState;
+use anyhow::Context;
+
+/// Where the deployed config is read from, for messages.
+const CURRENT_ORIGIN: &str = "cluster.rkestate currentState.encryptionConfig";
+
+/// The config RKE's state records as deployed (`None`: encryption off).
+pub fn deployed(state: &RkeState) -> anyhow::Result<Option<EncryptionConfiguration>> {
+    match state.current_encryption_config() {
+        None => Ok(None),
+        Some(text) if text.trim().is_empty() => Ok(None),
+        Some(text) => encryption::parse(text, CURRENT_ORIGIN)
+            .map(Some)
+            .with_context(|| format!("cannot read {CURRENT_ORIGIN}")),
+    }
+}
+
+/// RKE's managed shape: one entry for `secrets` only, `[aescbc{keys}, identity{}]`.
+pub fn is_managed_shape(config: &EncryptionConfiguration) -> bool {
+    let [entry] = config.resources.as_slice() else {
+        return false;
+    };
+    let [first, second] = entry.providers.as_slice() else {
+        return false;
+    };
+    entry.resources == ["secrets"]
+        && first.aescbc.as_ref().is_some_and(|k| !k.keys.is_empty())
+        && first.aesgcm.is_none()
+        && first.secretbox.is_none()
+        && first.identity.is_none()
+        && first.kms.is_none()
+        && second.identity.is_some()
+        && second.aescbc.is_none()
+        && second.kms.is_none()
+}
+
+/// The deployed config as a planner target (managed when it has RKE's managed shape).
+pub fn current_target(config: Option<EncryptionConfiguration>) -> Target {
+    match config {
+        None => Target::Disabled,
+        Some(c) if is_managed_shape(&c) => Target::Managed(c),
+        Some(c) => Target::Custom(c),
+    }
+}
+
+/// The desired target. `base` is the config the cluster has or is moving to (a recorded transition's
+/// target, else the deployed one): a managed desire keeps base's keys when base is managed, so reruns and
+/// resumed runs never invent a new key.
+pub fn desired_target(
+    desired: &Desired,
+    base: Option<&EncryptionConfiguration>,
+    atrest: &AtrestState,
+) -> anyhow::Result<Target> {
+    Ok(match desired {
+        Desired::Disabled => Target::Disabled,
+        Desired::Custom(c) => Target::Custom(c.clone()),
+        Desired::Managed => match base {
+            Some(b) if is_managed_shape(b) => Target::Managed(b.clone()),
+            _ => Target::Managed(encryption::managed(vec![fresh_key(base, atrest)?])),
+        },
+    })
+}
+
+/// A managed config with one new key (the write key after a rotation).
+pub fn rotated(
+    base: Option<&EncryptionConfiguration>,
+    atrest: &AtrestState,
+) -> anyhow::Result<EncryptionConfiguration> {
+    Ok(encryption::managed(vec![fresh_key(base, atrest)?]))
+}
+
+/// A new aescbc key whose name is used by no key deployed or archived.
+pub fn fresh_key(
+    base: Option<&EncryptionConfiguration>,
+    atrest: &AtrestState,
+) -> anyhow::Result<Key> {
+    let mut names: Vec<String> = atrest.archive.iter().map(|k| k.name.clone()).collect();
+    if let Some(c) = base {
+        for entry in &c.resources {
+            for p in &entry.providers {
+                if let Some((_, keys)) = p.keyed() {
+                    names.extend(keys.keys.iter().map(|k| k.name.clone()));
+                }
+            }
+        }
+    }
+    Ok(keys::new_key_unique(
+        KeyKind::Aescbc,
+        time::OffsetDateTime::now_utc(),
+        &names,
+    )?)
+}
+
+/// The bytes atrest deploys for a config.
+pub fn file_bytes(config: &EncryptionConfiguration) -> zeroize::Zeroizing<String> {
+    render::to_yaml(config)
+}
+
+/// The hash a node's file has when it holds `config` as atrest deploys it.
+pub fn deployed_hash(config: Option<&EncryptionConfiguration>) -> Option<String> {
+    config.map(|c| render::fingerprint(&render::to_yaml(c)))
+}
+
+/// YAML for the state (`TransitionRecord`, RKE's encryptionConfig).
+pub fn state_yaml(config: Option<&EncryptionConfiguration>) -> Option<String> {
+    config.map(|c| render::to_yaml(c).to_string())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn managed_shape_is_recognised_and_custom_is_not() {
+        let key = fresh_key(None, &AtrestState::default()).unwrap();
+        let managed = encryption::managed(vec![key]);
+        assert!(is_managed_shape(&managed));
+        let mut custom = managed.clone();
+        custom.resources[0].resources.push("configmaps".into());
+        assert!(!is_managed_shape(&custom));
+        assert!(matches!(current_target(Some(custom)), Target::Custom(_)));
+    }
+
+    #[test]
+    fn managed_desire_keeps_the_managed_base_and_generates_otherwise() {
+        let atrest = AtrestState::default();
+        let base = encryption::managed(vec![fresh_key(None, &atrest).unwrap()]);
+        let kept = desired_target(&Desired::Managed, Some(&base), &atrest).unwrap();
+        assert_eq!(kept, Target::Managed(base.clone()));
+        let new = desired_target(&Desired::Managed, None, &atrest).unwrap();
+        assert!(matches!(&new, Target::Managed(c) if c != &base && is_managed_shape(c)));
+    }
+
+    #[test]
+    fn deployed_hash_is_the_fingerprint_of_the_rendered_file() {
+        let c = encryption::managed(vec![fresh_key(None, &AtrestState::default()).unwrap()]);
+        assert_eq!(
+            deployed_hash(Some(&c)),
+            Some(crate::exec::files::sha256_hex(file_bytes(&c).as_bytes()))
+        );
+        assert_eq!(deployed_hash(None), None);
+    }
+}
