@@ -5,6 +5,7 @@ pub mod docker;
 pub mod etcd;
 pub mod files;
 pub mod health;
+pub mod kms;
 pub mod known_hosts;
 pub mod kube;
 pub mod preflight;

@@ -23,6 +23,8 @@ pub const GIT_VERSION: &str = "v1.32.4-atrest-standin";
 pub struct AppState {
     pub store: Store,
     pub metrics: Metrics,
+    /// KMS plugin health checks, on `/healthz` and `/readyz`.
+    pub kms: Arc<super::kms::KmsChecks>,
     pub tokens: Arc<TokenAuth>,
     pub anonymous_auth: bool,
     /// `host:port` advertised in `/api` `serverAddressByClientCIDRs`.
@@ -546,6 +548,15 @@ async fn health(
 ) -> Result<Response, ApiError> {
     let etcd = state.store.ping().await;
     if let [check] = rest {
+        if let Some(result) = state.kms.run(check).await {
+            return Ok(match result {
+                Ok(()) => text_response(StatusCode::OK, "ok".into()),
+                Err(e) => text_response(
+                    StatusCode::INTERNAL_SERVER_ERROR,
+                    format!("internal server error: {e}\n"),
+                ),
+            });
+        }
         return Ok(match (*check, &etcd) {
             ("ping" | "log", _) | ("etcd", Ok(())) => text_response(StatusCode::OK, "ok".into()),
             ("etcd", Err(_)) => text_response(
@@ -556,22 +567,38 @@ async fn health(
         });
     }
     let verbose = q.contains_key("verbose");
-    let etcd_line = match &etcd {
-        Ok(()) => "[+]etcd ok".to_string(),
-        Err(_) => "[-]etcd failed: reason withheld".to_string(),
-    };
-    let code = if etcd.is_ok() {
+    let mut lines = vec![
+        "[+]ping ok".to_string(),
+        "[+]log ok".to_string(),
+        match &etcd {
+            Ok(()) => "[+]etcd ok".to_string(),
+            Err(_) => "[-]etcd failed: reason withheld".to_string(),
+        },
+    ];
+    let mut healthy = etcd.is_ok();
+    // KMS checks are registered on /healthz and /readyz (not /livez), after etcd.
+    for name in state.kms.names() {
+        match state.kms.run(&name).await {
+            Some(Err(e)) => {
+                healthy = false;
+                tracing::warn!("{which} check {name} failed: {e}");
+                lines.push(format!("[-]{name} failed: reason withheld"));
+            }
+            _ => lines.push(format!("[+]{name} ok")),
+        }
+    }
+    let code = if healthy {
         StatusCode::OK
     } else {
         StatusCode::INTERNAL_SERVER_ERROR
     };
-    if etcd.is_ok() && !verbose {
+    if healthy && !verbose {
         return Ok(text_response(code, "ok".into()));
     }
-    let outcome = if etcd.is_ok() { "passed" } else { "failed" };
+    let outcome = if healthy { "passed" } else { "failed" };
     Ok(text_response(
         code,
-        format!("[+]ping ok\n[+]log ok\n{etcd_line}\n{which} check {outcome}\n"),
+        format!("{}\n{which} check {outcome}\n", lines.join("\n")),
     ))
 }
 

@@ -12,6 +12,7 @@ use atrest::config::encryption::{
 use base64::Engine;
 use zeroize::Zeroizing;
 
+use super::kms::{Features, KmsChecks, KmsProvider};
 use super::transform::{
     AESCBC_PREFIX, AESGCM_PREFIX, AesCbc, AesGcm, ERR_NO_AES_KEY, ERR_NO_MATCHING_PREFIX,
     ERR_NO_SECRETBOX_KEY, Identity, Metrics, PrefixTransformer, PrefixTransformers,
@@ -62,6 +63,8 @@ impl GroupResource {
 pub struct ResourceTransformers {
     by_resource: HashMap<GroupResource, Arc<PrefixTransformers>>,
     pub metrics: Metrics,
+    /// The `kms` providers' health checks (`/healthz`, `/readyz`).
+    pub kms: Arc<KmsChecks>,
 }
 
 impl ResourceTransformers {
@@ -70,6 +73,7 @@ impl ResourceTransformers {
         Self {
             by_resource: HashMap::new(),
             metrics: Metrics::default(),
+            kms: Arc::new(KmsChecks::default()),
         }
     }
 
@@ -98,8 +102,13 @@ impl ResourceTransformers {
 /// Reads, decodes and validates the file, then builds transformers. Errors carry upstream's wrapping
 /// (`error while parsing file: …` / `error while building transformers: …`).
 pub fn load(path: &Path) -> Result<ResourceTransformers, String> {
+    load_with(path, Features::default())
+}
+
+/// [`load`] with feature gates (`KMSv1`).
+pub fn load_with(path: &Path, features: Features) -> Result<ResourceTransformers, String> {
     let config = load_config(path).map_err(|e| format!("error while parsing file: {e}"))?;
-    build(&config).map_err(|e| format!("error while building transformers: {e}"))
+    build_with(&config, features).map_err(|e| format!("error while building transformers: {e}"))
 }
 
 fn load_config(path: &Path) -> Result<EncryptionConfiguration, String> {
@@ -156,14 +165,23 @@ fn go_io_error(e: &std::io::Error) -> String {
 
 /// Builds the per-resource prefix lists, rejecting rules masked by an earlier wildcard.
 pub fn build(config: &EncryptionConfiguration) -> Result<ResourceTransformers, String> {
+    build_with(config, Features::default())
+}
+
+/// [`build`] with feature gates (`KMSv1`).
+pub fn build_with(
+    config: &EncryptionConfiguration,
+    features: Features,
+) -> Result<ResourceTransformers, String> {
     atrest::config::encryption::check_masking(config).map_err(|e| e.to_string())?;
     let metrics = Metrics::default();
     let mut lists: HashMap<GroupResource, Vec<PrefixTransformer>> = HashMap::new();
+    let mut kms = Vec::new();
     for entry in &config.resources {
         let providers = entry
             .providers
             .iter()
-            .map(build_provider)
+            .map(|p| build_provider(p, features, &mut kms))
             .collect::<Result<Vec<_>, _>>()?;
         for resource in &entry.resources {
             let gr = GroupResource::parse(resource);
@@ -186,10 +204,15 @@ pub fn build(config: &EncryptionConfiguration) -> Result<ResourceTransformers, S
     Ok(ResourceTransformers {
         by_resource,
         metrics,
+        kms: Arc::new(KmsChecks::new(kms)),
     })
 }
 
-fn build_provider(p: &ProviderConfiguration) -> Result<PrefixTransformer, String> {
+fn build_provider(
+    p: &ProviderConfiguration,
+    features: Features,
+    kms_providers: &mut Vec<Arc<KmsProvider>>,
+) -> Result<PrefixTransformer, String> {
     if let Some(keys) = &p.aesgcm {
         return keyed(AESGCM_PREFIX, keys, ERR_NO_AES_KEY, |k| {
             Ok(Arc::new(AesGcm::new(k).map_err(|e| e.to_string())?))
@@ -212,13 +235,11 @@ fn build_provider(p: &ProviderConfiguration) -> Result<PrefixTransformer, String
         });
     }
     if let Some(kms) = &p.kms {
-        // Extension point: a KMS v1/v2 transformer is one more PrefixTransformer with prefix
-        // `k8s:enc:kms:v{1,2}:<name>:` talking gRPC to the plugin at `kms.endpoint`.
-        return Err(format!(
-            "KMS provider {:?} (apiVersion {}) is not supported by the atrest kube-apiserver stand-in yet",
-            kms.name,
-            kms.api_version.as_deref().unwrap_or("v1")
-        ));
+        // One more prefix entry (`k8s:enc:kms:v{1,2}:<name>:`) talking gRPC to the plugin at `kms.endpoint`.
+        let provider = KmsProvider::new(kms, features)?;
+        let entry = provider.prefix_entry();
+        kms_providers.push(provider);
+        return Ok(entry);
     }
     Err("provider does not contain any of the expected providers: KMS, AESGCM, AESCBC, Secretbox, Identity".into())
 }
@@ -314,6 +335,9 @@ resources:
 
     #[test]
     fn load_wraps_errors_like_upstream() {
+        // KMS clients are lazy tonic channels, which need a runtime to exist.
+        let rt = tokio::runtime::Runtime::new().unwrap();
+        let _guard = rt.enter();
         let dir = tempfile::tempdir().unwrap();
         let p = dir.path().join("enc.yaml");
         std::fs::write(&p, "").unwrap();
@@ -340,11 +364,21 @@ resources:
             "apiVersion: apiserver.config.k8s.io/v1\nkind: EncryptionConfiguration\nresources:\n- resources: [secrets]\n  providers: [{kms: {apiVersion: v2, name: p, endpoint: 'unix:///k.sock'}}]\n",
         )
         .unwrap();
-        assert!(
-            load(&p)
-                .err()
-                .unwrap()
-                .starts_with("error while building transformers: KMS provider")
+        let ok = load(&p).unwrap();
+        assert_eq!(ok.kms.names(), vec!["kms-providers"]);
+        std::fs::write(
+            &p,
+            "apiVersion: apiserver.config.k8s.io/v1\nkind: EncryptionConfiguration\nresources:\n- resources: [secrets]\n  providers: [{kms: {name: p, endpoint: 'unix:///k.sock'}}]\n",
+        )
+        .unwrap();
+        assert_eq!(
+            load(&p).err().unwrap(),
+            format!(
+                "error while building transformers: {}",
+                super::super::kms::KMSV1_DISABLED
+            )
         );
+        let v1 = load_with(&p, Features { kms_v1: true }).unwrap();
+        assert_eq!(v1.kms.names(), vec!["kms-provider-0"]);
     }
 }

@@ -19,6 +19,8 @@ pub struct Flags {
     pub token_auth_file: Option<PathBuf>,
     pub storage_media_type: String,
     pub anonymous_auth: bool,
+    /// `--feature-gates` the stand-in honours (`KMSv1`).
+    pub features: super::kms::Features,
     /// Flags seen but not implemented (logged once at start).
     pub ignored: Vec<String>,
 }
@@ -40,6 +42,7 @@ impl Default for Flags {
             token_auth_file: None,
             storage_media_type: "application/json".into(),
             anonymous_auth: true,
+            features: super::kms::Features::default(),
             ignored: Vec::new(),
         }
     }
@@ -113,6 +116,19 @@ pub fn parse(args: impl IntoIterator<Item = String>) -> Result<Flags, String> {
             "client-ca-file" => f.client_ca_file = Some(value.into()),
             "token-auth-file" => f.token_auth_file = Some(value.into()),
             "anonymous-auth" => f.anonymous_auth = value != "false",
+            "feature-gates" => {
+                for gate in value.split(',').map(str::trim).filter(|g| !g.is_empty()) {
+                    let (name, on) = gate.split_once('=').ok_or_else(|| {
+                        format!("invalid argument {value:?} for \"--feature-gates\" flag: missing bool value for {gate}")
+                    })?;
+                    let on: bool = on.parse().map_err(|_| {
+                        format!("invalid argument {value:?} for \"--feature-gates\" flag: invalid value of {name}: {on}")
+                    })?;
+                    if name == "KMSv1" {
+                        f.features.kms_v1 = on;
+                    }
+                }
+            }
             "storage-media-type" => {
                 if !STORAGE_MEDIA_TYPES.contains(&value.as_str()) {
                     return Err(format!(

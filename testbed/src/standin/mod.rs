@@ -7,6 +7,7 @@ pub mod api;
 pub mod auth;
 pub mod encryption;
 pub mod flags;
+pub mod kms;
 pub mod objects;
 pub mod protobuf;
 pub mod server;

@@ -62,10 +62,12 @@ pub async fn main(args: Vec<String>) -> i32 {
 async fn run(flags: Flags) -> anyhow::Result<()> {
     // Read once at start, as with --encryption-provider-config-automatic-reload=false.
     let transformers = match &flags.encryption_provider_config {
-        Some(path) => encryption::load(path).map_err(|e| anyhow!(e))?,
+        Some(path) => encryption::load_with(path, flags.features).map_err(|e| anyhow!(e))?,
         None => ResourceTransformers::identity_only(),
     };
     let transformers = Arc::new(transformers);
+    // KMS v2: Status polling and seed rotation on a new key id, for the life of the process.
+    let _kms_pollers = transformers.kms.spawn_pollers();
     let tokens = match &flags.token_auth_file {
         Some(p) => TokenAuth::load(p).map_err(|e| anyhow!(e))?,
         None => TokenAuth::default(),
@@ -92,6 +94,7 @@ async fn run(flags: Flags) -> anyhow::Result<()> {
     let state = AppState {
         store,
         metrics: transformers.metrics.clone(),
+        kms: transformers.kms.clone(),
         tokens: Arc::new(tokens),
         anonymous_auth: flags.anonymous_auth,
         advertise,
