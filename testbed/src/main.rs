@@ -41,6 +41,9 @@ enum Cmd {
         /// Also create user `atrest` (passwordless sudo, docker group) on every node; cluster.yml names it.
         #[arg(long)]
         sudo_user: bool,
+        /// Run a kms-plugin on every node at /var/run/kmsplugin/socket.sock (shared KEK file DIR/kms/kek).
+        #[arg(long)]
+        kms: bool,
     },
     /// Stop everything `up` recorded in DIR/testbed.json and remove DIR. Safe to repeat.
     Down {
@@ -74,6 +77,7 @@ fn main() -> Result<()> {
             standin,
             no_etcd,
             sudo_user,
+            kms,
         } => {
             let standin = match standin {
                 StandinKind::Binary => Standin::locate()?,
@@ -85,6 +89,7 @@ fn main() -> Result<()> {
                 standin,
                 etcd: !no_etcd,
                 sudo_user,
+                kms,
                 ..Options::default()
             })?;
             tb.keep_running();

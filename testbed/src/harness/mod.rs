@@ -5,6 +5,7 @@
 pub mod files;
 pub mod health;
 pub mod image;
+pub mod kms;
 pub mod pki;
 pub mod procs;
 pub mod seed;
@@ -36,6 +37,8 @@ pub struct Options {
     pub etcd: bool,
     /// Also create user `atrest` (passwordless sudo, member of `docker`) on every node and name it in cluster.yml.
     pub sudo_user: bool,
+    /// Run a `kms-plugin` on every node at `/var/run/kmsplugin/socket.sock` (see [`kms`]).
+    pub kms: bool,
     /// How long to wait for a free slot.
     pub slot_timeout: Duration,
 }
@@ -48,6 +51,7 @@ impl Default for Options {
             standin: Standin::Placeholder,
             etcd: true,
             sudo_user: false,
+            kms: false,
             slot_timeout: Duration::from_secs(600),
         }
     }
@@ -84,6 +88,7 @@ pub struct Testbed {
     standin: Standin,
     etcd: bool,
     sudo_user: bool,
+    kms: bool,
     down_done: bool,
     /// Leave everything running on drop (CLI `up`).
     keep: bool,
@@ -221,6 +226,7 @@ impl Testbed {
             standin: opts.standin.clone(),
             etcd: opts.etcd,
             sudo_user: opts.sudo_user,
+            kms: opts.kms,
             down_done: false,
             keep: false,
         };
@@ -381,9 +387,15 @@ impl Testbed {
         self.mark(t0, "keys, pki and node files written");
         // sshd in a fresh mount namespace where PREFIX_PATH is the node's tree; dockerd joins that namespace.
         let nodes = self.nodes.clone();
-        for (n, rec) in nodes.iter().zip(self.manifest.nodes.clone()) {
+        let kms_binds = if self.kms {
+            kms::prepare(&self.manifest.dir, &nodes)?
+        } else {
+            Vec::new()
+        };
+        for (i, (n, rec)) in nodes.iter().zip(self.manifest.nodes.clone()).enumerate() {
             let cfg = n.dir.join("ssh/sshd_config");
             let mut binds = vec![(n.prefix.clone(), PathBuf::from(PREFIX_PATH))];
+            binds.extend(kms_binds.get(i).cloned());
             if self.sudo_user {
                 binds.extend(users::prepare(&n.dir, &client_pub)?);
             }
@@ -513,6 +525,11 @@ impl Testbed {
                     ));
                 let child = procs::spawn_daemon(&mut cmd, &n.dir.join("etcd.stdio.log"))?;
                 self.record(child, "etcd", n.index, &data)?;
+            }
+        }
+        if self.kms {
+            for n in &nodes {
+                self.kms_start(n)?;
             }
         }
         self.mark(t0, "daemons spawned");
