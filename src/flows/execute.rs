@@ -284,7 +284,7 @@ impl<'a> Executor<'a> {
                 ContainerAction::Recreated => "recreated",
             };
             say!(
-                "{label}: node {} {action}, ready in {:.1} s",
+                "{label}: {} {action}, ready in {:.1} s",
                 outcome.node,
                 clock.elapsed().as_secs_f64()
             );
