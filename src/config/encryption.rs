@@ -526,3 +526,66 @@ pub(crate) mod validation_test_support {
         super::validation::decode_secret(secret).map(|b| b.len())
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn managed_is_rkes_shape() {
+        let key = Key {
+            name: "k".into(),
+            secret: SecretString::new("c2VjcmV0IGlzIHNlY3VyZQ==".into()),
+        };
+        let c = managed(vec![key.clone()]);
+        assert_eq!(
+            (c.api_version.as_str(), c.kind.as_str()),
+            (API_VERSION, KIND)
+        );
+        assert_eq!(c.resources.len(), 1);
+        assert_eq!(c.resources[0].resources, ["secrets"]);
+        let p = &c.resources[0].providers;
+        assert_eq!(p.len(), 2);
+        assert_eq!(
+            p[0].aescbc.as_ref().map(|k| k.keys.clone()),
+            Some(vec![key])
+        );
+        assert_eq!(p[0].type_name(), Some("aescbc"));
+        assert_eq!(p[1].type_name(), Some("identity"));
+        assert_eq!(validate(&c), Ok(()));
+    }
+
+    #[test]
+    fn parse_accepts_legacy_json_and_nulls_without_validating() {
+        let legacy = "apiVersion: v1\nkind: EncryptionConfig\nresources: []\n";
+        assert!(parse(legacy, "l.yaml").unwrap().resources.is_empty());
+        let json = r#"{"apiVersion":"apiserver.config.k8s.io/v1","kind":"EncryptionConfiguration","resources":[{"resources":["secrets"],"providers":[{"aescbc":{"keys":null}}]}]}"#;
+        let c = parse(json, "c.json").unwrap();
+        assert_eq!(
+            c.resources[0].providers[0].aescbc,
+            Some(KeysConfiguration { keys: vec![] })
+        );
+        assert_eq!(
+            validate(&c).unwrap_err().to_string(),
+            "resources[0].providers[0].aescbc.keys: Required value: at least one keys is required"
+        );
+    }
+
+    #[test]
+    fn strict_decoding_lists_every_unknown_field() {
+        let text = "apiVersion: apiserver.config.k8s.io/v1\nkind: EncryptionConfiguration\nmetadata: {name: x}\nresources:\n- resources: [secrets]\n  providers:\n  - identity: {extra: 1}\n";
+        assert_eq!(
+            parse(text, "s.yaml").unwrap_err().to_string(),
+            "s.yaml:3:1: strict decoding error: unknown field \"metadata\"\ns.yaml:7:16: strict decoding error: unknown field \"resources[0].providers[0].identity.extra\""
+        );
+    }
+
+    #[test]
+    fn check_positions_validation_errors() {
+        let text = "apiVersion: apiserver.config.k8s.io/v1\nkind: EncryptionConfiguration\nresources:\n- resources: [secrets]\n  providers:\n  - aescbc:\n      keys:\n      - name: k\n        secret: c2hvcnQ=\n";
+        assert_eq!(
+            check(text, "c.yaml").unwrap_err().to_string(),
+            "c.yaml:9:17: resources[0].providers[0].aescbc.keys[0].secret: Invalid value: \"REDACTED\": secret is not of the expected length, got 5, expected one of [16 24 32]"
+        );
+    }
+}
