@@ -1,1 +1,346 @@
-//! Command-line interface (clap derive).
+//! Command-line interface (clap derive): the verbs, their flags and help, logging setup, and dispatch to
+//! [`crate::flows`].
+
+use crate::flows;
+use crate::state::paths::{default_kubeconfig_path, default_state_path};
+use clap::{ArgAction, Args, CommandFactory, Parser, Subcommand, ValueEnum};
+use std::io::Write;
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+#[derive(Debug, Parser)]
+#[command(
+    name = "atrest",
+    version,
+    about = "Encryption at rest for RKE clusters: plan, apply, rotate and verify, resumably",
+    long_about = "Encryption at rest for RKE clusters, as a declarative reconciler over SSH.\n\n\
+        atrest reads RKE's cluster.yml (services.kube-api.secrets_encryption_config), compares it with what \
+        cluster.rkestate records as deployed, and moves every controlplane to the desired EncryptionConfiguration \
+        in HA-safe phases (prepare -> rotate -> reencrypt -> verify -> finish). Each step is saved in \
+        cluster.rkestate before the next begins, so an interrupted run resumes where it stopped, and nothing \
+        that could still be needed to read stored data is removed until etcd has been checked.",
+    after_help = "Files: cluster.rkestate and kube_config_<config file name> are found beside the config file, \
+        as RKE names them; --state and --kubeconfig override that."
+)]
+pub struct Cli {
+    #[command(flatten)]
+    pub global: GlobalOpts,
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+/// Options every verb accepts (before or after the verb).
+#[derive(Clone, Debug, Args)]
+pub struct GlobalOpts {
+    /// RKE cluster config to read.
+    #[arg(
+        long,
+        global = true,
+        value_name = "FILE",
+        env = "RKE_CONFIG",
+        default_value = "cluster.yml"
+    )]
+    pub config: PathBuf,
+
+    /// RKE state file [default: the config's name with .rkestate, beside it].
+    #[arg(long, global = true, value_name = "FILE")]
+    pub state: Option<PathBuf>,
+
+    /// Kubeconfig for the cluster's API [default: kube_config_<config file name>, beside the config].
+    #[arg(long, global = true, value_name = "FILE")]
+    pub kubeconfig: Option<PathBuf>,
+
+    /// Authenticate SSH with the keys in ssh-agent ($SSH_AUTH_SOCK), as RKE's ssh_agent_auth.
+    #[arg(long, global = true)]
+    pub ssh_agent_auth: bool,
+
+    /// known_hosts file that SSH host keys are checked against [default: ~/.ssh/known_hosts].
+    #[arg(long, global = true, value_name = "FILE")]
+    pub known_hosts: Option<PathBuf>,
+
+    /// Trust and record the host key of a node that is not in known_hosts yet (a changed key is still refused).
+    #[arg(long, global = true)]
+    pub accept_new_host_keys: bool,
+
+    /// Do not take an etcd snapshot before changing the cluster (by default one is taken and recorded).
+    #[arg(long, global = true)]
+    pub no_snapshot: bool,
+
+    /// More log output on stderr: -v for debug, -vv for trace.
+    #[arg(short = 'v', long = "debug", visible_alias = "verbose", global = true, action = ArgAction::Count)]
+    pub verbose: u8,
+
+    /// Only errors on stderr.
+    #[arg(short = 'q', long, global = true, conflicts_with = "verbose")]
+    pub quiet: bool,
+
+    /// Answer yes to confirmation prompts (needed when stdin is not a terminal).
+    #[arg(short = 'y', long, global = true)]
+    pub yes: bool,
+}
+
+impl GlobalOpts {
+    /// `--state`, or RKE's default beside the config.
+    pub fn state_path(&self) -> PathBuf {
+        self.state
+            .clone()
+            .unwrap_or_else(|| default_state_path(&self.config))
+    }
+
+    /// `--kubeconfig`, or RKE's default beside the config.
+    pub fn kubeconfig_path(&self) -> PathBuf {
+        self.kubeconfig
+            .clone()
+            .unwrap_or_else(|| default_kubeconfig_path(&self.config))
+    }
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Bring the cluster's encryption at rest to what cluster.yml asks for.
+    #[command(
+        long_about = "Bring the cluster's encryption at rest to what cluster.yml asks for.\n\n\
+        Compares services.kube-api.secrets_encryption_config in cluster.yml with the config cluster.rkestate \
+        records as deployed, plans the transition, and carries it out: takes an etcd snapshot, deploys \
+        intermediate encryption configs to every controlplane and restarts kube-apiserver one node at a time, \
+        rewrites the stored resources, checks in etcd that nothing still needs a key that is going away, then \
+        deploys the final config. Changes: the encryption config file on every controlplane, the kube-apiserver \
+        containers, the stored resources (rewritten), and cluster.rkestate. If a transition was interrupted, \
+        `up` resumes it first."
+    )]
+    Up {
+        /// Print the plan and change nothing.
+        #[arg(long)]
+        dry_run: bool,
+    },
+
+    /// Show the steps `atrest up` would take, and change nothing.
+    #[command(
+        long_about = "Show the steps `atrest up` would take, and change nothing.\n\n\
+        Reads cluster.yml and cluster.rkestate (and a transition in progress, if any) and prints the phases and \
+        the config each controlplane would get at each step. Touches no host and no file."
+    )]
+    Plan {
+        /// Output format.
+        #[arg(short = 'o', long = "output", value_enum, default_value_t = PlanFormat::Text)]
+        output: PlanFormat,
+    },
+
+    /// Key rotation, status and verification (K3s/RKE2-style `secrets-encrypt` verbs).
+    Encrypt {
+        #[command(subcommand)]
+        command: EncryptCommand,
+    },
+
+    /// Print a shell completion script to stdout.
+    #[command(long_about = "Print a shell completion script to stdout.\n\n\
+        For example: `atrest completions bash > /etc/bash_completion.d/atrest`. Changes nothing.")]
+    Completions {
+        /// The shell to generate completions for.
+        #[arg(value_enum)]
+        shell: clap_complete::Shell,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum EncryptCommand {
+    /// Replace the active encryption key with a new one, HA-safely, in one command.
+    #[command(
+        long_about = "Replace the active encryption key with a new one, HA-safely, in one command.\n\n\
+        Generates a new 32-byte key from the OS random source, adds it as a read-only key on every \
+        controlplane, then makes it the write key everywhere, rewrites all encrypted resources, checks in etcd \
+        that nothing is still encrypted with the old key, and only then removes the old key (kept in \
+        cluster.rkestate's archive for snapshots taken before). Changes: the encryption config on every \
+        controlplane, kube-apiserver (restarted one node at a time), the stored resources, cluster.rkestate. \
+        Works with the config atrest manages; a custom_config in cluster.yml is rotated by editing it and \
+        running `atrest up`."
+    )]
+    RotateKey,
+
+    /// Show whether encryption is on, the rotation stage, per-server config agreement and the keys.
+    #[command(
+        long_about = "Show whether encryption is on, the rotation stage, per-server config agreement and \
+        the keys.\n\n\
+        Reads cluster.rkestate and the encryption config file on every controlplane (over SSH), and prints the \
+        stage (start, prepare, rotate, reencrypt_request, reencrypt_active, reencrypt_finished), whether every \
+        server has the same config, and each key's provider, name and whether it is the active (write) key. \
+        Key material is never printed. Changes nothing."
+    )]
+    Status {
+        /// Output format.
+        #[arg(short = 'o', long = "output", value_enum, default_value_t = StatusFormat::Table)]
+        output: StatusFormat,
+    },
+
+    /// Check in etcd which provider and key every stored resource is encrypted with.
+    #[command(
+        long_about = "Check in etcd which provider and key every stored resource is encrypted with.\n\n\
+        Reads every key under /registry for the resources the encryption config covers (through the etcd client \
+        certificates in cluster.rkestate) and counts them by provider and key. Fails (exit 1) if any object \
+        needs a key or provider the deployed config lacks, or is stored in plain text where encryption is \
+        configured. Records the census in cluster.rkestate; changes nothing on the cluster."
+    )]
+    Verify,
+
+    /// Stage 1 of a stepwise rotation: add a new key as a read-only (second) key on every controlplane.
+    #[command(
+        long_about = "Stage 1 of a stepwise rotation: add a new key as a read-only (second) key on every \
+        controlplane.\n\n\
+        Every server can then read data written with the new key, but still writes with the current one. \
+        Allowed from stage start or reencrypt_finished. Changes: the encryption config on every controlplane, \
+        kube-apiserver (restarted one node at a time), cluster.rkestate (stage -> prepare). \
+        Next: `atrest encrypt rotate`."
+    )]
+    Prepare {
+        /// Run even if the current stage does not allow it.
+        #[arg(long)]
+        force: bool,
+    },
+
+    /// Stage 2: make the new key the write key on every controlplane (the old key stays for reading).
+    #[command(
+        long_about = "Stage 2: make the new key the write key on every controlplane (the old key stays \
+        for reading).\n\n\
+        Allowed from stage prepare. Changes: the encryption config on every controlplane, kube-apiserver \
+        (restarted one node at a time), cluster.rkestate (stage -> rotate). Next: `atrest encrypt reencrypt`."
+    )]
+    Rotate {
+        /// Run even if the current stage does not allow it.
+        #[arg(long)]
+        force: bool,
+    },
+
+    /// Stage 3: rewrite every stored resource with the new key, verify etcd, then remove the old key.
+    #[command(
+        long_about = "Stage 3: rewrite every stored resource with the new key, verify etcd, then remove \
+        the old key.\n\n\
+        Allowed from stage rotate. Rewrites every resource the encryption config covers through the Kubernetes \
+        API (resumable: progress is saved), checks in etcd that nothing still needs the old key, then deploys \
+        the config without it. Changes: the stored resources, the encryption config on every controlplane, \
+        kube-apiserver, cluster.rkestate (stage -> reencrypt_active -> reencrypt_finished)."
+    )]
+    Reencrypt {
+        /// Run even if the current stage does not allow it.
+        #[arg(long)]
+        force: bool,
+        /// Keep the old key in the config after rewriting (do not remove it), as K3s's --skip.
+        #[arg(long)]
+        skip: bool,
+    },
+
+    /// Prepare, rotate and reencrypt in one go (K3s's rotate-keys); the same as `atrest encrypt rotate-key`.
+    #[command(
+        long_about = "Prepare, rotate and reencrypt in one go (K3s's rotate-keys); the same as `atrest \
+        encrypt rotate-key`.\n\n\
+        Runs the three stages back to back with every check of the stepwise verbs. Changes what prepare, \
+        rotate and reencrypt change."
+    )]
+    RotateKeys,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub enum PlanFormat {
+    /// Human-readable steps.
+    Text,
+    /// Machine-readable JSON.
+    Json,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub enum StatusFormat {
+    /// Human-readable table.
+    Table,
+    /// Machine-readable JSON.
+    Json,
+}
+
+/// Sets up logging to stderr: warnings and progress by default, more with -v/-vv, errors only with --quiet.
+/// `RUST_LOG` overrides the flags (e.g. `RUST_LOG=atrest=trace,russh=debug`).
+pub fn init_logging(global: &GlobalOpts) {
+    use tracing_subscriber::EnvFilter;
+    let level = match (global.quiet, global.verbose) {
+        (true, _) => "error",
+        (false, 0) => "atrest=info,warn",
+        (false, 1) => "atrest=debug,info",
+        (false, _) => "atrest=trace,debug",
+    };
+    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(level));
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+        .with_target(global.verbose > 0);
+    // Timestamps only help when debugging; a normal run reads better without them.
+    let _ = if global.verbose > 0 {
+        builder.try_init()
+    } else {
+        builder.without_time().try_init()
+    };
+}
+
+/// Writes the completion script for `shell` to `out`.
+pub fn write_completions(shell: clap_complete::Shell, out: &mut dyn Write) -> std::io::Result<()> {
+    // Generated into memory first: clap_complete panics on a write error (e.g. a closed pipe).
+    let mut script = Vec::new();
+    clap_complete::generate(shell, &mut Cli::command(), "atrest", &mut script);
+    match out.write_all(&script).and_then(|()| out.flush()) {
+        Err(e) if e.kind() == std::io::ErrorKind::BrokenPipe => Ok(()),
+        other => other,
+    }
+}
+
+/// Runs the verb the user asked for.
+pub fn run(cli: &Cli) -> anyhow::Result<ExitCode> {
+    let g = &cli.global;
+    match &cli.command {
+        Command::Up { dry_run } => flows::up(g, *dry_run),
+        Command::Plan { output } => flows::plan(g, *output),
+        Command::Encrypt { command } => match command {
+            EncryptCommand::RotateKey => flows::encrypt_rotate_key(g),
+            EncryptCommand::Status { output } => flows::encrypt_status(g, *output),
+            EncryptCommand::Verify => flows::encrypt_verify(g),
+            EncryptCommand::Prepare { force } => flows::encrypt_prepare(g, *force),
+            EncryptCommand::Rotate { force } => flows::encrypt_rotate(g, *force),
+            EncryptCommand::Reencrypt { force, skip } => flows::encrypt_reencrypt(g, *force, *skip),
+            EncryptCommand::RotateKeys => flows::encrypt_rotate_keys(g),
+        },
+        Command::Completions { shell } => {
+            write_completions(*shell, &mut std::io::stdout().lock()).map_err(|e| {
+                anyhow::anyhow!(e).context("cannot write the completion script to stdout")
+            })?;
+            Ok(ExitCode::SUCCESS)
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn clap_definition_is_consistent() {
+        Cli::command().debug_assert();
+    }
+
+    #[test]
+    fn default_paths_follow_the_config() {
+        let cli = Cli::try_parse_from(["atrest", "--config", "/c/prod.yml", "plan"]).unwrap();
+        assert_eq!(cli.global.state_path(), PathBuf::from("/c/prod.rkestate"));
+        assert_eq!(
+            cli.global.kubeconfig_path(),
+            PathBuf::from("/c/kube_config_prod.yml")
+        );
+        let cli =
+            Cli::try_parse_from(["atrest", "plan", "--state", "/s", "--kubeconfig", "/k"]).unwrap();
+        assert_eq!(cli.global.state_path(), PathBuf::from("/s"));
+        assert_eq!(cli.global.kubeconfig_path(), PathBuf::from("/k"));
+    }
+
+    #[test]
+    fn quiet_and_verbose_conflict() {
+        assert!(Cli::try_parse_from(["atrest", "-q", "-v", "plan"]).is_err());
+        let cli =
+            Cli::try_parse_from(["atrest", "-vv", "encrypt", "status", "-o", "json"]).unwrap();
+        assert_eq!(cli.global.verbose, 2);
+    }
+}

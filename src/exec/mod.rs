@@ -1,1 +1,14 @@
 //! Execution: everything that touches a host, Docker, the Kubernetes API or etcd, behind small interfaces.
+
+pub mod auth;
+pub mod docker;
+pub mod etcd;
+pub mod files;
+pub mod health;
+pub mod known_hosts;
+pub mod kube;
+pub mod preflight;
+pub mod restart;
+pub mod rewrite;
+pub mod ssh;
+pub mod tunnel;

@@ -1,3 +1,310 @@
 //! The planner: pure functions from (desired, recorded, observed) to an ordered plan. No I/O here.
+//!
+//! Every change of encryption config O → N runs the same HA-safe sequence (docs/design.md):
+//! prepare (all servers read what N writes) → rotate (all write as N, still read O) → reencrypt → verify →
+//! finish (exactly N). [`plan`] computes it for a reconcile, [`stepwise`] for K3s-style single verbs,
+//! and [`render`] shows a plan as text (keys redacted) or JSON.
 
+pub mod render;
+mod sequence;
 pub mod stage;
+mod stepwise;
+mod types;
+pub mod units;
+
+#[cfg(test)]
+mod model_tests;
+#[cfg(test)]
+pub(crate) mod sim;
+#[cfg(test)]
+mod tests;
+
+pub use stepwise::{StepwiseInput, StepwiseVerb, stepwise};
+pub use types::*;
+
+use crate::config::encryption::EncryptionConfiguration;
+use sequence::{Sequence, check_census, check_key_reuse, done_phases, sequence};
+use stage::{Phase, Stage};
+
+type Config = Option<EncryptionConfiguration>;
+
+/// Plans the steps that take the cluster from what is deployed (or recorded in progress) to `input.desired`.
+///
+/// - A recorded transition is continued from where it stopped (phases in `done` are left out). If the desired
+///   config differs from that transition's target, the plan first finishes it and then plans the new change
+///   (two [`TransitionSpec`]s; a note says so).
+/// - Nodes whose observed config hash matches neither the expected config nor (mid-rollout) the next one get
+///   a note and a redeploy of the expected config first.
+/// - Refuses key names reused with a different secret, and (given a census) stored data no config can read.
+pub fn plan(input: &PlanInput) -> Result<Plan, PlanError> {
+    if input.controlplanes.is_empty() {
+        return Err(PlanError::NoControlplanes);
+    }
+    let multi = input.controlplanes.len() > 1;
+    let desired = input.desired.config().cloned();
+    let mut involved: Vec<Config> = vec![input.current.config().cloned(), desired.clone()];
+    let mut transitions: Vec<TransitionSpec> = Vec::new();
+    let mut steps: Vec<Step> = Vec::new();
+    let mut notes: Vec<String> = Vec::new();
+
+    // Configs a node may legitimately have right now, and the one to put back on a drifted node.
+    let mut base: Config = input.current.config().cloned();
+    let mut base_source = input.current.source();
+    let mut expected_now: Vec<Config> = vec![base.clone()];
+    let mut current_stage = Stage::Start;
+    let mut drift_phase = Phase::Finish;
+
+    if let Some(record) = &input.transition {
+        involved.push(record.from.clone());
+        involved.push(record.to.clone());
+        check_key_reuse(&involved.iter().collect::<Vec<_>>())?;
+        let seq = sequence(&record.from, &record.to, multi)?;
+        let done = done_phases(&record.done, record.stage);
+        let all = seq.steps(0, &input.controlplanes);
+        let (done_steps, remaining): (Vec<Step>, Vec<Step>) =
+            all.into_iter().partition(|s| done.contains(&s.phase));
+        let last_deployed = done_steps
+            .iter()
+            .rev()
+            .find_map(deploy_config)
+            .unwrap_or_else(|| record.from.clone());
+        let next_deploy = remaining.iter().find_map(deploy_config);
+        expected_now = vec![last_deployed.clone()];
+        expected_now.extend(next_deploy);
+        current_stage = record.stage;
+        if let Some(first) = remaining.first() {
+            drift_phase = first.phase;
+            notes.push(format!(
+                "resuming the recorded {} transition at stage {} (done: {})",
+                record.kind,
+                record.stage,
+                list_phases(&done)
+            ));
+            transitions.push(TransitionSpec {
+                kind: kind_from_record(&record.kind),
+                from: record.from.clone(),
+                to: record.to.clone(),
+                resumed_at: Some(record.stage),
+            });
+            steps.extend(remaining);
+        }
+        base = record.to.clone();
+        base_source = record.to_source().or_else(|| {
+            if input.current.config() == record.to.as_ref() {
+                input.current.source()
+            } else {
+                None
+            }
+        });
+        if record.to != desired && !transitions.is_empty() {
+            notes.push(format!(
+                "the desired config differs from the target of the unfinished {} transition: that transition is \
+                 finished first, then the change to the desired config follows",
+                record.kind
+            ));
+        }
+    } else {
+        check_key_reuse(&involved.iter().collect::<Vec<_>>())?;
+    }
+
+    if let Some(census) = &input.observed.census {
+        check_census(census, &involved.iter().collect::<Vec<_>>())?;
+    }
+
+    let seq = sequence(&base, &desired, multi)?;
+    let index = transitions.len();
+    let mut new_steps = seq.steps(index, &input.controlplanes);
+    if !new_steps.is_empty() {
+        let kind = classify(&base, base_source, &input.desired, input.intent, &seq);
+        notes.extend(seq.notes.iter().cloned());
+        if !input.options.no_snapshot {
+            let first = new_steps[0].phase;
+            new_steps.insert(
+                0,
+                Step {
+                    transition: index,
+                    phase: first,
+                    stage: Stage::Start,
+                    action: Action::Snapshot,
+                },
+            );
+        }
+        if transitions.is_empty() {
+            drift_phase = new_steps[0].phase;
+        }
+        transitions.push(TransitionSpec {
+            kind,
+            from: base.clone(),
+            to: desired.clone(),
+            resumed_at: None,
+        });
+        steps.extend(new_steps);
+    }
+
+    add_drift_repair(
+        input,
+        &expected_now,
+        current_stage,
+        drift_phase,
+        &mut transitions,
+        &mut steps,
+        &mut notes,
+    );
+
+    let kind = match transitions.first() {
+        None => PlanKind::Noop,
+        Some(t) if t.resumed_at.is_some() => PlanKind::Resume,
+        Some(t) => t.kind,
+    };
+    Ok(Plan {
+        kind,
+        from: transitions
+            .first()
+            .map_or_else(|| base.clone(), |t| t.from.clone()),
+        to: transitions.last().map_or(base, |t| t.to.clone()),
+        controlplanes: input.controlplanes.clone(),
+        transitions,
+        steps,
+        notes,
+    })
+}
+
+fn deploy_config(step: &Step) -> Option<Config> {
+    match &step.action {
+        Action::Deploy { config, .. } => Some(config.clone()),
+        _ => None,
+    }
+}
+
+fn list_phases(done: &std::collections::BTreeSet<Phase>) -> String {
+    if done.is_empty() {
+        return "nothing".to_string();
+    }
+    done.iter()
+        .map(|p| p.to_string())
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
+fn kind_from_record(kind: &str) -> PlanKind {
+    [
+        PlanKind::Enable,
+        PlanKind::Disable,
+        PlanKind::Rotate,
+        PlanKind::ManagedToCustom,
+        PlanKind::CustomToManaged,
+        PlanKind::CustomEdit,
+        PlanKind::DeployOnly,
+        PlanKind::Repair,
+    ]
+    .into_iter()
+    .find(|k| k.as_str() == kind)
+    .unwrap_or(PlanKind::CustomEdit)
+}
+
+fn classify(
+    from: &Config,
+    from_source: Option<ConfigSource>,
+    desired: &Target,
+    intent: Intent,
+    seq: &Sequence,
+) -> PlanKind {
+    match (from, desired.config()) {
+        (None, Some(_)) => return PlanKind::Enable,
+        (Some(_), None) => return PlanKind::Disable,
+        _ => {}
+    }
+    if intent == Intent::RotateKey {
+        return PlanKind::Rotate;
+    }
+    if seq.rewrite.is_empty() {
+        return PlanKind::DeployOnly;
+    }
+    match (from_source, desired.source()) {
+        (Some(ConfigSource::Managed), Some(ConfigSource::Custom)) => PlanKind::ManagedToCustom,
+        (Some(ConfigSource::Custom), Some(ConfigSource::Managed)) => PlanKind::CustomToManaged,
+        (Some(ConfigSource::Managed), Some(ConfigSource::Managed)) => PlanKind::Rotate,
+        _ => PlanKind::CustomEdit,
+    }
+}
+
+/// Drifted nodes (observed hash not among the expected ones) get the expected config back before anything else.
+fn add_drift_repair(
+    input: &PlanInput,
+    expected_now: &[Config],
+    stage: Stage,
+    phase: Phase,
+    transitions: &mut Vec<TransitionSpec>,
+    steps: &mut Vec<Step>,
+    notes: &mut Vec<String>,
+) {
+    let Some(hash) = input.config_hash else {
+        return;
+    };
+    if input.observed.nodes.is_empty() {
+        return;
+    }
+    let expected: Vec<Option<String>> = expected_now.iter().map(|c| hash(c.as_ref())).collect();
+    let drifted: Vec<String> = input
+        .observed
+        .nodes
+        .iter()
+        .filter(|n| !expected.contains(&n.config_sha256))
+        .map(|n| n.node.clone())
+        .collect();
+    if drifted.is_empty() {
+        return;
+    }
+    let restore = expected_now[0].clone();
+    notes.push(format!(
+        "node(s) {} have an encryption config that differs from what the state says is deployed; it is \
+         redeployed on them first (data a drifted server wrote with a unit atrest does not know would need a \
+         census to find)",
+        drifted.join(", ")
+    ));
+    if transitions.is_empty() {
+        transitions.push(TransitionSpec {
+            kind: PlanKind::Repair,
+            from: restore.clone(),
+            to: restore.clone(),
+            resumed_at: None,
+        });
+        steps.push(Step {
+            transition: 0,
+            phase: Phase::Finish,
+            stage: Stage::Start,
+            action: Action::PersistStage { complete: true },
+        });
+    }
+    let at = usize::from(matches!(
+        steps.first().map(|s| &s.action),
+        Some(Action::Snapshot)
+    ));
+    let flag = if restore.is_some() {
+        Flag::Add
+    } else {
+        Flag::Remove
+    };
+    steps.insert(
+        at,
+        Step {
+            transition: 0,
+            phase,
+            stage,
+            action: Action::Deploy {
+                config: restore,
+                flag,
+                nodes: drifted,
+            },
+        },
+    );
+}
+
+/// A stable hash of a config for tests and for callers without a renderer: sha256 of its JSON form.
+/// (The executor should hash the exact bytes it deploys instead.)
+pub fn json_config_hash(config: Option<&EncryptionConfiguration>) -> Option<String> {
+    use sha2::{Digest, Sha256};
+    let config = config?;
+    let json = serde_json::to_vec(config).unwrap_or_default();
+    Some(hex::encode(Sha256::digest(json)))
+}

@@ -45,7 +45,7 @@ pub struct ArchivedKey {
     pub provider: String,
     pub name: String,
     /// The base64 key text (absent for kms).
-    pub secret: Option<String>,
+    pub secret: Option<crate::secret::SecretString>,
     pub retired_at: String,
     /// Names/paths of snapshots taken while this key was in use.
     pub snapshots: Vec<String>,

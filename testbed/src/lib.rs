@@ -1,4 +1,5 @@
 //! The local test cluster (harness) and the kube-apiserver stand-in.
 
 pub mod harness;
+pub mod kms;
 pub mod standin;

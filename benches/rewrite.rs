@@ -1,0 +1,384 @@
+//! Rewrite benchmark: atrest vs the `kubectl get | kubectl replace` pipeline vs the raw etcd put ceiling, plus
+//! the peak RSS of a large rewrite. Run: `cargo build --release -p testbed --bin kube-apiserver &&
+//! cargo bench --bench rewrite` (see docs/benchmarks.md). Environment knobs:
+//! `ATREST_BENCH_OBJECTS` (10000), `ATREST_BENCH_RSS_OBJECTS` (100000, 0 to skip),
+//! `ATREST_BENCH_CONCURRENCY` (32), `ATREST_BENCH_SKIP_KUBECTL` (unset).
+
+#[path = "../tests/common/mod.rs"]
+mod common;
+
+use anyhow::{Context, Result, bail, ensure};
+use atrest::exec::etcd::{CensusOptions, Etcd, EtcdResource};
+use atrest::exec::rewrite::{self, ProgressMode, RewriteOptions, Target};
+use common::{EtcdProcess, StandIn, aescbc_config, private_loopback, random_key};
+use futures::StreamExt;
+use k8s_openapi::ByteString;
+use k8s_openapi::api::core::v1::{Namespace, Secret};
+use kube::api::{Api, ObjectMeta, PostParams};
+use std::collections::BTreeMap;
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+const CHILD_ENV: &str = "ATREST_BENCH_CHILD_KUBECONFIG";
+const NAMESPACES: usize = 10;
+
+fn env_usize(name: &str, default: usize) -> usize {
+    std::env::var(name)
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(default)
+}
+
+fn main() -> Result<()> {
+    // `cargo bench` passes `--bench`; the child mode is selected by environment.
+    if let Ok(kubeconfig) = std::env::var(CHILD_ENV) {
+        return rss_child(Path::new(&kubeconfig));
+    }
+    tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()?
+        .block_on(run())
+}
+
+/// Only the rewrite, in its own process, so VmHWM is the rewrite's peak and nothing else's.
+fn rss_child(kubeconfig: &Path) -> Result<()> {
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()?;
+    let report = runtime.block_on(async {
+        let client = atrest::exec::kube::client(kubeconfig).await?;
+        let options = RewriteOptions {
+            progress: ProgressMode::Quiet,
+            ..Default::default()
+        };
+        anyhow::Ok(rewrite::rewrite(&client, &[Target::secrets()], &options).await)
+    })?;
+    let status = std::fs::read_to_string("/proc/self/status")?;
+    let hwm_kib: u64 = status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmHWM:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+        .context("VmHWM missing from /proc/self/status")?;
+    println!(
+        "{}",
+        serde_json::json!({
+            "vmhwm_kib": hwm_kib,
+            "processed": report.processed(),
+            "rewritten": report.rewritten,
+            "errors": report.errors_total,
+            "seconds": report.elapsed.as_secs_f64(),
+        })
+    );
+    Ok(())
+}
+
+struct Bench {
+    etcd_process: EtcdProcess,
+    etcd: Etcd,
+    standin: StandIn,
+    client: kube::Client,
+    keys: [(String, String); 2],
+    /// Index into `keys` of the current write key.
+    write: usize,
+    _dir: tempfile::TempDir,
+}
+
+impl Bench {
+    async fn up(octet: u8) -> Result<Self> {
+        let dir = tempfile::tempdir()?;
+        let ip = private_loopback(octet);
+        let etcd_dir = dir.path().join("etcd");
+        std::fs::create_dir_all(&etcd_dir)?;
+        let etcd_process = EtcdProcess::start_in(&etcd_dir, ip, true)?;
+        let etcd = etcd_process.ready().await?;
+        let keys = [
+            ("a".to_string(), random_key()),
+            ("b".to_string(), random_key()),
+        ];
+        let config = aescbc_config(&["secrets"], &[(&keys[0].0, &keys[0].1)]);
+        let standin = StandIn::start(&etcd_process, &dir.path().join("apiserver"), ip, &config)?;
+        let client = standin.ready().await?;
+        Ok(Self {
+            etcd_process,
+            etcd,
+            standin,
+            client,
+            keys,
+            write: 0,
+            _dir: dir,
+        })
+    }
+
+    fn write_label(&self) -> String {
+        format!("aescbc:{}", self.keys[self.write].0)
+    }
+
+    /// Swap the key order so every stored secret becomes stale (read through the second key).
+    async fn rotate(&mut self) -> Result<()> {
+        self.write = 1 - self.write;
+        let (w, r) = (&self.keys[self.write], &self.keys[1 - self.write]);
+        let config = aescbc_config(&["secrets"], &[(&w.0, &w.1), (&r.0, &r.1)]);
+        self.standin.restart_with(&config)?;
+        self.client = self.standin.ready().await?;
+        Ok(())
+    }
+
+    async fn seed(&self, count: usize, start: usize) -> Result<Duration> {
+        let started = Instant::now();
+        if start == 0 {
+            let namespaces: Api<Namespace> = Api::all(self.client.clone());
+            for n in 0..NAMESPACES {
+                let ns = Namespace {
+                    metadata: ObjectMeta {
+                        name: Some(format!("bench-{n}")),
+                        ..Default::default()
+                    },
+                    ..Default::default()
+                };
+                namespaces.create(&PostParams::default(), &ns).await?;
+            }
+        }
+        let failures = futures::stream::iter(start..start + count)
+            .map(|i| async move {
+                let api: Api<Secret> =
+                    Api::namespaced(self.client.clone(), &format!("bench-{}", i % NAMESPACES));
+                let secret = Secret {
+                    metadata: ObjectMeta {
+                        name: Some(format!("s-{i:07}")),
+                        ..Default::default()
+                    },
+                    // ~2 KiB of data per secret.
+                    data: Some(BTreeMap::from([(
+                        "payload".to_string(),
+                        ByteString(vec![b'a' + (i % 26) as u8; 2048]),
+                    )])),
+                    ..Default::default()
+                };
+                api.create(&PostParams::default(), &secret).await.is_err()
+            })
+            .buffer_unordered(64)
+            .filter(|failed| std::future::ready(*failed))
+            .count()
+            .await;
+        ensure!(failures == 0, "{failures} secrets could not be created");
+        Ok(started.elapsed())
+    }
+
+    /// All secrets on the current write key?
+    async fn assert_all_on_write_key(&self, expected: u64) -> Result<()> {
+        let census = self
+            .etcd
+            .census(
+                &[EtcdResource::new("/registry", "", "secrets")],
+                Some(&self.write_label()),
+                &CensusOptions {
+                    page_size: 1000,
+                    max_off_target: 10,
+                },
+            )
+            .await?;
+        let secrets = &census.resources["secrets"];
+        ensure!(
+            secrets.by_label.get(&self.write_label()).copied() == Some(expected)
+                && secrets.off_target_count == 0,
+            "census after rewrite: {:?}",
+            secrets.by_label
+        );
+        Ok(())
+    }
+}
+
+/// utime + stime of a process, in seconds.
+fn cpu_seconds(pid: u32) -> f64 {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+    let after_comm = stat.rsplit_once(')').map(|(_, rest)| rest).unwrap_or("");
+    let fields: Vec<&str> = after_comm.split_whitespace().collect();
+    let ticks: f64 = fields
+        .get(11..13)
+        .map(|f| f.iter().filter_map(|v| v.parse::<f64>().ok()).sum())
+        .unwrap_or(0.0);
+    ticks / 100.0
+}
+
+struct CpuProbe {
+    pids: Vec<(&'static str, u32)>,
+    start: Vec<f64>,
+}
+
+impl CpuProbe {
+    fn start(pids: Vec<(&'static str, u32)>) -> Self {
+        let start = pids.iter().map(|(_, p)| cpu_seconds(*p)).collect();
+        Self { pids, start }
+    }
+
+    fn finish(&self) -> String {
+        self.pids
+            .iter()
+            .zip(&self.start)
+            .map(|((name, pid), s)| format!("{name} {:.1}s", cpu_seconds(*pid) - s))
+            .collect::<Vec<_>>()
+            .join(", ")
+    }
+}
+
+async fn run() -> Result<()> {
+    let objects = env_usize("ATREST_BENCH_OBJECTS", 10_000);
+    let rss_objects = env_usize("ATREST_BENCH_RSS_OBJECTS", 100_000);
+    let concurrency = env_usize("ATREST_BENCH_CONCURRENCY", 32);
+    println!(
+        "# atrest rewrite benchmark ({} cores, {objects} secrets of ~2 KiB)",
+        num_cpus()
+    );
+    println!(
+        "load average at start: {}",
+        std::fs::read_to_string("/proc/loadavg")?.trim()
+    );
+
+    let mut bench = Bench::up(89).await?;
+    let seeded = bench.seed(objects, 0).await?;
+    println!(
+        "seeded {objects} secrets in {:.1}s ({:.0}/s)",
+        seeded.as_secs_f64(),
+        objects as f64 / seeded.as_secs_f64()
+    );
+
+    // 1. atrest.
+    bench.rotate().await?;
+    let etcd_pid = bench.etcd_process.pid();
+    let standin_pid = bench.standin.pid().context("stand-in not running")?;
+    let probe = CpuProbe::start(vec![
+        ("atrest(bench process)", std::process::id()),
+        ("stand-in", standin_pid),
+        ("etcd", etcd_pid),
+    ]);
+    let options = RewriteOptions {
+        concurrency,
+        progress: ProgressMode::Quiet,
+        ..Default::default()
+    };
+    let report = rewrite::rewrite(&bench.client, &[Target::secrets()], &options).await;
+    ensure!(
+        report.is_success() && report.rewritten == objects as u64,
+        "atrest rewrite: {report}"
+    );
+    bench.assert_all_on_write_key(objects as u64).await?;
+    let atrest_rate = report.objects_per_second();
+    println!("atrest rewrite (concurrency {concurrency}, pages of 500): {report}");
+    println!("  CPU during the rewrite: {}", probe.finish());
+
+    // 2. The Kubernetes docs' pipeline on the same data.
+    let kubectl_rate = if std::env::var_os("ATREST_BENCH_SKIP_KUBECTL").is_none() {
+        bench.rotate().await?;
+        let probe = CpuProbe::start(vec![
+            ("stand-in", bench.standin.pid().unwrap_or_default()),
+            ("etcd", etcd_pid),
+        ]);
+        let started = Instant::now();
+        let kubeconfig = bench.standin.kubeconfig.display().to_string();
+        let status = std::process::Command::new("sh")
+            .arg("-c")
+            .arg(format!(
+                "set -o pipefail 2>/dev/null; kubectl --kubeconfig {kubeconfig} get secrets -A -o json | \
+                 kubectl --kubeconfig {kubeconfig} replace -f - > /dev/null"
+            ))
+            .status()?;
+        let elapsed = started.elapsed();
+        if !status.success() {
+            bail!("kubectl pipeline failed: {status}");
+        }
+        bench.assert_all_on_write_key(objects as u64).await?;
+        let rate = objects as f64 / elapsed.as_secs_f64();
+        println!(
+            "kubectl get | kubectl replace: {objects} in {:.1}s ({rate:.0} objects/s)",
+            elapsed.as_secs_f64()
+        );
+        println!("  CPU during the pipeline: {}", probe.finish());
+        Some(rate)
+    } else {
+        None
+    };
+
+    // 3. The ceiling: raw etcd puts of 2 KiB values with one persistent client.
+    let mut best_put = 0f64;
+    for c in [1usize, 8, 32, 64] {
+        let rate = etcd_put_rate(&bench.etcd, objects, c).await?;
+        best_put = best_put.max(rate);
+        println!("raw etcd put, concurrency {c}: {rate:.0} puts/s");
+    }
+
+    println!("\n| measure | value |\n|---|---|");
+    println!("| atrest rewrite | {atrest_rate:.0} objects/s |");
+    if let Some(k) = kubectl_rate {
+        println!("| kubectl get \\| replace | {k:.0} objects/s |");
+        println!(
+            "| atrest / kubectl | {:.1}× (target ≥ 20×) |",
+            atrest_rate / k
+        );
+    }
+    println!("| best raw etcd put rate | {best_put:.0} puts/s |");
+    println!(
+        "| atrest / raw etcd puts | {:.0} % (target ≥ 50 %) |",
+        100.0 * atrest_rate / best_put
+    );
+
+    // 4. Peak RSS of a large rewrite in a separate process.
+    if rss_objects > 0 {
+        let extra = rss_objects.saturating_sub(objects);
+        let seeded = bench.seed(extra, objects).await?;
+        println!(
+            "\nseeded {extra} more secrets in {:.1}s",
+            seeded.as_secs_f64()
+        );
+        bench.rotate().await?;
+        let output = std::process::Command::new(std::env::current_exe()?)
+            .env(CHILD_ENV, &bench.standin.kubeconfig)
+            .output()?;
+        ensure!(
+            output.status.success(),
+            "RSS child failed: {}",
+            String::from_utf8_lossy(&output.stderr)
+        );
+        let line = String::from_utf8_lossy(&output.stdout);
+        let result: serde_json::Value = serde_json::from_str(line.trim())?;
+        bench.assert_all_on_write_key(rss_objects as u64).await?;
+        let mib = result["vmhwm_kib"].as_f64().unwrap_or_default() / 1024.0;
+        println!(
+            "| peak RSS (VmHWM), rewrite of {} secrets | {mib:.1} MiB (target < 100 MiB); {:.0} objects/s |",
+            result["processed"],
+            result["processed"].as_f64().unwrap_or_default()
+                / result["seconds"].as_f64().unwrap_or(1.0)
+        );
+    }
+    println!(
+        "load average at end: {}",
+        std::fs::read_to_string("/proc/loadavg")?.trim()
+    );
+    Ok(())
+}
+
+fn num_cpus() -> usize {
+    std::thread::available_parallelism()
+        .map(|n| n.get())
+        .unwrap_or(1)
+}
+
+async fn etcd_put_rate(etcd: &Etcd, count: usize, concurrency: usize) -> Result<f64> {
+    let value = vec![b'x'; 2048 + 200];
+    let started = Instant::now();
+    let failures = futures::stream::iter(0..count)
+        .map(|i| {
+            let mut kv = etcd.client().kv_client();
+            let value = value.clone();
+            async move {
+                kv.put(format!("/bench/raw/c{concurrency}/{i:07}"), value, None)
+                    .await
+                    .is_err()
+            }
+        })
+        .buffer_unordered(concurrency)
+        .filter(|failed| std::future::ready(*failed))
+        .count()
+        .await;
+    ensure!(failures == 0, "{failures} raw puts failed");
+    Ok(count as f64 / started.elapsed().as_secs_f64())
+}

@@ -1,0 +1,511 @@
+//! The node's Docker Engine over SSH: each request opens a `direct-streamlocal@openssh.com` channel to the node's
+//! `docker_socket` and speaks HTTP/1 on it (bollard's custom transport). API version pinned to 1.41 (Docker 20.10,
+//! what RKE nodes run; newer engines accept it too).
+//!
+//! kube-apiserver changes follow RKE's recreate order: rename the running container to `old-kube-apiserver`, stop
+//! it (host networking: the new one cannot bind :6443 while the old one runs), create `kube-apiserver` with the old
+//! config plus the change, start it; the caller health-checks and then commits (remove old) or rolls back.
+
+use crate::exec::ssh::{Host, SshError};
+use bollard::models::{ContainerCreateBody, ContainerInspectResponse};
+use bollard::query_parameters::{
+    CreateContainerOptions, InspectContainerOptions, RemoveContainerOptions,
+    RenameContainerOptions, RestartContainerOptions, StartContainerOptions, StopContainerOptions,
+};
+use bollard::{BollardRequest, ClientVersion, Docker};
+use std::sync::Arc;
+
+pub const APISERVER: &str = "kube-apiserver";
+pub const OLD_APISERVER: &str = "old-kube-apiserver";
+pub const ENCRYPTION_FLAG: &str = "--encryption-provider-config";
+/// Where RKE mounts the encryption config inside the container (`/etc/kubernetes` is bound from the host).
+pub const ENCRYPTION_CONFIG_IN_CONTAINER: &str = "/etc/kubernetes/ssl/encryption.yaml";
+pub const API_VERSION: ClientVersion = ClientVersion {
+    major_version: 1,
+    minor_version: 41,
+};
+/// Seconds Docker waits after SIGTERM before SIGKILL (RKE uses the default 10).
+const STOP_TIMEOUT_S: i32 = 10;
+
+#[derive(Debug, thiserror::Error)]
+pub enum DockerError {
+    #[error(transparent)]
+    Ssh(#[from] SshError),
+    #[error("{node}: Docker at {socket}: {what}: {detail}")]
+    Api {
+        node: String,
+        socket: String,
+        what: String,
+        detail: String,
+    },
+    #[error("{node}: {detail}")]
+    State { node: String, detail: String },
+}
+
+/// Whether the encryption flag should be present after the change.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub enum FlagChange {
+    Keep,
+    Add,
+    Remove,
+}
+
+/// The change to kube-apiserver's container.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ContainerChange {
+    pub flag: FlagChange,
+    /// Binds to make sure exist (e.g. a KMS plugin socket dir), Docker `src:dst[:opts]` form.
+    pub extra_binds: Vec<String>,
+}
+
+/// What we need to know about kube-apiserver to decide and to roll back.
+#[derive(Clone, Debug)]
+pub struct ApiserverInfo {
+    pub id: String,
+    pub image: String,
+    pub cmd: Vec<String>,
+    pub binds: Vec<String>,
+    pub running: bool,
+    pub restarting: bool,
+    pub has_encryption_flag: bool,
+}
+
+/// A Docker client for one node.
+#[derive(Clone)]
+pub struct NodeDocker {
+    host: Arc<Host>,
+    docker: Docker,
+}
+
+fn is_encryption_flag(arg: &str) -> bool {
+    arg == ENCRYPTION_FLAG || arg.starts_with(&format!("{ENCRYPTION_FLAG}="))
+}
+
+/// Apply `change` to a command line: flags are added at the end, removed in both `--f=v` and `--f v` forms.
+pub fn changed_cmd(cmd: &[String], flag: FlagChange) -> Vec<String> {
+    let mut out = Vec::with_capacity(cmd.len() + 1);
+    let mut skip_value = false;
+    for arg in cmd {
+        if skip_value {
+            skip_value = false;
+            continue;
+        }
+        if flag != FlagChange::Keep && is_encryption_flag(arg) {
+            skip_value = arg == ENCRYPTION_FLAG;
+            continue;
+        }
+        out.push(arg.clone());
+    }
+    if flag == FlagChange::Add {
+        out.push(format!(
+            "{ENCRYPTION_FLAG}={ENCRYPTION_CONFIG_IN_CONTAINER}"
+        ));
+    }
+    out
+}
+
+/// Binds with `extra` added where no bind targets the same container path yet.
+pub fn changed_binds(binds: &[String], extra: &[String]) -> Vec<String> {
+    let target = |b: &str| b.split(':').nth(1).unwrap_or("").to_string();
+    let mut out = binds.to_vec();
+    for e in extra {
+        if !out.iter().any(|b| target(b) == target(e)) {
+            out.push(e.clone());
+        }
+    }
+    out
+}
+
+/// Whether applying `change` needs a new container (else a restart suffices to reload the file).
+pub fn needs_recreate(info: &ApiserverInfo, change: &ContainerChange) -> bool {
+    changed_cmd(&info.cmd, change.flag) != info.cmd
+        || changed_binds(&info.binds, &change.extra_binds) != info.binds
+}
+
+impl NodeDocker {
+    pub fn new(host: Arc<Host>) -> Result<Self, DockerError> {
+        let socket = host.docker_socket();
+        let transport_host = host.clone();
+        let transport = move |req: BollardRequest| {
+            let host = transport_host.clone();
+            let socket = socket.clone();
+            Box::pin(async move {
+                let channel = host
+                    .handle()
+                    .channel_open_direct_streamlocal(socket.clone())
+                    .await
+                    .map_err(|e| {
+                        std::io::Error::other(format!(
+                            "{}: cannot open the Docker socket {socket} over SSH ({e}); the SSH user needs \
+                             access to it and sshd needs AllowStreamLocalForwarding",
+                            host.label()
+                        ))
+                    })?;
+                // A raw HTTP/1 connection: send origin-form URIs and a Host header, as a pooled client would.
+                let (mut parts, body) = req.into_parts();
+                if let Some(pq) = parts.uri.path_and_query().cloned() {
+                    parts.uri = hyper::Uri::from(pq);
+                }
+                parts
+                    .headers
+                    .entry(hyper::header::HOST)
+                    .or_insert(hyper::header::HeaderValue::from_static("docker"));
+                let req = BollardRequest::from_parts(parts, body);
+                let io = hyper_util::rt::TokioIo::new(channel.into_stream());
+                let (mut sender, conn) = hyper::client::conn::http1::handshake(io).await?;
+                tokio::spawn(async move {
+                    let _ = conn.await;
+                });
+                Ok(sender.send_request(req).await?)
+            }) as std::pin::Pin<Box<dyn std::future::Future<Output = _> + Send>>
+        };
+        let docker = Docker::connect_with_custom_transport(
+            transport,
+            Some("http://docker"),
+            120,
+            &API_VERSION,
+        )
+        .map_err(|e| DockerError::Api {
+            node: host.label().to_string(),
+            socket: host.docker_socket(),
+            what: "setting up the client".into(),
+            detail: e.to_string(),
+        })?;
+        Ok(Self { host, docker })
+    }
+
+    pub fn host(&self) -> &Arc<Host> {
+        &self.host
+    }
+
+    /// The bollard client, for operations not wrapped here.
+    pub fn client(&self) -> &Docker {
+        &self.docker
+    }
+
+    fn api(&self, what: &str, e: impl std::fmt::Display) -> DockerError {
+        DockerError::Api {
+            node: self.host.label().to_string(),
+            socket: self.host.docker_socket(),
+            what: what.to_string(),
+            detail: e.to_string(),
+        }
+    }
+
+    /// `GET /_ping`: the engine answers.
+    pub async fn ping(&self) -> Result<(), DockerError> {
+        self.docker
+            .ping()
+            .await
+            .map(|_| ())
+            .map_err(|e| self.api("ping", e))
+    }
+
+    async fn inspect_raw(
+        &self,
+        name: &str,
+    ) -> Result<Option<ContainerInspectResponse>, DockerError> {
+        match self
+            .docker
+            .inspect_container(name, None::<InspectContainerOptions>)
+            .await
+        {
+            Ok(c) => Ok(Some(c)),
+            Err(bollard::errors::Error::DockerResponseServerError {
+                status_code: 404, ..
+            }) => Ok(None),
+            Err(e) => Err(self.api(&format!("inspecting {name}"), e)),
+        }
+    }
+
+    /// Inspect a container by name; `None` when it does not exist.
+    pub async fn inspect(&self, name: &str) -> Result<Option<ApiserverInfo>, DockerError> {
+        Ok(self.inspect_raw(name).await?.map(|c| {
+            let cmd = c
+                .config
+                .as_ref()
+                .and_then(|cfg| cfg.cmd.clone())
+                .unwrap_or_default();
+            let state = c.state.clone().unwrap_or_default();
+            ApiserverInfo {
+                id: c.id.clone().unwrap_or_default(),
+                image: c
+                    .config
+                    .as_ref()
+                    .and_then(|cfg| cfg.image.clone())
+                    .unwrap_or_default(),
+                has_encryption_flag: cmd.iter().any(|a| is_encryption_flag(a)),
+                cmd,
+                binds: c
+                    .host_config
+                    .as_ref()
+                    .and_then(|h| h.binds.clone())
+                    .unwrap_or_default(),
+                running: state.running.unwrap_or(false),
+                restarting: state.restarting.unwrap_or(false),
+            }
+        }))
+    }
+
+    pub async fn inspect_apiserver(&self) -> Result<ApiserverInfo, DockerError> {
+        self.inspect(APISERVER)
+            .await?
+            .ok_or_else(|| DockerError::State {
+                node: self.host.label().to_string(),
+                detail: format!("no {APISERVER} container found"),
+            })
+    }
+
+    pub async fn restart(&self, name: &str) -> Result<(), DockerError> {
+        let opts = RestartContainerOptions {
+            t: Some(STOP_TIMEOUT_S),
+            signal: None,
+        };
+        self.docker
+            .restart_container(name, Some(opts))
+            .await
+            .map_err(|e| self.api(&format!("restarting {name}"), e))
+    }
+
+    pub async fn start(&self, name: &str) -> Result<(), DockerError> {
+        match self
+            .docker
+            .start_container(name, None::<StartContainerOptions>)
+            .await
+        {
+            Ok(()) => Ok(()),
+            // 304: already running.
+            Err(bollard::errors::Error::DockerResponseServerError {
+                status_code: 304, ..
+            }) => Ok(()),
+            Err(e) => Err(self.api(&format!("starting {name}"), e)),
+        }
+    }
+
+    pub async fn stop(&self, name: &str) -> Result<(), DockerError> {
+        let opts = StopContainerOptions {
+            t: Some(STOP_TIMEOUT_S),
+            signal: None,
+        };
+        match self.docker.stop_container(name, Some(opts)).await {
+            Ok(()) => Ok(()),
+            Err(bollard::errors::Error::DockerResponseServerError {
+                status_code: 304, ..
+            }) => Ok(()),
+            Err(e) => Err(self.api(&format!("stopping {name}"), e)),
+        }
+    }
+
+    pub async fn rename(&self, from: &str, to: &str) -> Result<(), DockerError> {
+        self.docker
+            .rename_container(
+                from,
+                RenameContainerOptions {
+                    name: to.to_string(),
+                },
+            )
+            .await
+            .map_err(|e| self.api(&format!("renaming {from} to {to}"), e))
+    }
+
+    pub async fn remove(&self, name: &str) -> Result<(), DockerError> {
+        let opts = RemoveContainerOptions {
+            force: true,
+            v: false,
+            link: false,
+        };
+        match self.docker.remove_container(name, Some(opts)).await {
+            Ok(()) => Ok(()),
+            Err(bollard::errors::Error::DockerResponseServerError {
+                status_code: 404, ..
+            }) => Ok(()),
+            Err(e) => Err(self.api(&format!("removing {name}"), e)),
+        }
+    }
+
+    /// Create `name` with `template`'s config and host config, changed by `change`.
+    async fn create_from(
+        &self,
+        template: &ContainerInspectResponse,
+        name: &str,
+        change: &ContainerChange,
+    ) -> Result<(), DockerError> {
+        let mut config = template.config.clone().unwrap_or_default();
+        let mut host_config = template.host_config.clone().unwrap_or_default();
+        config.cmd = Some(changed_cmd(
+            &config.cmd.clone().unwrap_or_default(),
+            change.flag,
+        ));
+        host_config.binds = Some(changed_binds(
+            &host_config.binds.clone().unwrap_or_default(),
+            &change.extra_binds,
+        ));
+        // Same fields, same JSON names: the inspect `Config` plus `HostConfig` is a create body.
+        let mut body = serde_json::to_value(&config)
+            .map_err(|e| self.api("building the create request", e))?;
+        let host_config = serde_json::to_value(&host_config)
+            .map_err(|e| self.api("building the create request", e))?;
+        if let Some(obj) = body.as_object_mut() {
+            obj.insert("HostConfig".into(), host_config);
+        }
+        let body: ContainerCreateBody =
+            serde_json::from_value(body).map_err(|e| self.api("building the create request", e))?;
+        let opts = CreateContainerOptions {
+            name: Some(name.to_string()),
+            platform: String::new(),
+        };
+        self.docker
+            .create_container(Some(opts), body)
+            .await
+            .map(|_| ())
+            .map_err(|e| self.api(&format!("creating {name}"), e))
+    }
+
+    /// RKE's recreate up to the health gate: rename → stop old → create → start. On a failure before the new
+    /// container is started, the old one is put back and started again before the error is returned.
+    pub async fn begin_recreate(&self, change: &ContainerChange) -> Result<(), DockerError> {
+        if self.inspect_raw(OLD_APISERVER).await?.is_some() {
+            return Err(DockerError::State {
+                node: self.host.label().to_string(),
+                detail: format!(
+                    "a container named {OLD_APISERVER} already exists (left by an interrupted recreate?); \
+                     inspect it and remove it (docker rm {OLD_APISERVER}) once {APISERVER} is healthy"
+                ),
+            });
+        }
+        let template = self
+            .inspect_raw(APISERVER)
+            .await?
+            .ok_or_else(|| DockerError::State {
+                node: self.host.label().to_string(),
+                detail: format!("no {APISERVER} container found"),
+            })?;
+        self.rename(APISERVER, OLD_APISERVER).await?;
+        let steps = async {
+            self.stop(OLD_APISERVER).await?;
+            self.create_from(&template, APISERVER, change).await?;
+            self.start(APISERVER).await
+        };
+        if let Err(e) = steps.await {
+            tracing::warn!(
+                "{}: recreate failed ({e}); putting the old {APISERVER} back",
+                self.host.label()
+            );
+            if let Err(undo) = self.rollback_recreate().await {
+                return Err(DockerError::State {
+                    node: self.host.label().to_string(),
+                    detail: format!(
+                        "recreate failed ({e}) and so did putting the old container back ({undo})"
+                    ),
+                });
+            }
+            return Err(e);
+        }
+        Ok(())
+    }
+
+    /// The new container is healthy: remove the old one.
+    pub async fn commit_recreate(&self) -> Result<(), DockerError> {
+        self.remove(OLD_APISERVER).await
+    }
+
+    /// Remove the new container, rename the old one back and start it.
+    pub async fn rollback_recreate(&self) -> Result<(), DockerError> {
+        if self.inspect_raw(OLD_APISERVER).await?.is_none() {
+            return Err(DockerError::State {
+                node: self.host.label().to_string(),
+                detail: format!("cannot roll back: {OLD_APISERVER} is gone"),
+            });
+        }
+        self.remove(APISERVER).await?;
+        self.rename(OLD_APISERVER, APISERVER).await?;
+        self.start(APISERVER).await
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn v(xs: &[&str]) -> Vec<String> {
+        xs.iter().map(|s| s.to_string()).collect()
+    }
+
+    #[test]
+    fn flag_added_once_and_removed_in_both_forms() {
+        let base = v(&["kube-apiserver", "--secure-port=6443"]);
+        let added = changed_cmd(&base, FlagChange::Add);
+        assert_eq!(
+            added,
+            v(&[
+                "kube-apiserver",
+                "--secure-port=6443",
+                "--encryption-provider-config=/etc/kubernetes/ssl/encryption.yaml"
+            ])
+        );
+        assert_eq!(changed_cmd(&added, FlagChange::Add), added, "no duplicate");
+        assert_eq!(changed_cmd(&added, FlagChange::Remove), base);
+        let spaced = v(&[
+            "kube-apiserver",
+            "--encryption-provider-config",
+            "/x.yaml",
+            "--v=2",
+        ]);
+        assert_eq!(
+            changed_cmd(&spaced, FlagChange::Remove),
+            v(&["kube-apiserver", "--v=2"])
+        );
+        let reload = v(&["--encryption-provider-config-automatic-reload=true"]);
+        assert_eq!(
+            changed_cmd(&reload, FlagChange::Remove),
+            reload,
+            "a different flag"
+        );
+        assert_eq!(changed_cmd(&spaced, FlagChange::Keep), spaced);
+    }
+
+    #[test]
+    fn binds_added_only_when_target_is_free() {
+        let binds = v(&["/etc/kubernetes:/etc/kubernetes:z"]);
+        let kms = v(&["/var/run/kmsplugin:/var/run/kmsplugin"]);
+        assert_eq!(
+            changed_binds(&binds, &kms),
+            v(&[
+                "/etc/kubernetes:/etc/kubernetes:z",
+                "/var/run/kmsplugin:/var/run/kmsplugin"
+            ])
+        );
+        assert_eq!(
+            changed_binds(&binds, &v(&["/other:/etc/kubernetes"])),
+            binds
+        );
+    }
+
+    #[test]
+    fn recreate_decision() {
+        let info = ApiserverInfo {
+            id: "x".into(),
+            image: "i".into(),
+            cmd: v(&["kube-apiserver"]),
+            binds: vec![],
+            running: true,
+            restarting: false,
+            has_encryption_flag: false,
+        };
+        let keep = ContainerChange {
+            flag: FlagChange::Keep,
+            extra_binds: vec![],
+        };
+        let add = ContainerChange {
+            flag: FlagChange::Add,
+            extra_binds: vec![],
+        };
+        let remove = ContainerChange {
+            flag: FlagChange::Remove,
+            extra_binds: vec![],
+        };
+        assert!(!needs_recreate(&info, &keep));
+        assert!(needs_recreate(&info, &add));
+        assert!(!needs_recreate(&info, &remove));
+    }
+}

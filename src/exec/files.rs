@@ -1,0 +1,235 @@
+//! Files on a node: atomic delivery, checksums, removal. Contents travel on the channel's stdin, never on a
+//! command line, and are never logged.
+
+use crate::exec::ssh::{Host, SshError, shell_quote};
+use sha2::{Digest, Sha256};
+use zeroize::Zeroizing;
+
+#[derive(Debug, thiserror::Error)]
+pub enum FileError {
+    #[error(transparent)]
+    Ssh(#[from] SshError),
+    #[error("{node}: writing {path} failed (exit {status}): {stderr}")]
+    Write {
+        node: String,
+        path: String,
+        status: u32,
+        stderr: String,
+    },
+    #[error("{node}: {path} reads back with sha256 {found}, expected {expected}")]
+    Verify {
+        node: String,
+        path: String,
+        expected: String,
+        found: String,
+    },
+    #[error("{node}: {what} {path} failed (exit {status}): {stderr}")]
+    Other {
+        node: String,
+        what: &'static str,
+        path: String,
+        status: u32,
+        stderr: String,
+    },
+}
+
+pub fn sha256_hex(bytes: &[u8]) -> String {
+    hex::encode(Sha256::digest(bytes))
+}
+
+fn parent_dir(path: &str) -> &str {
+    match path.rfind('/') {
+        Some(0) => "/",
+        Some(i) => &path[..i],
+        None => ".",
+    }
+}
+
+/// The remote script for [`write_file_atomic`]: temp file in the target directory, content from stdin, checked
+/// against the expected sha256 *before* the rename (a cut connection leaves a short temp file that is deleted,
+/// never a truncated target), fsync, rename over the target, fsync the directory.
+pub fn atomic_write_script(path: &str, mode: u32, expected_sha256: &str) -> String {
+    let dir = parent_dir(path);
+    format!(
+        "set -eu; umask 077; d={dir}; p={path}; mkdir -p \"$d\"; \
+         t=$(mktemp \"$d/.atrest-tmp.XXXXXX\"); trap 'rm -f \"$t\"' EXIT HUP INT TERM PIPE; \
+         cat > \"$t\"; \
+         echo \"{sha}  $t\" | sha256sum -c --status - || {{ echo 'content arrived incomplete or altered; target left unchanged' >&2; exit 3; }}; \
+         chown 0:0 \"$t\"; chmod {mode:o} \"$t\"; sync \"$t\" 2>/dev/null || sync; \
+         mv -f \"$t\" \"$p\"; trap - EXIT HUP INT TERM PIPE; sync \"$d\" 2>/dev/null || sync",
+        dir = shell_quote(dir),
+        path = shell_quote(path),
+        sha = expected_sha256,
+        mode = mode,
+    )
+}
+
+/// Write `bytes` to `path` on the node atomically (owner root, `mode`, parent dirs created), then read the sha256
+/// back and compare.
+pub async fn write_file_atomic(
+    host: &Host,
+    path: &str,
+    bytes: &[u8],
+    mode: u32,
+) -> Result<(), FileError> {
+    let expected = sha256_hex(bytes);
+    let out = host
+        .exec_with_stdin(&atomic_write_script(path, mode, &expected), bytes)
+        .await?;
+    if !out.success() {
+        return Err(FileError::Write {
+            node: host.label().to_string(),
+            path: path.to_string(),
+            status: out.status,
+            stderr: out.stderr_text(),
+        });
+    }
+    let found = file_sha256(host, path)
+        .await?
+        .unwrap_or_else(|| "(missing)".into());
+    if found != expected {
+        return Err(FileError::Verify {
+            node: host.label().to_string(),
+            path: path.to_string(),
+            expected,
+            found,
+        });
+    }
+    tracing::info!(
+        "{}: wrote {path} ({} bytes, sha256 {})",
+        host.label(),
+        bytes.len(),
+        &expected[..12]
+    );
+    Ok(())
+}
+
+/// sha256 of a file on the node, `None` when it does not exist.
+pub async fn file_sha256(host: &Host, path: &str) -> Result<Option<String>, FileError> {
+    let p = shell_quote(path);
+    let out = host
+        .exec(&format!(
+            "if [ -e {p} ]; then sha256sum < {p}; else echo absent; fi"
+        ))
+        .await?;
+    if !out.success() {
+        return Err(other(host, "hashing", path, &out));
+    }
+    let text = out.stdout_text();
+    let first = text.split_whitespace().next().unwrap_or("");
+    if first == "absent" {
+        return Ok(None);
+    }
+    if first.len() == 64 && first.bytes().all(|b| b.is_ascii_hexdigit()) {
+        Ok(Some(first.to_ascii_lowercase()))
+    } else {
+        Err(FileError::Other {
+            node: host.label().to_string(),
+            what: "hashing",
+            path: path.to_string(),
+            status: out.status,
+            stderr: format!("unexpected sha256sum output {text:?}"),
+        })
+    }
+}
+
+/// Read a (possibly secret) file from the node; `None` when it does not exist. The caller keeps it zeroized.
+pub async fn read_file(host: &Host, path: &str) -> Result<Option<Zeroizing<Vec<u8>>>, FileError> {
+    let p = shell_quote(path);
+    let out = host
+        .exec(&format!("if [ -e {p} ]; then cat {p}; else exit 44; fi"))
+        .await?;
+    match out.status {
+        0 => Ok(Some(Zeroizing::new(out.stdout))),
+        44 => Ok(None),
+        _ => Err(other(host, "reading", path, &out)),
+    }
+}
+
+/// Remove a file (no error when it is already gone), then fsync its directory.
+pub async fn remove_file(host: &Host, path: &str) -> Result<(), FileError> {
+    let d = shell_quote(parent_dir(path));
+    let p = shell_quote(path);
+    let out = host
+        .exec(&format!("rm -f {p} && {{ sync {d} 2>/dev/null || sync; }}"))
+        .await?;
+    if !out.success() {
+        return Err(other(host, "removing", path, &out));
+    }
+    tracing::info!("{}: removed {path}", host.label());
+    Ok(())
+}
+
+fn other(host: &Host, what: &'static str, path: &str, out: &crate::exec::ssh::Output) -> FileError {
+    FileError::Other {
+        node: host.label().to_string(),
+        what,
+        path: path.to_string(),
+        status: out.status,
+        stderr: out.stderr_text(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn run(script: &str, stdin: &[u8]) -> std::process::Output {
+        use std::io::Write;
+        let mut child = std::process::Command::new("sh")
+            .arg("-c")
+            .arg(script)
+            .stdin(std::process::Stdio::piped())
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .expect("sh spawns");
+        child
+            .stdin
+            .take()
+            .expect("stdin")
+            .write_all(stdin)
+            .expect("write");
+        child.wait_with_output().expect("sh finishes")
+    }
+
+    #[test]
+    fn script_writes_atomically_and_refuses_short_content() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let target = dir.path().join("a b/enc'ryption.yaml");
+        let path = target.to_str().expect("utf8 path");
+        let content = b"kind: EncryptionConfiguration\n";
+        let out = run(
+            &atomic_write_script(path, 0o600, &sha256_hex(content)),
+            content,
+        );
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        assert_eq!(std::fs::read(&target).expect("written"), content);
+        use std::os::unix::fs::PermissionsExt;
+        let mode = std::fs::metadata(&target)
+            .expect("meta")
+            .permissions()
+            .mode()
+            & 0o777;
+        assert_eq!(mode, 0o600);
+
+        // A cut stream: only half the bytes arrive. The old file must stay, and no temp file may remain.
+        let new = b"kind: EncryptionConfiguration\nresources: []\n";
+        let out = run(
+            &atomic_write_script(path, 0o600, &sha256_hex(new)),
+            &new[..10],
+        );
+        assert_eq!(out.status.code(), Some(3));
+        assert_eq!(std::fs::read(&target).expect("still there"), content);
+        let leftovers: Vec<_> = std::fs::read_dir(target.parent().expect("dir"))
+            .expect("list")
+            .filter_map(|e| e.ok())
+            .filter(|e| e.file_name().to_string_lossy().starts_with(".atrest-tmp"))
+            .collect();
+        assert!(leftovers.is_empty(), "temp files left: {leftovers:?}");
+    }
+}

@@ -1,0 +1,259 @@
+//! kube-apiserver readiness: `GET /readyz` on the node's own apiserver, reached through an SSH direct-tcpip
+//! channel, over HTTPS. Container state is not a health signal (a crash-looping container with
+//! `--restart=always` reports `Running=true`); only an HTTP 200 from `/readyz` is.
+//!
+//! TLS: with `kube-ca` given, the serving certificate is verified against it for the address dialled (what
+//! kubectl does), and a client certificate is presented when given (RKE disables anonymous auth, so an anonymous
+//! `/readyz` gets 401). [`HealthProbe::from_node_certs`] takes both from the node's own `ssl/` dir. Without a CA, the certificate is not checked — the channel itself is already authenticated by
+//! SSH host-key verification and ends on the node, so this only trusts "whatever listens on the node's :6443".
+
+use crate::exec::files::{FileError, read_file};
+use crate::exec::ssh::Host;
+use crate::exec::tunnel::open_stream;
+use http_body_util::{BodyExt, Empty};
+use hyper::body::Bytes;
+use rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName, pem::PemObject};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+use zeroize::Zeroizing;
+
+/// How to reach and trust one node's apiserver.
+#[derive(Clone, Debug)]
+pub struct HealthProbe {
+    /// Host name or IP as seen from the node (usually the node's address).
+    pub target: String,
+    pub port: u16,
+    /// PEM of kube-ca; `None` skips certificate verification (see the module docs).
+    pub ca_pem: Option<Vec<u8>>,
+    /// Client certificate and key (PEM) to present: RKE runs kube-apiserver with `--anonymous-auth=false`, so
+    /// `/readyz` answers 401 to anonymous callers. Any certificate signed by kube-ca will do.
+    pub client_cert_pem: Option<Vec<u8>>,
+    pub client_key_pem: Option<Zeroizing<Vec<u8>>>,
+    /// Plain HTTP instead of HTTPS (only for stand-ins without TLS).
+    pub plain_http: bool,
+}
+
+impl HealthProbe {
+    /// `https://<internal_address or address>:6443`.
+    pub fn for_host(host: &Host, ca_pem: Option<Vec<u8>>) -> Self {
+        let node = host.node();
+        let target = node
+            .internal_address
+            .clone()
+            .filter(|a| !a.is_empty())
+            .unwrap_or_else(|| node.address.clone());
+        Self {
+            target,
+            port: 6443,
+            ca_pem,
+            client_cert_pem: None,
+            client_key_pem: None,
+            plain_http: false,
+        }
+    }
+
+    /// Like [`HealthProbe::for_host`], trusting the node's own `kube-ca.pem` and presenting its `kube-node`
+    /// certificate, read over SSH from `<kubernetes_dir>/ssl/` (RKE puts both on every controlplane).
+    pub async fn from_node_certs(host: &Host, kubernetes_dir: &str) -> Result<Self, FileError> {
+        let ssl = format!("{kubernetes_dir}/ssl");
+        let missing = |what: &str| FileError::Other {
+            node: host.label().to_string(),
+            what: "reading",
+            path: format!("{ssl}/{what}"),
+            status: 1,
+            stderr: "file not found".into(),
+        };
+        let ca = read_file(host, &format!("{ssl}/kube-ca.pem"))
+            .await?
+            .ok_or_else(|| missing("kube-ca.pem"))?;
+        let cert = read_file(host, &format!("{ssl}/kube-node.pem"))
+            .await?
+            .ok_or_else(|| missing("kube-node.pem"))?;
+        let key = read_file(host, &format!("{ssl}/kube-node-key.pem"))
+            .await?
+            .ok_or_else(|| missing("kube-node-key.pem"))?;
+        let mut probe = Self::for_host(host, Some(ca.to_vec()));
+        probe.client_cert_pem = Some(cert.to_vec());
+        probe.client_key_pem = Some(key);
+        Ok(probe)
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+#[error("{node}: kube-apiserver at {target}:{port} not ready after {secs}s (last: {last})")]
+pub struct NotReady {
+    pub node: String,
+    pub target: String,
+    pub port: u16,
+    pub secs: u64,
+    pub last: String,
+}
+
+/// One probe: `Ok(())` on HTTP 200, else a description of what was seen.
+pub async fn probe_once(host: &Host, probe: &HealthProbe) -> Result<(), String> {
+    let stream = open_stream(host, &probe.target, probe.port)
+        .await
+        .map_err(|e| e.to_string())?;
+    let status = if probe.plain_http {
+        get_readyz(hyper_util::rt::TokioIo::new(stream), &probe.target).await?
+    } else {
+        let connector = tokio_rustls::TlsConnector::from(Arc::new(tls_config(probe)?));
+        let name = ServerName::try_from(probe.target.clone())
+            .map_err(|e| format!("bad server name: {e}"))?;
+        let tls = connector
+            .connect(name, stream)
+            .await
+            .map_err(|e| format!("TLS handshake: {e}"))?;
+        get_readyz(hyper_util::rt::TokioIo::new(tls), &probe.target).await?
+    };
+    if status == 200 {
+        Ok(())
+    } else {
+        Err(format!("HTTP {status}"))
+    }
+}
+
+async fn get_readyz<IO>(io: IO, authority: &str) -> Result<u16, String>
+where
+    IO: hyper::rt::Read + hyper::rt::Write + Unpin + Send + 'static,
+{
+    let (mut sender, conn) = hyper::client::conn::http1::handshake::<_, Empty<Bytes>>(io)
+        .await
+        .map_err(|e| format!("HTTP handshake: {e}"))?;
+    tokio::spawn(async move {
+        let _ = conn.await;
+    });
+    let req = hyper::Request::get("/readyz")
+        .header(hyper::header::HOST, authority)
+        .body(Empty::new())
+        .map_err(|e| e.to_string())?;
+    let resp = sender
+        .send_request(req)
+        .await
+        .map_err(|e| format!("GET /readyz: {e}"))?;
+    let status = resp.status().as_u16();
+    let _ = resp.into_body().collect().await;
+    Ok(status)
+}
+
+fn tls_config(probe: &HealthProbe) -> Result<rustls::ClientConfig, String> {
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let builder = rustls::ClientConfig::builder_with_provider(provider.clone())
+        .with_safe_default_protocol_versions()
+        .map_err(|e| e.to_string())?;
+    let builder = match probe.ca_pem.as_deref() {
+        Some(pem) => {
+            let mut roots = rustls::RootCertStore::empty();
+            for cert in CertificateDer::pem_slice_iter(pem) {
+                let cert = cert.map_err(|e| format!("kube-ca PEM: {e}"))?;
+                roots.add(cert).map_err(|e| format!("kube-ca: {e}"))?;
+            }
+            if roots.is_empty() {
+                return Err("kube-ca PEM holds no certificate".into());
+            }
+            builder.with_root_certificates(roots)
+        }
+        None => builder
+            .dangerous()
+            .with_custom_certificate_verifier(Arc::new(NoVerify(provider))),
+    };
+    match (&probe.client_cert_pem, &probe.client_key_pem) {
+        (Some(cert), Some(key)) => {
+            let chain = CertificateDer::pem_slice_iter(cert)
+                .collect::<Result<Vec<_>, _>>()
+                .map_err(|e| format!("client certificate PEM: {e}"))?;
+            let key =
+                PrivateKeyDer::from_pem_slice(key).map_err(|e| format!("client key PEM: {e}"))?;
+            builder
+                .with_client_auth_cert(chain, key)
+                .map_err(|e| format!("client certificate: {e}"))
+        }
+        _ => Ok(builder.with_no_client_auth()),
+    }
+}
+
+/// Accepts any certificate (signatures are still checked for protocol integrity). See the module docs.
+#[derive(Debug)]
+struct NoVerify(Arc<rustls::crypto::CryptoProvider>);
+
+impl rustls::client::danger::ServerCertVerifier for NoVerify {
+    fn verify_server_cert(
+        &self,
+        _: &CertificateDer<'_>,
+        _: &[CertificateDer<'_>],
+        _: &ServerName<'_>,
+        _: &[u8],
+        _: rustls::pki_types::UnixTime,
+    ) -> Result<rustls::client::danger::ServerCertVerified, rustls::Error> {
+        Ok(rustls::client::danger::ServerCertVerified::assertion())
+    }
+    fn verify_tls12_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &rustls::DigitallySignedStruct,
+    ) -> Result<rustls::client::danger::HandshakeSignatureValid, rustls::Error> {
+        rustls::crypto::verify_tls12_signature(
+            message,
+            cert,
+            dss,
+            &self.0.signature_verification_algorithms,
+        )
+    }
+    fn verify_tls13_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &rustls::DigitallySignedStruct,
+    ) -> Result<rustls::client::danger::HandshakeSignatureValid, rustls::Error> {
+        rustls::crypto::verify_tls13_signature(
+            message,
+            cert,
+            dss,
+            &self.0.signature_verification_algorithms,
+        )
+    }
+    fn supported_verify_schemes(&self) -> Vec<rustls::SignatureScheme> {
+        self.0.signature_verification_algorithms.supported_schemes()
+    }
+}
+
+/// Poll `/readyz` until it answers 200 `required_ok` times in a row, or `timeout` passes.
+pub async fn wait_ready(
+    host: &Host,
+    probe: &HealthProbe,
+    timeout: Duration,
+) -> Result<(), NotReady> {
+    let start = Instant::now();
+    let mut last = "no answer yet".to_string();
+    let mut consecutive = 0;
+    // Two answers in a row: a container that starts and then crashes (e.g. a bad config read late) must not pass.
+    let required_ok = 2;
+    while start.elapsed() < timeout {
+        let attempt = tokio::time::timeout(Duration::from_secs(5), probe_once(host, probe)).await;
+        match attempt {
+            Ok(Ok(())) => {
+                consecutive += 1;
+                if consecutive >= required_ok {
+                    return Ok(());
+                }
+            }
+            Ok(Err(e)) => {
+                consecutive = 0;
+                last = e;
+            }
+            Err(_) => {
+                consecutive = 0;
+                last = "probe timed out".into();
+            }
+        }
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+    Err(NotReady {
+        node: host.label().to_string(),
+        target: probe.target.clone(),
+        port: probe.port,
+        secs: timeout.as_secs(),
+        last,
+    })
+}

@@ -1,0 +1,84 @@
+//! A Kubernetes API client built from a kubeconfig file (TLS with CA and client certificates, or a token).
+
+use kube::config::{KubeConfigOptions, Kubeconfig};
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+#[derive(Debug, thiserror::Error)]
+pub enum KubeClientError {
+    #[error("kubeconfig {path}: {source}")]
+    Read {
+        path: PathBuf,
+        #[source]
+        source: kube::config::KubeconfigError,
+    },
+    #[error("kubeconfig {path}: invalid server URL {url:?}: {source}")]
+    ServerUrl {
+        path: PathBuf,
+        url: String,
+        #[source]
+        source: http::uri::InvalidUri,
+    },
+    #[error("kubeconfig {path}: cannot build a client: {source}")]
+    Build {
+        path: PathBuf,
+        #[source]
+        source: kube::Error,
+    },
+}
+
+/// Options beyond what the kubeconfig says.
+#[derive(Debug, Clone, Default)]
+pub struct ClientOptions {
+    /// Use this context instead of the kubeconfig's current one.
+    pub context: Option<String>,
+    /// Talk to this URL instead of the cluster's `server:` (e.g. a local SSH tunnel); the certificate is still
+    /// checked against the kubeconfig's `tls-server-name` or the original server host.
+    pub server_override: Option<String>,
+}
+
+/// A client for the current context of the kubeconfig at `path`.
+pub async fn client(path: &Path) -> Result<kube::Client, KubeClientError> {
+    client_with(path, &ClientOptions::default()).await
+}
+
+pub async fn client_with(
+    path: &Path,
+    options: &ClientOptions,
+) -> Result<kube::Client, KubeClientError> {
+    let kubeconfig = Kubeconfig::read_from(path).map_err(|source| KubeClientError::Read {
+        path: path.to_path_buf(),
+        source,
+    })?;
+    let config_options = KubeConfigOptions {
+        context: options.context.clone(),
+        ..Default::default()
+    };
+    let mut config = kube::Config::from_custom_kubeconfig(kubeconfig, &config_options)
+        .await
+        .map_err(|source| KubeClientError::Read {
+            path: path.to_path_buf(),
+            source,
+        })?;
+    if let Some(url) = &options.server_override {
+        let original_host = config.cluster_url.host().map(str::to_string);
+        config.cluster_url = url.parse().map_err(|source| KubeClientError::ServerUrl {
+            path: path.to_path_buf(),
+            url: url.clone(),
+            source,
+        })?;
+        if config.tls_server_name.is_none() {
+            config.tls_server_name = original_host;
+        }
+    }
+    // Writes are small; a stuck connection should fail and be retried rather than hang the whole rewrite.
+    config.connect_timeout = Some(Duration::from_secs(10));
+    config.read_timeout = Some(Duration::from_secs(60));
+    config.write_timeout = Some(Duration::from_secs(60));
+    // Retries are ours (bounded, counted in the report); kube's own would double them.
+    config.default_retry = false;
+    kube::Client::try_from(config).map_err(|source| KubeClientError::Build {
+        path: path.to_path_buf(),
+        source,
+    })
+}

@@ -1,0 +1,109 @@
+//! Checks before any change: every controlplane reachable, its Docker engine answering, the prefix directory
+//! writable, a `kube-apiserver` container present. Read-only; all failing nodes are reported together.
+
+use crate::config::cluster::{ClusterConfig, Node};
+use crate::exec::docker::{APISERVER, NodeDocker};
+use crate::exec::ssh::{Host, NodeLabel, SshOptions, connect_each, shell_quote};
+use std::sync::Arc;
+
+#[derive(Debug, thiserror::Error)]
+#[error("preflight failed on {} node(s); nothing was changed:\n{}", .0.len(), list(.0))]
+pub struct PreflightError(pub Vec<(NodeLabel, String)>);
+
+fn list(failures: &[(NodeLabel, String)]) -> String {
+    failures
+        .iter()
+        .map(|(n, why)| format!("  - {n}: {why}"))
+        .collect::<Vec<_>>()
+        .join("\n")
+}
+
+/// Check one connected host. `kubernetes_dir` is the host path of `/etc/kubernetes` (prefix applied).
+pub async fn check_host(host: &Arc<Host>, kubernetes_dir: &str) -> Vec<String> {
+    let mut problems = Vec::new();
+    // Writable without writing anything that matters: create and remove a temp file in the target directory.
+    let d = shell_quote(kubernetes_dir);
+    match host
+        .exec(&format!(
+            "[ -d {d} ] || {{ echo 'directory missing' >&2; exit 1; }}; t=$(mktemp {d}/.atrest-preflight.XXXXXX) && rm -f \"$t\""
+        ))
+        .await
+    {
+        Ok(out) if out.success() => {}
+        Ok(out) => problems.push(format!(
+            "{kubernetes_dir} is not writable as root (exit {}): {}",
+            out.status,
+            out.stderr_text()
+        )),
+        Err(e) => problems.push(e.to_string()),
+    }
+    match NodeDocker::new(host.clone()) {
+        Err(e) => problems.push(e.to_string()),
+        Ok(docker) => match docker.ping().await {
+            Err(e) => problems.push(e.to_string()),
+            Ok(()) => match docker.inspect(APISERVER).await {
+                Ok(Some(_)) => {}
+                Ok(None) => problems.push(format!(
+                    "no {APISERVER} container on {}",
+                    host.docker_socket()
+                )),
+                Err(e) => problems.push(e.to_string()),
+            },
+        },
+    }
+    problems
+}
+
+/// Check every host; `Err` lists every failing node with every reason.
+pub async fn preflight(
+    hosts: &[Arc<Host>],
+    kubernetes_dir: impl Fn(&Host) -> String,
+) -> Result<(), PreflightError> {
+    let checks = hosts.iter().map(|h| {
+        let dir = kubernetes_dir(h);
+        async move { (h.label().clone(), check_host(h, &dir).await) }
+    });
+    let results = futures::future::join_all(checks).await;
+    let failures: Vec<(NodeLabel, String)> = results
+        .into_iter()
+        .flat_map(|(label, problems)| problems.into_iter().map(move |p| (label.clone(), p)))
+        .collect();
+    if failures.is_empty() {
+        Ok(())
+    } else {
+        Err(PreflightError(failures))
+    }
+}
+
+/// Connect to every node and check each one; every unreachable or failing node is listed in one error.
+/// `kubernetes_dir` is `<prefix_path>/etc/kubernetes` as the nodes see it. Read-only.
+pub async fn connect_and_preflight(
+    cluster: &ClusterConfig,
+    nodes: &[Node],
+    opts: &SshOptions,
+    max_parallel: usize,
+    kubernetes_dir: &str,
+) -> Result<Vec<Arc<Host>>, PreflightError> {
+    let results = connect_each(cluster, nodes, opts, max_parallel)
+        .await
+        .map_err(|e| PreflightError(vec![(e.node().clone(), e.to_string())]))?;
+    let mut hosts = Vec::new();
+    let mut failures = Vec::new();
+    for r in results {
+        match r {
+            Ok(h) => hosts.push(h),
+            Err(e) => failures.push((e.node().clone(), e.to_string())),
+        }
+    }
+    if let Err(PreflightError(more)) = preflight(&hosts, |_| kubernetes_dir.to_string()).await {
+        failures.extend(more);
+    }
+    if failures.is_empty() {
+        Ok(hosts)
+    } else {
+        for h in &hosts {
+            h.close().await;
+        }
+        Err(PreflightError(failures))
+    }
+}

@@ -1,0 +1,300 @@
+//! Rolling apply over the control plane: one node at a time, deliver the file, restart or recreate
+//! kube-apiserver, wait for `/readyz`; on failure restore that node (file and container), check it is healthy
+//! again, and stop. Nothing is ever changed on two nodes at once.
+
+use crate::exec::docker::{ContainerChange, DockerError, FlagChange, NodeDocker, needs_recreate};
+use crate::exec::files::{self, FileError};
+use crate::exec::health::{HealthProbe, NotReady, wait_ready};
+use crate::exec::ssh::{Host, NodeLabel};
+use std::sync::Arc;
+use std::time::Duration;
+use zeroize::Zeroizing;
+
+/// What to change on each controlplane.
+#[derive(Clone, Debug)]
+pub struct NodeChange {
+    /// New content, or `None` to remove the file.
+    pub file: Option<Zeroizing<Vec<u8>>>,
+    pub flag: FlagChange,
+    pub extra_binds: Vec<String>,
+}
+
+/// One node's target: its connection, where its encryption config lives, how to probe its apiserver.
+#[derive(Clone)]
+pub struct RolloutTarget {
+    pub host: Arc<Host>,
+    /// Path of the encryption config on the node (prefix applied), e.g.
+    /// `/opt/rke/etc/kubernetes/ssl/encryption.yaml`.
+    pub config_path: String,
+    pub probe: HealthProbe,
+}
+
+#[derive(Clone, Debug)]
+pub struct RolloutOptions {
+    /// How long a restarted apiserver may take to answer `/readyz` 200.
+    pub ready_timeout: Duration,
+}
+
+impl Default for RolloutOptions {
+    fn default() -> Self {
+        Self {
+            ready_timeout: Duration::from_secs(180),
+        }
+    }
+}
+
+/// How the container was changed on a node.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ContainerAction {
+    Restarted,
+    Recreated,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct NodeOutcome {
+    pub node: NodeLabel,
+    pub action: ContainerAction,
+    /// sha256 of the file now on the node (`None`: removed).
+    pub file_sha256: Option<String>,
+}
+
+/// The nodes changed, in order.
+#[derive(Clone, Debug, Default)]
+pub struct RolloutReport {
+    pub changed: Vec<NodeOutcome>,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum StepError {
+    #[error(transparent)]
+    File(#[from] FileError),
+    #[error(transparent)]
+    Docker(#[from] DockerError),
+    #[error(transparent)]
+    NotReady(#[from] NotReady),
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum RolloutError {
+    /// The node was not ready after the change; it was restored and is healthy again.
+    #[error(
+        "{node}: the change failed ({cause}); the node was restored to its previous file and container and is \
+         healthy again. Nodes changed before it: {}", names(.changed)
+    )]
+    RolledBack {
+        node: NodeLabel,
+        cause: StepError,
+        changed: Vec<NodeOutcome>,
+    },
+    /// The change failed and so did the restore: the node needs a human.
+    #[error(
+        "{node}: the change failed ({cause}) AND restoring the node failed ({restore}); it needs manual \
+         attention. Nodes changed before it: {}", names(.changed)
+    )]
+    RestoreFailed {
+        node: NodeLabel,
+        cause: StepError,
+        restore: StepError,
+        changed: Vec<NodeOutcome>,
+    },
+    /// The node was changed and is ready, but the caller's hook failed: the rollout stopped after it.
+    #[error(
+        "{node} was changed and is ready, but recording progress failed ({error}); stopped. Nodes changed: {}",
+        names(.changed)
+    )]
+    HookFailed {
+        node: NodeLabel,
+        error: String,
+        changed: Vec<NodeOutcome>,
+    },
+    /// A node was not healthy before anything was done to it.
+    #[error("{node}: kube-apiserver is not healthy before the change; nothing was done to it ({cause}). Nodes changed before it: {}", names(.changed))]
+    UnhealthyBefore {
+        node: NodeLabel,
+        cause: StepError,
+        changed: Vec<NodeOutcome>,
+    },
+}
+
+impl RolloutError {
+    /// Nodes that were changed successfully before the failure.
+    pub fn changed(&self) -> &[NodeOutcome] {
+        match self {
+            RolloutError::RolledBack { changed, .. }
+            | RolloutError::RestoreFailed { changed, .. }
+            | RolloutError::HookFailed { changed, .. }
+            | RolloutError::UnhealthyBefore { changed, .. } => changed,
+        }
+    }
+}
+
+fn names(changed: &[NodeOutcome]) -> String {
+    if changed.is_empty() {
+        "none".into()
+    } else {
+        changed
+            .iter()
+            .map(|o| o.node.to_string())
+            .collect::<Vec<_>>()
+            .join(", ")
+    }
+}
+
+/// Apply `change` to every target in turn. After each node is changed and ready, `after_node` is called (the
+/// caller persists progress there); an error from it stops the rollout after that node (the node stays changed).
+pub async fn rolling_apply<F>(
+    targets: &[RolloutTarget],
+    change: &NodeChange,
+    opts: &RolloutOptions,
+    mut after_node: F,
+) -> Result<RolloutReport, RolloutError>
+where
+    F: FnMut(&NodeOutcome) -> Result<(), String>,
+{
+    let mut report = RolloutReport::default();
+    for target in targets {
+        let node = target.host.label().clone();
+        // Never start on a node that is already broken: its failure would be blamed on us and rolled "back" to
+        // a broken state.
+        if let Err(e) = wait_ready(&target.host, &target.probe, Duration::from_secs(20)).await {
+            return Err(RolloutError::UnhealthyBefore {
+                node,
+                cause: e.into(),
+                changed: report.changed,
+            });
+        }
+        match apply_one(target, change, opts).await {
+            Ok(outcome) => {
+                tracing::info!("{}: changed ({:?}) and ready", outcome.node, outcome.action);
+                if let Err(e) = after_node(&outcome) {
+                    report.changed.push(outcome);
+                    return Err(RolloutError::HookFailed {
+                        node,
+                        error: e,
+                        changed: report.changed,
+                    });
+                }
+                report.changed.push(outcome);
+            }
+            Err(NodeFailure::RolledBack(cause)) => {
+                return Err(RolloutError::RolledBack {
+                    node,
+                    cause,
+                    changed: report.changed,
+                });
+            }
+            Err(NodeFailure::RestoreFailed { cause, restore }) => {
+                return Err(RolloutError::RestoreFailed {
+                    node,
+                    cause,
+                    restore,
+                    changed: report.changed,
+                });
+            }
+        }
+    }
+    Ok(report)
+}
+
+enum NodeFailure {
+    RolledBack(StepError),
+    RestoreFailed {
+        cause: StepError,
+        restore: StepError,
+    },
+}
+
+async fn apply_one(
+    target: &RolloutTarget,
+    change: &NodeChange,
+    opts: &RolloutOptions,
+) -> Result<NodeOutcome, NodeFailure> {
+    let host = &target.host;
+    let docker = NodeDocker::new(host.clone()).map_err(|e| NodeFailure::RolledBack(e.into()))?;
+    // Everything needed to undo, captured before the first change.
+    let info = docker
+        .inspect_apiserver()
+        .await
+        .map_err(|e| NodeFailure::RolledBack(e.into()))?;
+    let previous = files::read_file(host, &target.config_path)
+        .await
+        .map_err(|e| NodeFailure::RolledBack(e.into()))?;
+    let container_change = ContainerChange {
+        flag: change.flag,
+        extra_binds: change.extra_binds.clone(),
+    };
+    let recreate = needs_recreate(&info, &container_change);
+
+    let attempt = async {
+        match &change.file {
+            Some(bytes) => {
+                files::write_file_atomic(host, &target.config_path, bytes, 0o600).await?
+            }
+            None => files::remove_file(host, &target.config_path).await?,
+        }
+        if recreate {
+            docker.begin_recreate(&container_change).await?;
+        } else {
+            docker.restart(crate::exec::docker::APISERVER).await?;
+        }
+        wait_ready(host, &target.probe, opts.ready_timeout).await?;
+        if recreate {
+            docker.commit_recreate().await?;
+        }
+        Ok::<_, StepError>(())
+    };
+    match attempt.await {
+        Ok(()) => Ok(NodeOutcome {
+            node: host.label().clone(),
+            action: if recreate {
+                ContainerAction::Recreated
+            } else {
+                ContainerAction::Restarted
+            },
+            file_sha256: change.file.as_ref().map(|b| files::sha256_hex(b)),
+        }),
+        Err(cause) => {
+            tracing::warn!(
+                "{}: {cause}; restoring the previous file and container",
+                host.label()
+            );
+            match restore(
+                target,
+                &docker,
+                previous.as_deref().map(|v| v.as_slice()),
+                recreate,
+                opts,
+            )
+            .await
+            {
+                Ok(()) => Err(NodeFailure::RolledBack(cause)),
+                Err(restore) => Err(NodeFailure::RestoreFailed { cause, restore }),
+            }
+        }
+    }
+}
+
+async fn restore(
+    target: &RolloutTarget,
+    docker: &NodeDocker,
+    previous: Option<&[u8]>,
+    recreated: bool,
+    opts: &RolloutOptions,
+) -> Result<(), StepError> {
+    let host = &target.host;
+    match previous {
+        Some(bytes) => files::write_file_atomic(host, &target.config_path, bytes, 0o600).await?,
+        None => files::remove_file(host, &target.config_path).await?,
+    }
+    let old_exists = docker
+        .inspect(crate::exec::docker::OLD_APISERVER)
+        .await?
+        .is_some();
+    if recreated && old_exists {
+        docker.rollback_recreate().await?;
+    } else {
+        docker.restart(crate::exec::docker::APISERVER).await?;
+    }
+    wait_ready(host, &target.probe, opts.ready_timeout).await?;
+    Ok(())
+}

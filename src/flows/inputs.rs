@@ -1,0 +1,61 @@
+//! What every verb reads first: the cluster config and the state, so bad input is reported before anything
+//! touches a host.
+
+use crate::cli::GlobalOpts;
+use crate::config::cluster::ClusterConfig;
+use crate::state::{RkeState, store};
+use anyhow::{Context, anyhow};
+use std::path::{Path, PathBuf};
+
+/// The config and state a verb starts from.
+#[derive(Debug)]
+pub struct Inputs {
+    pub config_path: PathBuf,
+    pub config: ClusterConfig,
+    pub state_path: PathBuf,
+    /// Read without the lock; verbs that change anything take it through [`crate::state::StateFile`].
+    pub state: RkeState,
+}
+
+impl Inputs {
+    pub fn load(global: &GlobalOpts) -> anyhow::Result<Inputs> {
+        let config = load_cluster_config(&global.config)?;
+        let state_path = global.state_path();
+        let state = store::read(&state_path)?;
+        Ok(Inputs {
+            config_path: global.config.clone(),
+            config,
+            state_path,
+            state,
+        })
+    }
+}
+
+/// Reads and parses cluster.yml, with errors as `file:line:column: what`.
+// Stand-in until `atrest::config::cluster::load` (config area) lands; swap the body for a call to it.
+pub fn load_cluster_config(path: &Path) -> anyhow::Result<ClusterConfig> {
+    let text = std::fs::read_to_string(path).with_context(|| {
+        format!(
+            "cannot read cluster config {} (choose the file with --config FILE or RKE_CONFIG)",
+            path.display()
+        )
+    })?;
+    serde_yaml_ng::from_str(&text).map_err(|e| {
+        let message = e.to_string();
+        match e.location() {
+            Some(at) => {
+                // serde_yaml_ng appends " at line L column C"; show the position as file:line:column instead.
+                let message = message
+                    .rfind(" at line ")
+                    .map_or(message.as_str(), |i| &message[..i]);
+                anyhow!(
+                    "{}:{}:{}: {message}",
+                    path.display(),
+                    at.line(),
+                    at.column()
+                )
+            }
+            None => anyhow!("{}: {message}", path.display()),
+        }
+    })
+}

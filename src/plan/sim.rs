@@ -1,0 +1,349 @@
+//! A simulated cluster for the model check: k API servers, each with its deployed config, and stored objects
+//! tagged with the unit that wrote them. Steps run the way the executor runs them (rolling, one server at a
+//! time, recording stage and done phases); between any two moments clients write through random servers.
+
+use super::sequence::ALL_PHASES;
+use super::stage::Stage;
+use super::types::*;
+use super::units::{RuleKey, Rules, UnitId, effective};
+use crate::config::encryption::EncryptionConfiguration;
+use std::collections::BTreeMap;
+
+/// Concrete resources the simulated clients write.
+pub const RESOURCES: [&str; 5] = [
+    "secrets",
+    "configmaps",
+    "pods",
+    "deployments.apps",
+    "widgets.example.com",
+];
+
+/// A small deterministic RNG (xorshift64*), seeded by proptest.
+#[derive(Clone, Debug)]
+pub struct Rng(u64);
+
+impl Rng {
+    pub fn new(seed: u64) -> Rng {
+        Rng(seed ^ 0x9e37_79b9_7f4a_7c15 | 1)
+    }
+    pub fn next(&mut self) -> u64 {
+        self.0 ^= self.0 >> 12;
+        self.0 ^= self.0 << 25;
+        self.0 ^= self.0 >> 27;
+        self.0.wrapping_mul(0x2545_f491_4f6c_dd1d)
+    }
+    pub fn below(&mut self, n: usize) -> usize {
+        if n == 0 {
+            0
+        } else {
+            (self.next() % n as u64) as usize
+        }
+    }
+    pub fn chance(&mut self, percent: u64) -> bool {
+        self.next() % 100 < percent
+    }
+}
+
+/// How clients behave between moments.
+#[derive(Clone, Debug)]
+pub enum Chaos {
+    /// A few random writes and updates through random servers.
+    Random(Rng),
+    /// Every server writes one new object of every resource (deterministic; makes a broken plan fail).
+    EveryServerWrites,
+}
+
+#[derive(Clone, Debug)]
+pub struct Server {
+    pub name: String,
+    pub config: Option<EncryptionConfiguration>,
+}
+
+#[derive(Clone, Debug, PartialEq)]
+pub struct Object {
+    pub resource: String,
+    pub unit: UnitId,
+}
+
+#[derive(Debug, PartialEq)]
+pub enum Outcome {
+    Completed,
+    Interrupted,
+    VerifyFailed(String),
+    /// The invariant broke: some server cannot read some stored object.
+    Violation(String),
+}
+
+#[derive(Clone, Debug)]
+pub struct Cluster {
+    pub servers: Vec<Server>,
+    pub objects: Vec<Object>,
+    /// What the state says is deployed (updated when a transition completes).
+    pub current: Target,
+    pub record: Option<InProgress>,
+}
+
+fn units_for(config: &Option<EncryptionConfiguration>, resource: &str) -> Vec<UnitId> {
+    let rules = config.as_ref().map(Rules::from_config);
+    effective(rules.as_ref(), &RuleKey::parse(resource))
+        .iter()
+        .map(|u| u.id())
+        .collect()
+}
+
+impl Cluster {
+    /// `k` servers all on `current`, with a few objects per resource written by it.
+    pub fn new(k: usize, current: Target) -> Cluster {
+        let servers = (0..k).map(|i| Server {
+            name: format!("cp{}", i + 1),
+            config: current.config().cloned(),
+        });
+        let mut cluster = Cluster {
+            servers: servers.collect(),
+            objects: Vec::new(),
+            current,
+            record: None,
+        };
+        for resource in RESOURCES {
+            for _ in 0..2 {
+                cluster.write_new(0, resource);
+            }
+        }
+        cluster
+    }
+
+    pub fn names(&self) -> Vec<String> {
+        self.servers.iter().map(|s| s.name.clone()).collect()
+    }
+
+    fn write_unit(&self, server: usize, resource: &str) -> UnitId {
+        units_for(&self.servers[server].config, resource).remove(0)
+    }
+
+    fn write_new(&mut self, server: usize, resource: &str) {
+        let unit = self.write_unit(server, resource);
+        self.objects.push(Object {
+            resource: resource.to_string(),
+            unit,
+        });
+    }
+
+    /// An update through `server`: it must read the object, then stores it with its write unit.
+    fn update(&mut self, server: usize, object: usize) -> Result<(), String> {
+        let resource = self.objects[object].resource.clone();
+        if !units_for(&self.servers[server].config, &resource).contains(&self.objects[object].unit)
+        {
+            return Err(format!(
+                "{} cannot read a {resource} object stored with {}",
+                self.servers[server].name, self.objects[object].unit
+            ));
+        }
+        self.objects[object].unit = self.write_unit(server, &resource);
+        Ok(())
+    }
+
+    /// The invariant: every server can read every stored object.
+    pub fn check(&self) -> Result<(), String> {
+        for server in &self.servers {
+            for object in &self.objects {
+                if !units_for(&server.config, &object.resource).contains(&object.unit) {
+                    return Err(format!(
+                        "{} (config {}) cannot read a {} object stored with {}",
+                        server.name,
+                        describe(&server.config, &object.resource),
+                        object.resource,
+                        object.unit
+                    ));
+                }
+            }
+        }
+        Ok(())
+    }
+
+    pub fn census(&self) -> BTreeMap<String, BTreeMap<String, u64>> {
+        let mut census: BTreeMap<String, BTreeMap<String, u64>> = BTreeMap::new();
+        for object in &self.objects {
+            *census
+                .entry(object.resource.clone())
+                .or_default()
+                .entry(object.unit.label())
+                .or_default() += 1;
+        }
+        census
+    }
+
+    fn moment(&mut self, chaos: &mut Chaos) -> Result<(), String> {
+        match chaos {
+            Chaos::EveryServerWrites => {
+                for server in 0..self.servers.len() {
+                    for resource in RESOURCES {
+                        self.write_new(server, resource);
+                    }
+                }
+            }
+            Chaos::Random(rng) => {
+                for _ in 0..rng.below(4) {
+                    let server = rng.below(self.servers.len());
+                    if rng.chance(50) || self.objects.is_empty() {
+                        let resource = RESOURCES[rng.below(RESOURCES.len())];
+                        self.write_new(server, resource);
+                    } else {
+                        let object = rng.below(self.objects.len());
+                        self.update(server, object)?;
+                    }
+                }
+            }
+        }
+        self.check()
+    }
+
+    fn pick_server(&self, chaos: &mut Chaos, salt: usize) -> usize {
+        match chaos {
+            Chaos::Random(rng) => rng.below(self.servers.len()),
+            Chaos::EveryServerWrites => salt % self.servers.len(),
+        }
+    }
+
+    /// Runs `plan` like the executor, stopping after `stop_after` moments (a moment = one node restarted, or
+    /// one other step, or one object rewritten) if given.
+    pub fn run(
+        &mut self,
+        plan: &Plan,
+        desired: &Target,
+        stop_after: Option<usize>,
+        chaos: &mut Chaos,
+    ) -> Outcome {
+        let mut moments = 0usize;
+        let mut active: Option<usize> = None;
+        macro_rules! moment {
+            () => {{
+                if let Err(e) = self.moment(chaos) {
+                    return Outcome::Violation(e);
+                }
+                moments += 1;
+                if stop_after.is_some_and(|s| moments >= s) {
+                    return Outcome::Interrupted;
+                }
+            }};
+        }
+        for (i, step) in plan.steps.iter().enumerate() {
+            if active != Some(step.transition) {
+                active = Some(step.transition);
+                let spec = &plan.transitions[step.transition];
+                if spec.resumed_at.is_none() || self.record.is_none() {
+                    self.record = Some(InProgress {
+                        kind: spec.kind.as_str().to_string(),
+                        from: spec.from.clone(),
+                        to: spec.to.clone(),
+                        stage: Stage::Start,
+                        done: vec![],
+                    });
+                }
+            }
+            match &step.action {
+                Action::Snapshot | Action::Archive { .. } => {}
+                Action::Deploy { config, nodes, .. } => {
+                    for node in nodes {
+                        let Some(server) = self.servers.iter_mut().find(|s| &s.name == node) else {
+                            return Outcome::Violation(format!("deploy to unknown node {node}"));
+                        };
+                        server.config = config.clone();
+                        moment!();
+                    }
+                }
+                Action::Rewrite {
+                    resources,
+                    targeted,
+                } => {
+                    for object in 0..self.objects.len() {
+                        let target = resources.iter().find(|t| {
+                            RuleKey::parse(&t.resource)
+                                .covers(&RuleKey::parse(&self.objects[object].resource))
+                        });
+                        let Some(target) = target else { continue };
+                        if *targeted && self.objects[object].unit == target.write {
+                            continue;
+                        }
+                        let server = self.pick_server(chaos, object);
+                        if let Err(e) = self.update(server, object) {
+                            return Outcome::Violation(e);
+                        }
+                        moment!();
+                    }
+                }
+                Action::Verify { rules } => {
+                    for object in &self.objects {
+                        let key = RuleKey::parse(&object.resource);
+                        let rule = key.lookup_chain().into_iter().find_map(|candidate| {
+                            rules
+                                .iter()
+                                .find(|r| RuleKey::parse(&r.resource) == candidate)
+                        });
+                        let allowed = rule.map_or(vec![UnitId::Identity], |r| r.allowed.clone());
+                        if !allowed.contains(&object.unit) {
+                            return Outcome::VerifyFailed(format!(
+                                "a {} object is stored with {}",
+                                object.resource, object.unit
+                            ));
+                        }
+                    }
+                }
+                Action::PersistStage { complete: true } => {
+                    let spec = &plan.transitions[step.transition];
+                    self.current = if spec.to.as_ref() == desired.config() {
+                        desired.clone()
+                    } else {
+                        Target::from_parts(spec.to.clone(), Some(ConfigSource::Custom))
+                    };
+                    if step.stage == Stage::Start {
+                        self.record = None;
+                    } else if let Some(record) = &mut self.record {
+                        record.done = ALL_PHASES.to_vec();
+                    }
+                }
+                Action::PersistStage { complete: false } => {}
+            }
+            if let Some(record) = &mut self.record {
+                record.stage = step.stage;
+                let next = plan.steps.get(i + 1);
+                if next.is_none_or(|n| n.transition != step.transition || n.phase != step.phase)
+                    && !record.done.contains(&step.phase)
+                {
+                    record.done.push(step.phase);
+                }
+            }
+            moment!();
+        }
+        Outcome::Completed
+    }
+
+    /// The end state of a completed plan: every server has exactly `to`, every object is on `to`'s writer.
+    pub fn check_final(&self, to: &Option<EncryptionConfiguration>) -> Result<(), String> {
+        for server in &self.servers {
+            if &server.config != to {
+                return Err(format!(
+                    "{} does not have exactly the desired config",
+                    server.name
+                ));
+            }
+        }
+        for object in &self.objects {
+            let write = units_for(to, &object.resource).remove(0);
+            if object.unit != write {
+                return Err(format!(
+                    "a {} object is on {} instead of {write}",
+                    object.resource, object.unit
+                ));
+            }
+        }
+        Ok(())
+    }
+}
+
+fn describe(config: &Option<EncryptionConfiguration>, resource: &str) -> String {
+    let ids: Vec<String> = units_for(config, resource)
+        .iter()
+        .map(UnitId::label)
+        .collect();
+    format!("[{}]", ids.join(", "))
+}

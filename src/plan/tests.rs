@@ -1,0 +1,950 @@
+//! Unit tests: one per kind of transition, each resume point, single vs. multiple controlplanes, stepwise
+//! verbs, rendering. The model check lives in `model_tests.rs`.
+
+use super::sim::{Chaos, Cluster, Outcome};
+use super::stage::{Phase, Stage};
+use super::units::{KeyProvider, RuleKey, Rules, UnitId, effective, key_unit};
+use super::*;
+use crate::config::encryption::EncryptionConfiguration;
+use crate::state::atrest::TransitionRecord;
+use std::collections::BTreeMap;
+
+fn yaml(text: &str) -> EncryptionConfiguration {
+    serde_yaml_ng::from_str(text).expect("test config parses")
+}
+
+/// The managed config: secrets only, `[aescbc{keys}, identity]`.
+fn managed(keys: &[&str]) -> Target {
+    let keys: Vec<String> = keys
+        .iter()
+        .map(|k| format!("{{name: {k}, secret: c2VjcmV0LXtrfQ=={k}}}"))
+        .collect();
+    Target::Managed(yaml(&format!(
+        "apiVersion: apiserver.config.k8s.io/v1\nkind: EncryptionConfiguration\nresources:\n- resources: [secrets]\n  \
+         providers:\n  - aescbc: {{keys: [{}]}}\n  - identity: {{}}\n",
+        keys.join(", ")
+    )))
+}
+
+fn custom(text: &str) -> Target {
+    Target::Custom(yaml(text))
+}
+
+fn nodes(n: usize) -> Vec<String> {
+    (1..=n).map(|i| format!("cp{i}")).collect()
+}
+
+/// A config as `rule=[unit, …]` per rule, for compact assertions.
+fn sem(config: &Option<EncryptionConfiguration>) -> String {
+    let Some(config) = config else {
+        return "none".into();
+    };
+    let rules = Rules::from_config(config);
+    rules
+        .0
+        .iter()
+        .map(|(k, units)| {
+            let ids: Vec<String> = units.iter().map(|u| u.id().label()).collect();
+            format!("{k}=[{}]", ids.join(","))
+        })
+        .collect::<Vec<_>>()
+        .join(" ")
+}
+
+/// The plan's steps, one short string each.
+fn summary(plan: &Plan) -> Vec<String> {
+    plan.steps
+        .iter()
+        .map(|s| {
+            let what = match &s.action {
+                Action::Snapshot => "snapshot".to_string(),
+                Action::Deploy {
+                    config,
+                    flag,
+                    nodes,
+                } => {
+                    format!(
+                        "deploy{}:{:?}:{}",
+                        if nodes.len() < plan.controlplanes.len() {
+                            format!("@{}", nodes[0])
+                        } else {
+                            String::new()
+                        },
+                        flag,
+                        sem(config)
+                    )
+                }
+                Action::Rewrite { resources, .. } => {
+                    let list: Vec<String> = resources
+                        .iter()
+                        .map(|t| format!("{}->{}", t.resource, t.write))
+                        .collect();
+                    format!("rewrite:{}", list.join(","))
+                }
+                Action::Verify { .. } => "verify".into(),
+                Action::Archive { units } => {
+                    let list: Vec<String> = units.iter().map(|u| u.id().label()).collect();
+                    format!("archive:{}", list.join(","))
+                }
+                Action::PersistStage { complete } => {
+                    format!("persist{}", if *complete { ":complete" } else { "" })
+                }
+            };
+            format!("{}/{}: {what}", s.phase, s.stage)
+        })
+        .collect()
+}
+
+fn run_plan(desired: Target, current: Target, cps: usize) -> Plan {
+    plan(&PlanInput::new(desired, current, nodes(cps))).expect("plan")
+}
+
+/// Runs the plan on a simulated cluster with every server writing at every moment; asserts it ends exactly at N.
+fn simulate(plan: &Plan, desired: &Target, current: &Target, cps: usize) {
+    let mut cluster = Cluster::new(cps, current.clone());
+    assert_eq!(
+        cluster.run(plan, desired, None, &mut Chaos::EveryServerWrites),
+        Outcome::Completed
+    );
+    cluster
+        .check_final(&desired.config().cloned())
+        .expect("final state");
+}
+
+#[test]
+fn enable_on_an_existing_cluster_with_three_controlplanes() {
+    let n = managed(&["k1"]);
+    let p = run_plan(n.clone(), Target::Disabled, 3);
+    assert_eq!(p.kind, PlanKind::Enable);
+    assert_eq!(
+        summary(&p),
+        [
+            "prepare/start: snapshot",
+            "prepare/prepare: deploy:Add:secrets=[identity,aescbc:k1]",
+            "rotate/rotate: deploy:Keep:secrets=[aescbc:k1,identity]",
+            "reencrypt/reencrypt_request: persist",
+            "reencrypt/reencrypt_active: rewrite:secrets->aescbc:k1",
+            "verify/reencrypt_finished: verify",
+            "finish/start: persist:complete",
+        ]
+    );
+    // R equals N, so the rotate deploy is the user's own config, and no finish restart is needed.
+    assert!(
+        matches!(&p.steps[2].action, Action::Deploy { config, .. } if config.as_ref() == n.config())
+    );
+    simulate(&p, &n, &Target::Disabled, 3);
+}
+
+#[test]
+fn enable_with_one_controlplane_deploys_n_directly() {
+    let n = managed(&["k1"]);
+    let p = run_plan(n.clone(), Target::Disabled, 1);
+    assert_eq!(
+        summary(&p)[..3],
+        [
+            "rotate/start: snapshot",
+            "rotate/rotate: deploy:Add:secrets=[aescbc:k1,identity]",
+            "reencrypt/reencrypt_request: persist"
+        ]
+    );
+    assert!(p.notes.iter().any(|n| n.contains("one controlplane")));
+    simulate(&p, &n, &Target::Disabled, 1);
+}
+
+#[test]
+fn enable_without_identity_fallback_needs_a_finish_restart() {
+    let n = custom(
+        "resources:\n- resources: [secrets]\n  providers:\n  - aesgcm: {keys: [{name: g1, secret: Zw==}]}\n",
+    );
+    let p = run_plan(n.clone(), Target::Disabled, 2);
+    assert_eq!(
+        summary(&p)[1..],
+        [
+            "prepare/prepare: deploy:Add:secrets=[identity,aesgcm:g1]",
+            "rotate/rotate: deploy:Keep:secrets=[aesgcm:g1,identity]",
+            "reencrypt/reencrypt_request: persist",
+            "reencrypt/reencrypt_active: rewrite:secrets->aesgcm:g1",
+            "verify/reencrypt_finished: verify",
+            "finish/reencrypt_finished: deploy:Keep:secrets=[aesgcm:g1]",
+            "finish/start: persist:complete",
+        ]
+    );
+    simulate(&p, &n, &Target::Disabled, 2);
+}
+
+#[test]
+fn disable_rewrites_to_plaintext_then_removes_file_and_flag() {
+    let o = managed(&["k1"]);
+    let p = run_plan(Target::Disabled, o.clone(), 3);
+    assert_eq!(p.kind, PlanKind::Disable);
+    assert_eq!(
+        summary(&p),
+        [
+            "rotate/start: snapshot",
+            "rotate/rotate: deploy:Keep:secrets=[identity,aescbc:k1]",
+            "reencrypt/reencrypt_request: persist",
+            "reencrypt/reencrypt_active: rewrite:secrets->identity",
+            "verify/reencrypt_finished: verify",
+            "finish/reencrypt_finished: archive:aescbc:k1",
+            "finish/reencrypt_finished: deploy:Remove:none",
+            "finish/start: persist:complete",
+        ]
+    );
+    simulate(&p, &Target::Disabled, &o, 3);
+}
+
+#[test]
+fn managed_rotation_matches_k3s_key_order() {
+    let (o, n) = (managed(&["old"]), managed(&["new"]));
+    let mut input = PlanInput::new(n.clone(), o.clone(), nodes(3));
+    input.intent = Intent::RotateKey;
+    let p = plan(&input).expect("plan");
+    assert_eq!(p.kind, PlanKind::Rotate);
+    assert_eq!(
+        summary(&p)[1..],
+        [
+            "prepare/prepare: deploy:Keep:secrets=[aescbc:old,aescbc:new,identity]",
+            "rotate/rotate: deploy:Keep:secrets=[aescbc:new,aescbc:old,identity]",
+            "reencrypt/reencrypt_request: persist",
+            "reencrypt/reencrypt_active: rewrite:secrets->aescbc:new",
+            "verify/reencrypt_finished: verify",
+            "finish/reencrypt_finished: archive:aescbc:old",
+            "finish/reencrypt_finished: deploy:Keep:secrets=[aescbc:new,identity]",
+            "finish/start: persist:complete",
+        ]
+    );
+    // Both keys share one aescbc provider, as K3s writes it.
+    let Action::Deploy {
+        config: Some(prepare),
+        ..
+    } = &p.steps[1].action
+    else {
+        panic!("deploy")
+    };
+    assert_eq!(
+        prepare.resources[0].providers[0]
+            .aescbc
+            .as_ref()
+            .map(|k| k.keys.len()),
+        Some(2)
+    );
+    // Without the intent, a managed → managed change with a new writer is still a rotation.
+    assert_eq!(run_plan(n.clone(), o.clone(), 3).kind, PlanKind::Rotate);
+    simulate(&p, &n, &o, 3);
+}
+
+#[test]
+fn managed_rotation_with_one_controlplane_skips_prepare() {
+    let (o, n) = (managed(&["old"]), managed(&["new"]));
+    let p = run_plan(n.clone(), o.clone(), 1);
+    assert_eq!(
+        summary(&p)[1],
+        "rotate/rotate: deploy:Keep:secrets=[aescbc:new,aescbc:old,identity]"
+    );
+    assert!(
+        !p.steps
+            .iter()
+            .any(|s| s.phase == Phase::Prepare && matches!(s.action, Action::Deploy { .. }))
+    );
+    simulate(&p, &n, &o, 1);
+}
+
+const GCM_SECRETS_AND_CONFIGMAPS: &str = "resources:
+- resources: [secrets, configmaps]
+  providers:
+  - aesgcm: {keys: [{name: g1, secret: Z2dn}]}
+  - aescbc: {keys: [{name: k1, secret: c2VjcmV0LXtrfQ==k1}]}
+  - identity: {}
+";
+
+#[test]
+fn managed_to_custom_covers_a_new_resource() {
+    let (o, n) = (managed(&["k1"]), custom(GCM_SECRETS_AND_CONFIGMAPS));
+    let p = run_plan(n.clone(), o.clone(), 2);
+    assert_eq!(p.kind, PlanKind::ManagedToCustom);
+    assert_eq!(
+        summary(&p)[1..5],
+        [
+            "prepare/prepare: deploy:Keep:configmaps=[identity,aesgcm:g1,aescbc:k1] secrets=[aescbc:k1,identity,aesgcm:g1]",
+            "rotate/rotate: deploy:Keep:configmaps=[aesgcm:g1,aescbc:k1,identity] secrets=[aesgcm:g1,aescbc:k1,identity]",
+            "reencrypt/reencrypt_request: persist",
+            "reencrypt/reencrypt_active: rewrite:configmaps->aesgcm:g1,secrets->aesgcm:g1",
+        ]
+    );
+    // k1 is still in N: nothing to archive.
+    assert!(
+        !p.steps
+            .iter()
+            .any(|s| matches!(s.action, Action::Archive { .. }))
+    );
+    simulate(&p, &n, &o, 2);
+}
+
+#[test]
+fn custom_to_managed_and_custom_edit_are_named() {
+    let (c, m) = (custom(GCM_SECRETS_AND_CONFIGMAPS), managed(&["k2"]));
+    let p = run_plan(m.clone(), c.clone(), 3);
+    assert_eq!(p.kind, PlanKind::CustomToManaged);
+    assert!(
+        summary(&p).contains(&"finish/reencrypt_finished: archive:aesgcm:g1,aescbc:k1".to_string())
+    );
+    simulate(&p, &m, &c, 3);
+
+    let edited = custom(
+        "resources:\n- resources: [secrets, configmaps]\n  providers:\n  - secretbox: {keys: [{name: s1, secret: czE=}]}\n  \
+         - aesgcm: {keys: [{name: g1, secret: Z2dn}]}\n  - identity: {}\n",
+    );
+    let p = run_plan(edited.clone(), c.clone(), 3);
+    assert_eq!(p.kind, PlanKind::CustomEdit);
+    assert!(
+        summary(&p).contains(
+            &"reencrypt/reencrypt_active: rewrite:configmaps->secretbox:s1,secrets->secretbox:s1"
+                .to_string()
+        )
+    );
+    simulate(&p, &edited, &c, 3);
+}
+
+#[test]
+fn reordering_read_only_keys_is_a_single_deploy() {
+    let o = custom(
+        "resources:\n- resources: [secrets]\n  providers:\n  - aescbc: {keys: [{name: a, secret: YQ==}, {name: b, secret: Yg==}, {name: c, secret: Yw==}]}\n",
+    );
+    let n = custom(
+        "resources:\n- resources: [secrets]\n  providers:\n  - aescbc: {keys: [{name: a, secret: YQ==}, {name: c, secret: Yw==}, {name: b, secret: Yg==}]}\n",
+    );
+    let p = run_plan(n.clone(), o.clone(), 3);
+    assert_eq!(p.kind, PlanKind::DeployOnly);
+    assert_eq!(
+        summary(&p),
+        [
+            "rotate/start: snapshot",
+            "rotate/rotate: deploy:Keep:secrets=[aescbc:a,aescbc:c,aescbc:b]",
+            "finish/start: persist:complete"
+        ]
+    );
+    simulate(&p, &n, &o, 3);
+}
+
+#[test]
+fn adding_a_read_only_key_is_a_single_deploy_of_n() {
+    let o = managed(&["a"]);
+    let n = custom(
+        "resources:\n- resources: [secrets]\n  providers:\n  - aescbc: {keys: [{name: a, secret: c2VjcmV0LXtrfQ==a}, {name: b, secret: Yg==}]}\n  - identity: {}\n",
+    );
+    let p = run_plan(n.clone(), o.clone(), 2);
+    assert_eq!(p.kind, PlanKind::DeployOnly);
+    assert_eq!(
+        summary(&p),
+        [
+            "prepare/start: snapshot",
+            "prepare/prepare: deploy:Keep:secrets=[aescbc:a,aescbc:b,identity]",
+            "finish/start: persist:complete"
+        ]
+    );
+    assert!(
+        matches!(&p.steps[1].action, Action::Deploy { config, .. } if config.as_ref() == n.config())
+    );
+    simulate(&p, &n, &o, 2);
+}
+
+#[test]
+fn wildcard_everything_with_an_events_opt_out() {
+    let n = custom(
+        "resources:\n- resources: [events]\n  providers: [{identity: {}}]\n- resources: ['*.*']\n  providers:\n  \
+         - aesgcm: {keys: [{name: g1, secret: Z2dn}]}\n  - identity: {}\n",
+    );
+    let p = run_plan(n.clone(), Target::Disabled, 3);
+    assert_eq!(p.kind, PlanKind::Enable);
+    assert_eq!(
+        summary(&p)[1],
+        "prepare/prepare: deploy:Add:events=[identity] *.*=[identity,aesgcm:g1]"
+    );
+    assert_eq!(
+        summary(&p)[4],
+        "reencrypt/reencrypt_active: rewrite:*.*->aesgcm:g1"
+    );
+    // The rendered P lists the specific rule before the wildcard (an earlier wildcard would mask it).
+    let Action::Deploy {
+        config: Some(prepare),
+        ..
+    } = &p.steps[1].action
+    else {
+        panic!("deploy")
+    };
+    assert_eq!(prepare.resources[0].resources, vec!["events"]);
+    assert_eq!(prepare.resources[1].resources, vec!["*.*"]);
+    simulate(&p, &n, &Target::Disabled, 3);
+}
+
+#[test]
+fn group_wildcard_and_a_specific_resource_inside_it() {
+    let o = custom(
+        "resources:\n- resources: ['*.apps']\n  providers:\n  - aescbc: {keys: [{name: a, secret: YQ==}]}\n  - identity: {}\n",
+    );
+    let n = custom(
+        "resources:\n- resources: [deployments.apps]\n  providers:\n  - aesgcm: {keys: [{name: g, secret: Zw==}]}\n  \
+         - aescbc: {keys: [{name: a, secret: YQ==}]}\n- resources: ['*.apps']\n  providers:\n  \
+         - aescbc: {keys: [{name: a, secret: YQ==}]}\n  - identity: {}\n",
+    );
+    let p = run_plan(n.clone(), o.clone(), 2);
+    assert_eq!(p.kind, PlanKind::CustomEdit);
+    // Only deployments change writer; other apps resources keep theirs and are not rewritten.
+    assert_eq!(
+        summary(&p)[4],
+        "reencrypt/reencrypt_active: rewrite:deployments.apps->aesgcm:g"
+    );
+    simulate(&p, &n, &o, 2);
+}
+
+#[test]
+fn resources_added_and_removed_between_o_and_n() {
+    let o = custom(
+        "resources:\n- resources: [secrets]\n  providers:\n  - aescbc: {keys: [{name: a, secret: YQ==}]}\n  - identity: {}\n",
+    );
+    let n = custom(
+        "resources:\n- resources: [configmaps]\n  providers:\n  - aescbc: {keys: [{name: a, secret: YQ==}]}\n  - identity: {}\n",
+    );
+    let p = run_plan(n.clone(), o.clone(), 3);
+    assert_eq!(
+        summary(&p)[1..5],
+        [
+            "prepare/prepare: deploy:Keep:configmaps=[identity,aescbc:a] secrets=[aescbc:a,identity]",
+            "rotate/rotate: deploy:Keep:configmaps=[aescbc:a,identity] secrets=[identity,aescbc:a]",
+            "reencrypt/reencrypt_request: persist",
+            "reencrypt/reencrypt_active: rewrite:configmaps->aescbc:a,secrets->identity",
+        ]
+    );
+    let Some(Action::Verify { rules }) = p
+        .steps
+        .iter()
+        .map(|s| &s.action)
+        .find(|a| matches!(a, Action::Verify { .. }))
+    else {
+        panic!("verify step")
+    };
+    assert_eq!(
+        rules
+            .iter()
+            .find(|r| r.resource == "secrets")
+            .map(|r| r.allowed.clone()),
+        Some(vec![UnitId::Identity])
+    );
+    simulate(&p, &n, &o, 3);
+}
+
+#[test]
+fn unchanged_config_is_a_noop() {
+    let o = managed(&["k1"]);
+    let p = run_plan(o.clone(), o.clone(), 3);
+    assert_eq!(p.kind, PlanKind::Noop);
+    assert!(p.steps.is_empty() && p.transitions.is_empty());
+    assert_eq!(
+        run_plan(Target::Disabled, Target::Disabled, 1).kind,
+        PlanKind::Noop
+    );
+}
+
+#[test]
+fn no_snapshot_option_and_no_controlplanes() {
+    let mut input = PlanInput::new(managed(&["k1"]), Target::Disabled, nodes(2));
+    input.options.no_snapshot = true;
+    assert!(
+        !plan(&input)
+            .expect("plan")
+            .steps
+            .iter()
+            .any(|s| s.action == Action::Snapshot)
+    );
+    input.controlplanes.clear();
+    assert_eq!(plan(&input), Err(PlanError::NoControlplanes));
+}
+
+#[test]
+fn a_key_name_reused_with_another_secret_is_refused() {
+    let o = managed(&["k1"]);
+    let n = custom(
+        "resources:\n- resources: [secrets]\n  providers:\n  - aescbc: {keys: [{name: k1, secret: b3RoZXI=}]}\n",
+    );
+    let err = plan(&PlanInput::new(n, o, nodes(1))).expect_err("refused");
+    assert_eq!(
+        err,
+        PlanError::KeyNameReused {
+            provider: "aescbc".into(),
+            name: "k1".into()
+        }
+    );
+    assert!(err.to_string().contains("new name"));
+}
+
+#[test]
+fn a_census_with_data_nobody_can_read_is_refused() {
+    let mut input = PlanInput::new(managed(&["new"]), managed(&["old"]), nodes(3));
+    let mut census = BTreeMap::new();
+    census.insert(
+        "secrets".to_string(),
+        BTreeMap::from([
+            ("aescbc:old".to_string(), 5),
+            ("aescbc:lost".to_string(), 2),
+        ]),
+    );
+    census.insert(
+        "configmaps".to_string(),
+        BTreeMap::from([("identity".to_string(), 9), ("rot13:x".to_string(), 1)]),
+    );
+    input.observed.census = Some(census.clone());
+    let Err(PlanError::StoredDataUnreadable { findings }) = plan(&input) else {
+        panic!("refused")
+    };
+    assert_eq!(findings.len(), 2, "{findings:?}");
+    assert!(
+        findings
+            .iter()
+            .any(|f| f.contains("secrets: 2 object(s)") && f.contains("aescbc:lost"))
+    );
+    assert!(findings.iter().any(|f| f.contains("rot13:x")));
+    // Data on N's key (an earlier interrupted attempt) is fine: P reads it.
+    census.get_mut("secrets").map(|m| m.remove("aescbc:lost"));
+    census
+        .get_mut("secrets")
+        .map(|m| m.insert("aescbc:new".into(), 1));
+    census.get_mut("configmaps").map(|m| m.remove("rot13:x"));
+    input.observed.census = Some(census);
+    assert!(plan(&input).is_ok());
+}
+
+fn record(from: &Target, to: &Target, stage: Stage, done: &[Phase]) -> InProgress {
+    InProgress {
+        kind: "rotate-key".into(),
+        from: from.config().cloned(),
+        to: to.config().cloned(),
+        stage,
+        done: done.to_vec(),
+    }
+}
+
+#[test]
+fn resume_continues_from_each_point() {
+    let (o, n) = (managed(&["old"]), managed(&["new"]));
+    let cases: [(Stage, &[Phase], &str); 7] = [
+        (Stage::Start, &[], "prepare/prepare: deploy"),
+        (Stage::Prepare, &[Phase::Prepare], "rotate/rotate: deploy"),
+        (
+            Stage::Rotate,
+            &[Phase::Prepare, Phase::Rotate],
+            "reencrypt/reencrypt_request: persist",
+        ),
+        (
+            Stage::ReencryptActive,
+            &[Phase::Prepare, Phase::Rotate],
+            "reencrypt/reencrypt_request: persist",
+        ),
+        (
+            Stage::ReencryptActive,
+            &[Phase::Prepare, Phase::Rotate, Phase::Reencrypt],
+            "verify/reencrypt_finished: verify",
+        ),
+        (
+            Stage::ReencryptFinished,
+            &[
+                Phase::Prepare,
+                Phase::Rotate,
+                Phase::Reencrypt,
+                Phase::Verify,
+            ],
+            "finish/reencrypt_finished: archive",
+        ),
+        // The stage alone implies earlier phases (a record written with an empty done list).
+        (Stage::Rotate, &[], "reencrypt/reencrypt_request: persist"),
+    ];
+    for (stage, done, first) in cases {
+        let mut input = PlanInput::new(n.clone(), o.clone(), nodes(3));
+        input.transition = Some(record(&o, &n, stage, done));
+        let p = plan(&input).expect("plan");
+        assert_eq!(p.kind, PlanKind::Resume, "{stage} {done:?}");
+        assert_eq!(p.transitions.len(), 1);
+        assert!(
+            summary(&p)[0].starts_with(first),
+            "{stage} {done:?}: {:?}",
+            summary(&p)
+        );
+        assert!(
+            !p.steps.iter().any(|s| s.action == Action::Snapshot),
+            "no new snapshot when resuming"
+        );
+        assert!(p.notes.iter().any(|n| n.contains("resuming")));
+        assert_eq!(
+            summary(&p).last().map(String::as_str),
+            Some("finish/start: persist:complete")
+        );
+    }
+    // Everything done: nothing left.
+    let mut input = PlanInput::new(n.clone(), o.clone(), nodes(3));
+    input.transition = Some(record(
+        &o,
+        &n,
+        Stage::ReencryptFinished,
+        &super::sequence::ALL_PHASES,
+    ));
+    assert_eq!(plan(&input).expect("plan").kind, PlanKind::Noop);
+}
+
+#[test]
+fn resume_after_rotate_on_one_controlplane_with_three_now_does_not_go_back_to_prepare() {
+    let (o, n) = (managed(&["old"]), managed(&["new"]));
+    let mut input = PlanInput::new(n.clone(), o.clone(), nodes(3));
+    input.transition = Some(record(&o, &n, Stage::Rotate, &[Phase::Rotate]));
+    let p = plan(&input).expect("plan");
+    assert_eq!(summary(&p)[0], "reencrypt/reencrypt_request: persist");
+}
+
+#[test]
+fn resume_with_a_different_desired_config_finishes_the_old_transition_first() {
+    let (o, n, newer) = (managed(&["old"]), managed(&["new"]), managed(&["newer"]));
+    let mut input = PlanInput::new(newer.clone(), o.clone(), nodes(3));
+    input.transition = Some(record(&o, &n, Stage::Prepare, &[Phase::Prepare]));
+    let p = plan(&input).expect("plan");
+    assert_eq!(p.kind, PlanKind::Resume);
+    assert_eq!(p.transitions.len(), 2);
+    assert_eq!(p.transitions[0].to.as_ref(), n.config());
+    assert_eq!(p.transitions[1].from.as_ref(), n.config());
+    assert_eq!(p.transitions[1].to.as_ref(), newer.config());
+    assert_eq!(p.transitions[1].kind, PlanKind::Rotate);
+    assert!(p.notes.iter().any(|n| n.contains("finished first")));
+    let first_of_second = p
+        .steps
+        .iter()
+        .position(|s| s.transition == 1)
+        .expect("second transition");
+    assert_eq!(p.steps[first_of_second].action, Action::Snapshot);
+    assert!(matches!(
+        p.steps[first_of_second - 1].action,
+        Action::PersistStage { complete: true }
+    ));
+    assert_eq!(p.to.as_ref(), newer.config());
+}
+
+#[test]
+fn a_drifted_node_gets_the_expected_config_back_first() {
+    let (o, n) = (managed(&["old"]), managed(&["new"]));
+    let hash = json_config_hash;
+    let mut input = PlanInput::new(n.clone(), o.clone(), nodes(3));
+    input.config_hash = Some(hash);
+    input.observed.nodes = vec![
+        NodeObservation {
+            node: "cp1".into(),
+            config_sha256: hash(o.config()),
+        },
+        NodeObservation {
+            node: "cp2".into(),
+            config_sha256: Some("deadbeef".into()),
+        },
+        NodeObservation {
+            node: "cp3".into(),
+            config_sha256: hash(o.config()),
+        },
+    ];
+    let p = plan(&input).expect("plan");
+    assert_eq!(
+        summary(&p)[1],
+        "prepare/start: deploy@cp2:Add:secrets=[aescbc:old,identity]"
+    );
+    assert!(p.notes.iter().any(|n| n.contains("cp2")));
+
+    // Nothing else to do: a repair transition.
+    input.desired = o.clone();
+    let p = plan(&input).expect("plan");
+    assert_eq!(p.kind, PlanKind::Repair);
+    assert_eq!(
+        summary(&p),
+        [
+            "finish/start: deploy@cp2:Add:secrets=[aescbc:old,identity]",
+            "finish/start: persist:complete"
+        ]
+    );
+
+    // Mid-rollout, a node on the next phase's config is not drifted.
+    let seq = super::sequence::sequence(&o.config().cloned(), &n.config().cloned(), true)
+        .expect("sequence");
+    input.desired = n.clone();
+    input.transition = Some(record(&o, &n, Stage::Prepare, &[Phase::Prepare]));
+    input.observed.nodes[1].config_sha256 = hash(seq.rotate.as_ref());
+    input.observed.nodes[0].config_sha256 = hash(seq.prepare.as_ref());
+    input.observed.nodes[2].config_sha256 = hash(seq.prepare.as_ref());
+    let p = plan(&input).expect("plan");
+    assert!(
+        !p.notes
+            .iter()
+            .any(|n| n.contains("differs from what the state says")),
+        "{:?}",
+        p.notes
+    );
+}
+
+fn stepwise_input(current: Target, transition: Option<InProgress>) -> StepwiseInput {
+    StepwiseInput {
+        current,
+        transition,
+        controlplanes: nodes(3),
+        new_key: Some(key_unit(KeyProvider::Aescbc, "new", "bmV3")),
+        options: PlanOptions::default(),
+    }
+}
+
+#[test]
+fn stepwise_verbs_follow_k3s_preconditions() {
+    let o = managed(&["old"]);
+    let p = stepwise(
+        StepwiseVerb::Prepare { force: false },
+        &stepwise_input(o.clone(), None),
+    )
+    .expect("prepare");
+    assert_eq!(
+        summary(&p),
+        [
+            "prepare/start: snapshot",
+            "prepare/prepare: deploy:Keep:secrets=[aescbc:old,aescbc:new,identity]",
+            "prepare/prepare: persist",
+        ]
+    );
+    assert_eq!(sem(&p.to), "secrets=[aescbc:new,identity]");
+    let in_progress = |stage, done: &[Phase]| InProgress {
+        kind: "rotate-key".into(),
+        from: p.from.clone(),
+        to: p.to.clone(),
+        stage,
+        done: done.to_vec(),
+    };
+
+    let err = stepwise(
+        StepwiseVerb::Rotate { force: false },
+        &stepwise_input(o.clone(), None),
+    )
+    .expect_err("no prepare");
+    assert!(err.to_string().contains("stage start"), "{err}");
+    let at_rotate = stepwise_input(
+        o.clone(),
+        Some(in_progress(Stage::Rotate, &[Phase::Prepare, Phase::Rotate])),
+    );
+    let err = stepwise(StepwiseVerb::Prepare { force: false }, &at_rotate).expect_err("busy");
+    assert!(err.to_string().contains("stage rotate"), "{err}");
+    let err =
+        stepwise(StepwiseVerb::Rotate { force: false }, &at_rotate).expect_err("rotate twice");
+    assert!(err.to_string().contains("stage rotate"), "{err}");
+
+    let at_prepare = stepwise_input(
+        o.clone(),
+        Some(in_progress(Stage::Prepare, &[Phase::Prepare])),
+    );
+    let p2 = stepwise(StepwiseVerb::Rotate { force: false }, &at_prepare).expect("rotate");
+    assert_eq!(
+        summary(&p2),
+        [
+            "rotate/rotate: deploy:Keep:secrets=[aescbc:new,aescbc:old,identity]",
+            "rotate/rotate: persist"
+        ]
+    );
+    let err = stepwise(
+        StepwiseVerb::Reencrypt {
+            force: false,
+            skip: false,
+        },
+        &at_prepare,
+    )
+    .expect_err("not rotated");
+    assert!(err.to_string().contains("stage prepare"), "{err}");
+
+    let p3 = stepwise(
+        StepwiseVerb::Reencrypt {
+            force: false,
+            skip: false,
+        },
+        &at_rotate,
+    )
+    .expect("reencrypt");
+    assert_eq!(
+        summary(&p3),
+        [
+            "reencrypt/reencrypt_request: persist",
+            "reencrypt/reencrypt_active: rewrite:secrets->aescbc:new",
+            "verify/reencrypt_finished: verify",
+            "finish/reencrypt_finished: archive:aescbc:old",
+            "finish/reencrypt_finished: deploy:Keep:secrets=[aescbc:new,identity]",
+            "finish/reencrypt_finished: persist:complete",
+        ]
+    );
+    let skip = stepwise(
+        StepwiseVerb::Reencrypt {
+            force: false,
+            skip: true,
+        },
+        &at_rotate,
+    )
+    .expect("skip");
+    assert_eq!(
+        summary(&skip),
+        [
+            "reencrypt/reencrypt_request: persist",
+            "reencrypt/reencrypt_active: rewrite:secrets->aescbc:new",
+            "reencrypt/rotate: persist"
+        ]
+    );
+    // After reencrypt_finished a new prepare starts from what is deployed (N of the finished rotation).
+    let finished = stepwise_input(
+        o.clone(),
+        Some(in_progress(
+            Stage::ReencryptFinished,
+            &super::sequence::ALL_PHASES,
+        )),
+    );
+    let mut next = finished.clone();
+    next.new_key = Some(key_unit(KeyProvider::Aescbc, "newer", "bmV3ZXI="));
+    let p4 = stepwise(StepwiseVerb::Prepare { force: false }, &next).expect("prepare again");
+    assert_eq!(sem(&p4.from), "secrets=[aescbc:new,identity]");
+    assert_eq!(sem(&p4.to), "secrets=[aescbc:newer,identity]");
+    // --force lets prepare start mid-rotation, from the config deployed now (R), which reads everything.
+    let mut forced = at_rotate.clone();
+    forced.new_key = next.new_key.clone();
+    let p5 = stepwise(StepwiseVerb::Prepare { force: true }, &forced).expect("forced prepare");
+    assert_eq!(sem(&p5.from), "secrets=[aescbc:new,aescbc:old,identity]");
+}
+
+#[test]
+fn stepwise_rotation_end_to_end_in_the_simulator() {
+    let o = managed(&["old"]);
+    let mut cluster = Cluster::new(3, o.clone());
+    let mut chaos = Chaos::EveryServerWrites;
+    let input = |cluster: &Cluster| stepwise_input(cluster.current.clone(), cluster.record.clone());
+    for verb in [
+        StepwiseVerb::Prepare { force: false },
+        StepwiseVerb::Rotate { force: false },
+        StepwiseVerb::Reencrypt {
+            force: false,
+            skip: false,
+        },
+    ] {
+        let p = stepwise(verb, &input(&cluster)).expect("verb");
+        let target = Target::from_parts(p.to.clone(), Some(ConfigSource::Managed));
+        assert_eq!(
+            cluster.run(&p, &target, None, &mut chaos),
+            Outcome::Completed,
+            "{verb:?}"
+        );
+    }
+    let record = cluster.record.clone().expect("kept at reencrypt_finished");
+    assert_eq!(record.stage, Stage::ReencryptFinished);
+    cluster.check_final(&record.to).expect("final");
+}
+
+#[test]
+fn record_round_trip_and_bad_yaml() {
+    let (o, n) = (managed(&["old"]), managed(&["new"]));
+    let rec = TransitionRecord {
+        id: "t1".into(),
+        kind: "rotate-key".into(),
+        from: o
+            .config()
+            .map(|c| serde_yaml_ng::to_string(c).expect("yaml")),
+        to: n
+            .config()
+            .map(|c| serde_yaml_ng::to_string(c).expect("yaml")),
+        stage: Stage::Rotate,
+        done: vec![Phase::Prepare, Phase::Rotate],
+        started_at: "2026-01-01T00:00:00Z".into(),
+        updated_at: "2026-01-01T00:00:00Z".into(),
+    };
+    let typed = InProgress::from_record(&rec).expect("parses");
+    assert_eq!(typed.from.as_ref(), o.config());
+    assert_eq!(typed.to_source(), Some(ConfigSource::Managed));
+    let bad = TransitionRecord {
+        to: Some("resources: [{bogus: 1}]".into()),
+        ..rec
+    };
+    let err = InProgress::from_record(&bad).expect_err("bad yaml");
+    assert!(
+        err.to_string().contains("t1") && err.to_string().contains("`to`"),
+        "{err}"
+    );
+}
+
+#[test]
+fn text_and_json_never_show_key_material() {
+    let (o, n) = (managed(&["old"]), managed(&["new"]));
+    let p = run_plan(n, o, 3);
+    let text = render::to_text(&p);
+    let json = render::to_json(&p).to_string();
+    for secret in ["c2VjcmV0LXtrfQ==old", "c2VjcmV0LXtrfQ==new"] {
+        assert!(!text.contains(secret), "text leaks a key");
+        assert!(!json.contains(secret), "json leaks a key");
+    }
+    assert!(json.contains("REDACTED"));
+    assert!(text.contains("REDACTED"));
+    assert!(
+        text.contains("  1. [prepare] take an etcd snapshot"),
+        "{text}"
+    );
+    assert!(
+        text.contains("-   1. aescbc keys: old (secrets REDACTED)"),
+        "{text}"
+    );
+    assert!(
+        text.contains("+   1. aescbc keys: old, new (secrets REDACTED)"),
+        "{text}"
+    );
+    assert!(
+        text.contains("rewrite objects not yet on their target: secrets → aescbc:new"),
+        "{text}"
+    );
+    let value = render::to_json(&p);
+    assert_eq!(value["kind"], "rotate-key");
+    assert_eq!(value["steps"][1]["action"]["action"], "deploy");
+}
+
+#[test]
+fn effective_lists_follow_apiserver_precedence() {
+    let c = yaml(
+        "resources:\n- resources: [deployments.apps]\n  providers: [{identity: {}}]\n- resources: ['*.apps']\n  \
+         providers: [{aescbc: {keys: [{name: a, secret: YQ==}]}}]\n- resources: ['*.*']\n  \
+         providers: [{secretbox: {keys: [{name: s, secret: cw==}]}}]\n",
+    );
+    let rules = Rules::from_config(&c);
+    let first = |r: &str| effective(Some(&rules), &RuleKey::parse(r))[0].id().label();
+    assert_eq!(first("deployments.apps"), "identity");
+    assert_eq!(first("statefulsets.apps"), "aescbc:a");
+    assert_eq!(first("secrets"), "secretbox:s");
+}
+
+#[test]
+fn a_kms_provider_needed_in_two_entries_is_refused_but_a_shared_entry_works() {
+    let kms = "resources:\n- resources: [secrets, configmaps]\n  providers:\n  \
+               - kms: {apiVersion: v2, name: vault, endpoint: 'unix:///run/kms.sock'}\n  - identity: {}\n";
+    // secrets write aescbc and configmaps plaintext before: P would list vault in two entries.
+    let err = plan(&PlanInput::new(custom(kms), managed(&["k1"]), nodes(3))).expect_err("refused");
+    assert!(
+        matches!(&err, PlanError::Unsupported(why) if why.contains("vault")),
+        "{err}"
+    );
+    // From nothing, both resources read and write alike in every phase: one entry each time.
+    let p = run_plan(custom(kms), Target::Disabled, 3);
+    assert_eq!(
+        summary(&p)[1],
+        "prepare/prepare: deploy:Add:configmaps=[identity,kms:v2:vault] secrets=[identity,kms:v2:vault]"
+    );
+    let Action::Deploy {
+        config: Some(prepare),
+        ..
+    } = &p.steps[1].action
+    else {
+        panic!("deploy")
+    };
+    assert_eq!(prepare.resources.len(), 1);
+    assert_eq!(
+        summary(&p)[4],
+        "reencrypt/reencrypt_active: rewrite:configmaps->kms:v2:vault,secrets->kms:v2:vault"
+    );
+    let Action::Rewrite { targeted, .. } = &p.steps[4].action else {
+        panic!("rewrite")
+    };
+    assert!(!targeted, "kms key ids are not visible in the prefix");
+    simulate(&p, &custom(kms), &Target::Disabled, 3);
+}

@@ -1,0 +1,423 @@
+//! RKE's `cluster.rkestate`, kept as a JSON tree so every key atrest does not know survives untouched and in
+//! order. atrest reads and writes only `{desired,current}State.encryptionConfig`, reads certificates, and keeps its
+//! own bookkeeping under the top-level key `atrest` (RKE's Go decoder ignores unknown keys).
+
+use crate::secret::SecretString;
+use crate::state::atrest::{AtrestState, STATE_KEY};
+use crate::state::error::StateError;
+use crate::state::gojson;
+use serde::Deserialize;
+use serde::de::{self, IgnoredAny, MapAccess, Visitor};
+use serde_json::{Map, Value};
+use std::fmt;
+use std::marker::PhantomData;
+use std::path::Path;
+use zeroize::{Zeroize, Zeroizing};
+
+const DESIRED_STATE: &str = "desiredState";
+const CURRENT_STATE: &str = "currentState";
+const ENCRYPTION_CONFIG: &str = "encryptionConfig";
+const CERTIFICATES_BUNDLE: &str = "certificatesBundle";
+const RKE_CONFIG: &str = "rkeConfig";
+
+/// The name RKE gives the etcd server certificate of the node with this (internal) address
+/// (`pki.GetEtcdCrtName`: `kube-etcd-` + the address with dots replaced by dashes).
+pub fn etcd_certificate_name(address: &str) -> String {
+    format!("kube-etcd-{}", address.replace('.', "-"))
+}
+
+/// A certificate and its private key from the state, as PEM text. The key is zeroed on drop and never printed.
+#[derive(Clone, Debug)]
+pub struct CertificatePem {
+    pub cert_pem: String,
+    pub key_pem: SecretString,
+}
+
+/// The whole cluster.rkestate document.
+#[derive(Clone)]
+pub struct RkeState {
+    /// Always a JSON object.
+    value: Value,
+    /// The bytes this state was parsed from; written back verbatim while nothing changed.
+    original: Option<Zeroizing<Vec<u8>>>,
+    changed: bool,
+}
+
+impl fmt::Debug for RkeState {
+    // The tree holds private keys and encryption keys: show only its shape.
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let keys: Vec<&str> = self.root().keys().map(String::as_str).collect();
+        f.debug_struct("RkeState")
+            .field("keys", &keys)
+            .field("changed", &self.changed)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Default for RkeState {
+    fn default() -> Self {
+        Self::empty()
+    }
+}
+
+impl Drop for RkeState {
+    fn drop(&mut self) {
+        zeroize_strings(&mut self.value);
+    }
+}
+
+impl RkeState {
+    /// The state of a cluster RKE has not set up yet (no state file).
+    pub fn empty() -> Self {
+        Self {
+            value: Value::Object(Map::new()),
+            original: None,
+            changed: false,
+        }
+    }
+
+    /// Parses the text of a state file. `path` names the file in errors, which carry line and column.
+    pub fn parse(bytes: &[u8], path: &Path) -> Result<Self, StateError> {
+        if bytes.iter().all(u8::is_ascii_whitespace) {
+            return Err(StateError::Empty {
+                path: path.to_path_buf(),
+            });
+        }
+        if bytes.starts_with(b"\xEF\xBB\xBF") {
+            return Err(StateError::Malformed {
+                path: path.to_path_buf(),
+                line: 1,
+                column: 1,
+                at: None,
+                message: "the file starts with a UTF-8 byte order mark, which JSON (and RKE's reader) do not allow"
+                    .to_string(),
+            });
+        }
+        // First a typed pass over the text: it reports wrong types with their position and key path.
+        check_shape(bytes, path)?;
+        let value: Value = serde_json::from_slice(bytes).map_err(|e| malformed(path, None, &e))?;
+        Ok(Self {
+            value,
+            original: Some(Zeroizing::new(bytes.to_vec())),
+            changed: false,
+        })
+    }
+
+    /// The file content to write: the original bytes if nothing changed, otherwise the tree formatted as RKE
+    /// (Go's `json.MarshalIndent` with two spaces) would write it.
+    pub fn to_bytes(&self) -> Result<Zeroizing<Vec<u8>>, StateError> {
+        if let (false, Some(original)) = (self.changed, &self.original) {
+            return Ok(original.clone());
+        }
+        let mut out =
+            Zeroizing::new(gojson::to_vec_go_indent(&self.value).map_err(StateError::Serialize)?);
+        // RKE writes no trailing newline; keep one if the file had it (e.g. after `jq . > cluster.rkestate`).
+        if self.original.as_ref().is_some_and(|o| o.ends_with(b"\n")) {
+            out.push(b'\n');
+        }
+        Ok(out)
+    }
+
+    /// Whether a setter changed anything since the state was parsed or created.
+    pub fn is_changed(&self) -> bool {
+        self.changed
+    }
+
+    /// True for the state of a cluster RKE never set up (no file, or a file without either state).
+    pub fn is_empty(&self) -> bool {
+        [DESIRED_STATE, CURRENT_STATE].iter().all(|k| {
+            self.root()
+                .get(*k)
+                .is_none_or(|v| v.is_null() || v.as_object().is_some_and(Map::is_empty))
+        })
+    }
+
+    /// The whole document, read-only (for callers that need a field without an accessor yet).
+    pub fn as_value(&self) -> &Value {
+        &self.value
+    }
+
+    /// `currentState.encryptionConfig`: the EncryptionConfiguration YAML deployed on the controlplanes.
+    /// `None` when absent or empty (RKE omits the key when it is empty).
+    pub fn current_encryption_config(&self) -> Option<&str> {
+        self.encryption_config(CURRENT_STATE)
+    }
+
+    /// `desiredState.encryptionConfig`: the EncryptionConfiguration YAML RKE means to deploy next.
+    pub fn desired_encryption_config(&self) -> Option<&str> {
+        self.encryption_config(DESIRED_STATE)
+    }
+
+    /// Sets (or with `None`, removes) `currentState.encryptionConfig`.
+    pub fn set_current_encryption_config(&mut self, yaml: Option<&str>) {
+        self.set_encryption_config(CURRENT_STATE, yaml);
+    }
+
+    /// Sets (or with `None`, removes) `desiredState.encryptionConfig`.
+    pub fn set_desired_encryption_config(&mut self, yaml: Option<&str>) {
+        self.set_encryption_config(DESIRED_STATE, yaml);
+    }
+
+    /// `currentState.rkeConfig`: the cluster config RKE last applied, in its camelCase JSON form.
+    pub fn current_rke_config(&self) -> Option<&Value> {
+        self.section(CURRENT_STATE)?
+            .get(RKE_CONFIG)
+            .filter(|v| !v.is_null())
+    }
+
+    /// Names of the certificates in `currentState.certificatesBundle` (e.g. `kube-ca`, `kube-node`,
+    /// `kube-etcd-10-0-0-1`).
+    pub fn certificate_names(&self) -> impl Iterator<Item = &str> {
+        self.certificates_bundle()
+            .into_iter()
+            .flat_map(|b| b.keys().map(String::as_str))
+    }
+
+    /// The certificate `name` from `currentState.certificatesBundle`: `Ok(None)` if there is no such entry,
+    /// an error if the entry lacks its certificate or key PEM.
+    pub fn certificate(&self, name: &str) -> Result<Option<CertificatePem>, StateError> {
+        let Some(entry) = self.certificates_bundle().and_then(|b| b.get(name)) else {
+            return Ok(None);
+        };
+        let pem = |field: &'static str| {
+            entry
+                .get(field)
+                .and_then(Value::as_str)
+                .filter(|s| !s.is_empty())
+                .ok_or_else(|| StateError::IncompleteCertificate {
+                    name: name.to_string(),
+                    field,
+                })
+        };
+        Ok(Some(CertificatePem {
+            cert_pem: pem("certificatePEM")?.to_string(),
+            key_pem: SecretString::new(pem("keyPEM")?.to_string()),
+        }))
+    }
+
+    /// atrest's bookkeeping; the default (nothing recorded) when the key is absent.
+    pub fn atrest(&self) -> Result<AtrestState, StateError> {
+        match self.root().get(STATE_KEY) {
+            None | Some(Value::Null) => Ok(AtrestState::default()),
+            Some(v) => AtrestState::deserialize(v).map_err(StateError::Atrest),
+        }
+    }
+
+    /// Replaces atrest's bookkeeping (added as the last top-level key the first time).
+    pub fn set_atrest(&mut self, state: &AtrestState) -> Result<(), StateError> {
+        let new = serde_json::to_value(state).map_err(StateError::Atrest)?;
+        let root = self.root_mut();
+        if root.get(STATE_KEY) == Some(&new) {
+            return Ok(());
+        }
+        if let Some(mut old) = root.insert(STATE_KEY.to_string(), new) {
+            zeroize_strings(&mut old);
+        }
+        self.changed = true;
+        Ok(())
+    }
+
+    fn root(&self) -> &Map<String, Value> {
+        self.value
+            .as_object()
+            .expect("RkeState always holds a JSON object")
+    }
+
+    fn root_mut(&mut self) -> &mut Map<String, Value> {
+        self.value
+            .as_object_mut()
+            .expect("RkeState always holds a JSON object")
+    }
+
+    fn section(&self, name: &str) -> Option<&Map<String, Value>> {
+        self.root().get(name)?.as_object()
+    }
+
+    fn certificates_bundle(&self) -> Option<&Map<String, Value>> {
+        self.section(CURRENT_STATE)?
+            .get(CERTIFICATES_BUNDLE)?
+            .as_object()
+    }
+
+    fn encryption_config(&self, section: &str) -> Option<&str> {
+        self.section(section)?
+            .get(ENCRYPTION_CONFIG)?
+            .as_str()
+            .filter(|s| !s.is_empty())
+    }
+
+    fn set_encryption_config(&mut self, section: &str, yaml: Option<&str>) {
+        let yaml = yaml.filter(|s| !s.is_empty());
+        if self.encryption_config(section) == yaml {
+            return;
+        }
+        let map = self.section_mut(section);
+        let old = match yaml {
+            Some(text) => map.insert(
+                ENCRYPTION_CONFIG.to_string(),
+                Value::String(text.to_string()),
+            ),
+            None => map.shift_remove(ENCRYPTION_CONFIG),
+        };
+        if let Some(mut old) = old {
+            zeroize_strings(&mut old);
+        }
+        self.changed = true;
+    }
+
+    /// The `desiredState`/`currentState` object, created in RKE's order (desired before current) if missing.
+    fn section_mut(&mut self, name: &str) -> &mut Map<String, Value> {
+        let root = self.root_mut();
+        if !root.get(name).is_some_and(Value::is_object) {
+            let index = match name {
+                DESIRED_STATE => 0,
+                _ => root
+                    .keys()
+                    .position(|k| k == DESIRED_STATE)
+                    .map_or(0, |i| i + 1),
+            };
+            root.shift_remove(name);
+            root.shift_insert(index, name.to_string(), Value::Object(Map::new()));
+        }
+        match root.get_mut(name) {
+            Some(Value::Object(map)) => map,
+            _ => unreachable!("section {name} was just made an object"),
+        }
+    }
+}
+
+/// Zeroes every string in a JSON tree: the state holds private keys and encryption keys.
+fn zeroize_strings(value: &mut Value) {
+    match value {
+        Value::String(s) => s.zeroize(),
+        Value::Array(items) => items.iter_mut().for_each(zeroize_strings),
+        Value::Object(map) => map.values_mut().for_each(zeroize_strings),
+        _ => {}
+    }
+}
+
+fn malformed(path: &Path, at: Option<String>, e: &serde_json::Error) -> StateError {
+    let text = e.to_string();
+    // serde_json appends " at line L column C"; the error shows the position as file:line:column instead.
+    let mut message = match text.rfind(" at line ") {
+        Some(i) if e.line() > 0 => text[..i].to_string(),
+        _ => text,
+    };
+    if message == "expected value" {
+        message = "expected a JSON value here (is this file JSON at all?)".to_string();
+    }
+    StateError::Malformed {
+        path: path.to_path_buf(),
+        line: e.line(),
+        column: e.column(),
+        at,
+        message,
+    }
+}
+
+/// Checks the types of the keys RKE and atrest rely on, as Go's decoder would (null is accepted everywhere, as
+/// Go leaves the zero value), without keeping any value.
+fn check_shape(bytes: &[u8], path: &Path) -> Result<(), StateError> {
+    let mut de = serde_json::Deserializer::from_slice(bytes);
+    serde_path_to_error::deserialize::<_, Object<FullStateShape>>(&mut de).map_err(|e| {
+        let at = e
+            .path()
+            .iter()
+            .next()
+            .is_some()
+            .then(|| e.path().to_string());
+        malformed(path, at, e.inner())
+    })?;
+    de.end().map_err(|e| malformed(path, None, &e))
+}
+
+#[derive(Deserialize)]
+struct FullStateShape {
+    #[serde(rename = "desiredState")]
+    _desired: Option<Object<StateShape>>,
+    #[serde(rename = "currentState")]
+    _current: Option<Object<StateShape>>,
+    #[serde(rename = "atrest")]
+    _atrest: Option<Object<AtrestState>>,
+}
+
+#[derive(Deserialize)]
+struct StateShape {
+    #[serde(rename = "rkeConfig")]
+    _rke_config: Option<Object<IgnoredAny>>,
+    #[serde(rename = "certificatesBundle")]
+    _certificates: Option<Object<Entries<Object<CertificateShape>>>>,
+    #[serde(rename = "encryptionConfig")]
+    _encryption_config: Option<JsonString>,
+}
+
+#[derive(Deserialize)]
+struct CertificateShape {
+    #[serde(rename = "certificatePEM")]
+    _certificate_pem: Option<JsonString>,
+    #[serde(rename = "keyPEM")]
+    _key_pem: Option<JsonString>,
+}
+
+/// `T`, but only from a JSON object (serde's derived structs would also take an array).
+struct Object<T>(PhantomData<T>);
+
+impl<'de, T: Deserialize<'de>> Deserialize<'de> for Object<T> {
+    fn deserialize<D: de::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct ObjectVisitor<T>(PhantomData<T>);
+        impl<'de, T: Deserialize<'de>> Visitor<'de> for ObjectVisitor<T> {
+            type Value = Object<T>;
+            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str("a JSON object")
+            }
+            fn visit_map<A: MapAccess<'de>>(self, map: A) -> Result<Self::Value, A::Error> {
+                T::deserialize(de::value::MapAccessDeserializer::new(map))?;
+                Ok(Object(PhantomData))
+            }
+        }
+        d.deserialize_map(ObjectVisitor(PhantomData))
+    }
+}
+
+/// Every value of a map checked as `T` (keys are free-form names).
+struct Entries<T>(PhantomData<T>);
+
+impl<'de, T: Deserialize<'de>> Deserialize<'de> for Entries<T> {
+    fn deserialize<D: de::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct EntriesVisitor<T>(PhantomData<T>);
+        impl<'de, T: Deserialize<'de>> Visitor<'de> for EntriesVisitor<T> {
+            type Value = Entries<T>;
+            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str("a JSON object")
+            }
+            fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Self::Value, A::Error> {
+                while map.next_entry::<IgnoredAny, T>()?.is_some() {}
+                Ok(Entries(PhantomData))
+            }
+        }
+        d.deserialize_map(EntriesVisitor(PhantomData))
+    }
+}
+
+/// A JSON string, checked and dropped (it may be key material).
+struct JsonString;
+
+impl<'de> Deserialize<'de> for JsonString {
+    fn deserialize<D: de::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct StringVisitor;
+        impl Visitor<'_> for StringVisitor {
+            type Value = JsonString;
+            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str("a string")
+            }
+            fn visit_str<E: de::Error>(self, _: &str) -> Result<JsonString, E> {
+                Ok(JsonString)
+            }
+            fn visit_string<E: de::Error>(self, mut s: String) -> Result<JsonString, E> {
+                s.zeroize();
+                Ok(JsonString)
+            }
+        }
+        d.deserialize_str(StringVisitor)
+    }
+}

@@ -1,1 +1,0 @@
-//! Brings up and tears down the local test cluster.

@@ -1,0 +1,762 @@
+//! Brings up and tears down the local RKE-style test cluster: per node an sshd and a dockerd (sharing a private
+//! mount namespace in which `/opt/atrest-prefix` is that node's own tree), an etcd member (TLS), and a
+//! `kube-apiserver` container. See docs/testbed.md.
+
+pub mod files;
+pub mod health;
+pub mod image;
+pub mod pki;
+pub mod procs;
+pub mod seed;
+pub mod slot;
+
+use std::fs;
+use std::net::{Ipv4Addr, SocketAddr};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, Result, bail};
+
+pub use image::Standin;
+use procs::{ContainerRecord, Manifest, NodeRecord, ProcRecord};
+
+/// The cluster-wide prefix path in cluster.yml. Each node's sshd and dockerd see their own node tree there.
+pub const PREFIX_PATH: &str = "/opt/atrest-prefix";
+pub const APISERVER_PORT: u16 = 6443;
+
+#[derive(Debug, Clone)]
+pub struct Options {
+    pub nodes: usize,
+    /// Where the testbed's files go; must be absent or empty. Default: a fresh dir under the temp dir.
+    pub dir: Option<PathBuf>,
+    pub standin: Standin,
+    /// Start an N-member etcd cluster (required by the real stand-in).
+    pub etcd: bool,
+    /// Not implemented yet: a non-root sudo user.
+    pub sudo_user: bool,
+    /// How long to wait for a free slot.
+    pub slot_timeout: Duration,
+}
+
+impl Default for Options {
+    fn default() -> Self {
+        Options {
+            nodes: 3,
+            dir: None,
+            standin: Standin::Placeholder,
+            etcd: true,
+            sudo_user: false,
+            slot_timeout: Duration::from_secs(600),
+        }
+    }
+}
+
+/// One node of the testbed.
+#[derive(Debug, Clone)]
+pub struct Node {
+    /// 1-based.
+    pub index: usize,
+    pub name: String,
+    pub address: Ipv4Addr,
+    pub ssh_port: u16,
+    /// `DIR/nodeN`.
+    pub dir: PathBuf,
+    /// The node's prefix tree as seen from the host (`DIR/nodeN/prefix`); on the node it is [`PREFIX_PATH`].
+    pub prefix: PathBuf,
+    pub docker_socket: PathBuf,
+}
+
+impl Node {
+    /// `<prefix>/etc/kubernetes` on the host.
+    pub fn kubernetes_dir(&self) -> PathBuf {
+        self.prefix.join("etc/kubernetes")
+    }
+}
+
+/// A running testbed. Dropping it tears it down (best effort); call [`Testbed::down`] to see errors.
+pub struct Testbed {
+    manifest: Manifest,
+    nodes: Vec<Node>,
+    children: Vec<Child>,
+    slot: Option<slot::Slot>,
+    standin: Standin,
+    etcd: bool,
+    down_done: bool,
+    /// Leave everything running on drop (CLI `up`).
+    keep: bool,
+}
+
+fn is_root() -> bool {
+    // SAFETY: geteuid has no preconditions.
+    unsafe { libc::geteuid() == 0 }
+}
+
+fn ssh_keygen(path: &Path, comment: &str) -> Result<()> {
+    let out = Command::new("ssh-keygen")
+        .args(["-q", "-t", "ed25519", "-N", "", "-C", comment, "-f"])
+        .arg(path)
+        .stdin(Stdio::null())
+        .output()
+        .context("running ssh-keygen")?;
+    if !out.status.success() {
+        bail!(
+            "ssh-keygen for {} failed: {}",
+            path.display(),
+            String::from_utf8_lossy(&out.stderr).trim()
+        );
+    }
+    Ok(())
+}
+
+fn mkdir(p: &Path) -> Result<()> {
+    fs::create_dir_all(p).with_context(|| format!("creating {}", p.display()))
+}
+
+/// The mount namespace of `pid`, as `readlink /proc/PID/ns/mnt` names it.
+fn mnt_ns(pid: u32) -> Option<PathBuf> {
+    fs::read_link(format!("/proc/{pid}/ns/mnt")).ok()
+}
+
+impl Testbed {
+    /// Brings the testbed up; on failure everything started so far is torn down.
+    pub fn up(opts: Options) -> Result<Testbed> {
+        if !is_root() {
+            bail!(
+                "the testbed needs root (it starts sshd, dockerd and etcd and binds 127.0.2x.x:22); run as root"
+            );
+        }
+        if opts.nodes == 0 || opts.nodes > 9 {
+            bail!("nodes must be 1..=9, got {}", opts.nodes);
+        }
+        if matches!(opts.standin, Standin::Binary(_)) && !opts.etcd {
+            bail!("the kube-apiserver stand-in needs etcd: set etcd = true");
+        }
+        let t0 = Instant::now();
+        let slot = slot::acquire(
+            opts.slot_timeout,
+            &|dir| Manifest::load(dir).map(|m| m.any_alive()).unwrap_or(false),
+            &|dir| {
+                if let Ok(m) = Manifest::load(dir) {
+                    let _ = procs::teardown(&m);
+                }
+            },
+        )?;
+        let dir = match &opts.dir {
+            Some(d) => {
+                if d.exists()
+                    && fs::read_dir(d)
+                        .map(|mut r| r.next().is_some())
+                        .unwrap_or(true)
+                {
+                    bail!("testbed dir {} exists and is not empty", d.display());
+                }
+                d.clone()
+            }
+            None => std::env::temp_dir().join(format!(
+                "atrest-testbed-s{}-{}-{}",
+                slot.index,
+                std::process::id(),
+                std::time::SystemTime::now()
+                    .duration_since(std::time::UNIX_EPOCH)
+                    .map(|d| d.as_millis())
+                    .unwrap_or(0)
+            )),
+        };
+        mkdir(&dir)?;
+        let dir = dir
+            .canonicalize()
+            .with_context(|| format!("resolving {}", dir.display()))?;
+        fs::set_permissions(&dir, std::os::unix::fs::PermissionsExt::from_mode(0o700))?;
+        let run_dir = slot.run_dir();
+        if run_dir.exists() {
+            // A previous owner was reclaimed or crashed before writing its owner file.
+            let _ = fs::remove_dir_all(&run_dir);
+        }
+        mkdir(&run_dir)?;
+        let mut nodes = Vec::new();
+        let mut node_recs = Vec::new();
+        for i in 1..=opts.nodes {
+            let ndir = dir.join(format!("node{i}"));
+            let nrun = run_dir.join(format!("node{i}"));
+            let node = Node {
+                index: i,
+                name: format!("node{i}"),
+                address: slot.node_ip(i - 1),
+                ssh_port: 22,
+                prefix: ndir.join("prefix"),
+                docker_socket: nrun.join("docker.sock"),
+                dir: ndir,
+            };
+            node_recs.push(NodeRecord {
+                ip: node.address,
+                dir: node.dir.clone(),
+                run_dir: nrun,
+                docker_socket: node.docker_socket.clone(),
+                cgroup_parent: format!("/atrest-testbed-{}-node{i}", slot.index),
+            });
+            nodes.push(node);
+        }
+        let manifest = Manifest {
+            slot: slot.index,
+            dir: dir.clone(),
+            run_dir,
+            nodes: node_recs,
+            procs: Vec::new(),
+            containers: Vec::new(),
+            up_ms: 0,
+        };
+        manifest.save()?;
+        slot.write_owner(&dir)?;
+        let mut tb = Testbed {
+            manifest,
+            nodes,
+            children: Vec::new(),
+            slot: Some(slot),
+            standin: opts.standin.clone(),
+            etcd: opts.etcd,
+            down_done: false,
+            keep: false,
+        };
+        match tb.bring_up() {
+            Ok(()) => {
+                tb.manifest.up_ms = t0.elapsed().as_millis() as u64;
+                tb.manifest.save()?;
+                Ok(tb)
+            }
+            Err(e) => {
+                let log_hint = format!("(logs under {})", tb.manifest.dir.display());
+                if std::env::var_os("ATREST_TESTBED_KEEP_ON_FAILURE").is_some() {
+                    tb.keep = true;
+                    return Err(
+                        e.context(format!("testbed bring-up failed; left running {log_hint}"))
+                    );
+                }
+                let _ = tb.down();
+                Err(e.context("testbed bring-up failed; torn down"))
+            }
+        }
+    }
+
+    fn record(&mut self, child: Child, kind: &str, node: usize, tag: &Path) -> Result<u32> {
+        let pid = child.id();
+        self.children.push(child);
+        self.manifest.procs.push(ProcRecord {
+            pid,
+            kind: kind.into(),
+            node,
+            tag: tag.to_string_lossy().into_owned(),
+            cmdline: procs::cmdline(pid).unwrap_or_default(),
+        });
+        self.manifest.save()?;
+        Ok(pid)
+    }
+
+    fn bring_up(&mut self) -> Result<()> {
+        let dir = self.manifest.dir.clone();
+        mkdir(Path::new("/run/sshd"))?;
+        mkdir(Path::new(PREFIX_PATH))?;
+        // Client key, host keys, known_hosts, ssh_config.
+        let key = self.client_key();
+        ssh_keygen(&key, "atrest-testbed")?;
+        let client_pub = fs::read_to_string(key.with_extension("pub"))
+            .context("reading the client public key")?;
+        let mut known_hosts = String::new();
+        let ips: Vec<Ipv4Addr> = self.nodes.iter().map(|n| n.address).collect();
+        let pki = pki::Pki::generate(&ips)?;
+        let pki_dir = dir.join("pki");
+        mkdir(&pki_dir)?;
+        for c in [&pki.ca, &pki.kube_node, &pki.kube_admin] {
+            files::write_mode(
+                &pki_dir.join(format!("{}.pem", c.name)),
+                c.cert_pem.as_bytes(),
+                0o644,
+            )?;
+            files::write_mode(
+                &pki_dir.join(format!("{}-key.pem", c.name)),
+                c.key_pem.as_bytes(),
+                0o600,
+            )?;
+        }
+        let token = hex::encode(rand::random::<[u8; 16]>());
+        for (n, rec) in self.nodes.iter().zip(&self.manifest.nodes) {
+            let ssh_dir = n.dir.join("ssh");
+            let ssl = n.kubernetes_dir().join("ssl");
+            for d in [&ssh_dir, &ssl, &n.dir.join("docker"), &rec.run_dir] {
+                mkdir(d)?;
+            }
+            let host_key = ssh_dir.join("host_ed25519_key");
+            ssh_keygen(&host_key, &n.name)?;
+            let host_pub =
+                fs::read_to_string(host_key.with_extension("pub")).context("reading a host key")?;
+            let mut parts = host_pub.split_whitespace();
+            let (Some(kt), Some(kb)) = (parts.next(), parts.next()) else {
+                bail!("unexpected host key format in {}", host_key.display())
+            };
+            let host = if n.ssh_port == 22 {
+                n.address.to_string()
+            } else {
+                format!("[{}]:{}", n.address, n.ssh_port)
+            };
+            known_hosts.push_str(&format!("{host} {kt} {kb}\n"));
+            files::write_mode(
+                &ssh_dir.join("authorized_keys"),
+                client_pub.as_bytes(),
+                0o600,
+            )?;
+            files::write_mode(
+                &ssh_dir.join("sshd_config"),
+                format!(
+                    "ListenAddress {ip}:{port}\nHostKey {hk}\nPidFile none\nAuthorizedKeysFile {ak}\nStrictModes no\n\
+                     PermitRootLogin prohibit-password\nPubkeyAuthentication yes\nPasswordAuthentication no\n\
+                     KbdInteractiveAuthentication no\nUsePAM no\nAllowTcpForwarding yes\nAllowStreamLocalForwarding yes\n\
+                     StreamLocalBindUnlink yes\nSetEnv DOCKER_HOST=unix://{sock}\nSubsystem sftp /usr/lib/openssh/sftp-server\n\
+                     LogLevel VERBOSE\n",
+                    ip = n.address,
+                    port = n.ssh_port,
+                    hk = host_key.display(),
+                    ak = ssh_dir.join("authorized_keys").display(),
+                    sock = n.docker_socket.display(),
+                )
+                .as_bytes(),
+                0o644,
+            )?;
+            // The node's prefix tree, as RKE lays it out under <prefix>/etc/kubernetes/ssl.
+            let ca = &pki.ca;
+            files::write_mode(&ssl.join("kube-ca.pem"), ca.cert_pem.as_bytes(), 0o644)?;
+            for c in [&pki.kube_node, &pki.apiserver, &pki.etcd[n.index - 1]] {
+                files::write_mode(
+                    &ssl.join(format!("{}.pem", c.name)),
+                    c.cert_pem.as_bytes(),
+                    0o644,
+                )?;
+                files::write_mode(
+                    &ssl.join(format!("{}-key.pem", c.name)),
+                    c.key_pem.as_bytes(),
+                    0o600,
+                )?;
+            }
+            files::write_mode(
+                &ssl.join("kube-api-tokens.csv"),
+                format!("{token},kube-admin,kube-admin,\"system:masters\"\n").as_bytes(),
+                0o600,
+            )?;
+            files::write_mode(&n.dir.join("daemon.json"), b"{}", 0o644)?;
+        }
+        files::write_mode(&self.known_hosts(), known_hosts.as_bytes(), 0o644)?;
+        files::write_mode(
+            &self.ssh_config_path(),
+            files::ssh_config(&ips, &key, &self.known_hosts()).as_bytes(),
+            0o644,
+        )?;
+
+        // sshd in a fresh mount namespace where PREFIX_PATH is the node's tree; dockerd joins that namespace.
+        let nodes = self.nodes.clone();
+        for (n, rec) in nodes.iter().zip(self.manifest.nodes.clone()) {
+            let cfg = n.dir.join("ssh/sshd_config");
+            let mut cmd = Command::new("unshare");
+            cmd.args(["--mount", "--propagation", "private", "--", "/bin/sh", "-c"])
+                .arg(r#"mount --bind -- "$1" "$2" && shift 2 && exec "$@""#)
+                .arg("sh")
+                .arg(&n.prefix)
+                .arg(PREFIX_PATH)
+                .arg("/usr/sbin/sshd")
+                .arg("-D")
+                .arg("-f")
+                .arg(&cfg)
+                .arg("-E")
+                .arg(n.dir.join("sshd.log"));
+            let child = procs::spawn_daemon(&mut cmd, &n.dir.join("sshd.stdio.log"))?;
+            let sshd_pid = self.record(child, "sshd", n.index, &cfg)?;
+            let host_ns = mnt_ns(std::process::id());
+            // Wait until sh has mounted and exec'd sshd, so nsenter joins the finished namespace.
+            health::wait_for(
+                &format!("sshd of {} to start", n.name),
+                Duration::from_secs(10),
+                Duration::from_millis(5),
+                || {
+                    procs::cmdline(sshd_pid).is_some_and(|c| c.starts_with("/usr/sbin/sshd"))
+                        && mnt_ns(sshd_pid) != host_ns
+                },
+            )?;
+            if let Some(p) = self.manifest.procs.last_mut() {
+                p.cmdline = procs::cmdline(sshd_pid).unwrap_or_default();
+            }
+            let mut cmd = Command::new("nsenter");
+            cmd.arg(format!("--mount=/proc/{sshd_pid}/ns/mnt"))
+                .arg("--")
+                .arg("dockerd")
+                .arg("--config-file")
+                .arg(n.dir.join("daemon.json"))
+                .arg("--data-root")
+                .arg(n.dir.join("docker"))
+                .arg("--exec-root")
+                .arg(rec.run_dir.join("exec"))
+                .arg("--pidfile")
+                .arg(rec.run_dir.join("docker.pid"))
+                .arg("-H")
+                .arg(format!("unix://{}", n.docker_socket.display()))
+                .args([
+                    "--bridge=none",
+                    "--iptables=false",
+                    "--ip-masq=false",
+                    "--ip-forward=false",
+                ])
+                .args(["--userland-proxy=false", "--log-level=warn"])
+                .arg(format!("--cgroup-parent={}", rec.cgroup_parent));
+            let child = procs::spawn_daemon(&mut cmd, &n.dir.join("dockerd.log"))?;
+            self.record(child, "dockerd", n.index, &n.dir.join("daemon.json"))?;
+        }
+        if self.etcd {
+            let cluster: Vec<String> = ips
+                .iter()
+                .map(|ip| {
+                    format!(
+                        "etcd-{}=https://{ip}:2380",
+                        ip.to_string().replace('.', "-")
+                    )
+                })
+                .collect();
+            let cluster = cluster.join(",");
+            for n in &nodes {
+                let ssl = n.kubernetes_dir().join("ssl");
+                let name = pki::etcd_cert_name(n.address);
+                let data = n.dir.join("etcd");
+                let ip = n.address;
+                let mut cmd = Command::new("etcd");
+                cmd.arg("--name")
+                    .arg(format!("etcd-{}", ip.to_string().replace('.', "-")))
+                    .arg("--data-dir")
+                    .arg(&data)
+                    .args(["--heartbeat-interval=50", "--election-timeout=500"])
+                    .arg(format!("--listen-client-urls=https://{ip}:2379"))
+                    .arg(format!("--advertise-client-urls=https://{ip}:2379"))
+                    .arg(format!("--listen-peer-urls=https://{ip}:2380"))
+                    .arg(format!("--initial-advertise-peer-urls=https://{ip}:2380"))
+                    .arg(format!("--initial-cluster={cluster}"))
+                    .args([
+                        "--initial-cluster-state=new",
+                        "--initial-cluster-token=atrest-testbed",
+                    ])
+                    .arg("--client-cert-auth")
+                    .arg("--trusted-ca-file")
+                    .arg(ssl.join("kube-ca.pem"))
+                    .arg("--cert-file")
+                    .arg(ssl.join(format!("{name}.pem")))
+                    .arg("--key-file")
+                    .arg(ssl.join(format!("{name}-key.pem")))
+                    .arg("--peer-client-cert-auth")
+                    .arg("--peer-trusted-ca-file")
+                    .arg(ssl.join("kube-ca.pem"))
+                    .arg("--peer-cert-file")
+                    .arg(ssl.join(format!("{name}.pem")))
+                    .arg("--peer-key-file")
+                    .arg(ssl.join(format!("{name}-key.pem")))
+                    .arg("--logger=zap")
+                    .arg(format!(
+                        "--log-outputs={}",
+                        n.dir.join("etcd.log").display()
+                    ));
+                let child = procs::spawn_daemon(&mut cmd, &n.dir.join("etcd.stdio.log"))?;
+                self.record(child, "etcd", n.index, &data)?;
+            }
+        }
+        // Image: build while the engines start.
+        let work = dir.join("image");
+        mkdir(&work)?;
+        let tar = image::build_rootfs_tar(&self.standin, &work)?;
+        for n in &nodes {
+            health::wait_for(
+                &format!("dockerd of {}", n.name),
+                Duration::from_secs(30),
+                Duration::from_millis(20),
+                || health::docker_ping(&n.docker_socket),
+            )?;
+        }
+        let sockets: Vec<PathBuf> = nodes.iter().map(|n| n.docker_socket.clone()).collect();
+        image::install(&tar, &work, &sockets)?;
+        if self.etcd {
+            health::wait_for(
+                "etcd cluster health",
+                Duration::from_secs(60),
+                Duration::from_millis(100),
+                || {
+                    self.etcdctl()
+                        .args(["endpoint", "health"])
+                        .stdout(Stdio::null())
+                        .stderr(Stdio::null())
+                        .status()
+                        .is_ok_and(|s| s.success())
+                },
+            )?;
+        }
+        // kube-apiserver per node, RKE-style.
+        for n in &nodes {
+            let mut cmd = self.docker(n);
+            cmd.args([
+                "run",
+                "-d",
+                "--name",
+                "kube-apiserver",
+                "--net=host",
+                "--restart=always",
+            ]);
+            if self.standin == Standin::Placeholder {
+                cmd.arg("--init");
+            }
+            cmd.arg("-v")
+                .arg(format!("{PREFIX_PATH}/etc/kubernetes:/etc/kubernetes:z"))
+                .arg(image::IMAGE);
+            cmd.args(self.apiserver_command(n));
+            let id = image::run_ok(
+                &mut cmd,
+                &format!("docker run kube-apiserver on {}", n.name),
+            )?;
+            self.manifest.containers.push(ContainerRecord {
+                node: n.index,
+                id,
+                name: "kube-apiserver".into(),
+            });
+            self.manifest.save()?;
+        }
+        // Cluster files.
+        let spec = files::ClusterSpec {
+            cluster_name: format!("atrest-testbed-slot-{}", self.manifest.slot),
+            ssh_key_path: &key,
+            prefix_path: PREFIX_PATH,
+            nodes: nodes
+                .iter()
+                .map(|n| files::NodeSpec {
+                    name: n.name.clone(),
+                    ip: n.address,
+                    port: n.ssh_port,
+                    docker_socket: &n.docker_socket,
+                })
+                .collect(),
+        };
+        let kubeconfig = files::kubeconfig(&self.apiserver_url(&nodes[0]), &pki);
+        files::write_mode(&self.kubeconfig(), kubeconfig.as_bytes(), 0o600)?;
+        files::write_mode(
+            &self.cluster_yml(),
+            files::cluster_yml(&spec)?.as_bytes(),
+            0o644,
+        )?;
+        let state = files::rkestate(&spec, &pki, &kubeconfig);
+        files::write_mode(
+            &self.rkestate(),
+            serde_json::to_string_pretty(&state)?.as_bytes(),
+            0o600,
+        )?;
+        // Health: the API (not the container state: a crash-looping container looks "Up").
+        let probe = health::HttpsProbe::new(
+            &pki.ca.cert_pem,
+            &pki.kube_admin.cert_pem,
+            &pki.kube_admin.key_pem,
+        )?;
+        for n in &nodes {
+            let addr = SocketAddr::new(n.address.into(), APISERVER_PORT);
+            health::wait_for(
+                &format!("kube-apiserver on {} ({addr})", n.name),
+                Duration::from_secs(60),
+                Duration::from_millis(50),
+                || match self.standin {
+                    Standin::Placeholder => health::tcp_open(addr),
+                    Standin::Binary(_) => probe
+                        .get(addr, "/readyz")
+                        .is_ok_and(|(code, _)| code == 200),
+                },
+            )?;
+        }
+        // SSH with host-key checking, all nodes at once.
+        let this = &*self;
+        std::thread::scope(|s| {
+            let hs: Vec<_> = nodes
+                .iter()
+                .map(|n| {
+                    s.spawn(move || {
+                        image::run_ok(this.ssh(n).arg("true"), &format!("ssh to {}", n.name))
+                    })
+                })
+                .collect();
+            for h in hs {
+                h.join()
+                    .map_err(|_| anyhow::anyhow!("ssh check panicked"))??;
+            }
+            anyhow::Ok(())
+        })?;
+        Ok(())
+    }
+
+    /// The container command line: RKE's `kube-apiserver` flags (the stand-in ignores the ones it does not model).
+    pub fn apiserver_command(&self, n: &Node) -> Vec<String> {
+        match &self.standin {
+            Standin::Placeholder => vec![
+                "httpd".into(),
+                "-f".into(),
+                "-p".into(),
+                format!("{}:{APISERVER_PORT}", n.address),
+                "-h".into(),
+                "/etc/kubernetes".into(),
+            ],
+            Standin::Binary(_) => {
+                let ip = n.address;
+                let ssl = "/etc/kubernetes/ssl";
+                vec![
+                    "kube-apiserver".into(),
+                    "--allow-privileged=true".into(),
+                    "--anonymous-auth=false".into(),
+                    format!("--advertise-address={ip}"),
+                    format!("--bind-address={ip}"),
+                    format!("--secure-port={APISERVER_PORT}"),
+                    format!("--etcd-servers={}", self.etcd_endpoints().join(",")),
+                    format!("--etcd-cafile={ssl}/kube-ca.pem"),
+                    format!("--etcd-certfile={ssl}/kube-node.pem"),
+                    format!("--etcd-keyfile={ssl}/kube-node-key.pem"),
+                    "--etcd-prefix=/registry".into(),
+                    format!("--tls-cert-file={ssl}/kube-apiserver.pem"),
+                    format!("--tls-private-key-file={ssl}/kube-apiserver-key.pem"),
+                    format!("--client-ca-file={ssl}/kube-ca.pem"),
+                    format!("--token-auth-file={ssl}/kube-api-tokens.csv"),
+                    "--storage-media-type=application/json".into(),
+                    "--authorization-mode=Node,RBAC".into(),
+                    "--service-cluster-ip-range=10.43.0.0/16".into(),
+                    "--service-node-port-range=30000-32767".into(),
+                    "--profiling=false".into(),
+                ]
+            }
+        }
+    }
+
+    /// Stops everything and removes what `up` created. Idempotent.
+    pub fn down(&mut self) -> Result<()> {
+        if self.down_done {
+            return Ok(());
+        }
+        let res = procs::teardown(&self.manifest);
+        for c in &mut self.children {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+        self.children.clear();
+        self.slot.take();
+        self.down_done = true;
+        res
+    }
+
+    /// Tears down a testbed started by another process (CLI), from its `DIR/testbed.json`. Idempotent: a
+    /// missing dir or manifest means there is nothing left to do.
+    pub fn down_dir(dir: &Path) -> Result<()> {
+        if !Manifest::path(dir).exists() {
+            return Ok(());
+        }
+        procs::teardown(&Manifest::load(dir)?)
+    }
+
+    /// What a teardown left behind (processes, mounts, cgroup dirs, directories); empty when clean.
+    pub fn leftovers(&self) -> Vec<String> {
+        procs::leftovers(&self.manifest)
+    }
+
+    /// Keeps the testbed running when this value is dropped (for the CLI's `up`).
+    pub fn keep_running(&mut self) {
+        self.keep = true;
+        self.children.clear();
+    }
+
+    pub fn manifest(&self) -> &Manifest {
+        &self.manifest
+    }
+    pub fn bring_up_time(&self) -> Duration {
+        Duration::from_millis(self.manifest.up_ms)
+    }
+    pub fn dir(&self) -> &Path {
+        &self.manifest.dir
+    }
+    pub fn slot(&self) -> usize {
+        self.manifest.slot
+    }
+    pub fn nodes(&self) -> &[Node] {
+        &self.nodes
+    }
+    pub fn client_key(&self) -> PathBuf {
+        self.dir().join("id_ed25519")
+    }
+    pub fn known_hosts(&self) -> PathBuf {
+        self.dir().join("known_hosts")
+    }
+    pub fn ssh_config_path(&self) -> PathBuf {
+        self.dir().join("ssh_config")
+    }
+    pub fn cluster_yml(&self) -> PathBuf {
+        self.dir().join("cluster.yml")
+    }
+    pub fn rkestate(&self) -> PathBuf {
+        self.dir().join("cluster.rkestate")
+    }
+    pub fn kubeconfig(&self) -> PathBuf {
+        self.dir().join("kube_config_cluster.yml")
+    }
+    pub fn etcd_endpoints(&self) -> Vec<String> {
+        self.nodes
+            .iter()
+            .map(|n| format!("https://{}:2379", n.address))
+            .collect()
+    }
+    pub fn etcd_ca(&self) -> PathBuf {
+        self.dir().join("pki/kube-ca.pem")
+    }
+    pub fn etcd_client_cert(&self) -> PathBuf {
+        self.dir().join("pki/kube-node.pem")
+    }
+    pub fn etcd_client_key(&self) -> PathBuf {
+        self.dir().join("pki/kube-node-key.pem")
+    }
+    pub fn admin_cert(&self) -> PathBuf {
+        self.dir().join("pki/kube-admin.pem")
+    }
+    pub fn admin_key(&self) -> PathBuf {
+        self.dir().join("pki/kube-admin-key.pem")
+    }
+    pub fn apiserver_url(&self, n: &Node) -> String {
+        format!("https://{}:{APISERVER_PORT}", n.address)
+    }
+    /// `etcdctl` (v3 API) against every member with the client certificate.
+    pub fn etcdctl(&self) -> Command {
+        let mut c = Command::new("etcdctl");
+        c.env("ETCDCTL_API", "3")
+            .arg(format!("--endpoints={}", self.etcd_endpoints().join(",")))
+            .arg(format!("--cacert={}", self.etcd_ca().display()))
+            .arg(format!("--cert={}", self.etcd_client_cert().display()))
+            .arg(format!("--key={}", self.etcd_client_key().display()))
+            .stdin(Stdio::null());
+        c
+    }
+    /// `docker -H unix://<node socket>` (directly, not over SSH).
+    pub fn docker(&self, n: &Node) -> Command {
+        image::docker(&n.docker_socket)
+    }
+    /// `ssh -F DIR/ssh_config root@IP` with strict host-key checking; append the remote command.
+    pub fn ssh(&self, n: &Node) -> Command {
+        let mut c = Command::new("ssh");
+        c.arg("-F")
+            .arg(self.ssh_config_path())
+            .arg("-p")
+            .arg(n.ssh_port.to_string());
+        c.arg(format!("root@{}", n.address)).stdin(Stdio::null());
+        c
+    }
+}
+
+impl Drop for Testbed {
+    fn drop(&mut self) {
+        if self.keep {
+            return;
+        }
+        if let Err(e) = self.down() {
+            eprintln!(
+                "testbed: teardown of {}: {e:#}",
+                self.manifest.dir.display()
+            );
+        }
+    }
+}

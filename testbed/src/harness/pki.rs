@@ -1,0 +1,166 @@
+//! The testbed's PKI, named like RKE's: `kube-ca`, `kube-node` (etcd client), `kube-etcd-<ip-with-dashes>`
+//! (etcd serving + peer), `kube-apiserver` (serving) and `kube-admin` (kubectl client). EC P-256, signed in memory.
+
+use std::net::{IpAddr, Ipv4Addr};
+
+use anyhow::{Context, Result};
+use rcgen::{
+    BasicConstraints, CertificateParams, DistinguishedName, DnType, ExtendedKeyUsagePurpose, IsCa,
+    Issuer, KeyPair, KeyUsagePurpose, SanType,
+};
+use zeroize::Zeroizing;
+
+/// One certificate with its private key, both PEM. The key is zeroed on drop.
+pub struct CertPair {
+    /// RKE's bundle name (`kube-ca`, `kube-etcd-127-0-20-11`, …).
+    pub name: String,
+    pub common_name: String,
+    pub cert_pem: String,
+    pub key_pem: Zeroizing<String>,
+}
+
+/// Every certificate the testbed needs.
+pub struct Pki {
+    pub ca: CertPair,
+    /// Client certificate used by kube-apiserver (and by tests/atrest) to reach etcd.
+    pub kube_node: CertPair,
+    /// Cluster admin client certificate (CN kube-admin, O system:masters) for the kubeconfig.
+    pub kube_admin: CertPair,
+    /// Per node: etcd serving + peer certificate.
+    pub etcd: Vec<CertPair>,
+    /// kube-apiserver serving certificate (every node address in its SANs, as RKE does).
+    pub apiserver: CertPair,
+}
+
+/// RKE names etcd certificates after the node address with dots replaced by dashes.
+pub fn etcd_cert_name(ip: Ipv4Addr) -> String {
+    format!("kube-etcd-{}", ip.to_string().replace('.', "-"))
+}
+
+fn new_key() -> Result<KeyPair> {
+    KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256).context("generating an EC P-256 key")
+}
+
+fn leaf_params(
+    cn: &str,
+    org: Option<&str>,
+    eku: &[ExtendedKeyUsagePurpose],
+    sans: Vec<SanType>,
+) -> CertificateParams {
+    let mut params = CertificateParams::default();
+    let mut dn = DistinguishedName::new();
+    dn.push(DnType::CommonName, cn);
+    if let Some(o) = org {
+        dn.push(DnType::OrganizationName, o);
+    }
+    params.distinguished_name = dn;
+    params.key_usages = vec![
+        KeyUsagePurpose::DigitalSignature,
+        KeyUsagePurpose::KeyEncipherment,
+    ];
+    params.extended_key_usages = eku.to_vec();
+    params.subject_alt_names = sans;
+    params
+}
+
+fn dns(name: &str) -> Result<SanType> {
+    Ok(SanType::DnsName(
+        name.try_into()
+            .with_context(|| format!("DNS name {name}"))?,
+    ))
+}
+
+impl Pki {
+    /// Generates the whole PKI for nodes at `ips`.
+    pub fn generate(ips: &[Ipv4Addr]) -> Result<Pki> {
+        let ca_key = new_key()?;
+        let mut ca_params = CertificateParams::default();
+        let mut dn = DistinguishedName::new();
+        dn.push(DnType::CommonName, "kube-ca");
+        ca_params.distinguished_name = dn;
+        ca_params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+        ca_params.key_usages = vec![
+            KeyUsagePurpose::KeyCertSign,
+            KeyUsagePurpose::CrlSign,
+            KeyUsagePurpose::DigitalSignature,
+        ];
+        let ca_cert = ca_params
+            .self_signed(&ca_key)
+            .context("self-signing kube-ca")?;
+        let ca = CertPair {
+            name: "kube-ca".into(),
+            common_name: "kube-ca".into(),
+            cert_pem: ca_cert.pem(),
+            key_pem: Zeroizing::new(ca_key.serialize_pem()),
+        };
+        let issuer = Issuer::new(ca_params, ca_key);
+        let sign = |name: &str, params: CertificateParams, cn: &str| -> Result<CertPair> {
+            let key = new_key()?;
+            let cert = params
+                .signed_by(&key, &issuer)
+                .with_context(|| format!("signing {name}"))?;
+            Ok(CertPair {
+                name: name.into(),
+                common_name: cn.into(),
+                cert_pem: cert.pem(),
+                key_pem: Zeroizing::new(key.serialize_pem()),
+            })
+        };
+        use ExtendedKeyUsagePurpose::{ClientAuth, ServerAuth};
+        let kube_node = sign(
+            "kube-node",
+            leaf_params(
+                "system:node:kube-node",
+                Some("system:nodes"),
+                &[ClientAuth],
+                vec![],
+            ),
+            "system:node:kube-node",
+        )?;
+        let kube_admin = sign(
+            "kube-admin",
+            leaf_params("kube-admin", Some("system:masters"), &[ClientAuth], vec![]),
+            "kube-admin",
+        )?;
+        let loopback = IpAddr::V4(Ipv4Addr::LOCALHOST);
+        let mut etcd = Vec::new();
+        let mut api_sans = vec![
+            SanType::IpAddress(loopback),
+            SanType::IpAddress(IpAddr::V4(Ipv4Addr::new(10, 43, 0, 1))),
+            dns("localhost")?,
+        ];
+        for name in [
+            "kubernetes",
+            "kubernetes.default",
+            "kubernetes.default.svc",
+            "kubernetes.default.svc.cluster.local",
+        ] {
+            api_sans.push(dns(name)?);
+        }
+        for ip in ips {
+            let sans = vec![
+                SanType::IpAddress(IpAddr::V4(*ip)),
+                SanType::IpAddress(loopback),
+                dns("localhost")?,
+            ];
+            etcd.push(sign(
+                &etcd_cert_name(*ip),
+                leaf_params("kube-etcd", None, &[ServerAuth, ClientAuth], sans),
+                "kube-etcd",
+            )?);
+            api_sans.push(SanType::IpAddress(IpAddr::V4(*ip)));
+        }
+        let apiserver = sign(
+            "kube-apiserver",
+            leaf_params("kube-apiserver", None, &[ServerAuth], api_sans),
+            "kube-apiserver",
+        )?;
+        Ok(Pki {
+            ca,
+            kube_node,
+            kube_admin,
+            etcd,
+            apiserver,
+        })
+    }
+}

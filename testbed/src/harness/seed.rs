@@ -1,0 +1,310 @@
+//! Seeding: many Secrets and ConfigMaps written through the apiserver (keep-alive HTTPS, ~32 in flight), with
+//! content derived from each object's name so [`verify`] can check every byte read back.
+
+use std::path::Path;
+
+use anyhow::{Context, Result, bail};
+use futures::{StreamExt, TryStreamExt, stream};
+use k8s_openapi::ByteString;
+use k8s_openapi::api::core::v1::{ConfigMap, Namespace, Secret};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
+use kube::api::{ListParams, PostParams};
+use kube::{Api, Client};
+use sha2::{Digest, Sha256};
+
+pub const NAMESPACES: usize = 4;
+pub const LABEL: &str = "atrest-testbed/seed";
+const CONCURRENCY: usize = 32;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct SeedSpec {
+    pub secrets: usize,
+    pub configmaps: usize,
+    /// Payload bytes per object.
+    pub size_bytes: usize,
+}
+
+impl Default for SeedSpec {
+    fn default() -> Self {
+        SeedSpec {
+            secrets: 1000,
+            configmaps: 0,
+            size_bytes: 2048,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct SeedReport {
+    pub secrets: usize,
+    pub configmaps: usize,
+}
+
+pub fn namespace_of(i: usize) -> String {
+    format!("seed-{}", i % NAMESPACES)
+}
+
+/// Deterministic printable payload for `name`: hex of a SHA-256 chain, `size` bytes long.
+pub fn payload(name: &str, size: usize) -> String {
+    let mut out = String::with_capacity(size + 64);
+    let mut block = Sha256::digest(name.as_bytes());
+    while out.len() < size {
+        out.push_str(&hex::encode(block));
+        block = Sha256::digest(block);
+    }
+    out.truncate(size);
+    out
+}
+
+pub fn checksum(payload: &str) -> String {
+    hex::encode(Sha256::digest(payload.as_bytes()))
+}
+
+fn meta(name: &str, ns: &str, size: usize) -> ObjectMeta {
+    ObjectMeta {
+        name: Some(name.into()),
+        namespace: Some(ns.into()),
+        labels: Some([(LABEL.to_string(), "true".to_string())].into()),
+        annotations: Some([("atrest-testbed/size".to_string(), size.to_string())].into()),
+        ..Default::default()
+    }
+}
+
+pub async fn client(kubeconfig: &Path) -> Result<Client> {
+    let kc = kube::config::Kubeconfig::read_from(kubeconfig)
+        .with_context(|| format!("reading kubeconfig {}", kubeconfig.display()))?;
+    let cfg = kube::Config::from_custom_kubeconfig(kc, &kube::config::KubeConfigOptions::default())
+        .await
+        .with_context(|| format!("loading kubeconfig {}", kubeconfig.display()))?;
+    Client::try_from(cfg).context("building the Kubernetes client")
+}
+
+fn already_exists(e: &kube::Error) -> bool {
+    matches!(e, kube::Error::Api(s) if s.code == 409)
+}
+
+/// Creates the namespaces and objects; objects that already exist are left alone (re-seeding is idempotent).
+pub async fn seed(client: &Client, spec: SeedSpec) -> Result<SeedReport> {
+    let nss: Api<Namespace> = Api::all(client.clone());
+    for k in 0..NAMESPACES.min(spec.secrets.max(spec.configmaps)) {
+        let ns = Namespace {
+            metadata: ObjectMeta {
+                name: Some(namespace_of(k)),
+                ..Default::default()
+            },
+            ..Default::default()
+        };
+        match nss.create(&PostParams::default(), &ns).await {
+            Ok(_) => {}
+            Err(e) if already_exists(&e) => {}
+            Err(e) => {
+                return Err(e).with_context(|| format!("creating namespace {}", namespace_of(k)));
+            }
+        }
+    }
+    let size = spec.size_bytes;
+    let secrets = stream::iter(0..spec.secrets)
+        .map(|i| {
+            let client = client.clone();
+            async move {
+                let (name, ns) = (format!("seed-secret-{i:06}"), namespace_of(i));
+                let p = payload(&name, size);
+                let s = Secret {
+                    metadata: meta(&name, &ns, size),
+                    data: Some(
+                        [
+                            (
+                                "checksum".to_string(),
+                                ByteString(checksum(&p).into_bytes()),
+                            ),
+                            ("payload".to_string(), ByteString(p.into_bytes())),
+                        ]
+                        .into(),
+                    ),
+                    type_: Some("Opaque".into()),
+                    ..Default::default()
+                };
+                match Api::<Secret>::namespaced(client, &ns)
+                    .create(&PostParams::default(), &s)
+                    .await
+                {
+                    Ok(_) => Ok(()),
+                    Err(e) if already_exists(&e) => Ok(()),
+                    Err(e) => {
+                        Err(anyhow::Error::new(e).context(format!("creating secret {ns}/{name}")))
+                    }
+                }
+            }
+        })
+        .buffer_unordered(CONCURRENCY)
+        .try_collect::<Vec<()>>();
+    secrets.await?;
+    let cms =
+        stream::iter(0..spec.configmaps)
+            .map(|i| {
+                let client = client.clone();
+                async move {
+                    let (name, ns) = (format!("seed-configmap-{i:06}"), namespace_of(i));
+                    let p = payload(&name, size);
+                    let cm = ConfigMap {
+                        metadata: meta(&name, &ns, size),
+                        data: Some(
+                            [
+                                ("checksum".to_string(), checksum(&p)),
+                                ("payload".to_string(), p),
+                            ]
+                            .into(),
+                        ),
+                        ..Default::default()
+                    };
+                    match Api::<ConfigMap>::namespaced(client, &ns)
+                        .create(&PostParams::default(), &cm)
+                        .await
+                    {
+                        Ok(_) => Ok(()),
+                        Err(e) if already_exists(&e) => Ok(()),
+                        Err(e) => Err(anyhow::Error::new(e)
+                            .context(format!("creating configmap {ns}/{name}"))),
+                    }
+                }
+            })
+            .buffer_unordered(CONCURRENCY)
+            .try_collect::<Vec<()>>();
+    cms.await?;
+    Ok(SeedReport {
+        secrets: spec.secrets,
+        configmaps: spec.configmaps,
+    })
+}
+
+fn check(
+    kind: &str,
+    ns: &str,
+    name: &str,
+    size: usize,
+    payload_got: &[u8],
+    checksum_got: &[u8],
+) -> Result<()> {
+    let want = payload(name, size);
+    if payload_got != want.as_bytes() {
+        bail!(
+            "{kind} {ns}/{name}: payload differs from what was seeded ({} bytes read)",
+            payload_got.len()
+        );
+    }
+    if checksum_got != checksum(&want).as_bytes() {
+        bail!("{kind} {ns}/{name}: checksum differs from what was seeded");
+    }
+    Ok(())
+}
+
+/// Reads every seeded object back (list per namespace) and checks its content; returns how many were found.
+/// Fails on any object whose content differs, and when fewer objects than `spec` asks for are found.
+pub async fn verify(client: &Client, spec: SeedSpec) -> Result<SeedReport> {
+    let lp = ListParams::default().labels(&format!("{LABEL}=true"));
+    let mut report = SeedReport::default();
+    for k in 0..NAMESPACES {
+        let ns = namespace_of(k);
+        let secrets = Api::<Secret>::namespaced(client.clone(), &ns)
+            .list(&lp)
+            .await
+            .with_context(|| format!("listing secrets in {ns}"))?;
+        for s in secrets.items {
+            let name = s.metadata.name.clone().unwrap_or_default();
+            let data = s.data.unwrap_or_default();
+            let get = |k: &str| data.get(k).map(|b| b.0.clone()).unwrap_or_default();
+            check(
+                "secret",
+                &ns,
+                &name,
+                spec.size_bytes,
+                &get("payload"),
+                &get("checksum"),
+            )?;
+            report.secrets += 1;
+        }
+        let cms = Api::<ConfigMap>::namespaced(client.clone(), &ns)
+            .list(&lp)
+            .await
+            .with_context(|| format!("listing configmaps in {ns}"))?;
+        for c in cms.items {
+            let name = c.metadata.name.clone().unwrap_or_default();
+            let data = c.data.unwrap_or_default();
+            let get = |k: &str| data.get(k).cloned().unwrap_or_default().into_bytes();
+            check(
+                "configmap",
+                &ns,
+                &name,
+                spec.size_bytes,
+                &get("payload"),
+                &get("checksum"),
+            )?;
+            report.configmaps += 1;
+        }
+    }
+    if report.secrets < spec.secrets || report.configmaps < spec.configmaps {
+        bail!(
+            "found {} secrets and {} configmaps, seeded {} and {}",
+            report.secrets,
+            report.configmaps,
+            spec.secrets,
+            spec.configmaps
+        );
+    }
+    Ok(report)
+}
+
+/// Runs `fut` on a private runtime in its own thread, so blocking callers and async tests can both use it.
+pub fn block_on<T: Send>(fut: impl std::future::Future<Output = Result<T>> + Send) -> Result<T> {
+    std::thread::scope(|s| {
+        s.spawn(|| {
+            tokio::runtime::Builder::new_multi_thread()
+                .worker_threads(2)
+                .enable_all()
+                .build()
+                .context("building a tokio runtime")?
+                .block_on(fut)
+        })
+        .join()
+        .map_err(|_| anyhow::anyhow!("seed thread panicked"))?
+    })
+}
+
+impl super::Testbed {
+    /// Seeds `secrets` Secrets and `configmaps` ConfigMaps of `size_bytes` payload each through the API.
+    pub fn seed(&self, secrets: usize, configmaps: usize, size_bytes: usize) -> Result<SeedReport> {
+        let kc = self.kubeconfig();
+        block_on(async move {
+            seed(
+                &client(&kc).await?,
+                SeedSpec {
+                    secrets,
+                    configmaps,
+                    size_bytes,
+                },
+            )
+            .await
+        })
+    }
+
+    /// Reads back what [`Testbed::seed`] wrote and checks every object.
+    pub fn verify_seed(
+        &self,
+        secrets: usize,
+        configmaps: usize,
+        size_bytes: usize,
+    ) -> Result<SeedReport> {
+        let kc = self.kubeconfig();
+        block_on(async move {
+            verify(
+                &client(&kc).await?,
+                SeedSpec {
+                    secrets,
+                    configmaps,
+                    size_bytes,
+                },
+            )
+            .await
+        })
+    }
+}

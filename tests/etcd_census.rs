@@ -1,0 +1,260 @@
+//! Census and snapshot against a real etcd (TLS with client certificates, server name override).
+
+mod common;
+
+use atrest::exec::etcd::{CensusOptions, Etcd, EtcdResource};
+use common::{ETCD_SERVER_NAME, EtcdProcess};
+use sha2::{Digest, Sha256};
+use std::os::unix::fs::PermissionsExt;
+
+fn kms_v2_upstream_value() -> Vec<u8> {
+    let vectors = include_str!("../src/exec/kms_v2_upstream_vectors.hex");
+    hex::decode(vectors.lines().next().unwrap().trim()).unwrap()
+}
+
+async fn put(etcd: &Etcd, key: &str, value: Vec<u8>) {
+    etcd.client().clone().put(key, value, None).await.unwrap();
+}
+
+/// 40 secrets: 10 plaintext, 12 on aescbc:old, 15 on aescbc:new, 3 on kms v2; 7 configmaps plaintext,
+/// 1 widget on secretbox; plus keys just outside the prefixes that must not be counted.
+async fn seed(etcd: &Etcd) {
+    for i in 0..10 {
+        put(
+            etcd,
+            &format!("/registry/secrets/ns{}/plain-{i}", i % 3),
+            b"k8s\x00\x0a\x0c\x0a\x02v1".to_vec(),
+        )
+        .await;
+    }
+    for i in 0..12 {
+        let mut v = b"k8s:enc:aescbc:v1:old:".to_vec();
+        v.extend([b':'; 48]);
+        put(etcd, &format!("/registry/secrets/default/old-{i:02}"), v).await;
+    }
+    for i in 0..15 {
+        put(
+            etcd,
+            &format!("/registry/secrets/default/new-{i:02}"),
+            b"k8s:enc:aescbc:v1:new:0123456789abcdef".to_vec(),
+        )
+        .await;
+    }
+    for i in 0..3 {
+        put(
+            etcd,
+            &format!("/registry/secrets/kms/k{i}"),
+            kms_v2_upstream_value(),
+        )
+        .await;
+    }
+    for i in 0..7 {
+        put(
+            etcd,
+            &format!("/registry/configmaps/default/cm{i}"),
+            b"{\"kind\":\"ConfigMap\"}\n".to_vec(),
+        )
+        .await;
+    }
+    put(
+        etcd,
+        "/registry/example.com/widgets/default/w1",
+        b"k8s:enc:secretbox:v1:sb:xxxx".to_vec(),
+    )
+    .await;
+    // Neighbours of the prefixes.
+    put(
+        etcd,
+        "/registry/secrets0",
+        b"k8s:enc:aescbc:v1:old:x".to_vec(),
+    )
+    .await;
+    put(
+        etcd,
+        "/registry/secretsx/default/a",
+        b"k8s:enc:aescbc:v1:old:x".to_vec(),
+    )
+    .await;
+    put(
+        etcd,
+        "/registry/secret/default/a",
+        b"k8s:enc:aescbc:v1:old:x".to_vec(),
+    )
+    .await;
+}
+
+fn resources() -> Vec<EtcdResource> {
+    vec![
+        EtcdResource::new("/registry", "", "secrets"),
+        EtcdResource::new("/registry", "", "configmaps"),
+        EtcdResource::new("/registry", "example.com", "widgets"),
+    ]
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn census_counts_every_label_in_small_pages() {
+    let process = EtcdProcess::start(98).unwrap();
+    let etcd = process.ready().await.unwrap();
+    seed(&etcd).await;
+
+    let options = CensusOptions {
+        page_size: 4,
+        max_off_target: 5,
+    };
+    let census = etcd
+        .census(&resources(), Some("aescbc:new"), &options)
+        .await
+        .unwrap();
+
+    let secrets = &census.resources["secrets"];
+    assert_eq!(secrets.total, 40);
+    assert_eq!(secrets.by_label["identity"], 10);
+    assert_eq!(secrets.by_label["aescbc:old"], 12);
+    assert_eq!(secrets.by_label["aescbc:new"], 15);
+    assert_eq!(secrets.by_label["kms:v2:kms-provider:1"], 3);
+    assert_eq!(secrets.off_target_count, 25);
+    assert_eq!(secrets.off_target.len(), 5, "capped list");
+    assert!(secrets.off_target_truncated());
+    assert!(
+        secrets
+            .off_target
+            .iter()
+            .all(|k| k.starts_with("/registry/secrets/") && !k.contains("/new-"))
+    );
+
+    let configmaps = &census.resources["configmaps"];
+    assert_eq!((configmaps.total, configmaps.by_label["identity"]), (7, 7));
+    let widgets = &census.resources["widgets.example.com"];
+    assert_eq!(widgets.by_label["secretbox:sb"], 1);
+    assert_eq!(census.off_target_total(), 25 + 7 + 1);
+    assert_eq!(census.by_label()["identity"], 17);
+
+    // Without a write label nothing is off target; a page size of 1 gives the same counts.
+    let one = CensusOptions {
+        page_size: 1,
+        max_off_target: 100,
+    };
+    let again = etcd.census(&resources(), None, &one).await.unwrap();
+    assert_eq!(again.off_target_total(), 0);
+    assert_eq!(again.resources["secrets"].by_label, secrets.by_label);
+
+    // The full list of off-target secrets when the cap allows it, in key order.
+    let full = etcd
+        .census(&resources()[..1], Some("aescbc:new"), &one)
+        .await
+        .unwrap();
+    let keys = &full.resources["secrets"].off_target;
+    assert_eq!(keys.len(), 25);
+    assert!(keys.windows(2).all(|w| w[0] < w[1]));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn census_survives_compaction_while_paging() {
+    let process = EtcdProcess::start(97).unwrap();
+    let etcd = process.ready().await.unwrap();
+    let mut kv = etcd.client().kv_client();
+    for i in 0..1500 {
+        kv.put(
+            format!("/registry/secrets/default/s{i:05}"),
+            b"k8s:enc:aescbc:v1:old:x".to_vec(),
+            None,
+        )
+        .await
+        .unwrap();
+    }
+    let census_etcd = etcd.clone();
+    let census = tokio::spawn(async move {
+        let options = CensusOptions {
+            page_size: 1,
+            max_off_target: 10,
+        };
+        census_etcd
+            .census(&resources()[..1], Some("aescbc:new"), &options)
+            .await
+    });
+    // Move the revision on and compact it away under the census's pinned revision.
+    tokio::time::sleep(std::time::Duration::from_millis(150)).await;
+    let rev = kv
+        .put("/registry/other", b"x".to_vec(), None)
+        .await
+        .unwrap()
+        .header()
+        .unwrap()
+        .revision();
+    kv.compact(rev, None).await.unwrap();
+    let census = census.await.unwrap().unwrap();
+    assert_eq!(census.resources["secrets"].total, 1500);
+    assert_eq!(census.resources["secrets"].by_label["aescbc:old"], 1500);
+    assert!(
+        census.resources["secrets"].revision >= rev,
+        "census restarted at a revision after the compaction"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tls_server_name_must_match_the_certificate() {
+    let process = EtcdProcess::start(96).unwrap();
+    let _ready = process.ready().await.unwrap();
+    // The certificate names only `etcd-node1`; dialling the IP without the override must fail verification.
+    let wrong = Etcd::connect(&process.target(None)).await;
+    let failed = match wrong {
+        Err(_) => true,
+        Ok(etcd) => etcd.client().clone().status().await.is_err(),
+    };
+    assert!(
+        failed,
+        "connecting by IP without a server-name override must fail certificate verification"
+    );
+    let right = Etcd::connect(&process.target(Some(ETCD_SERVER_NAME)))
+        .await
+        .unwrap();
+    assert!(right.client().clone().status().await.is_ok());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn snapshot_is_private_complete_and_hashed() {
+    let process = EtcdProcess::start(95).unwrap();
+    let etcd = process.ready().await.unwrap();
+    seed(&etcd).await;
+    let out = tempfile::tempdir().unwrap();
+    let dest = out.path().join("before-rewrite.db");
+    let info = etcd.snapshot(&dest).await.unwrap();
+
+    let bytes = std::fs::read(&dest).unwrap();
+    assert_eq!(info.size, bytes.len() as u64);
+    assert!(info.size > 4096);
+    assert_eq!(info.sha256, hex::encode(Sha256::digest(&bytes)));
+    assert_eq!(
+        std::fs::metadata(&dest).unwrap().permissions().mode() & 0o777,
+        0o600
+    );
+    let names: Vec<_> = std::fs::read_dir(out.path())
+        .unwrap()
+        .map(|e| e.unwrap().file_name())
+        .collect();
+    assert_eq!(
+        names,
+        vec![std::ffi::OsString::from("before-rewrite.db")],
+        "no partial file left behind"
+    );
+
+    // etcdctl can read it and sees our keys.
+    let status = process
+        .etcdctl()
+        .args(["snapshot", "status", "-w", "json"])
+        .arg(&dest)
+        .output()
+        .unwrap();
+    assert!(
+        status.status.success(),
+        "{}",
+        String::from_utf8_lossy(&status.stderr)
+    );
+    let json: serde_json::Value = serde_json::from_slice(&status.stdout).unwrap();
+    assert!(json["totalKey"].as_u64().unwrap() >= 51, "{json}");
+    assert!(json["revision"].as_u64().unwrap() >= 52, "{json}");
+
+    // A destination in a missing directory fails cleanly.
+    let missing = out.path().join("no/such/dir/x.db");
+    assert!(etcd.snapshot(&missing).await.is_err());
+}

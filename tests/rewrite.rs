@@ -1,0 +1,455 @@
+//! The rewrite against real processes: etcd (TLS) + the kube-apiserver stand-in (testbed), aescbc keys
+//! rotated from [old] to [new, old], verified in etcd with the census.
+//!
+//! Needs the stand-in binary: `cargo build -p testbed --bin kube-apiserver`.
+
+mod common;
+
+use atrest::exec::etcd::{CensusOptions, Etcd, EtcdResource};
+use atrest::exec::rewrite::{
+    self, Outcome, ProgressMode, ResourceSelector, RewriteOptions, RewriteReport, Target,
+    rewrite_keys, rewrite_object,
+};
+use common::{EtcdProcess, StandIn, aescbc_config, private_loopback, random_key};
+use futures::StreamExt;
+use k8s_openapi::ByteString;
+use k8s_openapi::api::core::v1::{ConfigMap, Namespace, Secret};
+use kube::api::{Api, DynamicObject, ObjectMeta, PostParams};
+use std::collections::{BTreeMap, HashMap};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
+use tokio_util::sync::CancellationToken;
+
+const NAMESPACES: [&str; 4] = ["rw-a", "rw-b", "rw-c", "default"];
+
+struct Cluster {
+    etcd_process: EtcdProcess,
+    etcd: Etcd,
+    standin: StandIn,
+    client: kube::Client,
+    old: String,
+    new: String,
+    resources: Vec<&'static str>,
+    _dir: tempfile::TempDir,
+}
+
+impl Cluster {
+    /// etcd + stand-in writing with `old`, seeded with `secrets` secrets and `configmaps` configmaps.
+    async fn seeded(
+        octet: u8,
+        resources: Vec<&'static str>,
+        secrets: usize,
+        configmaps: usize,
+    ) -> Self {
+        let dir = tempfile::tempdir().unwrap();
+        let ip = private_loopback(octet);
+        let etcd_dir = dir.path().join("etcd");
+        std::fs::create_dir_all(&etcd_dir).unwrap();
+        let etcd_process = EtcdProcess::start_in(&etcd_dir, ip, true).unwrap();
+        let etcd = etcd_process.ready().await.unwrap();
+        let (old, new) = (random_key(), random_key());
+        let config = aescbc_config(&resources, &[("old", &old)]);
+        let standin =
+            StandIn::start(&etcd_process, &dir.path().join("apiserver"), ip, &config).unwrap();
+        let client = standin.ready().await.unwrap();
+        let cluster = Self {
+            etcd_process,
+            etcd,
+            standin,
+            client,
+            old,
+            new,
+            resources,
+            _dir: dir,
+        };
+        cluster.seed(secrets, configmaps).await;
+        cluster
+    }
+
+    async fn seed(&self, secrets: usize, configmaps: usize) {
+        let namespaces: Api<Namespace> = Api::all(self.client.clone());
+        for ns in &NAMESPACES[..3] {
+            let object = Namespace {
+                metadata: ObjectMeta {
+                    name: Some(ns.to_string()),
+                    ..Default::default()
+                },
+                ..Default::default()
+            };
+            namespaces
+                .create(&PostParams::default(), &object)
+                .await
+                .unwrap();
+        }
+        futures::stream::iter(0..secrets)
+            .for_each_concurrent(32, |i| async move {
+                let ns = NAMESPACES[i % NAMESPACES.len()];
+                let api: Api<Secret> = Api::namespaced(self.client.clone(), ns);
+                api.create(&PostParams::default(), &secret(i))
+                    .await
+                    .unwrap();
+            })
+            .await;
+        futures::stream::iter(0..configmaps)
+            .for_each_concurrent(32, |i| async move {
+                let ns = NAMESPACES[i % NAMESPACES.len()];
+                let api: Api<ConfigMap> = Api::namespaced(self.client.clone(), ns);
+                let cm = ConfigMap {
+                    metadata: ObjectMeta {
+                        name: Some(format!("cm-{i:05}")),
+                        ..Default::default()
+                    },
+                    data: Some(BTreeMap::from([(
+                        "value".to_string(),
+                        format!("configmap {i}"),
+                    )])),
+                    ..Default::default()
+                };
+                api.create(&PostParams::default(), &cm).await.unwrap();
+            })
+            .await;
+    }
+
+    /// Restart the stand-in with [new, old]: new writes use `new`, old values still read (and are stale).
+    async fn rotate(&mut self) {
+        let config = aescbc_config(&self.resources, &[("new", &self.new), ("old", &self.old)]);
+        self.standin.restart_with(&config).unwrap();
+        self.client = self.standin.ready().await.unwrap();
+    }
+
+    async fn census(&self, resources: &[EtcdResource]) -> atrest::exec::etcd::Census {
+        self.etcd
+            .census(resources, Some("aescbc:new"), &CensusOptions::default())
+            .await
+            .unwrap()
+    }
+}
+
+fn secret_value(i: usize) -> Vec<u8> {
+    format!("secret number {i} {}", "x".repeat(200)).into_bytes()
+}
+
+fn secret(i: usize) -> Secret {
+    Secret {
+        metadata: ObjectMeta {
+            name: Some(format!("s-{i:05}")),
+            ..Default::default()
+        },
+        data: Some(BTreeMap::from([(
+            "value".to_string(),
+            ByteString(secret_value(i)),
+        )])),
+        ..Default::default()
+    }
+}
+
+fn secret_index(name: &str) -> usize {
+    name.trim_start_matches("s-").parse().unwrap()
+}
+
+fn quiet(concurrency: usize, page_size: u32) -> RewriteOptions {
+    RewriteOptions {
+        concurrency,
+        page_size,
+        progress: ProgressMode::Quiet,
+        ..Default::default()
+    }
+}
+
+fn core(resource: &str) -> EtcdResource {
+    EtcdResource::new("/registry", "", resource)
+}
+
+/// Every secret still holds its seeded value, plus the last counter a concurrent writer managed to store.
+async fn assert_secrets_intact(
+    client: &kube::Client,
+    expected_total: usize,
+    counters: &HashMap<String, u64>,
+) {
+    let api: Api<Secret> = Api::all(client.clone());
+    let list = api.list(&Default::default()).await.unwrap();
+    assert_eq!(list.items.len(), expected_total);
+    for s in list.items {
+        let name = s.metadata.name.clone().unwrap();
+        let data = s.data.unwrap();
+        assert_eq!(
+            data["value"].0,
+            secret_value(secret_index(&name)),
+            "{name}: data changed"
+        );
+        let key = format!("{}/{name}", s.metadata.namespace.unwrap());
+        let stored = data.get("counter").map(|c| {
+            String::from_utf8(c.0.clone())
+                .unwrap()
+                .parse::<u64>()
+                .unwrap()
+        });
+        assert_eq!(
+            stored,
+            counters.get(&key).copied(),
+            "{key}: a concurrent update was lost"
+        );
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn rewrite_moves_everything_to_the_new_key_without_losing_concurrent_updates() {
+    let mut cluster = Cluster::seeded(91, vec!["secrets", "configmaps"], 1200, 300).await;
+    let resources = [core("secrets"), core("configmaps")];
+    let before = cluster.census(&resources).await;
+    assert_eq!(
+        before.resources["secrets"].by_label,
+        BTreeMap::from([("aescbc:old".to_string(), 1200)])
+    );
+    assert_eq!(
+        before.resources["configmaps"].by_label,
+        BTreeMap::from([("aescbc:old".to_string(), 300)])
+    );
+
+    cluster.rotate().await;
+    let resolution = rewrite::resolve(
+        &cluster.client,
+        &["secrets".to_string(), "configmaps".to_string()],
+    )
+    .await
+    .unwrap();
+    assert!(resolution.unusable.is_empty(), "{:?}", resolution.unusable);
+    assert_eq!(
+        resolution
+            .targets
+            .iter()
+            .map(Target::name)
+            .collect::<Vec<_>>(),
+        ["configmaps", "secrets"]
+    );
+
+    // A concurrent writer keeps updating secrets while the rewrite runs, and remembers what it stored.
+    let stop = Arc::new(AtomicBool::new(false));
+    let writer = tokio::spawn(concurrent_writer(cluster.client.clone(), stop.clone()));
+    let report = rewrite::rewrite(&cluster.client, &resolution.targets, &quiet(16, 100)).await;
+    stop.store(true, Ordering::Relaxed);
+    let counters = writer.await.unwrap();
+    assert!(
+        counters.len() > 20,
+        "the concurrent writer did work: {}",
+        counters.len()
+    );
+
+    assert!(report.is_success(), "{report}: {:?}", report.errors);
+    assert_eq!(report.processed(), 1500, "{report}");
+    assert_eq!(report.expected, 1500);
+    // Objects the writer touched before we listed them are already on the new key: unchanged.
+    assert_eq!(report.rewritten + report.skipped_newer + report.unchanged, 1500, "{report}");
+    assert!(report.unchanged + report.skipped_newer <= counters.len() as u64, "{report}");
+    let after = cluster.census(&resources).await;
+    assert_eq!(
+        after.resources["secrets"].by_label,
+        BTreeMap::from([("aescbc:new".to_string(), 1200)])
+    );
+    assert_eq!(
+        after.resources["configmaps"].by_label,
+        BTreeMap::from([("aescbc:new".to_string(), 300)])
+    );
+    assert_eq!(after.off_target_total(), 0);
+    assert_secrets_intact(&cluster.client, 1200, &counters).await;
+
+    // A second run writes nothing: every value is on the write key already (reference §1.8).
+    let again = rewrite::rewrite(&cluster.client, &resolution.targets, &quiet(16, 500)).await;
+    assert!(again.is_success(), "{again}");
+    assert_eq!((again.rewritten, again.unchanged), (0, 1500), "{again}");
+    drop(cluster.etcd_process);
+}
+
+/// Updates random secrets (GET + PUT with resourceVersion, retry on 409) until stopped; returns the counter
+/// each secret last stored successfully.
+async fn concurrent_writer(client: kube::Client, stop: Arc<AtomicBool>) -> HashMap<String, u64> {
+    let mut stored = HashMap::new();
+    let mut n = 0u64;
+    while !stop.load(Ordering::Relaxed) {
+        n += 1;
+        let i = (n as usize * 7919) % 1200;
+        let ns = NAMESPACES[i % NAMESPACES.len()];
+        let api: Api<Secret> = Api::namespaced(client.clone(), ns);
+        let name = format!("s-{i:05}");
+        loop {
+            let mut s = api.get(&name).await.unwrap();
+            s.data
+                .get_or_insert_default()
+                .insert("counter".into(), ByteString(n.to_string().into_bytes()));
+            match api.replace(&name, &PostParams::default(), &s).await {
+                Ok(_) => {
+                    stored.insert(format!("{ns}/{name}"), n);
+                    break;
+                }
+                Err(kube::Error::Api(e)) if e.code == 409 => continue,
+                Err(e) => panic!("concurrent writer: {e}"),
+            }
+        }
+    }
+    stored
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn expired_continue_tokens_and_conflicts_are_handled() {
+    let mut cluster = Cluster::seeded(92, vec!["secrets"], 1000, 0).await;
+    cluster.rotate().await;
+    let targets = [Target::secrets()];
+
+    // Forced 409: the object we hold was written by someone else since we read it → skipped, not overwritten.
+    let api: Api<Secret> = Api::namespaced(cluster.client.clone(), "rw-a");
+    let dynamic: Api<DynamicObject> =
+        Api::namespaced_with(cluster.client.clone(), "rw-a", &targets[0].api);
+    let held = dynamic.get("s-00000").await.unwrap();
+    let mut newer = api.get("s-00000").await.unwrap();
+    newer
+        .data
+        .get_or_insert_default()
+        .insert("counter".into(), ByteString(b"1".to_vec()));
+    api.replace("s-00000", &PostParams::default(), &newer)
+        .await
+        .unwrap();
+    let (outcome, report) = rewrite_object(&cluster.client, &targets[0], held, &quiet(1, 1)).await;
+    assert_eq!(outcome, Outcome::SkippedNewer);
+    assert_eq!((report.conflicts, report.skipped_newer), (1, 1));
+    assert_eq!(
+        api.get("s-00000").await.unwrap().data.unwrap()["counter"].0,
+        b"1",
+        "the newer write survives"
+    );
+    // Forced 404: deleted after we read it.
+    let held = dynamic.get("s-00004").await.unwrap();
+    api.delete("s-00004", &Default::default()).await.unwrap();
+    let (outcome, _) = rewrite_object(&cluster.client, &targets[0], held, &quiet(1, 1)).await;
+    assert_eq!(outcome, Outcome::Gone);
+
+    // Forced 410: small pages, slow writes, and etcd compacted under the list a few times.
+    let etcd = cluster.etcd.clone();
+    let compactor = tokio::spawn(async move {
+        let mut kv = etcd.client().kv_client();
+        for _ in 0..4 {
+            tokio::time::sleep(Duration::from_millis(300)).await;
+            let rev = kv
+                .put("/atrest-test/tick", b"x".to_vec(), None)
+                .await
+                .unwrap()
+                .header()
+                .unwrap()
+                .revision();
+            kv.compact(rev, None).await.unwrap();
+        }
+    });
+    let report = rewrite::rewrite(&cluster.client, &targets, &quiet(2, 10)).await;
+    compactor.await.unwrap();
+    assert!(
+        report.is_success(),
+        "{report}: {:?} {:?}",
+        report.errors,
+        report.failed_resources
+    );
+    assert!(
+        report.list_restarts >= 1,
+        "no expired continue token was seen: {report}"
+    );
+    assert_eq!(report.processed(), 999, "{report}");
+    let census = cluster.census(&[core("secrets")]).await;
+    assert_eq!(
+        census.resources["secrets"].by_label,
+        BTreeMap::from([("aescbc:new".to_string(), 999)])
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn wildcards_resolve_and_targeted_rewrite_uses_census_keys() {
+    let mut cluster = Cluster::seeded(93, vec!["*.*"], 300, 100).await;
+    let resources = [core("secrets"), core("configmaps"), core("namespaces")];
+    let before = cluster.census(&resources).await;
+    assert_eq!(before.resources["secrets"].by_label["aescbc:old"], 300);
+    cluster.rotate().await;
+
+    for selector in [vec!["*.*".to_string()], vec!["*.".to_string()]] {
+        let resolution = rewrite::resolve(&cluster.client, &selector).await.unwrap();
+        let names: Vec<_> = resolution.targets.iter().map(Target::name).collect();
+        assert_eq!(
+            names,
+            ["configmaps", "namespaces", "secrets"],
+            "{selector:?}"
+        );
+    }
+    // A named resource that is not served is reported, not skipped silently.
+    let resolution = rewrite::resolve(
+        &cluster.client,
+        &["secrets".into(), "widgets.example.com".into()],
+    )
+    .await
+    .unwrap();
+    assert_eq!(resolution.targets.len(), 1);
+    assert_eq!(resolution.unusable.len(), 1);
+    assert_eq!(resolution.unusable[0].resource, "widgets.example.com");
+    assert!(!resolution.unusable[0].from_wildcard);
+    assert_eq!(
+        ResourceSelector::parse("*."),
+        ResourceSelector::Group(String::new())
+    );
+
+    // Targeted: only the keys the census lists as off target.
+    let targets = rewrite::resolve(&cluster.client, &["*.*".into()])
+        .await
+        .unwrap()
+        .targets;
+    let off = cluster.census(&resources).await;
+    let keys: Vec<String> = off
+        .resources
+        .values()
+        .flat_map(|r| r.off_target.clone())
+        .collect();
+    assert_eq!(keys.len() as u64, off.off_target_total());
+    let mut with_stray = keys.clone();
+    with_stray.push("/registry/pods/default/p".into());
+    let report: RewriteReport = rewrite_keys(
+        &cluster.client,
+        &targets,
+        "/registry",
+        &with_stray,
+        &quiet(8, 500),
+    )
+    .await;
+    assert_eq!(report.rewritten, keys.len() as u64, "{report}");
+    assert_eq!(report.errors_total, 1, "the stray key is reported");
+    assert!(report.errors[0].object.contains("/registry/pods/"));
+    let after = cluster.census(&resources).await;
+    assert_eq!(after.off_target_total(), 0, "{:?}", after.by_label());
+    assert_secrets_intact(&cluster.client, 300, &HashMap::new()).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn cancellation_stops_early_and_a_rerun_finishes() {
+    let mut cluster = Cluster::seeded(94, vec!["secrets"], 1000, 0).await;
+    cluster.rotate().await;
+    let cancel = CancellationToken::new();
+    let options = RewriteOptions {
+        cancel: cancel.clone(),
+        ..quiet(2, 20)
+    };
+    let canceller = tokio::spawn(async move {
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        cancel.cancel();
+    });
+    let report = rewrite::rewrite(&cluster.client, &[Target::secrets()], &options).await;
+    canceller.await.unwrap();
+    assert!(report.interrupted, "{report}");
+    assert!(!report.is_success());
+    assert!(report.processed() < 1000, "{report}");
+    assert_eq!(report.errors_total, 0);
+    let partial = cluster.census(&[core("secrets")]).await;
+    assert_eq!(
+        partial.resources["secrets"].by_label["aescbc:new"],
+        report.rewritten
+    );
+
+    let rerun = rewrite::rewrite(&cluster.client, &[Target::secrets()], &quiet(16, 500)).await;
+    assert!(rerun.is_success(), "{rerun}");
+    assert_eq!(rerun.rewritten + report.rewritten, 1000);
+    let done = cluster.census(&[core("secrets")]).await;
+    assert_eq!(done.off_target_total(), 0);
+}
