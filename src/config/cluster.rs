@@ -29,6 +29,7 @@ pub struct ClusterConfig {
     pub nodes: Vec<Node>,
     pub ssh_key_path: Option<String>,
     pub ssh_cert_path: Option<String>,
+    #[serde(deserialize_with = "yaml11_bool")]
     pub ssh_agent_auth: bool,
     pub bastion_host: Option<BastionHost>,
     pub prefix_path: Option<String>,
@@ -56,6 +57,7 @@ pub struct Node {
     pub ssh_key_path: Option<String>,
     pub ssh_cert: Option<String>,
     pub ssh_cert_path: Option<String>,
+    #[serde(deserialize_with = "yaml11_opt_bool")]
     pub ssh_agent_auth: Option<bool>,
     pub docker_socket: Option<String>,
 }
@@ -68,11 +70,13 @@ pub struct BastionHost {
     #[serde(deserialize_with = "string_or_number")]
     pub port: Option<String>,
     pub user: Option<String>,
+    #[serde(deserialize_with = "yaml11_opt_bool")]
     pub ssh_agent_auth: Option<bool>,
     pub ssh_key: Option<crate::secret::SecretString>,
     pub ssh_key_path: Option<String>,
     pub ssh_cert: Option<String>,
     pub ssh_cert_path: Option<String>,
+    #[serde(deserialize_with = "yaml11_opt_bool")]
     pub ignore_proxy_env_vars: Option<bool>,
 }
 
@@ -101,6 +105,7 @@ pub struct KubeApi {
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
 #[serde(default)]
 pub struct SecretsEncryptionConfig {
+    #[serde(deserialize_with = "yaml11_bool")]
     pub enabled: bool,
     pub custom_config: Option<EncryptionConfiguration>,
 }
@@ -272,6 +277,40 @@ fn string_or_number<'de, D: Deserializer<'de>>(d: D) -> Result<Option<String>, D
         }
     }
     d.deserialize_any(PortVisitor)
+}
+
+/// RKE decodes cluster.yml with Go's YAML 1.1 rules, where `yes`/`no`/`on`/`off`/`y`/`n` are booleans.
+fn yaml11_opt_bool<'de, D: Deserializer<'de>>(d: D) -> Result<Option<bool>, D::Error> {
+    struct BoolVisitor;
+    impl<'de> serde::de::Visitor<'de> for BoolVisitor {
+        type Value = Option<bool>;
+        fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+            f.write_str("a boolean (true/false, yes/no, on/off)")
+        }
+        fn visit_bool<E: serde::de::Error>(self, v: bool) -> Result<Self::Value, E> {
+            Ok(Some(v))
+        }
+        fn visit_str<E: serde::de::Error>(self, v: &str) -> Result<Self::Value, E> {
+            match v {
+                "y" | "Y" | "yes" | "Yes" | "YES" | "on" | "On" | "ON" | "true" | "True"
+                | "TRUE" => Ok(Some(true)),
+                "n" | "N" | "no" | "No" | "NO" | "off" | "Off" | "OFF" | "false" | "False"
+                | "FALSE" => Ok(Some(false)),
+                _ => Err(E::invalid_value(serde::de::Unexpected::Str(v), &self)),
+            }
+        }
+        fn visit_unit<E: serde::de::Error>(self) -> Result<Self::Value, E> {
+            Ok(None)
+        }
+        fn visit_none<E: serde::de::Error>(self) -> Result<Self::Value, E> {
+            Ok(None)
+        }
+    }
+    d.deserialize_any(BoolVisitor)
+}
+
+fn yaml11_bool<'de, D: Deserializer<'de>>(d: D) -> Result<bool, D::Error> {
+    Ok(yaml11_opt_bool(d)?.unwrap_or(false))
 }
 
 /// `extra_args` values are flags' text; numbers and booleans are kept as written.
@@ -511,6 +550,28 @@ mod tests {
         assert_eq!(c.nodes[0].ssh_key_path(&c), "/keys/default");
         assert_eq!(c.nodes[1].ssh_key_path(&c), "/keys/etcd");
         assert!(c.nodes[2].is_worker() && !c.nodes[2].is_controlplane());
+    }
+
+    #[test]
+    fn booleans_follow_yaml_1_1_like_rke() {
+        for (word, value) in [
+            ("yes", true),
+            ("on", true),
+            ("true", true),
+            ("no", false),
+            ("Off", false),
+            ("false", false),
+        ] {
+            let text = format!(
+                "ssh_agent_auth: {word}\n{MINIMAL}services:\n  kube-api:\n    secrets_encryption_config:\n      enabled: {word}\n"
+            );
+            let c = parse(&text, "cluster.yml").unwrap();
+            assert_eq!(
+                (c.ssh_agent_auth, c.encryption_enabled()),
+                (value, value),
+                "{word}"
+            );
+        }
     }
 
     #[test]

@@ -12,7 +12,7 @@ use serde::{Deserialize, Deserializer, Serialize};
 mod validation;
 pub use validation::{
     FieldError, MaskingError, ValidationErrors, check_key_conflicts, check_masking, validate,
-    validate_with_reload,
+    validate_optional, validate_with_reload,
 };
 
 pub const API_VERSION: &str = "apiserver.config.k8s.io/v1";
