@@ -299,8 +299,13 @@ async fn cut_connection_mid_write_leaves_old_file() {
     assert!(seen, "temp file never appeared");
     let killed = bed.kill_ssh_sessions(0);
     assert!(killed > 0);
+    let killed_at = std::time::Instant::now();
     let result = writer.await.expect("join");
-    assert!(result.is_err(), "write must fail when the connection dies");
+    let err = result.expect_err("write must fail when the connection dies");
+    eprintln!(
+        "write failed {:?} after the kill: {err}",
+        killed_at.elapsed()
+    );
     assert_eq!(std::fs::read(&on_host).expect("old file"), b"old content");
     // The remote trap removes the temp file; give the dying shell a moment.
     let mut clean = false;
