@@ -13,6 +13,7 @@ use atrest::exec::restart::{
     ContainerAction, NodeChange, RolloutError, RolloutOptions, RolloutTarget, rolling_apply,
 };
 use atrest::exec::ssh::{Host, SshOptions, connect_all};
+use atrest::exec::tunnel::Tunnel;
 use bed::Bed;
 use std::os::unix::fs::PermissionsExt;
 use std::sync::Arc;
@@ -75,6 +76,26 @@ async fn root_ed25519_exec_and_atomic_files() {
     files::remove_file(h, &path)
         .await
         .expect("remove is idempotent");
+
+    // A local port forwarded through the node to its apiserver placeholder.
+    let tunnel = Tunnel::open(h.clone(), &n.address, 6443)
+        .await
+        .expect("tunnel");
+    let addr = tunnel.local_addr();
+    let reply = tokio::task::spawn_blocking(move || {
+        use std::io::{Read, Write};
+        let mut s = std::net::TcpStream::connect(addr).expect("connect to tunnel");
+        s.write_all(b"GET /readyz HTTP/1.0\r\n\r\n").expect("send");
+        let mut buf = String::new();
+        s.read_to_string(&mut buf).expect("read");
+        buf
+    })
+    .await
+    .expect("join");
+    assert!(
+        reply.starts_with("HTTP/1.") && reply.contains(" 200 "),
+        "{reply}"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread")]
