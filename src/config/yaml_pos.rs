@@ -1,0 +1,341 @@
+//! Where each value sits in a YAML (or JSON) file.
+//!
+//! serde gives us typed values but forgets positions once decoding succeeded; validation errors need
+//! them. So the text is also parsed into a small positioned tree (with `saphyr-parser`, which reports
+//! line and column for every event) and flattened into an index from field path
+//! (`services.kube-api.secrets_encryption_config.custom_config.resources[0].providers[1]`) to position.
+
+use crate::config::error::Position;
+use saphyr_parser::{Event, Parser, ScalarStyle, Span};
+use std::collections::HashMap;
+
+#[derive(Clone, Debug, PartialEq)]
+pub(crate) enum NodeKind {
+    Scalar { value: String, plain: bool },
+    Seq(Vec<Node>),
+    Map(Vec<(Node, Node)>),
+}
+
+#[derive(Clone, Debug, PartialEq)]
+pub(crate) struct Node {
+    pub pos: Position,
+    pub kind: NodeKind,
+}
+
+impl Node {
+    /// A plain `~`/`null`/empty scalar, which YAML (and Go's decoders) treat as null.
+    pub fn is_null(&self) -> bool {
+        matches!(&self.kind, NodeKind::Scalar { value, plain: true }
+            if matches!(value.as_str(), "" | "~" | "null" | "Null" | "NULL"))
+    }
+
+    pub fn get(&self, key: &str) -> Option<&Node> {
+        match &self.kind {
+            NodeKind::Map(entries) => entries
+                .iter()
+                .find(|(k, _)| k.scalar() == Some(key))
+                .map(|(_, v)| v),
+            _ => None,
+        }
+    }
+
+    pub fn scalar(&self) -> Option<&str> {
+        match &self.kind {
+            NodeKind::Scalar { value, .. } => Some(value),
+            _ => None,
+        }
+    }
+}
+
+/// A YAML syntax error.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub(crate) struct SyntaxError {
+    pub pos: Position,
+    pub message: String,
+}
+
+fn position(span: &Span) -> Position {
+    Position {
+        line: span.start.line(),
+        column: span.start.col() + 1,
+    }
+}
+
+enum Frame {
+    Seq {
+        pos: Position,
+        anchor: usize,
+        items: Vec<Node>,
+    },
+    Map {
+        pos: Position,
+        anchor: usize,
+        entries: Vec<(Node, Node)>,
+        key: Option<Node>,
+    },
+}
+
+/// Parses the first document of `text`. `Ok(None)` when the stream holds no document.
+pub(crate) fn parse(text: &str) -> Result<Option<Node>, SyntaxError> {
+    let mut parser = Parser::new_from_str(text);
+    let mut stack: Vec<Frame> = Vec::new();
+    let mut anchors: HashMap<usize, Node> = HashMap::new();
+    let mut root: Option<Node> = None;
+    let mut documents = 0usize;
+
+    while let Some(next) = parser.next_event() {
+        let (event, span) = next.map_err(|e| SyntaxError {
+            pos: Position {
+                line: e.marker().line(),
+                column: e.marker().col() + 1,
+            },
+            message: e.info().to_string(),
+        })?;
+        let pos = position(&span);
+        let complete = match event {
+            Event::DocumentStart(_) => {
+                documents += 1;
+                None
+            }
+            Event::Scalar(value, style, anchor, _tag) => {
+                let node = Node {
+                    pos,
+                    kind: NodeKind::Scalar {
+                        value: value.into_owned(),
+                        plain: style == ScalarStyle::Plain,
+                    },
+                };
+                if anchor > 0 {
+                    anchors.insert(anchor, node.clone());
+                }
+                Some(node)
+            }
+            Event::Alias(id) => Some(anchors.get(&id).cloned().unwrap_or(Node {
+                pos,
+                kind: NodeKind::Scalar {
+                    value: String::new(),
+                    plain: true,
+                },
+            })),
+            Event::SequenceStart(anchor, _) => {
+                stack.push(Frame::Seq {
+                    pos,
+                    anchor,
+                    items: Vec::new(),
+                });
+                None
+            }
+            Event::MappingStart(anchor, _) => {
+                stack.push(Frame::Map {
+                    pos,
+                    anchor,
+                    entries: Vec::new(),
+                    key: None,
+                });
+                None
+            }
+            Event::SequenceEnd | Event::MappingEnd => match stack.pop() {
+                Some(Frame::Seq { pos, anchor, items }) => {
+                    let node = Node {
+                        pos,
+                        kind: NodeKind::Seq(items),
+                    };
+                    if anchor > 0 {
+                        anchors.insert(anchor, node.clone());
+                    }
+                    Some(node)
+                }
+                Some(Frame::Map {
+                    pos,
+                    anchor,
+                    entries,
+                    ..
+                }) => {
+                    let node = Node {
+                        pos,
+                        kind: NodeKind::Map(entries),
+                    };
+                    if anchor > 0 {
+                        anchors.insert(anchor, node.clone());
+                    }
+                    Some(node)
+                }
+                None => None,
+            },
+            Event::StreamStart | Event::StreamEnd | Event::DocumentEnd | Event::Nothing => None,
+        };
+        if let Some(node) = complete {
+            match stack.last_mut() {
+                Some(Frame::Seq { items, .. }) => items.push(node),
+                Some(Frame::Map { entries, key, .. }) => match key.take() {
+                    Some(k) => entries.push((k, node)),
+                    None => *key = Some(node),
+                },
+                None if documents == 1 => root = Some(node),
+                None => {}
+            }
+        }
+    }
+    Ok(root)
+}
+
+/// Field path → position of the value, for every node in a tree.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct SourceMap {
+    /// The file name shown in messages.
+    pub origin: String,
+    positions: HashMap<String, Position>,
+    key_positions: HashMap<String, Position>,
+}
+
+impl SourceMap {
+    pub(crate) fn new(origin: &str, root: Option<&Node>) -> Self {
+        let mut map = SourceMap {
+            origin: origin.to_string(),
+            ..Default::default()
+        };
+        if let Some(root) = root {
+            map.index(String::new(), root);
+        }
+        map
+    }
+
+    fn index(&mut self, path: String, node: &Node) {
+        match &node.kind {
+            NodeKind::Scalar { .. } => {}
+            NodeKind::Seq(items) => {
+                for (i, item) in items.iter().enumerate() {
+                    self.index(format!("{path}[{i}]"), item);
+                }
+            }
+            NodeKind::Map(entries) => {
+                for (k, v) in entries {
+                    if let Some(key) = k.scalar() {
+                        let child = join(&path, key);
+                        // The first occurrence wins, as it does for the decoders.
+                        self.key_positions.entry(child.clone()).or_insert(k.pos);
+                        // A null value (`name:`) has no useful position of its own: point at the key.
+                        let at = if v.is_null() && v.scalar() == Some("") {
+                            k.pos
+                        } else {
+                            v.pos
+                        };
+                        self.positions.entry(child.clone()).or_insert(at);
+                        self.index(child, v);
+                    }
+                }
+            }
+        }
+        self.positions.entry(path).or_insert(node.pos);
+    }
+
+    /// Position of `path`, or of its nearest ancestor present in the file.
+    pub fn position(&self, path: &str) -> Option<Position> {
+        let mut p = path;
+        loop {
+            if let Some(pos) = self.positions.get(p) {
+                return Some(*pos);
+            }
+            if p.is_empty() {
+                return None;
+            }
+            p = parent(p);
+        }
+    }
+
+    /// Position of the key that introduces `path` (falls back like [`SourceMap::position`]).
+    pub fn key_position(&self, path: &str) -> Option<Position> {
+        self.key_positions
+            .get(path)
+            .copied()
+            .or_else(|| self.position(path))
+    }
+
+    pub fn contains(&self, path: &str) -> bool {
+        self.positions.contains_key(path)
+    }
+}
+
+/// `a` + `.b` (or just `b` at the root).
+pub(crate) fn join(path: &str, key: &str) -> String {
+    if path.is_empty() {
+        key.to_string()
+    } else {
+        format!("{path}.{key}")
+    }
+}
+
+/// `a.b[2].c` → `a.b[2]` → `a.b` → `a` → ``.
+pub(crate) fn parent(path: &str) -> &str {
+    if path.ends_with(']')
+        && let Some(i) = path.rfind('[')
+    {
+        return &path[..i];
+    }
+    match path.rfind('.') {
+        Some(i) => &path[..i],
+        None => "",
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const TEXT: &str = "a: 1\nlist:\n  - x: y\n    z:\n  - 7\nflow: {k: [1, 2]}\n";
+
+    #[test]
+    fn positions_of_values_and_fallback_to_ancestors() {
+        let root = parse(TEXT).unwrap();
+        let map = SourceMap::new("f.yml", root.as_ref());
+        assert_eq!(map.position("a"), Some(Position { line: 1, column: 4 }));
+        assert_eq!(
+            map.position("list[0].x"),
+            Some(Position { line: 3, column: 8 })
+        );
+        // `z:` has an empty value: point at the key.
+        assert_eq!(
+            map.position("list[0].z"),
+            Some(Position { line: 4, column: 5 })
+        );
+        assert_eq!(
+            map.position("list[1]"),
+            Some(Position { line: 5, column: 5 })
+        );
+        assert_eq!(
+            map.position("flow.k[1]"),
+            Some(Position {
+                line: 6,
+                column: 15
+            })
+        );
+        // Missing fields fall back to the nearest ancestor.
+        assert_eq!(
+            map.position("list[0].missing.deeper"),
+            Some(Position { line: 3, column: 5 })
+        );
+        assert_eq!(
+            map.key_position("list"),
+            Some(Position { line: 2, column: 1 })
+        );
+    }
+
+    #[test]
+    fn syntax_errors_have_positions() {
+        let err = parse("a: b\n c: d\n").unwrap_err();
+        assert_eq!(err.pos.line, 2);
+    }
+
+    #[test]
+    fn parent_paths() {
+        assert_eq!(parent("a.b[2].c"), "a.b[2]");
+        assert_eq!(parent("a.b[2]"), "a.b");
+        assert_eq!(parent("a"), "");
+    }
+
+    #[test]
+    fn empty_stream_has_no_root() {
+        assert_eq!(parse("").unwrap(), None);
+        assert_eq!(parse("# only a comment\n").unwrap(), None);
+    }
+}

@@ -1,1 +1,0 @@
-//! The kube-apiserver stand-in: storage transformers, etcd storage and the HTTP API.
