@@ -598,3 +598,55 @@ async fn certificate_and_encrypted_key_auth() {
         "enc\n"
     );
 }
+
+/// A non-root SSH user: commands run through `sudo -n`, files still end up root-owned 0600 (content through
+/// sudo's stdin), Docker reached as the user (group `docker`), preflight and a rolling restart work.
+#[tokio::test(flavor = "multi_thread")]
+async fn sudo_user_files_docker_and_rollout() {
+    let bed = Bed::up_with(true);
+    let mut c = cluster(&bed, &bed.key_ed25519);
+    for n in &mut c.nodes {
+        n.user = Some(testbed::harness::users::SUDO_USER.to_string());
+    }
+    let hosts = connect_all(&c, &c.nodes, &opts(&bed), 4)
+        .await
+        .expect("connect as the sudo user");
+    let h = &hosts[0];
+    assert!(!h.is_root());
+    let out = h.exec("id -u; echo $SUDO_USER").await.expect("exec");
+    assert_eq!(out.stdout_text(), "0\natrest\n", "{}", out.stderr_text());
+
+    let n = &bed.nodes[0];
+    let path = format!("{}/ssl/encryption.yaml", n.kdir_node);
+    files::write_file_atomic(h, &path, GOOD_CONFIG, 0o600)
+        .await
+        .expect("write via sudo");
+    let meta = std::fs::metadata(n.kdir_host.join("ssl/encryption.yaml")).expect("meta");
+    use std::os::unix::fs::MetadataExt;
+    assert_eq!((meta.uid(), meta.gid(), meta.mode() & 0o777), (0, 0, 0o600));
+    files::remove_file(h, &path).await.expect("remove via sudo");
+
+    connect_and_preflight(&c, &c.nodes, &opts(&bed), 4, &n.kdir_node)
+        .await
+        .expect("preflight as the sudo user");
+    let change = NodeChange {
+        file: Some(Zeroizing::new(GOOD_CONFIG.to_vec())),
+        flag: FlagChange::Add,
+        extra_binds: vec![],
+    };
+    let report = rolling_apply(
+        &targets(&bed, &hosts),
+        &change,
+        &RolloutOptions {
+            ready_timeout: Duration::from_secs(20),
+        },
+        |_| Ok(()),
+    )
+    .await
+    .expect("rollout as the sudo user");
+    assert_eq!(report.changed.len(), 2);
+    assert!(
+        bed.docker_inspect(1, "{{json .Config.Cmd}}")
+            .contains(FLAG_ARG)
+    );
+}

@@ -57,10 +57,16 @@ impl Bed {
     /// A fresh 2-node testbed (sshd + dockerd per node, placeholder apiserver without etcd), plus an RSA client
     /// key and a flag-aware apiserver command.
     pub fn up() -> Bed {
+        Self::up_with(false)
+    }
+
+    /// With `sudo_user`, every node also has user `atrest` (passwordless sudo, group `docker`).
+    pub fn up_with(sudo_user: bool) -> Bed {
         let tb = Testbed::up(Options {
             nodes: 2,
             etcd: false,
             standin: Standin::Placeholder,
+            sudo_user,
             ..Default::default()
         })
         .expect("testbed up");
