@@ -268,7 +268,8 @@ impl<'a> Executor<'a> {
                 Flag::Add => FlagChange::Add,
                 Flag::Remove => FlagChange::Remove,
             },
-            extra_binds: Vec::new(),
+            // cluster.yml's kube-api binds (e.g. a KMS plugin socket dir): the container is recreated to get them.
+            extra_binds: super::kms::apiserver_extra_binds(self.session),
         };
         let what = match config {
             Some(c) => format!("config with write unit {}", write_unit(c)),

@@ -7,6 +7,7 @@
 
 mod execute;
 mod inputs;
+mod kms;
 mod report;
 mod session;
 mod targets;
@@ -226,6 +227,17 @@ async fn reconcile(
         .census(&state, &resources, None)
         .await
         .context("pre-flight: the etcd census failed; nothing was changed")?;
+    let kms_configs: Vec<_> = [
+        deployed.as_ref(),
+        desired_target.config(),
+        record.as_ref().and_then(|r| r.from.as_ref()),
+        record.as_ref().and_then(|r| r.to.as_ref()),
+    ]
+    .into_iter()
+    .flatten()
+    .cloned()
+    .collect();
+    let deployed_config = deployed.clone();
 
     let mut input = PlanInput::new(
         desired_target,
@@ -244,6 +256,18 @@ async fn reconcile(
     input.config_hash = Some(targets::deployed_hash);
     let mut plan = plan::plan(&input)?;
     plan.notes.extend(extra_notes);
+    // KMS: every plugin is checked before anything changes; with an unchanged config, objects still on an old
+    // plugin key id are re-wrapped.
+    if plan.is_noop() {
+        if let Some(c) = &deployed_config
+            && let Some(code) =
+                kms::rewrap_stale_key_ids(global, &mut session, &state, c, mode == Mode::Apply).await?
+        {
+            return Ok(code);
+        }
+    } else if mode == Mode::Apply {
+        kms::preflight(&session, &kms_configs.iter().collect::<Vec<_>>()).await?;
+    }
 
     match mode {
         Mode::Show(format) => {

@@ -116,6 +116,10 @@ pub async fn status(
     let mut session = Session::connect(global, &inputs.config, false).await?;
     let views = session.observe_nodes().await?;
     let (counts, _) = census_of(&mut session, &state, deployed.as_ref()).await?;
+    let kms_lines = match deployed.as_ref() {
+        Some(c) => super::kms::status_lines(&session, c).await,
+        None => Vec::new(),
+    };
     session.close().await;
 
     let stage = atrest
@@ -158,6 +162,7 @@ pub async fn status(
                     "active": r.active, "type": r.key_type, "name": r.name, "resources": r.resources,
                 })).collect::<Vec<_>>(),
                 "census": counts,
+                "kms": kms_lines,
                 "plaintext": plaintext,
                 "archivedKeys": atrest.archive.iter().map(|k| json!({
                     "provider": k.provider, "name": k.name, "retiredAt": k.retired_at,
@@ -216,6 +221,13 @@ pub async fn status(
             }
             if rows.is_empty() {
                 println!(" (no encryption config deployed)");
+            }
+            if !kms_lines.is_empty() {
+                println!();
+                println!("KMS plugins:");
+                for l in &kms_lines {
+                    println!("  {l}");
+                }
             }
             println!();
             println!("Census (etcd):");

@@ -1,0 +1,247 @@
+//! KMS in the flows: the pre-flight run on every controlplane before a plan that reads or writes through a
+//! `kms` provider (see [`crate::exec::kms`]), and the plugin view `encrypt status` prints.
+
+use anyhow::bail;
+
+use crate::config::encryption::{EncryptionConfiguration, KmsConfiguration};
+use crate::exec::kms::{self, PluginStatus};
+
+use super::session::Session;
+
+/// The kube-apiserver binds after atrest's deploy: cluster.yml's `services.kube-api.extra_binds`.
+pub fn apiserver_extra_binds(session: &Session) -> Vec<String> {
+    session.cluster.services.kube_api.extra_binds.clone()
+}
+
+/// Checks every controlplane for every `kms` provider of `configs`; refuses (changing nothing) with one line per
+/// node and failure.
+pub async fn preflight(
+    session: &Session,
+    configs: &[&EncryptionConfiguration],
+) -> anyhow::Result<Vec<(String, String, PluginStatus)>> {
+    let providers = kms::providers(configs.iter().copied());
+    if providers.is_empty() {
+        return Ok(Vec::new());
+    }
+    let binds = apiserver_extra_binds(session);
+    let checks = session.hosts.iter().map(|h| {
+        let binds = binds.clone();
+        let providers = providers.clone();
+        async move {
+            let (problems, healthy) = kms::preflight_node(h, &providers, &binds).await;
+            (super::session::node_name(h.node()), problems, healthy)
+        }
+    });
+    let results = futures::future::join_all(checks).await;
+    let mut failures = Vec::new();
+    let mut statuses = Vec::new();
+    for (node, problems, healthy) in results {
+        failures.extend(problems.into_iter().map(|p| format!("  node {node}: {p}")));
+        statuses.extend(healthy.into_iter().map(|(name, s)| (node.clone(), name, s)));
+    }
+    if !failures.is_empty() {
+        bail!(
+            "pre-flight: KMS plugin checks failed on {} check(s); nothing was changed:\n{}",
+            failures.len(),
+            failures.join("\n")
+        );
+    }
+    Ok(statuses)
+}
+
+/// One line per provider and node for `encrypt status`: health and current key id, or what failed.
+pub async fn status_lines(session: &Session, config: &EncryptionConfiguration) -> Vec<String> {
+    let providers: Vec<KmsConfiguration> = kms::providers([config]);
+    let binds = apiserver_extra_binds(session);
+    let mut lines = Vec::new();
+    for k in &providers {
+        for h in &session.hosts {
+            let node = super::session::node_name(h.node());
+            let (problems, healthy) =
+                kms::preflight_node(h, std::slice::from_ref(k), &binds).await;
+            let line = match (healthy.first(), problems.first()) {
+                (Some((_, s)), _) if s.key_id.is_empty() => format!(
+                    "KMS {} {} on {node}: healthy ({})",
+                    kms::api_version_of(k),
+                    k.name,
+                    s.version
+                ),
+                (Some((_, s)), _) => format!(
+                    "KMS {} {} on {node}: healthy, key_id {}",
+                    kms::api_version_of(k),
+                    k.name,
+                    s.key_id
+                ),
+                (None, Some(p)) => format!(
+                    "KMS {} {} on {node}: UNHEALTHY: {p}",
+                    kms::api_version_of(k),
+                    k.name
+                ),
+                (None, None) => continue,
+            };
+            lines.push(line);
+        }
+    }
+    lines
+}
+
+/// The current key id of each KMS v2 provider, when all controlplanes agree (HA plugins share one key).
+pub fn current_key_ids(statuses: &[(String, String, PluginStatus)]) -> Vec<(String, String)> {
+    let mut out: Vec<(String, String)> = Vec::new();
+    for (_, name, s) in statuses {
+        if s.key_id.is_empty() {
+            continue;
+        }
+        if let Some(e) = out.iter_mut().find(|(n, _)| n == name) {
+            if e.1 != s.key_id {
+                // Plugins disagree (a rotation is propagating): no single current key.
+                e.1.clear();
+            }
+        } else {
+            out.push((name.clone(), s.key_id.clone()));
+        }
+    }
+    out.retain(|(_, id)| !id.is_empty());
+    out
+}
+
+/// `(resource string, provider name)` for every rule of `config` whose writer is a KMS v2 provider.
+pub fn kms_v2_writers(config: &EncryptionConfiguration) -> Vec<(String, String)> {
+    let mut out = Vec::new();
+    for r in &config.resources {
+        if let Some(k) = r.providers.first().and_then(|p| p.kms.as_ref())
+            && kms::api_version_of(k) == "v2"
+        {
+            out.extend(r.resources.iter().map(|res| (res.clone(), k.name.clone())));
+        }
+    }
+    out
+}
+
+/// How long to keep rewriting while kube-apiserver has not yet seen the plugin's new key id (it asks its plugin
+/// every minute, §1.7), and the pause between attempts.
+const REWRAP_DEADLINE: std::time::Duration = std::time::Duration::from_secs(240);
+const REWRAP_PAUSE: std::time::Duration = std::time::Duration::from_secs(5);
+
+/// After a plugin-side key rotation the config is unchanged but stored objects still name the old key id: this
+/// counts them (census label `kms:v2:<name>:<key id>`) and, when `apply`, rewrites exactly those until the census
+/// shows only the plugins' current key id. `None`: nothing to do (the caller goes on with its no-op plan).
+pub async fn rewrap_stale_key_ids(
+    global: &crate::cli::GlobalOpts,
+    session: &mut Session,
+    state: &crate::state::RkeState,
+    config: &EncryptionConfiguration,
+    apply: bool,
+) -> anyhow::Result<Option<std::process::ExitCode>> {
+    use super::execute::say;
+    let writers = kms_v2_writers(config);
+    if writers.is_empty() {
+        return Ok(None);
+    }
+    let statuses = preflight(session, &[config]).await?;
+    let current = current_key_ids(&statuses);
+    let mut work = Vec::new();
+    for (resource, name) in &writers {
+        let Some((_, key_id)) = current.iter().find(|(n, _)| n == name) else {
+            bail!(
+                "kms provider {name}: the controlplanes' plugins report different key ids (a key rotation is \
+                 still propagating); rerun when they agree"
+            );
+        };
+        let label = format!("kms:v2:{name}:{key_id}");
+        let (_, census) = session
+            .census(state, std::slice::from_ref(resource), Some(&label))
+            .await?;
+        let off: u64 = census.resources.values().map(|r| r.off_target_count).sum();
+        if off > 0 {
+            let olds: Vec<String> = census
+                .resources
+                .values()
+                .flat_map(|r| r.by_label.iter())
+                .filter(|(l, n)| **n > 0 && l.as_str() != label)
+                .map(|(l, n)| format!("{l}: {n}"))
+                .collect();
+            work.push((resource.clone(), label, off, olds));
+        }
+    }
+    if work.is_empty() {
+        return Ok(None);
+    }
+    println!("Plan: kms-rewrap (the config is unchanged; the KMS plugins' key id changed)");
+    for (resource, label, off, olds) in &work {
+        println!(
+            "  rewrite {resource}: {off} object(s) not on {label} ({}) — targeted",
+            olds.join(", ")
+        );
+    }
+    if !apply {
+        session.close().await;
+        return Ok(Some(std::process::ExitCode::SUCCESS));
+    }
+    if !super::confirm(global)? {
+        eprintln!("Cancelled; nothing was changed.");
+        session.close().await;
+        return Ok(Some(std::process::ExitCode::FAILURE));
+    }
+    let started = std::time::Instant::now();
+    let mut total = 0u64;
+    for (resource, label, _, _) in &work {
+        loop {
+            let (targets, census) = session
+                .census(state, std::slice::from_ref(resource), Some(label))
+                .await?;
+            let keys: Vec<String> = census
+                .resources
+                .values()
+                .flat_map(|r| r.off_target.iter().cloned())
+                .collect();
+            if keys.is_empty() {
+                say!("kms-rewrap: {resource}: census shows every object on {label}");
+                break;
+            }
+            if started.elapsed() > REWRAP_DEADLINE {
+                bail!(
+                    "kms-rewrap: {resource}: {} object(s) still not on {label} after {} s; kube-apiserver may not \
+                     have picked up the plugin's new key id. Nothing was removed; rerun `atrest up`",
+                    keys.len(),
+                    started.elapsed().as_secs()
+                );
+            }
+            let kube = session.kube().await?.clone();
+            let report = crate::exec::rewrite::rewrite_keys(
+                &kube,
+                &targets,
+                super::session::ETCD_PREFIX,
+                &keys,
+                &crate::exec::rewrite::RewriteOptions::default(),
+            )
+            .await;
+            if !report.is_success() {
+                bail!(
+                    "kms-rewrap: rewriting {resource} did not complete: {:?}. Rerun `atrest up` to resume",
+                    report.errors.iter().take(3).map(|e| e.error.clone()).collect::<Vec<_>>()
+                );
+            }
+            total += report.rewritten;
+            say!(
+                "kms-rewrap: {resource}: {} object(s) rewritten, {} unchanged",
+                report.rewritten,
+                report.unchanged
+            );
+            if report.rewritten == 0 {
+                say!(
+                    "kms-rewrap: kube-apiserver still writes with the old key id (it asks its plugin every \
+                     minute); waiting {} s",
+                    REWRAP_PAUSE.as_secs()
+                );
+                tokio::time::sleep(REWRAP_PAUSE).await;
+            }
+        }
+    }
+    session.close().await;
+    say!(
+        "done: kms-rewrap in {:.1} s ({total} objects rewritten)",
+        started.elapsed().as_secs_f64()
+    );
+    Ok(Some(std::process::ExitCode::SUCCESS))
+}
