@@ -1,0 +1,291 @@
+//! KMS end to end on a 3-node testbed with a `kms-plugin` per node (real sshd, dockerd, etcd, the stand-in):
+//! aescbc → kms v2 with the socket bind added from `extra_binds`, a plugin key rotation finished by a targeted
+//! re-wrap, kms → aescbc, and a refused run when one node's plugin is down. Needs root.
+
+use std::collections::BTreeMap;
+use std::path::Path;
+use std::process::Command;
+use std::time::Instant;
+
+use base64::Engine;
+use serde_yaml_ng::Value;
+use testbed::harness::kms::KMS_ENDPOINT;
+use testbed::harness::{Options, Standin, Testbed};
+
+const SECRETS: usize = 60;
+const SIZE: usize = 256;
+const PROVIDER: &str = "testbed-kms";
+
+fn may_run() -> bool {
+    use std::os::unix::fs::MetadataExt;
+    if std::fs::metadata("/proc/self").is_ok_and(|m| m.uid() == 0) {
+        return true;
+    }
+    if std::env::var("ATREST_SKIP_TESTBED").as_deref() == Ok("1") {
+        eprintln!("skipping: not root and ATREST_SKIP_TESTBED=1");
+        return false;
+    }
+    panic!("the e2e tests need root; set ATREST_SKIP_TESTBED=1 to skip them");
+}
+
+fn bed() -> Testbed {
+    let standin = Standin::locate().expect("stand-in binary (cargo build -p testbed)");
+    let tb = Testbed::up(Options {
+        standin,
+        kms: true,
+        ..Options::default()
+    })
+    .expect("testbed up");
+    tb.seed(SECRETS, 0, SIZE).expect("seed");
+    tb
+}
+
+fn aescbc_config() -> Value {
+    serde_yaml_ng::from_str(
+        "apiVersion: apiserver.config.k8s.io/v1\nkind: EncryptionConfiguration\nresources:\n- resources: [secrets]\n  providers:\n  - aescbc:\n      keys:\n      - name: k1\n        secret: c2VjcmV0IGlzIHNlY3VyZSwgaXMgaXQgbm90PyEhISE=\n  - identity: {}\n",
+    )
+    .expect("yaml")
+}
+
+fn kms_config() -> Value {
+    serde_yaml_ng::from_str(&format!(
+        "apiVersion: apiserver.config.k8s.io/v1\nkind: EncryptionConfiguration\nresources:\n- resources: [secrets]\n  providers:\n  - kms:\n      apiVersion: v2\n      name: {PROVIDER}\n      endpoint: {KMS_ENDPOINT}\n      timeout: 3s\n  - identity: {{}}\n"
+    ))
+    .expect("yaml")
+}
+
+/// Rewrites the testbed's cluster.yml with `custom_config` and, when `bind`, the plugin socket dir in extra_binds.
+fn set_cluster(tb: &Testbed, custom: Value, bind: bool) {
+    let path = tb.cluster_yml();
+    let text = std::fs::read_to_string(&path).expect("cluster.yml");
+    let mut doc: Value = serde_yaml_ng::from_str(&text).expect("cluster.yml parses");
+    let api = doc
+        .get_mut("services")
+        .and_then(|s| s.get_mut("kube-api"))
+        .and_then(Value::as_mapping_mut)
+        .expect("services.kube-api");
+    api.remove("extra_binds");
+    if bind {
+        api.insert(
+            "extra_binds".into(),
+            serde_yaml_ng::from_str("['/var/run/kmsplugin:/var/run/kmsplugin']").expect("yaml"),
+        );
+    }
+    let mut sec = serde_yaml_ng::Mapping::new();
+    sec.insert("enabled".into(), true.into());
+    sec.insert("custom_config".into(), custom);
+    api.insert("secrets_encryption_config".into(), Value::Mapping(sec));
+    std::fs::write(&path, serde_yaml_ng::to_string(&doc).expect("yaml")).expect("write cluster.yml");
+}
+
+fn atrest(tb: &Testbed, args: &[&str]) -> (bool, String) {
+    let started = Instant::now();
+    let out = Command::new(env!("CARGO_BIN_EXE_atrest"))
+        .arg("--config")
+        .arg(tb.cluster_yml())
+        .arg("--known-hosts")
+        .arg(tb.known_hosts())
+        .args(["--yes", "--no-snapshot"])
+        .args(args)
+        .output()
+        .expect("running atrest");
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    println!(
+        "$ atrest {} ({:.1} s, {})\n{text}",
+        args.join(" "),
+        started.elapsed().as_secs_f64(),
+        out.status
+    );
+    (out.status.success(), text)
+}
+
+/// Census of `/registry/secrets/` straight from etcd: label → count (atrest's classifier).
+fn census(tb: &Testbed) -> BTreeMap<String, u64> {
+    let out = tb
+        .etcdctl()
+        .args(["get", "/registry/secrets/", "--prefix", "-w", "json"])
+        .output()
+        .expect("etcdctl");
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).expect("etcdctl json");
+    let b64 = base64::engine::general_purpose::STANDARD;
+    let mut counts = BTreeMap::new();
+    for kv in v["kvs"].as_array().cloned().unwrap_or_default() {
+        let value = b64
+            .decode(kv["value"].as_str().unwrap_or_default())
+            .expect("base64 value");
+        *counts
+            .entry(atrest::exec::etcd::classify(&value))
+            .or_insert(0) += 1;
+    }
+    counts
+}
+
+fn only_label_prefix(c: &BTreeMap<String, u64>, prefix: &str) -> bool {
+    c.keys().all(|l| l.starts_with(prefix))
+}
+
+fn sha_of(path: &Path) -> String {
+    match std::fs::read(path) {
+        Ok(b) => atrest::exec::files::sha256_hex(&b),
+        Err(_) => "(absent)".into(),
+    }
+}
+
+/// What must not change when a run is refused: every node's encryption config and container, the state file.
+fn fingerprint(tb: &Testbed) -> Vec<String> {
+    let mut out = vec![format!("state {}", sha_of(&tb.rkestate()))];
+    for n in tb.nodes() {
+        out.push(format!(
+            "{} config {}",
+            n.name,
+            sha_of(&n.kubernetes_dir().join("ssl/encryption.yaml"))
+        ));
+        let inspect = tb
+            .docker(n)
+            .args([
+                "inspect",
+                "-f",
+                "{{.Id}} {{.State.StartedAt}} {{json .HostConfig.Binds}} {{json .Args}}",
+                "kube-apiserver",
+            ])
+            .output()
+            .expect("docker inspect");
+        out.push(format!(
+            "{} container {}",
+            n.name,
+            String::from_utf8_lossy(&inspect.stdout).trim()
+        ));
+    }
+    out
+}
+
+fn apiserver_binds(tb: &Testbed, n: &testbed::harness::Node) -> String {
+    let out = tb
+        .docker(n)
+        .args(["inspect", "-f", "{{json .HostConfig.Binds}}", "kube-apiserver"])
+        .output()
+        .expect("docker inspect");
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+#[test]
+fn aescbc_to_kms_v2_rotate_plugin_key_and_back_to_aescbc() {
+    if !may_run() {
+        return;
+    }
+    let mut tb = bed();
+    for n in tb.nodes() {
+        assert!(
+            !apiserver_binds(&tb, n).contains("kmsplugin"),
+            "the testbed must start without the kmsplugin bind"
+        );
+    }
+
+    // 1. aescbc.
+    set_cluster(&tb, aescbc_config(), true);
+    let (ok, out) = atrest(&tb, &["up"]);
+    assert!(ok, "up to aescbc failed:\n{out}");
+    let c = census(&tb);
+    assert_eq!(c.get("aescbc:k1").copied(), Some(c.values().sum()), "{c:?}");
+
+    // 2. aescbc → kms v2: the container gets the socket bind, every secret ends on the plugin's key.
+    let key1 = std::fs::read_to_string(tb.kms_key_file())
+        .expect("kek")
+        .lines()
+        .find(|l| !l.starts_with('#') && !l.is_empty())
+        .and_then(|l| l.split(':').next().map(str::to_string))
+        .expect("kek id");
+    set_cluster(&tb, kms_config(), true);
+    let (ok, out) = atrest(&tb, &["up"]);
+    assert!(ok, "up to kms failed:\n{out}");
+    for n in tb.nodes() {
+        assert!(
+            apiserver_binds(&tb, n).contains("/var/run/kmsplugin:/var/run/kmsplugin"),
+            "{}: {}",
+            n.name,
+            apiserver_binds(&tb, n)
+        );
+    }
+    let c = census(&tb);
+    let label1 = format!("kms:v2:{PROVIDER}:{key1}");
+    assert_eq!(c.get(&label1).copied(), Some(c.values().sum()), "{c:?}");
+    let report = tb.verify_seed(SECRETS, 0, SIZE).expect("secrets readable after kms");
+    println!("verified after kms: {report:?}");
+    let (ok, status) = atrest(&tb, &["encrypt", "status"]);
+    assert!(ok, "{status}");
+    assert!(
+        status.contains(&format!("KMS v2 {PROVIDER} on ")) && status.contains(&format!("key_id {key1}")),
+        "{status}"
+    );
+
+    // 3. The plugin's key rotates: a targeted re-wrap moves every secret to the new key id.
+    let key2 = tb.kms_rotate().expect("rotate");
+    assert_ne!(key1, key2);
+    let (ok, plan) = atrest(&tb, &["plan"]);
+    assert!(ok, "{plan}");
+    assert!(plan.contains("kms-rewrap"), "{plan}");
+    let (ok, out) = atrest(&tb, &["up"]);
+    assert!(ok, "kms re-wrap failed:\n{out}");
+    let c = census(&tb);
+    let label2 = format!("kms:v2:{PROVIDER}:{key2}");
+    assert_eq!(c.get(&label2).copied(), Some(c.values().sum()), "{c:?}");
+    tb.verify_seed(SECRETS, 0, SIZE).expect("secrets readable after re-wrap");
+    let (ok, plan) = atrest(&tb, &["plan"]);
+    assert!(ok && !plan.contains("kms-rewrap"), "{plan}");
+
+    // 4. kms → aescbc.
+    set_cluster(&tb, aescbc_config(), true);
+    let (ok, out) = atrest(&tb, &["up"]);
+    assert!(ok, "up back to aescbc failed:\n{out}");
+    let c = census(&tb);
+    assert!(only_label_prefix(&c, "aescbc:k1"), "{c:?}");
+    tb.verify_seed(SECRETS, 0, SIZE).expect("secrets readable after leaving kms");
+    tb.down().expect("down");
+}
+
+#[test]
+fn plugin_down_on_one_node_is_refused_before_any_change() {
+    if !may_run() {
+        return;
+    }
+    let mut tb = bed();
+    let node2 = tb.nodes()[1].clone();
+    tb.kms_stop(&node2).expect("stop node2's plugin");
+    set_cluster(&tb, kms_config(), true);
+    let before = fingerprint(&tb);
+    let census_before = census(&tb);
+    let (ok, out) = atrest(&tb, &["up"]);
+    assert!(!ok, "up must be refused:\n{out}");
+    assert!(out.contains("nothing was changed"), "{out}");
+    assert!(
+        out.contains(&format!("node {}", node2.address)) && out.contains("no plugin socket"),
+        "{out}"
+    );
+    assert_eq!(fingerprint(&tb), before, "a refused run changed something");
+    assert_eq!(census(&tb), census_before);
+
+    // Unhealthy (socket present, Status not ok) is refused the same way.
+    tb.kms_start(&node2).expect("start node2's plugin");
+    tb.kms_set_unhealthy(&node2, true).expect("unhealthy");
+    let (ok, out) = atrest(&tb, &["up"]);
+    assert!(!ok, "up must be refused:\n{out}");
+    assert!(
+        out.contains(&format!("node {}", node2.address)) && out.contains("not healthy"),
+        "{out}"
+    );
+    assert_eq!(fingerprint(&tb), before, "a refused run changed something");
+
+    // No extra_binds: refused, naming the missing bind.
+    tb.kms_set_unhealthy(&node2, false).expect("healthy");
+    set_cluster(&tb, kms_config(), false);
+    let before = fingerprint(&tb);
+    let (ok, out) = atrest(&tb, &["up"]);
+    assert!(!ok && out.contains("extra_binds"), "{out}");
+    assert_eq!(fingerprint(&tb), before);
+    tb.down().expect("down");
+}
