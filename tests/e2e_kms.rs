@@ -80,7 +80,11 @@ fn set_cluster(tb: &Testbed, custom: Value, bind: bool) {
 
 fn atrest(tb: &Testbed, args: &[&str]) -> (bool, String) {
     let started = Instant::now();
-    let out = Command::new(env!("CARGO_BIN_EXE_atrest"))
+    // ATREST_BIN: a private copy, since the shared target dir's binary may be another branch's build.
+    let bin = std::env::var_os("ATREST_BIN")
+        .map(std::path::PathBuf::from)
+        .unwrap_or_else(|| env!("CARGO_BIN_EXE_atrest").into());
+    let out = Command::new(bin)
         .arg("--config")
         .arg(tb.cluster_yml())
         .arg("--known-hosts")
