@@ -208,6 +208,9 @@ pub async fn rewrap_stale_key_ids(
                 );
             }
             let kube = session.kube().await?.clone();
+            // kube-apiserver's KMS v2 health check asks the plugin for Status and switches to a new key id
+            // (it also does so every minute on its own); asking for it first saves most of that wait.
+            nudge_kms_health(&kube).await;
             let report = crate::exec::rewrite::rewrite_keys(
                 &kube,
                 &targets,
@@ -244,4 +247,16 @@ pub async fn rewrap_stale_key_ids(
         started.elapsed().as_secs_f64()
     );
     Ok(Some(std::process::ExitCode::SUCCESS))
+}
+
+/// `GET /readyz/kms-providers`: runs kube-apiserver's KMS v2 probe, which picks up a changed plugin key id. The
+/// answer does not matter here (the census decides); errors are only logged.
+async fn nudge_kms_health(kube: &kube::Client) {
+    let req = match http::Request::get("/readyz/kms-providers").body(Vec::new()) {
+        Ok(r) => r,
+        Err(_) => return,
+    };
+    if let Err(e) = kube.request_text(req).await {
+        tracing::debug!("GET /readyz/kms-providers: {e}");
+    }
 }
