@@ -231,11 +231,14 @@ pub fn standin_binary() -> Result<PathBuf> {
     }
     let target = std::env::var("CARGO_TARGET_DIR")
         .unwrap_or_else(|_| format!("{}/target", env!("CARGO_MANIFEST_DIR")));
-    for profile in ["release", "debug"] {
-        let path = Path::new(&target).join(profile).join("kube-apiserver");
-        if path.exists() {
-            return Ok(path);
-        }
+    // The most recently built of the release and debug binaries.
+    let newest = ["release", "debug"]
+        .iter()
+        .map(|profile| Path::new(&target).join(profile).join("kube-apiserver"))
+        .filter_map(|path| Some((std::fs::metadata(&path).ok()?.modified().ok()?, path)))
+        .max();
+    if let Some((_, path)) = newest {
+        return Ok(path);
     }
     bail!(
         "kube-apiserver stand-in not built: run `cargo build -p testbed --bin kube-apiserver` (or set ATREST_STANDIN_BIN)"
