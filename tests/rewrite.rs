@@ -330,23 +330,27 @@ async fn expired_continue_tokens_and_conflicts_are_handled() {
     let (outcome, _) = rewrite_object(&cluster.client, &targets[0], held, &quiet(1, 1)).await;
     assert_eq!(outcome, Outcome::Gone);
 
-    // Forced 410: small pages, slow writes, and etcd compacted under the list a few times.
+    // Forced 410: small pages, one writer, and etcd compacted under the list every 100 ms until done.
     let etcd = cluster.etcd.clone();
+    let done = Arc::new(AtomicBool::new(false));
+    let compactor_done = done.clone();
     let compactor = tokio::spawn(async move {
         let mut kv = etcd.client().kv_client();
-        for _ in 0..4 {
-            tokio::time::sleep(Duration::from_millis(300)).await;
-            let rev = kv
+        let mut compactions = 0u32;
+        while !compactor_done.load(Ordering::Relaxed) && compactions < 100 {
+            tokio::time::sleep(Duration::from_millis(100)).await;
+            let put = kv
                 .put("/atrest-test/tick", b"x".to_vec(), None)
                 .await
-                .unwrap()
-                .header()
-                .unwrap()
-                .revision();
-            kv.compact(rev, None).await.unwrap();
+                .unwrap();
+            kv.compact(put.header().unwrap().revision(), None)
+                .await
+                .unwrap();
+            compactions += 1;
         }
     });
-    let report = rewrite::rewrite(&cluster.client, &targets, &quiet(2, 10)).await;
+    let report = rewrite::rewrite(&cluster.client, &targets, &quiet(1, 5)).await;
+    done.store(true, Ordering::Relaxed);
     compactor.await.unwrap();
     assert!(
         report.is_success(),
@@ -436,11 +440,28 @@ async fn cancellation_stops_early_and_a_rerun_finishes() {
     let cancel = CancellationToken::new();
     let options = RewriteOptions {
         cancel: cancel.clone(),
-        ..quiet(2, 20)
+        ..quiet(1, 20)
     };
+    // Cancel once the census shows the rewrite under way (one writer, so it is far from done).
+    let etcd = cluster.etcd.clone();
     let canceller = tokio::spawn(async move {
-        tokio::time::sleep(Duration::from_millis(300)).await;
-        cancel.cancel();
+        loop {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+            let census = etcd
+                .census(&[core("secrets")], None, &CensusOptions::default())
+                .await
+                .unwrap();
+            if census.resources["secrets"]
+                .by_label
+                .get("aescbc:new")
+                .copied()
+                .unwrap_or(0)
+                >= 50
+            {
+                cancel.cancel();
+                return;
+            }
+        }
     });
     let report = rewrite::rewrite(&cluster.client, &[Target::secrets()], &options).await;
     canceller.await.unwrap();
