@@ -174,6 +174,7 @@ impl Bench {
                 &CensusOptions {
                     page_size: 1000,
                     max_off_target: 10,
+                    ..Default::default()
                 },
             )
             .await?;
