@@ -481,3 +481,70 @@ async fn cancellation_stops_early_and_a_rerun_finishes() {
     let done = cluster.census(&[core("secrets")]).await;
     assert_eq!(done.off_target_total(), 0);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kubeconfig_with_token_and_server_override() {
+    use atrest::exec::kube::{ClientOptions, client, client_with};
+    let cluster = Cluster::seeded(90, vec!["secrets"], 3, 0).await;
+    let dir = &cluster.standin.dir;
+    let ca = std::fs::read_to_string(dir.join("ca.pem")).unwrap();
+    let secrets = |c: kube::Client| async move {
+        let api: Api<Secret> = Api::all(c);
+        api.list(&Default::default()).await.map(|l| l.items.len())
+    };
+
+    // Token auth.
+    let good = dir.join("kubeconfig-token");
+    common::write_token_kubeconfig(&good, &cluster.standin.url, &ca, common::TEST_TOKEN).unwrap();
+    assert_eq!(secrets(client(&good).await.unwrap()).await.unwrap(), 3);
+    let bad = dir.join("kubeconfig-bad-token");
+    common::write_token_kubeconfig(&bad, &cluster.standin.url, &ca, "wrong").unwrap();
+    match secrets(client(&bad).await.unwrap()).await {
+        Err(kube::Error::Api(status)) => assert_eq!(status.code, 401),
+        other => panic!("a wrong token must be refused with 401, got {other:?}"),
+    }
+
+    // The kubeconfig names the server `kubernetes` (in the certificate, not resolvable); the override dials the
+    // address, as through a tunnel, and the certificate is still checked against `kubernetes`.
+    let port = cluster.standin.url.rsplit(':').next().unwrap();
+    let named = dir.join("kubeconfig-named");
+    common::write_token_kubeconfig(
+        &named,
+        &format!("https://kubernetes:{port}"),
+        &ca,
+        common::TEST_TOKEN,
+    )
+    .unwrap();
+    let options = ClientOptions {
+        server_override: Some(cluster.standin.url.clone()),
+        ..Default::default()
+    };
+    assert_eq!(
+        secrets(client_with(&named, &options).await.unwrap())
+            .await
+            .unwrap(),
+        3
+    );
+    // A name the certificate does not carry fails verification.
+    let wrong_name = dir.join("kubeconfig-wrong-name");
+    common::write_token_kubeconfig(
+        &wrong_name,
+        &format!("https://etcd-node1:{port}"),
+        &ca,
+        common::TEST_TOKEN,
+    )
+    .unwrap();
+    assert!(
+        secrets(client_with(&wrong_name, &options).await.unwrap())
+            .await
+            .is_err()
+    );
+
+    // A missing kubeconfig names the file.
+    let missing = dir.join("no-such-kubeconfig");
+    let Err(error) = client(&missing).await else {
+        panic!("a missing kubeconfig must fail")
+    };
+    let error = error.to_string();
+    assert!(error.contains("no-such-kubeconfig"), "{error}");
+}
