@@ -658,6 +658,15 @@ fn pagination_is_a_consistent_snapshot_and_expires_after_compaction() {
             None,
         );
     }
+    // resourceVersion=0 is a watch-cache read upstream: limit is ignored.
+    let (_, body) = env.curl(
+        "GET",
+        "/api/v1/namespaces/default/secrets?limit=2&resourceVersion=0",
+        None,
+    );
+    let unpaged: Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(unpaged["items"].as_array().unwrap().len(), 5);
+    assert!(unpaged["metadata"].get("continue").is_none());
     let (code, body) = env.curl("GET", "/api/v1/namespaces/default/secrets?limit=2", None);
     assert_eq!(code, 200);
     let page1: Value = serde_json::from_str(&body).unwrap();

@@ -318,7 +318,9 @@ impl Store {
             Some(ns) if kind.namespaced() => format!("{}/{}/{ns}/", self.prefix, kind.resource()),
             _ => format!("{}/{}/", self.prefix, kind.resource()),
         };
-        let paging = opts.limit > 0;
+        // resourceVersion=0 without continue is served from the watch cache upstream, which ignores limit.
+        let paging =
+            opts.limit > 0 && !(opts.resource_version == "0" && opts.continue_token.is_empty());
         let (from_key, mut revision) = if !opts.continue_token.is_empty() {
             if !opts.resource_version.is_empty() && opts.resource_version != "0" {
                 return Err(ApiError::bad_request(
