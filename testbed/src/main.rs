@@ -38,6 +38,9 @@ enum Cmd {
         /// Do not start etcd (placeholder only).
         #[arg(long)]
         no_etcd: bool,
+        /// Also create user `atrest` (passwordless sudo, docker group) on every node; cluster.yml names it.
+        #[arg(long)]
+        sudo_user: bool,
     },
     /// Stop everything `up` recorded in DIR/testbed.json and remove DIR. Safe to repeat.
     Down {
@@ -70,6 +73,7 @@ fn main() -> Result<()> {
             dir,
             standin,
             no_etcd,
+            sudo_user,
         } => {
             let standin = match standin {
                 StandinKind::Binary => Standin::locate()?,
@@ -80,6 +84,7 @@ fn main() -> Result<()> {
                 dir: Some(dir),
                 standin,
                 etcd: !no_etcd,
+                sudo_user,
                 ..Options::default()
             })?;
             tb.keep_running();
@@ -88,6 +93,9 @@ fn main() -> Result<()> {
                 tb.bring_up_time().as_secs_f64(),
                 tb.slot()
             );
+            for (step, at) in tb.bring_up_steps() {
+                println!("  {:>6} ms  {step}", at.as_millis());
+            }
             for n in tb.nodes() {
                 println!(
                     "  {}  {}  ssh :{}  docker {}",

@@ -30,6 +30,12 @@ fn run(cmd: &mut Command) -> (bool, String, String) {
     )
 }
 
+fn print_steps(tb: &Testbed) {
+    for (step, at) in tb.bring_up_steps() {
+        println!("  {:>6} ms  {step}", at.as_millis());
+    }
+}
+
 fn assert_clean(tb: &mut Testbed) {
     let t = Instant::now();
     tb.down().expect("teardown");
@@ -46,6 +52,7 @@ fn three_nodes_reachable_over_ssh_and_docker_then_clean_teardown() {
     }
     let mut tb = Testbed::up(Options {
         standin: Standin::Placeholder,
+        sudo_user: true,
         ..Options::default()
     })
     .expect("testbed up");
@@ -53,7 +60,35 @@ fn three_nodes_reachable_over_ssh_and_docker_then_clean_teardown() {
         "bring-up (placeholder, 3 nodes, etcd): {:.2} s",
         tb.bring_up_time().as_secs_f64()
     );
+    print_steps(&tb);
     assert_eq!(tb.nodes().len(), 3);
+    // atrest reads the cluster file the testbed wrote.
+    let cluster =
+        atrest::config::cluster::load(&tb.cluster_yml()).expect("atrest parses cluster.yml");
+    assert_eq!(cluster.nodes.len(), 3);
+    assert_eq!(cluster.prefix_path(), testbed::harness::PREFIX_PATH);
+    assert_eq!(cluster.controlplanes().len(), 3);
+    assert_eq!(cluster.etcd_nodes().len(), 3);
+    for (cn, n) in cluster.nodes.iter().zip(tb.nodes()) {
+        assert_eq!(cn.address, n.address.to_string());
+        assert_eq!(cn.user.as_deref(), Some("atrest"));
+        assert_eq!(
+            cn.docker_socket(),
+            n.docker_socket.to_str().unwrap_or_default()
+        );
+    }
+    let state: serde_json::Value = serde_json::from_str(
+        &std::fs::read_to_string(tb.rkestate()).expect("reading cluster.rkestate"),
+    )
+    .expect("cluster.rkestate is JSON");
+    let bundle = &state["currentState"]["certificatesBundle"];
+    for name in ["kube-ca", "kube-node", "kube-etcd-127-0-2"] {
+        let found = bundle
+            .as_object()
+            .is_some_and(|b| b.keys().any(|k| k.starts_with(name)));
+        assert!(found, "certificatesBundle has {name}*");
+    }
+    assert!(state["currentState"].get("encryptionConfig").is_none());
     let key = tb.client_key();
     let known = tb.known_hosts();
     let empty_known = tb.dir().join("empty_known_hosts");
@@ -100,6 +135,26 @@ fn three_nodes_reachable_over_ssh_and_docker_then_clean_teardown() {
             "{}: exactly its own etcd cert+key pair in its prefix",
             n.name
         );
+        // The sudo user: not root, in group docker, passwordless sudo reaches root-only key files.
+        let own_key = own_cert.replace(".pem", "-key.pem");
+        let user_check = format!(
+            "id -un; id -Gn; cat {own_key} >/dev/null 2>&1 && echo readable; sudo -n head -1 {own_key}"
+        );
+        let (ok, out, err) = run(tb.ssh_as(n, tb.ssh_user()).arg(&user_check));
+        assert!(ok, "ssh as {} to {}: {err}", tb.ssh_user(), n.name);
+        let lines: Vec<&str> = out.lines().collect();
+        assert_eq!(lines.first(), Some(&"atrest"), "{out}");
+        assert!(
+            lines
+                .get(1)
+                .is_some_and(|g| g.split(' ').any(|g| g == "docker")),
+            "{out}"
+        );
+        assert_eq!(
+            lines.get(2),
+            Some(&"-----BEGIN PRIVATE KEY-----"),
+            "key must not be readable without sudo: {out}"
+        );
         // Unknown host key: refused.
         let (ok, _, err) = ssh(&empty_known, "true");
         assert!(
@@ -144,6 +199,18 @@ fn three_nodes_reachable_over_ssh_and_docker_then_clean_teardown() {
         .args(["get", "/testbed/probe", "--print-value-only"]));
     assert!(ok, "etcdctl get: {err}");
     assert_eq!(out.trim(), "v1");
+    // The harness's HTTPS probe (used for /readyz) against etcd's /health: CA trust + client certificate.
+    let pem = |p: std::path::PathBuf| std::fs::read_to_string(p).expect("reading a PEM");
+    let probe = testbed::harness::health::HttpsProbe::new(
+        &pem(tb.etcd_ca()),
+        &pem(tb.etcd_client_cert()),
+        &pem(tb.etcd_client_key()),
+    )
+    .expect("HTTPS probe");
+    let etcd1 = std::net::SocketAddr::new(tb.nodes()[0].address.into(), 2379);
+    let (code, body) = probe.get(etcd1, "/health").expect("GET etcd /health");
+    assert_eq!(code, 200, "{body}");
+    assert!(body.contains("true"), "{body}");
     let manifest = tb.manifest().clone();
     assert_eq!(manifest.procs.len(), 9, "3 × (sshd, dockerd, etcd)");
     assert_clean(&mut tb);
@@ -157,7 +224,6 @@ fn three_nodes_reachable_over_ssh_and_docker_then_clean_teardown() {
 }
 
 #[test]
-#[ignore = "needs the kube-apiserver stand-in binary (branch standin)"]
 fn seeded_secrets_read_back_with_kubectl() {
     if !may_run() {
         return;
@@ -172,6 +238,7 @@ fn seeded_secrets_read_back_with_kubectl() {
         "bring-up (stand-in, 3 nodes): {:.2} s",
         tb.bring_up_time().as_secs_f64()
     );
+    print_steps(&tb);
     let t = Instant::now();
     let report = tb.seed(1000, 0, 2048).expect("seeding");
     println!("seeded 1000 secrets in {:.2} s", t.elapsed().as_secs_f64());
@@ -192,6 +259,71 @@ fn seeded_secrets_read_back_with_kubectl() {
     let list: serde_json::Value = serde_json::from_str(&out).expect("kubectl JSON");
     assert_eq!(list["items"].as_array().map(Vec::len), Some(1000));
     let verified = tb.verify_seed(1000, 0, 2048).expect("verifying");
+    // No --init: the stand-in is PID 1 and must stop on SIGTERM (else `docker restart` takes the 10 s timeout).
+    let pem = |p: std::path::PathBuf| std::fs::read_to_string(p).expect("reading a PEM");
+    let probe = testbed::harness::health::HttpsProbe::new(
+        &pem(tb.etcd_ca()),
+        &pem(tb.admin_cert()),
+        &pem(tb.admin_key()),
+    )
+    .expect("HTTPS probe");
+    let n2 = &tb.nodes()[1];
+    let t = Instant::now();
+    let (ok, _, err) = run(tb
+        .docker(n2)
+        .args(["restart", "-t", "10", "kube-apiserver"]));
+    assert!(ok, "docker restart: {err}");
+    let addr = std::net::SocketAddr::new(n2.address.into(), 6443);
+    testbed::harness::health::wait_for(
+        "readyz after restart",
+        Duration::from_secs(30),
+        Duration::from_millis(20),
+        || probe.get(addr, "/readyz").is_ok_and(|(c, _)| c == 200),
+    )
+    .expect("ready again");
+    let restart = t.elapsed();
+    println!(
+        "docker restart kube-apiserver → /readyz 200: {:.2} s",
+        restart.as_secs_f64()
+    );
+    assert!(
+        restart < Duration::from_secs(8),
+        "restart took {restart:?}: SIGTERM not handled by PID 1?"
+    );
     assert_eq!(verified.secrets, 1000);
     assert_clean(&mut tb);
+}
+
+#[test]
+fn a_kept_testbed_is_torn_down_from_its_manifest() {
+    if !may_run() {
+        return;
+    }
+    // What the CLI does: `up` leaves the daemons running, a later `down --dir` works from testbed.json alone.
+    let mut tb = Testbed::up(Options {
+        nodes: 1,
+        etcd: false,
+        standin: Standin::Placeholder,
+        ..Options::default()
+    })
+    .expect("testbed up");
+    tb.keep_running();
+    let manifest = tb.manifest().clone();
+    let dir = tb.dir().to_path_buf();
+    drop(tb);
+    assert!(
+        manifest.any_alive(),
+        "daemons must outlive the Testbed value after keep_running"
+    );
+    let owner = manifest.run_dir.join("owner");
+    assert_eq!(
+        std::fs::read_to_string(&owner).ok().as_deref(),
+        dir.to_str(),
+        "slot owner file names the testbed"
+    );
+    Testbed::down_dir(&dir).expect("down from the manifest");
+    let left = testbed::harness::procs::leftovers(&manifest);
+    assert!(left.is_empty(), "teardown left: {left:#?}");
+    assert!(!owner.exists());
+    Testbed::down_dir(&dir).expect("down again is a no-op");
 }

@@ -38,6 +38,8 @@ pub struct ClusterSpec<'a> {
     pub cluster_name: String,
     pub ssh_key_path: &'a Path,
     pub prefix_path: &'a str,
+    /// The SSH user of every node (`root`, or the sudo user).
+    pub user: &'a str,
     pub nodes: Vec<NodeSpec<'a>>,
 }
 
@@ -51,7 +53,7 @@ pub fn cluster_yml(spec: &ClusterSpec) -> Result<String> {
                 "address": n.ip.to_string(),
                 "port": n.port.to_string(),
                 "hostname_override": n.name,
-                "user": "root",
+                "user": spec.user,
                 "role": ["controlplane", "etcd", "worker"],
                 "ssh_key_path": spec.ssh_key_path,
                 "docker_socket": n.docker_socket,
@@ -107,7 +109,7 @@ pub fn rkestate(spec: &ClusterSpec, pki: &Pki, admin_kubeconfig: &str) -> Value 
                 "internalAddress": n.ip.to_string(),
                 "role": ["controlplane", "etcd", "worker"],
                 "hostnameOverride": n.name,
-                "user": "root",
+                "user": spec.user,
                 "dockerSocket": n.docker_socket,
                 "sshKeyPath": spec.ssh_key_path,
             })

@@ -30,6 +30,33 @@ pub fn wait_for(
     }
 }
 
+/// Like [`wait_for`], but `probe` may give up early with an error (e.g. the daemon exited).
+pub fn wait_until(
+    what: &str,
+    timeout: Duration,
+    every: Duration,
+    mut probe: impl FnMut() -> Result<bool>,
+) -> Result<Duration> {
+    let start = Instant::now();
+    loop {
+        if probe().with_context(|| format!("waiting for {what}"))? {
+            return Ok(start.elapsed());
+        }
+        if start.elapsed() >= timeout {
+            bail!("timed out after {timeout:?} waiting for {what}");
+        }
+        std::thread::sleep(every);
+    }
+}
+
+/// The last `lines` lines of a log file (for error messages).
+pub fn log_tail(path: &std::path::Path, lines: usize) -> String {
+    let text = std::fs::read_to_string(path).unwrap_or_default();
+    let all: Vec<&str> = text.lines().collect();
+    let tail = all[all.len().saturating_sub(lines)..].join("\n");
+    format!("{}:\n{tail}", path.display())
+}
+
 /// Docker Engine `GET /_ping` over its unix socket answers `OK`.
 pub fn docker_ping(sock: &Path) -> bool {
     let Ok(mut s) = UnixStream::connect(sock) else {

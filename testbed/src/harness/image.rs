@@ -77,8 +77,15 @@ pub fn build_rootfs_tar(standin: &Standin, work: &Path) -> Result<PathBuf> {
         symlink("busybox", root.join("bin").join(applet))?;
     }
     if let Standin::Binary(bin) = standin {
-        fs::copy(bin, root.join("usr/local/bin/kube-apiserver"))
-            .with_context(|| format!("copying {}", bin.display()))?;
+        let dst = root.join("usr/local/bin/kube-apiserver");
+        fs::copy(bin, &dst).with_context(|| format!("copying {}", bin.display()))?;
+        // A debug build is ~10× larger with its debug info, which import/save/load would copy around.
+        let _ = Command::new("strip")
+            .arg("--strip-debug")
+            .arg(&dst)
+            .stdin(Stdio::null())
+            .stderr(Stdio::null())
+            .status();
         let out = Command::new("ldd")
             .arg(bin)
             .stdin(Stdio::null())

@@ -9,6 +9,7 @@ pub mod pki;
 pub mod procs;
 pub mod seed;
 pub mod slot;
+pub mod users;
 
 use std::fs;
 use std::net::{Ipv4Addr, SocketAddr};
@@ -33,7 +34,7 @@ pub struct Options {
     pub standin: Standin,
     /// Start an N-member etcd cluster (required by the real stand-in).
     pub etcd: bool,
-    /// Not implemented yet: a non-root sudo user.
+    /// Also create user `atrest` (passwordless sudo, member of `docker`) on every node and name it in cluster.yml.
     pub sudo_user: bool,
     /// How long to wait for a free slot.
     pub slot_timeout: Duration,
@@ -82,6 +83,7 @@ pub struct Testbed {
     slot: Option<slot::Slot>,
     standin: Standin,
     etcd: bool,
+    sudo_user: bool,
     down_done: bool,
     /// Leave everything running on drop (CLI `up`).
     keep: bool,
@@ -167,7 +169,9 @@ impl Testbed {
         let dir = dir
             .canonicalize()
             .with_context(|| format!("resolving {}", dir.display()))?;
-        fs::set_permissions(&dir, std::os::unix::fs::PermissionsExt::from_mode(0o700))?;
+        // 0711: the sudo user's sshd session must traverse DIR to its home; files with secrets are 0600.
+        let mode = if opts.sudo_user { 0o711 } else { 0o700 };
+        fs::set_permissions(&dir, std::os::unix::fs::PermissionsExt::from_mode(mode))?;
         let run_dir = slot.run_dir();
         if run_dir.exists() {
             // A previous owner was reclaimed or crashed before writing its owner file.
@@ -205,6 +209,7 @@ impl Testbed {
             procs: Vec::new(),
             containers: Vec::new(),
             up_ms: 0,
+            steps: Vec::new(),
         };
         manifest.save()?;
         slot.write_owner(&dir)?;
@@ -215,10 +220,11 @@ impl Testbed {
             slot: Some(slot),
             standin: opts.standin.clone(),
             etcd: opts.etcd,
+            sudo_user: opts.sudo_user,
             down_done: false,
             keep: false,
         };
-        match tb.bring_up() {
+        match tb.bring_up(t0) {
             Ok(()) => {
                 tb.manifest.up_ms = t0.elapsed().as_millis() as u64;
                 tb.manifest.save()?;
@@ -252,7 +258,23 @@ impl Testbed {
         Ok(pid)
     }
 
-    fn bring_up(&mut self) -> Result<()> {
+    fn mark(&mut self, t0: Instant, step: &str) {
+        self.manifest
+            .steps
+            .push((step.to_string(), t0.elapsed().as_millis() as u64));
+    }
+
+    /// Milestones of `up` (step, time since `up` began).
+    pub fn bring_up_steps(&self) -> Vec<(String, Duration)> {
+        self.manifest
+            .steps
+            .iter()
+            .map(|(s, ms)| (s.clone(), Duration::from_millis(*ms)))
+            .collect()
+    }
+
+    fn bring_up(&mut self, t0: Instant) -> Result<()> {
+        self.mark(t0, "slot acquired");
         let dir = self.manifest.dir.clone();
         mkdir(Path::new("/run/sshd"))?;
         mkdir(Path::new(PREFIX_PATH))?;
@@ -311,7 +333,13 @@ impl Testbed {
                      PermitRootLogin prohibit-password\nPubkeyAuthentication yes\nPasswordAuthentication no\n\
                      KbdInteractiveAuthentication no\nUsePAM no\nAllowTcpForwarding yes\nAllowStreamLocalForwarding yes\n\
                      StreamLocalBindUnlink yes\nSetEnv DOCKER_HOST=unix://{sock}\nSubsystem sftp /usr/lib/openssh/sftp-server\n\
-                     LogLevel VERBOSE\n",
+                     LogLevel VERBOSE\n{sudo}",
+                    sudo = if self.sudo_user {
+                        // The user's own file (readable by it); root keeps the file above only.
+                        format!("Match User {}\n  AuthorizedKeysFile .ssh/authorized_keys\n", users::SUDO_USER)
+                    } else {
+                        String::new()
+                    },
                     ip = n.address,
                     port = n.ssh_port,
                     hk = host_key.display(),
@@ -350,16 +378,23 @@ impl Testbed {
             0o644,
         )?;
 
+        self.mark(t0, "keys, pki and node files written");
         // sshd in a fresh mount namespace where PREFIX_PATH is the node's tree; dockerd joins that namespace.
         let nodes = self.nodes.clone();
         for (n, rec) in nodes.iter().zip(self.manifest.nodes.clone()) {
             let cfg = n.dir.join("ssh/sshd_config");
+            let mut binds = vec![(n.prefix.clone(), PathBuf::from(PREFIX_PATH))];
+            if self.sudo_user {
+                binds.extend(users::prepare(&n.dir, &client_pub)?);
+            }
             let mut cmd = Command::new("unshare");
             cmd.args(["--mount", "--propagation", "private", "--", "/bin/sh", "-c"])
-                .arg(r#"mount --bind -- "$1" "$2" && shift 2 && exec "$@""#)
-                .arg("sh")
-                .arg(&n.prefix)
-                .arg(PREFIX_PATH)
+                .arg(r#"while [ "$1" != -- ]; do mount --bind -- "$1" "$2" || exit 1; shift 2; done; shift; exec "$@""#)
+                .arg("sh");
+            for (src, dst) in &binds {
+                cmd.arg(src).arg(dst);
+            }
+            cmd.arg("--")
                 .arg("/usr/sbin/sshd")
                 .arg("-D")
                 .arg("-f")
@@ -370,15 +405,34 @@ impl Testbed {
             let sshd_pid = self.record(child, "sshd", n.index, &cfg)?;
             let host_ns = mnt_ns(std::process::id());
             // Wait until sh has mounted and exec'd sshd, so nsenter joins the finished namespace.
-            health::wait_for(
+            let logs = [n.dir.join("sshd.stdio.log"), n.dir.join("sshd.log")];
+            health::wait_until(
                 &format!("sshd of {} to start", n.name),
                 Duration::from_secs(10),
                 Duration::from_millis(5),
                 || {
-                    procs::cmdline(sshd_pid).is_some_and(|c| c.starts_with("/usr/sbin/sshd"))
-                        && mnt_ns(sshd_pid) != host_ns
+                    if !procs::alive(sshd_pid, "") {
+                        bail!(
+                            "sshd (pid {sshd_pid}) exited; {}",
+                            logs.iter()
+                                .map(|l| health::log_tail(l, 10))
+                                .collect::<Vec<_>>()
+                                .join("\n")
+                        );
+                    }
+                    Ok(fs::read_link(format!("/proc/{sshd_pid}/exe"))
+                        .is_ok_and(|e| e == Path::new("/usr/sbin/sshd"))
+                        && mnt_ns(sshd_pid) != host_ns)
                 },
-            )?;
+            )
+            .map_err(|e| {
+                let c = procs::cmdline(sshd_pid).unwrap_or_default();
+                e.context(format!(
+                    "sshd pid {sshd_pid} cmdline {c:?}, mount ns {:?} (host {:?})",
+                    mnt_ns(sshd_pid),
+                    host_ns
+                ))
+            })?;
             if let Some(p) = self.manifest.procs.last_mut() {
                 p.cmdline = procs::cmdline(sshd_pid).unwrap_or_default();
             }
@@ -461,69 +515,107 @@ impl Testbed {
                 self.record(child, "etcd", n.index, &data)?;
             }
         }
+        self.mark(t0, "daemons spawned");
         // Image: build while the engines start.
         let work = dir.join("image");
         mkdir(&work)?;
         let tar = image::build_rootfs_tar(&self.standin, &work)?;
         for n in &nodes {
-            health::wait_for(
+            let pid = self
+                .manifest
+                .procs
+                .iter()
+                .find(|p| p.kind == "dockerd" && p.node == n.index)
+                .map(|p| p.pid);
+            let log = n.dir.join("dockerd.log");
+            health::wait_until(
                 &format!("dockerd of {}", n.name),
                 Duration::from_secs(30),
                 Duration::from_millis(20),
-                || health::docker_ping(&n.docker_socket),
+                || {
+                    if pid.is_some_and(|p| !procs::alive(p, "")) {
+                        bail!("dockerd exited; {}", health::log_tail(&log, 10));
+                    }
+                    Ok(health::docker_ping(&n.docker_socket))
+                },
             )?;
         }
+        self.mark(t0, "engines ready");
         let sockets: Vec<PathBuf> = nodes.iter().map(|n| n.docker_socket.clone()).collect();
         image::install(&tar, &work, &sockets)?;
+        self.mark(t0, "image installed");
         if self.etcd {
-            health::wait_for(
+            let etcds: Vec<(u32, PathBuf)> = self
+                .manifest
+                .procs
+                .iter()
+                .filter(|p| p.kind == "etcd")
+                .map(|p| (p.pid, self.manifest.nodes[p.node - 1].dir.join("etcd.log")))
+                .collect();
+            health::wait_until(
                 "etcd cluster health",
                 Duration::from_secs(60),
                 Duration::from_millis(100),
                 || {
-                    self.etcdctl()
+                    if let Some((pid, log)) = etcds.iter().find(|(pid, _)| !procs::alive(*pid, ""))
+                    {
+                        bail!("etcd (pid {pid}) exited; {}", health::log_tail(log, 5));
+                    }
+                    Ok(self
+                        .etcdctl()
                         .args(["endpoint", "health"])
                         .stdout(Stdio::null())
                         .stderr(Stdio::null())
                         .status()
-                        .is_ok_and(|s| s.success())
+                        .is_ok_and(|s| s.success()))
                 },
             )?;
         }
-        // kube-apiserver per node, RKE-style.
-        for n in &nodes {
-            let mut cmd = self.docker(n);
-            cmd.args([
-                "run",
-                "-d",
-                "--name",
-                "kube-apiserver",
-                "--net=host",
-                "--restart=always",
-            ]);
-            if self.standin == Standin::Placeholder {
-                cmd.arg("--init");
+        self.mark(t0, "etcd healthy");
+        // kube-apiserver per node, RKE-style, all nodes at once.
+        let runs: Vec<Result<String>> = {
+            let this = &*self;
+            std::thread::scope(|s| {
+                let hs: Vec<_> = nodes
+                    .iter()
+                    .map(|n| {
+                        s.spawn(move || {
+                            image::run_ok(
+                                &mut this.apiserver_run(n),
+                                &format!("docker run kube-apiserver on {}", n.name),
+                            )
+                        })
+                    })
+                    .collect();
+                hs.into_iter()
+                    .map(|h| {
+                        h.join()
+                            .unwrap_or_else(|_| Err(anyhow::anyhow!("docker run thread panicked")))
+                    })
+                    .collect()
+            })
+        };
+        let mut first_err = None;
+        for (n, r) in nodes.iter().zip(runs) {
+            match r {
+                Ok(id) => self.manifest.containers.push(ContainerRecord {
+                    node: n.index,
+                    id,
+                    name: "kube-apiserver".into(),
+                }),
+                Err(e) => first_err = first_err.or(Some(e)),
             }
-            cmd.arg("-v")
-                .arg(format!("{PREFIX_PATH}/etc/kubernetes:/etc/kubernetes:z"))
-                .arg(image::IMAGE);
-            cmd.args(self.apiserver_command(n));
-            let id = image::run_ok(
-                &mut cmd,
-                &format!("docker run kube-apiserver on {}", n.name),
-            )?;
-            self.manifest.containers.push(ContainerRecord {
-                node: n.index,
-                id,
-                name: "kube-apiserver".into(),
-            });
-            self.manifest.save()?;
+        }
+        self.manifest.save()?;
+        if let Some(e) = first_err {
+            return Err(e);
         }
         // Cluster files.
         let spec = files::ClusterSpec {
             cluster_name: format!("atrest-testbed-slot-{}", self.manifest.slot),
             ssh_key_path: &key,
             prefix_path: PREFIX_PATH,
+            user: self.ssh_user(),
             nodes: nodes
                 .iter()
                 .map(|n| files::NodeSpec {
@@ -547,6 +639,7 @@ impl Testbed {
             serde_json::to_string_pretty(&state)?.as_bytes(),
             0o600,
         )?;
+        self.mark(t0, "containers started, cluster files written");
         // Health: the API (not the container state: a crash-looping container looks "Up").
         let probe = health::HttpsProbe::new(
             &pki.ca.cert_pem,
@@ -565,8 +658,10 @@ impl Testbed {
                         .get(addr, "/readyz")
                         .is_ok_and(|(code, _)| code == 200),
                 },
-            )?;
+            )
+            .map_err(|e| e.context(self.container_diagnostics(n)))?;
         }
+        self.mark(t0, "apiservers ready");
         // SSH with host-key checking, all nodes at once.
         let this = &*self;
         std::thread::scope(|s| {
@@ -584,7 +679,62 @@ impl Testbed {
             }
             anyhow::Ok(())
         })?;
+        self.mark(t0, "ssh verified");
         Ok(())
+    }
+
+    /// Container state and its last log lines, for errors about a node's kube-apiserver.
+    fn container_diagnostics(&self, n: &Node) -> String {
+        let state = self
+            .docker(n)
+            .args([
+                "inspect",
+                "-f",
+                "status={{.State.Status}} restarts={{.RestartCount}} exit={{.State.ExitCode}}",
+                "kube-apiserver",
+            ])
+            .output()
+            .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_string())
+            .unwrap_or_default();
+        let logs = self
+            .docker(n)
+            .args(["logs", "--tail", "5", "kube-apiserver"])
+            .output()
+            .map(|o| {
+                format!(
+                    "{}{}",
+                    String::from_utf8_lossy(&o.stdout),
+                    String::from_utf8_lossy(&o.stderr)
+                )
+            })
+            .unwrap_or_default();
+        format!(
+            "kube-apiserver container on {}: {state}; last log lines:\n{}",
+            n.name,
+            logs.trim_end()
+        )
+    }
+
+    /// `docker run` for a node's kube-apiserver container, as RKE creates it.
+    pub fn apiserver_run(&self, n: &Node) -> Command {
+        let mut cmd = self.docker(n);
+        cmd.args([
+            "run",
+            "-d",
+            "--name",
+            "kube-apiserver",
+            "--net=host",
+            "--restart=always",
+        ]);
+        if self.standin == Standin::Placeholder {
+            // busybox httpd as PID 1 ignores SIGTERM; the stand-in handles it, like the real apiserver.
+            cmd.arg("--init");
+        }
+        cmd.arg("-v")
+            .arg(format!("{PREFIX_PATH}/etc/kubernetes:/etc/kubernetes:z"))
+            .arg(image::IMAGE);
+        cmd.args(self.apiserver_command(n));
+        cmd
     }
 
     /// The container command line: RKE's `kube-apiserver` flags (the stand-in ignores the ones it does not model).
@@ -735,15 +885,30 @@ impl Testbed {
     pub fn docker(&self, n: &Node) -> Command {
         image::docker(&n.docker_socket)
     }
-    /// `ssh -F DIR/ssh_config root@IP` with strict host-key checking; append the remote command.
-    pub fn ssh(&self, n: &Node) -> Command {
+
+    /// The SSH user named in cluster.yml: `root`, or [`users::SUDO_USER`] with `sudo_user`.
+    pub fn ssh_user(&self) -> &'static str {
+        if self.sudo_user {
+            users::SUDO_USER
+        } else {
+            "root"
+        }
+    }
+
+    /// `ssh -F DIR/ssh_config USER@IP` with strict host-key checking; append the remote command.
+    pub fn ssh_as(&self, n: &Node, user: &str) -> Command {
         let mut c = Command::new("ssh");
         c.arg("-F")
             .arg(self.ssh_config_path())
             .arg("-p")
             .arg(n.ssh_port.to_string());
-        c.arg(format!("root@{}", n.address)).stdin(Stdio::null());
+        c.arg(format!("{user}@{}", n.address)).stdin(Stdio::null());
         c
+    }
+
+    /// `ssh -F DIR/ssh_config root@IP` with strict host-key checking; append the remote command.
+    pub fn ssh(&self, n: &Node) -> Command {
+        self.ssh_as(n, "root")
     }
 }
 

@@ -52,6 +52,9 @@ pub struct Manifest {
     pub containers: Vec<ContainerRecord>,
     /// Measured bring-up time, milliseconds (0 until `up` finished).
     pub up_ms: u64,
+    /// Milestones of `up`: (step, milliseconds since `up` began).
+    #[serde(default)]
+    pub steps: Vec<(String, u64)>,
 }
 
 impl Manifest {

@@ -177,6 +177,15 @@ pub async fn seed(client: &Client, spec: SeedSpec) -> Result<SeedReport> {
     })
 }
 
+/// The payload size recorded at seeding time (an earlier seed may have used another size).
+fn seeded_size(meta: &ObjectMeta, default: usize) -> usize {
+    meta.annotations
+        .as_ref()
+        .and_then(|a| a.get("atrest-testbed/size"))
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(default)
+}
+
 fn check(
     kind: &str,
     ns: &str,
@@ -211,13 +220,14 @@ pub async fn verify(client: &Client, spec: SeedSpec) -> Result<SeedReport> {
             .with_context(|| format!("listing secrets in {ns}"))?;
         for s in secrets.items {
             let name = s.metadata.name.clone().unwrap_or_default();
+            let size = seeded_size(&s.metadata, spec.size_bytes);
             let data = s.data.unwrap_or_default();
             let get = |k: &str| data.get(k).map(|b| b.0.clone()).unwrap_or_default();
             check(
                 "secret",
                 &ns,
                 &name,
-                spec.size_bytes,
+                size,
                 &get("payload"),
                 &get("checksum"),
             )?;
@@ -229,13 +239,14 @@ pub async fn verify(client: &Client, spec: SeedSpec) -> Result<SeedReport> {
             .with_context(|| format!("listing configmaps in {ns}"))?;
         for c in cms.items {
             let name = c.metadata.name.clone().unwrap_or_default();
+            let size = seeded_size(&c.metadata, spec.size_bytes);
             let data = c.data.unwrap_or_default();
             let get = |k: &str| data.get(k).cloned().unwrap_or_default().into_bytes();
             check(
                 "configmap",
                 &ns,
                 &name,
-                spec.size_bytes,
+                size,
                 &get("payload"),
                 &get("checksum"),
             )?;
@@ -306,5 +317,26 @@ impl super::Testbed {
             )
             .await
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn payload_is_deterministic_sized_and_name_specific() {
+        let a = payload("seed-secret-000001", 2048);
+        assert_eq!(a.len(), 2048);
+        assert_eq!(a, payload("seed-secret-000001", 2048));
+        assert_ne!(a, payload("seed-secret-000002", 2048));
+        assert_eq!(payload("x", 10), payload("x", 100)[..10]);
+        assert_eq!(checksum(&a).len(), 64);
+    }
+
+    #[test]
+    fn objects_spread_over_the_namespaces() {
+        let nss: std::collections::BTreeSet<String> = (0..8).map(namespace_of).collect();
+        assert_eq!(nss.len(), NAMESPACES);
     }
 }

@@ -151,3 +151,15 @@ pub fn acquire(
         std::thread::sleep(Duration::from_millis(200));
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn slots_own_disjoint_address_blocks_and_run_dirs() {
+        assert_eq!(ip_for(0, 0), Ipv4Addr::new(127, 0, 20, 11));
+        assert_eq!(ip_for(3, 2), Ipv4Addr::new(127, 0, 23, 13));
+        assert_ne!(run_dir_for(0), run_dir_for(1));
+    }
+}
