@@ -13,6 +13,7 @@ command -v protoc >/dev/null 2>&1 || need+=(protobuf-compiler)
 command -v ssh >/dev/null 2>&1 || need+=(openssh-client)          # ssh, ssh-keygen: keys, checks, forwards
 command -v unshare >/dev/null 2>&1 || need+=(util-linux)           # unshare/nsenter: per-node mount namespaces
 command -v docker >/dev/null 2>&1 || need+=(docker.io)             # the docker CLI drives each node's engine
+[ -x /usr/bin/sudo ] || need+=(sudo)                                 # the testbed's optional non-root sudo user
 if [ ${#need[@]} -gt 0 ]; then
   echo "prereqs: installing ${need[*]}"
   export DEBIAN_FRONTEND=noninteractive

@@ -13,6 +13,7 @@ use atrest::exec::restart::{
     ContainerAction, NodeChange, RolloutError, RolloutOptions, RolloutTarget, rolling_apply,
 };
 use atrest::exec::ssh::{Host, SshOptions, connect_all};
+use atrest::exec::tunnel::Tunnel;
 use bed::Bed;
 use std::os::unix::fs::PermissionsExt;
 use std::sync::Arc;
@@ -75,6 +76,26 @@ async fn root_ed25519_exec_and_atomic_files() {
     files::remove_file(h, &path)
         .await
         .expect("remove is idempotent");
+
+    // A local port forwarded through the node to its apiserver placeholder.
+    let tunnel = Tunnel::open(h.clone(), &n.address, 6443)
+        .await
+        .expect("tunnel");
+    let addr = tunnel.local_addr();
+    let reply = tokio::task::spawn_blocking(move || {
+        use std::io::{Read, Write};
+        let mut s = std::net::TcpStream::connect(addr).expect("connect to tunnel");
+        s.write_all(b"GET /readyz HTTP/1.0\r\n\r\n").expect("send");
+        let mut buf = String::new();
+        s.read_to_string(&mut buf).expect("read");
+        buf
+    })
+    .await
+    .expect("join");
+    assert!(
+        reply.starts_with("HTTP/1.") && reply.contains(" 200 "),
+        "{reply}"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -299,8 +320,13 @@ async fn cut_connection_mid_write_leaves_old_file() {
     assert!(seen, "temp file never appeared");
     let killed = bed.kill_ssh_sessions(0);
     assert!(killed > 0);
+    let killed_at = std::time::Instant::now();
     let result = writer.await.expect("join");
-    assert!(result.is_err(), "write must fail when the connection dies");
+    let err = result.expect_err("write must fail when the connection dies");
+    eprintln!(
+        "write failed {:?} after the kill: {err}",
+        killed_at.elapsed()
+    );
     assert_eq!(std::fs::read(&on_host).expect("old file"), b"old content");
     // The remote trap removes the temp file; give the dying shell a moment.
     let mut clean = false;
@@ -570,5 +596,57 @@ async fn certificate_and_encrypted_key_auth() {
     assert_eq!(
         hosts[0].exec("echo enc").await.expect("exec").stdout_text(),
         "enc\n"
+    );
+}
+
+/// A non-root SSH user: commands run through `sudo -n`, files still end up root-owned 0600 (content through
+/// sudo's stdin), Docker reached as the user (group `docker`), preflight and a rolling restart work.
+#[tokio::test(flavor = "multi_thread")]
+async fn sudo_user_files_docker_and_rollout() {
+    let bed = Bed::up_with(true);
+    let mut c = cluster(&bed, &bed.key_ed25519);
+    for n in &mut c.nodes {
+        n.user = Some(testbed::harness::users::SUDO_USER.to_string());
+    }
+    let hosts = connect_all(&c, &c.nodes, &opts(&bed), 4)
+        .await
+        .expect("connect as the sudo user");
+    let h = &hosts[0];
+    assert!(!h.is_root());
+    let out = h.exec("id -u; echo $SUDO_USER").await.expect("exec");
+    assert_eq!(out.stdout_text(), "0\natrest\n", "{}", out.stderr_text());
+
+    let n = &bed.nodes[0];
+    let path = format!("{}/ssl/encryption.yaml", n.kdir_node);
+    files::write_file_atomic(h, &path, GOOD_CONFIG, 0o600)
+        .await
+        .expect("write via sudo");
+    let meta = std::fs::metadata(n.kdir_host.join("ssl/encryption.yaml")).expect("meta");
+    use std::os::unix::fs::MetadataExt;
+    assert_eq!((meta.uid(), meta.gid(), meta.mode() & 0o777), (0, 0, 0o600));
+    files::remove_file(h, &path).await.expect("remove via sudo");
+
+    connect_and_preflight(&c, &c.nodes, &opts(&bed), 4, &n.kdir_node)
+        .await
+        .expect("preflight as the sudo user");
+    let change = NodeChange {
+        file: Some(Zeroizing::new(GOOD_CONFIG.to_vec())),
+        flag: FlagChange::Add,
+        extra_binds: vec![],
+    };
+    let report = rolling_apply(
+        &targets(&bed, &hosts),
+        &change,
+        &RolloutOptions {
+            ready_timeout: Duration::from_secs(20),
+        },
+        |_| Ok(()),
+    )
+    .await
+    .expect("rollout as the sudo user");
+    assert_eq!(report.changed.len(), 2);
+    assert!(
+        bed.docker_inspect(1, "{{json .Config.Cmd}}")
+            .contains(FLAG_ARG)
     );
 }

@@ -29,6 +29,7 @@ pub struct ClusterConfig {
     pub nodes: Vec<Node>,
     pub ssh_key_path: Option<String>,
     pub ssh_cert_path: Option<String>,
+    #[serde(deserialize_with = "yaml11_bool")]
     pub ssh_agent_auth: bool,
     pub bastion_host: Option<BastionHost>,
     pub prefix_path: Option<String>,
@@ -56,6 +57,7 @@ pub struct Node {
     pub ssh_key_path: Option<String>,
     pub ssh_cert: Option<String>,
     pub ssh_cert_path: Option<String>,
+    #[serde(deserialize_with = "yaml11_opt_bool")]
     pub ssh_agent_auth: Option<bool>,
     pub docker_socket: Option<String>,
 }
@@ -68,11 +70,13 @@ pub struct BastionHost {
     #[serde(deserialize_with = "string_or_number")]
     pub port: Option<String>,
     pub user: Option<String>,
+    #[serde(deserialize_with = "yaml11_opt_bool")]
     pub ssh_agent_auth: Option<bool>,
     pub ssh_key: Option<crate::secret::SecretString>,
     pub ssh_key_path: Option<String>,
     pub ssh_cert: Option<String>,
     pub ssh_cert_path: Option<String>,
+    #[serde(deserialize_with = "yaml11_opt_bool")]
     pub ignore_proxy_env_vars: Option<bool>,
 }
 
@@ -101,6 +105,7 @@ pub struct KubeApi {
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
 #[serde(default)]
 pub struct SecretsEncryptionConfig {
+    #[serde(deserialize_with = "yaml11_bool")]
     pub enabled: bool,
     pub custom_config: Option<EncryptionConfiguration>,
 }
@@ -272,6 +277,40 @@ fn string_or_number<'de, D: Deserializer<'de>>(d: D) -> Result<Option<String>, D
         }
     }
     d.deserialize_any(PortVisitor)
+}
+
+/// RKE decodes cluster.yml with Go's YAML 1.1 rules, where `yes`/`no`/`on`/`off`/`y`/`n` are booleans.
+fn yaml11_opt_bool<'de, D: Deserializer<'de>>(d: D) -> Result<Option<bool>, D::Error> {
+    struct BoolVisitor;
+    impl<'de> serde::de::Visitor<'de> for BoolVisitor {
+        type Value = Option<bool>;
+        fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+            f.write_str("a boolean (true/false, yes/no, on/off)")
+        }
+        fn visit_bool<E: serde::de::Error>(self, v: bool) -> Result<Self::Value, E> {
+            Ok(Some(v))
+        }
+        fn visit_str<E: serde::de::Error>(self, v: &str) -> Result<Self::Value, E> {
+            match v {
+                "y" | "Y" | "yes" | "Yes" | "YES" | "on" | "On" | "ON" | "true" | "True"
+                | "TRUE" => Ok(Some(true)),
+                "n" | "N" | "no" | "No" | "NO" | "off" | "Off" | "OFF" | "false" | "False"
+                | "FALSE" => Ok(Some(false)),
+                _ => Err(E::invalid_value(serde::de::Unexpected::Str(v), &self)),
+            }
+        }
+        fn visit_unit<E: serde::de::Error>(self) -> Result<Self::Value, E> {
+            Ok(None)
+        }
+        fn visit_none<E: serde::de::Error>(self) -> Result<Self::Value, E> {
+            Ok(None)
+        }
+    }
+    d.deserialize_any(BoolVisitor)
+}
+
+fn yaml11_bool<'de, D: Deserializer<'de>>(d: D) -> Result<bool, D::Error> {
+    Ok(yaml11_opt_bool(d)?.unwrap_or(false))
 }
 
 /// `extra_args` values are flags' text; numbers and booleans are kept as written.
@@ -457,4 +496,130 @@ fn cluster_diagnostics(config: &ClusterConfig) -> Vec<Diagnostic> {
         push("bastion_host.port", bad_port(port));
     }
     diags
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const MINIMAL: &str = "nodes:\n  - address: 10.0.0.1\n    role: [controlplane]\n";
+
+    #[test]
+    fn defaults_are_rke_defaults() {
+        let c = parse(MINIMAL, "cluster.yml").unwrap();
+        let n = &c.nodes[0];
+        assert_eq!(n.ssh_port(), Ok(22));
+        assert_eq!(n.docker_socket(), "/var/run/docker.sock");
+        assert_eq!(n.user, None);
+        assert_eq!(c.ssh_key_path(), "~/.ssh/id_rsa");
+        assert_eq!(n.ssh_key_path(&c), "~/.ssh/id_rsa");
+        assert_eq!(c.prefix_path(), "");
+        assert_eq!(n.display_name(), "10.0.0.1");
+        assert!(!c.encryption_enabled());
+    }
+
+    #[test]
+    fn port_accepts_string_or_number() {
+        for port in ["2222", "\"2222\"", "'2222'"] {
+            let text =
+                format!("nodes:\n  - address: a\n    port: {port}\n    role: [controlplane]\n");
+            let c = parse(&text, "cluster.yml").unwrap();
+            assert_eq!(c.nodes[0].port.as_deref(), Some("2222"));
+            assert_eq!(c.nodes[0].ssh_port(), Ok(2222));
+        }
+    }
+
+    #[test]
+    fn unknown_fields_are_ignored_everywhere() {
+        let text = "kubernetes_version: v1.27.16\naddons: |\n  ---\n  kind: Namespace\nnodes:\n  - address: a\n    role: [controlplane, etcd, worker]\n    labels: {x: y}\n    taints: [{key: k, value: v, effect: NoSchedule}]\nservices:\n  kube-api:\n    pod_security_policy: false\n    secrets_encryption_config:\n      enabled: true\n  kubelet:\n    extra_args: {max-pods: 250}\nnetwork: {plugin: canal}\n";
+        let c = parse(text, "cluster.yml").unwrap();
+        assert!(c.encryption_enabled());
+        assert_eq!(c.etcd_nodes().len(), 1);
+    }
+
+    #[test]
+    fn helpers_pick_roles_names_and_paths() {
+        let text = "ssh_key_path: /keys/default\nprefix_path: /opt/rke/\nnodes:\n  - address: 10.0.0.1\n    hostname_override: cp-1\n    role: [controlplane, etcd]\n    docker_socket: /run/docker.sock\n  - address: 10.0.0.2\n    role: [etcd]\n    ssh_key_path: /keys/etcd\n  - address: 10.0.0.3\n    role: [worker]\n";
+        let c = parse(text, "cluster.yml").unwrap();
+        let names: Vec<&str> = c.controlplanes().iter().map(|n| n.display_name()).collect();
+        assert_eq!(names, ["cp-1"]);
+        let etcd: Vec<&str> = c.etcd_nodes().iter().map(|n| n.address.as_str()).collect();
+        assert_eq!(etcd, ["10.0.0.1", "10.0.0.2"]);
+        assert_eq!(c.prefix_path(), "/opt/rke");
+        assert_eq!(c.nodes[0].docker_socket(), "/run/docker.sock");
+        assert_eq!(c.nodes[0].ssh_key_path(&c), "/keys/default");
+        assert_eq!(c.nodes[1].ssh_key_path(&c), "/keys/etcd");
+        assert!(c.nodes[2].is_worker() && !c.nodes[2].is_controlplane());
+    }
+
+    #[test]
+    fn booleans_follow_yaml_1_1_like_rke() {
+        for (word, value) in [
+            ("yes", true),
+            ("on", true),
+            ("true", true),
+            ("no", false),
+            ("Off", false),
+            ("false", false),
+        ] {
+            let text = format!(
+                "ssh_agent_auth: {word}\n{MINIMAL}services:\n  kube-api:\n    secrets_encryption_config:\n      enabled: {word}\n"
+            );
+            let c = parse(&text, "cluster.yml").unwrap();
+            assert_eq!(
+                (c.ssh_agent_auth, c.encryption_enabled()),
+                (value, value),
+                "{word}"
+            );
+        }
+    }
+
+    #[test]
+    fn extra_args_keep_scalars_as_text() {
+        let text = format!(
+            "{MINIMAL}services:\n  kube-api:\n    extra_args:\n      v: 2\n      profiling: false\n      audit-log-path: /var/log/audit.log\n"
+        );
+        let c = parse(&text, "cluster.yml").unwrap();
+        let args = &c.services.kube_api.extra_args;
+        assert_eq!(args["v"], "2");
+        assert_eq!(args["profiling"], "false");
+        assert_eq!(args["audit-log-path"], "/var/log/audit.log");
+    }
+
+    #[test]
+    fn ssh_port_error_names_the_node() {
+        let node = Node {
+            address: "10.0.0.9".into(),
+            port: Some("x".into()),
+            ..Default::default()
+        };
+        assert_eq!(
+            node.ssh_port().unwrap_err().to_string(),
+            "node 10.0.0.9: invalid SSH port \"x\": expected a number from 1 to 65535"
+        );
+    }
+
+    #[test]
+    fn custom_config_is_ignored_while_disabled() {
+        // Even an invalid custom config is not an error while disabled, only a warning flag.
+        let text = format!(
+            "{MINIMAL}services:\n  kube-api:\n    secrets_encryption_config:\n      enabled: false\n      custom_config:\n        apiVersion: apiserver.config.k8s.io/v1\n        kind: EncryptionConfiguration\n        resources: []\n"
+        );
+        let c = parse(&text, "cluster.yml").unwrap();
+        assert!(c.custom_config_ignored());
+        assert_eq!(
+            crate::config::desired(&c).unwrap(),
+            crate::config::Desired::Disabled
+        );
+    }
+
+    #[test]
+    fn read_errors_name_the_file() {
+        let e = load(Path::new("/nonexistent/cluster.yml")).unwrap_err();
+        assert!(
+            e.to_string()
+                .starts_with("cannot read /nonexistent/cluster.yml: "),
+            "{e}"
+        );
+    }
 }

@@ -12,7 +12,7 @@ use serde::{Deserialize, Deserializer, Serialize};
 mod validation;
 pub use validation::{
     FieldError, MaskingError, ValidationErrors, check_key_conflicts, check_masking, validate,
-    validate_with_reload,
+    validate_optional, validate_with_reload,
 };
 
 pub const API_VERSION: &str = "apiserver.config.k8s.io/v1";
@@ -288,6 +288,46 @@ pub(crate) fn semantic_diagnostics(
     diags
 }
 
+/// What kube-apiserver does with `--encryption-provider-config` at startup, as one error string in its
+/// words (no positions): decode (`error while parsing file: error decoding encryption provider
+/// configuration file "<path>": …`), validate (`error while parsing file: <aggregate>`), then the
+/// masking check (`error while building transformers: …`). For the kube-apiserver stand-in.
+pub fn apiserver_startup_check(
+    text: &str,
+    path: &str,
+    reload: bool,
+) -> Result<EncryptionConfiguration, String> {
+    let config = match parse(text, path) {
+        Ok(c) => c,
+        Err(e) if text.is_empty() => {
+            return Err(format!(
+                "error while parsing file: {}",
+                e.diagnostics()[0].message
+            ));
+        }
+        Err(e) => {
+            let messages: Vec<&str> = e.diagnostics().iter().map(|d| d.message.as_str()).collect();
+            // Upstream reports all strict-decoding problems in one error.
+            let strict: Vec<&str> = messages
+                .iter()
+                .filter_map(|m| m.strip_prefix("strict decoding error: "))
+                .collect();
+            let detail = if strict.is_empty() {
+                messages.join(", ")
+            } else {
+                format!("strict decoding error: {}", strict.join(", "))
+            };
+            return Err(format!(
+                "error while parsing file: error decoding encryption provider configuration file {}: {detail}",
+                gofmt::quote(path)
+            ));
+        }
+    };
+    validate_with_reload(&config, reload).map_err(|e| format!("error while parsing file: {e}"))?;
+    check_masking(&config).map_err(|e| format!("error while building transformers: {e}"))?;
+    Ok(config)
+}
+
 /// kind/apiVersion as kube-apiserver's universal decoder checks them.
 fn check_type_meta(root: Option<&Node>) -> Result<(), String> {
     let field = |k: &str| {
@@ -524,5 +564,105 @@ pub(crate) mod validation_test_support {
     /// Length of a secret after Go-style base64 decoding.
     pub fn decoded_len(secret: &str) -> Option<usize> {
         super::validation::decode_secret(secret).map(|b| b.len())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn managed_is_rkes_shape() {
+        let key = Key {
+            name: "k".into(),
+            secret: SecretString::new("c2VjcmV0IGlzIHNlY3VyZQ==".into()),
+        };
+        let c = managed(vec![key.clone()]);
+        assert_eq!(
+            (c.api_version.as_str(), c.kind.as_str()),
+            (API_VERSION, KIND)
+        );
+        assert_eq!(c.resources.len(), 1);
+        assert_eq!(c.resources[0].resources, ["secrets"]);
+        let p = &c.resources[0].providers;
+        assert_eq!(p.len(), 2);
+        assert_eq!(
+            p[0].aescbc.as_ref().map(|k| k.keys.clone()),
+            Some(vec![key])
+        );
+        assert_eq!(p[0].type_name(), Some("aescbc"));
+        assert_eq!(p[1].type_name(), Some("identity"));
+        assert_eq!(validate(&c), Ok(()));
+    }
+
+    #[test]
+    fn parse_accepts_legacy_json_and_nulls_without_validating() {
+        let legacy = "apiVersion: v1\nkind: EncryptionConfig\nresources: []\n";
+        assert!(parse(legacy, "l.yaml").unwrap().resources.is_empty());
+        let json = r#"{"apiVersion":"apiserver.config.k8s.io/v1","kind":"EncryptionConfiguration","resources":[{"resources":["secrets"],"providers":[{"aescbc":{"keys":null}}]}]}"#;
+        let c = parse(json, "c.json").unwrap();
+        assert_eq!(
+            c.resources[0].providers[0].aescbc,
+            Some(KeysConfiguration { keys: vec![] })
+        );
+        assert_eq!(
+            validate(&c).unwrap_err().to_string(),
+            "resources[0].providers[0].aescbc.keys: Required value: at least one keys is required"
+        );
+    }
+
+    #[test]
+    fn strict_decoding_lists_every_unknown_field() {
+        let text = "apiVersion: apiserver.config.k8s.io/v1\nkind: EncryptionConfiguration\nmetadata: {name: x}\nresources:\n- resources: [secrets]\n  providers:\n  - identity: {extra: 1}\n";
+        assert_eq!(
+            parse(text, "s.yaml").unwrap_err().to_string(),
+            "s.yaml:3:1: strict decoding error: unknown field \"metadata\"\ns.yaml:7:16: strict decoding error: unknown field \"resources[0].providers[0].identity.extra\""
+        );
+    }
+
+    #[test]
+    fn apiserver_startup_errors_use_upstreams_wrapping() {
+        let p = "/etc/kubernetes/ssl/encryption.yaml";
+        assert_eq!(
+            apiserver_startup_check("", p, false).unwrap_err(),
+            format!(
+                "error while parsing file: encryption provider configuration file \"{p}\" is empty"
+            )
+        );
+        let typo = "apiVersion: apiserver.config.k8s.io/v1\nkind: EncryptionConfiguration\nresources:\n- resources: [secrets]\n  providers:\n  - identity: {a: 1}\n  - kms: {name: k, endpoint: 'unix:///k', pandas: 1}\n";
+        assert_eq!(
+            apiserver_startup_check(typo, p, false).unwrap_err(),
+            format!(
+                "error while parsing file: error decoding encryption provider configuration file \"{p}\": strict decoding error: unknown field \"resources[0].providers[0].identity.a\", unknown field \"resources[0].providers[1].kms.pandas\""
+            )
+        );
+        let kind = "apiVersion: apiserver.config.k8s.io/v1\nkind: EncryptionConfigurations\n";
+        assert_eq!(
+            apiserver_startup_check(kind, p, false).unwrap_err(),
+            format!(
+                "error while parsing file: error decoding encryption provider configuration file \"{p}\": no kind \"EncryptionConfigurations\" is registered for version \"apiserver.config.k8s.io/v1\""
+            )
+        );
+        let invalid = "apiVersion: apiserver.config.k8s.io/v1\nkind: EncryptionConfiguration\nresources: []\n";
+        assert_eq!(
+            apiserver_startup_check(invalid, p, false).unwrap_err(),
+            "error while parsing file: resources: Required value: at least one resources is required"
+        );
+        let masked = "apiVersion: apiserver.config.k8s.io/v1\nkind: EncryptionConfiguration\nresources:\n- resources: ['*.*']\n  providers: [identity: {}]\n- resources: [secrets]\n  providers: [identity: {}]\n";
+        assert_eq!(
+            apiserver_startup_check(masked, p, false).unwrap_err(),
+            "error while building transformers: resource \"secrets\" is masked by earlier rule \"*.*\""
+        );
+        let good = "apiVersion: v1\nkind: EncryptionConfig\nresources:\n- resources: [secrets]\n  providers: [identity: {}]\n";
+        assert!(apiserver_startup_check(good, p, false).is_ok());
+    }
+
+    #[test]
+    fn check_positions_validation_errors() {
+        let text = "apiVersion: apiserver.config.k8s.io/v1\nkind: EncryptionConfiguration\nresources:\n- resources: [secrets]\n  providers:\n  - aescbc:\n      keys:\n      - name: k\n        secret: c2hvcnQ=\n";
+        assert_eq!(
+            check(text, "c.yaml").unwrap_err().to_string(),
+            "c.yaml:9:17: resources[0].providers[0].aescbc.keys[0].secret: Invalid value: \"REDACTED\": secret is not of the expected length, got 5, expected one of [16 24 32]"
+        );
     }
 }

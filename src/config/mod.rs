@@ -48,3 +48,49 @@ pub fn desired(cluster: &cluster::ClusterConfig) -> Result<Desired, ConfigError>
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const NODES: &str = "nodes:\n  - address: 10.0.0.1\n    role: [controlplane]\n";
+
+    #[test]
+    fn desired_follows_enabled_and_custom_config() {
+        let c = cluster::parse(NODES, "cluster.yml").unwrap();
+        assert_eq!(desired(&c).unwrap(), Desired::Disabled);
+        let managed = format!(
+            "{NODES}services:\n  kube-api:\n    secrets_encryption_config:\n      enabled: true\n"
+        );
+        assert_eq!(
+            desired(&cluster::parse(&managed, "cluster.yml").unwrap()).unwrap(),
+            Desired::Managed
+        );
+        let custom = format!(
+            "{NODES}services:\n  kube-api:\n    secrets_encryption_config:\n      enabled: true\n      custom_config:\n        apiVersion: apiserver.config.k8s.io/v1\n        kind: EncryptionConfiguration\n        resources:\n          - resources: [secrets]\n            providers: [identity: {{}}]\n"
+        );
+        match desired(&cluster::parse(&custom, "cluster.yml").unwrap()).unwrap() {
+            Desired::Custom(c) => assert_eq!(c.resources[0].resources, ["secrets"]),
+            other => panic!("{other:?}"),
+        }
+    }
+
+    #[test]
+    fn desired_revalidates_a_config_changed_in_code_with_positions_from_the_file() {
+        let custom = format!(
+            "{NODES}services:\n  kube-api:\n    secrets_encryption_config:\n      enabled: true\n      custom_config:\n        apiVersion: apiserver.config.k8s.io/v1\n        kind: EncryptionConfiguration\n        resources:\n          - resources: [secrets]\n            providers: [identity: {{}}]\n"
+        );
+        let mut c = cluster::parse(&custom, "cluster.yml").unwrap();
+        let sec = c
+            .services
+            .kube_api
+            .secrets_encryption_config
+            .as_mut()
+            .unwrap();
+        sec.custom_config.as_mut().unwrap().resources[0].resources[0] = "Secrets".into();
+        assert_eq!(
+            desired(&c).unwrap_err().to_string(),
+            "cluster.yml:12:25: custom_config: resources[0].resources[0]: Invalid value: \"Secrets\": resource name should not contain capital letters"
+        );
+    }
+}

@@ -36,10 +36,8 @@ fn q(s: &str) -> String {
             '\n' => out.push_str("\\n"),
             '\t' => out.push_str("\\t"),
             '\r' => out.push_str("\\r"),
-            c if (c as u32) < 0x20 || c == '\u{7f}' => {
-                let _ = write!(out, "\\x{:02x}", c as u32);
-            }
-            '\u{85}' | '\u{2028}' | '\u{2029}' | '\u{feff}' => {
+            // Outside YAML's printable set (and the line/paragraph separators, BOM): escape.
+            c if !yaml_printable(c) => {
                 let _ = write!(out, "\\u{:04x}", c as u32);
             }
             c => out.push(c),
@@ -47,6 +45,10 @@ fn q(s: &str) -> String {
     }
     out.push('"');
     out
+}
+
+fn yaml_printable(c: char) -> bool {
+    matches!(c as u32, 0x20..=0x7e | 0xa0..=0x2027 | 0x202a..=0xd7ff | 0xe000..=0xfefe | 0xff00..=0xfffd | 0x10000..)
 }
 
 fn render(config: &EncryptionConfiguration, redact: bool) -> String {
@@ -204,6 +206,26 @@ mod tests {
         let back = encryption::parse(&text, "rendered.yaml").unwrap();
         assert_eq!(back, c);
         assert_eq!(to_yaml(&back).as_str(), text.as_str());
+    }
+
+    proptest::proptest! {
+        #[test]
+        fn any_strings_survive_render_and_parse(
+            names in proptest::collection::vec("\\PC*|[\\x00-\\x7f]*", 1..4),
+            resource in "\\PC*",
+            endpoint in "\\PC*",
+        ) {
+            let keys = names.iter().map(|n| key(n, n)).collect();
+            let mut c = encryption::managed(keys);
+            c.resources[0].resources.push(resource);
+            c.resources[0].providers.push(ProviderConfiguration {
+                kms: Some(KmsConfiguration { api_version: Some("v2".into()), name: names[0].clone(), endpoint, cachesize: Some(-1), timeout: None }),
+                ..Default::default()
+            });
+            let text = to_yaml(&c);
+            let back = encryption::parse(&text, "p.yaml").map_err(|e| proptest::test_runner::TestCaseError::fail(e.to_string()))?;
+            proptest::prop_assert_eq!(back, c);
+        }
     }
 
     #[test]

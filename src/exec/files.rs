@@ -47,12 +47,13 @@ fn parent_dir(path: &str) -> &str {
 
 /// The remote script for [`write_file_atomic`]: temp file in the target directory, content from stdin, checked
 /// against the expected sha256 *before* the rename (a cut connection leaves a short temp file that is deleted,
-/// never a truncated target), fsync, rename over the target, fsync the directory.
+/// never a truncated target), fsync, rename over the target, fsync the directory. Temp files left by a write
+/// whose shell was killed outright (no trap ran) are removed first: atrest writes one file per node at a time.
 pub fn atomic_write_script(path: &str, mode: u32, expected_sha256: &str) -> String {
     let dir = parent_dir(path);
     format!(
         "set -eu; umask 077; d={dir}; p={path}; mkdir -p \"$d\"; \
-         t=$(mktemp \"$d/.atrest-tmp.XXXXXX\"); trap 'rm -f \"$t\"' EXIT HUP INT TERM PIPE; \
+         rm -f \"$d\"/.atrest-tmp.*; t=$(mktemp \"$d/.atrest-tmp.XXXXXX\"); trap 'rm -f \"$t\"' EXIT HUP INT TERM PIPE; \
          cat > \"$t\"; \
          echo \"{sha}  $t\" | sha256sum -c --status - || {{ echo 'content arrived incomplete or altered; target left unchanged' >&2; exit 3; }}; \
          chown 0:0 \"$t\"; chmod {mode:o} \"$t\"; sync \"$t\" 2>/dev/null || sync; \

@@ -243,17 +243,13 @@ pub fn status_in(text: &str, host_port: &str, key: &PublicKey) -> HostKeyStatus 
             same_algorithm_other_key.push(line_no);
         }
     }
-    if !same_algorithm_other_key.is_empty() {
-        // A matching line elsewhere does not excuse a conflicting one: refuse, like OpenSSH does for revoked keys.
-        if known {
-            return HostKeyStatus::Known;
-        }
-        return HostKeyStatus::Changed {
-            lines: same_algorithm_other_key,
-        };
-    }
+    // As OpenSSH: one line with this exact key is enough (a host may have several keys of one type recorded).
     if known {
         HostKeyStatus::Known
+    } else if !same_algorithm_other_key.is_empty() {
+        HostKeyStatus::Changed {
+            lines: same_algorithm_other_key,
+        }
     } else {
         HostKeyStatus::Unknown
     }

@@ -442,63 +442,72 @@ impl Host {
     pub async fn exec_with_stdin(&self, script: &str, stdin: &[u8]) -> Result<Output, SshError> {
         let command = privileged_command(&self.user, script);
         let what = first_words(script);
-        let fut =
-            async {
-                let mut channel = self.handle.channel_open_session().await.map_err(|e| {
+        let fut = async {
+            let mut channel =
+                self.handle.channel_open_session().await.map_err(|e| {
                     self.channel_error(&format!("opening a session for `{what}`"), e)
                 })?;
-                channel
-                    .exec(true, command.as_bytes())
-                    .await
-                    .map_err(|e| self.channel_error(&format!("starting `{what}`"), e))?;
-                if !stdin.is_empty() {
-                    channel.data(stdin).await.map_err(|e| {
+            channel
+                .exec(true, command.as_bytes())
+                .await
+                .map_err(|e| self.channel_error(&format!("starting `{what}`"), e))?;
+            if !stdin.is_empty() {
+                // A sender waiting for window space is not woken when the connection dies; watch for that.
+                tokio::select! {
+                    sent = channel.data(stdin) => sent.map_err(|e| {
                         self.channel_error(&format!("sending input to `{what}`"), e)
-                    })?;
-                }
-                channel
-                    .eof()
-                    .await
-                    .map_err(|e| self.channel_error(&format!("closing input of `{what}`"), e))?;
-                let mut out = Output {
-                    status: 255,
-                    ..Default::default()
-                };
-                let mut got_status = false;
-                while let Some(msg) = channel.wait().await {
-                    match msg {
-                        ChannelMsg::Data { data } => out.stdout.extend_from_slice(&data),
-                        ChannelMsg::ExtendedData { data, ext: 1 } => {
-                            out.stderr.extend_from_slice(&data)
-                        }
-                        ChannelMsg::ExitStatus { exit_status } => {
-                            out.status = exit_status;
-                            got_status = true;
-                        }
-                        ChannelMsg::ExitSignal { signal_name, .. } => {
-                            out.stderr.extend_from_slice(
-                                format!("killed by signal {signal_name:?}").as_bytes(),
-                            );
-                            got_status = true;
-                        }
-                        ChannelMsg::Failure => {
-                            return Err(self.channel_error(
-                                &format!("starting `{what}`"),
-                                "the server refused exec",
-                            ));
-                        }
-                        ChannelMsg::Close => break,
-                        _ => {}
+                    })?,
+                    () = self.closed() => {
+                        return Err(self.channel_error(
+                            &format!("sending input to `{what}`"),
+                            "the connection closed",
+                        ));
                     }
                 }
-                if !got_status {
-                    return Err(self.channel_error(
-                        &format!("running `{what}`"),
-                        "the connection closed before the command finished",
-                    ));
-                }
-                Ok(out)
+            }
+            channel
+                .eof()
+                .await
+                .map_err(|e| self.channel_error(&format!("closing input of `{what}`"), e))?;
+            let mut out = Output {
+                status: 255,
+                ..Default::default()
             };
+            let mut got_status = false;
+            while let Some(msg) = channel.wait().await {
+                match msg {
+                    ChannelMsg::Data { data } => out.stdout.extend_from_slice(&data),
+                    ChannelMsg::ExtendedData { data, ext: 1 } => {
+                        out.stderr.extend_from_slice(&data)
+                    }
+                    ChannelMsg::ExitStatus { exit_status } => {
+                        out.status = exit_status;
+                        got_status = true;
+                    }
+                    ChannelMsg::ExitSignal { signal_name, .. } => {
+                        out.stderr.extend_from_slice(
+                            format!("killed by signal {signal_name:?}").as_bytes(),
+                        );
+                        got_status = true;
+                    }
+                    ChannelMsg::Failure => {
+                        return Err(self.channel_error(
+                            &format!("starting `{what}`"),
+                            "the server refused exec",
+                        ));
+                    }
+                    ChannelMsg::Close => break,
+                    _ => {}
+                }
+            }
+            if !got_status {
+                return Err(self.channel_error(
+                    &format!("running `{what}`"),
+                    "the connection closed before the command finished",
+                ));
+            }
+            Ok(out)
+        };
         tokio::time::timeout(self.opts.command_timeout, fut)
             .await
             .map_err(|_| SshError::Timeout {
@@ -518,6 +527,13 @@ impl Host {
             ));
         }
         Ok(out)
+    }
+
+    /// Resolves once the SSH connection is gone.
+    async fn closed(&self) {
+        while !self.handle.is_closed() {
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
     }
 
     /// Close the connection politely.

@@ -948,3 +948,47 @@ fn a_kms_provider_needed_in_two_entries_is_refused_but_a_shared_entry_works() {
     assert!(!targeted, "kms key ids are not visible in the prefix");
     simulate(&p, &custom(kms), &Target::Disabled, 3);
 }
+
+/// Interrupts a plan after every possible moment, then resumes (with the same or another desired config)
+/// to completion; every server must read every object throughout.
+#[test]
+fn interrupting_at_every_moment_and_resuming_is_safe() {
+    let cases = [
+        (Target::Disabled, managed(&["k1"]), managed(&["k1"])),
+        (managed(&["old"]), managed(&["new"]), managed(&["new"])),
+        (managed(&["old"]), managed(&["new"]), managed(&["newer"])),
+        (managed(&["old"]), managed(&["new"]), Target::Disabled),
+        (
+            managed(&["k1"]),
+            custom(GCM_SECRETS_AND_CONFIGMAPS),
+            managed(&["old"]),
+        ),
+    ];
+    for (o, n, then) in cases {
+        for cps in [1, 3] {
+            let total = run_plan(n.clone(), o.clone(), cps).steps.len() + 3 * cps + 100;
+            for stop in 1..total {
+                let mut cluster = Cluster::new(cps, o.clone());
+                let mut chaos = Chaos::Random(super::sim::Rng::new(stop as u64));
+                let first =
+                    plan(&PlanInput::new(n.clone(), o.clone(), cluster.names())).expect("plan");
+                match cluster.run(&first, &n, Some(stop), &mut chaos) {
+                    Outcome::Interrupted | Outcome::Completed => {}
+                    other => panic!("{cps} cp(s), stop {stop}: {other:?}"),
+                }
+                let mut input =
+                    PlanInput::new(then.clone(), cluster.current.clone(), cluster.names());
+                input.transition = cluster.record.clone();
+                input.observed.census = Some(cluster.census());
+                let second = plan(&input).expect("resume plan");
+                assert_eq!(
+                    cluster.run(&second, &then, None, &mut chaos),
+                    Outcome::Completed,
+                    "{cps} cp(s), stop {stop}"
+                );
+                cluster.check_final(&then.config().cloned()).expect("final");
+                assert!(cluster.record.is_none());
+            }
+        }
+    }
+}

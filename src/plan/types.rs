@@ -298,6 +298,8 @@ pub struct TransitionSpec {
     pub resumed_at: Option<Stage>,
 }
 
+/// A plan. Its `Serialize` form carries key material (the executor needs the configs): show it to users only
+/// through [`super::render::to_text`] or [`super::render::to_json`], which redact every secret.
 #[derive(Clone, Debug, PartialEq, Serialize)]
 pub struct Plan {
     pub kind: PlanKind,

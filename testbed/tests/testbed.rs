@@ -62,6 +62,33 @@ fn three_nodes_reachable_over_ssh_and_docker_then_clean_teardown() {
     );
     print_steps(&tb);
     assert_eq!(tb.nodes().len(), 3);
+    // atrest reads the cluster file the testbed wrote.
+    let cluster =
+        atrest::config::cluster::load(&tb.cluster_yml()).expect("atrest parses cluster.yml");
+    assert_eq!(cluster.nodes.len(), 3);
+    assert_eq!(cluster.prefix_path(), testbed::harness::PREFIX_PATH);
+    assert_eq!(cluster.controlplanes().len(), 3);
+    assert_eq!(cluster.etcd_nodes().len(), 3);
+    for (cn, n) in cluster.nodes.iter().zip(tb.nodes()) {
+        assert_eq!(cn.address, n.address.to_string());
+        assert_eq!(cn.user.as_deref(), Some("atrest"));
+        assert_eq!(
+            cn.docker_socket(),
+            n.docker_socket.to_str().unwrap_or_default()
+        );
+    }
+    let state: serde_json::Value = serde_json::from_str(
+        &std::fs::read_to_string(tb.rkestate()).expect("reading cluster.rkestate"),
+    )
+    .expect("cluster.rkestate is JSON");
+    let bundle = &state["currentState"]["certificatesBundle"];
+    for name in ["kube-ca", "kube-node", "kube-etcd-127-0-2"] {
+        let found = bundle
+            .as_object()
+            .is_some_and(|b| b.keys().any(|k| k.starts_with(name)));
+        assert!(found, "certificatesBundle has {name}*");
+    }
+    assert!(state["currentState"].get("encryptionConfig").is_none());
     let key = tb.client_key();
     let known = tb.known_hosts();
     let empty_known = tb.dir().join("empty_known_hosts");
@@ -232,6 +259,71 @@ fn seeded_secrets_read_back_with_kubectl() {
     let list: serde_json::Value = serde_json::from_str(&out).expect("kubectl JSON");
     assert_eq!(list["items"].as_array().map(Vec::len), Some(1000));
     let verified = tb.verify_seed(1000, 0, 2048).expect("verifying");
+    // No --init: the stand-in is PID 1 and must stop on SIGTERM (else `docker restart` takes the 10 s timeout).
+    let pem = |p: std::path::PathBuf| std::fs::read_to_string(p).expect("reading a PEM");
+    let probe = testbed::harness::health::HttpsProbe::new(
+        &pem(tb.etcd_ca()),
+        &pem(tb.admin_cert()),
+        &pem(tb.admin_key()),
+    )
+    .expect("HTTPS probe");
+    let n2 = &tb.nodes()[1];
+    let t = Instant::now();
+    let (ok, _, err) = run(tb
+        .docker(n2)
+        .args(["restart", "-t", "10", "kube-apiserver"]));
+    assert!(ok, "docker restart: {err}");
+    let addr = std::net::SocketAddr::new(n2.address.into(), 6443);
+    testbed::harness::health::wait_for(
+        "readyz after restart",
+        Duration::from_secs(30),
+        Duration::from_millis(20),
+        || probe.get(addr, "/readyz").is_ok_and(|(c, _)| c == 200),
+    )
+    .expect("ready again");
+    let restart = t.elapsed();
+    println!(
+        "docker restart kube-apiserver → /readyz 200: {:.2} s",
+        restart.as_secs_f64()
+    );
+    assert!(
+        restart < Duration::from_secs(8),
+        "restart took {restart:?}: SIGTERM not handled by PID 1?"
+    );
     assert_eq!(verified.secrets, 1000);
     assert_clean(&mut tb);
+}
+
+#[test]
+fn a_kept_testbed_is_torn_down_from_its_manifest() {
+    if !may_run() {
+        return;
+    }
+    // What the CLI does: `up` leaves the daemons running, a later `down --dir` works from testbed.json alone.
+    let mut tb = Testbed::up(Options {
+        nodes: 1,
+        etcd: false,
+        standin: Standin::Placeholder,
+        ..Options::default()
+    })
+    .expect("testbed up");
+    tb.keep_running();
+    let manifest = tb.manifest().clone();
+    let dir = tb.dir().to_path_buf();
+    drop(tb);
+    assert!(
+        manifest.any_alive(),
+        "daemons must outlive the Testbed value after keep_running"
+    );
+    let owner = manifest.run_dir.join("owner");
+    assert_eq!(
+        std::fs::read_to_string(&owner).ok().as_deref(),
+        dir.to_str(),
+        "slot owner file names the testbed"
+    );
+    Testbed::down_dir(&dir).expect("down from the manifest");
+    let left = testbed::harness::procs::leftovers(&manifest);
+    assert!(left.is_empty(), "teardown left: {left:#?}");
+    assert!(!owner.exists());
+    Testbed::down_dir(&dir).expect("down again is a no-op");
 }

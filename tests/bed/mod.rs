@@ -57,10 +57,16 @@ impl Bed {
     /// A fresh 2-node testbed (sshd + dockerd per node, placeholder apiserver without etcd), plus an RSA client
     /// key and a flag-aware apiserver command.
     pub fn up() -> Bed {
+        Self::up_with(false)
+    }
+
+    /// With `sudo_user`, every node also has user `atrest` (passwordless sudo, group `docker`).
+    pub fn up_with(sudo_user: bool) -> Bed {
         let tb = Testbed::up(Options {
             nodes: 2,
             etcd: false,
             standin: Standin::Placeholder,
+            sudo_user,
             ..Default::default()
         })
         .expect("testbed up");
@@ -192,12 +198,24 @@ impl Bed {
         out
     }
 
-    /// Kill every SSH session process of node `i` (children of its listening sshd). Returns how many.
+    /// Cut every SSH connection of node `i`: kill the sshd processes below its listener (monitor and network
+    /// child), so the TCP connection really closes; the remote shell is left to notice. Returns how many.
     pub fn kill_ssh_sessions(&self, i: usize) -> usize {
-        let listener = self.nodes[i].sshd_pid;
+        let mut todo = vec![self.nodes[i].sshd_pid];
+        let mut tree = Vec::new();
+        while let Some(p) = todo.pop() {
+            for c in children_of(p) {
+                tree.push(c);
+                todo.push(c);
+            }
+        }
         let mut killed = 0;
-        for pid in children_of(listener) {
-            // SAFETY: plain kill(2) on a PID we just read as a child of the sshd this bed started.
+        for pid in tree {
+            let comm = std::fs::read_to_string(format!("/proc/{pid}/comm")).unwrap_or_default();
+            if comm.trim() != "sshd" {
+                continue;
+            }
+            // SAFETY: plain kill(2) on PIDs just read as descendants of the sshd this testbed started.
             if unsafe { libc_kill(pid as i32, 9) } == 0 {
                 killed += 1;
             }

@@ -114,6 +114,20 @@ fn invalid(path: String, value: &str, detail: &str) -> FieldError {
     }
 }
 
+/// Upstream's entry point takes a pointer; `None` is its "nil" case.
+pub fn validate_optional(
+    config: Option<&EncryptionConfiguration>,
+    reload: bool,
+) -> Result<(), ValidationErrors> {
+    match config {
+        Some(c) => validate_with_reload(c, reload),
+        None => ValidationErrors::from_list(vec![required(
+            "resources".into(),
+            "EncryptionConfiguration can't be nil",
+        )]),
+    }
+}
+
 /// kube-apiserver's validation at startup (automatic reload off).
 pub fn validate(config: &EncryptionConfiguration) -> Result<(), ValidationErrors> {
     validate_with_reload(config, false)

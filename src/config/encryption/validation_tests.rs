@@ -33,6 +33,14 @@ fn one(resources: &str, provider: &str) -> String {
 }
 
 #[test]
+fn nil_config() {
+    assert_eq!(
+        validate_optional(None, false).unwrap_err().to_string(),
+        "resources: Required value: EncryptionConfiguration can't be nil"
+    );
+}
+
+#[test]
 fn no_entries() {
     assert_eq!(
         err("resources: []\n"),

@@ -260,17 +260,7 @@ async fn route(
                 .and_then(Value::as_str)
                 .unwrap_or("")
                 .to_string();
-            if body_rv.is_empty() && !kind.allows_unconditional_update() {
-                return Err(ApiError::invalid(
-                    kind.kind(),
-                    name,
-                    &[super::status::FieldError::invalid(
-                        "metadata.resourceVersion",
-                        "",
-                        "must be specified for an update",
-                    )],
-                ));
-            }
+            // Secrets, ConfigMaps and Namespaces all allow unconditional update (empty resourceVersion).
             let updated = state
                 .store
                 .update(kind, ns, name, dry_run, |cur| {
@@ -286,10 +276,83 @@ async fn route(
             ))
         }
         (Method::DELETE, Some(name)) => delete(state, kind, ns, name, query, &body, dry_run).await,
-        (Method::PATCH, _) => Err(ApiError::unsupported_media_type(
-            "PATCH is not supported by the atrest stand-in",
-        )),
+        (Method::PATCH, Some(name)) => {
+            patch(state, kind, ns, name, headers, &body, dry_run, fv).await
+        }
         _ => Err(ApiError::method_not_allowed()),
+    }
+}
+
+/// PATCH with `application/merge-patch+json` (RFC 7386) or `application/strategic-merge-patch+json`
+/// (for these kinds every patched field is a map or scalar, where strategic merge equals merge patch).
+#[allow(clippy::too_many_arguments)]
+async fn patch(
+    state: &AppState,
+    kind: Kind,
+    ns: Option<&str>,
+    name: &str,
+    headers: &HeaderMap,
+    body: &[u8],
+    dry_run: bool,
+    fv: FieldValidation,
+) -> Result<Response, ApiError> {
+    let ct = headers
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("");
+    let base = ct.split(';').next().unwrap_or("").trim();
+    if base != "application/merge-patch+json" && base != "application/strategic-merge-patch+json" {
+        return Err(ApiError::unsupported_media_type_patch(ct));
+    }
+    let patch: Value = serde_json::from_slice(body)
+        .map_err(|e| ApiError::bad_request(&format!("error decoding patch: {e}")))?;
+    let patch_rv = patch
+        .get("metadata")
+        .and_then(|m| m.get("resourceVersion"))
+        .and_then(Value::as_str)
+        .unwrap_or("")
+        .to_string();
+    let warnings = std::sync::Mutex::new(Vec::new());
+    let updated = state
+        .store
+        .update(kind, ns, name, dry_run, |cur| {
+            if !patch_rv.is_empty() && patch_rv != cur.mod_revision.to_string() {
+                return Err(ApiError::modified(kind.resource(), name));
+            }
+            let mut merged = cur.obj.clone();
+            merge_patch(&mut merged, &patch);
+            let text = serde_json::to_vec(&merged).unwrap_or_default();
+            let (obj, w) = objects::decode_body(kind, &text, fv)?;
+            if let Ok(mut all) = warnings.lock() {
+                *all = w;
+            }
+            objects::prepare_update(kind, obj, &cur.obj, ns, name)
+        })
+        .await?;
+    let warnings = warnings.into_inner().unwrap_or_default();
+    Ok(with_warnings(
+        json_response(StatusCode::OK, &updated),
+        &warnings,
+    ))
+}
+
+/// RFC 7386 JSON merge patch.
+fn merge_patch(target: &mut Value, patch: &Value) {
+    let Value::Object(p) = patch else {
+        *target = patch.clone();
+        return;
+    };
+    if !target.is_object() {
+        *target = Value::Object(Map::new());
+    }
+    if let Value::Object(t) = target {
+        for (k, v) in p {
+            if v.is_null() {
+                t.remove(k);
+            } else {
+                merge_patch(t.entry(k.clone()).or_insert(Value::Null), v);
+            }
+        }
     }
 }
 
@@ -527,7 +590,7 @@ fn version() -> Value {
 }
 
 fn resource_list() -> Value {
-    let verbs = ["create", "delete", "get", "list", "update"];
+    let verbs = ["create", "delete", "get", "list", "patch", "update"];
     json!({
         "kind": "APIResourceList",
         "groupVersion": "v1",
@@ -542,6 +605,13 @@ fn resource_list() -> Value {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn merge_patch_follows_rfc7386() {
+        let mut t = json!({"a": "b", "c": {"d": "e", "f": "g"}});
+        merge_patch(&mut t, &json!({"a": "z", "c": {"f": null}}));
+        assert_eq!(t, json!({"a": "z", "c": {"d": "e"}}));
+    }
 
     #[test]
     fn query_decoding() {

@@ -103,10 +103,10 @@ pub fn load(path: &Path) -> Result<ResourceTransformers, String> {
 }
 
 fn load_config(path: &Path) -> Result<EncryptionConfiguration, String> {
-    let shown = path.display();
+    let shown = path.display().to_string();
     let data = std::fs::read(path).map_err(|e| {
         format!(
-            "error opening encryption provider configuration file \"{shown}\": {}",
+            "error opening encryption provider configuration file \"{shown}\": open {shown}: {}",
             go_io_error(&e)
         )
     })?;
@@ -115,14 +115,34 @@ fn load_config(path: &Path) -> Result<EncryptionConfiguration, String> {
             "encryption provider configuration file \"{shown}\" is empty"
         ));
     }
-    let config: EncryptionConfiguration = serde_yaml_ng::from_slice(&data).map_err(|e| {
-        format!("error decoding encryption provider configuration file \"{shown}\": {e}")
+    let text = String::from_utf8(data).map_err(|e| {
+        format!(
+            "error decoding encryption provider configuration file \"{shown}\": invalid UTF-8: {e}"
+        )
     })?;
-    check_kind(&config).map_err(|e| {
-        format!("error decoding encryption provider configuration file \"{shown}\": {e}")
+    // Decoding (kind/apiVersion, strict fields) and validation are atrest's own, shared with the tool.
+    let config = atrest::config::encryption::parse(&text, &shown).map_err(|e| {
+        format!(
+            "error decoding encryption provider configuration file \"{shown}\": {}",
+            decode_message(&e)
+        )
     })?;
-    validate(&config)?;
+    atrest::config::encryption::validate(&config).map_err(|e| e.to_string())?;
     Ok(config)
+}
+
+/// One upstream-style decode error from atrest's per-field diagnostics.
+fn decode_message(e: &atrest::config::ConfigError) -> String {
+    const STRICT: &str = "strict decoding error: ";
+    let msgs: Vec<&str> = e.diagnostics().iter().map(|d| d.message.as_str()).collect();
+    if msgs.is_empty() {
+        return e.to_string();
+    }
+    if msgs.len() > 1 && msgs.iter().all(|m| m.starts_with(STRICT)) {
+        let parts: Vec<&str> = msgs.iter().map(|m| &m[STRICT.len()..]).collect();
+        return format!("{STRICT}{}", parts.join(", "));
+    }
+    msgs.join(", ")
 }
 
 /// The OS part of Go's `*PathError` text (Rust appends `(os error N)`, Go does not).
@@ -134,131 +154,11 @@ fn go_io_error(e: &std::io::Error) -> String {
     }
 }
 
-fn check_kind(config: &EncryptionConfiguration) -> Result<(), String> {
-    use atrest::config::encryption::{API_VERSION, KIND, LEGACY_API_VERSION, LEGACY_KIND};
-    let ok = (config.api_version == API_VERSION && config.kind == KIND)
-        || (config.api_version == LEGACY_API_VERSION && config.kind == LEGACY_KIND);
-    if ok {
-        return Ok(());
-    }
-    if config.kind.is_empty() {
-        return Err("Object 'Kind' is missing in the configuration".into());
-    }
-    Err(format!(
-        "no kind \"{}\" is registered for version \"{}\" in scheme \"k8s.io/apiserver/pkg/server/options/encryptionconfig/config.go:82\"",
-        config.kind, config.api_version
-    ))
-}
-
-/// Validation needed to build transformers, with upstream's field-path texts. The full rule set lives in
-/// `atrest::config::encryption` (config branch); this covers what the stand-in cannot run without.
-fn validate(config: &EncryptionConfiguration) -> Result<(), String> {
-    let mut errs: Vec<String> = Vec::new();
-    if config.resources.is_empty() {
-        errs.push("resources: Required value: at least one resources is required".into());
-    }
-    for (i, entry) in config.resources.iter().enumerate() {
-        if entry.resources.is_empty() {
-            errs.push(format!(
-                "resources[{i}].resources: Required value: at least one resources[{i}].resources is required"
-            ));
-        }
-        if entry.providers.is_empty() {
-            errs.push(format!(
-                "resources[{i}].providers: Required value: at least one resources[{i}].providers is required"
-            ));
-        }
-        for (j, p) in entry.providers.iter().enumerate() {
-            let path = format!("resources[{i}].providers[{j}]");
-            let set = [
-                p.aesgcm.is_some(),
-                p.aescbc.is_some(),
-                p.secretbox.is_some(),
-                p.identity.is_some(),
-                p.kms.is_some(),
-            ]
-            .iter()
-            .filter(|x| **x)
-            .count();
-            if set == 0 {
-                errs.push(format!(
-                    "{path}: Invalid value: {}: provider does not contain any of the expected providers: KMS, AESGCM, AESCBC, Secretbox, Identity",
-                    serde_json::to_string(p).unwrap_or_default()
-                ));
-            } else if set > 1 {
-                errs.push(format!(
-                    "{path}: Invalid value: {}: more than one provider specified in a single element, should split into different list elements",
-                    serde_json::to_string(p).unwrap_or_default()
-                ));
-                continue;
-            }
-            let keyed = [
-                ("aesgcm", &p.aesgcm, &[16usize, 24, 32][..]),
-                ("aescbc", &p.aescbc, &[16, 24, 32]),
-                ("secretbox", &p.secretbox, &[32]),
-            ];
-            for (name, keys, sizes) in keyed {
-                if let Some(keys) = keys {
-                    validate_keys(&format!("{path}.{name}"), keys, sizes, &mut errs);
-                }
-            }
-        }
-    }
-    match errs.len() {
-        0 => Ok(()),
-        1 => Err(errs.remove(0)),
-        _ => {
-            errs.dedup();
-            Err(format!("[{}]", errs.join(", ")))
-        }
-    }
-}
-
-fn validate_keys(path: &str, keys: &KeysConfiguration, sizes: &[usize], errs: &mut Vec<String>) {
-    if keys.keys.is_empty() {
-        errs.push(format!(
-            "{path}.keys: Required value: at least one keys is required"
-        ));
-    }
-    for (k, key) in keys.keys.iter().enumerate() {
-        if key.name.is_empty() {
-            errs.push(format!(
-                "{path}.keys[{k}].name: Required value: name is a mandatory field for a key"
-            ));
-        }
-        let secret = key.secret.expose();
-        if secret.is_empty() {
-            errs.push(format!(
-                "{path}.keys[{k}].secret: Required value: secret is a mandatory field for a key"
-            ));
-            continue;
-        }
-        match base64::engine::general_purpose::STANDARD.decode(secret) {
-            Err(_) => errs.push(format!(
-                "{path}.keys[{k}].secret: Invalid value: \"REDACTED\": secrets must be base64 encoded"
-            )),
-            Ok(raw) => {
-                let raw = Zeroizing::new(raw);
-                if !sizes.contains(&raw.len()) {
-                    let sizes = sizes.iter().map(|s| s.to_string()).collect::<Vec<_>>().join(" ");
-                    errs.push(format!(
-                        "{path}.keys[{k}].secret: Invalid value: \"REDACTED\": secret is not of the expected length, got {}, expected one of [{sizes}]",
-                        raw.len()
-                    ));
-                }
-            }
-        }
-    }
-}
-
 /// Builds the per-resource prefix lists, rejecting rules masked by an earlier wildcard.
 pub fn build(config: &EncryptionConfiguration) -> Result<ResourceTransformers, String> {
+    atrest::config::encryption::check_masking(config).map_err(|e| e.to_string())?;
     let metrics = Metrics::default();
     let mut lists: HashMap<GroupResource, Vec<PrefixTransformer>> = HashMap::new();
-    let any = GroupResource {
-        group: "*".into(),
-        resource: "*".into(),
-    };
     for entry in &config.resources {
         let providers = entry
             .providers
@@ -267,19 +167,6 @@ pub fn build(config: &EncryptionConfiguration) -> Result<ResourceTransformers, S
             .collect::<Result<Vec<_>, _>>()?;
         for resource in &entry.resources {
             let gr = GroupResource::parse(resource);
-            let any_in_group = GroupResource {
-                group: gr.group.clone(),
-                resource: "*".into(),
-            };
-            for earlier in [&any_in_group, &any] {
-                if lists.contains_key(earlier) {
-                    return Err(format!(
-                        "resource \"{}\" is masked by earlier rule \"{}\"",
-                        gr.yaml_string(),
-                        earlier.yaml_string()
-                    ));
-                }
-            }
             let list = lists.entry(gr).or_default();
             list.extend(providers.iter().map(|p| PrefixTransformer {
                 prefix: p.prefix.clone(),
@@ -390,21 +277,24 @@ resources:
     #[test]
     fn lookup_exact_then_wildcards() {
         let rt = build(&parse(TWO)).unwrap();
-        let s = rt
-            .for_resource(&GroupResource::core("secrets"))
-            .transform_to_storage(b"x", b"")
-            .unwrap();
+        let s = super::super::transform::tests::block_on(
+            rt.for_resource(&GroupResource::core("secrets"))
+                .transform_to_storage(b"x", b""),
+        )
+        .unwrap();
         assert!(s.starts_with(b"k8s:enc:aescbc:v1:k1:"));
-        let c = rt
-            .for_resource(&GroupResource::core("configmaps"))
-            .transform_to_storage(b"x", b"")
-            .unwrap();
+        let c = super::super::transform::tests::block_on(
+            rt.for_resource(&GroupResource::core("configmaps"))
+                .transform_to_storage(b"x", b""),
+        )
+        .unwrap();
         assert_eq!(c, b"x");
         let none = ResourceTransformers::identity_only();
-        let err = none
-            .for_resource(&GroupResource::core("secrets"))
-            .transform_from_storage(&s, b"")
-            .unwrap_err();
+        let err = super::super::transform::tests::block_on(
+            none.for_resource(&GroupResource::core("secrets"))
+                .transform_from_storage(&s, b""),
+        )
+        .unwrap_err();
         assert_eq!(
             err.to_string(),
             super::super::transform::ERR_IDENTITY_ENCRYPTED

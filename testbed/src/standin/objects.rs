@@ -48,11 +48,6 @@ impl Kind {
         self != Kind::Namespace
     }
 
-    /// Secrets and ConfigMaps accept a PUT without `resourceVersion` (`AllowUnconditionalUpdate`).
-    pub fn allows_unconditional_update(self) -> bool {
-        self != Kind::Namespace
-    }
-
     /// Top-level fields of the v1 type besides kind/apiVersion/metadata.
     fn fields(self) -> &'static [&'static str] {
         match self {

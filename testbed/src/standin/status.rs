@@ -200,6 +200,19 @@ impl ApiError {
         )
     }
 
+    /// An unsupported PATCH content type (upstream lists the patch types it accepts).
+    pub fn unsupported_media_type_patch(content_type: &str) -> Self {
+        failure(
+            415,
+            "UnsupportedMediaType",
+            &format!(
+                "the body of the request was in an unknown format - accepted media types include: application/json-patch+json, application/merge-patch+json, application/apply-patch+yaml, application/strategic-merge-patch+json; got {content_type:?} (the stand-in implements merge and strategic merge patches)"
+            ),
+            None,
+            json!({}),
+        )
+    }
+
     pub fn service_unavailable(message: &str) -> Self {
         failure(503, "ServiceUnavailable", message, None, json!({}))
     }

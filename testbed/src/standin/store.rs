@@ -151,6 +151,7 @@ impl Store {
         let (plain, stale) = self
             .transformer(kind)
             .transform_from_storage(item.value(), key.as_bytes())
+            .await
             .map_err(|e| ApiError::internal(&e.to_string()))?;
         let obj = objects::decode_storage(kind, &plain, item.mod_revision())
             .map_err(|e| ApiError::internal(&e))?;
@@ -171,6 +172,7 @@ impl Store {
         let value = self
             .transformer(kind)
             .transform_to_storage(&plain, key.as_bytes())
+            .await
             .map_err(|e| ApiError::internal(&e.to_string()))?;
         let mut kv = self.client.kv_client();
         if dry_run {
@@ -230,6 +232,7 @@ impl Store {
             let value = self
                 .transformer(kind)
                 .transform_to_storage(&plain, key.as_bytes())
+                .await
                 .map_err(|e| ApiError::internal(&e.to_string()))?;
             let txn = Txn::new()
                 .when(vec![Compare::mod_revision(
@@ -315,7 +318,9 @@ impl Store {
             Some(ns) if kind.namespaced() => format!("{}/{}/{ns}/", self.prefix, kind.resource()),
             _ => format!("{}/{}/", self.prefix, kind.resource()),
         };
-        let paging = opts.limit > 0;
+        // resourceVersion=0 without continue is served from the watch cache upstream, which ignores limit.
+        let paging =
+            opts.limit > 0 && !(opts.resource_version == "0" && opts.continue_token.is_empty());
         let (from_key, mut revision) = if !opts.continue_token.is_empty() {
             if !opts.resource_version.is_empty() && opts.resource_version != "0" {
                 return Err(ApiError::bad_request(
@@ -364,13 +369,16 @@ impl Store {
             }
             let resp = match kv.get(start.clone(), Some(get)).await {
                 Ok(r) => r,
+                Err(e) if e.to_string().contains(FUTURE_REV) => {
+                    let current = self.current_revision().await?;
+                    return Err(ApiError::too_large_resource_version(revision, current));
+                }
                 Err(e) => {
                     return Err(self.interpret_list_error(
                         e,
                         &opts.continue_token,
                         &from_key,
                         &key_prefix,
-                        revision,
                     ));
                 }
             };
@@ -382,6 +390,7 @@ impl Store {
                 let key_text = String::from_utf8_lossy(item.key()).to_string();
                 let (plain, _) = transformer
                     .transform_from_storage(item.value(), item.key())
+                    .await
                     .map_err(|e| {
                         ApiError::internal(&format!("unable to transform key \"{key_text}\": {e}"))
                     })?;
@@ -461,7 +470,6 @@ impl Store {
         token: &str,
         from_key: &str,
         key_prefix: &str,
-        rev: i64,
     ) -> ApiError {
         let text = e.to_string();
         if text.contains(COMPACTED) {
@@ -482,9 +490,6 @@ impl Store {
                 "The resourceVersion for the provided list is too old.",
                 None,
             );
-        }
-        if text.contains(FUTURE_REV) {
-            return ApiError::too_large_resource_version(rev, 0);
         }
         etcd_err(e)
     }

@@ -6,6 +6,8 @@
 
 use std::collections::BTreeMap;
 use std::fmt;
+use std::future::Future;
+use std::pin::Pin;
 use std::sync::{Arc, Mutex};
 
 use aes::cipher::{BlockDecryptMut, BlockEncryptMut, KeyIvInit, block_padding::NoPadding};
@@ -72,33 +74,63 @@ impl fmt::Display for TransformError {
 
 impl std::error::Error for TransformError {}
 
+/// A boxed future, so transformers can be trait objects (KMS providers call a plugin over gRPC).
+pub type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
+
 /// `value.Transformer`. `ctx` is the authenticated data: the full etcd key.
+///
+/// Extension point for KMS v1/v2: implement this for an envelope transformer and register it in
+/// [`super::encryption`] behind its `k8s:enc:kms:v{1,2}:<name>:` prefix.
 pub trait Transformer: Send + Sync {
     /// Returns the plaintext and whether the value is stale (should be rewritten).
-    fn transform_from_storage(
-        &self,
-        data: &[u8],
-        ctx: &[u8],
-    ) -> Result<(Vec<u8>, bool), TransformError>;
-    fn transform_to_storage(&self, data: &[u8], ctx: &[u8]) -> Result<Vec<u8>, TransformError>;
+    fn transform_from_storage<'a>(
+        &'a self,
+        data: &'a [u8],
+        ctx: &'a [u8],
+    ) -> BoxFuture<'a, Result<(Vec<u8>, bool), TransformError>>;
+    fn transform_to_storage<'a>(
+        &'a self,
+        data: &'a [u8],
+        ctx: &'a [u8],
+    ) -> BoxFuture<'a, Result<Vec<u8>, TransformError>>;
+}
+
+/// A transformer whose work is local computation (identity, AES, secretbox).
+pub trait SyncTransformer: Send + Sync {
+    fn open(&self, data: &[u8], ctx: &[u8]) -> Result<(Vec<u8>, bool), TransformError>;
+    fn seal(&self, data: &[u8], ctx: &[u8]) -> Result<Vec<u8>, TransformError>;
+}
+
+impl<T: SyncTransformer> Transformer for T {
+    fn transform_from_storage<'a>(
+        &'a self,
+        data: &'a [u8],
+        ctx: &'a [u8],
+    ) -> BoxFuture<'a, Result<(Vec<u8>, bool), TransformError>> {
+        Box::pin(std::future::ready(self.open(data, ctx)))
+    }
+
+    fn transform_to_storage<'a>(
+        &'a self,
+        data: &'a [u8],
+        ctx: &'a [u8],
+    ) -> BoxFuture<'a, Result<Vec<u8>, TransformError>> {
+        Box::pin(std::future::ready(self.seal(data, ctx)))
+    }
 }
 
 /// `identity.NewEncryptCheckTransformer()`: passes data through, refuses encrypted data on read.
 pub struct Identity;
 
-impl Transformer for Identity {
-    fn transform_from_storage(
-        &self,
-        data: &[u8],
-        _ctx: &[u8],
-    ) -> Result<(Vec<u8>, bool), TransformError> {
+impl SyncTransformer for Identity {
+    fn open(&self, data: &[u8], _ctx: &[u8]) -> Result<(Vec<u8>, bool), TransformError> {
         if data.starts_with(b"k8s:enc:") {
             return Err(TransformError::new(ERR_IDENTITY_ENCRYPTED));
         }
         Ok((data.to_vec(), false))
     }
 
-    fn transform_to_storage(&self, data: &[u8], _ctx: &[u8]) -> Result<Vec<u8>, TransformError> {
+    fn seal(&self, data: &[u8], _ctx: &[u8]) -> Result<Vec<u8>, TransformError> {
         Ok(data.to_vec())
     }
 }
@@ -134,7 +166,7 @@ impl AesCbc {
         })
     }
 
-    /// Encrypts with a caller-chosen IV; [`Transformer::transform_to_storage`] uses a random one.
+    /// Encrypts with a caller-chosen IV; [`SyncTransformer::seal`] uses a random one.
     pub fn seal_with_iv(&self, iv: &[u8; 16], data: &[u8]) -> Vec<u8> {
         let pad = 16 - data.len() % 16;
         let mut buf = Zeroizing::new(Vec::with_capacity(data.len() + pad));
@@ -159,12 +191,8 @@ impl AesCbc {
     }
 }
 
-impl Transformer for AesCbc {
-    fn transform_from_storage(
-        &self,
-        data: &[u8],
-        _ctx: &[u8],
-    ) -> Result<(Vec<u8>, bool), TransformError> {
+impl SyncTransformer for AesCbc {
+    fn open(&self, data: &[u8], _ctx: &[u8]) -> Result<(Vec<u8>, bool), TransformError> {
         if data.len() < 16 {
             return Err(TransformError::new(ERR_SHORT_DATA));
         }
@@ -208,7 +236,7 @@ impl Transformer for AesCbc {
         Ok((buf, false))
     }
 
-    fn transform_to_storage(&self, data: &[u8], _ctx: &[u8]) -> Result<Vec<u8>, TransformError> {
+    fn seal(&self, data: &[u8], _ctx: &[u8]) -> Result<Vec<u8>, TransformError> {
         let mut iv = [0u8; 16];
         rand::rng().fill_bytes(&mut iv);
         Ok(self.seal_with_iv(&iv, data))
@@ -272,12 +300,8 @@ impl AesGcm {
     }
 }
 
-impl Transformer for AesGcm {
-    fn transform_from_storage(
-        &self,
-        data: &[u8],
-        ctx: &[u8],
-    ) -> Result<(Vec<u8>, bool), TransformError> {
+impl SyncTransformer for AesGcm {
+    fn open(&self, data: &[u8], ctx: &[u8]) -> Result<(Vec<u8>, bool), TransformError> {
         if data.len() < 12 {
             return Err(TransformError::new(ERR_SHORT_DATA));
         }
@@ -296,7 +320,7 @@ impl Transformer for AesGcm {
         Ok((plain, false))
     }
 
-    fn transform_to_storage(&self, data: &[u8], ctx: &[u8]) -> Result<Vec<u8>, TransformError> {
+    fn seal(&self, data: &[u8], ctx: &[u8]) -> Result<Vec<u8>, TransformError> {
         let mut nonce = [0u8; 12];
         rand::rng().fill_bytes(&mut nonce);
         self.seal_with_nonce(&nonce, data, ctx)
@@ -338,12 +362,8 @@ impl Secretbox {
     }
 }
 
-impl Transformer for Secretbox {
-    fn transform_from_storage(
-        &self,
-        data: &[u8],
-        _ctx: &[u8],
-    ) -> Result<(Vec<u8>, bool), TransformError> {
+impl SyncTransformer for Secretbox {
+    fn open(&self, data: &[u8], _ctx: &[u8]) -> Result<(Vec<u8>, bool), TransformError> {
         if data.len() < 24 + 16 {
             return Err(TransformError::new(ERR_SHORT_DATA));
         }
@@ -355,7 +375,7 @@ impl Transformer for Secretbox {
         Ok((plain, false))
     }
 
-    fn transform_to_storage(&self, data: &[u8], _ctx: &[u8]) -> Result<Vec<u8>, TransformError> {
+    fn seal(&self, data: &[u8], _ctx: &[u8]) -> Result<Vec<u8>, TransformError> {
         let mut nonce = [0u8; 24];
         rand::rng().fill_bytes(&mut nonce);
         self.seal_with_nonce(&nonce, data)
@@ -399,52 +419,61 @@ impl PrefixTransformers {
 }
 
 impl Transformer for PrefixTransformers {
-    fn transform_from_storage(
-        &self,
-        data: &[u8],
-        ctx: &[u8],
-    ) -> Result<(Vec<u8>, bool), TransformError> {
-        let mut errs = Vec::new();
-        for (i, entry) in self.entries.iter().enumerate() {
-            if !data.starts_with(&entry.prefix) {
-                continue;
+    fn transform_from_storage<'a>(
+        &'a self,
+        data: &'a [u8],
+        ctx: &'a [u8],
+    ) -> BoxFuture<'a, Result<(Vec<u8>, bool), TransformError>> {
+        Box::pin(async move {
+            let mut errs = Vec::new();
+            for (i, entry) in self.entries.iter().enumerate() {
+                if !data.starts_with(&entry.prefix) {
+                    continue;
+                }
+                let result = entry
+                    .transformer
+                    .transform_from_storage(&data[entry.prefix.len()..], ctx)
+                    .await;
+                // Identity (empty prefix) failing is how migration away from encryption works: skip silently.
+                if entry.prefix.is_empty() && result.is_err() {
+                    continue;
+                }
+                let label: &[u8] = if entry.prefix.is_empty() {
+                    b"identity"
+                } else {
+                    &entry.prefix
+                };
+                self.record("from_storage", label, result.is_ok());
+                match result {
+                    Ok((plain, stale)) => return Ok((plain, stale || i != 0)),
+                    Err(e) => errs.push(e),
+                }
             }
-            let result = entry
-                .transformer
-                .transform_from_storage(&data[entry.prefix.len()..], ctx);
-            // Identity (empty prefix) failing is how migration away from encryption works: skip silently.
-            if entry.prefix.is_empty() && result.is_err() {
-                continue;
+            if let Some(e) = TransformError::aggregate(errs) {
+                return Err(e);
             }
-            let label: &[u8] = if entry.prefix.is_empty() {
-                b"identity"
-            } else {
-                &entry.prefix
-            };
-            self.record("from_storage", label, result.is_ok());
-            match result {
-                Ok((plain, stale)) => return Ok((plain, stale || i != 0)),
-                Err(e) => errs.push(e),
-            }
-        }
-        if let Some(e) = TransformError::aggregate(errs) {
-            return Err(e);
-        }
-        self.record("from_storage", b"unknown", false);
-        Err(TransformError::new(self.no_match))
+            self.record("from_storage", b"unknown", false);
+            Err(TransformError::new(self.no_match))
+        })
     }
 
-    fn transform_to_storage(&self, data: &[u8], ctx: &[u8]) -> Result<Vec<u8>, TransformError> {
-        let Some(first) = self.entries.first() else {
-            return Err(TransformError::new(self.no_match));
-        };
-        let result = first.transformer.transform_to_storage(data, ctx);
-        self.record("to_storage", &first.prefix, result.is_ok());
-        let body = result?;
-        let mut out = Vec::with_capacity(first.prefix.len() + body.len());
-        out.extend_from_slice(&first.prefix);
-        out.extend_from_slice(&body);
-        Ok(out)
+    fn transform_to_storage<'a>(
+        &'a self,
+        data: &'a [u8],
+        ctx: &'a [u8],
+    ) -> BoxFuture<'a, Result<Vec<u8>, TransformError>> {
+        Box::pin(async move {
+            let Some(first) = self.entries.first() else {
+                return Err(TransformError::new(self.no_match));
+            };
+            let result = first.transformer.transform_to_storage(data, ctx).await;
+            self.record("to_storage", &first.prefix, result.is_ok());
+            let body = result?;
+            let mut out = Vec::with_capacity(first.prefix.len() + body.len());
+            out.extend_from_slice(&first.prefix);
+            out.extend_from_slice(&body);
+            Ok(out)
+        })
     }
 }
 
@@ -486,9 +515,31 @@ impl Metrics {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
     use base64::Engine;
+
+    /// Blocking calls for tests.
+    trait Blocking {
+        fn read(&self, data: &[u8], ctx: &[u8]) -> Result<(Vec<u8>, bool), TransformError>;
+        fn write(&self, data: &[u8], ctx: &[u8]) -> Result<Vec<u8>, TransformError>;
+    }
+
+    impl<T: Transformer + ?Sized> Blocking for T {
+        fn read(&self, data: &[u8], ctx: &[u8]) -> Result<(Vec<u8>, bool), TransformError> {
+            block_on(self.transform_from_storage(data, ctx))
+        }
+        fn write(&self, data: &[u8], ctx: &[u8]) -> Result<Vec<u8>, TransformError> {
+            block_on(self.transform_to_storage(data, ctx))
+        }
+    }
+
+    pub(crate) fn block_on<F: Future>(f: F) -> F::Output {
+        tokio::runtime::Builder::new_current_thread()
+            .build()
+            .unwrap()
+            .block_on(f)
+    }
 
     fn b64(s: &str) -> Vec<u8> {
         base64::engine::general_purpose::STANDARD.decode(s).unwrap()
@@ -534,7 +585,7 @@ mod tests {
             vec![keyed(AESCBC_PREFIX, "key1", Arc::new(cbc), ERR_NO_AES_KEY)],
         );
         assert_eq!(
-            outer.transform_from_storage(&unhex(want), b"any").unwrap(),
+            outer.read(&unhex(want), b"any").unwrap(),
             (PANDAS.to_vec(), false)
         );
     }
@@ -547,7 +598,7 @@ mod tests {
         let want = "6b38733a656e633a736563726574626f783a76313a6b6579313a000102030405060708090a0b0c0d0e0f1011121314151617c4b58e66504340882fb6987dd29468c96594e2c560104eba21fa993027fe912f2bd914";
         assert_eq!(hex::encode(&full), want);
         let body = &unhex(want)[b"k8s:enc:secretbox:v1:key1:".len()..];
-        assert_eq!(sb.transform_from_storage(body, b"").unwrap().0, PANDAS);
+        assert_eq!(sb.read(body, b"").unwrap().0, PANDAS);
     }
 
     #[test]
@@ -559,10 +610,8 @@ mod tests {
         let want = "6b38733a656e633a61657367636d3a76313a6b6579313a000102030405060708090a0b9292c680fad916d667c24a8900ba69291d64d1da4c1e727cf3c1714ffd6770ae02e990";
         assert_eq!(hex::encode(&full), want);
         let body = &unhex(want)[b"k8s:enc:aesgcm:v1:key1:".len()..];
-        assert_eq!(gcm.transform_from_storage(body, aad).unwrap().0, PANDAS);
-        let moved = gcm
-            .transform_from_storage(body, b"/registry/secrets/default/s2")
-            .unwrap_err();
+        assert_eq!(gcm.read(body, aad).unwrap().0, PANDAS);
+        let moved = gcm.read(body, b"/registry/secrets/default/s2").unwrap_err();
         assert_eq!(moved.to_string(), ERR_GCM_AUTH);
     }
 
@@ -573,13 +622,11 @@ mod tests {
             "9f27c8fcea8a58c467d8e437dbf2d85955f9b4bd912f4ef967d788a0cb07797dac0a3f0a0845605ca85ac8562b4ae1",
         );
         assert_eq!(
-            gcm.transform_from_storage(&body, b"bamboo").unwrap(),
+            gcm.read(&body, b"bamboo").unwrap(),
             (PANDAS.to_vec(), false)
         );
         assert_eq!(
-            gcm.transform_from_storage(&body[..11], b"bamboo")
-                .unwrap_err()
-                .to_string(),
+            gcm.read(&body[..11], b"bamboo").unwrap_err().to_string(),
             ERR_SHORT_DATA
         );
     }
@@ -588,24 +635,21 @@ mod tests {
     fn aescbc_error_texts() {
         let cbc = AesCbc::new(&[7u8; 32]).unwrap();
         let other = AesCbc::new(&[8u8; 32]).unwrap();
-        let err = |d: &[u8]| cbc.transform_from_storage(d, b"").unwrap_err().to_string();
+        let err = |d: &[u8]| cbc.read(d, b"").unwrap_err().to_string();
         assert_eq!(err(&[0u8; 15]), ERR_SHORT_DATA);
         assert_eq!(err(&[0u8; 17]), ERR_NOT_BLOCK_MULTIPLE);
         assert_eq!(err(&[0u8; 16]), ERR_PKCS7_DATA);
         // Find a wrong-key read that fails the padding check (about 255 in 256 do).
         let sealed = (0u8..=255)
             .map(|i| other.seal_with_iv(&[i; 16], PANDAS))
-            .find(|s| cbc.transform_from_storage(s, b"").is_err())
+            .find(|s| cbc.read(s, b"").is_err())
             .unwrap();
         let e = err(&sealed);
         assert!(e == ERR_PKCS7_PADDING || e == ERR_PKCS7_DATA, "{e}");
         // Full padding block when the plaintext is block-aligned.
         let aligned = cbc.seal_with_iv(&[1; 16], &[9u8; 32]);
         assert_eq!(aligned.len(), 16 + 48);
-        assert_eq!(
-            cbc.transform_from_storage(&aligned, b"").unwrap().0,
-            vec![9u8; 32]
-        );
+        assert_eq!(cbc.read(&aligned, b"").unwrap().0, vec![9u8; 32]);
     }
 
     #[test]
@@ -613,16 +657,12 @@ mod tests {
         let sb = Secretbox::new(&[1u8; 32]).unwrap();
         let other = Secretbox::new(&[2u8; 32]).unwrap();
         assert_eq!(
-            sb.transform_from_storage(&[0u8; 39], b"")
-                .unwrap_err()
-                .to_string(),
+            sb.read(&[0u8; 39], b"").unwrap_err().to_string(),
             ERR_SHORT_DATA
         );
         let sealed = other.seal_with_nonce(&[3u8; 24], PANDAS).unwrap();
         assert_eq!(
-            sb.transform_from_storage(&sealed, b"")
-                .unwrap_err()
-                .to_string(),
+            sb.read(&sealed, b"").unwrap_err().to_string(),
             ERR_SECRETBOX_OPEN
         );
     }
@@ -648,28 +688,21 @@ mod tests {
         );
         // A value whose wrong-key read fails on the padding check (most do).
         let value = (0..64)
-            .map(|_| written_by_b.transform_to_storage(PANDAS, b"").unwrap())
-            .find(|v| {
-                a.transform_from_storage(&v[AESCBC_PREFIX.len() + 4..], b"")
-                    .is_err()
-            })
+            .map(|_| written_by_b.write(PANDAS, b"").unwrap())
+            .find(|v| a.read(&v[AESCBC_PREFIX.len() + 4..], b"").is_err())
             .unwrap();
         assert_eq!(
-            list(a.clone(), b.clone())
-                .transform_from_storage(&value, b"")
-                .unwrap(),
+            list(a.clone(), b.clone()).read(&value, b"").unwrap(),
             (PANDAS.to_vec(), true)
         );
         assert_eq!(
-            list(b.clone(), a.clone())
-                .transform_from_storage(&value, b"")
-                .unwrap(),
+            list(b.clone(), a.clone()).read(&value, b"").unwrap(),
             (PANDAS.to_vec(), false)
         );
         // Neither key: each failing entry contributes its error; equal texts collapse to one.
         let c = Arc::new(AesCbc::new(&[3u8; 32]).unwrap());
         let err = list(c.clone(), a.clone())
-            .transform_from_storage(&value, b"")
+            .read(&value, b"")
             .unwrap_err()
             .to_string();
         let single = [ERR_PKCS7_PADDING, ERR_PKCS7_DATA];
@@ -706,25 +739,13 @@ mod tests {
         );
         let plain = b"{\"kind\":\"Secret\"}\n";
         // Plaintext read through identity at index 1 is stale (enabling encryption rewrites it).
-        assert_eq!(
-            enc_first.transform_from_storage(plain, b"").unwrap(),
-            (plain.to_vec(), true)
-        );
-        assert_eq!(
-            id_first.transform_from_storage(plain, b"").unwrap(),
-            (plain.to_vec(), false)
-        );
-        let enc = enc_first.transform_to_storage(plain, b"").unwrap();
+        assert_eq!(enc_first.read(plain, b"").unwrap(), (plain.to_vec(), true));
+        assert_eq!(id_first.read(plain, b"").unwrap(), (plain.to_vec(), false));
+        let enc = enc_first.write(plain, b"").unwrap();
         assert!(enc.starts_with(b"k8s:enc:aescbc:v1:k1:"));
-        assert_eq!(
-            enc_first.transform_from_storage(&enc, b"").unwrap(),
-            (plain.to_vec(), false)
-        );
+        assert_eq!(enc_first.read(&enc, b"").unwrap(), (plain.to_vec(), false));
         // Identity first: the encrypted value is read by aescbc at index 1, so stale (disabling rewrites it).
-        assert_eq!(
-            id_first.transform_from_storage(&enc, b"").unwrap(),
-            (plain.to_vec(), true)
-        );
+        assert_eq!(id_first.read(&enc, b"").unwrap(), (plain.to_vec(), true));
         // Inner key index ≠ 0 is stale too.
         let two_keys = PrefixTransformers::new(
             ERR_NO_MATCHING_PREFIX,
@@ -745,18 +766,12 @@ mod tests {
                 )),
             }],
         );
-        assert_eq!(
-            two_keys.transform_from_storage(&enc, b"").unwrap(),
-            (plain.to_vec(), true)
-        );
+        assert_eq!(two_keys.read(&enc, b"").unwrap(), (plain.to_vec(), true));
         // Unknown key name inside a matching provider prefix.
         let mut renamed = b"k8s:enc:aescbc:v1:k9:".to_vec();
         renamed.extend_from_slice(&enc[b"k8s:enc:aescbc:v1:k1:".len()..]);
         assert_eq!(
-            two_keys
-                .transform_from_storage(&renamed, b"")
-                .unwrap_err()
-                .to_string(),
+            two_keys.read(&renamed, b"").unwrap_err().to_string(),
             ERR_NO_AES_KEY
         );
         // Encrypted data with only identity configured: identity's error is silent → no matching prefix.
@@ -768,18 +783,12 @@ mod tests {
             }],
         );
         assert_eq!(
-            only_id
-                .transform_from_storage(&enc, b"")
-                .unwrap_err()
-                .to_string(),
+            only_id.read(&enc, b"").unwrap_err().to_string(),
             ERR_NO_MATCHING_PREFIX
         );
         // The bare identity used for unconfigured resources reports its own text.
         assert_eq!(
-            Identity
-                .transform_from_storage(&enc, b"")
-                .unwrap_err()
-                .to_string(),
+            Identity.read(&enc, b"").unwrap_err().to_string(),
             ERR_IDENTITY_ENCRYPTED
         );
     }
