@@ -259,7 +259,9 @@ fn rke_config_env_and_state_flag_are_honoured() {
         .args(["plan", "--state", "elsewhere.rkestate"])
         .assert()
         .code(1)
-        .stderr(predicate::str::contains("pre-flight failed; nothing was changed"));
+        .stderr(predicate::str::contains(
+            "pre-flight failed; nothing was changed",
+        ));
 }
 
 #[test]
@@ -274,13 +276,19 @@ fn verbs_refuse_with_nothing_changed_when_the_nodes_are_unreachable() {
         (&["encrypt", "rotate-key", "--yes"], "run `atrest up` first"),
         (&["encrypt", "status", "-o", "json"], "nothing was changed"),
         (&["encrypt", "verify"], "nothing was changed"),
-        (&["encrypt", "prepare", "--force", "--yes"], "nothing was changed"),
+        (
+            &["encrypt", "prepare", "--force", "--yes"],
+            "nothing was changed",
+        ),
         (&["encrypt", "rotate", "--yes"], "nothing was changed"),
         (
             &["encrypt", "reencrypt", "--force", "--skip", "--yes"],
             "nothing was changed",
         ),
-        (&["encrypt", "rotate-keys", "--yes"], "run `atrest up` first"),
+        (
+            &["encrypt", "rotate-keys", "--yes"],
+            "run `atrest up` first",
+        ),
     ];
     for (args, says) in cases {
         atrest(dir.path())

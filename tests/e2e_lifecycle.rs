@@ -38,7 +38,10 @@ fn every_transition_keeps_every_object_readable_and_verified() {
     let refused = b.run(&["up"]);
     assert_eq!(refused.status.code(), Some(1));
     assert!(String::from_utf8_lossy(&refused.stderr).contains("--yes"));
-    assert!(b.state().get("atrest").is_none(), "dry run and refusal wrote nothing");
+    assert!(
+        b.state().get("atrest").is_none(),
+        "dry run and refusal wrote nothing"
+    );
 
     b.ok(&["up", "--yes"]);
     let state = b.state();
@@ -52,17 +55,32 @@ fn every_transition_keeps_every_object_readable_and_verified() {
     let snapshot = state["atrest"]["snapshots"][0]["path"].as_str().unwrap();
     let meta = std::fs::metadata(snapshot).expect("snapshot file");
     assert!(meta.len() > 0);
-    assert_eq!(std::os::unix::fs::PermissionsExt::mode(&meta.permissions()) & 0o777, 0o600);
+    assert_eq!(
+        std::os::unix::fs::PermissionsExt::mode(&meta.permissions()) & 0o777,
+        0o600
+    );
     let status = b.status();
     assert_eq!(status["encryptionStatus"], "Enabled");
     assert_eq!(status["stage"], "start");
     assert_eq!(status["hashesMatch"], true);
-    assert!(status["nodes"].as_array().unwrap().iter().all(|n| n["flag"] == true));
+    assert!(
+        status["nodes"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .all(|n| n["flag"] == true)
+    );
     all_on(&b.census(), "secrets", &format!("aescbc:{key1}"), SECRETS);
     let table = b.ok(&["encrypt", "status"]);
-    assert!(table.contains("All hashes match") && table.contains(&key1), "{table}");
+    assert!(
+        table.contains("All hashes match") && table.contains(&key1),
+        "{table}"
+    );
     b.ok(&["encrypt", "verify"]);
-    assert!(b.etcd_prefix(SECRET_KEY).starts_with(&format!("k8s:enc:aescbc:v1:{key1}:")));
+    assert!(
+        b.etcd_prefix(SECRET_KEY)
+            .starts_with(&format!("k8s:enc:aescbc:v1:{key1}:"))
+    );
     b.verify_seed();
 
     // A second `up` has nothing to do.
@@ -74,7 +92,11 @@ fn every_transition_keeps_every_object_readable_and_verified() {
     let key2 = managed_key_name(&state);
     assert_ne!(key1, key2);
     let archive = state["atrest"]["archive"].as_array().unwrap();
-    assert!(archive.iter().any(|k| k["name"] == key1.as_str() && k["secret"].is_string()));
+    assert!(
+        archive
+            .iter()
+            .any(|k| k["name"] == key1.as_str() && k["secret"].is_string())
+    );
     all_on(&b.census(), "secrets", &format!("aescbc:{key2}"), SECRETS);
     b.ok(&["encrypt", "verify"]);
     b.verify_seed();
@@ -93,7 +115,10 @@ fn every_transition_keeps_every_object_readable_and_verified() {
     let census = b.census();
     all_on(&census, "secrets", "aesgcm:g1", SECRETS);
     all_on(&census, "configmaps", "secretbox:s1", CONFIGMAPS);
-    assert!(b.etcd_prefix(CONFIGMAP_KEY).starts_with("k8s:enc:secretbox:v1:s1:"));
+    assert!(
+        b.etcd_prefix(CONFIGMAP_KEY)
+            .starts_with("k8s:enc:secretbox:v1:s1:")
+    );
     b.ok(&["encrypt", "verify"]);
     b.verify_seed();
     // A custom config is rotated by editing it, not by rotate-key.
@@ -116,7 +141,9 @@ fn every_transition_keeps_every_object_readable_and_verified() {
     let before = b.resource_versions();
     let custom_c = custom_b.replace(
         &format!("      - {{name: g1, secret: \"{g1}\"}}\n"),
-        &format!("      - {{name: g1, secret: \"{g1}\"}}\n      - {{name: g3, secret: \"{g3}\"}}\n"),
+        &format!(
+            "      - {{name: g1, secret: \"{g1}\"}}\n      - {{name: g3, secret: \"{g3}\"}}\n"
+        ),
     );
     assert_ne!(custom_b, custom_c);
     b.set_encryption(true, Some(&custom_c));
@@ -136,7 +163,10 @@ fn every_transition_keeps_every_object_readable_and_verified() {
     let key3 = managed_key_name(&b.state());
     assert!(key3 != key1 && key3 != key2);
     all_on(&b.census(), "secrets", &format!("aescbc:{key3}"), SECRETS);
-    assert!(b.etcd_prefix(CONFIGMAP_KEY).starts_with('{'), "configmaps are plaintext again");
+    assert!(
+        b.etcd_prefix(CONFIGMAP_KEY).starts_with('{'),
+        "configmaps are plaintext again"
+    );
     b.ok(&["encrypt", "verify"]);
     b.verify_seed();
 
@@ -152,7 +182,11 @@ fn every_transition_keeps_every_object_readable_and_verified() {
     all_on(&b.census(), "secrets", "identity", SECRETS);
     assert!(b.etcd_prefix(SECRET_KEY).starts_with('{'));
     let state = b.state();
-    assert!(state["currentState"].get("encryptionConfig").is_none_or(|v| v.is_null() || v == ""));
+    assert!(
+        state["currentState"]
+            .get("encryptionConfig")
+            .is_none_or(|v| v.is_null() || v == "")
+    );
     b.ok(&["encrypt", "verify"]);
     b.verify_seed();
 }

@@ -20,7 +20,10 @@ fn kill_at(b: &Bench, args: &[&str], stage: &str, delay: Duration) -> bool {
     let started = Instant::now();
     loop {
         if let Some(status) = child.try_wait().expect("wait") {
-            eprintln!("atrest {} ended ({status}) before stage {stage} was seen", args.join(" "));
+            eprintln!(
+                "atrest {} ended ({status}) before stage {stage} was seen",
+                args.join(" ")
+            );
             return false;
         }
         if b.stage().as_deref() == Some(stage) {
@@ -35,15 +38,25 @@ fn kill_at(b: &Bench, args: &[&str], stage: &str, delay: Duration) -> bool {
             );
             return !finished;
         }
-        assert!(started.elapsed() < Duration::from_secs(300), "stage {stage} never came");
+        assert!(
+            started.elapsed() < Duration::from_secs(300),
+            "stage {stage} never came"
+        );
         std::thread::sleep(Duration::from_millis(20));
     }
 }
 
 fn assert_complete_and_intact(b: &Bench) {
     let state = b.state();
-    assert!(state["atrest"]["transition"].is_null(), "transition finished: {}", state["atrest"]);
-    assert_eq!(state["currentState"]["encryptionConfig"], state["desiredState"]["encryptionConfig"]);
+    assert!(
+        state["atrest"]["transition"].is_null(),
+        "transition finished: {}",
+        state["atrest"]
+    );
+    assert_eq!(
+        state["currentState"]["encryptionConfig"],
+        state["desiredState"]["encryptionConfig"]
+    );
     let status = b.status();
     assert_eq!(status["hashesMatch"], true);
     assert_eq!(status["stage"], "start");
@@ -58,7 +71,12 @@ fn killed_runs_resume_from_their_stage_and_lose_nothing() {
     // Enable, killed while the first node is being recreated with the flag; the rerun finishes or undoes
     // that recreate and completes.
     b.set_encryption(true, None);
-    assert!(kill_at(&b, &["up", "--yes"], "start", Duration::from_millis(1500)));
+    assert!(kill_at(
+        &b,
+        &["up", "--yes"],
+        "start",
+        Duration::from_millis(1500)
+    ));
     let status = b.run(&["encrypt", "status"]);
     assert!(String::from_utf8_lossy(&status.stdout).contains("Transition: enable"));
     b.ok(&["up", "--yes"]);
@@ -87,8 +105,7 @@ fn killed_runs_resume_from_their_stage_and_lose_nothing() {
             b.ok(&["up", "--yes"]);
             let done = b.state();
             assert_eq!(
-                done["currentState"]["encryptionConfig"],
-                after["atrest"]["transition"]["to"],
+                done["currentState"]["encryptionConfig"], after["atrest"]["transition"]["to"],
                 "the resumed run finished the recorded rotation"
             );
         } else {
@@ -98,7 +115,9 @@ fn killed_runs_resume_from_their_stage_and_lose_nothing() {
     }
     eprintln!("killed at: {killed:?}");
     assert!(
-        ["prepare", "rotate", "reencrypt_request"].iter().all(|s| killed.contains(s)),
+        ["prepare", "rotate", "reencrypt_request"]
+            .iter()
+            .all(|s| killed.contains(s)),
         "the long stages were all interrupted: {killed:?}"
     );
 }

@@ -7,15 +7,19 @@
 
 use super::session::{ETCD_PREFIX, Session};
 use super::targets::{file_bytes, state_yaml};
+use crate::config::encryption::EncryptionConfiguration;
 use crate::exec::docker::FlagChange;
 use crate::exec::health::HealthProbe;
-use crate::exec::restart::{ContainerAction, NodeChange, RolloutOptions, RolloutTarget, rolling_apply};
+use crate::exec::restart::{
+    ContainerAction, NodeChange, RolloutOptions, RolloutTarget, rolling_apply,
+};
 use crate::exec::rewrite::{self, RewriteOptions, RewriteReport};
 use crate::plan::stage::{Phase, Stage};
 use crate::plan::units::{Unit, UnitId};
 use crate::plan::{Action, Flag, Plan, RewriteTarget, VerifyRule};
-use crate::config::encryption::EncryptionConfiguration;
-use crate::state::atrest::{ArchivedKey, AtrestState, CensusRecord, SnapshotRecord, TransitionRecord};
+use crate::state::atrest::{
+    ArchivedKey, AtrestState, CensusRecord, SnapshotRecord, TransitionRecord,
+};
 use crate::state::{RkeState, StateFile};
 use anyhow::{Context, anyhow, bail};
 use std::collections::BTreeMap;
@@ -54,9 +58,9 @@ impl<'a> Executor<'a> {
 
     fn save_atrest(&mut self, atrest: &AtrestState) -> anyhow::Result<()> {
         self.state.set_atrest(atrest)?;
-        self.file.save(&self.state).with_context(|| {
-            format!("saving progress to {}", self.file.path().display())
-        })?;
+        self.file
+            .save(&self.state)
+            .with_context(|| format!("saving progress to {}", self.file.path().display()))?;
         Ok(())
     }
 
@@ -173,7 +177,11 @@ impl<'a> Executor<'a> {
     }
 
     /// The transition is over: drop the record (stage start) or keep it at `reencrypt_finished` (stepwise).
-    fn complete(&mut self, stage: Stage, to: Option<&EncryptionConfiguration>) -> anyhow::Result<()> {
+    fn complete(
+        &mut self,
+        stage: Stage,
+        to: Option<&EncryptionConfiguration>,
+    ) -> anyhow::Result<()> {
         let yaml = state_yaml(to);
         self.state.set_current_encryption_config(yaml.as_deref());
         self.state.set_desired_encryption_config(yaml.as_deref());
@@ -274,7 +282,10 @@ impl<'a> Executor<'a> {
             Some(c) => format!("config with write unit {}", write_unit(c)),
             None => "no config".to_string(),
         };
-        say!("{label}: deploying {what} to {} node(s), one at a time", nodes.len());
+        say!(
+            "{label}: deploying {what} to {} node(s), one at a time",
+            nodes.len()
+        );
         let file = self.file;
         let mut state = self.state.clone();
         let mut clock = Instant::now();
@@ -314,9 +325,7 @@ impl<'a> Executor<'a> {
         targeted: bool,
     ) -> anyhow::Result<()> {
         for rt in resources {
-            let report = self
-                .rewrite_one(&rt.resource, &rt.write, targeted)
-                .await?;
+            let report = self.rewrite_one(&rt.resource, &rt.write, targeted).await?;
             if let Some(report) = report {
                 say!(
                     "{label}: {} → {}: {} objects ({} rewritten, {} already on target, {} gone, {} newer) in {:.1} s, {:.0} objects/s",
@@ -333,7 +342,11 @@ impl<'a> Executor<'a> {
                 check_report(&rt.resource, &report)?;
                 self.rewritten.push(report);
             } else {
-                say!("{label}: {} → {}: nothing to rewrite", rt.resource, rt.write);
+                say!(
+                    "{label}: {} → {}: nothing to rewrite",
+                    rt.resource,
+                    rt.write
+                );
             }
         }
         Ok(())
@@ -368,8 +381,14 @@ impl<'a> Executor<'a> {
                 }
                 let kube = self.session.kube().await?.clone();
                 return Ok(Some(
-                    rewrite::rewrite_keys(&kube, &targets, ETCD_PREFIX, &keys, &RewriteOptions::default())
-                        .await,
+                    rewrite::rewrite_keys(
+                        &kube,
+                        &targets,
+                        ETCD_PREFIX,
+                        &keys,
+                        &RewriteOptions::default(),
+                    )
+                    .await,
                 ));
             }
             let kube = self.session.kube().await?.clone();
@@ -399,13 +418,18 @@ impl<'a> Executor<'a> {
                 let state = self.state.clone();
                 let (_, census) = self
                     .session
-                    .census(&state, std::slice::from_ref(&rule.resource), Some(&rule.write.label()))
+                    .census(
+                        &state,
+                        std::slice::from_ref(&rule.resource),
+                        Some(&rule.write.label()),
+                    )
                     .await?;
                 for (resource, rc) in &census.resources {
                     total += rc.total;
                     counts.insert(resource.clone(), rc.by_label.clone());
                     for (l, n) in &rc.by_label {
-                        let allowed = UnitId::parse_label(l).is_some_and(|id| rule.allowed.contains(&id));
+                        let allowed =
+                            UnitId::parse_label(l).is_some_and(|id| rule.allowed.contains(&id));
                         if !allowed && *n > 0 {
                             problems.push(format!("{resource}: {n} object(s) on {l}"));
                             leftovers.push((rule.resource.clone(), rule.write.clone()));
@@ -442,7 +466,10 @@ impl<'a> Executor<'a> {
         Ok(())
     }
 
-    fn record_census(&mut self, counts: BTreeMap<String, BTreeMap<String, u64>>) -> anyhow::Result<()> {
+    fn record_census(
+        &mut self,
+        counts: BTreeMap<String, BTreeMap<String, u64>>,
+    ) -> anyhow::Result<()> {
         let mut atrest = self.atrest()?;
         atrest.last_census = Some(CensusRecord {
             taken_at: now(),
@@ -463,7 +490,11 @@ impl<'a> Executor<'a> {
                     provider,
                     name,
                     secret,
-                } => (provider.as_str().to_string(), name.clone(), Some(secret.clone())),
+                } => (
+                    provider.as_str().to_string(),
+                    name.clone(),
+                    Some(secret.clone()),
+                ),
                 Unit::Kms(k) => ("kms".to_string(), k.name.clone(), None),
             };
             if atrest

@@ -95,13 +95,21 @@ pub fn encrypt_verify(global: &GlobalOpts) -> anyhow::Result<ExitCode> {
 /// `atrest encrypt prepare [--force]`.
 pub fn encrypt_prepare(global: &GlobalOpts, force: bool) -> anyhow::Result<ExitCode> {
     let inputs = Inputs::load(global)?;
-    runtime()?.block_on(stepwise_verb(global, inputs, StepwiseVerb::Prepare { force }))
+    runtime()?.block_on(stepwise_verb(
+        global,
+        inputs,
+        StepwiseVerb::Prepare { force },
+    ))
 }
 
 /// `atrest encrypt rotate [--force]`.
 pub fn encrypt_rotate(global: &GlobalOpts, force: bool) -> anyhow::Result<ExitCode> {
     let inputs = Inputs::load(global)?;
-    runtime()?.block_on(stepwise_verb(global, inputs, StepwiseVerb::Rotate { force }))
+    runtime()?.block_on(stepwise_verb(
+        global,
+        inputs,
+        StepwiseVerb::Rotate { force },
+    ))
 }
 
 /// `atrest encrypt reencrypt [--force] [--skip]`.
@@ -218,10 +226,7 @@ async fn reconcile(
         record.as_ref().and_then(|r| r.from.as_ref()),
         record.as_ref().and_then(|r| r.to.as_ref()),
     ]);
-    targets::check_key_names(&[
-        desired_target.config(),
-        input_record_to(&record),
-    ])?;
+    targets::check_key_names(&[desired_target.config(), input_record_to(&record)])?;
     let (_, census) = session
         .census(&state, &resources, None)
         .await
@@ -285,7 +290,11 @@ async fn stepwise_verb(
         StepwiseVerb::Prepare { .. } => {
             let base = record.as_ref().map_or(deployed.as_ref(), |r| r.to.as_ref());
             let key = targets::fresh_key(base, &atrest)?;
-            Some(key_unit(KeyProvider::Aescbc, &key.name, key.secret.expose()))
+            Some(key_unit(
+                KeyProvider::Aescbc,
+                &key.name,
+                key.secret.expose(),
+            ))
         }
         _ => None,
     };
@@ -375,7 +384,9 @@ fn confirm(global: &GlobalOpts) -> anyhow::Result<bool> {
         return Ok(true);
     }
     if !std::io::stdin().is_terminal() {
-        bail!("stdin is not a terminal: pass --yes to carry out the plan above (nothing was changed)");
+        bail!(
+            "stdin is not a terminal: pass --yes to carry out the plan above (nothing was changed)"
+        );
     }
     eprint!("Carry out this plan? [y/N] ");
     let mut answer = String::new();

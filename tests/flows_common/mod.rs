@@ -97,7 +97,8 @@ impl Bench {
     pub fn set_encryption(&self, enabled: bool, custom_config: Option<&str>) {
         let path = self.tb.cluster_yml();
         let text = std::fs::read_to_string(&path).expect("read cluster.yml");
-        let mut doc: serde_yaml_ng::Value = serde_yaml_ng::from_str(&text).expect("parse cluster.yml");
+        let mut doc: serde_yaml_ng::Value =
+            serde_yaml_ng::from_str(&text).expect("parse cluster.yml");
         let mut sec = serde_yaml_ng::Mapping::new();
         sec.insert("enabled".into(), enabled.into());
         if let Some(custom) = custom_config {
@@ -160,7 +161,11 @@ impl Bench {
             .args(["get", "secrets,configmaps", "-A", "-o", "json"])
             .output()
             .expect("kubectl");
-        assert!(out.status.success(), "kubectl: {}", String::from_utf8_lossy(&out.stderr));
+        assert!(
+            out.status.success(),
+            "kubectl: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
         let v: Value = serde_json::from_slice(&out.stdout).expect("kubectl JSON");
         v["items"]
             .as_array()
@@ -191,13 +196,22 @@ impl Bench {
             .args(["get", key, "--print-value-only"])
             .output()
             .expect("etcdctl");
-        assert!(out.status.success(), "etcdctl: {}", String::from_utf8_lossy(&out.stderr));
+        assert!(
+            out.status.success(),
+            "etcdctl: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
         String::from_utf8_lossy(&out.stdout[..out.stdout.len().min(60)]).into_owned()
     }
 }
 
 /// Everything in `census[resource]` is on `label`, and there are `n` objects.
-pub fn all_on(census: &BTreeMap<String, BTreeMap<String, u64>>, resource: &str, label: &str, n: usize) {
+pub fn all_on(
+    census: &BTreeMap<String, BTreeMap<String, u64>>,
+    resource: &str,
+    label: &str,
+    n: usize,
+) {
     let labels = census
         .get(resource)
         .unwrap_or_else(|| panic!("no census of {resource}: {census:?}"));
@@ -206,7 +220,11 @@ pub fn all_on(census: &BTreeMap<String, BTreeMap<String, u64>>, resource: &str, 
         n as u64,
         "{resource} should all be on {label}: {labels:?}"
     );
-    assert_eq!(labels.values().sum::<u64>(), n as u64, "{resource}: {labels:?}");
+    assert_eq!(
+        labels.values().sum::<u64>(),
+        n as u64,
+        "{resource}: {labels:?}"
+    );
 }
 
 /// A random 32-byte key, base64 (for custom configs).
