@@ -121,3 +121,35 @@ fn killed_runs_resume_from_their_stage_and_lose_nothing() {
         "the long stages were all interrupted: {killed:?}"
     );
 }
+
+#[test]
+fn stepwise_rotation_follows_k3s_stages() {
+    let Some(b) = bench() else { return };
+    b.set_encryption(true, None);
+    b.ok(&["up", "--yes"]);
+
+    // Out of order: refused, naming the stage.
+    let refused = b.run(&["encrypt", "rotate", "--yes"]);
+    assert_eq!(refused.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&refused.stderr).contains("stage start"));
+
+    b.ok(&["encrypt", "prepare", "--yes"]);
+    assert_eq!(b.status()["stage"], "prepare");
+    assert_eq!(b.status()["hashesMatch"], true);
+    b.verify_seed();
+    b.ok(&["encrypt", "rotate", "--yes"]);
+    assert_eq!(b.status()["stage"], "rotate");
+    b.verify_seed();
+    b.ok(&["encrypt", "reencrypt", "--yes"]);
+    let status = b.status();
+    assert_eq!(status["stage"], "reencrypt_finished");
+    assert_eq!(status["keys"].as_array().unwrap().len(), 2, "one aescbc key plus identity: {status}");
+    b.ok(&["encrypt", "verify"]);
+    b.verify_seed();
+    // `up` has nothing left to do; a new rotation starts from reencrypt_finished.
+    assert!(b.ok(&["up", "--yes"]).contains("Nothing to do"));
+    b.ok(&["encrypt", "rotate-keys", "--yes"]);
+    assert_eq!(b.status()["stage"], "start");
+    b.ok(&["encrypt", "verify"]);
+    b.verify_seed();
+}

@@ -17,6 +17,7 @@ pub use targets::is_managed_shape;
 
 use crate::cli::{GlobalOpts, PlanFormat, StatusFormat};
 use crate::config::{self, Desired};
+use crate::plan::stage::Stage;
 use crate::plan::units::{KeyProvider, key_unit};
 use crate::plan::{
     self, InProgress, Intent, Observed, Plan, PlanInput, PlanKind, PlanOptions, StepwiseInput,
@@ -181,7 +182,8 @@ async fn reconcile(
     let desired_target = match intent {
         Intent::Reconcile => targets::desired_target(&desired, base.as_ref(), &atrest)?,
         Intent::RotateKey => match &record {
-            Some(r) if r.kind == PlanKind::Rotate.as_str() => {
+            // A stepwise rotation left at reencrypt_finished is over; only an unfinished one is resumed.
+            Some(r) if r.kind == PlanKind::Rotate.as_str() && r.stage != Stage::ReencryptFinished => {
                 extra_notes.push(
                     "a key rotation is already in progress: it is finished first and no other key is generated"
                         .to_string(),
@@ -349,15 +351,18 @@ async fn apply(
     executor.session.close().await;
     match result {
         Ok(()) => {
+            let rewrite = if objects > 0 && rewrite_secs > 0.0 {
+                format!(
+                    "; {objects} objects rewritten in {rewrite_secs:.1} s, {:.0} objects/s",
+                    objects as f64 / rewrite_secs
+                )
+            } else {
+                "; no object rewritten".to_string()
+            };
             say!(
-                "done: {} in {:.1} s ({objects} objects rewritten in {rewrite_secs:.1} s{})",
+                "done: {} in {:.1} s{rewrite}",
                 plan.kind,
-                started.elapsed().as_secs_f64(),
-                if rewrite_secs > 0.0 {
-                    format!(", {:.0} objects/s", objects as f64 / rewrite_secs)
-                } else {
-                    String::new()
-                }
+                started.elapsed().as_secs_f64()
             );
             Ok(ExitCode::SUCCESS)
         }
