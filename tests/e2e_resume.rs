@@ -120,6 +120,19 @@ fn killed_runs_resume_from_their_stage_and_lose_nothing() {
             .all(|s| killed.contains(s)),
         "the long stages were all interrupted: {killed:?}"
     );
+
+    // A different desire queued behind an unfinished rotation: the rotation is finished first, then disable.
+    assert!(kill_at(&b, &["encrypt", "rotate-key", "--yes"], "rotate", Duration::ZERO));
+    b.set_encryption(false, None);
+    let plan = b.ok(&["plan"]);
+    assert!(plan.contains("finished first"), "{plan}");
+    assert!(plan.contains("Transition 2 (disable)"), "{plan}");
+    b.ok(&["up", "--yes"]);
+    let status = b.status();
+    assert_eq!(status["encryptionStatus"], "Disabled");
+    all_on(&b.census(), "secrets", "identity", SECRETS);
+    b.ok(&["encrypt", "verify"]);
+    b.verify_seed();
 }
 
 #[test]
