@@ -122,7 +122,12 @@ fn killed_runs_resume_from_their_stage_and_lose_nothing() {
     );
 
     // A different desire queued behind an unfinished rotation: the rotation is finished first, then disable.
-    assert!(kill_at(&b, &["encrypt", "rotate-key", "--yes"], "rotate", Duration::ZERO));
+    assert!(kill_at(
+        &b,
+        &["encrypt", "rotate-key", "--yes"],
+        "rotate",
+        Duration::ZERO
+    ));
     b.set_encryption(false, None);
     let plan = b.ok(&["plan"]);
     assert!(plan.contains("finished first"), "{plan}");
@@ -156,7 +161,11 @@ fn stepwise_rotation_follows_k3s_stages() {
     b.ok(&["encrypt", "reencrypt", "--yes"]);
     let status = b.status();
     assert_eq!(status["stage"], "reencrypt_finished");
-    assert_eq!(status["keys"].as_array().unwrap().len(), 2, "one aescbc key plus identity: {status}");
+    assert_eq!(
+        status["keys"].as_array().unwrap().len(),
+        2,
+        "one aescbc key plus identity: {status}"
+    );
     b.ok(&["encrypt", "verify"]);
     b.verify_seed();
     // `up` has nothing left to do; a new rotation starts from reencrypt_finished.

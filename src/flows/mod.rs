@@ -183,7 +183,9 @@ async fn reconcile(
         Intent::Reconcile => targets::desired_target(&desired, base.as_ref(), &atrest)?,
         Intent::RotateKey => match &record {
             // A stepwise rotation left at reencrypt_finished is over; only an unfinished one is resumed.
-            Some(r) if r.kind == PlanKind::Rotate.as_str() && r.stage != Stage::ReencryptFinished => {
+            Some(r)
+                if r.kind == PlanKind::Rotate.as_str() && r.stage != Stage::ReencryptFinished =>
+            {
                 extra_notes.push(
                     "a key rotation is already in progress: it is finished first and no other key is generated"
                         .to_string(),
@@ -303,6 +305,11 @@ async fn stepwise_verb(
     let mut session = Session::connect(global, &inputs.config, true)
         .await
         .context("pre-flight failed; nothing was changed")?;
+    // Pre-flight: the census must be reachable, since reencrypt and finish depend on it.
+    session
+        .census(&state, &["secrets".to_string()], None)
+        .await
+        .context("pre-flight: the etcd census failed; nothing was changed")?;
     let input = StepwiseInput {
         current: targets::current_target(deployed),
         transition: record,
