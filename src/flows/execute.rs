@@ -589,3 +589,53 @@ fn create_private_dir(dir: &Path) -> anyhow::Result<()> {
     std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700))
         .with_context(|| format!("setting the mode of {}", dir.display()))
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::encryption::{Key, managed};
+    use crate::plan::{PlanInput, Target};
+    use crate::secret::SecretString;
+
+    fn key(name: &str) -> Key {
+        Key {
+            name: name.into(),
+            secret: SecretString::new("MTIzNDU2Nzg5MDEyMzQ1Njc4OTAxMjM0NTY3ODkwMTI=".into()),
+        }
+    }
+
+    #[test]
+    fn snapshots_go_beside_the_state() {
+        assert_eq!(
+            snapshot_dir(Path::new("/x/cluster.rkestate")),
+            Path::new("/x/cluster.snapshots")
+        );
+        assert_eq!(
+            snapshot_dir(Path::new("prod.rkestate")),
+            Path::new("prod.snapshots")
+        );
+    }
+
+    #[test]
+    fn an_enable_has_five_phase_headers_and_the_writer_is_named() {
+        let n = managed(vec![key("k1")]);
+        let input = PlanInput::new(
+            Target::Managed(n.clone()),
+            Target::Disabled,
+            vec!["a".into(), "b".into()],
+        );
+        let plan = crate::plan::plan(&input).unwrap();
+        let groups: Vec<Phase> = phase_groups(&plan).into_iter().map(|(_, p)| p).collect();
+        assert_eq!(
+            groups,
+            [
+                Phase::Prepare,
+                Phase::Rotate,
+                Phase::Reencrypt,
+                Phase::Verify,
+                Phase::Finish
+            ]
+        );
+        assert_eq!(write_unit(&n), "aescbc:k1");
+    }
+}
