@@ -1,5 +1,5 @@
 //! The `atrest` binary: help, completions, usage errors (exit 2), input errors (exit 1, `error: …` with the
-//! file and position), and the not-yet-implemented verbs.
+//! file and position), and verbs refusing with nothing changed when no node answers.
 
 use assert_cmd::Command;
 use predicates::prelude::*;
@@ -24,7 +24,11 @@ network:
 
 /// `atrest` run in `dir`, with no RKE_CONFIG leaking in from the environment.
 fn atrest(dir: &Path) -> Command {
-    let mut cmd = Command::cargo_bin("atrest").unwrap();
+    // ATREST_BIN pins a binary: several worktrees share one target dir and overwrite target/debug/atrest.
+    let mut cmd = match std::env::var_os("ATREST_BIN") {
+        Some(bin) => Command::new(bin),
+        None => Command::cargo_bin("atrest").unwrap(),
+    };
     cmd.current_dir(dir)
         .env_remove("RKE_CONFIG")
         .env_remove("RUST_LOG");
@@ -249,49 +253,62 @@ fn rke_config_env_and_state_flag_are_honoured() {
         .stderr(predicate::str::contains(
             "state file prod.rkestate is empty",
         ));
-    // --state points elsewhere (missing = first run), so the verb gets as far as "not implemented".
+    // --state points elsewhere (missing = first run), so the verb gets as far as connecting to the nodes.
     atrest(dir.path())
         .env("RKE_CONFIG", "prod.yml")
         .args(["plan", "--state", "elsewhere.rkestate"])
         .assert()
         .code(1)
         .stderr(predicate::str::contains(
-            "`atrest plan` is not implemented yet (arrives with issue #",
+            "pre-flight failed; nothing was changed",
         ));
 }
 
 #[test]
-fn unimplemented_verbs_say_so_and_fail() {
+fn verbs_refuse_with_nothing_changed_when_the_nodes_are_unreachable() {
     let dir = tempfile::tempdir().unwrap();
     fs::write(dir.path().join("cluster.yml"), GOOD_CONFIG).unwrap();
     let cases: &[(&[&str], &str)] = &[
-        (&["up"], "up"),
-        (&["up", "--dry-run"], "up --dry-run"),
-        (&["plan", "-o", "json"], "plan"),
-        (&["encrypt", "rotate-key"], "encrypt rotate-key"),
-        (&["encrypt", "status", "-o", "json"], "encrypt status"),
-        (&["encrypt", "verify"], "encrypt verify"),
-        (&["encrypt", "prepare", "--force"], "encrypt prepare"),
-        (&["encrypt", "rotate"], "encrypt rotate"),
+        (&["up", "--yes"], "nothing was changed"),
+        (&["up", "--dry-run"], "nothing was changed"),
+        (&["plan", "-o", "json"], "nothing was changed"),
+        // No managed config is deployed yet: refused before any connection.
+        (&["encrypt", "rotate-key", "--yes"], "run `atrest up` first"),
+        (&["encrypt", "status", "-o", "json"], "nothing was changed"),
+        (&["encrypt", "verify"], "nothing was changed"),
         (
-            &["encrypt", "reencrypt", "--force", "--skip"],
-            "encrypt reencrypt",
+            &["encrypt", "prepare", "--force", "--yes"],
+            "nothing was changed",
         ),
-        (&["encrypt", "rotate-keys"], "encrypt rotate-keys"),
+        (&["encrypt", "rotate", "--yes"], "nothing was changed"),
+        (
+            &["encrypt", "reencrypt", "--force", "--skip", "--yes"],
+            "nothing was changed",
+        ),
+        (
+            &["encrypt", "rotate-keys", "--yes"],
+            "run `atrest up` first",
+        ),
     ];
-    for (args, verb) in cases {
+    for (args, says) in cases {
         atrest(dir.path())
             .args(*args)
+            .env("HOME", dir.path())
             .assert()
             .code(1)
-            .stderr(predicate::str::starts_with(format!(
-                "error: `atrest {verb}` is not implemented yet (arrives with issue #"
-            )));
+            .stderr(predicate::str::starts_with("error: "))
+            .stderr(predicate::str::contains(*says));
     }
     // Nothing was written next to the config.
     let files: Vec<_> = fs::read_dir(dir.path())
         .unwrap()
         .map(|e| e.unwrap().file_name())
         .collect();
-    assert_eq!(files, ["cluster.yml"]);
+    let mut files: Vec<String> = files
+        .into_iter()
+        .map(|f| f.to_string_lossy().into_owned())
+        .collect();
+    files.sort();
+    // The lock file of the verbs that take the state lock; no state, no snapshot.
+    assert_eq!(files, ["cluster.rkestate.lock", "cluster.yml"]);
 }

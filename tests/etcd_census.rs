@@ -100,6 +100,7 @@ async fn census_counts_every_label_in_small_pages() {
     let options = CensusOptions {
         page_size: 4,
         max_off_target: 5,
+        ..Default::default()
     };
     let census = etcd
         .census(&resources(), Some("aescbc:new"), &options)
@@ -133,6 +134,7 @@ async fn census_counts_every_label_in_small_pages() {
     let one = CensusOptions {
         page_size: 1,
         max_off_target: 100,
+        ..Default::default()
     };
     let again = etcd.census(&resources(), None, &one).await.unwrap();
     assert_eq!(again.off_target_total(), 0);
@@ -167,6 +169,7 @@ async fn census_survives_compaction_while_paging() {
         let options = CensusOptions {
             page_size: 1,
             max_off_target: 10,
+            ..Default::default()
         };
         census_etcd
             .census(&resources()[..1], Some("aescbc:new"), &options)
@@ -257,4 +260,27 @@ async fn snapshot_is_private_complete_and_hashed() {
     // A destination in a missing directory fails cleanly.
     let missing = out.path().join("no/such/dir/x.db");
     assert!(etcd.snapshot(&missing).await.is_err());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn census_pages_large_values_by_bytes() {
+    let process = EtcdProcess::start(94).unwrap();
+    let etcd = process.ready().await.unwrap();
+    // 24 values of 1 MiB: with pages of 500 keys this would be one 24 MiB response; by bytes it is ~2 MiB pages.
+    for i in 0..24 {
+        let mut value = b"k8s:enc:aesgcm:v1:big:".to_vec();
+        value.resize(1024 * 1024, 0x5a);
+        put(&etcd, &format!("/registry/secrets/big/s{i:02}"), value).await;
+    }
+    let options = CensusOptions {
+        page_bytes: 2 * 1024 * 1024,
+        ..Default::default()
+    };
+    let census = etcd
+        .census(&resources()[..1], Some("aesgcm:big"), &options)
+        .await
+        .unwrap();
+    assert_eq!(census.resources["secrets"].total, 24);
+    assert_eq!(census.resources["secrets"].by_label["aesgcm:big"], 24);
+    assert_eq!(census.off_target_total(), 0);
 }

@@ -330,23 +330,27 @@ async fn expired_continue_tokens_and_conflicts_are_handled() {
     let (outcome, _) = rewrite_object(&cluster.client, &targets[0], held, &quiet(1, 1)).await;
     assert_eq!(outcome, Outcome::Gone);
 
-    // Forced 410: small pages, slow writes, and etcd compacted under the list a few times.
+    // Forced 410: small pages, one writer, and etcd compacted under the list every 100 ms until done.
     let etcd = cluster.etcd.clone();
+    let done = Arc::new(AtomicBool::new(false));
+    let compactor_done = done.clone();
     let compactor = tokio::spawn(async move {
         let mut kv = etcd.client().kv_client();
-        for _ in 0..4 {
-            tokio::time::sleep(Duration::from_millis(300)).await;
-            let rev = kv
+        let mut compactions = 0u32;
+        while !compactor_done.load(Ordering::Relaxed) && compactions < 100 {
+            tokio::time::sleep(Duration::from_millis(100)).await;
+            let put = kv
                 .put("/atrest-test/tick", b"x".to_vec(), None)
                 .await
-                .unwrap()
-                .header()
-                .unwrap()
-                .revision();
-            kv.compact(rev, None).await.unwrap();
+                .unwrap();
+            kv.compact(put.header().unwrap().revision(), None)
+                .await
+                .unwrap();
+            compactions += 1;
         }
     });
-    let report = rewrite::rewrite(&cluster.client, &targets, &quiet(2, 10)).await;
+    let report = rewrite::rewrite(&cluster.client, &targets, &quiet(1, 5)).await;
+    done.store(true, Ordering::Relaxed);
     compactor.await.unwrap();
     assert!(
         report.is_success(),
@@ -436,11 +440,28 @@ async fn cancellation_stops_early_and_a_rerun_finishes() {
     let cancel = CancellationToken::new();
     let options = RewriteOptions {
         cancel: cancel.clone(),
-        ..quiet(2, 20)
+        ..quiet(1, 20)
     };
+    // Cancel once the census shows the rewrite under way (one writer, so it is far from done).
+    let etcd = cluster.etcd.clone();
     let canceller = tokio::spawn(async move {
-        tokio::time::sleep(Duration::from_millis(300)).await;
-        cancel.cancel();
+        loop {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+            let census = etcd
+                .census(&[core("secrets")], None, &CensusOptions::default())
+                .await
+                .unwrap();
+            if census.resources["secrets"]
+                .by_label
+                .get("aescbc:new")
+                .copied()
+                .unwrap_or(0)
+                >= 50
+            {
+                cancel.cancel();
+                return;
+            }
+        }
     });
     let report = rewrite::rewrite(&cluster.client, &[Target::secrets()], &options).await;
     canceller.await.unwrap();
@@ -459,4 +480,71 @@ async fn cancellation_stops_early_and_a_rerun_finishes() {
     assert_eq!(rerun.rewritten + report.rewritten, 1000);
     let done = cluster.census(&[core("secrets")]).await;
     assert_eq!(done.off_target_total(), 0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kubeconfig_with_token_and_server_override() {
+    use atrest::exec::kube::{ClientOptions, client, client_with};
+    let cluster = Cluster::seeded(90, vec!["secrets"], 3, 0).await;
+    let dir = &cluster.standin.dir;
+    let ca = std::fs::read_to_string(dir.join("ca.pem")).unwrap();
+    let secrets = |c: kube::Client| async move {
+        let api: Api<Secret> = Api::all(c);
+        api.list(&Default::default()).await.map(|l| l.items.len())
+    };
+
+    // Token auth.
+    let good = dir.join("kubeconfig-token");
+    common::write_token_kubeconfig(&good, &cluster.standin.url, &ca, common::TEST_TOKEN).unwrap();
+    assert_eq!(secrets(client(&good).await.unwrap()).await.unwrap(), 3);
+    let bad = dir.join("kubeconfig-bad-token");
+    common::write_token_kubeconfig(&bad, &cluster.standin.url, &ca, "wrong").unwrap();
+    match secrets(client(&bad).await.unwrap()).await {
+        Err(kube::Error::Api(status)) => assert_eq!(status.code, 401),
+        other => panic!("a wrong token must be refused with 401, got {other:?}"),
+    }
+
+    // The kubeconfig names the server `kubernetes` (in the certificate, not resolvable); the override dials the
+    // address, as through a tunnel, and the certificate is still checked against `kubernetes`.
+    let port = cluster.standin.url.rsplit(':').next().unwrap();
+    let named = dir.join("kubeconfig-named");
+    common::write_token_kubeconfig(
+        &named,
+        &format!("https://kubernetes:{port}"),
+        &ca,
+        common::TEST_TOKEN,
+    )
+    .unwrap();
+    let options = ClientOptions {
+        server_override: Some(cluster.standin.url.clone()),
+        ..Default::default()
+    };
+    assert_eq!(
+        secrets(client_with(&named, &options).await.unwrap())
+            .await
+            .unwrap(),
+        3
+    );
+    // A name the certificate does not carry fails verification.
+    let wrong_name = dir.join("kubeconfig-wrong-name");
+    common::write_token_kubeconfig(
+        &wrong_name,
+        &format!("https://etcd-node1:{port}"),
+        &ca,
+        common::TEST_TOKEN,
+    )
+    .unwrap();
+    assert!(
+        secrets(client_with(&wrong_name, &options).await.unwrap())
+            .await
+            .is_err()
+    );
+
+    // A missing kubeconfig names the file.
+    let missing = dir.join("no-such-kubeconfig");
+    let Err(error) = client(&missing).await else {
+        panic!("a missing kubeconfig must fail")
+    };
+    let error = error.to_string();
+    assert!(error.contains("no-such-kubeconfig"), "{error}");
 }

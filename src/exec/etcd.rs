@@ -188,10 +188,11 @@ impl Etcd {
         };
         let mut start = prefix.clone();
         let mut revision = 0i64;
+        let max_page = options.page_size.max(1);
+        // Start small and adapt to the value sizes, so a page stays near `page_bytes` even with 1 MiB objects.
+        let mut limit = max_page.min(16);
         loop {
-            let mut get = GetOptions::new()
-                .with_range(end.clone())
-                .with_limit(options.page_size.max(1));
+            let mut get = GetOptions::new().with_range(end.clone()).with_limit(limit);
             if revision > 0 {
                 get = get.with_revision(revision);
             }
@@ -207,6 +208,8 @@ impl Etcd {
             let Some(last) = kvs.last().map(|kv| kv.key().to_vec()) else {
                 break;
             };
+            let bytes: usize = kvs.iter().map(|kv| kv.key().len() + kv.value().len()).sum();
+            limit = next_limit(limit, max_page, bytes, kvs.len(), options.page_bytes);
             for item in &kvs {
                 let label = classify(item.value());
                 if write_label.is_some_and(|w| w != label) {
@@ -296,6 +299,22 @@ impl Etcd {
     }
 }
 
+/// The next page size: scaled so the next page holds about `target_bytes`, at most doubling per step.
+fn next_limit(
+    limit: i64,
+    max_page: i64,
+    page_bytes: usize,
+    items: usize,
+    target_bytes: usize,
+) -> i64 {
+    if items == 0 || page_bytes == 0 {
+        return (limit * 2).clamp(1, max_page);
+    }
+    let average = (page_bytes / items).max(1);
+    let fitting = i64::try_from(target_bytes / average).unwrap_or(i64::MAX);
+    fitting.min(limit.saturating_mul(2)).clamp(1, max_page)
+}
+
 fn open_private(path: &Path) -> std::io::Result<std::fs::File> {
     use std::os::unix::fs::OpenOptionsExt;
     std::fs::OpenOptions::new()
@@ -324,8 +343,11 @@ fn prefix_range_end(prefix: &[u8]) -> Vec<u8> {
 
 #[derive(Debug, Clone)]
 pub struct CensusOptions {
-    /// Keys per range request; memory is about one page of values.
+    /// Most keys per range request.
     pub page_size: i64,
+    /// Aim for pages of about this many bytes (the page size adapts between 1 and `page_size`); memory is
+    /// about one page.
+    pub page_bytes: usize,
     /// At most this many off-target keys are remembered per resource (all are counted).
     pub max_off_target: usize,
 }
@@ -334,6 +356,7 @@ impl Default for CensusOptions {
     fn default() -> Self {
         Self {
             page_size: 500,
+            page_bytes: 8 * 1024 * 1024,
             max_off_target: 100_000,
         }
     }
@@ -673,6 +696,18 @@ mod tests {
             EtcdResource::new("/", "", "secrets").key_prefix,
             "/secrets/"
         );
+    }
+
+    #[test]
+    fn page_size_adapts_to_value_sizes() {
+        let mib = 1024 * 1024;
+        // Small values: grow by doubling up to the maximum.
+        assert_eq!(next_limit(16, 500, 16 * 2048, 16, 8 * mib), 32);
+        assert_eq!(next_limit(400, 500, 400 * 2048, 400, 8 * mib), 500);
+        // 1 MiB values: about 8 per page.
+        assert_eq!(next_limit(16, 500, 16 * mib, 16, 8 * mib), 8);
+        // Values larger than the target: one at a time.
+        assert_eq!(next_limit(8, 500, 8 * 20 * mib, 8, 8 * mib), 1);
     }
 
     #[test]

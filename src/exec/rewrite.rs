@@ -11,7 +11,7 @@
 //! of writers works through the queue while the next page is fetched. Only a compact set of object ids (16
 //! bytes each) is kept, to skip finished objects if an expired continue token (410) forces a fresh list.
 
-use crate::exec::etcd::{EtcdResource, etcd_path};
+use crate::exec::etcd::EtcdResource;
 use futures::StreamExt;
 use kube::api::{Api, ApiResource, DynamicObject, ListParams, PostParams, TypeMeta};
 use kube::discovery::{self, ApiCapabilities, Scope, verbs};
@@ -1005,11 +1005,6 @@ fn split_object_path(namespaced: bool, rest: &str) -> Option<(Option<&str>, &str
     } else {
         (!rest.is_empty() && !rest.contains('/')).then_some((None, rest))
     }
-}
-
-/// The etcd path of a target (re-exported for callers building census inputs).
-pub fn target_etcd_path(target: &Target) -> String {
-    etcd_path(&target.api.group, &target.api.plural)
 }
 
 #[cfg(test)]

@@ -7,15 +7,19 @@
 
 use super::session::{ETCD_PREFIX, Session};
 use super::targets::{file_bytes, state_yaml};
+use crate::config::encryption::EncryptionConfiguration;
 use crate::exec::docker::FlagChange;
 use crate::exec::health::HealthProbe;
-use crate::exec::restart::{ContainerAction, NodeChange, RolloutOptions, RolloutTarget, rolling_apply};
+use crate::exec::restart::{
+    ContainerAction, NodeChange, RolloutOptions, RolloutTarget, rolling_apply,
+};
 use crate::exec::rewrite::{self, RewriteOptions, RewriteReport};
 use crate::plan::stage::{Phase, Stage};
 use crate::plan::units::{Unit, UnitId};
 use crate::plan::{Action, Flag, Plan, RewriteTarget, VerifyRule};
-use crate::config::encryption::EncryptionConfiguration;
-use crate::state::atrest::{ArchivedKey, AtrestState, CensusRecord, SnapshotRecord, TransitionRecord};
+use crate::state::atrest::{
+    ArchivedKey, AtrestState, CensusRecord, SnapshotRecord, TransitionRecord,
+};
 use crate::state::{RkeState, StateFile};
 use anyhow::{Context, anyhow, bail};
 use std::collections::BTreeMap;
@@ -54,9 +58,9 @@ impl<'a> Executor<'a> {
 
     fn save_atrest(&mut self, atrest: &AtrestState) -> anyhow::Result<()> {
         self.state.set_atrest(atrest)?;
-        self.file.save(&self.state).with_context(|| {
-            format!("saving progress to {}", self.file.path().display())
-        })?;
+        self.file
+            .save(&self.state)
+            .with_context(|| format!("saving progress to {}", self.file.path().display()))?;
         Ok(())
     }
 
@@ -173,7 +177,11 @@ impl<'a> Executor<'a> {
     }
 
     /// The transition is over: drop the record (stage start) or keep it at `reencrypt_finished` (stepwise).
-    fn complete(&mut self, stage: Stage, to: Option<&EncryptionConfiguration>) -> anyhow::Result<()> {
+    fn complete(
+        &mut self,
+        stage: Stage,
+        to: Option<&EncryptionConfiguration>,
+    ) -> anyhow::Result<()> {
         let yaml = state_yaml(to);
         self.state.set_current_encryption_config(yaml.as_deref());
         self.state.set_desired_encryption_config(yaml.as_deref());
@@ -275,7 +283,10 @@ impl<'a> Executor<'a> {
             Some(c) => format!("config with write unit {}", write_unit(c)),
             None => "no config".to_string(),
         };
-        say!("{label}: deploying {what} to {} node(s), one at a time", nodes.len());
+        say!(
+            "{label}: deploying {what} to {} node(s), one at a time",
+            nodes.len()
+        );
         let file = self.file;
         let mut state = self.state.clone();
         let mut clock = Instant::now();
@@ -315,9 +326,7 @@ impl<'a> Executor<'a> {
         targeted: bool,
     ) -> anyhow::Result<()> {
         for rt in resources {
-            let report = self
-                .rewrite_one(&rt.resource, &rt.write, targeted)
-                .await?;
+            let report = self.rewrite_one(&rt.resource, &rt.write, targeted).await?;
             if let Some(report) = report {
                 say!(
                     "{label}: {} → {}: {} objects ({} rewritten, {} already on target, {} gone, {} newer) in {:.1} s, {:.0} objects/s",
@@ -334,7 +343,11 @@ impl<'a> Executor<'a> {
                 check_report(&rt.resource, &report)?;
                 self.rewritten.push(report);
             } else {
-                say!("{label}: {} → {}: nothing to rewrite", rt.resource, rt.write);
+                say!(
+                    "{label}: {} → {}: nothing to rewrite",
+                    rt.resource,
+                    rt.write
+                );
             }
         }
         Ok(())
@@ -369,8 +382,14 @@ impl<'a> Executor<'a> {
                 }
                 let kube = self.session.kube().await?.clone();
                 return Ok(Some(
-                    rewrite::rewrite_keys(&kube, &targets, ETCD_PREFIX, &keys, &RewriteOptions::default())
-                        .await,
+                    rewrite::rewrite_keys(
+                        &kube,
+                        &targets,
+                        ETCD_PREFIX,
+                        &keys,
+                        &RewriteOptions::default(),
+                    )
+                    .await,
                 ));
             }
             let kube = self.session.kube().await?.clone();
@@ -400,13 +419,18 @@ impl<'a> Executor<'a> {
                 let state = self.state.clone();
                 let (_, census) = self
                     .session
-                    .census(&state, std::slice::from_ref(&rule.resource), Some(&rule.write.label()))
+                    .census(
+                        &state,
+                        std::slice::from_ref(&rule.resource),
+                        Some(&rule.write.label()),
+                    )
                     .await?;
                 for (resource, rc) in &census.resources {
                     total += rc.total;
                     counts.insert(resource.clone(), rc.by_label.clone());
                     for (l, n) in &rc.by_label {
-                        let allowed = UnitId::parse_label(l).is_some_and(|id| rule.allowed.contains(&id));
+                        let allowed =
+                            UnitId::parse_label(l).is_some_and(|id| rule.allowed.contains(&id));
                         if !allowed && *n > 0 {
                             problems.push(format!("{resource}: {n} object(s) on {l}"));
                             leftovers.push((rule.resource.clone(), rule.write.clone()));
@@ -443,7 +467,10 @@ impl<'a> Executor<'a> {
         Ok(())
     }
 
-    fn record_census(&mut self, counts: BTreeMap<String, BTreeMap<String, u64>>) -> anyhow::Result<()> {
+    fn record_census(
+        &mut self,
+        counts: BTreeMap<String, BTreeMap<String, u64>>,
+    ) -> anyhow::Result<()> {
         let mut atrest = self.atrest()?;
         atrest.last_census = Some(CensusRecord {
             taken_at: now(),
@@ -464,7 +491,11 @@ impl<'a> Executor<'a> {
                     provider,
                     name,
                     secret,
-                } => (provider.as_str().to_string(), name.clone(), Some(secret.clone())),
+                } => (
+                    provider.as_str().to_string(),
+                    name.clone(),
+                    Some(secret.clone()),
+                ),
                 Unit::Kms(k) => ("kms".to_string(), k.name.clone(), None),
             };
             if atrest
@@ -558,4 +589,54 @@ fn create_private_dir(dir: &Path) -> anyhow::Result<()> {
     }
     std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700))
         .with_context(|| format!("setting the mode of {}", dir.display()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::encryption::{Key, managed};
+    use crate::plan::{PlanInput, Target};
+    use crate::secret::SecretString;
+
+    fn key(name: &str) -> Key {
+        Key {
+            name: name.into(),
+            secret: SecretString::new("MTIzNDU2Nzg5MDEyMzQ1Njc4OTAxMjM0NTY3ODkwMTI=".into()),
+        }
+    }
+
+    #[test]
+    fn snapshots_go_beside_the_state() {
+        assert_eq!(
+            snapshot_dir(Path::new("/x/cluster.rkestate")),
+            Path::new("/x/cluster.snapshots")
+        );
+        assert_eq!(
+            snapshot_dir(Path::new("prod.rkestate")),
+            Path::new("prod.snapshots")
+        );
+    }
+
+    #[test]
+    fn an_enable_has_five_phase_headers_and_the_writer_is_named() {
+        let n = managed(vec![key("k1")]);
+        let input = PlanInput::new(
+            Target::Managed(n.clone()),
+            Target::Disabled,
+            vec!["a".into(), "b".into()],
+        );
+        let plan = crate::plan::plan(&input).unwrap();
+        let groups: Vec<Phase> = phase_groups(&plan).into_iter().map(|(_, p)| p).collect();
+        assert_eq!(
+            groups,
+            [
+                Phase::Prepare,
+                Phase::Rotate,
+                Phase::Reencrypt,
+                Phase::Verify,
+                Phase::Finish
+            ]
+        );
+        assert_eq!(write_unit(&n), "aescbc:k1");
+    }
 }

@@ -4,7 +4,7 @@
 use crate::cli::GlobalOpts;
 use crate::config::cluster::ClusterConfig;
 use crate::state::{RkeState, store};
-use anyhow::anyhow;
+use anyhow::Context;
 use std::path::{Path, PathBuf};
 
 /// The config and state a verb starts from.
@@ -33,11 +33,14 @@ impl Inputs {
 
 /// Reads, parses and validates cluster.yml, with errors as `file:line:column: what`.
 pub fn load_cluster_config(path: &Path) -> anyhow::Result<ClusterConfig> {
-    if !path.exists() {
-        return Err(anyhow!(
+    let text = std::fs::read_to_string(path).with_context(|| {
+        format!(
             "cannot read cluster config {} (choose the file with --config FILE or RKE_CONFIG)",
             path.display()
-        ));
-    }
-    Ok(crate::config::cluster::load(path)?)
+        )
+    })?;
+    Ok(crate::config::cluster::parse(
+        &text,
+        &path.display().to_string(),
+    )?)
 }

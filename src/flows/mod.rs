@@ -18,6 +18,7 @@ pub use targets::is_managed_shape;
 
 use crate::cli::{GlobalOpts, PlanFormat, StatusFormat};
 use crate::config::{self, Desired};
+use crate::plan::stage::Stage;
 use crate::plan::units::{KeyProvider, key_unit};
 use crate::plan::{
     self, InProgress, Intent, Observed, Plan, PlanInput, PlanKind, PlanOptions, StepwiseInput,
@@ -96,13 +97,21 @@ pub fn encrypt_verify(global: &GlobalOpts) -> anyhow::Result<ExitCode> {
 /// `atrest encrypt prepare [--force]`.
 pub fn encrypt_prepare(global: &GlobalOpts, force: bool) -> anyhow::Result<ExitCode> {
     let inputs = Inputs::load(global)?;
-    runtime()?.block_on(stepwise_verb(global, inputs, StepwiseVerb::Prepare { force }))
+    runtime()?.block_on(stepwise_verb(
+        global,
+        inputs,
+        StepwiseVerb::Prepare { force },
+    ))
 }
 
 /// `atrest encrypt rotate [--force]`.
 pub fn encrypt_rotate(global: &GlobalOpts, force: bool) -> anyhow::Result<ExitCode> {
     let inputs = Inputs::load(global)?;
-    runtime()?.block_on(stepwise_verb(global, inputs, StepwiseVerb::Rotate { force }))
+    runtime()?.block_on(stepwise_verb(
+        global,
+        inputs,
+        StepwiseVerb::Rotate { force },
+    ))
 }
 
 /// `atrest encrypt reencrypt [--force] [--skip]`.
@@ -174,7 +183,10 @@ async fn reconcile(
     let desired_target = match intent {
         Intent::Reconcile => targets::desired_target(&desired, base.as_ref(), &atrest)?,
         Intent::RotateKey => match &record {
-            Some(r) if r.kind == PlanKind::Rotate.as_str() => {
+            // A stepwise rotation left at reencrypt_finished is over; only an unfinished one is resumed.
+            Some(r)
+                if r.kind == PlanKind::Rotate.as_str() && r.stage != Stage::ReencryptFinished =>
+            {
                 extra_notes.push(
                     "a key rotation is already in progress: it is finished first and no other key is generated"
                         .to_string(),
@@ -219,10 +231,7 @@ async fn reconcile(
         record.as_ref().and_then(|r| r.from.as_ref()),
         record.as_ref().and_then(|r| r.to.as_ref()),
     ]);
-    targets::check_key_names(&[
-        desired_target.config(),
-        input_record_to(&record),
-    ])?;
+    targets::check_key_names(&[desired_target.config(), input_record_to(&record)])?;
     let (_, census) = session
         .census(&state, &resources, None)
         .await
@@ -309,13 +318,22 @@ async fn stepwise_verb(
         StepwiseVerb::Prepare { .. } => {
             let base = record.as_ref().map_or(deployed.as_ref(), |r| r.to.as_ref());
             let key = targets::fresh_key(base, &atrest)?;
-            Some(key_unit(KeyProvider::Aescbc, &key.name, key.secret.expose()))
+            Some(key_unit(
+                KeyProvider::Aescbc,
+                &key.name,
+                key.secret.expose(),
+            ))
         }
         _ => None,
     };
     let mut session = Session::connect(global, &inputs.config, true)
         .await
         .context("pre-flight failed; nothing was changed")?;
+    // Pre-flight: the census must be reachable, since reencrypt and finish depend on it.
+    session
+        .census(&state, &["secrets".to_string()], None)
+        .await
+        .context("pre-flight: the etcd census failed; nothing was changed")?;
     let input = StepwiseInput {
         current: targets::current_target(deployed),
         transition: record,
@@ -364,15 +382,18 @@ async fn apply(
     executor.session.close().await;
     match result {
         Ok(()) => {
+            let rewrite = if objects > 0 && rewrite_secs > 0.0 {
+                format!(
+                    "; {objects} objects rewritten in {rewrite_secs:.1} s, {:.0} objects/s",
+                    objects as f64 / rewrite_secs
+                )
+            } else {
+                "; no object rewritten".to_string()
+            };
             say!(
-                "done: {} in {:.1} s ({objects} objects rewritten in {rewrite_secs:.1} s{})",
+                "done: {} in {:.1} s{rewrite}",
                 plan.kind,
-                started.elapsed().as_secs_f64(),
-                if rewrite_secs > 0.0 {
-                    format!(", {:.0} objects/s", objects as f64 / rewrite_secs)
-                } else {
-                    String::new()
-                }
+                started.elapsed().as_secs_f64()
             );
             Ok(ExitCode::SUCCESS)
         }
@@ -399,7 +420,9 @@ fn confirm(global: &GlobalOpts) -> anyhow::Result<bool> {
         return Ok(true);
     }
     if !std::io::stdin().is_terminal() {
-        bail!("stdin is not a terminal: pass --yes to carry out the plan above (nothing was changed)");
+        bail!(
+            "stdin is not a terminal: pass --yes to carry out the plan above (nothing was changed)"
+        );
     }
     eprint!("Carry out this plan? [y/N] ");
     let mut answer = String::new();

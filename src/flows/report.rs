@@ -78,7 +78,9 @@ fn verify_rules(config: Option<&EncryptionConfiguration>) -> Vec<(String, String
             .map(|(rule, units)| {
                 (
                     rule.to_string(),
-                    units.first().map_or("identity".to_string(), |u| u.id().label()),
+                    units
+                        .first()
+                        .map_or("identity".to_string(), |u| u.id().label()),
                 )
             })
             .collect(),
@@ -90,7 +92,10 @@ async fn census_of(
     session: &mut Session,
     state: &crate::state::RkeState,
     config: Option<&EncryptionConfiguration>,
-) -> anyhow::Result<(BTreeMap<String, BTreeMap<String, u64>>, BTreeMap<String, (String, u64, u64)>)> {
+) -> anyhow::Result<(
+    BTreeMap<String, BTreeMap<String, u64>>,
+    BTreeMap<String, (String, u64, u64)>,
+)> {
     let mut counts = BTreeMap::new();
     let mut off = BTreeMap::new();
     for (resource, write) in verify_rules(config) {
@@ -122,10 +127,7 @@ pub async fn status(
     };
     session.close().await;
 
-    let stage = atrest
-        .transition
-        .as_ref()
-        .map_or(Stage::Start, |t| t.stage);
+    let stage = atrest.transition.as_ref().map_or(Stage::Start, |t| t.stage);
     let hashes: Vec<Option<String>> = views.iter().map(|v| v.config_sha256.clone()).collect();
     let all_match = hashes.windows(2).all(|w| w[0] == w[1]);
     let expected = targets::deployed_hash(deployed.as_ref());
@@ -239,7 +241,10 @@ pub async fn status(
             println!("  plaintext objects: {plaintext}");
             if !atrest.archive.is_empty() {
                 println!();
-                println!("Archived keys (kept for older snapshots): {}", atrest.archive.len());
+                println!(
+                    "Archived keys (kept for older snapshots): {}",
+                    atrest.archive.len()
+                );
                 for k in &atrest.archive {
                     println!("  {}:{} retired {}", k.provider, k.name, k.retired_at);
                 }
@@ -299,8 +304,9 @@ pub async fn verify(global: &GlobalOpts, inputs: Inputs) -> anyhow::Result<ExitC
         println!("verified: every object is on its active write provider/key");
         Ok(ExitCode::SUCCESS)
     } else {
-        println!("NOT verified: run `atrest up` (it rewrites what is left) or see `atrest encrypt status`");
+        println!(
+            "NOT verified: run `atrest up` (it rewrites what is left) or see `atrest encrypt status`"
+        );
         Ok(ExitCode::FAILURE)
     }
 }
-

@@ -4,9 +4,9 @@
 use crate::cli::GlobalOpts;
 use crate::config::cluster::{ClusterConfig, Node};
 use crate::exec::docker::NodeDocker;
+use crate::exec::docker::{APISERVER, OLD_APISERVER};
 use crate::exec::etcd::{Census, CensusOptions, Etcd, EtcdResource, EtcdTarget, EtcdTls};
 use crate::exec::files;
-use crate::exec::docker::{APISERVER, OLD_APISERVER};
 use crate::exec::health::{HealthProbe, wait_ready};
 use crate::exec::preflight::{connect_and_preflight, preflight};
 use crate::exec::rewrite::{self, Target as RewriteTarget};
@@ -265,7 +265,10 @@ pub fn observations(views: &[NodeView]) -> Vec<NodeObservation> {
 /// A run killed in the middle of recreating kube-apiserver leaves `old-kube-apiserver` behind (and maybe no
 /// `kube-apiserver`). Finish or undo that recreate as the executor would have: keep the new container if it
 /// becomes ready, else put the old one back.
-async fn recover_interrupted_recreate(host: &Arc<Host>, kubernetes_dir: &str) -> anyhow::Result<()> {
+async fn recover_interrupted_recreate(
+    host: &Arc<Host>,
+    kubernetes_dir: &str,
+) -> anyhow::Result<()> {
     let docker = NodeDocker::new(host.clone())?;
     if docker.inspect(OLD_APISERVER).await?.is_none() {
         return Ok(());

@@ -171,10 +171,17 @@ mod tests {
         assert_eq!(kept, Target::Managed(base.clone()));
         let new = desired_target(&Desired::Managed, None, &atrest).unwrap();
         assert!(matches!(&new, Target::Managed(c) if c != &base && is_managed_shape(c)));
-        let Target::Managed(c) = new else { unreachable!() };
+        let Target::Managed(c) = new else {
+            unreachable!()
+        };
         assert!(check_key_names(&[Some(&c)]).is_ok());
         let mut colon = c.clone();
-        colon.resources[0].providers[0].aescbc.as_mut().unwrap().keys[0].name = "k:1".into();
+        colon.resources[0].providers[0]
+            .aescbc
+            .as_mut()
+            .unwrap()
+            .keys[0]
+            .name = "k:1".into();
         assert!(check_key_names(&[Some(&colon)]).is_err());
     }
 

@@ -658,6 +658,15 @@ fn pagination_is_a_consistent_snapshot_and_expires_after_compaction() {
             None,
         );
     }
+    // resourceVersion=0 is a watch-cache read upstream: limit is ignored.
+    let (_, body) = env.curl(
+        "GET",
+        "/api/v1/namespaces/default/secrets?limit=2&resourceVersion=0",
+        None,
+    );
+    let unpaged: Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(unpaged["items"].as_array().unwrap().len(), 5);
+    assert!(unpaged["metadata"].get("continue").is_none());
     let (code, body) = env.curl("GET", "/api/v1/namespaces/default/secrets?limit=2", None);
     assert_eq!(code, 200);
     let page1: Value = serde_json::from_str(&body).unwrap();
@@ -743,6 +752,17 @@ fn pagination_is_a_consistent_snapshot_and_expires_after_compaction() {
     assert_eq!(names, vec!["p5"], "p4 was the last item of page 2");
     assert!(page3["metadata"].get("continue").is_none());
 
+    // An Exact resourceVersion beyond etcd's head is 504 Timeout (ResourceVersionTooLarge).
+    let (code, body) = env.curl(
+        "GET",
+        "/api/v1/secrets?resourceVersion=999999&resourceVersionMatch=Exact",
+        None,
+    );
+    assert_eq!(code, 504, "{body}");
+    assert!(
+        body.contains("Too large resource version: 999999, current: "),
+        "{body}"
+    );
     let (code, body) = env.curl(
         "GET",
         "/api/v1/namespaces/default/secrets?limit=2&continue=notatoken",

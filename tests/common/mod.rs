@@ -231,11 +231,14 @@ pub fn standin_binary() -> Result<PathBuf> {
     }
     let target = std::env::var("CARGO_TARGET_DIR")
         .unwrap_or_else(|_| format!("{}/target", env!("CARGO_MANIFEST_DIR")));
-    for profile in ["release", "debug"] {
-        let path = Path::new(&target).join(profile).join("kube-apiserver");
-        if path.exists() {
-            return Ok(path);
-        }
+    // The most recently built of the release and debug binaries.
+    let newest = ["release", "debug"]
+        .iter()
+        .map(|profile| Path::new(&target).join(profile).join("kube-apiserver"))
+        .filter_map(|path| Some((std::fs::metadata(&path).ok()?.modified().ok()?, path)))
+        .max();
+    if let Some((_, path)) = newest {
+        return Ok(path);
     }
     bail!(
         "kube-apiserver stand-in not built: run `cargo build -p testbed --bin kube-apiserver` (or set ATREST_STANDIN_BIN)"
@@ -266,8 +269,13 @@ impl StandIn {
         std::fs::write(dir.join("client-ca.pem"), &pki.ca_pem)?;
         let port = free_port(ip)?;
         let url = format!("https://{ip}:{port}");
+        std::fs::write(dir.join("ca.pem"), &pki.ca_pem)?;
         let kubeconfig = dir.join("kubeconfig");
         write_kubeconfig(&kubeconfig, &url, &pki)?;
+        std::fs::write(
+            dir.join("tokens.csv"),
+            format!("{TEST_TOKEN},admin,1,\"system:masters\"\n"),
+        )?;
         let encryption = dir.join("encryption.yaml");
         std::fs::write(&encryption, encryption_config)?;
         let p = |name: &str| etcd.dir.join(name).display().to_string();
@@ -285,6 +293,7 @@ impl StandIn {
                 dir.join("apiserver-key.pem").display()
             ),
             format!("--client-ca-file={}", dir.join("client-ca.pem").display()),
+            format!("--token-auth-file={}", dir.join("tokens.csv").display()),
             "--anonymous-auth=false".to_string(),
         ];
         let mut standin = Self {
@@ -355,6 +364,27 @@ impl Drop for StandIn {
     fn drop(&mut self) {
         self.stop();
     }
+}
+
+/// The bearer token the stand-in accepts (`--token-auth-file`).
+pub const TEST_TOKEN: &str = "atrest-test-token-0123456789";
+
+/// A kubeconfig that authenticates with a bearer token and names the server `server_url`.
+pub fn write_token_kubeconfig(
+    path: &Path,
+    server_url: &str,
+    ca_pem: &str,
+    token: &str,
+) -> Result<()> {
+    use base64::Engine as _;
+    let ca = base64::engine::general_purpose::STANDARD.encode(ca_pem);
+    let yaml = format!(
+        "apiVersion: v1\nkind: Config\nclusters:\n- name: t\n  cluster:\n    server: {server_url}\n    certificate-authority-data: {ca}\n\
+         users:\n- name: u\n  user:\n    token: {token}\n\
+         contexts:\n- name: t\n  context:\n    cluster: t\n    user: u\ncurrent-context: t\n"
+    );
+    std::fs::write(path, yaml)?;
+    Ok(())
 }
 
 fn write_kubeconfig(path: &Path, url: &str, pki: &Pki) -> Result<()> {

@@ -318,7 +318,9 @@ impl Store {
             Some(ns) if kind.namespaced() => format!("{}/{}/{ns}/", self.prefix, kind.resource()),
             _ => format!("{}/{}/", self.prefix, kind.resource()),
         };
-        let paging = opts.limit > 0;
+        // resourceVersion=0 without continue is served from the watch cache upstream, which ignores limit.
+        let paging =
+            opts.limit > 0 && !(opts.resource_version == "0" && opts.continue_token.is_empty());
         let (from_key, mut revision) = if !opts.continue_token.is_empty() {
             if !opts.resource_version.is_empty() && opts.resource_version != "0" {
                 return Err(ApiError::bad_request(
@@ -367,13 +369,16 @@ impl Store {
             }
             let resp = match kv.get(start.clone(), Some(get)).await {
                 Ok(r) => r,
+                Err(e) if e.to_string().contains(FUTURE_REV) => {
+                    let current = self.current_revision().await?;
+                    return Err(ApiError::too_large_resource_version(revision, current));
+                }
                 Err(e) => {
                     return Err(self.interpret_list_error(
                         e,
                         &opts.continue_token,
                         &from_key,
                         &key_prefix,
-                        revision,
                     ));
                 }
             };
@@ -465,7 +470,6 @@ impl Store {
         token: &str,
         from_key: &str,
         key_prefix: &str,
-        rev: i64,
     ) -> ApiError {
         let text = e.to_string();
         if text.contains(COMPACTED) {
@@ -486,9 +490,6 @@ impl Store {
                 "The resourceVersion for the provided list is too old.",
                 None,
             );
-        }
-        if text.contains(FUTURE_REV) {
-            return ApiError::too_large_resource_version(rev, 0);
         }
         etcd_err(e)
     }

@@ -1,0 +1,235 @@
+//! The end-to-end tests' bench: a 3-node testbed (sshd, dockerd, etcd, the kube-apiserver stand-in), the real
+//! `atrest` binary run against it, and ways to look at the result (state file, status JSON, etcd, kubectl).
+#![allow(dead_code)]
+
+use serde_json::Value;
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+use std::process::{Command, Output, Stdio};
+use std::time::Instant;
+use testbed::harness::{Options, Standin, Testbed};
+
+pub const SECRETS: usize = 1000;
+pub const CONFIGMAPS: usize = 200;
+pub const SIZE: usize = 256;
+
+pub struct Bench {
+    pub tb: Testbed,
+    /// A private copy of the atrest binary (target/debug/atrest may be replaced by another build meanwhile).
+    pub bin: PathBuf,
+    _bin_dir: tempfile::TempDir,
+}
+
+/// `None` (test skipped) when ATREST_SKIP_TESTBED=1, e.g. without root.
+pub fn bench() -> Option<Bench> {
+    if std::env::var_os("ATREST_SKIP_TESTBED").is_some() {
+        eprintln!("ATREST_SKIP_TESTBED set: skipping");
+        return None;
+    }
+    let bin_dir = tempfile::tempdir().expect("temp dir");
+    let source = std::env::var_os("ATREST_BIN")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from(env!("CARGO_BIN_EXE_atrest")));
+    let bin = bin_dir.path().join("atrest");
+    std::fs::copy(&source, &bin).expect("copy the atrest binary");
+    let started = Instant::now();
+    let tb = Testbed::up(Options {
+        nodes: 3,
+        standin: Standin::locate().expect("the stand-in (cargo build -p testbed)"),
+        ..Options::default()
+    })
+    .expect("testbed up");
+    eprintln!(
+        "testbed up in {:.1} s at {}",
+        started.elapsed().as_secs_f64(),
+        tb.dir().display()
+    );
+    let started = Instant::now();
+    tb.seed(SECRETS, CONFIGMAPS, SIZE).expect("seed");
+    eprintln!(
+        "seeded {SECRETS} secrets + {CONFIGMAPS} configmaps in {:.1} s",
+        started.elapsed().as_secs_f64()
+    );
+    Some(Bench {
+        tb,
+        bin,
+        _bin_dir: bin_dir,
+    })
+}
+
+impl Bench {
+    pub fn command(&self, args: &[&str]) -> Command {
+        let mut c = Command::new(&self.bin);
+        c.arg("--config")
+            .arg(self.tb.cluster_yml())
+            .arg("--known-hosts")
+            .arg(self.tb.known_hosts())
+            .args(args)
+            .env_remove("RKE_CONFIG")
+            .env("RUST_LOG", "atrest=info,warn")
+            .stdin(Stdio::null());
+        c
+    }
+
+    /// Runs atrest and returns its output, printing it (visible with --nocapture).
+    pub fn run(&self, args: &[&str]) -> Output {
+        let started = Instant::now();
+        let out = self.command(args).output().expect("run atrest");
+        eprintln!(
+            "$ atrest {} → {} in {:.1} s\n{}{}",
+            args.join(" "),
+            out.status,
+            started.elapsed().as_secs_f64(),
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        out
+    }
+
+    /// Runs atrest and requires exit 0.
+    pub fn ok(&self, args: &[&str]) -> String {
+        let out = self.run(args);
+        assert!(out.status.success(), "atrest {} failed", args.join(" "));
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    }
+
+    /// Sets `services.kube-api.secrets_encryption_config` in cluster.yml (custom_config as YAML text).
+    pub fn set_encryption(&self, enabled: bool, custom_config: Option<&str>) {
+        let path = self.tb.cluster_yml();
+        let text = std::fs::read_to_string(&path).expect("read cluster.yml");
+        let mut doc: serde_yaml_ng::Value =
+            serde_yaml_ng::from_str(&text).expect("parse cluster.yml");
+        let mut sec = serde_yaml_ng::Mapping::new();
+        sec.insert("enabled".into(), enabled.into());
+        if let Some(custom) = custom_config {
+            let c: serde_yaml_ng::Value = serde_yaml_ng::from_str(custom).expect("custom config");
+            sec.insert("custom_config".into(), c);
+        }
+        let services = doc
+            .get_mut("services")
+            .and_then(|s| s.get_mut("kube-api"))
+            .and_then(|k| k.as_mapping_mut())
+            .expect("services.kube-api in cluster.yml");
+        services.insert(
+            "secrets_encryption_config".into(),
+            serde_yaml_ng::Value::Mapping(sec),
+        );
+        std::fs::write(&path, serde_yaml_ng::to_string(&doc).expect("render")).expect("write");
+    }
+
+    pub fn state(&self) -> Value {
+        let text = std::fs::read_to_string(self.tb.rkestate()).expect("read state");
+        serde_json::from_str(&text).expect("state is JSON")
+    }
+
+    /// The recorded transition's stage, if one is recorded.
+    pub fn stage(&self) -> Option<String> {
+        let text = std::fs::read_to_string(self.tb.rkestate()).ok()?;
+        let v: Value = serde_json::from_str(&text).ok()?;
+        v["atrest"]["transition"]["stage"]
+            .as_str()
+            .map(str::to_string)
+    }
+
+    pub fn status(&self) -> Value {
+        let out = self.ok(&["encrypt", "status", "-o", "json"]);
+        serde_json::from_str(&out).expect("status JSON")
+    }
+
+    /// The census from status: resource → label → count.
+    pub fn census(&self) -> BTreeMap<String, BTreeMap<String, u64>> {
+        serde_json::from_value(self.status()["census"].clone()).expect("census")
+    }
+
+    /// Every seeded object's bytes read back through the API.
+    pub fn verify_seed(&self) {
+        let started = Instant::now();
+        self.tb
+            .verify_seed(SECRETS, CONFIGMAPS, SIZE)
+            .expect("every seeded object reads back with its original data");
+        eprintln!(
+            "verify_seed: {SECRETS} + {CONFIGMAPS} objects intact ({:.1} s)",
+            started.elapsed().as_secs_f64()
+        );
+    }
+
+    /// namespace/name → resourceVersion of every secret and configmap.
+    pub fn resource_versions(&self) -> BTreeMap<String, String> {
+        let out = Command::new("kubectl")
+            .arg("--kubeconfig")
+            .arg(self.tb.kubeconfig())
+            .args(["get", "secrets,configmaps", "-A", "-o", "json"])
+            .output()
+            .expect("kubectl");
+        assert!(
+            out.status.success(),
+            "kubectl: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let v: Value = serde_json::from_slice(&out.stdout).expect("kubectl JSON");
+        v["items"]
+            .as_array()
+            .expect("items")
+            .iter()
+            .map(|i| {
+                (
+                    format!(
+                        "{}/{}/{}",
+                        i["kind"].as_str().unwrap_or_default(),
+                        i["metadata"]["namespace"].as_str().unwrap_or_default(),
+                        i["metadata"]["name"].as_str().unwrap_or_default()
+                    ),
+                    i["metadata"]["resourceVersion"]
+                        .as_str()
+                        .unwrap_or_default()
+                        .to_string(),
+                )
+            })
+            .collect()
+    }
+
+    /// The first bytes of a value in etcd, as text (`k8s:enc:aescbc:v1:<key>:` …).
+    pub fn etcd_prefix(&self, key: &str) -> String {
+        let out = self
+            .tb
+            .etcdctl()
+            .args(["get", key, "--print-value-only"])
+            .output()
+            .expect("etcdctl");
+        assert!(
+            out.status.success(),
+            "etcdctl: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8_lossy(&out.stdout[..out.stdout.len().min(60)]).into_owned()
+    }
+}
+
+/// Everything in `census[resource]` is on `label`, and there are `n` objects.
+pub fn all_on(
+    census: &BTreeMap<String, BTreeMap<String, u64>>,
+    resource: &str,
+    label: &str,
+    n: usize,
+) {
+    let labels = census
+        .get(resource)
+        .unwrap_or_else(|| panic!("no census of {resource}: {census:?}"));
+    assert_eq!(
+        labels.get(label).copied().unwrap_or(0),
+        n as u64,
+        "{resource} should all be on {label}: {labels:?}"
+    );
+    assert_eq!(
+        labels.values().sum::<u64>(),
+        n as u64,
+        "{resource}: {labels:?}"
+    );
+}
+
+/// A random 32-byte key, base64 (for custom configs).
+pub fn random_key() -> String {
+    use base64::Engine as _;
+    let bytes: [u8; 32] = rand::random();
+    base64::engine::general_purpose::STANDARD.encode(bytes)
+}
