@@ -75,7 +75,8 @@ fn set_cluster(tb: &Testbed, custom: Value, bind: bool) {
     sec.insert("enabled".into(), true.into());
     sec.insert("custom_config".into(), custom);
     api.insert("secrets_encryption_config".into(), Value::Mapping(sec));
-    std::fs::write(&path, serde_yaml_ng::to_string(&doc).expect("yaml")).expect("write cluster.yml");
+    std::fs::write(&path, serde_yaml_ng::to_string(&doc).expect("yaml"))
+        .expect("write cluster.yml");
 }
 
 fn atrest(tb: &Testbed, args: &[&str]) -> (bool, String) {
@@ -114,7 +115,11 @@ fn census(tb: &Testbed) -> BTreeMap<String, u64> {
         .args(["get", "/registry/secrets/", "--prefix", "-w", "json"])
         .output()
         .expect("etcdctl");
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     let v: serde_json::Value = serde_json::from_slice(&out.stdout).expect("etcdctl json");
     let b64 = base64::engine::general_purpose::STANDARD;
     let mut counts = BTreeMap::new();
@@ -171,7 +176,12 @@ fn fingerprint(tb: &Testbed) -> Vec<String> {
 fn apiserver_binds(tb: &Testbed, n: &testbed::harness::Node) -> String {
     let out = tb
         .docker(n)
-        .args(["inspect", "-f", "{{json .HostConfig.Binds}}", "kube-apiserver"])
+        .args([
+            "inspect",
+            "-f",
+            "{{json .HostConfig.Binds}}",
+            "kube-apiserver",
+        ])
         .output()
         .expect("docker inspect");
     String::from_utf8_lossy(&out.stdout).into_owned()
@@ -218,12 +228,15 @@ fn aescbc_to_kms_v2_rotate_plugin_key_and_back_to_aescbc() {
     let c = census(&tb);
     let label1 = format!("kms:v2:{PROVIDER}:{key1}");
     assert_eq!(c.get(&label1).copied(), Some(c.values().sum()), "{c:?}");
-    let report = tb.verify_seed(SECRETS, 0, SIZE).expect("secrets readable after kms");
+    let report = tb
+        .verify_seed(SECRETS, 0, SIZE)
+        .expect("secrets readable after kms");
     println!("verified after kms: {report:?}");
     let (ok, status) = atrest(&tb, &["encrypt", "status"]);
     assert!(ok, "{status}");
     assert!(
-        status.contains(&format!("KMS v2 {PROVIDER} on ")) && status.contains(&format!("key_id {key1}")),
+        status.contains(&format!("KMS v2 {PROVIDER} on "))
+            && status.contains(&format!("key_id {key1}")),
         "{status}"
     );
 
@@ -238,7 +251,8 @@ fn aescbc_to_kms_v2_rotate_plugin_key_and_back_to_aescbc() {
     let c = census(&tb);
     let label2 = format!("kms:v2:{PROVIDER}:{key2}");
     assert_eq!(c.get(&label2).copied(), Some(c.values().sum()), "{c:?}");
-    tb.verify_seed(SECRETS, 0, SIZE).expect("secrets readable after re-wrap");
+    tb.verify_seed(SECRETS, 0, SIZE)
+        .expect("secrets readable after re-wrap");
     let (ok, plan) = atrest(&tb, &["plan"]);
     assert!(ok && !plan.contains("kms-rewrap"), "{plan}");
 
@@ -248,7 +262,8 @@ fn aescbc_to_kms_v2_rotate_plugin_key_and_back_to_aescbc() {
     assert!(ok, "up back to aescbc failed:\n{out}");
     let c = census(&tb);
     assert!(only_label_prefix(&c, "aescbc:k1"), "{c:?}");
-    tb.verify_seed(SECRETS, 0, SIZE).expect("secrets readable after leaving kms");
+    tb.verify_seed(SECRETS, 0, SIZE)
+        .expect("secrets readable after leaving kms");
     tb.down().expect("down");
 }
 

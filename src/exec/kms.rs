@@ -37,7 +37,10 @@ pub fn timeout_of(k: &KmsConfiguration) -> Result<Duration, String> {
         Some(t) => {
             let nanos = crate::config::gofmt::parse_duration(t)?;
             if nanos <= 0 {
-                return Err(format!("kms provider {:?}: timeout should be a positive value", k.name));
+                return Err(format!(
+                    "kms provider {:?}: timeout should be a positive value",
+                    k.name
+                ));
             }
             Ok(Duration::from_nanos(nanos as u64))
         }
@@ -123,7 +126,11 @@ pub struct PluginStatus {
     pub key_id: String,
 }
 
-fn channel_over_ssh(host: &Arc<Host>, socket: &str, timeout: Duration) -> tonic::transport::Channel {
+fn channel_over_ssh(
+    host: &Arc<Host>,
+    socket: &str,
+    timeout: Duration,
+) -> tonic::transport::Channel {
     let host = host.clone();
     let socket = socket.to_string();
     Endpoint::from_static("http://kms-plugin.invalid")
@@ -312,7 +319,10 @@ mod tests {
             host_path_through_binds("/var/run/kmsplugin/deep/s.sock", &binds).as_deref(),
             Some("/opt/x/s.sock")
         );
-        assert_eq!(host_path_through_binds("/var/run/kmspluginx/s", &binds), None);
+        assert_eq!(
+            host_path_through_binds("/var/run/kmspluginx/s", &binds),
+            None
+        );
         assert_eq!(host_path_through_binds("/run/s.sock", &[]), None);
     }
 

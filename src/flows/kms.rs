@@ -57,8 +57,7 @@ pub async fn status_lines(session: &Session, config: &EncryptionConfiguration) -
     for k in &providers {
         for h in &session.hosts {
             let node = super::session::node_name(h.node());
-            let (problems, healthy) =
-                kms::preflight_node(h, std::slice::from_ref(k), &binds).await;
+            let (problems, healthy) = kms::preflight_node(h, std::slice::from_ref(k), &binds).await;
             let line = match (healthy.first(), problems.first()) {
                 (Some((_, s)), _) if s.key_id.is_empty() => format!(
                     "KMS {} {} on {node}: healthy ({})",
@@ -222,7 +221,12 @@ pub async fn rewrap_stale_key_ids(
             if !report.is_success() {
                 bail!(
                     "kms-rewrap: rewriting {resource} did not complete: {:?}. Rerun `atrest up` to resume",
-                    report.errors.iter().take(3).map(|e| e.error.clone()).collect::<Vec<_>>()
+                    report
+                        .errors
+                        .iter()
+                        .take(3)
+                        .map(|e| e.error.clone())
+                        .collect::<Vec<_>>()
                 );
             }
             total += report.rewritten;

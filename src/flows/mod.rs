@@ -270,7 +270,8 @@ async fn reconcile(
     if plan.is_noop() {
         if let Some(c) = &deployed_config
             && let Some(code) =
-                kms::rewrap_stale_key_ids(global, &mut session, &state, c, mode == Mode::Apply).await?
+                kms::rewrap_stale_key_ids(global, &mut session, &state, c, mode == Mode::Apply)
+                    .await?
         {
             return Ok(code);
         }

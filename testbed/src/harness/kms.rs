@@ -60,7 +60,10 @@ pub fn node_dir(n: &Node) -> PathBuf {
 pub(super) fn prepare(dir: &Path, nodes: &[Node]) -> Result<Vec<(PathBuf, PathBuf)>> {
     let kek_dir = dir.join("kms");
     fs::create_dir_all(&kek_dir).with_context(|| format!("creating {}", kek_dir.display()))?;
-    fs::set_permissions(&kek_dir, std::os::unix::fs::PermissionsExt::from_mode(0o700))?;
+    fs::set_permissions(
+        &kek_dir,
+        std::os::unix::fs::PermissionsExt::from_mode(0o700),
+    )?;
     crate::kms::keyfile::KeyRing::load_or_create(&kek_dir.join("kek"))
         .map_err(|e| anyhow::anyhow!("creating the shared KEK file: {e}"))?;
     // The mount point must exist in the host tree the namespaces are copied from; it stays empty on the host.

@@ -105,7 +105,8 @@ impl KmsProvider {
             }
         }
         let result = self.transformer.health().await.map_err(|e| e.to_string());
-        *self.last.lock().unwrap_or_else(|p| p.into_inner()) = Some((Instant::now(), result.clone()));
+        *self.last.lock().unwrap_or_else(|p| p.into_inner()) =
+            Some((Instant::now(), result.clone()));
         result
     }
 }
