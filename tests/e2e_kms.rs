@@ -187,6 +187,20 @@ fn apiserver_binds(tb: &Testbed, n: &testbed::harness::Node) -> String {
     String::from_utf8_lossy(&out.stdout).into_owned()
 }
 
+fn https_probe(tb: &Testbed) -> testbed::harness::health::HttpsProbe {
+    let read = |p: std::path::PathBuf| std::fs::read_to_string(&p).expect("pki file");
+    testbed::harness::health::HttpsProbe::new(
+        &read(tb.etcd_ca()),
+        &read(tb.admin_cert()),
+        &read(tb.admin_key()),
+    )
+    .expect("https probe")
+}
+
+fn apiserver_addr(n: &testbed::harness::Node) -> std::net::SocketAddr {
+    std::net::SocketAddr::from((n.address, testbed::harness::APISERVER_PORT))
+}
+
 #[test]
 fn aescbc_to_kms_v2_rotate_plugin_key_and_back_to_aescbc() {
     if !may_run() {
@@ -239,6 +253,35 @@ fn aescbc_to_kms_v2_rotate_plugin_key_and_back_to_aescbc() {
             && status.contains(&format!("key_id {key1}")),
         "{status}"
     );
+
+    // kube-apiserver's KMS v2 health check (§4) passes on every node; a plugin made unhealthy shows there.
+    let probe = https_probe(&tb);
+    for n in tb.nodes() {
+        let (code, body) = probe
+            .get(apiserver_addr(n), "/readyz/kms-providers")
+            .expect("readyz");
+        assert_eq!((code, body.as_str()), (200, "ok"), "{}", n.name);
+        let (_, verbose) = probe.get(apiserver_addr(n), "/readyz?verbose").expect("readyz");
+        assert!(verbose.contains("[+]kms-providers ok"), "{verbose}");
+    }
+    let node3 = tb.nodes()[2].clone();
+    tb.kms_set_unhealthy(&node3, true).expect("unhealthy");
+    // The probe caches a good answer for 20 s.
+    std::thread::sleep(std::time::Duration::from_secs(21));
+    let (code, body) = probe
+        .get(apiserver_addr(&node3), "/healthz/kms-providers")
+        .expect("healthz");
+    assert_eq!(code, 500, "{body}");
+    assert!(
+        body.contains(&format!("kmsv2 Provider {PROVIDER} is not healthy")),
+        "{body}"
+    );
+    tb.kms_set_unhealthy(&node3, false).expect("healthy again");
+    std::thread::sleep(std::time::Duration::from_secs(4));
+    let (code, _) = probe
+        .get(apiserver_addr(&node3), "/healthz/kms-providers")
+        .expect("healthz");
+    assert_eq!(code, 200);
 
     // 3. The plugin's key rotates: a targeted re-wrap moves every secret to the new key id.
     let key2 = tb.kms_rotate().expect("rotate");
