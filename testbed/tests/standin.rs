@@ -919,8 +919,9 @@ fn invalid_configs_fail_startup_with_upstream_messages() {
         ),
         (
             "kms.yaml",
-            "      - kms:\n          apiVersion: v2\n          name: p\n          endpoint: unix:///tmp/kms.sock\n".to_string(),
-            "error while building transformers: KMS provider",
+            // KMS v1 (the default apiVersion) without --feature-gates=KMSv1=true (§1.6).
+            "      - kms:\n          name: p\n          endpoint: unix:///tmp/kms.sock\n".to_string(),
+            "error while building transformers: KMSv1 is deprecated and will only receive security updates going forward.",
         ),
     ];
     for (name, providers, want) in cases {
