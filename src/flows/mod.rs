@@ -230,7 +230,6 @@ async fn reconcile(
         record.as_ref().and_then(|r| r.from.as_ref()),
         record.as_ref().and_then(|r| r.to.as_ref()),
     ]);
-    targets::check_key_names(&[desired_target.config(), input_record_to(&record)])?;
     let (_, census) = session
         .census(&state, &resources, None)
         .await
@@ -422,10 +421,4 @@ fn involved_resources(
         set.insert("secrets".to_string());
     }
     set.into_iter().collect()
-}
-
-fn input_record_to(
-    record: &Option<InProgress>,
-) -> Option<&crate::config::encryption::EncryptionConfiguration> {
-    record.as_ref().and_then(|r| r.to.as_ref())
 }
