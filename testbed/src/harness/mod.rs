@@ -5,6 +5,7 @@
 pub mod files;
 pub mod health;
 pub mod image;
+pub mod local;
 pub mod pki;
 pub mod procs;
 pub mod seed;
