@@ -1,7 +1,8 @@
 //! The rewrite against real processes: etcd (TLS) + the kube-apiserver stand-in (testbed), aescbc keys
 //! rotated from [old] to [new, old], verified in etcd with the census.
 //!
-//! Needs the stand-in binary: `cargo build -p testbed --bin kube-apiserver`.
+//! Needs the stand-in binary (`cargo test --workspace` builds it; else `cargo build -p testbed --bin kube-apiserver`
+//! or `ATREST_STANDIN_BIN`).
 
 mod common;
 
