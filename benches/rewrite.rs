@@ -34,6 +34,12 @@ fn main() -> Result<()> {
     if let Ok(kubeconfig) = std::env::var(CHILD_ENV) {
         return rss_child(Path::new(&kubeconfig));
     }
+    // `cargo test --all-targets` runs bench targets too, without `--bench`: the benchmark takes minutes and is
+    // meaningless in a debug build, so it only runs under `cargo bench`.
+    if !std::env::args().any(|a| a == "--bench") {
+        println!("rewrite benchmark: skipped (run it with `cargo bench --bench rewrite`)");
+        return Ok(());
+    }
     tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()?
