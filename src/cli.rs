@@ -124,6 +124,10 @@ pub enum Command {
         /// Output format.
         #[arg(short = 'o', long = "output", value_enum, default_value_t = PlanFormat::Text)]
         output: PlanFormat,
+        /// Plan from cluster.yml and cluster.rkestate alone: connect to no node and read no etcd census
+        /// (per-node drift and stored data are then not taken into account; the plan says so).
+        #[arg(long)]
+        offline: bool,
     },
 
     /// Key rotation, status and verification (K3s/RKE2-style `secrets-encrypt` verbs).
@@ -294,7 +298,7 @@ pub fn run(cli: &Cli) -> anyhow::Result<ExitCode> {
     let g = &cli.global;
     match &cli.command {
         Command::Up { dry_run } => flows::up(g, *dry_run),
-        Command::Plan { output } => flows::plan(g, *output),
+        Command::Plan { output, offline } => flows::plan(g, *output, *offline),
         Command::Encrypt { command } => match command {
             EncryptCommand::RotateKey => flows::encrypt_rotate_key(g),
             EncryptCommand::Status { output } => flows::encrypt_status(g, *output),
