@@ -117,8 +117,9 @@ pub enum Command {
     /// Show the steps `atrest up` would take, and change nothing.
     #[command(
         long_about = "Show the steps `atrest up` would take, and change nothing.\n\n\
-        Reads cluster.yml and cluster.rkestate (and a transition in progress, if any) and prints the phases and \
-        the config each controlplane would get at each step. Touches no host and no file."
+        Reads cluster.yml and cluster.rkestate (and a transition in progress, if any), each controlplane's \
+        deployed config and an etcd census, and prints the phases and the config each controlplane would get at \
+        each step. Changes nothing on any host and writes no file; with --offline it contacts no host at all."
     )]
     Plan {
         /// Output format.

@@ -51,7 +51,10 @@ const VERBS: &[(&[&str], &[&str])] = &[
         ],
     ),
     (&["up"], &["--dry-run", "Changes:", "resumes"]),
-    (&["plan"], &["--output", "text", "json", "Touches no host"]),
+    (
+        &["plan"],
+        &["--output", "text", "json", "Changes nothing", "--offline"],
+    ),
     (
         &["encrypt"],
         &[
