@@ -592,6 +592,28 @@ fn create_private_dir(dir: &Path) -> anyhow::Result<()> {
         .with_context(|| format!("setting the mode of {}", dir.display()))
 }
 
+/// Runs a rewrite whose cancel token fires on Ctrl-C: writes in flight finish, the report says it was
+/// interrupted, and the recorded stage (`reencrypt_active`) lets the next run finish the job.
+async fn interruptible<F, Fut>(rewrite: F) -> RewriteReport
+where
+    F: FnOnce(RewriteOptions) -> Fut,
+    Fut: std::future::Future<Output = RewriteReport>,
+{
+    let options = RewriteOptions::default();
+    let cancel = options.cancel.clone();
+    let watcher = tokio::spawn(async move {
+        if tokio::signal::ctrl_c().await.is_ok() {
+            eprintln!(
+                "interrupted: finishing the writes in flight; run the same command again to finish the rewrite"
+            );
+            cancel.cancel();
+        }
+    });
+    let report = rewrite(options).await;
+    watcher.abort();
+    report
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -640,26 +662,4 @@ mod tests {
         );
         assert_eq!(write_unit(&n), "aescbc:k1");
     }
-}
-
-/// Runs a rewrite whose cancel token fires on Ctrl-C: writes in flight finish, the report says it was
-/// interrupted, and the recorded stage (`reencrypt_active`) lets the next run finish the job.
-async fn interruptible<F, Fut>(rewrite: F) -> RewriteReport
-where
-    F: FnOnce(RewriteOptions) -> Fut,
-    Fut: std::future::Future<Output = RewriteReport>,
-{
-    let options = RewriteOptions::default();
-    let cancel = options.cancel.clone();
-    let watcher = tokio::spawn(async move {
-        if tokio::signal::ctrl_c().await.is_ok() {
-            eprintln!(
-                "interrupted: finishing the writes in flight; run the same command again to finish the rewrite"
-            );
-            cancel.cancel();
-        }
-    });
-    let report = rewrite(options).await;
-    watcher.abort();
-    report
 }
