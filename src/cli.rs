@@ -117,13 +117,18 @@ pub enum Command {
     /// Show the steps `atrest up` would take, and change nothing.
     #[command(
         long_about = "Show the steps `atrest up` would take, and change nothing.\n\n\
-        Reads cluster.yml and cluster.rkestate (and a transition in progress, if any) and prints the phases and \
-        the config each controlplane would get at each step. Touches no host and no file."
+        Reads cluster.yml and cluster.rkestate (and a transition in progress, if any), each controlplane's \
+        deployed config and an etcd census, and prints the phases and the config each controlplane would get at \
+        each step. Changes nothing on any host and writes no file; with --offline it contacts no host at all."
     )]
     Plan {
         /// Output format.
         #[arg(short = 'o', long = "output", value_enum, default_value_t = PlanFormat::Text)]
         output: PlanFormat,
+        /// Plan from cluster.yml and cluster.rkestate alone: connect to no node and read no etcd census
+        /// (per-node drift and stored data are then not taken into account; the plan says so).
+        #[arg(long)]
+        offline: bool,
     },
 
     /// Key rotation, status and verification (K3s/RKE2-style `secrets-encrypt` verbs).
@@ -294,7 +299,7 @@ pub fn run(cli: &Cli) -> anyhow::Result<ExitCode> {
     let g = &cli.global;
     match &cli.command {
         Command::Up { dry_run } => flows::up(g, *dry_run),
-        Command::Plan { output } => flows::plan(g, *output),
+        Command::Plan { output, offline } => flows::plan(g, *output, *offline),
         Command::Encrypt { command } => match command {
             EncryptCommand::RotateKey => flows::encrypt_rotate_key(g),
             EncryptCommand::Status { output } => flows::encrypt_status(g, *output),

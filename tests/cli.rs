@@ -51,7 +51,10 @@ const VERBS: &[(&[&str], &[&str])] = &[
         ],
     ),
     (&["up"], &["--dry-run", "Changes:", "resumes"]),
-    (&["plan"], &["--output", "text", "json", "Touches no host"]),
+    (
+        &["plan"],
+        &["--output", "text", "json", "Changes nothing", "--offline"],
+    ),
     (
         &["encrypt"],
         &[
@@ -311,4 +314,64 @@ fn verbs_refuse_with_nothing_changed_when_the_nodes_are_unreachable() {
     files.sort();
     // The lock file of the verbs that take the state lock; no state, no snapshot.
     assert_eq!(files, ["cluster.rkestate.lock", "cluster.yml"]);
+}
+
+/// `atrest plan --offline` plans from the files alone: the examples get the plans their configs call for, key
+/// material never appears, and no host is contacted (the example addresses are unroutable documentation ones).
+#[test]
+fn offline_plans_of_the_examples() {
+    let examples = Path::new(env!("CARGO_MANIFEST_DIR")).join("examples");
+    let dir = tempfile::tempdir().unwrap();
+    let plan = |name: &str, format: &str| {
+        let out = atrest(dir.path())
+            .args(["plan", "--offline", "-o", format, "--config"])
+            .arg(examples.join(name))
+            .arg("--state")
+            .arg(dir.path().join(format!("{name}.rkestate")))
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "{name}: {out:?}");
+        String::from_utf8(out.stdout).unwrap()
+    };
+
+    let managed = plan("managed.yml", "text");
+    assert!(
+        managed.starts_with("Plan: enable on 3 controlplane(s)"),
+        "{managed}"
+    );
+    for phase in [
+        "[prepare]",
+        "[rotate]",
+        "[reencrypt]",
+        "[verify]",
+        "[finish]",
+    ] {
+        assert!(managed.contains(phase), "{phase} missing:\n{managed}");
+    }
+    assert!(managed.contains("recreate kube-apiserver with --encryption-provider-config"));
+    assert!(managed.contains("offline:"));
+
+    let custom = plan("custom-aes-secretbox.yml", "text");
+    let text = fs::read_to_string(examples.join("custom-aes-secretbox.yml")).unwrap();
+    for line in text
+        .lines()
+        .filter(|l| l.trim_start().starts_with("secret:"))
+    {
+        let secret = line.trim_start().trim_start_matches("secret:").trim();
+        assert!(
+            !custom.contains(secret),
+            "key material in the plan:\n{custom}"
+        );
+    }
+    assert!(custom.contains("REDACTED"));
+    let json: serde_json::Value =
+        serde_json::from_str(&plan("custom-aes-secretbox.yml", "json")).unwrap();
+    assert!(
+        !json
+            .to_string()
+            .contains("/xWUV4CFCerSSaxhMOhJQgzaObcu4CXdRD3j9753wGs=")
+    );
+
+    let disabled = plan("disabled.yml", "text");
+    assert!(disabled.contains("Nothing to do"), "{disabled}");
 }

@@ -3,7 +3,7 @@
 mod common;
 
 use atrest::exec::etcd::{CensusOptions, Etcd, EtcdResource};
-use common::{ETCD_SERVER_NAME, EtcdProcess};
+use common::{ETCD_SERVER_NAME, LocalEtcd};
 use sha2::{Digest, Sha256};
 use std::os::unix::fs::PermissionsExt;
 
@@ -93,7 +93,7 @@ fn resources() -> Vec<EtcdResource> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn census_counts_every_label_in_small_pages() {
-    let process = EtcdProcess::start(98).unwrap();
+    let process = LocalEtcd::start(98).unwrap();
     let etcd = process.ready().await.unwrap();
     seed(&etcd).await;
 
@@ -152,7 +152,7 @@ async fn census_counts_every_label_in_small_pages() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn census_survives_compaction_while_paging() {
-    let process = EtcdProcess::start(97).unwrap();
+    let process = LocalEtcd::start(97).unwrap();
     let etcd = process.ready().await.unwrap();
     let mut kv = etcd.client().kv_client();
     for i in 0..1500 {
@@ -196,7 +196,7 @@ async fn census_survives_compaction_while_paging() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn tls_server_name_must_match_the_certificate() {
-    let process = EtcdProcess::start(96).unwrap();
+    let process = LocalEtcd::start(96).unwrap();
     let _ready = process.ready().await.unwrap();
     // The certificate names only `etcd-node1`; dialling the IP without the override must fail verification.
     let wrong = Etcd::connect(&process.target(None)).await;
@@ -216,7 +216,7 @@ async fn tls_server_name_must_match_the_certificate() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn snapshot_is_private_complete_and_hashed() {
-    let process = EtcdProcess::start(95).unwrap();
+    let process = LocalEtcd::start(95).unwrap();
     let etcd = process.ready().await.unwrap();
     seed(&etcd).await;
     let out = tempfile::tempdir().unwrap();
@@ -264,7 +264,7 @@ async fn snapshot_is_private_complete_and_hashed() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn census_pages_large_values_by_bytes() {
-    let process = EtcdProcess::start(94).unwrap();
+    let process = LocalEtcd::start(94).unwrap();
     let etcd = process.ready().await.unwrap();
     // 24 values of 1 MiB: with pages of 500 keys this would be one 24 MiB response; by bytes it is ~2 MiB pages.
     for i in 0..24 {

@@ -1,7 +1,8 @@
 //! The rewrite against real processes: etcd (TLS) + the kube-apiserver stand-in (testbed), aescbc keys
 //! rotated from [old] to [new, old], verified in etcd with the census.
 //!
-//! Needs the stand-in binary: `cargo build -p testbed --bin kube-apiserver`.
+//! Needs the stand-in binary (`cargo test --workspace` builds it; else `cargo build -p testbed --bin kube-apiserver`
+//! or `ATREST_STANDIN_BIN`).
 
 mod common;
 
@@ -10,7 +11,7 @@ use atrest::exec::rewrite::{
     self, Outcome, ProgressMode, ResourceSelector, RewriteOptions, RewriteReport, Target,
     rewrite_keys, rewrite_object,
 };
-use common::{EtcdProcess, StandIn, aescbc_config, private_loopback, random_key};
+use common::{LocalEtcd, LocalStandin, aescbc_config, private_loopback, random_key};
 use futures::StreamExt;
 use k8s_openapi::ByteString;
 use k8s_openapi::api::core::v1::{ConfigMap, Namespace, Secret};
@@ -24,9 +25,9 @@ use tokio_util::sync::CancellationToken;
 const NAMESPACES: [&str; 4] = ["rw-a", "rw-b", "rw-c", "default"];
 
 struct Cluster {
-    etcd_process: EtcdProcess,
+    etcd_process: LocalEtcd,
     etcd: Etcd,
-    standin: StandIn,
+    standin: LocalStandin,
     client: kube::Client,
     old: String,
     new: String,
@@ -45,13 +46,12 @@ impl Cluster {
         let dir = tempfile::tempdir().unwrap();
         let ip = private_loopback(octet);
         let etcd_dir = dir.path().join("etcd");
-        std::fs::create_dir_all(&etcd_dir).unwrap();
-        let etcd_process = EtcdProcess::start_in(&etcd_dir, ip, true).unwrap();
+        let etcd_process = LocalEtcd::start_in(&etcd_dir, ip.into(), true).unwrap();
         let etcd = etcd_process.ready().await.unwrap();
         let (old, new) = (random_key(), random_key());
         let config = aescbc_config(&resources, &[("old", &old)]);
         let standin =
-            StandIn::start(&etcd_process, &dir.path().join("apiserver"), ip, &config).unwrap();
+            LocalStandin::start(&etcd_process, &dir.path().join("apiserver"), &config).unwrap();
         let client = standin.ready().await.unwrap();
         let cluster = Self {
             etcd_process,
@@ -487,7 +487,7 @@ async fn kubeconfig_with_token_and_server_override() {
     use atrest::exec::kube::{ClientOptions, client, client_with};
     let cluster = Cluster::seeded(90, vec!["secrets"], 3, 0).await;
     let dir = &cluster.standin.dir;
-    let ca = std::fs::read_to_string(dir.join("ca.pem")).unwrap();
+    let ca = cluster.etcd_process.pki.ca.cert_pem.clone();
     let secrets = |c: kube::Client| async move {
         let api: Api<Secret> = Api::all(c);
         api.list(&Default::default()).await.map(|l| l.items.len())

@@ -211,7 +211,7 @@ impl Etcd {
             let bytes: usize = kvs.iter().map(|kv| kv.key().len() + kv.value().len()).sum();
             limit = next_limit(limit, max_page, bytes, kvs.len(), options.page_bytes);
             for item in &kvs {
-                let label = classify(item.value());
+                let label = classify_with(item.value(), &options.key_names);
                 if write_label.is_some_and(|w| w != label) {
                     counted.off_target_count += 1;
                     if counted.off_target.len() < options.max_off_target {
@@ -350,6 +350,10 @@ pub struct CensusOptions {
     pub page_bytes: usize,
     /// At most this many off-target keys are remembered per resource (all are counted).
     pub max_off_target: usize,
+    /// Key names the configs involved use. A stored value names its key only as `<name>:` followed by binary
+    /// data, and names may contain `:` (K3s's `aescbckey-<RFC 3339>` do), so the longest known name that
+    /// matches wins; unknown names are read up to the first `:`.
+    pub key_names: Vec<String>,
 }
 
 impl Default for CensusOptions {
@@ -358,6 +362,7 @@ impl Default for CensusOptions {
             page_size: 500,
             page_bytes: 8 * 1024 * 1024,
             max_off_target: 100_000,
+            key_names: Vec::new(),
         }
     }
 }
@@ -484,8 +489,13 @@ pub struct SnapshotInfo {
 
 const ENC_PREFIX: &[u8] = b"k8s:enc:";
 
-/// The label for one stored value (layouts: reference §0, §1.7).
+/// The label for one stored value (layouts: reference §0, §1.7), reading key names up to the first `:`.
 pub fn classify(value: &[u8]) -> String {
+    classify_with(value, &[])
+}
+
+/// The label for one stored value, preferring the longest of `key_names` that the stored prefix names.
+pub fn classify_with(value: &[u8], key_names: &[String]) -> String {
     let Some(rest) = value.strip_prefix(ENC_PREFIX) else {
         return "identity".into();
     };
@@ -500,14 +510,14 @@ pub fn classify(value: &[u8]) -> String {
             .strip_prefix(provider.as_bytes())
             .and_then(|r| r.strip_prefix(b":v1:"))
         {
-            return match name_before_colon(after) {
+            return match known_name(after, key_names).or_else(|| name_before_colon(after)) {
                 Some((name, _)) => format!("{provider}:{name}"),
                 None => unknown(),
             };
         }
     }
     if let Some(after) = rest.strip_prefix(b"kms:v1:") {
-        return match name_before_colon(after) {
+        return match known_name(after, key_names).or_else(|| name_before_colon(after)) {
             Some((name, _)) => format!("kms:v1:{name}"),
             None => unknown(),
         };
@@ -522,6 +532,18 @@ pub fn classify(value: &[u8]) -> String {
         };
     }
     unknown()
+}
+
+/// The longest `name` of `names` such that `bytes` starts with `name:`.
+fn known_name<'a>(bytes: &'a [u8], names: &[String]) -> Option<(String, &'a [u8])> {
+    names
+        .iter()
+        .filter(|n| !n.is_empty())
+        .filter(|n| {
+            bytes.len() > n.len() && bytes.starts_with(n.as_bytes()) && bytes[n.len()] == b':'
+        })
+        .max_by_key(|n| n.len())
+        .map(|n| (n.clone(), &bytes[n.len() + 1..]))
 }
 
 /// Split `name:rest` at the first `:`; names are printable (validation forbids empty names).
@@ -614,6 +636,29 @@ mod tests {
             "aesgcm:rotated-2"
         );
         assert_eq!(classify(b"k8s:enc:secretbox:v1:k:\xff\xfe"), "secretbox:k");
+        // K3s-style names hold ':'; known names are matched whole, the longest first.
+        let names = vec![
+            "aescbckey-2026-11-23T23:10:39Z".to_string(),
+            "aescbckey-2026-11-23T23:10:39Z-2".to_string(),
+            "aescbckey-2026-11-23T23".to_string(),
+        ];
+        let stored = b"k8s:enc:aescbc:v1:aescbckey-2026-11-23T23:10:39Z:\x00\x3a\x01";
+        assert_eq!(
+            classify_with(stored, &names),
+            "aescbc:aescbckey-2026-11-23T23:10:39Z"
+        );
+        assert_eq!(classify(stored), "aescbc:aescbckey-2026-11-23T23");
+        assert_eq!(
+            classify_with(
+                b"k8s:enc:aescbc:v1:aescbckey-2026-11-23T23:10:39Z-2:\x00",
+                &names
+            ),
+            "aescbc:aescbckey-2026-11-23T23:10:39Z-2"
+        );
+        assert_eq!(
+            classify_with(b"k8s:enc:aescbc:v1:other:\x00", &names),
+            "aescbc:other"
+        );
     }
 
     #[test]

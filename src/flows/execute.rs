@@ -382,19 +382,18 @@ impl<'a> Executor<'a> {
                 }
                 let kube = self.session.kube().await?.clone();
                 return Ok(Some(
-                    rewrite::rewrite_keys(
-                        &kube,
-                        &targets,
-                        ETCD_PREFIX,
-                        &keys,
-                        &RewriteOptions::default(),
-                    )
+                    interruptible(|options| async move {
+                        rewrite::rewrite_keys(&kube, &targets, ETCD_PREFIX, &keys, &options).await
+                    })
                     .await,
                 ));
             }
             let kube = self.session.kube().await?.clone();
             return Ok(Some(
-                rewrite::rewrite(&kube, &targets, &RewriteOptions::default()).await,
+                interruptible(|options| async move {
+                    rewrite::rewrite(&kube, &targets, &options).await
+                })
+                .await,
             ));
         }
         let targets = self.session.resolve(&resources).await?;
@@ -403,7 +402,10 @@ impl<'a> Executor<'a> {
         }
         let kube = self.session.kube().await?.clone();
         Ok(Some(
-            rewrite::rewrite(&kube, &targets, &RewriteOptions::default()).await,
+            interruptible(
+                |options| async move { rewrite::rewrite(&kube, &targets, &options).await },
+            )
+            .await,
         ))
     }
 
@@ -589,6 +591,28 @@ fn create_private_dir(dir: &Path) -> anyhow::Result<()> {
     }
     std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700))
         .with_context(|| format!("setting the mode of {}", dir.display()))
+}
+
+/// Runs a rewrite whose cancel token fires on Ctrl-C: writes in flight finish, the report says it was
+/// interrupted, and the recorded stage (`reencrypt_active`) lets the next run finish the job.
+async fn interruptible<F, Fut>(rewrite: F) -> RewriteReport
+where
+    F: FnOnce(RewriteOptions) -> Fut,
+    Fut: std::future::Future<Output = RewriteReport>,
+{
+    let options = RewriteOptions::default();
+    let cancel = options.cancel.clone();
+    let watcher = tokio::spawn(async move {
+        if tokio::signal::ctrl_c().await.is_ok() {
+            eprintln!(
+                "interrupted: finishing the writes in flight; run the same command again to finish the rewrite"
+            );
+            cancel.cancel();
+        }
+    });
+    let report = rewrite(options).await;
+    watcher.abort();
+    report
 }
 
 #[cfg(test)]

@@ -45,6 +45,8 @@ fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
 enum Mode {
     /// Print it (text or JSON) and change nothing.
     Show(PlanFormat),
+    /// Print it from cluster.yml and the state alone, reaching no node or etcd.
+    ShowOffline(PlanFormat),
     /// Print it, ask, and carry it out.
     Apply,
 }
@@ -61,14 +63,14 @@ pub fn up(global: &GlobalOpts, dry_run: bool) -> anyhow::Result<ExitCode> {
 }
 
 /// `atrest plan [-o text|json]`.
-pub fn plan(global: &GlobalOpts, format: PlanFormat) -> anyhow::Result<ExitCode> {
+pub fn plan(global: &GlobalOpts, format: PlanFormat, offline: bool) -> anyhow::Result<ExitCode> {
     let inputs = Inputs::load(global)?;
-    runtime()?.block_on(reconcile(
-        global,
-        inputs,
-        Mode::Show(format),
-        Intent::Reconcile,
-    ))
+    let mode = if offline {
+        Mode::ShowOffline(format)
+    } else {
+        Mode::Show(format)
+    };
+    runtime()?.block_on(reconcile(global, inputs, mode, Intent::Reconcile))
 }
 
 /// `atrest encrypt rotate-key`.
@@ -162,7 +164,7 @@ async fn reconcile(
     // The lock is taken before the state is read and held until the run ends.
     let lock = match mode {
         Mode::Apply => Some(StateFile::open_locked(&inputs.state_path)?),
-        Mode::Show(_) => None,
+        Mode::Show(_) | Mode::ShowOffline(_) => None,
     };
     let state = match &lock {
         Some(file) => file.load()?,
@@ -208,6 +210,34 @@ async fn reconcile(
         },
     };
 
+    if let Mode::ShowOffline(format) = mode {
+        let controlplanes = inputs
+            .config
+            .controlplanes()
+            .into_iter()
+            .map(session::node_name)
+            .collect();
+        let mut input = PlanInput::new(
+            desired_target,
+            targets::current_target(deployed),
+            controlplanes,
+        );
+        input.transition = record;
+        input.intent = intent;
+        input.options = PlanOptions {
+            no_snapshot: global.no_snapshot,
+        };
+        input.config_hash = Some(targets::deployed_hash);
+        let mut plan = plan::plan(&input)?;
+        plan.notes.extend(extra_notes);
+        plan.notes.push(
+            "offline: planned from cluster.yml and cluster.rkestate only; no node's deployed file and no etcd \
+             census were read, so drift and stored data are not taken into account"
+                .to_string(),
+        );
+        print_plan(&plan, format);
+        return Ok(ExitCode::SUCCESS);
+    }
     let mut session = match Session::connect(global, &inputs.config, mode == Mode::Apply).await {
         Ok(s) => s,
         Err(e) => {
@@ -231,7 +261,6 @@ async fn reconcile(
         record.as_ref().and_then(|r| r.from.as_ref()),
         record.as_ref().and_then(|r| r.to.as_ref()),
     ]);
-    targets::check_key_names(&[desired_target.config(), input_record_to(&record)])?;
     let (_, census) = session
         .census(&state, &resources, None)
         .await
@@ -280,7 +309,7 @@ async fn reconcile(
     }
 
     match mode {
-        Mode::Show(format) => {
+        Mode::Show(format) | Mode::ShowOffline(format) => {
             print_plan(&plan, format);
             session.close().await;
             Ok(ExitCode::SUCCESS)
@@ -447,10 +476,4 @@ fn involved_resources(
         set.insert("secrets".to_string());
     }
     set.into_iter().collect()
-}
-
-fn input_record_to(
-    record: &Option<InProgress>,
-) -> Option<&crate::config::encryption::EncryptionConfiguration> {
-    record.as_ref().and_then(|r| r.to.as_ref())
 }

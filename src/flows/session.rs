@@ -216,10 +216,14 @@ impl Session {
         let targets = self.resolve(resources).await?;
         let etcd_resources: Vec<EtcdResource> =
             targets.iter().map(|t| t.etcd(ETCD_PREFIX)).collect();
+        let options = CensusOptions {
+            key_names: known_key_names(state, write_label),
+            ..CensusOptions::default()
+        };
         let census = self
             .etcd(state)
             .await?
-            .census(&etcd_resources, write_label, &CensusOptions::default())
+            .census(&etcd_resources, write_label, &options)
             .await?;
         Ok((targets, census))
     }
@@ -229,6 +233,42 @@ impl Session {
             h.close().await;
         }
     }
+}
+
+/// Every key name stored data may name: the configs RKE's state and atrest's record hold (deployed, desired,
+/// transition from/to), the archive, and the write key being checked. The census needs them whole because
+/// names may contain `:`.
+fn known_key_names(state: &RkeState, write_label: Option<&str>) -> Vec<String> {
+    let mut texts: Vec<String> = Vec::new();
+    texts.extend(state.current_encryption_config().map(str::to_string));
+    texts.extend(state.desired_encryption_config().map(str::to_string));
+    let mut names: Vec<String> = Vec::new();
+    if let Ok(atrest) = state.atrest() {
+        if let Some(t) = &atrest.transition {
+            texts.extend(t.from.iter().chain(t.to.iter()).cloned());
+        }
+        names.extend(atrest.archive.iter().map(|k| k.name.clone()));
+    }
+    for text in &texts {
+        if let Ok(config) = crate::config::encryption::parse(text, "cluster.rkestate") {
+            for entry in &config.resources {
+                for provider in &entry.providers {
+                    if let Some((_, keys)) = provider.keyed() {
+                        names.extend(keys.keys.iter().map(|k| k.name.clone()));
+                    }
+                    if let Some(kms) = &provider.kms {
+                        names.push(kms.name.clone());
+                    }
+                }
+            }
+        }
+    }
+    if let Some(name) = write_label.and_then(|l| l.split_once(':')).map(|(_, n)| n) {
+        names.push(name.to_string());
+    }
+    names.sort();
+    names.dedup();
+    names
 }
 
 pub fn ssh_options(global: &GlobalOpts) -> SshOptions {

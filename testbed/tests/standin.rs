@@ -2,7 +2,7 @@
 //! kubectl 1.32, etcdctl and curl as clients.
 
 use std::io::Write;
-use std::net::{IpAddr, Ipv4Addr, SocketAddr, TcpListener, TcpStream};
+use std::net::Ipv4Addr;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
 use std::sync::atomic::{AtomicU32, Ordering};
@@ -10,6 +10,7 @@ use std::time::{Duration, Instant};
 
 use base64::Engine;
 use serde_json::Value;
+use testbed::harness::local::{LocalEtcd, LocalStandin};
 
 const KEY_A: &str = "c2VjcmV0IGlzIHNlY3VyZQ=="; // "secret is secure", 16 bytes
 const KEY_B: &str = "YWJjZGVmZ2hpamtsbW5vcHFyc3R1dnd4eXoxMjM0NTY="; // 32 bytes
@@ -23,152 +24,21 @@ fn fresh_ip() -> Ipv4Addr {
     Ipv4Addr::new(127, 0, 99, x as u8)
 }
 
-fn free_port(ip: Ipv4Addr) -> u16 {
-    TcpListener::bind((ip, 0))
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
-fn wait_tcp(addr: SocketAddr, what: &str) {
-    let start = Instant::now();
-    while TcpStream::connect_timeout(&addr, Duration::from_millis(200)).is_err() {
-        assert!(
-            start.elapsed() < Duration::from_secs(20),
-            "{what} did not listen on {addr}"
-        );
-        std::thread::sleep(Duration::from_millis(50));
-    }
-}
-
-struct Pki {
-    ca: PathBuf,
-    server_cert: PathBuf,
-    server_key: PathBuf,
-    client_cert: PathBuf,
-    client_key: PathBuf,
-}
-
-fn write_pki(dir: &Path, ip: Ipv4Addr) -> Pki {
-    use rcgen::{
-        BasicConstraints, CertificateParams, DnType, ExtendedKeyUsagePurpose, IsCa, Issuer, KeyPair,
-    };
-    let mut ca_params = CertificateParams::new(Vec::<String>::new()).unwrap();
-    ca_params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
-    ca_params
-        .distinguished_name
-        .push(DnType::CommonName, "standin-test-ca");
-    let ca_key = KeyPair::generate().unwrap();
-    let ca_cert = ca_params.self_signed(&ca_key).unwrap();
-    let issuer = Issuer::new(ca_params, ca_key);
-    let leaf = |cn: &str, org: Option<&str>| {
-        let mut p = CertificateParams::new(vec!["localhost".to_string(), ip.to_string()]).unwrap();
-        p.distinguished_name.push(DnType::CommonName, cn);
-        if let Some(o) = org {
-            p.distinguished_name.push(DnType::OrganizationName, o);
-        }
-        p.extended_key_usages = vec![
-            ExtendedKeyUsagePurpose::ServerAuth,
-            ExtendedKeyUsagePurpose::ClientAuth,
-        ];
-        let key = KeyPair::generate().unwrap();
-        let cert = p.signed_by(&key, &issuer).unwrap();
-        (cert.pem(), key.serialize_pem())
-    };
-    let write = |name: &str, text: &str| {
-        let p = dir.join(name);
-        std::fs::write(&p, text).unwrap();
-        p
-    };
-    let (sc, sk) = leaf("server", None);
-    let (cc, ck) = leaf("admin", Some("system:masters"));
-    Pki {
-        ca: write("ca.pem", &ca_cert.pem()),
-        server_cert: write("server.pem", &sc),
-        server_key: write("server-key.pem", &sk),
-        client_cert: write("admin.pem", &cc),
-        client_key: write("admin-key.pem", &ck),
-    }
-}
-
-/// One etcd member over TLS with client-certificate auth.
-struct Etcd {
-    child: Child,
-    endpoint: String,
-}
-
-impl Drop for Etcd {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-/// Everything one test needs: tempdir, PKI, etcd, and a kubeconfig for the stand-in.
+/// Everything one test needs: tempdir, etcd (with the PKI) and the stand-in's command line and kubeconfig.
 struct Env {
     dir: tempfile::TempDir,
-    ip: Ipv4Addr,
-    pki: Pki,
-    etcd: Etcd,
-    api_port: u16,
-    kubeconfig: PathBuf,
+    etcd: LocalEtcd,
+    api: LocalStandin,
 }
 
 impl Env {
     fn new() -> Env {
         let dir = tempfile::tempdir().unwrap();
-        let ip = fresh_ip();
-        let pki = write_pki(dir.path(), ip);
-        let (cport, pport) = (free_port(ip), free_port(ip));
-        let endpoint = format!("https://{ip}:{cport}");
-        let peer = format!("http://{ip}:{pport}");
-        let log = std::fs::File::create(dir.path().join("etcd.log")).unwrap();
-        let child = Command::new("etcd")
-            .args(["--name", "standin-test", "--data-dir"])
-            .arg(dir.path().join("etcd-data"))
-            .args([
-                "--listen-client-urls",
-                &endpoint,
-                "--advertise-client-urls",
-                &endpoint,
-            ])
-            .args([
-                "--listen-peer-urls",
-                &peer,
-                "--initial-advertise-peer-urls",
-                &peer,
-            ])
-            .arg(format!("--initial-cluster=standin-test={peer}"))
-            .arg("--client-cert-auth")
-            .arg(format!("--trusted-ca-file={}", pki.ca.display()))
-            .arg(format!("--cert-file={}", pki.server_cert.display()))
-            .arg(format!("--key-file={}", pki.server_key.display()))
-            .stdout(Stdio::null())
-            .stderr(log)
-            .spawn()
-            .expect("etcd is installed");
-        wait_tcp(SocketAddr::new(IpAddr::V4(ip), cport), "etcd");
-        let api_port = free_port(ip);
-        let kubeconfig = dir.path().join("kubeconfig");
-        std::fs::write(
-            &kubeconfig,
-            format!(
-                "apiVersion: v1\nkind: Config\nclusters:\n- name: c\n  cluster:\n    server: https://{ip}:{api_port}\n    certificate-authority: {}\nusers:\n- name: admin\n  user:\n    client-certificate: {}\n    client-key: {}\ncontexts:\n- name: c\n  context: {{cluster: c, user: admin}}\ncurrent-context: c\n",
-                pki.ca.display(),
-                pki.client_cert.display(),
-                pki.client_key.display()
-            ),
-        )
-        .unwrap();
-        Env {
-            dir,
-            ip,
-            pki,
-            etcd: Etcd { child, endpoint },
-            api_port,
-            kubeconfig,
-        }
+        let mut etcd =
+            LocalEtcd::start_in(&dir.path().join("etcd"), fresh_ip().into(), true).unwrap();
+        etcd.wait_listening().unwrap();
+        let api = LocalStandin::prepare(&etcd, &dir.path().join("apiserver")).unwrap();
+        Env { dir, etcd, api }
     }
 
     fn write(&self, name: &str, text: &str) -> PathBuf {
@@ -178,38 +48,17 @@ impl Env {
     }
 
     fn apiserver_command(&self, extra: &[String]) -> Command {
-        // `ATREST_STANDIN_BIN` (as the harness honours it) guards against another worktree overwriting the
-        // shared `target/debug/kube-apiserver` between build and test.
-        let bin = std::env::var("ATREST_STANDIN_BIN")
-            .unwrap_or_else(|_| env!("CARGO_BIN_EXE_kube-apiserver").to_string());
-        let mut cmd = Command::new(bin);
-        cmd.arg(format!("--etcd-servers={}", self.etcd.endpoint))
-            .arg(format!("--etcd-cafile={}", self.pki.ca.display()))
-            .arg(format!(
-                "--etcd-certfile={}",
-                self.pki.client_cert.display()
-            ))
-            .arg(format!("--etcd-keyfile={}", self.pki.client_key.display()))
-            .args(["--bind-address", &self.ip.to_string()])
-            .arg(format!("--secure-port={}", self.api_port))
-            .arg(format!(
-                "--tls-cert-file={}",
-                self.pki.server_cert.display()
-            ))
-            .arg(format!(
-                "--tls-private-key-file={}",
-                self.pki.server_key.display()
-            ))
-            .arg(format!("--client-ca-file={}", self.pki.ca.display()))
-            // RKE passes many flags the stand-in ignores.
-            .args([
-                "--allow-privileged=true",
-                "--service-cluster-ip-range",
-                "10.43.0.0/16",
-                "--profiling=false",
-            ])
-            .args(extra);
-        cmd
+        // RKE passes many flags the stand-in ignores.
+        let mut flags: Vec<String> = [
+            "--allow-privileged=true",
+            "--service-cluster-ip-range",
+            "10.43.0.0/16",
+            "--profiling=false",
+        ]
+        .map(String::from)
+        .to_vec();
+        flags.extend_from_slice(extra);
+        self.api.command(&flags)
     }
 
     /// Starts the stand-in and waits for /readyz.
@@ -254,7 +103,7 @@ impl Env {
 
     fn kubectl(&self, args: &[&str], stdin: Option<&str>) -> Output {
         let mut child = Command::new("kubectl")
-            .arg(format!("--kubeconfig={}", self.kubeconfig.display()))
+            .arg(format!("--kubeconfig={}", self.api.kubeconfig.display()))
             .arg(format!(
                 "--cache-dir={}",
                 self.dir.path().join("kube-cache").display()
@@ -297,9 +146,9 @@ impl Env {
             body,
             &[
                 "--cert",
-                &s(&self.pki.client_cert),
+                &s(&self.etcd.pki.client_cert_file()),
                 "--key",
-                &s(&self.pki.client_key),
+                &s(&self.etcd.pki.client_key_file()),
             ],
         )
     }
@@ -311,7 +160,7 @@ impl Env {
         body: Option<&str>,
         auth: &[&str],
     ) -> (u16, String) {
-        let url = format!("https://{}:{}{path}", self.ip, self.api_port);
+        let url = format!("{}{path}", self.api.url);
         let mut cmd = Command::new("curl");
         cmd.args([
             "-sS",
@@ -320,7 +169,7 @@ impl Env {
             "-w",
             "\n%{http_code}",
             "--cacert",
-            &s(&self.pki.ca),
+            &s(&self.etcd.pki.ca_file()),
             "-X",
             method,
         ])
@@ -349,15 +198,7 @@ impl Env {
     }
 
     fn etcdctl(&self, args: &[&str]) -> Output {
-        Command::new("etcdctl")
-            .env("ETCDCTL_API", "3")
-            .arg(format!("--endpoints={}", self.etcd.endpoint))
-            .arg(format!("--cacert={}", self.pki.ca.display()))
-            .arg(format!("--cert={}", self.pki.client_cert.display()))
-            .arg(format!("--key={}", self.pki.client_key.display()))
-            .args(args)
-            .output()
-            .unwrap()
+        self.etcd.etcdctl().args(args).output().unwrap()
     }
 
     /// The raw stored value of an etcd key.
@@ -378,12 +219,9 @@ impl Env {
     }
 
     fn etcd_put(&self, key: &str, value: &[u8]) {
-        let mut child = Command::new("etcdctl")
-            .env("ETCDCTL_API", "3")
-            .arg(format!("--endpoints={}", self.etcd.endpoint))
-            .arg(format!("--cacert={}", self.pki.ca.display()))
-            .arg(format!("--cert={}", self.pki.client_cert.display()))
-            .arg(format!("--key={}", self.pki.client_key.display()))
+        let mut child = self
+            .etcd
+            .etcdctl()
             .args(["put", key])
             .stdin(Stdio::piped())
             .stdout(Stdio::null())

@@ -5,7 +5,7 @@ use atrest::exec::health::HealthProbe;
 use atrest::exec::ssh::Host;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
-use testbed::harness::image::IMAGE;
+use testbed::harness::image::{IMAGE, docker};
 use testbed::harness::{Options, PREFIX_PATH, Standin, Testbed};
 
 /// `GET /readyz` answers 200 (plain HTTP placeholder), within 10 s.
@@ -295,14 +295,6 @@ fn walk(dir: &Path, out: &mut Vec<String>) {
             ));
         }
     }
-}
-
-fn docker(sock: &Path) -> Command {
-    let mut c = Command::new("docker");
-    c.arg("-H")
-        .arg(format!("unix://{}", sock.display()))
-        .stdin(Stdio::null());
-    c
 }
 
 fn run(cmd: &mut Command) -> String {

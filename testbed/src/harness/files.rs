@@ -149,12 +149,40 @@ pub fn rkestate(spec: &ClusterSpec, pki: &Pki, admin_kubeconfig: &str) -> Value 
 
 /// kube_config_cluster.yml: client-certificate auth against `server`.
 pub fn kubeconfig(server: &str, pki: &Pki) -> String {
-    let b64 = |s: &str| base64::engine::general_purpose::STANDARD.encode(s.as_bytes());
+    kubeconfig_with_cert(
+        server,
+        &pki.ca.cert_pem,
+        &pki.kube_admin.cert_pem,
+        &pki.kube_admin.key_pem,
+    )
+}
+
+fn b64(s: &str) -> String {
+    base64::engine::general_purpose::STANDARD.encode(s.as_bytes())
+}
+
+/// A kubeconfig (RKE's layout) that trusts `ca_pem` and authenticates with a client certificate.
+pub fn kubeconfig_with_cert(server: &str, ca_pem: &str, cert_pem: &str, key_pem: &str) -> String {
+    kubeconfig_for_user(
+        server,
+        ca_pem,
+        &format!(
+            "    client-certificate-data: {}\n    client-key-data: {}\n",
+            b64(cert_pem),
+            b64(key_pem)
+        ),
+    )
+}
+
+/// A kubeconfig that trusts `ca_pem` and authenticates with a bearer token.
+pub fn kubeconfig_with_token(server: &str, ca_pem: &str, token: &str) -> String {
+    kubeconfig_for_user(server, ca_pem, &format!("    token: {token}\n"))
+}
+
+fn kubeconfig_for_user(server: &str, ca_pem: &str, user: &str) -> String {
     format!(
-        "apiVersion: v1\nkind: Config\nclusters:\n- cluster:\n    certificate-authority-data: {ca}\n    server: \"{server}\"\n  name: local\ncontexts:\n- context:\n    cluster: local\n    user: kube-admin-local\n  name: local\ncurrent-context: local\nusers:\n- name: kube-admin-local\n  user:\n    client-certificate-data: {cert}\n    client-key-data: {key}\n",
-        ca = b64(&pki.ca.cert_pem),
-        cert = b64(&pki.kube_admin.cert_pem),
-        key = b64(pki.kube_admin.key_pem.as_str()),
+        "apiVersion: v1\nkind: Config\nclusters:\n- cluster:\n    certificate-authority-data: {ca}\n    server: \"{server}\"\n  name: local\ncontexts:\n- context:\n    cluster: local\n    user: kube-admin-local\n  name: local\ncurrent-context: local\nusers:\n- name: kube-admin-local\n  user:\n{user}",
+        ca = b64(ca_pem),
     )
 }
 

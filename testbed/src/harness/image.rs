@@ -20,31 +20,45 @@ pub enum Standin {
 }
 
 impl Standin {
-    /// `ATREST_STANDIN_BIN`, else `kube-apiserver` in the cargo target dir of the running executable
-    /// (`target/debug/deps/x` → `target/debug/kube-apiserver`).
+    /// The stand-in binary found by [`standin_binary`].
     pub fn locate() -> Result<Standin> {
-        if let Some(p) = std::env::var_os("ATREST_STANDIN_BIN") {
-            let p = PathBuf::from(p);
-            if !p.is_file() {
-                bail!("ATREST_STANDIN_BIN={} is not a file", p.display());
-            }
-            return Ok(Standin::Binary(p));
-        }
-        let exe = std::env::current_exe().context("locating the current executable")?;
-        let mut dir = exe.parent().map(Path::to_path_buf).unwrap_or_default();
-        if dir.file_name().is_some_and(|n| n == "deps") {
-            dir.pop();
-        }
-        let candidate = dir.join("kube-apiserver");
-        if candidate.is_file() {
-            Ok(Standin::Binary(candidate))
-        } else {
-            bail!(
-                "kube-apiserver stand-in not found at {}: run `cargo build -p testbed` (or set ATREST_STANDIN_BIN)",
-                candidate.display()
-            )
-        }
+        Ok(Standin::Binary(standin_binary()?))
     }
+}
+
+/// The kube-apiserver stand-in binary: `ATREST_STANDIN_BIN`, else `kube-apiserver` in the cargo target dir of the
+/// running executable (`target/debug/deps/x` → `target/debug/kube-apiserver`), else in the other profile's dir
+/// (a benchmark in `release` may use a `debug` stand-in). `cargo test --workspace` builds it (testbed's own
+/// integration tests need it); `cargo test -p atrest` alone does not.
+pub fn standin_binary() -> Result<PathBuf> {
+    if let Some(p) = std::env::var_os("ATREST_STANDIN_BIN") {
+        let p = PathBuf::from(p);
+        if !p.is_file() {
+            bail!("ATREST_STANDIN_BIN={} is not a file", p.display());
+        }
+        return Ok(p);
+    }
+    let exe = std::env::current_exe().context("locating the current executable")?;
+    let mut dir = exe.parent().map(Path::to_path_buf).unwrap_or_default();
+    if dir.file_name().is_some_and(|n| n == "deps") {
+        dir.pop();
+    }
+    let own = dir.join("kube-apiserver");
+    let other = ["debug", "release"]
+        .iter()
+        .filter(|profile| dir.file_name().is_some_and(|n| n != **profile))
+        .filter_map(|profile| Some(dir.parent()?.join(profile).join("kube-apiserver")));
+    if let Some(found) = std::iter::once(own.clone())
+        .chain(other)
+        .find(|p| p.is_file())
+    {
+        return Ok(found);
+    }
+    bail!(
+        "kube-apiserver stand-in not found at {}: run `cargo build -p testbed --bin kube-apiserver` (or set \
+         ATREST_STANDIN_BIN)",
+        own.display()
+    )
 }
 
 fn copy_with_parents(src: &Path, root: &Path) -> Result<()> {

@@ -6,6 +6,7 @@ pub mod files;
 pub mod health;
 pub mod image;
 pub mod kms;
+pub mod local;
 pub mod pki;
 pub mod procs;
 pub mod seed;
@@ -321,11 +322,7 @@ impl Testbed {
             let (Some(kt), Some(kb)) = (parts.next(), parts.next()) else {
                 bail!("unexpected host key format in {}", host_key.display())
             };
-            let host = if n.ssh_port == 22 {
-                n.address.to_string()
-            } else {
-                format!("[{}]:{}", n.address, n.ssh_port)
-            };
+            let host = atrest::exec::known_hosts::host_pattern(&n.address.to_string(), n.ssh_port);
             known_hosts.push_str(&format!("{host} {kt} {kb}\n"));
             files::write_mode(
                 &ssh_dir.join("authorized_keys"),

@@ -70,13 +70,19 @@ fn dns(name: &str) -> Result<SanType> {
     ))
 }
 
-impl Pki {
-    /// Generates the whole PKI for nodes at `ips`.
-    pub fn generate(ips: &[Ipv4Addr]) -> Result<Pki> {
+/// A self-signed CA that signs leaf certificates in memory.
+pub struct Ca {
+    pub cert: CertPair,
+    issuer: Issuer<'static, KeyPair>,
+}
+
+impl Ca {
+    /// A new CA named `name` (also its common name).
+    pub fn generate(name: &str) -> Result<Ca> {
         let ca_key = new_key()?;
         let mut ca_params = CertificateParams::default();
         let mut dn = DistinguishedName::new();
-        dn.push(DnType::CommonName, "kube-ca");
+        dn.push(DnType::CommonName, name);
         ca_params.distinguished_name = dn;
         ca_params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
         ca_params.key_usages = vec![
@@ -86,41 +92,67 @@ impl Pki {
         ];
         let ca_cert = ca_params
             .self_signed(&ca_key)
-            .context("self-signing kube-ca")?;
-        let ca = CertPair {
-            name: "kube-ca".into(),
-            common_name: "kube-ca".into(),
+            .with_context(|| format!("self-signing {name}"))?;
+        let cert = CertPair {
+            name: name.into(),
+            common_name: name.into(),
             cert_pem: ca_cert.pem(),
             key_pem: Zeroizing::new(ca_key.serialize_pem()),
         };
-        let issuer = Issuer::new(ca_params, ca_key);
-        let sign = |name: &str, params: CertificateParams, cn: &str| -> Result<CertPair> {
-            let key = new_key()?;
-            let cert = params
-                .signed_by(&key, &issuer)
-                .with_context(|| format!("signing {name}"))?;
-            Ok(CertPair {
-                name: name.into(),
-                common_name: cn.into(),
-                cert_pem: cert.pem(),
-                key_pem: Zeroizing::new(key.serialize_pem()),
-            })
-        };
+        Ok(Ca {
+            cert,
+            issuer: Issuer::new(ca_params, ca_key),
+        })
+    }
+
+    /// Signs a leaf certificate `name` (bundle name) with a fresh key.
+    pub fn sign(
+        &self,
+        name: &str,
+        cn: &str,
+        org: Option<&str>,
+        eku: &[ExtendedKeyUsagePurpose],
+        sans: Vec<SanType>,
+    ) -> Result<CertPair> {
+        let key = new_key()?;
+        let cert = leaf_params(cn, org, eku, sans)
+            .signed_by(&key, &self.issuer)
+            .with_context(|| format!("signing {name}"))?;
+        Ok(CertPair {
+            name: name.into(),
+            common_name: cn.into(),
+            cert_pem: cert.pem(),
+            key_pem: Zeroizing::new(key.serialize_pem()),
+        })
+    }
+}
+
+/// A subject alternative name: an IP address if `name` parses as one, else a DNS name.
+pub fn san(name: &str) -> Result<SanType> {
+    match name.parse::<IpAddr>() {
+        Ok(ip) => Ok(SanType::IpAddress(ip)),
+        Err(_) => dns(name),
+    }
+}
+
+impl Pki {
+    /// Generates the whole PKI for nodes at `ips`.
+    pub fn generate(ips: &[Ipv4Addr]) -> Result<Pki> {
         use ExtendedKeyUsagePurpose::{ClientAuth, ServerAuth};
-        let kube_node = sign(
+        let ca = Ca::generate("kube-ca")?;
+        let kube_node = ca.sign(
             "kube-node",
-            leaf_params(
-                "system:node:kube-node",
-                Some("system:nodes"),
-                &[ClientAuth],
-                vec![],
-            ),
             "system:node:kube-node",
+            Some("system:nodes"),
+            &[ClientAuth],
+            vec![],
         )?;
-        let kube_admin = sign(
+        let kube_admin = ca.sign(
             "kube-admin",
-            leaf_params("kube-admin", Some("system:masters"), &[ClientAuth], vec![]),
             "kube-admin",
+            Some("system:masters"),
+            &[ClientAuth],
+            vec![],
         )?;
         let loopback = IpAddr::V4(Ipv4Addr::LOCALHOST);
         let mut etcd = Vec::new();
@@ -143,20 +175,24 @@ impl Pki {
                 SanType::IpAddress(loopback),
                 dns("localhost")?,
             ];
-            etcd.push(sign(
+            etcd.push(ca.sign(
                 &etcd_cert_name(*ip),
-                leaf_params("kube-etcd", None, &[ServerAuth, ClientAuth], sans),
                 "kube-etcd",
+                None,
+                &[ServerAuth, ClientAuth],
+                sans,
             )?);
             api_sans.push(SanType::IpAddress(IpAddr::V4(*ip)));
         }
-        let apiserver = sign(
+        let apiserver = ca.sign(
             "kube-apiserver",
-            leaf_params("kube-apiserver", None, &[ServerAuth], api_sans),
             "kube-apiserver",
+            None,
+            &[ServerAuth],
+            api_sans,
         )?;
         Ok(Pki {
-            ca,
+            ca: ca.cert,
             kube_node,
             kube_admin,
             etcd,

@@ -154,15 +154,6 @@ fn reap(pid: u32) {
     }
 }
 
-fn docker_at(sock: &Path) -> Command {
-    let mut c = Command::new("docker");
-    c.arg("-H")
-        .arg(format!("unix://{}", sock.display()))
-        .env_remove("DOCKER_HOST");
-    c.stdin(Stdio::null());
-    c
-}
-
 fn cgroup_dirs(parent: &str) -> Vec<PathBuf> {
     let mut dirs = Vec::new();
     if let Ok(ctrls) = fs::read_dir("/sys/fs/cgroup") {
@@ -256,7 +247,7 @@ pub fn teardown(m: &Manifest) -> Result<()> {
                 if !n.docker_socket.exists() {
                     return;
                 }
-                let ids = docker_at(&n.docker_socket)
+                let ids = super::image::docker(&n.docker_socket)
                     .args(["ps", "-aq"])
                     .stderr(Stdio::null())
                     .output();
@@ -266,7 +257,7 @@ pub fn teardown(m: &Manifest) -> Result<()> {
                         .map(str::to_string)
                         .collect();
                     if !ids.is_empty() {
-                        let _ = docker_at(&n.docker_socket)
+                        let _ = super::image::docker(&n.docker_socket)
                             .args(["rm", "-f"])
                             .args(&ids)
                             .stdout(Stdio::null())
