@@ -261,7 +261,9 @@ fn aescbc_to_kms_v2_rotate_plugin_key_and_back_to_aescbc() {
             .get(apiserver_addr(n), "/readyz/kms-providers")
             .expect("readyz");
         assert_eq!((code, body.as_str()), (200, "ok"), "{}", n.name);
-        let (_, verbose) = probe.get(apiserver_addr(n), "/readyz?verbose").expect("readyz");
+        let (_, verbose) = probe
+            .get(apiserver_addr(n), "/readyz?verbose")
+            .expect("readyz");
         assert!(verbose.contains("[+]kms-providers ok"), "{verbose}");
     }
     let node3 = tb.nodes()[2].clone();

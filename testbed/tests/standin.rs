@@ -758,7 +758,8 @@ fn invalid_configs_fail_startup_with_upstream_messages() {
         (
             "kms.yaml",
             // KMS v1 (the default apiVersion) without --feature-gates=KMSv1=true (§1.6).
-            "      - kms:\n          name: p\n          endpoint: unix:///tmp/kms.sock\n".to_string(),
+            "      - kms:\n          name: p\n          endpoint: unix:///tmp/kms.sock\n"
+                .to_string(),
             "error while building transformers: KMSv1 is deprecated and will only receive security updates going forward.",
         ),
     ];
