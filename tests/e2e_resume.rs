@@ -114,19 +114,22 @@ fn killed_runs_resume_from_their_stage_and_lose_nothing() {
         assert_complete_and_intact(&b);
     }
     eprintln!("killed at: {killed:?}");
+    // `rotate` and `reencrypt_active` are recorded for moments only (the next step starts at once), so a kill
+    // there is best effort; the long stages must all have been interrupted.
     assert!(
-        ["prepare", "rotate", "reencrypt_request"]
+        ["prepare", "reencrypt_request"]
             .iter()
             .all(|s| killed.contains(s)),
         "the long stages were all interrupted: {killed:?}"
     );
 
-    // A different desire queued behind an unfinished rotation: the rotation is finished first, then disable.
+    // A different desire queued behind an unfinished rotation (killed during its rotate deploy, which runs
+    // while the recorded stage is still `prepare`): the rotation is finished first, then disable.
     assert!(kill_at(
         &b,
         &["encrypt", "rotate-key", "--yes"],
-        "rotate",
-        Duration::ZERO
+        "prepare",
+        Duration::from_millis(800)
     ));
     b.set_encryption(false, None);
     let plan = b.ok(&["plan"]);
