@@ -13,6 +13,9 @@ fn main() -> ExitCode {
             for cause in err.chain().skip(1) {
                 eprintln!("  caused by: {cause}");
             }
+            if atrest::flows::interrupt::is_interrupted(&err) {
+                return ExitCode::from(atrest::flows::interrupt::EXIT_INTERRUPTED);
+            }
             ExitCode::FAILURE
         }
     }

@@ -178,3 +178,126 @@ fn stepwise_rotation_follows_k3s_stages() {
     b.ok(&["encrypt", "verify"]);
     b.verify_seed();
 }
+
+/// Starts `args`, and when a stderr line contains `trigger` (and `ready` returns for that line) sends SIGINT
+/// `presses` times, 200 ms apart. Returns the exit status, the whole stderr, and how long the run took to end
+/// after the first SIGINT.
+fn interrupt_at(
+    b: &Bench,
+    args: &[&str],
+    trigger: &str,
+    ready: impl Fn(&str),
+    presses: usize,
+) -> (std::process::ExitStatus, String, Duration) {
+    use std::io::{BufRead, BufReader};
+    let mut child = b
+        .command(args)
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("spawn atrest");
+    let pid = child.id().to_string();
+    let stderr = child.stderr.take().expect("stderr");
+    let mut text = String::new();
+    let mut signalled: Option<Instant> = None;
+    for line in BufReader::new(stderr).lines() {
+        let line = line.expect("stderr line");
+        eprintln!("  | {line}");
+        text.push_str(&line);
+        text.push('\n');
+        if signalled.is_none() && line.contains(trigger) {
+            ready(&line);
+            for press in 0..presses {
+                if press > 0 {
+                    std::thread::sleep(Duration::from_millis(200));
+                }
+                let sent = std::process::Command::new("kill")
+                    .args(["-INT", &pid])
+                    .status()
+                    .expect("kill -INT");
+                assert!(sent.success(), "kill -INT {pid}");
+            }
+            signalled = Some(Instant::now());
+        }
+    }
+    let status = child.wait().expect("wait");
+    let signalled = signalled.unwrap_or_else(|| panic!("{trigger:?} never appeared:\n{text}"));
+    (status, text, signalled.elapsed())
+}
+
+#[test]
+fn ctrl_c_stops_at_a_safe_point_and_the_rerun_finishes() {
+    let Some(b) = bench() else { return };
+    b.set_encryption(true, None);
+    b.ok(&["up", "--yes"]);
+    let rotate = ["encrypt", "rotate-key", "--yes"];
+
+    // During the rewrite, once the first secret is on the new key: the writes in flight finish, the run says
+    // how far it got and exits 130.
+    let first_secret = first_key(&b, "/registry/secrets/");
+    let on_new_key = |line: &str| {
+        let key_name = line
+            .split_once("→ aescbc:")
+            .map(|(_, k)| k.trim())
+            .unwrap_or_else(|| panic!("no aescbc key in {line:?}"));
+        let started = Instant::now();
+        while !b.etcd_prefix(&first_secret).contains(key_name) {
+            assert!(
+                started.elapsed() < Duration::from_secs(60),
+                "{first_secret} never on {key_name}"
+            );
+            std::thread::sleep(Duration::from_millis(10));
+        }
+    };
+    let (status, text, after) = interrupt_at(&b, &rotate, ": rewriting secrets", on_new_key, 1);
+    assert_eq!(status.code(), Some(130), "{text}");
+    let done: u64 = text
+        .split_once("interrupted by Ctrl-C during the rewrite of secrets (")
+        .and_then(|(_, rest)| rest.split_once(' '))
+        .and_then(|(n, _)| n.parse().ok())
+        .unwrap_or_else(|| panic!("no rewrite interruption in:\n{text}"));
+    assert!(
+        done > 0 && done < SECRETS as u64,
+        "stopped part way: {done} of {SECRETS}"
+    );
+    assert!(after < Duration::from_secs(30), "stopped after {after:?}");
+    assert!(!b.state()["atrest"]["transition"].is_null());
+    b.verify_seed();
+    b.ok(&["up", "--yes"]);
+    assert_complete_and_intact(&b);
+
+    // During a rolling restart: the node being restarted is finished, the others are left for the rerun.
+    let (status, text, after) = interrupt_at(&b, &rotate, ": deploying", |_| {}, 1);
+    assert_eq!(status.code(), Some(130), "{text}");
+    assert!(
+        text.contains("interrupted by Ctrl-C during the rolling restart, after 1 of 3 node(s)"),
+        "{text}"
+    );
+    assert!(after < Duration::from_secs(60), "stopped after {after:?}");
+    b.verify_seed();
+    b.ok(&["up", "--yes"]);
+    assert_complete_and_intact(&b);
+
+    // Twice: out at once, as after a crash; the rerun still finishes.
+    let (status, text, _) = interrupt_at(&b, &rotate, ": deploying", |_| {}, 2);
+    assert_eq!(status.code(), Some(130), "{text}");
+    assert!(text.contains("stopped at once"), "{text}");
+    b.ok(&["up", "--yes"]);
+    assert_complete_and_intact(&b);
+}
+
+/// The first etcd key under `prefix`.
+fn first_key(b: &Bench, prefix: &str) -> String {
+    let out =
+        b.tb.etcdctl()
+            .args(["get", prefix, "--prefix", "--keys-only", "--limit=1"])
+            .output()
+            .expect("etcdctl");
+    assert!(out.status.success(), "etcdctl get {prefix}");
+    let text = String::from_utf8_lossy(&out.stdout);
+    text.lines()
+        .next()
+        .filter(|k| k.starts_with(prefix))
+        .unwrap_or_else(|| panic!("no key under {prefix}"))
+        .to_string()
+}

@@ -5,6 +5,7 @@
 //! step the phase joins `done`. RKE's `desiredState.encryptionConfig` becomes the transition's target when it
 //! starts and `currentState.encryptionConfig` follows every completed deploy, so RKE reads what is on the nodes.
 
+use super::interrupt::{self, Interrupted};
 use super::session::{ETCD_PREFIX, Session};
 use super::targets::{file_bytes, state_yaml};
 use crate::config::encryption::EncryptionConfiguration;
@@ -83,6 +84,18 @@ impl<'a> Executor<'a> {
         let mut deployed: Option<EncryptionConfiguration> = plan.from.clone();
         for (i, step) in plan.steps.iter().enumerate() {
             let spec = &plan.transitions[step.transition];
+            // Between steps the record is saved and consistent: the safe point to honour a Ctrl-C.
+            if interrupt::requested() {
+                return Err(Interrupted {
+                    at: format!(
+                        "before step {} of {} ({})",
+                        i + 1,
+                        plan.steps.len(),
+                        step.phase
+                    ),
+                }
+                .into());
+            }
             if started != Some(step.transition) {
                 started = Some(step.transition);
                 deployed = spec.from.clone();
@@ -290,7 +303,9 @@ impl<'a> Executor<'a> {
         let file = self.file;
         let mut state = self.state.clone();
         let mut clock = Instant::now();
+        let mut nodes_done = 0usize;
         let result = rolling_apply(&targets, &change, &RolloutOptions::default(), |outcome| {
+            nodes_done += 1;
             let action = match outcome.action {
                 ContainerAction::Restarted => "restarted",
                 ContainerAction::Recreated => "recreated",
@@ -307,10 +322,24 @@ impl<'a> Executor<'a> {
                 r.updated_at = now();
             }
             state.set_atrest(&atrest).map_err(|e| e.to_string())?;
-            file.save(&state).map_err(|e| e.to_string())
+            file.save(&state).map_err(|e| e.to_string())?;
+            // Ctrl-C: stop between nodes (the phase is redone on every node when resumed, as after a crash).
+            if interrupt::requested() && nodes_done < targets.len() {
+                return Err(INTERRUPTED_BETWEEN_NODES.to_string());
+            }
+            Ok(())
         })
         .await;
         self.state = state;
+        if result.is_err() && interrupt::requested() && nodes_done < targets.len() {
+            return Err(Interrupted {
+                at: format!(
+                    "during the rolling restart, after {nodes_done} of {} node(s)",
+                    targets.len()
+                ),
+            }
+            .into());
+        }
         result?;
         // Every node now has `config`: that is what RKE should see as deployed.
         self.state
@@ -326,6 +355,7 @@ impl<'a> Executor<'a> {
         targeted: bool,
     ) -> anyhow::Result<()> {
         for rt in resources {
+            say!("{label}: rewriting {} → {}", rt.resource, rt.write);
             let report = self.rewrite_one(&rt.resource, &rt.write, targeted).await?;
             if let Some(report) = report {
                 say!(
@@ -543,6 +573,15 @@ fn check_report(resource: &str, report: &RewriteReport) -> anyhow::Result<()> {
     if report.is_success() {
         return Ok(());
     }
+    if report.interrupted && report.errors_total == 0 && report.failed_resources.is_empty() {
+        return Err(Interrupted {
+            at: format!(
+                "during the rewrite of {resource} ({} objects done)",
+                report.processed()
+            ),
+        }
+        .into());
+    }
     let mut detail: Vec<String> = report
         .failed_resources
         .iter()
@@ -593,27 +632,22 @@ fn create_private_dir(dir: &Path) -> anyhow::Result<()> {
         .with_context(|| format!("setting the mode of {}", dir.display()))
 }
 
-/// Runs a rewrite whose cancel token fires on Ctrl-C: writes in flight finish, the report says it was
-/// interrupted, and the recorded stage (`reencrypt_active`) lets the next run finish the job.
+/// Runs a rewrite that Ctrl-C cancels: writes in flight finish, the report says it was interrupted, and the
+/// recorded stage lets the next run finish the job.
 async fn interruptible<F, Fut>(rewrite: F) -> RewriteReport
 where
     F: FnOnce(RewriteOptions) -> Fut,
     Fut: std::future::Future<Output = RewriteReport>,
 {
-    let options = RewriteOptions::default();
-    let cancel = options.cancel.clone();
-    let watcher = tokio::spawn(async move {
-        if tokio::signal::ctrl_c().await.is_ok() {
-            eprintln!(
-                "interrupted: finishing the writes in flight; run the same command again to finish the rewrite"
-            );
-            cancel.cancel();
-        }
-    });
-    let report = rewrite(options).await;
-    watcher.abort();
-    report
+    rewrite(RewriteOptions {
+        cancel: interrupt::token(),
+        ..RewriteOptions::default()
+    })
+    .await
 }
+
+/// What the rolling-restart hook returns to stop between nodes on Ctrl-C.
+const INTERRUPTED_BETWEEN_NODES: &str = "interrupted by Ctrl-C";
 
 #[cfg(test)]
 mod tests {

@@ -182,6 +182,7 @@ pub async fn rewrap_stale_key_ids(
         session.close().await;
         return Ok(Some(std::process::ExitCode::FAILURE));
     }
+    super::interrupt::install();
     let started = std::time::Instant::now();
     let mut total = 0u64;
     for (resource, label, _, _) in &work {
@@ -215,9 +216,18 @@ pub async fn rewrap_stale_key_ids(
                 &targets,
                 super::session::ETCD_PREFIX,
                 &keys,
-                &crate::exec::rewrite::RewriteOptions::default(),
+                &crate::exec::rewrite::RewriteOptions {
+                    cancel: super::interrupt::token(),
+                    ..Default::default()
+                },
             )
             .await;
+            if report.interrupted {
+                return Err(super::interrupt::Interrupted {
+                    at: format!("during the kms-rewrap of {resource}"),
+                }
+                .into());
+            }
             if !report.is_success() {
                 bail!(
                     "kms-rewrap: rewriting {resource} did not complete: {:?}. Rerun `atrest up` to resume",

@@ -7,6 +7,7 @@
 
 mod execute;
 mod inputs;
+pub mod interrupt;
 mod kms;
 mod report;
 mod session;
@@ -402,6 +403,7 @@ async fn apply(
         state,
         rewritten: Vec::new(),
     };
+    interrupt::install();
     let result = executor.run(plan).await;
     let objects: u64 = executor.rewritten.iter().map(|r| r.processed()).sum();
     let rewrite_secs: f64 = executor
@@ -426,6 +428,12 @@ async fn apply(
                 started.elapsed().as_secs_f64()
             );
             Ok(ExitCode::SUCCESS)
+        }
+        Err(e) if interrupt::is_interrupted(&e) => {
+            eprintln!(
+                "{e}. Rerun the same command to resume; `atrest encrypt status` shows where the run is."
+            );
+            Ok(ExitCode::from(interrupt::EXIT_INTERRUPTED))
         }
         Err(e) => Err(e.context(
             "the run stopped; its progress is saved in the state file: `atrest encrypt status` shows where, \
