@@ -274,8 +274,19 @@ fn ctrl_c_stops_at_a_safe_point_and_the_rerun_finishes() {
         "{text}"
     );
     assert!(after < Duration::from_secs(60), "stopped after {after:?}");
+    let status = b.status();
+    let done = &status["transition"]["deploying"]["nodesDone"];
+    assert_eq!(done.as_array().map(Vec::len), Some(1), "{status}");
     b.verify_seed();
-    b.ok(&["up", "--yes"]);
+    // The rerun leaves the finished node alone and continues with the other two.
+    let rerun = b.ok(&["up", "--yes"]);
+    let first = done[0].as_str().unwrap_or_default();
+    assert!(
+        rerun.contains(&format!(
+            "deploy already finished on {first}; it continues on "
+        )),
+        "{rerun}"
+    );
     assert_complete_and_intact(&b);
 
     // Twice: out at once, as after a crash; the rerun still finishes.

@@ -19,7 +19,7 @@ use crate::plan::stage::{Phase, Stage};
 use crate::plan::units::{Unit, UnitId};
 use crate::plan::{Action, Flag, Plan, RewriteTarget, VerifyRule};
 use crate::state::atrest::{
-    ArchivedKey, AtrestState, CensusRecord, SnapshotRecord, TransitionRecord,
+    ArchivedKey, AtrestState, CensusRecord, DeployProgress, SnapshotRecord, TransitionRecord,
 };
 use crate::state::{RkeState, StateFile};
 use anyhow::{Context, anyhow, bail};
@@ -128,7 +128,8 @@ impl<'a> Executor<'a> {
                     flag,
                     nodes,
                 } => {
-                    self.deploy(&label, config.as_ref(), *flag, nodes).await?;
+                    self.deploy(&label, step.phase, config.as_ref(), *flag, nodes)
+                        .await?;
                     deployed = config.clone();
                 }
                 Action::Rewrite {
@@ -152,6 +153,7 @@ impl<'a> Executor<'a> {
             let phase = step.phase;
             self.update_record(|r| {
                 r.stage = stage;
+                r.deploying = None;
                 if last_of_phase && !r.done.contains(&phase) {
                     r.done.push(phase);
                 }
@@ -181,6 +183,7 @@ impl<'a> Executor<'a> {
             done: Vec::new(),
             started_at: started_at.clone(),
             updated_at: started_at,
+            deploying: None,
         });
         self.state
             .set_desired_encryption_config(state_yaml(spec.to.as_ref()).as_deref());
@@ -260,6 +263,7 @@ impl<'a> Executor<'a> {
     async fn deploy(
         &mut self,
         label: &str,
+        phase: Phase,
         config: Option<&EncryptionConfiguration>,
         flag: Flag,
         nodes: &[String],
@@ -304,6 +308,7 @@ impl<'a> Executor<'a> {
         let mut state = self.state.clone();
         let mut clock = Instant::now();
         let mut nodes_done = 0usize;
+        let config_sha256 = super::targets::deployed_hash(config);
         let result = rolling_apply(&targets, &change, &RolloutOptions::default(), |outcome| {
             nodes_done += 1;
             let action = match outcome.action {
@@ -316,14 +321,29 @@ impl<'a> Executor<'a> {
                 clock.elapsed().as_secs_f64()
             );
             clock = Instant::now();
-            // Progress after each node: the record's time stamp says the run got this far.
+            // Progress after each node: a rerun need not restart the nodes already done.
             let mut atrest = state.atrest().map_err(|e| e.to_string())?;
             if let Some(r) = atrest.transition.as_mut() {
                 r.updated_at = now();
+                let ours =
+                    |p: &DeployProgress| p.phase == phase && p.config_sha256 == config_sha256;
+                if !r.deploying.as_ref().is_some_and(ours) {
+                    r.deploying = Some(DeployProgress {
+                        phase,
+                        config_sha256: config_sha256.clone(),
+                        nodes: Vec::new(),
+                    });
+                }
+                if let (Some(progress), Some(name)) =
+                    (r.deploying.as_mut(), nodes.get(nodes_done - 1))
+                    && !progress.nodes.contains(name)
+                {
+                    progress.nodes.push(name.clone());
+                }
             }
             state.set_atrest(&atrest).map_err(|e| e.to_string())?;
             file.save(&state).map_err(|e| e.to_string())?;
-            // Ctrl-C: stop between nodes (the phase is redone on every node when resumed, as after a crash).
+            // Ctrl-C: stop between nodes; the record says which nodes are done, so a rerun continues with the rest.
             if interrupt::requested() && nodes_done < targets.len() {
                 return Err(INTERRUPTED_BETWEEN_NODES.to_string());
             }

@@ -152,6 +152,9 @@ pub async fn status(
                     "id": t.id, "kind": t.kind, "stage": t.stage.to_string(),
                     "done": t.done.iter().map(|p| p.to_string()).collect::<Vec<_>>(),
                     "startedAt": t.started_at, "updatedAt": t.updated_at,
+                    "deploying": t.deploying.as_ref().map(|d| json!({
+                        "phase": d.phase.to_string(), "sha256": d.config_sha256, "nodesDone": d.nodes,
+                    })),
                 })),
                 "hashesMatch": all_match,
                 "nodes": views.iter().map(|v| json!({
@@ -190,6 +193,13 @@ pub async fn status(
                     },
                     t.updated_at
                 );
+                if let Some(d) = &t.deploying {
+                    println!(
+                        "Deploy of the {} config done on: {} (a rerun continues with the other nodes)",
+                        d.phase,
+                        d.nodes.join(", ")
+                    );
+                }
             }
             if all_match {
                 println!("Server Encryption Hashes: All hashes match");

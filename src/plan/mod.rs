@@ -61,8 +61,9 @@ pub fn plan(input: &PlanInput) -> Result<Plan, PlanError> {
         let seq = sequence(&record.from, &record.to, multi)?;
         let done = done_phases(&record.done, record.stage);
         let all = seq.steps(0, &input.controlplanes);
-        let (done_steps, remaining): (Vec<Step>, Vec<Step>) =
+        let (done_steps, mut remaining): (Vec<Step>, Vec<Step>) =
             all.into_iter().partition(|s| done.contains(&s.phase));
+        skip_finished_nodes(input, record, &mut remaining, &mut notes);
         let last_deployed = done_steps
             .iter()
             .rev()
@@ -167,6 +168,54 @@ pub fn plan(input: &PlanInput) -> Result<Plan, PlanError> {
         steps,
         notes,
     })
+}
+
+/// An interrupted rolling deploy: nodes it finished (recorded) that still hold its config (observed) are not
+/// restarted again. Without an observation of the nodes every node is redone, as after a crash.
+fn skip_finished_nodes(
+    input: &PlanInput,
+    record: &InProgress,
+    remaining: &mut [Step],
+    notes: &mut Vec<String>,
+) {
+    let (Some(progress), Some(hash)) = (&record.deploying, input.config_hash) else {
+        return;
+    };
+    // A phase's deploy is its first step, so the recorded deploy can only be the first remaining step.
+    let Some(Step {
+        phase,
+        action: Action::Deploy { config, nodes, .. },
+        ..
+    }) = remaining.first_mut()
+    else {
+        return;
+    };
+    let phase = *phase;
+    if phase != progress.phase || hash(config.as_ref()) != progress.config_sha256 {
+        return;
+    }
+    let holds_it = |node: &String| {
+        progress.nodes.contains(node)
+            && input
+                .observed
+                .nodes
+                .iter()
+                .any(|o| &o.node == node && o.config_sha256 == progress.config_sha256)
+    };
+    let (finished, left): (Vec<String>, Vec<String>) = nodes.iter().cloned().partition(holds_it);
+    if finished.is_empty() {
+        return;
+    }
+    notes.push(format!(
+        "the interrupted {phase} deploy already finished on {}; it continues on {}",
+        finished.join(", "),
+        if left.is_empty() {
+            "no other node".to_string()
+        } else {
+            left.join(", ")
+        }
+    ));
+    *nodes = left;
 }
 
 fn deploy_config(step: &Step) -> Option<Config> {

@@ -82,6 +82,18 @@ fn input(cluster: &Cluster, desired: &Target, rng: &mut Rng) -> PlanInput {
     if rng.chance(50) {
         input.observed.census = Some(cluster.census());
     }
+    // Observed node configs let a resumed deploy skip the nodes it finished.
+    if rng.chance(50) {
+        input.config_hash = Some(json_config_hash);
+        input.observed.nodes = cluster
+            .servers
+            .iter()
+            .map(|s| NodeObservation {
+                node: s.name.clone(),
+                config_sha256: json_config_hash(s.config.as_ref()),
+            })
+            .collect();
+    }
     input.options.no_snapshot = rng.chance(30);
     input
 }

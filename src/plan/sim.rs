@@ -2,11 +2,13 @@
 //! tagged with the unit that wrote them. Steps run the way the executor runs them (rolling, one server at a
 //! time, recording stage and done phases); between any two moments clients write through random servers.
 
+use super::json_config_hash;
 use super::sequence::ALL_PHASES;
 use super::stage::Stage;
 use super::types::*;
 use super::units::{RuleKey, Rules, UnitId, effective};
 use crate::config::encryption::EncryptionConfiguration;
+use crate::state::atrest::DeployProgress;
 use std::collections::BTreeMap;
 
 /// Concrete resources the simulated clients write.
@@ -237,6 +239,7 @@ impl Cluster {
                         to: spec.to.clone(),
                         stage: Stage::Start,
                         done: vec![],
+                        deploying: None,
                     });
                 }
             }
@@ -248,6 +251,23 @@ impl Cluster {
                             return Outcome::Violation(format!("deploy to unknown node {node}"));
                         };
                         server.config = config.clone();
+                        // As the executor does after each node: a resumed run skips the nodes done.
+                        if let Some(record) = &mut self.record {
+                            let sha = json_config_hash(config.as_ref());
+                            let progress = record.deploying.get_or_insert_with(|| DeployProgress {
+                                phase: step.phase,
+                                config_sha256: sha.clone(),
+                                nodes: Vec::new(),
+                            });
+                            if progress.phase != step.phase || progress.config_sha256 != sha {
+                                *progress = DeployProgress {
+                                    phase: step.phase,
+                                    config_sha256: sha,
+                                    nodes: Vec::new(),
+                                };
+                            }
+                            progress.nodes.push(node.clone());
+                        }
                         moment!();
                     }
                 }
@@ -305,6 +325,7 @@ impl Cluster {
             }
             if let Some(record) = &mut self.record {
                 record.stage = step.stage;
+                record.deploying = None;
                 let next = plan.steps.get(i + 1);
                 if next.is_none_or(|n| n.transition != step.transition || n.phase != step.phase)
                     && !record.done.contains(&step.phase)

@@ -163,6 +163,7 @@ fn prepare(input: &StepwiseInput) -> Result<Plan, PlanError> {
         to,
         stage: Stage::Start,
         done: vec![],
+        deploying: None,
     };
     let mut plan = cut(
         input,

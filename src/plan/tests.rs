@@ -6,7 +6,7 @@ use super::stage::{Phase, Stage};
 use super::units::{KeyProvider, RuleKey, Rules, UnitId, effective, key_unit};
 use super::*;
 use crate::config::encryption::EncryptionConfiguration;
-use crate::state::atrest::TransitionRecord;
+use crate::state::atrest::{DeployProgress, TransitionRecord};
 use std::collections::BTreeMap;
 
 fn yaml(text: &str) -> EncryptionConfiguration {
@@ -66,7 +66,7 @@ fn summary(plan: &Plan) -> Vec<String> {
                     format!(
                         "deploy{}:{:?}:{}",
                         if nodes.len() < plan.controlplanes.len() {
-                            format!("@{}", nodes[0])
+                            format!("@{}", nodes.join(","))
                         } else {
                             String::new()
                         },
@@ -520,7 +520,93 @@ fn record(from: &Target, to: &Target, stage: Stage, done: &[Phase]) -> InProgres
         to: to.config().cloned(),
         stage,
         done: done.to_vec(),
+        deploying: None,
     }
+}
+
+#[test]
+fn an_interrupted_deploy_resumes_on_the_nodes_it_did_not_finish() {
+    let (o, n) = (managed(&["old"]), managed(&["new"]));
+    let hash = json_config_hash;
+    let seq = super::sequence::sequence(&o.config().cloned(), &n.config().cloned(), true)
+        .expect("sequence");
+    let rotate_hash = hash(seq.rotate.as_ref());
+    let observe = |hashes: [&Option<String>; 3]| {
+        (1..=3)
+            .zip(hashes)
+            .map(|(i, h)| NodeObservation {
+                node: format!("cp{i}"),
+                config_sha256: h.clone(),
+            })
+            .collect::<Vec<_>>()
+    };
+    let prepare_hash = hash(seq.prepare.as_ref());
+    let mut input = PlanInput::new(n.clone(), o.clone(), nodes(3));
+    input.config_hash = Some(hash);
+    let mut rec = record(&o, &n, Stage::Prepare, &[Phase::Prepare]);
+    rec.deploying = Some(DeployProgress {
+        phase: Phase::Rotate,
+        config_sha256: rotate_hash.clone(),
+        nodes: vec!["cp1".into(), "cp2".into()],
+    });
+    input.transition = Some(rec.clone());
+    input.observed.nodes = observe([&rotate_hash, &rotate_hash, &prepare_hash]);
+    let p = plan(&input).expect("plan");
+    assert!(
+        summary(&p)[0].starts_with("rotate/rotate: deploy@cp3:Keep:"),
+        "{:?}",
+        summary(&p)
+    );
+    assert!(
+        p.notes
+            .iter()
+            .any(|n| n.contains("already finished on cp1, cp2; it continues on cp3")),
+        "{:?}",
+        p.notes
+    );
+
+    // A finished node that no longer holds the config (observed otherwise) is done again.
+    input.observed.nodes = observe([&rotate_hash, &prepare_hash, &prepare_hash]);
+    let p = plan(&input).expect("plan");
+    assert!(summary(&p)[0].starts_with("rotate/rotate: deploy@cp2,cp3:Keep:"));
+
+    // Without an observation of the nodes, or for another config or phase, every node is redone.
+    input.observed.nodes.clear();
+    let p = plan(&input).expect("plan");
+    assert!(summary(&p)[0].starts_with("rotate/rotate: deploy:Keep:"));
+    input.observed.nodes = observe([&rotate_hash, &rotate_hash, &prepare_hash]);
+    for deploying in [
+        DeployProgress {
+            phase: Phase::Rotate,
+            config_sha256: prepare_hash.clone(),
+            nodes: vec!["cp1".into(), "cp2".into()],
+        },
+        DeployProgress {
+            phase: Phase::Prepare,
+            config_sha256: rotate_hash.clone(),
+            nodes: vec!["cp1".into(), "cp2".into()],
+        },
+    ] {
+        rec.deploying = Some(deploying);
+        input.transition = Some(rec.clone());
+        let p = plan(&input).expect("plan");
+        assert!(summary(&p)[0].starts_with("rotate/rotate: deploy:Keep:"));
+    }
+
+    // Every node finished (interrupted before the step was recorded): the deploy remains, with no node.
+    rec.deploying = Some(DeployProgress {
+        phase: Phase::Rotate,
+        config_sha256: rotate_hash.clone(),
+        nodes: vec!["cp1".into(), "cp2".into(), "cp3".into()],
+    });
+    input.transition = Some(rec);
+    input.observed.nodes = observe([&rotate_hash, &rotate_hash, &rotate_hash]);
+    let p = plan(&input).expect("plan");
+    assert!(
+        summary(&p)[0].starts_with("rotate/rotate: deploy@:Keep:"),
+        "{:?}",
+        summary(&p)
+    );
 }
 
 #[test]
@@ -714,6 +800,7 @@ fn stepwise_verbs_follow_k3s_preconditions() {
         to: p.to.clone(),
         stage,
         done: done.to_vec(),
+        deploying: None,
     };
 
     let err = stepwise(
@@ -852,6 +939,7 @@ fn record_round_trip_and_bad_yaml() {
         done: vec![Phase::Prepare, Phase::Rotate],
         started_at: "2026-01-01T00:00:00Z".into(),
         updated_at: "2026-01-01T00:00:00Z".into(),
+        deploying: None,
     };
     let typed = InProgress::from_record(&rec).expect("parses");
     assert_eq!(typed.from.as_ref(), o.config());

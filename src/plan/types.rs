@@ -3,7 +3,7 @@
 use super::stage::{Phase, Stage};
 use super::units::{Unit, UnitId};
 use crate::config::encryption::EncryptionConfiguration;
-use crate::state::atrest::TransitionRecord;
+use crate::state::atrest::{DeployProgress, TransitionRecord};
 use serde::Serialize;
 use std::collections::BTreeMap;
 use std::fmt;
@@ -79,6 +79,8 @@ pub struct InProgress {
     pub to: Option<EncryptionConfiguration>,
     pub stage: Stage,
     pub done: Vec<Phase>,
+    /// Nodes an interrupted rolling deploy already finished.
+    pub deploying: Option<DeployProgress>,
 }
 
 impl InProgress {
@@ -105,6 +107,7 @@ impl InProgress {
             to: parse("to", &record.to)?,
             stage: record.stage,
             done: record.done.clone(),
+            deploying: record.deploying.clone(),
         })
     }
 

@@ -36,6 +36,21 @@ pub struct TransitionRecord {
     pub done: Vec<Phase>,
     pub started_at: String,
     pub updated_at: String,
+    /// The rolling deploy under way, if one was interrupted part way: a rerun leaves alone the nodes it
+    /// already finished (when they still hold its config) instead of restarting them again.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub deploying: Option<DeployProgress>,
+}
+
+/// How far a rolling deploy got.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct DeployProgress {
+    pub phase: Phase,
+    /// sha256 of the config file being deployed (`None`: the file is being removed).
+    pub config_sha256: Option<String>,
+    /// Nodes that have it and whose kube-apiserver came back ready, in order.
+    pub nodes: Vec<String>,
 }
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
