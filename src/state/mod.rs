@@ -5,7 +5,6 @@
 
 pub mod atrest;
 pub mod error;
-mod gojson;
 pub mod paths;
 pub mod rkestate;
 pub mod store;

@@ -2,10 +2,10 @@
 //! order. atrest reads and writes only `{desired,current}State.encryptionConfig`, reads certificates, and keeps its
 //! own bookkeeping under the top-level key `atrest` (RKE's Go decoder ignores unknown keys).
 
+use crate::gojson;
 use crate::secret::SecretString;
 use crate::state::atrest::{AtrestState, STATE_KEY};
 use crate::state::error::StateError;
-use crate::state::gojson;
 use serde::Deserialize;
 use serde::de::{self, IgnoredAny, MapAccess, Visitor};
 use serde_json::{Map, Value};

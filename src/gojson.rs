@@ -1,5 +1,6 @@
-//! JSON output formatted exactly like Go's `json.MarshalIndent(v, "", "  ")`, which is how RKE writes
-//! cluster.rkestate. Matching it means a file atrest rewrites differs from RKE's only where a value changed.
+//! JSON output formatted exactly like Go's `encoding/json`: `json.MarshalIndent(v, "", "  ")` is how RKE writes
+//! cluster.rkestate (so a file atrest rewrites differs from RKE's only where a value changed), and Go's quoting
+//! of strings is how kube-apiserver prints values in its validation errors.
 
 use serde::Serialize;
 use serde_json::ser::{CharEscape, Formatter, PrettyFormatter};
@@ -12,6 +13,15 @@ pub fn to_vec_go_indent<T: Serialize + ?Sized>(value: &T) -> serde_json::Result<
     let mut ser = serde_json::Serializer::with_formatter(&mut out, GoFormatter::new());
     value.serialize(&mut ser)?;
     Ok(out)
+}
+
+/// `s` as Go's `json.Marshal` quotes it (HTML-safe escaping included).
+pub fn string(s: &str) -> String {
+    let mut out = Vec::with_capacity(s.len() + 2);
+    let mut ser = serde_json::Serializer::with_formatter(&mut out, GoFormatter::new());
+    // Serializing a &str into a Vec cannot fail, and the output is UTF-8 because the input is.
+    let _ = s.serialize(&mut ser);
+    String::from_utf8(out).unwrap_or_default()
 }
 
 /// serde_json's pretty formatter plus the extra escapes Go's encoder applies by default.
@@ -125,5 +135,15 @@ mod tests {
             out,
             "{\n  \"k\\u003c\\u0026\\u003e\": \"a\\u003cb\\u003e\\u0026c\\u2028\\u2029\\n\\\"\\\\é\\u0001\"\n}"
         );
+    }
+
+    #[test]
+    fn quotes_a_string_like_go() {
+        // Go ≥ 1.22 writes \b and \f short; other control characters as \u00XX (lower-case hex).
+        assert_eq!(
+            string("x<y>&\"\\\u{1}\u{8}\u{c}\t\u{1f}é\u{2028}"),
+            r#""x\u003cy\u003e\u0026\"\\\u0001\b\f\t\u001fé\u2028""#
+        );
+        assert_eq!(string(""), r#""""#);
     }
 }
