@@ -12,7 +12,7 @@ use crate::config::encryption::EncryptionConfiguration;
 use crate::exec::docker::FlagChange;
 use crate::exec::health::HealthProbe;
 use crate::exec::restart::{
-    ContainerAction, NodeChange, RolloutOptions, RolloutTarget, rolling_apply,
+    ContainerAction, NodeChange, RolloutError, RolloutOptions, RolloutTarget, rolling_apply,
 };
 use crate::exec::rewrite::{self, RewriteOptions, RewriteReport};
 use crate::plan::stage::{Phase, Stage};
@@ -351,7 +351,11 @@ impl<'a> Executor<'a> {
         })
         .await;
         self.state = state;
-        if result.is_err() && interrupt::requested() && nodes_done < targets.len() {
+        let stopped_for_ctrl_c = matches!(
+            &result,
+            Err(RolloutError::HookFailed { error, .. }) if error == INTERRUPTED_BETWEEN_NODES
+        );
+        if stopped_for_ctrl_c {
             return Err(Interrupted {
                 at: format!(
                     "during the rolling restart, after {nodes_done} of {} node(s)",

@@ -1,0 +1,296 @@
+//! The rewrite benchmark on the 3-node testbed (3 sshd + dockerd nodes, a 3-member etcd cluster, the
+//! kube-apiserver stand-in in a container per node), the shape of a real HA cluster: the `atrest` binary does
+//! the whole job (deploys, rolling restarts, rewrite, census), and each rate is measured on stale data.
+//!
+//! Run: `cargo build --release -p testbed --bin kube-apiserver && cargo bench --bench testbed` (as root; see
+//! docs/benchmarks.md). Knobs: `ATREST_BENCH_OBJECTS` (10000), `ATREST_BENCH_SKIP_KUBECTL` (unset).
+
+use anyhow::{Context, Result, bail, ensure};
+use etcd_client::{Certificate, Client, ConnectOptions, Identity, TlsOptions};
+use futures::StreamExt;
+use std::path::Path;
+use std::process::{Command, Stdio};
+use std::time::Instant;
+use testbed::harness::{Options, Standin, Testbed};
+
+const SIZE: usize = 2048;
+
+fn main() -> Result<()> {
+    // `cargo test --all-targets` builds and runs bench targets without `--bench`: skip, it takes minutes.
+    if !std::env::args().any(|a| a == "--bench") {
+        println!("testbed benchmark: skipped (run it with `cargo bench --bench testbed`)");
+        return Ok(());
+    }
+    let objects: usize = std::env::var("ATREST_BENCH_OBJECTS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(10_000);
+    println!("# atrest rewrite benchmark on the 3-node testbed ({objects} secrets of ~2 KiB)");
+    println!(
+        "load average at start: {}",
+        std::fs::read_to_string("/proc/loadavg")?.trim()
+    );
+    let standin = Standin::locate()?;
+    println!("stand-in: {standin:?}");
+    let started = Instant::now();
+    let tb = Testbed::up(Options {
+        nodes: 3,
+        standin,
+        ..Options::default()
+    })?;
+    println!(
+        "testbed up in {:.1} s at {}",
+        started.elapsed().as_secs_f64(),
+        tb.dir().display()
+    );
+    let started = Instant::now();
+    tb.seed(objects, 0, SIZE)?;
+    println!(
+        "seeded {objects} secrets in {:.1} s",
+        started.elapsed().as_secs_f64()
+    );
+    let atrest = Atrest { tb: &tb };
+
+    // Enable (identity → aescbc): prepare, recreate with the flag, rewrite, verify, finish.
+    set_encryption(&tb.cluster_yml(), true)?;
+    let out = atrest.run(&["up", "--yes"])?;
+    let enable = rewrite_rate(&out)?;
+    println!("atrest up (enable): {}", enable.line);
+
+    // A full key rotation with atrest.
+    let out = atrest.run(&["encrypt", "rotate-key", "--yes"])?;
+    let rotate = rewrite_rate(&out)?;
+    println!("atrest encrypt rotate-key: {}", rotate.line);
+
+    // The kubectl pipeline on the same kind of data: the stepwise verbs make every secret stale (prepare +
+    // rotate), kubectl rewrites them, and `reencrypt` finishes the stage (its census then finds nothing left).
+    let skip_kubectl = std::env::var_os("ATREST_BENCH_SKIP_KUBECTL").is_some();
+    let kubectl_rate = if skip_kubectl {
+        None
+    } else {
+        atrest.run(&["encrypt", "prepare", "--yes"])?;
+        atrest.run(&["encrypt", "rotate", "--yes"])?;
+        let kubeconfig = tb.kubeconfig().display().to_string();
+        let started = Instant::now();
+        let status = Command::new("bash")
+            .arg("-c")
+            .arg(format!(
+                "set -o pipefail; kubectl --kubeconfig {kubeconfig} get secrets -A -o json | \
+                 kubectl --kubeconfig {kubeconfig} replace -f - > /dev/null"
+            ))
+            .status()?;
+        let seconds = started.elapsed().as_secs_f64();
+        ensure!(status.success(), "kubectl pipeline failed: {status}");
+        let out = atrest.run(&["encrypt", "reencrypt", "--yes"])?;
+        let after = rewrite_rate(&out)?;
+        ensure!(
+            after.rewritten == 0,
+            "kubectl left {} secrets stale",
+            after.rewritten
+        );
+        let rate = objects as f64 / seconds;
+        println!(
+            "kubectl get | kubectl replace: {objects} in {seconds:.1} s ({rate:.0} objects/s)"
+        );
+        Some(rate)
+    };
+
+    // The ceilings on the same 3-member etcd.
+    let runtime = tokio::runtime::Runtime::new()?;
+    let etcd = runtime.block_on(etcd_client(&tb))?;
+    let mut best_put = 0f64;
+    let mut best_pair = 0f64;
+    for c in [32usize, 64, 128] {
+        let rate = runtime.block_on(put_rate(&etcd, objects, c))?;
+        best_put = best_put.max(rate);
+        println!("raw etcd put, concurrency {c}: {rate:.0} puts/s");
+    }
+    for c in [64usize, 128, 256] {
+        let rate = runtime.block_on(read_then_put_rate(&etcd, objects, c))?;
+        best_pair = best_pair.max(rate);
+        println!("raw etcd get + conditional put, concurrency {c}: {rate:.0} objects/s");
+    }
+
+    let best = enable.rate.max(rotate.rate);
+    println!("\n| measure (3-node testbed) | value |\n|---|---|");
+    println!(
+        "| atrest rewrite during enable | {:.0} objects/s |",
+        enable.rate
+    );
+    println!(
+        "| atrest rewrite during rotate-key | {:.0} objects/s |",
+        rotate.rate
+    );
+    if let Some(k) = kubectl_rate {
+        println!("| kubectl get \\| replace | {k:.0} objects/s |");
+        println!("| atrest / kubectl | {:.1}× (target ≥ 20×) |", best / k);
+    }
+    println!("| best raw etcd put | {best_put:.0} puts/s |");
+    println!(
+        "| atrest / raw put | {:.0} % (target ≥ 50 %) |",
+        100.0 * best / best_put
+    );
+    println!("| best raw etcd get + conditional put | {best_pair:.0} objects/s |");
+    println!(
+        "| atrest / raw get + conditional put | {:.0} % |",
+        100.0 * best / best_pair
+    );
+    println!(
+        "load average at end: {}",
+        std::fs::read_to_string("/proc/loadavg")?.trim()
+    );
+    Ok(())
+}
+
+/// The release `atrest` binary run against the testbed.
+struct Atrest<'a> {
+    tb: &'a Testbed,
+}
+
+impl Atrest<'_> {
+    /// Runs atrest; returns its stderr (progress and summary lines), failing on a non-zero exit.
+    fn run(&self, args: &[&str]) -> Result<String> {
+        let started = Instant::now();
+        let out = Command::new(env!("CARGO_BIN_EXE_atrest"))
+            .arg("--config")
+            .arg(self.tb.cluster_yml())
+            .arg("--known-hosts")
+            .arg(self.tb.known_hosts())
+            .args(args)
+            .env("RUST_LOG", "warn")
+            .stdin(Stdio::null())
+            .output()
+            .context("running atrest")?;
+        let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
+        if !out.status.success() {
+            bail!(
+                "atrest {} failed ({}):\n{stderr}",
+                args.join(" "),
+                out.status
+            );
+        }
+        println!(
+            "$ atrest {} ({:.1} s)",
+            args.join(" "),
+            started.elapsed().as_secs_f64()
+        );
+        Ok(stderr)
+    }
+}
+
+struct RewriteLine {
+    line: String,
+    rewritten: u64,
+    rate: f64,
+}
+
+/// The executor's summary line for secrets: `…: secrets → <unit>: N objects (R rewritten, …) in S s, X objects/s`.
+fn rewrite_rate(stderr: &str) -> Result<RewriteLine> {
+    let line = stderr
+        .lines()
+        .rfind(|l| l.contains("secrets → ") && l.ends_with("objects/s"))
+        .with_context(|| format!("no rewrite summary in:\n{stderr}"))?;
+    let rewritten = line
+        .split_once(" objects (")
+        .and_then(|(_, rest)| rest.split_once(' '))
+        .and_then(|(n, _)| n.parse().ok())
+        .with_context(|| format!("no rewritten count in {line:?}"))?;
+    let rate = line
+        .rsplit_once(", ")
+        .and_then(|(_, rest)| rest.strip_suffix(" objects/s"))
+        .and_then(|n| n.parse().ok())
+        .with_context(|| format!("no rate in {line:?}"))?;
+    Ok(RewriteLine {
+        line: line.trim().to_string(),
+        rewritten,
+        rate,
+    })
+}
+
+/// Sets `services.kube-api.secrets_encryption_config.enabled` in cluster.yml.
+fn set_encryption(path: &Path, enabled: bool) -> Result<()> {
+    let text = std::fs::read_to_string(path)?;
+    let mut doc: serde_yaml_ng::Value = serde_yaml_ng::from_str(&text)?;
+    let kube_api = doc
+        .get_mut("services")
+        .and_then(|s| s.get_mut("kube-api"))
+        .and_then(|k| k.as_mapping_mut())
+        .context("services.kube-api in cluster.yml")?;
+    let mut sec = serde_yaml_ng::Mapping::new();
+    sec.insert("enabled".into(), enabled.into());
+    kube_api.insert(
+        "secrets_encryption_config".into(),
+        serde_yaml_ng::Value::Mapping(sec),
+    );
+    std::fs::write(path, serde_yaml_ng::to_string(&doc)?)?;
+    Ok(())
+}
+
+async fn etcd_client(tb: &Testbed) -> Result<Client> {
+    let tls = TlsOptions::new()
+        .ca_certificate(Certificate::from_pem(std::fs::read(tb.etcd_ca())?))
+        .identity(Identity::from_pem(
+            std::fs::read(tb.etcd_client_cert())?,
+            std::fs::read(tb.etcd_client_key())?,
+        ));
+    Ok(Client::connect(
+        tb.etcd_endpoints(),
+        Some(ConnectOptions::new().with_tls(tls)),
+    )
+    .await?)
+}
+
+async fn put_rate(etcd: &Client, count: usize, concurrency: usize) -> Result<f64> {
+    let value = vec![b'x'; SIZE + 200];
+    let started = Instant::now();
+    let failures = futures::stream::iter(0..count)
+        .map(|i| {
+            let mut kv = etcd.kv_client();
+            let value = value.clone();
+            async move {
+                kv.put(format!("/bench/raw/c{concurrency}/{i:07}"), value, None)
+                    .await
+                    .is_err()
+            }
+        })
+        .buffer_unordered(concurrency)
+        .filter(|failed| std::future::ready(*failed))
+        .count()
+        .await;
+    ensure!(failures == 0, "{failures} raw puts failed");
+    Ok(count as f64 / started.elapsed().as_secs_f64())
+}
+
+/// Per key written by `put_rate(…, 32)`: GET, then a put conditioned on its mod_revision (what an API server
+/// does for each update of a stale object).
+async fn read_then_put_rate(etcd: &Client, count: usize, concurrency: usize) -> Result<f64> {
+    use etcd_client::{Compare, CompareOp, Txn, TxnOp};
+    let started = Instant::now();
+    let failures = futures::stream::iter(0..count)
+        .map(|i| {
+            let mut kv = etcd.kv_client();
+            async move {
+                let key = format!("/bench/raw/c32/{i:07}");
+                let Ok(current) = kv.get(key.as_str(), None).await else {
+                    return true;
+                };
+                let Some(item) = current.kvs().first() else {
+                    return true;
+                };
+                let txn = Txn::new()
+                    .when(vec![Compare::mod_revision(
+                        key.as_str(),
+                        CompareOp::Equal,
+                        item.mod_revision(),
+                    )])
+                    .and_then(vec![TxnOp::put(key.as_str(), item.value().to_vec(), None)]);
+                !matches!(kv.txn(txn).await, Ok(r) if r.succeeded())
+            }
+        })
+        .buffer_unordered(concurrency)
+        .filter(|failed| std::future::ready(*failed))
+        .count()
+        .await;
+    ensure!(failures == 0, "{failures} read-modify-writes failed");
+    Ok(count as f64 / started.elapsed().as_secs_f64())
+}
