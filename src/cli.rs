@@ -66,6 +66,12 @@ pub struct GlobalOpts {
     #[arg(long, global = true)]
     pub no_snapshot: bool,
 
+    /// Writes in flight while rewriting stored objects (1–1024). More is faster until the API servers or etcd
+    /// are saturated; fewer goes easier on a busy cluster.
+    #[arg(long, global = true, value_name = "N", default_value_t = 32,
+          value_parser = clap::value_parser!(u16).range(1..=1024))]
+    pub rewrite_concurrency: u16,
+
     /// More log output on stderr: -v for debug, -vv for trace.
     #[arg(short = 'v', long = "debug", visible_alias = "verbose", global = true, action = ArgAction::Count)]
     pub verbose: u8,

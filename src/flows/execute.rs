@@ -37,6 +37,8 @@ pub struct Executor<'a> {
     pub state: RkeState,
     /// Steps carried out, for the summary.
     pub rewritten: Vec<RewriteReport>,
+    /// Writes in flight during a rewrite (`--rewrite-concurrency`).
+    pub rewrite_concurrency: usize,
 }
 
 /// Now, RFC 3339 UTC.
@@ -436,7 +438,7 @@ impl<'a> Executor<'a> {
                 }
                 let kube = self.session.kube().await?.clone();
                 return Ok(Some(
-                    interruptible(|options| async move {
+                    interruptible(self.rewrite_concurrency, |options| async move {
                         rewrite::rewrite_keys(&kube, &targets, ETCD_PREFIX, &keys, &options).await
                     })
                     .await,
@@ -444,7 +446,7 @@ impl<'a> Executor<'a> {
             }
             let kube = self.session.kube().await?.clone();
             return Ok(Some(
-                interruptible(|options| async move {
+                interruptible(self.rewrite_concurrency, |options| async move {
                     rewrite::rewrite(&kube, &targets, &options).await
                 })
                 .await,
@@ -456,9 +458,9 @@ impl<'a> Executor<'a> {
         }
         let kube = self.session.kube().await?.clone();
         Ok(Some(
-            interruptible(
-                |options| async move { rewrite::rewrite(&kube, &targets, &options).await },
-            )
+            interruptible(self.rewrite_concurrency, |options| async move {
+                rewrite::rewrite(&kube, &targets, &options).await
+            })
             .await,
         ))
     }
@@ -658,12 +660,13 @@ fn create_private_dir(dir: &Path) -> anyhow::Result<()> {
 
 /// Runs a rewrite that Ctrl-C cancels: writes in flight finish, the report says it was interrupted, and the
 /// recorded stage lets the next run finish the job.
-async fn interruptible<F, Fut>(rewrite: F) -> RewriteReport
+async fn interruptible<F, Fut>(concurrency: usize, rewrite: F) -> RewriteReport
 where
     F: FnOnce(RewriteOptions) -> Fut,
     Fut: std::future::Future<Output = RewriteReport>,
 {
     rewrite(RewriteOptions {
+        concurrency,
         cancel: interrupt::token(),
         ..RewriteOptions::default()
     })

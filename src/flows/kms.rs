@@ -217,6 +217,7 @@ pub async fn rewrap_stale_key_ids(
                 super::session::ETCD_PREFIX,
                 &keys,
                 &crate::exec::rewrite::RewriteOptions {
+                    concurrency: usize::from(global.rewrite_concurrency),
                     cancel: super::interrupt::token(),
                     ..Default::default()
                 },

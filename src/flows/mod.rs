@@ -402,6 +402,7 @@ async fn apply(
         file: lock,
         state,
         rewritten: Vec::new(),
+        rewrite_concurrency: usize::from(global.rewrite_concurrency),
     };
     interrupt::install();
     let result = executor.run(plan).await;
