@@ -171,6 +171,15 @@ fn usage_errors_exit_2() {
         .args(["encrypt", "rotate", "--skip"])
         .assert()
         .code(2);
+    for bad in ["0", "1025", "many"] {
+        atrest(dir.path())
+            .args(["up", "--rewrite-concurrency", bad])
+            .assert()
+            .code(2)
+            .stderr(predicate::str::contains(format!(
+                "invalid value '{bad}' for '--rewrite-concurrency <N>'"
+            )));
+    }
 }
 
 #[test]
