@@ -3,10 +3,17 @@
 //! Policy: a recorded matching key passes; a different key for the same host is refused loudly (possible
 //! man-in-the-middle); an unknown host is refused with its SHA256 fingerprint and how to trust it, unless the
 //! caller opted in to trust-on-first-use (`accept_new`), in which case the key is appended to the file.
+//!
+//! Host certificates (OpenSSH `@cert-authority` lines): a certificate passes when a CA trusted for the host
+//! signed it, it is a host certificate, it is valid now, it names the address we connected to among its
+//! principals, it carries no critical option, and neither it nor its CA is `@revoked`. A certificate from a CA
+//! that is not trusted for the host is checked like the plain key inside it, as OpenSSH does.
 
 use base64::Engine;
 use hmac::{Hmac, KeyInit, Mac};
-use russh::keys::{HashAlg, PublicKey};
+use russh::keys::ssh_key::certificate::CertType;
+use russh::keys::ssh_key::public::KeyData;
+use russh::keys::{Certificate, HashAlg, PublicKey};
 use sha1::Sha1;
 use std::io::Write;
 use std::path::{Path, PathBuf};
@@ -62,9 +69,16 @@ pub enum HostKeyError {
         source: std::io::Error,
     },
     #[error(
-        "host {host_port} presented an OpenSSH host certificate; only plain host keys are supported"
+        "host certificate of {host_port} refused ({reason}; certificate key {fingerprint}, CA {ca}); refusing to \
+         connect. Check the host's certificate and the @cert-authority lines of {file}"
     )]
-    Certificate { host_port: String },
+    Certificate {
+        host_port: String,
+        reason: String,
+        fingerprint: String,
+        ca: String,
+        file: String,
+    },
 }
 
 /// One `known_hosts` file.
@@ -99,6 +113,17 @@ impl KnownHosts {
         &self.path
     }
 
+    fn text(&self) -> Result<String, HostKeyError> {
+        match std::fs::read_to_string(&self.path) {
+            Ok(t) => Ok(t),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(String::new()),
+            Err(source) => Err(HostKeyError::Read {
+                file: self.path.display().to_string(),
+                source,
+            }),
+        }
+    }
+
     /// Look the key up without changing anything.
     pub fn status(
         &self,
@@ -106,17 +131,93 @@ impl KnownHosts {
         port: u16,
         key: &PublicKey,
     ) -> Result<HostKeyStatus, HostKeyError> {
-        let text = match std::fs::read_to_string(&self.path) {
-            Ok(t) => t,
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => String::new(),
-            Err(source) => {
-                return Err(HostKeyError::Read {
-                    file: self.path.display().to_string(),
-                    source,
-                });
-            }
+        Ok(status_in(&self.text()?, &host_pattern(host, port), key))
+    }
+
+    /// Whether some `@cert-authority` line covers the host: only then does atrest ask servers for their host
+    /// certificates (a certificate it cannot check would only be refused).
+    pub fn has_authorities(&self, host: &str, port: u16) -> bool {
+        self.text()
+            .map(|t| !authorities_in(&t, &host_pattern(host, port)).is_empty())
+            .unwrap_or(false)
+    }
+
+    /// Accept a host certificate signed by a CA trusted for the host; a certificate from any other CA is
+    /// judged by the plain key inside it ([`KnownHosts::check`]).
+    pub fn check_certificate(
+        &self,
+        host: &str,
+        port: u16,
+        cert: &Certificate,
+        now_unix: u64,
+    ) -> Result<(), HostKeyError> {
+        let host_port = host_pattern(host, port);
+        let text = self.text()?;
+        let ca_key = PublicKey::from(cert.signature_key().clone());
+        let refuse = |reason: String| HostKeyError::Certificate {
+            host_port: host_port.clone(),
+            reason,
+            fingerprint: cert.public_key().fingerprint(HashAlg::Sha256).to_string(),
+            ca: fingerprint(&ca_key),
+            file: self.path.display().to_string(),
         };
-        Ok(status_in(&text, &host_pattern(host, port), key))
+        let trusted = authorities_in(&text, &host_port)
+            .iter()
+            .any(|ca| ca.key_data() == cert.signature_key());
+        if !trusted {
+            return self.check(host, port, &PublicKey::from(cert.public_key().clone()));
+        }
+        for (what, key) in [("its CA", cert.signature_key()), ("it", cert.public_key())] {
+            if let Some(line) = revoked_in(&text, &host_port, key) {
+                return Err(refuse(format!("{what} is @revoked on line {line}")));
+            }
+        }
+        if cert.cert_type() != CertType::Host {
+            return Err(refuse(
+                "it is a user certificate, not a host certificate".into(),
+            ));
+        }
+        if !cert.critical_options().is_empty() {
+            return Err(refuse(format!(
+                "it carries critical options ({}), which host certificates do not have",
+                cert.critical_options()
+                    .keys()
+                    .cloned()
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            )));
+        }
+        if cert.valid_after() > now_unix || now_unix >= cert.valid_before() {
+            return Err(refuse(format!(
+                "it is valid from {} to {}, not now ({})",
+                utc(cert.valid_after()),
+                utc(cert.valid_before()),
+                utc(now_unix)
+            )));
+        }
+        // Signature, CA and validity window; principals are ours to check.
+        let ca_fingerprint = ca_key.fingerprint(HashAlg::Sha256);
+        if cert.validate_at(now_unix, [&ca_fingerprint]).is_err() {
+            return Err(refuse(
+                "its signature does not verify with the CA key".into(),
+            ));
+        }
+        // Stricter than OpenSSH, which takes an empty list as "any host": a certificate must name the host.
+        if !cert
+            .valid_principals()
+            .iter()
+            .any(|p| p.eq_ignore_ascii_case(host))
+        {
+            return Err(refuse(format!(
+                "it is not valid for {host} (principals: {})",
+                if cert.valid_principals().is_empty() {
+                    "none".to_string()
+                } else {
+                    cert.valid_principals().join(", ")
+                }
+            )));
+        }
+        Ok(())
     }
 
     /// Accept a known key, record an unknown one if `accept_new`, refuse everything else.
@@ -195,44 +296,83 @@ fn default_path() -> PathBuf {
         .join("known_hosts")
 }
 
+/// Unix seconds as RFC 3339 UTC (`forever` past the year 9999, as OpenSSH's "valid forever").
+fn utc(unix: u64) -> String {
+    i64::try_from(unix)
+        .ok()
+        .and_then(|t| time::OffsetDateTime::from_unix_timestamp(t).ok())
+        .and_then(|t| {
+            t.format(&time::format_description::well_known::Rfc3339)
+                .ok()
+        })
+        .unwrap_or_else(|| "forever".to_string())
+}
+
+/// One parsed known_hosts line: its number, marker (`@cert-authority`, `@revoked`), host patterns and key.
+struct Line<'a> {
+    number: usize,
+    marker: Option<&'a str>,
+    patterns: &'a str,
+    key: Option<PublicKey>,
+}
+
+fn lines(text: &str) -> impl Iterator<Item = Line<'_>> {
+    text.lines().enumerate().filter_map(|(index, raw)| {
+        let line = raw.trim();
+        if line.is_empty() || line.starts_with('#') {
+            return None;
+        }
+        let mut fields = line.split_whitespace();
+        let mut first = fields.next()?;
+        let mut marker = None;
+        if first.starts_with('@') {
+            marker = Some(first);
+            first = fields.next()?;
+        }
+        let (_algorithm, blob) = (fields.next()?, fields.next()?);
+        Some(Line {
+            number: index + 1,
+            marker,
+            patterns: first,
+            key: russh::keys::parse_public_key_base64(blob).ok(),
+        })
+    })
+}
+
+/// The host CAs `@cert-authority` lines trust for `host_port`.
+pub fn authorities_in(text: &str, host_port: &str) -> Vec<PublicKey> {
+    lines(text)
+        .filter(|l| l.marker == Some("@cert-authority") && patterns_match(l.patterns, host_port))
+        .filter_map(|l| l.key)
+        .collect()
+}
+
+/// The line that marks `key` `@revoked` for `host_port`, if any.
+fn revoked_in(text: &str, host_port: &str, key: &KeyData) -> Option<usize> {
+    lines(text)
+        .find(|l| {
+            l.marker == Some("@revoked")
+                && patterns_match(l.patterns, host_port)
+                && l.key.as_ref().is_some_and(|k| k.key_data() == key)
+        })
+        .map(|l| l.number)
+}
+
 /// The decision for `host_port` against the text of a known_hosts file.
 pub fn status_in(text: &str, host_port: &str, key: &PublicKey) -> HostKeyStatus {
     let mut same_algorithm_other_key = Vec::new();
     let mut known = false;
-    for (index, raw) in text.lines().enumerate() {
-        let line_no = index + 1;
-        let line = raw.trim();
-        if line.is_empty() || line.starts_with('#') {
+    for line in lines(text) {
+        // CA lines vouch for certificates, not for plain keys.
+        if line.marker == Some("@cert-authority") || !patterns_match(line.patterns, host_port) {
             continue;
         }
-        let mut fields = line.split_whitespace();
-        let Some(mut first) = fields.next() else {
-            continue;
-        };
-        let mut marker = None;
-        if first.starts_with('@') {
-            marker = Some(first);
-            let Some(next) = fields.next() else { continue };
-            first = next;
-        }
-        let (Some(_algorithm), Some(blob)) = (fields.next(), fields.next()) else {
-            continue;
-        };
-        if !patterns_match(first, host_port) {
-            continue;
-        }
-        // Host CAs are not supported: ignore such lines rather than trust them.
-        if marker == Some("@cert-authority") {
-            continue;
-        }
-        let Ok(recorded) = russh::keys::parse_public_key_base64(blob) else {
-            continue;
-        };
+        let Some(recorded) = line.key else { continue };
         let same_key = recorded.key_data() == key.key_data();
-        if marker == Some("@revoked") {
+        if line.marker == Some("@revoked") {
             if same_key {
                 return HostKeyStatus::Changed {
-                    lines: vec![line_no],
+                    lines: vec![line.number],
                 };
             }
             continue;
@@ -240,7 +380,7 @@ pub fn status_in(text: &str, host_port: &str, key: &PublicKey) -> HostKeyStatus 
         if same_key {
             known = true;
         } else if recorded.algorithm() == key.algorithm() {
-            same_algorithm_other_key.push(line_no);
+            same_algorithm_other_key.push(line.number);
         }
     }
     // As OpenSSH: one line with this exact key is enough (a host may have several keys of one type recorded).
@@ -419,5 +559,82 @@ mod tests {
         let f = fingerprint(&key(K1));
         assert!(f.starts_with("SHA256:"));
         assert_eq!(f.len(), "SHA256:".len() + 43);
+    }
+
+    /// The test vectors of `known_hosts_vectors.txt`: name → `algorithm base64`.
+    fn vector(name: &str) -> String {
+        include_str!("known_hosts_vectors.txt")
+            .lines()
+            .find_map(|l| l.strip_prefix(name)?.strip_prefix(' '))
+            .unwrap_or_else(|| panic!("no vector {name}"))
+            .to_string()
+    }
+
+    fn cert(name: &str) -> Certificate {
+        Certificate::from_openssh(&vector(name)).expect("test certificate parses")
+    }
+
+    /// `check_certificate` against a known_hosts file holding `text`.
+    fn check_cert(text: &str, host: &str, cert: &Certificate, now: u64) -> Result<(), String> {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("known_hosts");
+        std::fs::write(&path, text).expect("write known_hosts");
+        KnownHosts::new(Some(path), false)
+            .check_certificate(host, 22, cert, now)
+            .map_err(|e| e.to_string())
+    }
+
+    const VALID: u64 = 1_790_000_000; // 2026-09-21, inside 2026-01-01 .. 2027-01-01
+
+    #[test]
+    fn host_certificates_from_a_trusted_ca() {
+        let ca = format!("@cert-authority 10.0.0.*,node1.example {}\n", vector("ca"));
+        let host = cert("host-cert");
+        assert_eq!(check_cert(&ca, "10.0.0.1", &host, VALID), Ok(()));
+        assert_eq!(check_cert(&ca, "NODE1.example", &host, VALID), Ok(()));
+        let expect = |r: Result<(), String>, text: &str| {
+            let err = r.expect_err(text);
+            assert!(err.contains(text), "{err}");
+        };
+        expect(
+            check_cert(&ca, "10.0.0.2", &host, VALID),
+            "it is not valid for 10.0.0.2",
+        );
+        expect(
+            check_cert(&ca, "10.0.0.1", &host, 1_700_000_000),
+            "it is valid from 2026-01-01T00:00:00Z to 2027-01-01T00:00:00Z, not now (2023-11-14T22:13:20Z)",
+        );
+        expect(check_cert(&ca, "10.0.0.1", &host, 1_800_000_000), "not now");
+        expect(
+            check_cert(&ca, "10.0.0.1", &cert("user-cert"), VALID),
+            "it is a user certificate",
+        );
+        expect(
+            check_cert(&ca, "10.0.0.1", &cert("noprinc-cert"), VALID),
+            "(principals: none)",
+        );
+        let revoked = format!("{ca}@revoked * {}\n", vector("ca"));
+        expect(
+            check_cert(&revoked, "10.0.0.1", &host, VALID),
+            "its CA is @revoked on line 2",
+        );
+        // The CA line covers other hosts only: here the certificate is judged by its plain key (unknown).
+        expect(check_cert(&ca, "10.0.1.1", &host, VALID), "is not known");
+    }
+
+    #[test]
+    fn authority_lines_are_not_plain_keys() {
+        let text = format!("@cert-authority * ssh-ed25519 {K1}\n@revoked * ssh-ed25519 {K2}\n");
+        assert_eq!(authorities_in(&text, "10.0.0.1"), vec![key(K1)]);
+        assert!(authorities_in(&text, "[10.0.0.1]:2222").len() == 1);
+        assert_eq!(
+            status_in(&text, "10.0.0.1", &key(K1)),
+            HostKeyStatus::Unknown,
+            "a CA key is not a host key"
+        );
+        assert_eq!(revoked_in(&text, "10.0.0.1", key(K2).key_data()), Some(2));
+        assert_eq!(revoked_in(&text, "10.0.0.1", key(K1).key_data()), None);
+        let negated = format!("@cert-authority *,!10.0.0.9 ssh-ed25519 {K1}\n");
+        assert!(authorities_in(&negated, "10.0.0.9").is_empty());
     }
 }

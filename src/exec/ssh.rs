@@ -8,7 +8,7 @@ use crate::exec::auth::{self, AuthError, Credentials};
 use crate::exec::known_hosts::{HostKeyError, KnownHosts};
 use russh::ChannelMsg;
 use russh::client::{self, Handle};
-use russh::keys::PublicKeyOrCertificate;
+use russh::keys::{Algorithm, PublicKeyOrCertificate};
 use std::fmt;
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
@@ -189,9 +189,13 @@ impl client::Handler for ClientHandler {
             PublicKeyOrCertificate::PublicKey { key, .. } => {
                 self.known_hosts.check(&self.host, self.port, key)
             }
-            PublicKeyOrCertificate::Certificate(_) => Err(HostKeyError::Certificate {
-                host_port: crate::exec::known_hosts::host_pattern(&self.host, self.port),
-            }),
+            PublicKeyOrCertificate::Certificate(cert) => {
+                let now = std::time::SystemTime::now()
+                    .duration_since(std::time::UNIX_EPOCH)
+                    .map_or(0, |d| d.as_secs());
+                self.known_hosts
+                    .check_certificate(&self.host, self.port, cert, now)
+            }
         };
         match result {
             Ok(()) => Ok(true),
@@ -235,12 +239,26 @@ pub(crate) fn port_of(label: &NodeLabel, port: &Option<String>) -> Result<u16, S
     }
 }
 
-fn ssh_config() -> Arc<client::Config> {
+/// `host_certificates`: also offer the OpenSSH host certificate algorithms, so a server that has a certificate
+/// presents it (only when known_hosts trusts a CA for the host).
+fn ssh_config(host_certificates: bool) -> Arc<client::Config> {
+    let mut preferred = russh::Preferred::default();
+    if host_certificates {
+        // The plain host key algorithms minus ssh-rsa (SHA-1), as certificate variants.
+        preferred.host_key_certificates = preferred
+            .key
+            .iter()
+            .filter(|a| !matches!(a, Algorithm::Rsa { hash: None }))
+            .cloned()
+            .collect::<Vec<_>>()
+            .into();
+    }
     Arc::new(client::Config {
         inactivity_timeout: None,
         keepalive_interval: Some(Duration::from_secs(15)),
         keepalive_max: 4,
         nodelay: true,
+        preferred,
         ..Default::default()
     })
 }
@@ -258,13 +276,15 @@ where
     S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
 {
     let refusal = Arc::new(Mutex::new(None));
+    let known_hosts = KnownHosts::new(opts.known_hosts.clone(), opts.accept_new_host_keys);
+    let config = ssh_config(known_hosts.has_authorities(host, port));
     let handler = ClientHandler {
-        known_hosts: KnownHosts::new(opts.known_hosts.clone(), opts.accept_new_host_keys),
+        known_hosts,
         host: host.to_string(),
         port,
         refusal: refusal.clone(),
     };
-    let mut handle = match client::connect_stream(ssh_config(), stream, handler).await {
+    let mut handle = match client::connect_stream(config, stream, handler).await {
         Ok(h) => h,
         Err(e) => {
             if let Some(source) = refusal.lock().ok().and_then(|mut s| s.take()) {

@@ -450,6 +450,42 @@ impl Bed {
         let mut text = std::fs::read_to_string(&cfg).expect("sshd_config");
         text.push_str(&format!("TrustedUserCAKeys {}\n", ca_pub.display()));
         std::fs::write(&cfg, text).expect("sshd_config");
+        self.reload_sshd(i);
+    }
+
+    /// Give node `i`'s sshd a host certificate for its host key, signed by the CA key at `ca` for `principal`
+    /// and valid for `validity` (`ssh-keygen -V`), and reload it.
+    pub fn set_host_certificate(&self, i: usize, ca: &Path, principal: &str, validity: &str) {
+        let n = &self.tb.nodes()[i];
+        let host_key = n.dir.join("ssh/host_ed25519_key");
+        let st = Command::new("ssh-keygen")
+            .args(["-q", "-s"])
+            .arg(ca)
+            .args([
+                "-I",
+                "transport-test-host",
+                "-h",
+                "-n",
+                principal,
+                "-V",
+                validity,
+            ])
+            .arg(host_key.with_extension("pub"))
+            .stdin(Stdio::null())
+            .status()
+            .expect("ssh-keygen -s -h");
+        assert!(st.success(), "signing the host certificate");
+        let cfg = n.dir.join("ssh/sshd_config");
+        let mut text = std::fs::read_to_string(&cfg).expect("sshd_config");
+        let line = format!("HostCertificate {}-cert.pub\n", host_key.display());
+        if !text.contains(&line) {
+            text.push_str(&line);
+            std::fs::write(&cfg, text).expect("sshd_config");
+        }
+        self.reload_sshd(i);
+    }
+
+    fn reload_sshd(&self, i: usize) {
         // SAFETY: kill(2) with SIGHUP on the sshd PID this testbed recorded.
         assert_eq!(unsafe { libc_kill(self.nodes[i].sshd_pid as i32, 1) }, 0);
         // sshd re-execs; wait until it listens again.
