@@ -1,6 +1,7 @@
 //! KMS end to end on a 3-node testbed with a `kms-plugin` per node (real sshd, dockerd, etcd, the stand-in):
 //! aescbc → kms v2 with the socket bind added from `extra_binds`, a plugin key rotation finished by a targeted
-//! re-wrap, kms → aescbc, and a refused run when one node's plugin is down. Needs root.
+//! re-wrap, kms → aescbc, aescbc → kms v1 (feature gate on) → aescbc, and a refused run when one node's plugin is
+//! down. Needs root.
 
 use std::collections::BTreeMap;
 use std::path::Path;
@@ -29,10 +30,16 @@ fn may_run() -> bool {
 }
 
 fn bed() -> Testbed {
+    bed_with(Vec::new())
+}
+
+/// A testbed whose kube-apiservers also get `apiserver_args`.
+fn bed_with(apiserver_args: Vec<String>) -> Testbed {
     let standin = Standin::locate().expect("stand-in binary (cargo build -p testbed)");
     let tb = Testbed::up(Options {
         standin,
         kms: true,
+        apiserver_args,
         ..Options::default()
     })
     .expect("testbed up");
@@ -50,6 +57,14 @@ fn aescbc_config() -> Value {
 fn kms_config() -> Value {
     serde_yaml_ng::from_str(&format!(
         "apiVersion: apiserver.config.k8s.io/v1\nkind: EncryptionConfiguration\nresources:\n- resources: [secrets]\n  providers:\n  - kms:\n      apiVersion: v2\n      name: {PROVIDER}\n      endpoint: {KMS_ENDPOINT}\n      timeout: 3s\n  - identity: {{}}\n"
+    ))
+    .expect("yaml")
+}
+
+/// KMS v1 (deprecated; kube-apiserver needs `--feature-gates=KMSv1=true` since 1.29): a DEK per write, cached.
+fn kms_v1_config() -> Value {
+    serde_yaml_ng::from_str(&format!(
+        "apiVersion: apiserver.config.k8s.io/v1\nkind: EncryptionConfiguration\nresources:\n- resources: [secrets]\n  providers:\n  - kms:\n      apiVersion: v1\n      name: {PROVIDER}\n      endpoint: {KMS_ENDPOINT}\n      cachesize: 100\n      timeout: 3s\n  - aescbc:\n      keys:\n      - name: k1\n        secret: c2VjcmV0IGlzIHNlY3VyZSwgaXMgaXQgbm90PyEhISE=\n  - identity: {{}}\n"
     ))
     .expect("yaml")
 }
@@ -309,6 +324,40 @@ fn aescbc_to_kms_v2_rotate_plugin_key_and_back_to_aescbc() {
     assert!(only_label_prefix(&c, "aescbc:k1"), "{c:?}");
     tb.verify_seed(SECRETS, 0, SIZE)
         .expect("secrets readable after leaving kms");
+    tb.down().expect("down");
+}
+
+#[test]
+fn aescbc_to_kms_v1_and_back() {
+    if !may_run() {
+        return;
+    }
+    let mut tb = bed_with(vec!["--feature-gates=KMSv1=true".into()]);
+    set_cluster(&tb, aescbc_config(), true);
+    let (ok, out) = atrest(&tb, &["up"]);
+    assert!(ok, "up to aescbc failed:\n{out}");
+
+    // aescbc → kms v1: every secret is re-written under the plugin (the v1 envelope names no key id).
+    set_cluster(&tb, kms_v1_config(), true);
+    let (ok, out) = atrest(&tb, &["up"]);
+    assert!(ok, "up to kms v1 failed:\n{out}");
+    let c = census(&tb);
+    let label = format!("kms:v1:{PROVIDER}");
+    assert_eq!(c.get(&label).copied(), Some(c.values().sum()), "{c:?}");
+    assert_eq!(c.values().sum::<u64>(), SECRETS as u64, "{c:?}");
+    tb.verify_seed(SECRETS, 0, SIZE)
+        .expect("secrets readable under kms v1");
+    let (ok, out) = atrest(&tb, &["encrypt", "verify"]);
+    assert!(ok, "verify under kms v1:\n{out}");
+
+    // kms v1 → aescbc.
+    set_cluster(&tb, aescbc_config(), true);
+    let (ok, out) = atrest(&tb, &["up"]);
+    assert!(ok, "up back to aescbc failed:\n{out}");
+    let c = census(&tb);
+    assert!(only_label_prefix(&c, "aescbc:k1"), "{c:?}");
+    tb.verify_seed(SECRETS, 0, SIZE)
+        .expect("secrets readable after leaving kms v1");
     tb.down().expect("down");
 }
 

@@ -40,6 +40,9 @@ pub struct Options {
     pub sudo_user: bool,
     /// Run a `kms-plugin` on every node at `/var/run/kmsplugin/socket.sock` (see [`kms`]).
     pub kms: bool,
+    /// Extra kube-apiserver flags (as RKE's `services.kube-api.extra_args` would add), e.g.
+    /// `--feature-gates=KMSv1=true`.
+    pub apiserver_args: Vec<String>,
     /// How long to wait for a free slot.
     pub slot_timeout: Duration,
 }
@@ -53,6 +56,7 @@ impl Default for Options {
             etcd: true,
             sudo_user: false,
             kms: false,
+            apiserver_args: Vec::new(),
             slot_timeout: Duration::from_secs(600),
         }
     }
@@ -90,6 +94,7 @@ pub struct Testbed {
     etcd: bool,
     sudo_user: bool,
     kms: bool,
+    apiserver_args: Vec<String>,
     down_done: bool,
     /// Leave everything running on drop (CLI `up`).
     keep: bool,
@@ -228,6 +233,7 @@ impl Testbed {
             etcd: opts.etcd,
             sudo_user: opts.sudo_user,
             kms: opts.kms,
+            apiserver_args: opts.apiserver_args.clone(),
             down_done: false,
             keep: false,
         };
@@ -787,6 +793,9 @@ impl Testbed {
                     "--service-node-port-range=30000-32767".into(),
                     "--profiling=false".into(),
                 ]
+                .into_iter()
+                .chain(self.apiserver_args.iter().cloned())
+                .collect()
             }
         }
     }
