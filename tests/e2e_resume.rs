@@ -275,6 +275,7 @@ fn ctrl_c_stops_at_a_safe_point_and_the_rerun_finishes() {
     );
     assert!(after < Duration::from_secs(60), "stopped after {after:?}");
     let status = b.status();
+    assert!(status["runInProgress"].is_null(), "{status}");
     let done = &status["transition"]["deploying"]["nodesDone"];
     assert_eq!(done.as_array().map(Vec::len), Some(1), "{status}");
     b.verify_seed();
@@ -290,7 +291,17 @@ fn ctrl_c_stops_at_a_safe_point_and_the_rerun_finishes() {
     assert_complete_and_intact(&b);
 
     // Twice: out at once, as after a crash; the rerun still finishes.
-    let (status, text, _) = interrupt_at(&b, &rotate, ": deploying", |_| {}, 2);
+    let (status, text, _) = interrupt_at(
+        &b,
+        &rotate,
+        ": deploying",
+        |_| {
+            // While the run holds the lock, status says so (and does not disturb it).
+            let running = b.status()["runInProgress"].as_u64();
+            assert!(running.is_some_and(|pid| pid > 0), "{running:?}");
+        },
+        2,
+    );
     assert_eq!(status.code(), Some(130), "{text}");
     assert!(text.contains("stopped at once"), "{text}");
     b.ok(&["up", "--yes"]);

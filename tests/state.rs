@@ -316,7 +316,14 @@ fn a_second_run_is_refused_with_the_holders_pid_not_a_hang() {
         );
     }
 
+    // A read-only verb sees who holds the lock without touching it.
+    assert_eq!(
+        atrest::state::store::lock_holder(&path),
+        Some(std::process::id())
+    );
+
     drop(first);
+    assert_eq!(atrest::state::store::lock_holder(&path), None);
     StateFile::open_locked(&path).expect("lock is free again once the holder is gone");
 }
 

@@ -116,6 +116,8 @@ pub async fn status(
     format: StatusFormat,
 ) -> anyhow::Result<ExitCode> {
     let state = inputs.state;
+    // A run in progress changes what this shows while it is read.
+    let running = crate::state::store::lock_holder(&inputs.state_path);
     let atrest = state.atrest()?;
     let deployed = targets::deployed(&state)?;
     let mut session = Session::connect(global, &inputs.config, false).await?;
@@ -148,6 +150,7 @@ pub async fn status(
             let value = json!({
                 "encryptionStatus": enabled,
                 "stage": stage.to_string(),
+                "runInProgress": running,
                 "transition": atrest.transition.as_ref().map(|t| json!({
                     "id": t.id, "kind": t.kind, "stage": t.stage.to_string(),
                     "done": t.done.iter().map(|p| p.to_string()).collect::<Vec<_>>(),
@@ -180,6 +183,11 @@ pub async fn status(
         }
         StatusFormat::Table => {
             println!("Encryption Status: {enabled}");
+            if let Some(pid) = running {
+                println!(
+                    "Run in progress: atrest pid {pid} holds the state lock (what follows may change meanwhile)"
+                );
+            }
             println!("Current Rotation Stage: {stage}");
             if let Some(t) = &atrest.transition {
                 let done: Vec<String> = t.done.iter().map(|p| p.to_string()).collect();

@@ -170,6 +170,36 @@ fn parse(path: &Path, bytes: Option<Zeroizing<Vec<u8>>>) -> Result<RkeState, Sta
     RkeState::parse(&bytes, path)
 }
 
+/// The pid of the process holding the lock of the state file at `path` right now, if any. Read from
+/// `/proc/locks` (Linux; elsewhere `None`) instead of probing the lock, so a read-only verb can never make a
+/// run that starts at the same moment fail.
+pub fn lock_holder(path: &Path) -> Option<u32> {
+    use std::os::unix::fs::MetadataExt;
+    let meta = fs::metadata(sibling(path, ".lock")).ok()?;
+    let locks = fs::read_to_string("/proc/locks").ok()?;
+    holder_in(&locks, meta.dev(), meta.ino())
+}
+
+/// The pid of a granted FLOCK WRITE lock on (device, inode) in the text of `/proc/locks`
+/// (`1: FLOCK  ADVISORY  WRITE 1234 fd:01:5678 0 EOF`; waiters are marked `->`).
+fn holder_in(locks: &str, dev: u64, ino: u64) -> Option<u32> {
+    // Linux's dev_t layout (glibc `gnu_dev_major`/`gnu_dev_minor`); /proc/locks prints them in hex.
+    let major = ((dev >> 8) & 0xfff) | ((dev >> 32) & !0xfff);
+    let minor = (dev & 0xff) | ((dev >> 12) & !0xff);
+    locks.lines().find_map(|line| {
+        let fields: Vec<&str> = line.split_whitespace().collect();
+        if fields.get(1) != Some(&"FLOCK") || fields.get(3) != Some(&"WRITE") {
+            return None;
+        }
+        let mut id = fields.get(5)?.split(':');
+        let (maj, min, inode) = (id.next()?, id.next()?, id.next()?);
+        let matches = u64::from_str_radix(maj, 16).ok()? == major
+            && u64::from_str_radix(min, 16).ok()? == minor
+            && inode.parse::<u64>().ok()? == ino;
+        matches.then(|| fields.get(4)?.parse().ok()).flatten()
+    })
+}
+
 /// `path` with `suffix` appended to its file name (`cluster.rkestate` → `cluster.rkestate.lock`).
 fn sibling(path: &Path, suffix: &str) -> PathBuf {
     let mut name = path.file_name().map(OsString::from).unwrap_or_default();
@@ -215,4 +245,26 @@ fn write_atomic(path: &Path, content: &[u8]) -> Result<(), StateError> {
     File::open(dir)
         .and_then(|d| d.sync_all())
         .map_err(|e| StateError::io("fsync the directory", dir, e))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn lock_holder_comes_from_a_granted_flock_write_line() {
+        // dev 0xfe00 = 254:0 (as `stat -c %D` prints it), inode 246951.
+        let locks = "1: POSIX  ADVISORY  WRITE 77 fe:00:246951 0 EOF\n\
+                     2: FLOCK  ADVISORY  WRITE 4242 fe:00:246951 0 EOF\n\
+                     2: -> FLOCK  ADVISORY  WRITE 4343 fe:00:246951 0 EOF\n\
+                     3: FLOCK  ADVISORY  READ 99 fe:00:1 0 EOF\n";
+        assert_eq!(holder_in(locks, 0xfe00, 246_951), Some(4242));
+        assert_eq!(
+            holder_in(locks, 0xfe00, 1),
+            None,
+            "a read lock is not a run"
+        );
+        assert_eq!(holder_in(locks, 0xfe01, 246_951), None, "another device");
+        assert_eq!(holder_in("", 0xfe00, 246_951), None);
+    }
 }
