@@ -6,11 +6,14 @@
 
 #[path = "../tests/common/mod.rs"]
 mod common;
+#[path = "shared/etcd_rates.rs"]
+mod etcd_rates;
 
 use anyhow::{Context, Result, bail, ensure};
 use atrest::exec::etcd::{CensusOptions, Etcd, EtcdResource};
 use atrest::exec::rewrite::{self, ProgressMode, RewriteOptions, Target};
 use common::{LocalEtcd, LocalStandin, aescbc_config, private_loopback, random_key};
+use etcd_rates::{put_rate, read_then_put_rate};
 use futures::StreamExt;
 use k8s_openapi::ByteString;
 use k8s_openapi::api::core::v1::{Namespace, Secret};
@@ -327,7 +330,7 @@ async fn run() -> Result<()> {
     let mut best_put = 0f64;
     for c in [1usize, 8, 32, 64, 128] {
         let probe = CpuProbe::start(vec![("etcd", etcd_pid)]);
-        let rate = etcd_put_rate(&bench.etcd, objects, c).await?;
+        let rate = put_rate(bench.etcd.client(), objects, c).await?;
         best_put = best_put.max(rate);
         println!(
             "raw etcd put, concurrency {c}: {rate:.0} puts/s ({})",
@@ -340,7 +343,7 @@ async fn run() -> Result<()> {
     let mut least_etcd_cpu = f64::MAX;
     for c in [32usize, 64, 128, 256] {
         let probe = CpuProbe::start(vec![("etcd", etcd_pid)]);
-        let rate = etcd_read_modify_write_rate(&bench.etcd, objects, c).await?;
+        let rate = read_then_put_rate(bench.etcd.client(), objects, c).await?;
         best_pair = best_pair.max(rate);
         least_etcd_cpu = least_etcd_cpu.min(probe.used(0) / objects as f64);
         println!(
@@ -424,60 +427,6 @@ fn num_cpus() -> usize {
     std::thread::available_parallelism()
         .map(|n| n.get())
         .unwrap_or(1)
-}
-
-async fn etcd_put_rate(etcd: &Etcd, count: usize, concurrency: usize) -> Result<f64> {
-    let value = vec![b'x'; 2048 + 200];
-    let started = Instant::now();
-    let failures = futures::stream::iter(0..count)
-        .map(|i| {
-            let mut kv = etcd.client().kv_client();
-            let value = value.clone();
-            async move {
-                kv.put(format!("/bench/raw/c{concurrency}/{i:07}"), value, None)
-                    .await
-                    .is_err()
-            }
-        })
-        .buffer_unordered(concurrency)
-        .filter(|failed| std::future::ready(*failed))
-        .count()
-        .await;
-    ensure!(failures == 0, "{failures} raw puts failed");
-    Ok(count as f64 / started.elapsed().as_secs_f64())
-}
-
-/// For every key written by `etcd_put_rate(…, 32)`: GET it, then a txn put conditioned on its mod_revision.
-async fn etcd_read_modify_write_rate(etcd: &Etcd, count: usize, concurrency: usize) -> Result<f64> {
-    use etcd_client::{Compare, CompareOp, Txn, TxnOp};
-    let started = Instant::now();
-    let failures = futures::stream::iter(0..count)
-        .map(|i| {
-            let mut kv = etcd.client().kv_client();
-            async move {
-                let key = format!("/bench/raw/c32/{i:07}");
-                let Ok(current) = kv.get(key.as_str(), None).await else {
-                    return true;
-                };
-                let Some(item) = current.kvs().first() else {
-                    return true;
-                };
-                let txn = Txn::new()
-                    .when(vec![Compare::mod_revision(
-                        key.as_str(),
-                        CompareOp::Equal,
-                        item.mod_revision(),
-                    )])
-                    .and_then(vec![TxnOp::put(key.as_str(), item.value().to_vec(), None)]);
-                !matches!(kv.txn(txn).await, Ok(r) if r.succeeded())
-            }
-        })
-        .buffer_unordered(concurrency)
-        .filter(|failed| std::future::ready(*failed))
-        .count()
-        .await;
-    ensure!(failures == 0, "{failures} read-modify-writes failed");
-    Ok(count as f64 / started.elapsed().as_secs_f64())
 }
 
 /// With `ATREST_BENCH_PERF_DIR` set: `perf record` the given processes during one run.

@@ -8,11 +8,14 @@
 
 use anyhow::{Context, Result, bail, ensure};
 use etcd_client::{Certificate, Client, ConnectOptions, Identity, TlsOptions};
-use futures::StreamExt;
 use std::path::Path;
 use std::process::{Command, Stdio};
 use std::time::Instant;
 use testbed::harness::{Options, Standin, Testbed};
+
+#[path = "shared/etcd_rates.rs"]
+mod etcd_rates;
+use etcd_rates::{put_rate, read_then_put_rate};
 
 const SIZE: usize = 2048;
 
@@ -270,59 +273,4 @@ async fn etcd_client(tb: &Testbed) -> Result<Client> {
         Some(ConnectOptions::new().with_tls(tls)),
     )
     .await?)
-}
-
-async fn put_rate(etcd: &Client, count: usize, concurrency: usize) -> Result<f64> {
-    let value = vec![b'x'; SIZE + 200];
-    let started = Instant::now();
-    let failures = futures::stream::iter(0..count)
-        .map(|i| {
-            let mut kv = etcd.kv_client();
-            let value = value.clone();
-            async move {
-                kv.put(format!("/bench/raw/c{concurrency}/{i:07}"), value, None)
-                    .await
-                    .is_err()
-            }
-        })
-        .buffer_unordered(concurrency)
-        .filter(|failed| std::future::ready(*failed))
-        .count()
-        .await;
-    ensure!(failures == 0, "{failures} raw puts failed");
-    Ok(count as f64 / started.elapsed().as_secs_f64())
-}
-
-/// Per key written by `put_rate(…, 32)`: GET, then a put conditioned on its mod_revision (what an API server
-/// does for each update of a stale object).
-async fn read_then_put_rate(etcd: &Client, count: usize, concurrency: usize) -> Result<f64> {
-    use etcd_client::{Compare, CompareOp, Txn, TxnOp};
-    let started = Instant::now();
-    let failures = futures::stream::iter(0..count)
-        .map(|i| {
-            let mut kv = etcd.kv_client();
-            async move {
-                let key = format!("/bench/raw/c32/{i:07}");
-                let Ok(current) = kv.get(key.as_str(), None).await else {
-                    return true;
-                };
-                let Some(item) = current.kvs().first() else {
-                    return true;
-                };
-                let txn = Txn::new()
-                    .when(vec![Compare::mod_revision(
-                        key.as_str(),
-                        CompareOp::Equal,
-                        item.mod_revision(),
-                    )])
-                    .and_then(vec![TxnOp::put(key.as_str(), item.value().to_vec(), None)]);
-                !matches!(kv.txn(txn).await, Ok(r) if r.succeeded())
-            }
-        })
-        .buffer_unordered(concurrency)
-        .filter(|failed| std::future::ready(*failed))
-        .count()
-        .await;
-    ensure!(failures == 0, "{failures} read-modify-writes failed");
-    Ok(count as f64 / started.elapsed().as_secs_f64())
 }

@@ -317,10 +317,15 @@ fn aescbc_to_kms_v2_rotate_plugin_key_and_back_to_aescbc() {
     assert!(ok && !plan.contains("kms-rewrap"), "{plan}");
 
     // 4. kms → aescbc.
-    set_cluster(&tb, aescbc_config(), true);
-    let (ok, out) = atrest(&tb, &["up"]);
+    back_to_aescbc(&mut tb);
+}
+
+/// `up` to the aescbc config; every secret ends on `aescbc:k1` and reads back. Then the testbed goes down.
+fn back_to_aescbc(tb: &mut Testbed) {
+    set_cluster(tb, aescbc_config(), true);
+    let (ok, out) = atrest(tb, &["up"]);
     assert!(ok, "up back to aescbc failed:\n{out}");
-    let c = census(&tb);
+    let c = census(tb);
     assert!(only_label_prefix(&c, "aescbc:k1"), "{c:?}");
     tb.verify_seed(SECRETS, 0, SIZE)
         .expect("secrets readable after leaving kms");
@@ -351,14 +356,7 @@ fn aescbc_to_kms_v1_and_back() {
     assert!(ok, "verify under kms v1:\n{out}");
 
     // kms v1 → aescbc.
-    set_cluster(&tb, aescbc_config(), true);
-    let (ok, out) = atrest(&tb, &["up"]);
-    assert!(ok, "up back to aescbc failed:\n{out}");
-    let c = census(&tb);
-    assert!(only_label_prefix(&c, "aescbc:k1"), "{c:?}");
-    tb.verify_seed(SECRETS, 0, SIZE)
-        .expect("secrets readable after leaving kms v1");
-    tb.down().expect("down");
+    back_to_aescbc(&mut tb);
 }
 
 #[test]

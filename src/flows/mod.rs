@@ -22,8 +22,8 @@ use crate::config::{self, Desired};
 use crate::plan::stage::Stage;
 use crate::plan::units::{KeyProvider, key_unit};
 use crate::plan::{
-    self, InProgress, Intent, Observed, Plan, PlanInput, PlanKind, PlanOptions, StepwiseInput,
-    StepwiseVerb, Target,
+    self, Intent, Observed, Plan, PlanInput, PlanKind, PlanOptions, StepwiseInput, StepwiseVerb,
+    Target,
 };
 use crate::state::{RkeState, StateFile};
 use anyhow::{Context, anyhow, bail};
@@ -172,11 +172,7 @@ async fn reconcile(
         None => inputs.state.clone(),
     };
     let atrest = state.atrest()?;
-    let record = atrest
-        .transition
-        .as_ref()
-        .map(InProgress::from_record)
-        .transpose()?;
+    let record = targets::recorded(&atrest)?;
     let deployed = targets::deployed(&state)?;
     let base = match &record {
         Some(r) => r.to.clone(),
@@ -339,11 +335,7 @@ async fn stepwise_verb(
     let lock = StateFile::open_locked(&inputs.state_path)?;
     let state = lock.load()?;
     let atrest = state.atrest()?;
-    let record = atrest
-        .transition
-        .as_ref()
-        .map(InProgress::from_record)
-        .transpose()?;
+    let record = targets::recorded(&atrest)?;
     let deployed = targets::deployed(&state)?;
     let new_key = match verb {
         StepwiseVerb::Prepare { .. } => {

@@ -5,7 +5,7 @@
 use crate::config::encryption::{self, EncryptionConfiguration, Key};
 use crate::config::keys::{self, KeyKind};
 use crate::config::{Desired, render};
-use crate::plan::Target;
+use crate::plan::{InProgress, Target};
 use crate::state::RkeState;
 use crate::state::atrest::AtrestState;
 use anyhow::Context;
@@ -14,6 +14,15 @@ use anyhow::Context;
 const CURRENT_ORIGIN: &str = "cluster.rkestate currentState.encryptionConfig";
 
 /// The config RKE's state records as deployed (`None`: encryption off).
+/// The transition recorded in the state, parsed (`None` when no run is under way).
+pub fn recorded(atrest: &AtrestState) -> anyhow::Result<Option<InProgress>> {
+    Ok(atrest
+        .transition
+        .as_ref()
+        .map(InProgress::from_record)
+        .transpose()?)
+}
+
 pub fn deployed(state: &RkeState) -> anyhow::Result<Option<EncryptionConfiguration>> {
     match state.current_encryption_config() {
         None => Ok(None),
