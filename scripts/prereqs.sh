@@ -1,25 +1,99 @@
 #!/usr/bin/env bash
-# Installs what the testbed needs on a Debian machine (run as root). Safe to repeat: installs only what is missing.
-# Packages: OpenSSH's sshd (one per test node), Debian's Docker engine (one dockerd per node), etcd (server and
-# etcdctl), a static busybox (tiny images without a registry), protoc (gRPC code generation for etcd-client/KMS).
+# Installs what the build and the testbed need on a Debian machine (run as root). Safe to repeat: installs only
+# what is missing.
+#
+#   scripts/prereqs.sh           install what is missing, then audit
+#   scripts/prereqs.sh --audit   only audit (exit 1 if a need is missing or comes from a package not listed here)
+#
+# Every need is a file or command, with the Debian package this script installs it from. The audit checks each
+# one against dpkg: present, and owned by the package named here (or by a package of the machine image, listed in
+# IMAGE_PACKAGES). A machine where someone installed a need by hand, from a package this script does not name,
+# fails the audit, so CI cannot pass only because of a hand install. That is how the missing
+# `google/protobuf/descriptor.proto` (libprotobuf-dev, needed by etcd-client's build) would have been caught: the
+# list below was made from an strace of the whole build, demo and test suite (docs/testbed.md, "Prerequisites"),
+# and that file's owner was not among the packages installed.
 set -euo pipefail
-need=()
-command -v sshd >/dev/null 2>&1 || [ -x /usr/sbin/sshd ] || need+=(openssh-server)
-command -v dockerd >/dev/null 2>&1 || need+=(docker.io)
-command -v etcd >/dev/null 2>&1 || need+=(etcd-server)
-command -v etcdctl >/dev/null 2>&1 || need+=(etcd-client)
-[ -x /bin/busybox ] && file /bin/busybox 2>/dev/null | grep -q static || command -v busybox >/dev/null 2>&1 || need+=(busybox-static)
-command -v protoc >/dev/null 2>&1 || need+=(protobuf-compiler)
-command -v ssh >/dev/null 2>&1 || need+=(openssh-client)          # ssh, ssh-keygen: keys, checks, forwards
-command -v unshare >/dev/null 2>&1 || need+=(util-linux)           # unshare/nsenter: per-node mount namespaces
-command -v docker >/dev/null 2>&1 || need+=(docker.io)             # the docker CLI drives each node's engine
-[ -x /usr/bin/sudo ] || need+=(sudo)                                 # the testbed's optional non-root sudo user
-if [ ${#need[@]} -gt 0 ]; then
-  echo "prereqs: installing ${need[*]}"
-  export DEBIAN_FRONTEND=noninteractive
-  apt-get update -q >/dev/null
-  apt-get install -y -q --no-install-recommends "${need[@]}" >/dev/null
+
+# need (command name or absolute path) | package that provides it | what for
+NEEDS='
+sshd|openssh-server|one sshd per test node
+/usr/lib/openssh/sftp-server|openssh-sftp-server|sftp on the test nodes
+ssh|openssh-client|ssh client for tests and the demo
+ssh-keygen|openssh-client|host and client keys
+ssh-agent|openssh-client|the --ssh-agent-auth test
+ssh-add|openssh-client|the --ssh-agent-auth test
+dockerd|docker.io|one Docker engine per test node
+/usr/bin/docker|docker.io|the docker CLI of the engines package (the image may put another docker client first on PATH)
+containerd|containerd|the engines runtime (docker.io depends on it)
+runc|runc|the engines runtime (docker.io depends on it)
+etcd|etcd-server|the etcd members
+etcdctl|etcd-client|etcd checks in tests
+/bin/busybox|busybox-static|tiny images without a registry
+protoc|protobuf-compiler|gRPC code generation (etcd-client, the KMS API)
+/usr/include/google/protobuf/descriptor.proto|libprotobuf-dev|well-known .proto includes for etcd-client
+unshare|util-linux|per-node mount namespaces
+nsenter|util-linux|joining a node namespace
+flock|util-linux|testbed slots
+sudo|sudo|the testbed optional non-root sudo user
+openssl|openssl|certificate checks in tests
+file|file|checks on the static busybox
+kubectl|kubectl|kubectl round-trip tests (from the machine image)
+'
+# Packages the machine image itself provides (not installed by this script; the audit accepts them as owners).
+IMAGE_PACKAGES=' kubectl util-linux coreutils tar procps mount bsdutils '
+
+audit_only=false
+[ "${1:-}" = "--audit" ] && audit_only=true
+
+path_of() {
+  case "$1" in
+    /*) [ -e "$1" ] && echo "$1" ;;
+    *) command -v "$1" 2>/dev/null || { [ -x "/usr/sbin/$1" ] && echo "/usr/sbin/$1"; } ;;
+  esac
+}
+
+if ! $audit_only; then
+  missing=()
+  while IFS='|' read -r need package _; do
+    [ -n "$need" ] || continue
+    case " $IMAGE_PACKAGES " in *" $package "*) continue ;; esac
+    [ -n "$(path_of "$need")" ] || missing+=("$package")
+  done <<<"$NEEDS"
+  if [ ${#missing[@]} -gt 0 ]; then
+    mapfile -t missing < <(printf '%s\n' "${missing[@]}" | sort -u)
+    echo "prereqs: installing ${missing[*]}"
+    export DEBIAN_FRONTEND=noninteractive
+    apt-get update -q >/dev/null
+    apt-get install -y -q --no-install-recommends "${missing[@]}" >/dev/null
+  fi
+  mkdir -p /run/sshd
 fi
-mkdir -p /run/sshd
-command -v kubectl >/dev/null 2>&1 || echo "prereqs: note: kubectl not found; kubectl round-trip tests will be skipped" >&2
-echo "prereqs: ok"
+
+# The audit: every need present and owned by the package named for it (or an image package).
+problems=()
+while IFS='|' read -r need package why; do
+  [ -n "$need" ] || continue
+  path=$(path_of "$need") || true
+  if [ -z "$path" ]; then
+    problems+=("$need ($why): missing; install package $package")
+    continue
+  fi
+  real=$(readlink -f "$path")
+  owner=$(dpkg -S "$path" 2>/dev/null || dpkg -S "$real" 2>/dev/null || true)
+  owner=${owner%%:*}
+  owner=${owner%%,*}
+  if [ -z "$owner" ]; then
+    problems+=("$need ($why): $path belongs to no Debian package (installed by hand?); expected $package")
+  elif [ "$owner" != "$package" ]; then
+    case " $IMAGE_PACKAGES " in
+      *" $owner "*) ;;
+      *) problems+=("$need ($why): $path comes from package $owner, not $package as scripts/prereqs.sh says") ;;
+    esac
+  fi
+done <<<"$NEEDS"
+if [ ${#problems[@]} -gt 0 ]; then
+  echo "prereqs: audit failed:" >&2
+  printf '  %s\n' "${problems[@]}" >&2
+  exit 1
+fi
+echo "prereqs: ok (audited $(grep -c '|' <<<"$NEEDS") needs)"
