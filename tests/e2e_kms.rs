@@ -17,16 +17,9 @@ const SECRETS: usize = 60;
 const SIZE: usize = 256;
 const PROVIDER: &str = "testbed-kms";
 
+/// True when the test may run (`testbed::skip`: always as root; a visible, counted skip otherwise).
 fn may_run() -> bool {
-    use std::os::unix::fs::MetadataExt;
-    if std::fs::metadata("/proc/self").is_ok_and(|m| m.uid() == 0) {
-        return true;
-    }
-    if std::env::var("ATREST_SKIP_TESTBED").as_deref() == Ok("1") {
-        eprintln!("skipping: not root and ATREST_SKIP_TESTBED=1");
-        return false;
-    }
-    panic!("the e2e tests need root; set ATREST_SKIP_TESTBED=1 to skip them");
+    testbed::skip::may_run(std::thread::current().name().unwrap_or("testbed"))
 }
 
 fn bed() -> Testbed {

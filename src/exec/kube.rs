@@ -1,4 +1,11 @@
-//! A Kubernetes API client built from a kubeconfig file (TLS with CA and client certificates, or a token).
+//! A Kubernetes API client built from a kubeconfig file (TLS with CA and client certificates, or a token), and
+//! the probe that tells whether the server behind it answers.
+//!
+//! Read-only verbs must work while one controlplane's kube-apiserver is down or restarting (a rotation restarts
+//! them one by one, and that is exactly when an operator asks for the status). So a caller builds a client for
+//! the kubeconfig's server, probes it, and if it does not answer builds the same client again with
+//! [`ClientOptions::server_override`] pointing at another controlplane's server through an SSH tunnel: the
+//! kubeconfig's credentials and certificate checks stay the same, only the address changes.
 
 use kube::config::{KubeConfigOptions, Kubeconfig};
 use std::path::{Path, PathBuf};
@@ -35,6 +42,52 @@ pub struct ClientOptions {
     /// Talk to this URL instead of the cluster's `server:` (e.g. a local SSH tunnel); the certificate is still
     /// checked against the kubeconfig's `tls-server-name` or the original server host.
     pub server_override: Option<String>,
+}
+
+/// How long a server may take to answer the readiness probe before the next one is tried.
+pub const PROBE_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// The server URL the kubeconfig's current context names (what [`client`] talks to without an override).
+pub async fn server_url(path: &Path) -> Result<http::Uri, KubeClientError> {
+    let kubeconfig = Kubeconfig::read_from(path).map_err(|source| KubeClientError::Read {
+        path: path.to_path_buf(),
+        source,
+    })?;
+    let config = kube::Config::from_custom_kubeconfig(kubeconfig, &KubeConfigOptions::default())
+        .await
+        .map_err(|source| KubeClientError::Read {
+            path: path.to_path_buf(),
+            source,
+        })?;
+    Ok(config.cluster_url)
+}
+
+/// Whether the server behind `client` is ready: `GET /readyz` answered 200 within [`PROBE_TIMEOUT`]. The error
+/// says why not (connection refused, a timeout, a server still starting or shutting down).
+pub async fn probe(client: &kube::Client) -> Result<(), String> {
+    let request = http::Request::get("/readyz")
+        .body(Vec::new())
+        .map_err(|e| e.to_string())?;
+    match tokio::time::timeout(PROBE_TIMEOUT, client.request_text(request)).await {
+        Ok(Ok(_)) => Ok(()),
+        Ok(Err(e)) => Err(one_line(&e)),
+        Err(_) => Err(format!("no answer within {} s", PROBE_TIMEOUT.as_secs())),
+    }
+}
+
+/// An error and its causes on one line (`a: b: c`), for "server X does not answer (…)" messages.
+fn one_line(error: &dyn std::error::Error) -> String {
+    let mut text = error.to_string();
+    let mut source = error.source();
+    while let Some(cause) = source {
+        let cause_text = cause.to_string();
+        if !text.contains(&cause_text) {
+            text.push_str(": ");
+            text.push_str(&cause_text);
+        }
+        source = cause.source();
+    }
+    text
 }
 
 /// A client for the current context of the kubeconfig at `path`.

@@ -227,6 +227,37 @@ pub async fn resolve(
     Ok(resolution)
 }
 
+/// The targets of resource strings that name resources exactly (`secrets`, `deployments.apps`), without asking the
+/// API: where they live in etcd follows from group and plural alone, so a census can still count them while no
+/// API server answers. `None` when a wildcard needs discovery. The kind and scope are unknown (left empty and
+/// namespaced): such targets serve an etcd census, never a rewrite.
+pub fn resolve_without_api(resource_strings: &[String]) -> Option<Vec<Target>> {
+    let mut targets: Vec<Target> = Vec::new();
+    for text in resource_strings {
+        let ResourceSelector::Exact { group, resource } = ResourceSelector::parse(text) else {
+            return None;
+        };
+        if targets
+            .iter()
+            .any(|t| t.api.group == group && t.api.plural == resource)
+        {
+            continue;
+        }
+        targets.push(Target {
+            api: ApiResource {
+                group,
+                version: String::new(),
+                api_version: String::new(),
+                kind: String::new(),
+                plural: resource,
+            },
+            namespaced: true,
+        });
+    }
+    targets.sort_by_key(Target::name);
+    Some(targets)
+}
+
 fn missing_verbs(caps: &ApiCapabilities) -> Option<String> {
     let missing: Vec<&str> = [verbs::LIST, verbs::GET, verbs::UPDATE]
         .into_iter()
@@ -1038,6 +1069,21 @@ mod tests {
         assert_eq!(ResourceSelector::parse("*."), Group("".into()));
         assert_eq!(ResourceSelector::parse("*.apps"), Group("apps".into()));
         assert_eq!(ResourceSelector::parse("*.*"), All);
+    }
+
+    #[test]
+    fn exact_resources_resolve_without_the_api_and_wildcards_do_not() {
+        let strings = |v: &[&str]| v.iter().map(|s| s.to_string()).collect::<Vec<_>>();
+        let targets = resolve_without_api(&strings(&["secrets", "deployments.apps", "secrets."]))
+            .expect("exact names need no discovery");
+        let names: Vec<String> = targets.iter().map(Target::name).collect();
+        assert_eq!(names, ["deployments.apps", "secrets"]);
+        assert_eq!(
+            targets[1].etcd("/registry").key_prefix,
+            Target::secrets().etcd("/registry").key_prefix
+        );
+        assert!(resolve_without_api(&strings(&["secrets", "*.apps"])).is_none());
+        assert!(resolve_without_api(&strings(&["*.*"])).is_none());
     }
 
     #[test]

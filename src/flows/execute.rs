@@ -409,13 +409,43 @@ impl<'a> Executor<'a> {
         Ok(())
     }
 
-    /// Rewrites the objects of one resource string; targeted: only those etcd shows off `write`.
+    /// Rewrites the objects of one resource string; targeted: only those etcd shows off `write`. When the API
+    /// server stops answering mid-way, goes on through another controlplane's (targeted: what is done stays done).
     async fn rewrite_one(
         &mut self,
         resource: &str,
         write: &UnitId,
         targeted: bool,
     ) -> anyhow::Result<Option<RewriteReport>> {
+        let mut watched = self.rewrite_once(resource, write, targeted).await?;
+        let mut failovers = 0;
+        while watched.as_ref().is_some_and(|w| w.server_lost)
+            && failovers < self.session.hosts.len()
+        {
+            failovers += 1;
+            self.session.forget_api();
+            say!(
+                "rewriting {resource}: the API server stopped answering; going on through another controlplane's \
+                 server (objects already rewritten are left as they are)"
+            );
+            watched = self.rewrite_once(resource, write, true).await?;
+        }
+        if watched.as_ref().is_some_and(|w| w.server_lost) {
+            bail!(
+                "rewriting {resource}: the API servers stopped answering ({} tried). Nothing was removed; rerun \
+                 `atrest up` to resume once one answers",
+                failovers + 1
+            );
+        }
+        Ok(watched.map(|w| w.report))
+    }
+
+    async fn rewrite_once(
+        &mut self,
+        resource: &str,
+        write: &UnitId,
+        targeted: bool,
+    ) -> anyhow::Result<Option<Watched>> {
         let resources = vec![resource.to_string()];
         if targeted {
             let state = self.state.clone();
@@ -438,17 +468,24 @@ impl<'a> Executor<'a> {
                 }
                 let kube = self.session.kube().await?.clone();
                 return Ok(Some(
-                    interruptible(self.rewrite_concurrency, |options| async move {
-                        rewrite::rewrite_keys(&kube, &targets, ETCD_PREFIX, &keys, &options).await
-                    })
+                    interruptible(
+                        self.rewrite_concurrency,
+                        kube.clone(),
+                        |options| async move {
+                            rewrite::rewrite_keys(&kube, &targets, ETCD_PREFIX, &keys, &options)
+                                .await
+                        },
+                    )
                     .await,
                 ));
             }
             let kube = self.session.kube().await?.clone();
             return Ok(Some(
-                interruptible(self.rewrite_concurrency, |options| async move {
-                    rewrite::rewrite(&kube, &targets, &options).await
-                })
+                interruptible(
+                    self.rewrite_concurrency,
+                    kube.clone(),
+                    |options| async move { rewrite::rewrite(&kube, &targets, &options).await },
+                )
                 .await,
             ));
         }
@@ -458,9 +495,11 @@ impl<'a> Executor<'a> {
         }
         let kube = self.session.kube().await?.clone();
         Ok(Some(
-            interruptible(self.rewrite_concurrency, |options| async move {
-                rewrite::rewrite(&kube, &targets, &options).await
-            })
+            interruptible(
+                self.rewrite_concurrency,
+                kube.clone(),
+                |options| async move { rewrite::rewrite(&kube, &targets, &options).await },
+            )
             .await,
         ))
     }
@@ -658,19 +697,62 @@ fn create_private_dir(dir: &Path) -> anyhow::Result<()> {
         .with_context(|| format!("setting the mode of {}", dir.display()))
 }
 
-/// Runs a rewrite that Ctrl-C cancels: writes in flight finish, the report says it was interrupted, and the
-/// recorded stage lets the next run finish the job.
-async fn interruptible<F, Fut>(concurrency: usize, rewrite: F) -> RewriteReport
+/// A rewrite's report, and whether it was stopped because the API server it talked to stopped answering.
+struct Watched {
+    report: RewriteReport,
+    server_lost: bool,
+}
+
+/// How often a rewrite checks that its API server still answers, and how many failed checks in a row mean lost.
+const SERVER_WATCH_INTERVAL: std::time::Duration = std::time::Duration::from_secs(2);
+const SERVER_WATCH_FAILURES: u32 = 2;
+
+/// Runs a rewrite that Ctrl-C cancels (writes in flight finish, the report says it was interrupted, and the
+/// recorded stage lets the next run finish the job), and that stops the same way when `server` stops answering
+/// its readiness probe, so that the caller can go on through another API server instead of letting every write
+/// in the queue exhaust its retries against a server that is gone.
+async fn interruptible<F, Fut>(concurrency: usize, server: kube::Client, rewrite: F) -> Watched
 where
     F: FnOnce(RewriteOptions) -> Fut,
     Fut: std::future::Future<Output = RewriteReport>,
 {
-    rewrite(RewriteOptions {
+    let cancel = interrupt::token().child_token();
+    let lost = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let watchdog = tokio::spawn({
+        let cancel = cancel.clone();
+        let lost = lost.clone();
+        async move {
+            let mut failures = 0;
+            loop {
+                tokio::time::sleep(SERVER_WATCH_INTERVAL).await;
+                match crate::exec::kube::probe(&server).await {
+                    Ok(()) => failures = 0,
+                    Err(e) => {
+                        failures += 1;
+                        if failures >= SERVER_WATCH_FAILURES {
+                            tracing::warn!(
+                                "the API server stopped answering during the rewrite ({e})"
+                            );
+                            lost.store(true, std::sync::atomic::Ordering::SeqCst);
+                            cancel.cancel();
+                            return;
+                        }
+                    }
+                }
+            }
+        }
+    });
+    let report = rewrite(RewriteOptions {
         concurrency,
-        cancel: interrupt::token(),
+        cancel,
         ..RewriteOptions::default()
     })
-    .await
+    .await;
+    watchdog.abort();
+    Watched {
+        report,
+        server_lost: lost.load(std::sync::atomic::Ordering::SeqCst) && !interrupt::requested(),
+    }
 }
 
 /// What the rolling-restart hook returns to stop between nodes on Ctrl-C.

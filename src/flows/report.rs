@@ -10,7 +10,7 @@ use crate::plan::stage::Stage;
 use crate::plan::units::{Rules, Unit};
 use crate::state::StateFile;
 use crate::state::atrest::CensusRecord;
-use serde_json::json;
+use serde_json::{Value, json};
 use std::collections::BTreeMap;
 use std::process::ExitCode;
 
@@ -110,6 +110,10 @@ async fn census_of(
     Ok((counts, off))
 }
 
+/// `encrypt status` exit code when part of the report could not be read (e.g. no API server answered for the
+/// census); everything it could read is printed, and what is missing is named under `unavailable`.
+pub const PARTIAL: u8 = 3;
+
 pub async fn status(
     global: &GlobalOpts,
     inputs: Inputs,
@@ -122,7 +126,16 @@ pub async fn status(
     let deployed = targets::deployed(&state)?;
     let mut session = Session::connect(global, &inputs.config, false).await?;
     let views = session.observe_nodes().await?;
-    let (counts, _) = census_of(&mut session, &state, deployed.as_ref()).await?;
+    // Everything else above needs no API server; the census may (discovery of wildcard resources). Without it,
+    // status still reports the rest and says what is missing (exit code PARTIAL).
+    let mut unavailable: Vec<String> = Vec::new();
+    let counts = match census_of(&mut session, &state, deployed.as_ref()).await {
+        Ok((counts, _)) => counts,
+        Err(e) => {
+            unavailable.push(format!("census: {e:#}"));
+            BTreeMap::new()
+        }
+    };
     let kms_lines = match deployed.as_ref() {
         Some(c) => super::kms::status_lines(&session, c).await,
         None => Vec::new(),
@@ -140,10 +153,12 @@ pub async fn status(
         _ => "Partially enabled (a transition has not finished)",
     };
     let rows = key_rows(deployed.as_ref());
-    let plaintext: u64 = counts
-        .values()
-        .map(|l| l.get("identity").copied().unwrap_or(0))
-        .sum();
+    let plaintext: Option<u64> = unavailable.is_empty().then(|| {
+        counts
+            .values()
+            .map(|l| l.get("identity").copied().unwrap_or(0))
+            .sum()
+    });
 
     match format {
         StatusFormat::Json => {
@@ -169,7 +184,8 @@ pub async fn status(
                 "keys": rows.iter().map(|r| json!({
                     "active": r.active, "type": r.key_type, "name": r.name, "resources": r.resources,
                 })).collect::<Vec<_>>(),
-                "census": counts,
+                "census": if unavailable.is_empty() { json!(counts) } else { Value::Null },
+                "unavailable": unavailable,
                 "kms": kms_lines,
                 "plaintext": plaintext,
                 "archivedKeys": atrest.archive.iter().map(|k| json!({
@@ -251,12 +267,17 @@ pub async fn status(
             }
             println!();
             println!("Census (etcd):");
+            for why in &unavailable {
+                println!("  not available: {why}");
+            }
             for (resource, labels) in &counts {
                 let total: u64 = labels.values().sum();
                 let list: Vec<String> = labels.iter().map(|(l, n)| format!("{l}: {n}")).collect();
                 println!("  {resource}: {total} objects ({})", list.join(", "));
             }
-            println!("  plaintext objects: {plaintext}");
+            if let Some(plaintext) = plaintext {
+                println!("  plaintext objects: {plaintext}");
+            }
             if !atrest.archive.is_empty() {
                 println!();
                 println!(
@@ -269,7 +290,11 @@ pub async fn status(
             }
         }
     }
-    Ok(ExitCode::SUCCESS)
+    if unavailable.is_empty() {
+        Ok(ExitCode::SUCCESS)
+    } else {
+        Ok(ExitCode::from(PARTIAL))
+    }
 }
 
 pub async fn verify(global: &GlobalOpts, inputs: Inputs) -> anyhow::Result<ExitCode> {

@@ -8,6 +8,7 @@ use crate::exec::docker::{APISERVER, OLD_APISERVER};
 use crate::exec::etcd::{Census, CensusOptions, Etcd, EtcdResource, EtcdTarget, EtcdTls};
 use crate::exec::files;
 use crate::exec::health::{HealthProbe, wait_ready};
+use crate::exec::kube as kube_client;
 use crate::exec::preflight::{connect_and_preflight, preflight};
 use crate::exec::rewrite::{self, Target as RewriteTarget};
 use crate::exec::ssh::{Host, SshOptions, connect_all};
@@ -41,8 +42,20 @@ pub struct Session {
     /// Controlplanes, in the order of cluster.yml (the rolling-restart order).
     pub hosts: Vec<Arc<Host>>,
     etcd: Option<(Etcd, Tunnel)>,
-    kube: Option<kube::Client>,
+    kube: Option<ApiConnection>,
+    /// Why no API server answered, once that is known (so later calls do not probe every server again).
+    kube_unreachable: Option<String>,
 }
+
+/// The API server this run talks to: the kubeconfig's, or another controlplane's through an SSH tunnel (kept
+/// open as long as the client is used).
+struct ApiConnection {
+    client: kube::Client,
+    _tunnel: Option<Tunnel>,
+}
+
+/// The port RKE's kube-apiserver serves on, on every controlplane (`--secure-port=6443`).
+const APISERVER_PORT: u16 = 6443;
 
 /// The name a node goes by in plans and progress lines: its address.
 pub fn node_name(node: &Node) -> String {
@@ -90,6 +103,7 @@ impl Session {
             hosts,
             etcd: None,
             kube: None,
+            kube_unreachable: None,
         })
     }
 
@@ -146,11 +160,7 @@ impl Session {
                 .await?
                 .remove(0),
             };
-            let address = node
-                .internal_address
-                .clone()
-                .filter(|a| !a.is_empty())
-                .unwrap_or_else(|| node.address.clone());
+            let address = node_internal_address(&node);
             let cert = |name: &str| {
                 state
                     .certificate(name)?
@@ -184,15 +194,86 @@ impl Session {
             .ok_or_else(|| anyhow!("etcd is not connected"))
     }
 
-    /// The Kubernetes API client from the kubeconfig beside cluster.yml (or `--kubeconfig`).
+    /// The Kubernetes API client from the kubeconfig beside cluster.yml (or `--kubeconfig`), talking to the
+    /// kubeconfig's server if it is ready, else to the first other controlplane's server that is (through an
+    /// SSH tunnel, same credentials and certificate checks). Says which one when it is not the kubeconfig's.
     pub async fn kube(&mut self) -> anyhow::Result<&kube::Client> {
+        if let Some(why) = &self.kube_unreachable {
+            return Err(anyhow!("{why}"));
+        }
         if self.kube.is_none() {
-            let path = self.global.kubeconfig_path();
-            self.kube = Some(crate::exec::kube::client(&path).await?);
+            match self.reach_api().await {
+                Ok(connection) => self.kube = Some(connection),
+                Err(e) => {
+                    self.kube_unreachable = Some(format!("{e:#}"));
+                    return Err(e);
+                }
+            }
         }
         self.kube
             .as_ref()
+            .map(|c| &c.client)
             .ok_or_else(|| anyhow!("no Kubernetes client"))
+    }
+
+    /// Drops the API server in use (it stopped answering), so the next [`Session::kube`] probes them again.
+    pub fn forget_api(&mut self) {
+        self.kube = None;
+        self.kube_unreachable = None;
+    }
+
+    async fn reach_api(&self) -> anyhow::Result<ApiConnection> {
+        let path = self.global.kubeconfig_path();
+        let url = kube_client::server_url(&path).await?;
+        let direct = kube_client::client(&path).await?;
+        let mut failures = Vec::new();
+        match kube_client::probe(&direct).await {
+            Ok(()) => {
+                return Ok(ApiConnection {
+                    client: direct,
+                    _tunnel: None,
+                });
+            }
+            Err(e) => failures.push(format!("the kubeconfig's server {url}: {e}")),
+        }
+        let kubeconfig_host = url.host().unwrap_or_default().to_string();
+        for host in &self.hosts {
+            let node = host.node();
+            let address = node_internal_address(node);
+            if address == kubeconfig_host || node.address == kubeconfig_host {
+                continue;
+            }
+            let tunnel = match Tunnel::open(host.clone(), &address, APISERVER_PORT).await {
+                Ok(t) => t,
+                Err(e) => {
+                    failures.push(format!("{}: {e}", node_name(node)));
+                    continue;
+                }
+            };
+            let options = kube_client::ClientOptions {
+                server_override: Some(format!("https://{}", tunnel.local_addr())),
+                ..Default::default()
+            };
+            let client = kube_client::client_with(&path, &options).await?;
+            match kube_client::probe(&client).await {
+                Ok(()) => {
+                    tracing::warn!(
+                        "{}; using {}'s kube-apiserver ({address}:{APISERVER_PORT}) through SSH instead",
+                        failures.join("; "),
+                        node_name(node)
+                    );
+                    return Ok(ApiConnection {
+                        client,
+                        _tunnel: Some(tunnel),
+                    });
+                }
+                Err(e) => failures.push(format!(
+                    "{}'s kube-apiserver through SSH: {e}",
+                    node_name(node)
+                )),
+            }
+        }
+        Err(anyhow!("no API server answers: {}", failures.join("; ")))
     }
 
     /// Served resources matching config resource strings (`secrets`, `*.apps`, `*.*`). Named resources the API
@@ -213,7 +294,22 @@ impl Session {
         resources: &[String],
         write_label: Option<&str>,
     ) -> anyhow::Result<(Vec<RewriteTarget>, Census)> {
-        let targets = self.resolve(resources).await?;
+        let targets = match self.resolve(resources).await {
+            Ok(targets) => targets,
+            Err(e) => {
+                let Some(targets) = rewrite::resolve_without_api(resources) else {
+                    return Err(e.context(format!(
+                        "counting {} in etcd needs API discovery (a wildcard)",
+                        resources.join(", ")
+                    )));
+                };
+                tracing::warn!(
+                    "{e:#}; counting {} in etcd without API discovery",
+                    resources.join(", ")
+                );
+                targets
+            }
+        };
         let etcd_resources: Vec<EtcdResource> =
             targets.iter().map(|t| t.etcd(ETCD_PREFIX)).collect();
         let options = CensusOptions {
@@ -269,6 +365,14 @@ fn known_key_names(state: &RkeState, write_label: Option<&str>) -> Vec<String> {
     names.sort();
     names.dedup();
     names
+}
+
+/// The address a node's services listen on for the other nodes: RKE's `internal_address`, else `address`.
+fn node_internal_address(node: &Node) -> String {
+    node.internal_address
+        .clone()
+        .filter(|a| !a.is_empty())
+        .unwrap_or_else(|| node.address.clone())
 }
 
 pub fn ssh_options(global: &GlobalOpts) -> SshOptions {

@@ -2,4 +2,5 @@
 
 pub mod harness;
 pub mod kms;
+pub mod skip;
 pub mod standin;

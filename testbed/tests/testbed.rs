@@ -6,19 +6,9 @@ use std::time::{Duration, Instant};
 
 use testbed::harness::{Options, Standin, Testbed};
 
-/// True when the test may run; panics with a clear message when it cannot and skipping was not asked for.
+/// True when the test may run (`testbed::skip`: always as root; a visible, counted skip otherwise).
 fn may_run() -> bool {
-    // SAFETY: geteuid has no preconditions.
-    if unsafe { libc::geteuid() } == 0 {
-        return true;
-    }
-    if std::env::var("ATREST_SKIP_TESTBED").as_deref() == Ok("1") {
-        eprintln!("skipping: not root and ATREST_SKIP_TESTBED=1");
-        return false;
-    }
-    panic!(
-        "the testbed tests need root and scripts/prereqs.sh; set ATREST_SKIP_TESTBED=1 to skip them"
-    );
+    testbed::skip::may_run(std::thread::current().name().unwrap_or("testbed"))
 }
 
 fn run(cmd: &mut Command) -> (bool, String, String) {

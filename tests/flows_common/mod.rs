@@ -20,10 +20,10 @@ pub struct Bench {
     _bin_dir: tempfile::TempDir,
 }
 
-/// `None` (test skipped) when ATREST_SKIP_TESTBED=1, e.g. without root.
+/// `None` (test skipped, visibly: `testbed::skip`) when not root and ATREST_SKIP_TESTBED is set.
 pub fn bench() -> Option<Bench> {
-    if std::env::var_os("ATREST_SKIP_TESTBED").is_some() {
-        eprintln!("ATREST_SKIP_TESTBED set: skipping");
+    let test = std::thread::current().name().unwrap_or("e2e").to_string();
+    if !testbed::skip::may_run(&test) {
         return None;
     }
     let bin_dir = tempfile::tempdir().expect("temp dir");

@@ -1,0 +1,177 @@
+//! Read-only verbs while kube-apiserver is down: `encrypt status`, `encrypt verify` and `plan` must answer with
+//! any one controlplane's server stopped (the kubeconfig's included: atrest then goes through another node's
+//! server over SSH and says so), and even with every server stopped (the etcd census needs no API for resources
+//! named exactly). Root only: a 3-node testbed.
+
+mod flows_common;
+
+use flows_common::{Bench, SECRETS, bench};
+use std::process::Command;
+use std::time::{Duration, Instant};
+use testbed::harness::Node;
+
+const APISERVER: &str = "kube-apiserver";
+const READY_DEADLINE: Duration = Duration::from_secs(180);
+
+fn docker(b: &Bench, node: &Node, verb: &str) {
+    let out =
+        b.tb.docker(node)
+            .args([verb, APISERVER])
+            .output()
+            .expect("docker");
+    assert!(
+        out.status.success(),
+        "docker {verb} {APISERVER} on {}: {}",
+        node.address,
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+/// Polls the node's `/readyz` (admin credentials of the kubeconfig) until it answers, up to a deadline.
+fn wait_ready(b: &Bench, node: &Node) {
+    let started = Instant::now();
+    loop {
+        let ok = Command::new("kubectl")
+            .arg("--kubeconfig")
+            .arg(b.tb.kubeconfig())
+            .arg("--server")
+            .arg(b.tb.apiserver_url(node))
+            .args(["get", "--raw", "/readyz"])
+            .output()
+            .map(|o| o.status.success())
+            .unwrap_or(false);
+        if ok {
+            return;
+        }
+        assert!(
+            started.elapsed() < READY_DEADLINE,
+            "kube-apiserver on {} not ready {} s after docker start",
+            node.address,
+            READY_DEADLINE.as_secs()
+        );
+        std::thread::sleep(Duration::from_millis(250));
+    }
+}
+
+/// `encrypt status -o json` must succeed with the whole census of the enabled cluster; returns its stderr.
+fn status_is_whole(b: &Bench, write_label: &str) -> String {
+    let out = b.run(&["encrypt", "status", "-o", "json"]);
+    let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
+    assert!(out.status.success(), "status failed: {stderr}");
+    let status: serde_json::Value = serde_json::from_slice(&out.stdout).expect("status JSON");
+    assert_eq!(status["unavailable"], serde_json::json!([]), "{status}");
+    assert_eq!(
+        status["census"]["secrets"][write_label].as_u64(),
+        Some(SECRETS as u64),
+        "every seeded secret counted on {write_label}: {status}"
+    );
+    assert_eq!(status["nodes"].as_array().map(Vec::len), Some(3));
+    assert_eq!(status["hashesMatch"], true);
+    stderr
+}
+
+#[test]
+fn status_verify_and_plan_answer_with_any_apiserver_down() {
+    let Some(b) = bench() else { return };
+    b.set_encryption(true, None);
+    b.ok(&["up", "--yes"]);
+    let census = b.census();
+    let label = census["secrets"]
+        .keys()
+        .find(|l| l.starts_with("aescbc:"))
+        .cloned()
+        .expect("secrets on an aescbc key after enable");
+    let nodes: Vec<Node> = b.tb.nodes().to_vec();
+    let kubeconfig_server = &nodes[0];
+
+    for node in &nodes {
+        docker(&b, node, "stop");
+        let stderr = status_is_whole(&b, &label);
+        let detour = stderr.contains("through SSH instead");
+        if node.address == kubeconfig_server.address {
+            assert!(
+                detour,
+                "with the kubeconfig's server down, status must say which server it used: {stderr}"
+            );
+            let other = &nodes[1].address;
+            assert!(
+                stderr.contains(&format!("using {other}'s kube-apiserver")),
+                "the first other controlplane ({other}) is used: {stderr}"
+            );
+        } else {
+            assert!(
+                !detour,
+                "the kubeconfig's server answers, no detour: {stderr}"
+            );
+        }
+        let verify = b.run(&["encrypt", "verify"]);
+        assert!(verify.status.success(), "verify with {} down", node.address);
+        let plan = b.run(&["plan"]);
+        assert!(plan.status.success(), "plan with {} down", node.address);
+        docker(&b, node, "start");
+        wait_ready(&b, node);
+    }
+
+    for node in &nodes {
+        docker(&b, node, "stop");
+    }
+    let stderr = status_is_whole(&b, &label);
+    assert!(
+        stderr.contains("no API server answers") && stderr.contains("without API discovery"),
+        "with every server down the census comes from etcd alone, and status says so: {stderr}"
+    );
+    let verify = b.run(&["encrypt", "verify"]);
+    assert!(verify.status.success(), "verify with every server down");
+    for node in &nodes {
+        docker(&b, node, "start");
+    }
+    for node in &nodes {
+        wait_ready(&b, node);
+    }
+    b.verify_seed();
+}
+
+/// The kubeconfig's API server stops in the middle of the rewrite: the run notices, goes on through another
+/// controlplane's server, and completes; every object is on the new key and reads back intact.
+#[test]
+fn a_rewrite_goes_on_when_its_api_server_stops() {
+    use std::io::{BufRead, BufReader};
+    let Some(b) = bench() else { return };
+    b.set_encryption(true, None);
+    let node1 = b.tb.nodes()[0].clone();
+    // One write at a time keeps the rewrite of the seeded secrets going for seconds.
+    let mut child = b
+        .command(&["up", "--yes", "--rewrite-concurrency", "1"])
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("spawn atrest");
+    let stderr = child.stderr.take().expect("stderr");
+    let mut text = String::new();
+    let (mut stopped, mut restarted) = (false, false);
+    for line in BufReader::new(stderr).lines() {
+        let line = line.expect("stderr line");
+        eprintln!("  | {line}");
+        text.push_str(&line);
+        text.push('\n');
+        if !stopped && line.contains(": rewriting secrets") {
+            docker(&b, &node1, "stop");
+            stopped = true;
+        }
+        if stopped && !restarted && line.contains("going on through another controlplane") {
+            docker(&b, &node1, "start");
+            restarted = true;
+        }
+    }
+    let status = child.wait().expect("wait");
+    assert!(stopped, "the rewrite never started:\n{text}");
+    assert!(
+        restarted,
+        "the lost server was not noticed during the rewrite:\n{text}"
+    );
+    assert!(status.success(), "up failed after the failover:\n{text}");
+    wait_ready(&b, &node1);
+    let verify = b.run(&["encrypt", "verify"]);
+    assert!(verify.status.success(), "verify after the failover");
+    b.verify_seed();
+}
