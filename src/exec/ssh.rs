@@ -240,8 +240,11 @@ pub(crate) fn port_of(label: &NodeLabel, port: &Option<String>) -> Result<u16, S
 }
 
 /// `host_certificates`: also offer the OpenSSH host certificate algorithms, so a server that has a certificate
-/// presents it (only when known_hosts trusts a CA for the host).
-fn ssh_config(host_certificates: bool) -> Arc<client::Config> {
+/// presents it (only when known_hosts trusts a CA for the host). `recorded`: the key types known_hosts records
+/// for the host; when there are any, only those are offered as plain host keys, so a server with several host
+/// keys presents a recorded one and a key of any other type can only be a changed key (see
+/// [`crate::exec::known_hosts`]).
+fn ssh_config(host_certificates: bool, recorded: &[Algorithm]) -> Arc<client::Config> {
     let mut preferred = russh::Preferred::default();
     if host_certificates {
         // The plain host key algorithms minus ssh-rsa (SHA-1), as certificate variants.
@@ -253,6 +256,10 @@ fn ssh_config(host_certificates: bool) -> Arc<client::Config> {
             .collect::<Vec<_>>()
             .into();
     }
+    let offered = offered_host_key_algorithms(&preferred.key, recorded);
+    if !offered.is_empty() {
+        preferred.key = offered.into();
+    }
     Arc::new(client::Config {
         inactivity_timeout: None,
         keepalive_interval: Some(Duration::from_secs(15)),
@@ -261,6 +268,20 @@ fn ssh_config(host_certificates: bool) -> Arc<client::Config> {
         preferred,
         ..Default::default()
     })
+}
+
+/// The host key algorithms of `all` (in its order) that verify keys of a `recorded` type; an RSA key serves
+/// all three RSA signature algorithms. Empty when nothing is recorded (every type is offered then).
+fn offered_host_key_algorithms(all: &[Algorithm], recorded: &[Algorithm]) -> Vec<Algorithm> {
+    all.iter()
+        .filter(|a| {
+            recorded.iter().any(|r| match (a, r) {
+                (Algorithm::Rsa { .. }, Algorithm::Rsa { .. }) => true,
+                (a, r) => *a == r,
+            })
+        })
+        .cloned()
+        .collect()
 }
 
 /// Handshake + authentication over any stream, with host-key refusal turned into a readable error.
@@ -277,9 +298,10 @@ where
 {
     let refusal = Arc::new(Mutex::new(None));
     let known_hosts = KnownHosts::new(opts.known_hosts.clone(), opts.accept_new_host_keys);
-    let config = ssh_config(known_hosts.has_authorities(host, port));
+    let recorded = known_hosts.recorded_algorithms(host, port);
+    let config = ssh_config(known_hosts.has_authorities(host, port), &recorded);
     let handler = ClientHandler {
-        known_hosts,
+        known_hosts: known_hosts.clone(),
         host: host.to_string(),
         port,
         refusal: refusal.clone(),
@@ -291,6 +313,19 @@ where
                 return Err(SshError::HostKey {
                     node: label.clone(),
                     source: Box::new(source),
+                });
+            }
+            // A known host without a key of any recorded type: a changed key, not a transport problem.
+            if let russh::Error::NoCommonAlgo {
+                kind: russh::AlgorithmKind::Key,
+                theirs,
+                ..
+            } = &e
+                && !recorded.is_empty()
+            {
+                return Err(SshError::HostKey {
+                    node: label.clone(),
+                    source: Box::new(known_hosts.other_key_types(host, port, theirs)),
                 });
             }
             return Err(SshError::Connect {

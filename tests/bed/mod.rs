@@ -485,6 +485,25 @@ impl Bed {
         self.reload_sshd(i);
     }
 
+    /// Give node `i`'s sshd a second host key of type `kind` (`ssh-keygen -t`), beside its ed25519 key, and
+    /// reload it. Returns the public key as `algorithm base64`.
+    pub fn add_host_key(&self, i: usize, kind: &str) -> String {
+        let n = &self.tb.nodes()[i];
+        let key = n.dir.join(format!("ssh/host_{kind}_key"));
+        keygen(&key, kind, "");
+        let public = std::fs::read_to_string(key.with_extension("pub")).expect("host key pub");
+        let cfg = n.dir.join("ssh/sshd_config");
+        let mut text = std::fs::read_to_string(&cfg).expect("sshd_config");
+        text.push_str(&format!("HostKey {}\n", key.display()));
+        std::fs::write(&cfg, text).expect("sshd_config");
+        self.reload_sshd(i);
+        public
+            .split_whitespace()
+            .take(2)
+            .collect::<Vec<_>>()
+            .join(" ")
+    }
+
     fn reload_sshd(&self, i: usize) {
         // SAFETY: kill(2) with SIGHUP on the sshd PID this testbed recorded.
         assert_eq!(unsafe { libc_kill(self.nodes[i].sshd_pid as i32, 1) }, 0);
