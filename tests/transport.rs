@@ -132,6 +132,51 @@ async fn agent_auth() {
     );
 }
 
+/// `--ssh-agent-auth` and cluster.yml's `ssh_agent_auth`, through the binary: the only key is in the agent (the
+/// key file named in cluster.yml does not exist), so any SSH error means the agent was not used.
+#[test]
+fn the_binary_authenticates_with_only_an_agent_key() {
+    let bed = Bed::up();
+    let agent = bed::Agent::start(&bed.key_ed25519);
+    let dir = tempfile::tempdir().expect("tempdir");
+    let run = |extra: &str, args: &[&str]| {
+        let config = dir.path().join("cluster.yml");
+        std::fs::write(
+            &config,
+            bed.cluster_yml(&format!("ssh_key_path: /nonexistent/atrest-key\n{extra}")),
+        )
+        .expect("cluster.yml");
+        let out = std::process::Command::new(env!("CARGO_BIN_EXE_atrest"))
+            .arg("--config")
+            .arg(&config)
+            .arg("--known-hosts")
+            .arg(&bed.known_hosts)
+            .args(args)
+            .args(["encrypt", "status", "-o", "json"])
+            .env("SSH_AUTH_SOCK", &agent.socket)
+            .env("HOME", dir.path())
+            .env_remove("RKE_CONFIG")
+            .env("RUST_LOG", "atrest=info,warn")
+            .stdin(std::process::Stdio::null())
+            .output()
+            .expect("run atrest");
+        let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
+        eprintln!("{args:?} {extra:?}: {}\n{stderr}", out.status);
+        stderr
+    };
+    let ssh_failed = |stderr: &str| {
+        stderr.contains("/nonexistent/atrest-key") || stderr.contains("authentication")
+    };
+    // Without agent auth the missing key file is the error: the check below can fail.
+    let without = run("", &[]);
+    assert!(ssh_failed(&without), "{without}");
+    let flag = run("", &["--ssh-agent-auth"]);
+    assert!(!ssh_failed(&flag), "--ssh-agent-auth: {flag}");
+    // cluster.yml's own setting, without the flag.
+    let cluster = run("ssh_agent_auth: true\n", &[]);
+    assert!(!ssh_failed(&cluster), "ssh_agent_auth: true: {cluster}");
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn bastion_jump() {
     let bed = Bed::up();

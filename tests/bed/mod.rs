@@ -164,6 +164,22 @@ impl Bed {
             .collect()
     }
 
+    /// A cluster.yml for the atrest binary: every node as a controlplane, `extra` appended at the top level.
+    pub fn cluster_yml(&self, extra: &str) -> String {
+        let mut text = format!("prefix_path: {PREFIX_PATH}\nnodes:\n");
+        for (i, n) in self.nodes.iter().enumerate() {
+            text.push_str(&format!(
+                "  - address: {}\n    port: \"{}\"\n    user: root\n    role: [controlplane, etcd]\n    hostname_override: node{}\n    docker_socket: {}\n",
+                n.address,
+                n.port,
+                i + 1,
+                n.docker_socket_node
+            ));
+        }
+        text.push_str(extra);
+        text
+    }
+
     pub fn node_of(&self, h: &Host) -> &BedNode {
         self.nodes
             .iter()
