@@ -266,7 +266,8 @@ pub enum StatusFormat {
 }
 
 /// Sets up logging to stderr: warnings and progress by default, more with -v/-vv, errors only with --quiet.
-/// `RUST_LOG` overrides the flags (e.g. `RUST_LOG=atrest=trace,russh=debug`).
+/// `RUST_LOG` overrides the flags (e.g. `RUST_LOG=atrest=trace,russh=debug`), under the per-library ceilings
+/// that keep secrets out of the log ([`crate::logging`]).
 pub fn init_logging(global: &GlobalOpts) {
     use tracing_subscriber::EnvFilter;
     let level = match (global.quiet, global.verbose) {
@@ -276,17 +277,7 @@ pub fn init_logging(global: &GlobalOpts) {
         (false, _) => "atrest=trace,debug",
     };
     let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(level));
-    let builder = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr)
-        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
-        .with_target(global.verbose > 0);
-    // Timestamps only help when debugging; a normal run reads better without them.
-    let _ = if global.verbose > 0 {
-        builder.try_init()
-    } else {
-        builder.without_time().try_init()
-    };
+    crate::logging::init(filter, global.verbose > 0);
 }
 
 /// Writes the completion script for `shell` to `out`.

@@ -10,6 +10,7 @@ pub mod config;
 pub mod exec;
 pub mod flows;
 pub mod gojson;
+pub mod logging;
 pub mod plan;
 pub mod secret;
 pub mod state;

@@ -45,6 +45,23 @@ impl<'de> serde::Deserialize<'de> for SecretString {
     }
 }
 
+/// Stands in for bytes or text that may hold key material in a hand-written `Debug`: prints only the length,
+/// e.g. `<1234 bytes, not shown>`.
+pub struct Withheld(pub usize);
+
+impl Withheld {
+    /// `Some(Withheld(len))` for `Some(bytes)`.
+    pub fn of(bytes: Option<&[u8]>) -> Option<Withheld> {
+        bytes.map(|b| Withheld(b.len()))
+    }
+}
+
+impl fmt::Debug for Withheld {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "<{} bytes, not shown>", self.0)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

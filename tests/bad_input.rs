@@ -106,3 +106,26 @@ fn examples_load_and_give_the_desired_state() {
         assert!(seen.contains(&kind), "no example gives {kind}: {seen:?}");
     }
 }
+
+/// A key put where the schema wants an object must not be echoed by the decode error (serde quotes the value).
+#[test]
+fn decode_errors_never_quote_a_key_from_the_file() {
+    const KEY: &str = "c2VjcmV0LWtleS1tYXRlcmlhbC0zMi1ieXRlcyEhIQ==";
+    let cluster = cluster::load(Path::new("tests/bad_input/cluster/key-as-string.yml"))
+        .expect_err("a string where a key object belongs")
+        .to_string();
+    assert!(cluster.contains(":17:23: "), "{cluster}");
+    assert!(
+        cluster.contains("keys[0]: invalid type: string (value not shown)"),
+        "{cluster}"
+    );
+    for file in ["key-as-string.yaml", "key-as-string.json"] {
+        let path = format!("tests/bad_input/encryption/{file}");
+        let text = fs::read_to_string(&path).unwrap();
+        assert!(text.contains(KEY));
+        let e = encryption::check(&text, &path).expect_err(file).to_string();
+        assert!(e.contains("(value not shown)"), "{e}");
+        assert!(!e.contains(KEY), "{e}");
+    }
+    assert!(!cluster.contains(KEY), "{cluster}");
+}

@@ -88,3 +88,28 @@ fn an_unreadable_state_file_is_an_error_not_an_empty_state() {
 fn name(path: &Path) -> String {
     path.file_name().unwrap().to_string_lossy().into_owned()
 }
+
+/// Keys and private keys in the wrong place are not repeated by the error (serde quotes the value it rejects).
+#[test]
+fn a_state_decode_error_never_quotes_the_value() {
+    for (case, secret) in [
+        ("bundle-entry-key-string", "PRIVATE KEY"),
+        (
+            "atrest-key-in-stage",
+            "c2VjcmV0LWtleS1tYXRlcmlhbC0zMi1ieXRlcyEhIQ==",
+        ),
+    ] {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("cluster.rkestate");
+        fs::copy(Path::new(DIR).join(format!("{case}.rkestate")), &path).unwrap();
+        assert!(fs::read_to_string(&path).unwrap().contains(secret));
+        let e = StateFile::open_locked(&path)
+            .unwrap()
+            .load()
+            .err()
+            .map(|e| e.to_string());
+        let e = e.unwrap_or_else(|| panic!("{case}: loaded"));
+        assert!(!e.contains(secret), "{case}: {e}");
+        assert!(e.contains("(value not shown)"), "{case}: {e}");
+    }
+}

@@ -482,6 +482,68 @@ async fn cancellation_stops_early_and_a_rerun_finishes() {
     assert_eq!(done.off_target_total(), 0);
 }
 
+/// Helm-release-sized Secrets (512 KiB each): list pages shrink to the byte target instead of holding 500
+/// objects, and every object is still rewritten intact.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn large_secrets_are_listed_in_pages_bounded_in_bytes() {
+    const LARGE: usize = 24;
+    const MIB: usize = 1 << 20;
+    let mut cluster = Cluster::seeded(95, vec!["secrets"], 0, 0).await;
+    let value = |i: usize| -> Vec<u8> { (0..512 * 1024).map(|j| (j * 31 + i * 7) as u8).collect() };
+    let api: Api<Secret> = Api::namespaced(cluster.client.clone(), "rw-a");
+    for i in 0..LARGE {
+        let secret = Secret {
+            metadata: ObjectMeta {
+                name: Some(format!("sh.helm.release.v1.r{i:02}.v1")),
+                ..Default::default()
+            },
+            data: Some(BTreeMap::from([(
+                "release".to_string(),
+                ByteString(value(i)),
+            )])),
+            ..Default::default()
+        };
+        api.create(&PostParams::default(), &secret).await.unwrap();
+    }
+    cluster.rotate().await;
+    let options = RewriteOptions {
+        page_bytes: MIB,
+        queue_bytes: 2 * MIB,
+        ..quiet(8, 500)
+    };
+    let report = rewrite::rewrite(&cluster.client, &[Target::secrets()], &options).await;
+    assert!(report.is_success(), "{report}: {:?}", report.errors);
+    assert_eq!(report.rewritten, LARGE as u64, "{report}");
+    // All 24 in one page would be about 17 MB of JSON; the hard bound is 8 × page_bytes, and after the first
+    // page the pages hold about page_bytes.
+    assert!(
+        report.largest_page_bytes <= 8 * MIB as u64,
+        "largest page {} bytes",
+        report.largest_page_bytes
+    );
+    assert!(
+        report.largest_page_bytes >= 512 * 1024,
+        "{}",
+        report.largest_page_bytes
+    );
+    let census = cluster.census(&[core("secrets")]).await;
+    assert_eq!(
+        census.resources["secrets"].by_label,
+        BTreeMap::from([("aescbc:new".to_string(), LARGE as u64)])
+    );
+    for i in 0..LARGE {
+        let s = api
+            .get(&format!("sh.helm.release.v1.r{i:02}.v1"))
+            .await
+            .unwrap();
+        assert_eq!(
+            s.data.unwrap()["release"].0,
+            value(i),
+            "release {i} changed"
+        );
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn kubeconfig_with_token_and_server_override() {
     use atrest::exec::kube::{ClientOptions, client, client_with};

@@ -132,6 +132,51 @@ async fn agent_auth() {
     );
 }
 
+/// `--ssh-agent-auth` and cluster.yml's `ssh_agent_auth`, through the binary: the only key is in the agent (the
+/// key file named in cluster.yml does not exist), so any SSH error means the agent was not used.
+#[test]
+fn the_binary_authenticates_with_only_an_agent_key() {
+    let bed = Bed::up();
+    let agent = bed::Agent::start(&bed.key_ed25519);
+    let dir = tempfile::tempdir().expect("tempdir");
+    let run = |extra: &str, args: &[&str]| {
+        let config = dir.path().join("cluster.yml");
+        std::fs::write(
+            &config,
+            bed.cluster_yml(&format!("ssh_key_path: /nonexistent/atrest-key\n{extra}")),
+        )
+        .expect("cluster.yml");
+        let out = std::process::Command::new(env!("CARGO_BIN_EXE_atrest"))
+            .arg("--config")
+            .arg(&config)
+            .arg("--known-hosts")
+            .arg(&bed.known_hosts)
+            .args(args)
+            .args(["encrypt", "status", "-o", "json"])
+            .env("SSH_AUTH_SOCK", &agent.socket)
+            .env("HOME", dir.path())
+            .env_remove("RKE_CONFIG")
+            .env("RUST_LOG", "atrest=info,warn")
+            .stdin(std::process::Stdio::null())
+            .output()
+            .expect("run atrest");
+        let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
+        eprintln!("{args:?} {extra:?}: {}\n{stderr}", out.status);
+        stderr
+    };
+    let ssh_failed = |stderr: &str| {
+        stderr.contains("/nonexistent/atrest-key") || stderr.contains("authentication")
+    };
+    // Without agent auth the missing key file is the error: the check below can fail.
+    let without = run("", &[]);
+    assert!(ssh_failed(&without), "{without}");
+    let flag = run("", &["--ssh-agent-auth"]);
+    assert!(!ssh_failed(&flag), "--ssh-agent-auth: {flag}");
+    // cluster.yml's own setting, without the flag.
+    let cluster = run("ssh_agent_auth: true\n", &[]);
+    assert!(!ssh_failed(&cluster), "ssh_agent_auth: true: {cluster}");
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn bastion_jump() {
     let bed = Bed::up();
@@ -296,6 +341,46 @@ async fn changed_host_key_refused_even_with_tofu() {
     let text = err.to_string();
     assert!(text.contains("HAS CHANGED"), "{text}");
     assert!(text.contains(&n1.address), "{text}");
+}
+
+/// A host known with one key type is offered only that type, and presenting another type is a changed key:
+/// `--accept-new-host-keys` records nothing.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_known_host_of_another_key_type_is_not_trusted_on_first_use() {
+    let bed = Bed::up();
+    let c = cluster(&bed, &bed.key_ed25519);
+    let n = &bed.nodes[0];
+    let host = host_pattern(&n.address, n.port);
+    let ecdsa = bed.add_host_key(0, "ecdsa");
+    let dir = tempfile::tempdir().expect("tempdir");
+    let kh = dir.path().join("known_hosts");
+    let mut o = opts(&bed);
+    o.known_hosts = Some(kh.clone());
+    o.accept_new_host_keys = true;
+
+    // Recorded with its ECDSA key: the server also has ed25519 (preferred by default), but is asked for ECDSA.
+    let pinned = format!("{host} {ecdsa}\n");
+    std::fs::write(&kh, &pinned).expect("kh");
+    connect_all(&c, &c.nodes[..1], &o, 1)
+        .await
+        .expect("the recorded ECDSA key is presented and accepted");
+    assert_eq!(std::fs::read_to_string(&kh).expect("kh"), pinned);
+
+    // Recorded with an RSA key the server does not have: a changed key, refused even with TOFU.
+    let rsa = dir.path().join("other_rsa");
+    bed::keygen(&rsa, "rsa", "");
+    let rsa_pub = std::fs::read_to_string(rsa.with_extension("pub")).expect("rsa pub");
+    let rsa_pub: Vec<&str> = rsa_pub.split_whitespace().take(2).collect();
+    let pinned = format!("{host} {}\n", rsa_pub.join(" "));
+    std::fs::write(&kh, &pinned).expect("kh");
+    let err = connect_all(&c, &c.nodes[..1], &o, 1)
+        .await
+        .expect_err("another key type refused");
+    let text = err.to_string();
+    assert!(text.contains("HAS CHANGED"), "{text}");
+    assert!(text.contains("ssh-rsa"), "{text}");
+    assert!(text.contains(&n.address), "{text}");
+    assert_eq!(std::fs::read_to_string(&kh).expect("kh"), pinned);
 }
 
 #[tokio::test(flavor = "multi_thread")]

@@ -3,7 +3,9 @@
 //! The serde types mirror the upstream Go types field for field, with strict decoding (unknown fields are
 //! rejected, as kube-apiserver does since 1.31). Validation lives beside them and reports upstream's texts.
 
-use crate::config::error::{ConfigError, Diagnostic, Position, sort_diagnostics};
+use crate::config::error::{
+    ConfigError, Diagnostic, Position, redact_decode_message, sort_diagnostics,
+};
 use crate::config::gofmt;
 use crate::config::yaml_pos::{self, Node, NodeKind, SourceMap};
 use crate::secret::SecretString;
@@ -220,7 +222,10 @@ pub fn parse_with_source(
                 line: e.line(),
                 column: e.column(),
             });
-            ConfigError::Invalid(vec![diag(pos, strip_json_location(&e.to_string()))])
+            ConfigError::Invalid(vec![diag(
+                pos,
+                redact_decode_message(&strip_json_location(&e.to_string())),
+            )])
         })?
     } else {
         serde_yaml_ng::from_str(text).map_err(|e| {
@@ -536,7 +541,8 @@ pub(crate) fn syntax_diagnostic(
     }
 }
 
-/// serde_yaml_ng's message without its trailing `at line L column C`, and the position apart.
+/// serde_yaml_ng's message without its trailing `at line L column C` and without the values it quotes
+/// ([`redact_decode_message`]), and the position apart.
 pub(crate) fn yaml_error(e: &serde_yaml_ng::Error) -> (Option<Position>, String) {
     let pos = e.location().map(|l| Position {
         line: l.line(),
@@ -549,7 +555,7 @@ pub(crate) fn yaml_error(e: &serde_yaml_ng::Error) -> (Option<Position>, String)
             msg.replace_range(i..i + suffix.len(), "");
         }
     }
-    (pos, msg)
+    (pos, redact_decode_message(&msg))
 }
 
 fn strip_json_location(msg: &str) -> String {

@@ -4,6 +4,10 @@
 //! them. So the text is also parsed into a small positioned tree (with `saphyr-parser`, which reports
 //! line and column for every event) and flattened into an index from field path
 //! (`services.kube-api.secrets_encryption_config.custom_config.resources[0].providers[1]`) to position.
+//!
+//! The tree is built with aliases expanded, so it is bounded: aliases may add at most [`MAX_ALIAS_NODES`]
+//! nodes (ten levels of ten aliases, the "billion laughs" file, would otherwise take all memory), and nesting
+//! stops at [`MAX_DEPTH`] levels (the tree is walked recursively).
 
 use crate::config::error::Position;
 use saphyr_parser::{Event, Parser, ScalarStyle, Span};
@@ -61,27 +65,46 @@ fn position(span: &Span) -> Position {
     }
 }
 
+/// Most nodes the expansion of aliases may add to a document's tree.
+pub const MAX_ALIAS_NODES: usize = 100_000;
+/// Deepest nesting of sequences and mappings accepted (serde_yaml_ng's own limit is the same).
+pub const MAX_DEPTH: usize = 128;
+
 enum Frame {
     Seq {
         pos: Position,
         anchor: usize,
         items: Vec<Node>,
+        /// Nodes in the subtree so far (itself included).
+        size: usize,
     },
     Map {
         pos: Position,
         anchor: usize,
         entries: Vec<(Node, Node)>,
         key: Option<Node>,
+        size: usize,
     },
+}
+
+impl Frame {
+    fn size_mut(&mut self) -> &mut usize {
+        match self {
+            Frame::Seq { size, .. } | Frame::Map { size, .. } => size,
+        }
+    }
 }
 
 /// Parses the first document of `text`. `Ok(None)` when the stream holds no document.
 pub(crate) fn parse(text: &str) -> Result<Option<Node>, SyntaxError> {
     let mut parser = Parser::new_from_str(text);
     let mut stack: Vec<Frame> = Vec::new();
-    let mut anchors: HashMap<usize, Node> = HashMap::new();
+    // Anchored node and the number of nodes in it.
+    let mut anchors: HashMap<usize, (Node, usize)> = HashMap::new();
     let mut root: Option<Node> = None;
     let mut documents = 0usize;
+    let mut alias_nodes = 0usize;
+    let too_much = |pos: Position, message: String| Err(SyntaxError { pos, message });
 
     while let Some(next) = parser.next_event() {
         let (event, span) = next.map_err(|e| SyntaxError {
@@ -106,22 +129,47 @@ pub(crate) fn parse(text: &str) -> Result<Option<Node>, SyntaxError> {
                     },
                 };
                 if anchor > 0 {
-                    anchors.insert(anchor, node.clone());
+                    anchors.insert(anchor, (node.clone(), 1));
                 }
-                Some(node)
+                Some((node, 1))
             }
-            Event::Alias(id) => Some(anchors.get(&id).cloned().unwrap_or(Node {
-                pos,
-                kind: NodeKind::Scalar {
-                    value: String::new(),
-                    plain: true,
-                },
-            })),
+            Event::Alias(id) => match anchors.get(&id) {
+                Some((node, size)) => {
+                    alias_nodes += size;
+                    if alias_nodes > MAX_ALIAS_NODES {
+                        return too_much(
+                            pos,
+                            format!(
+                                "aliases here expand to more than {MAX_ALIAS_NODES} values (a YAML alias bomb?); \
+                                 write the values out instead"
+                            ),
+                        );
+                    }
+                    Some((node.clone(), *size))
+                }
+                None => Some((
+                    Node {
+                        pos,
+                        kind: NodeKind::Scalar {
+                            value: String::new(),
+                            plain: true,
+                        },
+                    },
+                    1,
+                )),
+            },
+            Event::SequenceStart(..) | Event::MappingStart(..) if stack.len() >= MAX_DEPTH => {
+                return too_much(
+                    pos,
+                    format!("sequences and mappings nest deeper than {MAX_DEPTH} levels here"),
+                );
+            }
             Event::SequenceStart(anchor, _) => {
                 stack.push(Frame::Seq {
                     pos,
                     anchor,
                     items: Vec::new(),
+                    size: 1,
                 });
                 None
             }
@@ -131,24 +179,31 @@ pub(crate) fn parse(text: &str) -> Result<Option<Node>, SyntaxError> {
                     anchor,
                     entries: Vec::new(),
                     key: None,
+                    size: 1,
                 });
                 None
             }
             Event::SequenceEnd | Event::MappingEnd => match stack.pop() {
-                Some(Frame::Seq { pos, anchor, items }) => {
+                Some(Frame::Seq {
+                    pos,
+                    anchor,
+                    items,
+                    size,
+                }) => {
                     let node = Node {
                         pos,
                         kind: NodeKind::Seq(items),
                     };
                     if anchor > 0 {
-                        anchors.insert(anchor, node.clone());
+                        anchors.insert(anchor, (node.clone(), size));
                     }
-                    Some(node)
+                    Some((node, size))
                 }
                 Some(Frame::Map {
                     pos,
                     anchor,
                     entries,
+                    size,
                     ..
                 }) => {
                     let node = Node {
@@ -156,15 +211,18 @@ pub(crate) fn parse(text: &str) -> Result<Option<Node>, SyntaxError> {
                         kind: NodeKind::Map(entries),
                     };
                     if anchor > 0 {
-                        anchors.insert(anchor, node.clone());
+                        anchors.insert(anchor, (node.clone(), size));
                     }
-                    Some(node)
+                    Some((node, size))
                 }
                 None => None,
             },
             Event::StreamStart | Event::StreamEnd | Event::DocumentEnd | Event::Nothing => None,
         };
-        if let Some(node) = complete {
+        if let Some((node, size)) = complete {
+            if let Some(parent) = stack.last_mut() {
+                *parent.size_mut() += size;
+            }
             match stack.last_mut() {
                 Some(Frame::Seq { items, .. }) => items.push(node),
                 Some(Frame::Map { entries, key, .. }) => match key.take() {
@@ -337,5 +395,23 @@ mod tests {
     fn empty_stream_has_no_root() {
         assert_eq!(parse("").unwrap(), None);
         assert_eq!(parse("# only a comment\n").unwrap(), None);
+    }
+
+    #[test]
+    fn alias_expansion_is_bounded_in_nodes_and_nesting_in_depth() {
+        let with_aliases = |n: usize| {
+            let items = vec!["x"; 999].join(", ");
+            let aliases = vec!["*a"; n].join(", ");
+            format!("a: &a [{items}]\nb: [{aliases}]\n")
+        };
+        // The anchored sequence is 1000 nodes: 100 copies are exactly the budget, one more is refused.
+        assert!(parse(&with_aliases(100)).is_ok());
+        let e = parse(&with_aliases(101)).unwrap_err();
+        assert!(e.message.contains("alias bomb"), "{}", e.message);
+        assert_eq!(e.pos.line, 2);
+        let nest = |n: usize| format!("{}{}", "[".repeat(n), "]".repeat(n));
+        assert!(parse(&nest(MAX_DEPTH)).is_ok());
+        let e = parse(&nest(MAX_DEPTH + 1)).unwrap_err();
+        assert!(e.message.contains("deeper than 128"), "{}", e.message);
     }
 }

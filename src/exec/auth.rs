@@ -104,7 +104,9 @@ impl Credentials {
                 .clone()
                 .filter(|u| !u.is_empty())
                 .unwrap_or_else(|| "root".into()),
-            use_agent: node.ssh_agent_auth.unwrap_or(cluster.ssh_agent_auth),
+            // As RKE: the cluster's ssh_agent_auth (or --ssh-agent-auth) is forced onto every node and the
+            // bastion; a node can only add it.
+            use_agent: cluster.ssh_agent_auth || node.ssh_agent_auth.unwrap_or(false),
             key,
             cert,
         }
@@ -286,7 +288,19 @@ mod tests {
         };
         let c = Credentials::for_node(&cluster, &node);
         assert_eq!(c.user, "root");
-        assert!(!c.use_agent);
+        assert!(
+            c.use_agent,
+            "the cluster's ssh_agent_auth wins over a node's false, as in RKE"
+        );
+        let own = Credentials::for_node(
+            &ClusterConfig::default(),
+            &Node {
+                ssh_agent_auth: Some(true),
+                ..Default::default()
+            },
+        );
+        assert!(own.use_agent);
+        assert!(!Credentials::for_node(&ClusterConfig::default(), &node).use_agent);
         match c.key {
             Some(KeySource::Path(p)) => assert!(p.ends_with("node_key") && !p.starts_with("~")),
             other => panic!("unexpected {other:?}"),

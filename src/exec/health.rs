@@ -17,8 +17,8 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 use zeroize::Zeroizing;
 
-/// How to reach and trust one node's apiserver.
-#[derive(Clone, Debug)]
+/// How to reach and trust one node's apiserver. `Debug` leaves out the client key.
+#[derive(Clone)]
 pub struct HealthProbe {
     /// Host name or IP as seen from the node (usually the node's address).
     pub target: String,
@@ -31,6 +31,28 @@ pub struct HealthProbe {
     pub client_key_pem: Option<Zeroizing<Vec<u8>>>,
     /// Plain HTTP instead of HTTPS (only for stand-ins without TLS).
     pub plain_http: bool,
+}
+
+impl std::fmt::Debug for HealthProbe {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("HealthProbe")
+            .field("target", &self.target)
+            .field("port", &self.port)
+            .field(
+                "ca_pem",
+                &crate::secret::Withheld::of(self.ca_pem.as_deref()),
+            )
+            .field(
+                "client_cert_pem",
+                &crate::secret::Withheld::of(self.client_cert_pem.as_deref()),
+            )
+            .field(
+                "client_key_pem",
+                &crate::secret::Withheld::of(self.client_key_pem.as_deref().map(Vec::as_slice)),
+            )
+            .field("plain_http", &self.plain_http)
+            .finish()
+    }
 }
 
 impl HealthProbe {
@@ -256,4 +278,31 @@ pub async fn wait_ready(
         secs: timeout.as_secs(),
         last,
     })
+}
+
+#[cfg(test)]
+mod debug_tests {
+    use super::*;
+
+    #[test]
+    fn debug_of_a_probe_leaves_out_the_client_key() {
+        let probe = HealthProbe {
+            target: "10.0.0.1".into(),
+            port: 6443,
+            ca_pem: None,
+            client_cert_pem: Some(b"-----BEGIN CERTIFICATE-----".to_vec()),
+            client_key_pem: Some(Zeroizing::new(b"-----BEGIN PRIVATE KEY-----".to_vec())),
+            plain_http: false,
+        };
+        let text = format!("{probe:?}");
+        assert!(
+            !text.contains("PRIVATE") && !text.contains("45, 45"),
+            "{text}"
+        );
+        assert!(
+            text.contains("client_key_pem: Some(<27 bytes, not shown>)"),
+            "{text}"
+        );
+        assert!(text.contains("10.0.0.1"), "{text}");
+    }
 }

@@ -4,6 +4,13 @@
 //! man-in-the-middle); an unknown host is refused with its SHA256 fingerprint and how to trust it, unless the
 //! caller opted in to trust-on-first-use (`accept_new`), in which case the key is appended to the file.
 //!
+//! "Known" is per host, not per key type: a host recorded with (say) an RSA key that presents an ed25519 key
+//! is a changed key, never a new one — otherwise an attacker with a key of another type would be trusted on
+//! first use. So that an honest server with several host keys presents a recorded one, the connection offers
+//! only the key types recorded for a known host ([`KnownHosts::recorded_algorithms`]), as OpenSSH does.
+//! Lines with a marker other than `@cert-authority` and `@revoked` are ignored (OpenSSH skips them too): an
+//! unknown marker must never make a line count as a trusted key.
+//!
 //! Host certificates (OpenSSH `@cert-authority` lines): a certificate passes when a CA trusted for the host
 //! signed it, it is a host certificate, it is valid now, it names the address we connected to among its
 //! principals, it carries no critical option, and neither it nor its CA is `@revoked`. A certificate from a CA
@@ -13,7 +20,7 @@ use base64::Engine;
 use hmac::{Hmac, KeyInit, Mac};
 use russh::keys::ssh_key::certificate::CertType;
 use russh::keys::ssh_key::public::KeyData;
-use russh::keys::{Certificate, HashAlg, PublicKey};
+use russh::keys::{Algorithm, Certificate, HashAlg, PublicKey};
 use sha1::Sha1;
 use std::io::Write;
 use std::path::{Path, PathBuf};
@@ -23,9 +30,9 @@ use std::path::{Path, PathBuf};
 pub enum HostKeyStatus {
     /// A line for this host holds exactly this key.
     Known,
-    /// The host is recorded, but with other keys of the same algorithm (or it is `@revoked`).
+    /// The host is recorded, but with other keys (of this or another type), or this key is `@revoked`.
     Changed { lines: Vec<usize> },
-    /// No line for this host holds a key of this algorithm.
+    /// No line holds a key for this host.
     Unknown,
 }
 
@@ -54,6 +61,18 @@ pub enum HostKeyError {
         host_port: String,
         algorithm: String,
         fingerprint: String,
+        file: String,
+        lines: Vec<usize>,
+    },
+    #[error(
+        "HOST KEY FOR {host_port} HAS CHANGED: {file} line(s) {lines:?} record it with {recorded} key(s), but it \
+         offers only {offered}; refusing to connect. Someone may be intercepting the connection, or the host was \
+         reinstalled. Verify its keys out of band and fix {file} by hand (ssh-keygen -R '{host_port}' -f {file})."
+    )]
+    OtherKeyTypes {
+        host_port: String,
+        recorded: String,
+        offered: String,
         file: String,
         lines: Vec<usize>,
     },
@@ -132,6 +151,47 @@ impl KnownHosts {
         key: &PublicKey,
     ) -> Result<HostKeyStatus, HostKeyError> {
         Ok(status_in(&self.text()?, &host_pattern(host, port), key))
+    }
+
+    /// The key types of the plain keys recorded for the host (empty for an unknown host), in file order without
+    /// repeats: the only host key types a connection offers to a known host.
+    pub fn recorded_algorithms(&self, host: &str, port: u16) -> Vec<Algorithm> {
+        let text = self.text().unwrap_or_default();
+        let mut out: Vec<Algorithm> = Vec::new();
+        for key in plain_keys(&text, &host_pattern(host, port)).filter_map(|(_, k)| k) {
+            if !out.contains(&key.algorithm()) {
+                out.push(key.algorithm());
+            }
+        }
+        out
+    }
+
+    /// The error for a known host whose server offered none of the recorded key types (the handshake found no
+    /// common host key algorithm); `offered` is the server's list.
+    pub fn other_key_types(&self, host: &str, port: u16, offered: &[String]) -> HostKeyError {
+        let host_port = host_pattern(host, port);
+        let text = self.text().unwrap_or_default();
+        let recorded: Vec<(usize, Option<PublicKey>)> = plain_keys(&text, &host_port).collect();
+        let mut names: Vec<String> = Vec::new();
+        for name in recorded
+            .iter()
+            .filter_map(|(_, k)| k.as_ref().map(|k| k.algorithm().to_string()))
+        {
+            if !names.contains(&name) {
+                names.push(name);
+            }
+        }
+        HostKeyError::OtherKeyTypes {
+            host_port,
+            recorded: names.join(", "),
+            offered: if offered.is_empty() {
+                "nothing".to_string()
+            } else {
+                offered.join(", ")
+            },
+            file: self.path.display().to_string(),
+            lines: recorded.iter().map(|(n, _)| *n).collect(),
+        }
     }
 
     /// Whether some `@cert-authority` line covers the host: only then does atrest ask servers for their host
@@ -339,6 +399,16 @@ fn lines(text: &str) -> impl Iterator<Item = Line<'_>> {
     })
 }
 
+/// The unmarked lines for `host_port`: line number and key (None when the key does not parse).
+fn plain_keys<'a>(
+    text: &'a str,
+    host_port: &'a str,
+) -> impl Iterator<Item = (usize, Option<PublicKey>)> + 'a {
+    lines(text)
+        .filter(move |l| l.marker.is_none() && patterns_match(l.patterns, host_port))
+        .map(|l| (l.number, l.key))
+}
+
 /// The host CAs `@cert-authority` lines trust for `host_port`.
 pub fn authorities_in(text: &str, host_port: &str) -> Vec<PublicKey> {
     lines(text)
@@ -360,36 +430,33 @@ fn revoked_in(text: &str, host_port: &str, key: &KeyData) -> Option<usize> {
 
 /// The decision for `host_port` against the text of a known_hosts file.
 pub fn status_in(text: &str, host_port: &str, key: &PublicKey) -> HostKeyStatus {
-    let mut same_algorithm_other_key = Vec::new();
+    let mut other_keys = Vec::new();
     let mut known = false;
     for line in lines(text) {
-        // CA lines vouch for certificates, not for plain keys.
-        if line.marker == Some("@cert-authority") || !patterns_match(line.patterns, host_port) {
+        if !patterns_match(line.patterns, host_port) {
             continue;
         }
         let Some(recorded) = line.key else { continue };
         let same_key = recorded.key_data() == key.key_data();
-        if line.marker == Some("@revoked") {
-            if same_key {
+        match line.marker {
+            None if same_key => known = true,
+            None => other_keys.push(line.number),
+            Some("@revoked") if same_key => {
                 return HostKeyStatus::Changed {
                     lines: vec![line.number],
                 };
             }
-            continue;
-        }
-        if same_key {
-            known = true;
-        } else if recorded.algorithm() == key.algorithm() {
-            same_algorithm_other_key.push(line.number);
+            // `@revoked` for another key; CA lines vouch for certificates, not plain keys; unknown markers are
+            // ignored as OpenSSH does (never trusted).
+            Some(_) => {}
         }
     }
-    // As OpenSSH: one line with this exact key is enough (a host may have several keys of one type recorded).
+    // As OpenSSH: one line with this exact key is enough (a host may have several keys recorded). Any other
+    // recorded key, of this type or another, makes the host known: a key it does not list is a changed key.
     if known {
         HostKeyStatus::Known
-    } else if !same_algorithm_other_key.is_empty() {
-        HostKeyStatus::Changed {
-            lines: same_algorithm_other_key,
-        }
+    } else if !other_keys.is_empty() {
+        HostKeyStatus::Changed { lines: other_keys }
     } else {
         HostKeyStatus::Unknown
     }
@@ -448,6 +515,7 @@ mod tests {
     // Two real ed25519 keys (public halves only) and an ecdsa key.
     const K1: &str = "AAAAC3NzaC1lZDI1NTE5AAAAIJdD7y3aLq454yWBdwLWbieU1ebz9/cu7/QEXn9OIeZJ";
     const K2: &str = "AAAAC3NzaC1lZDI1NTE5AAAAIN+Wjn4+4Fcvl2JlKpggT+wCRxpSvtqqpVrQrKN1/A22";
+    const EC: &str = "AAAAE2VjZHNhLXNoYTItbmlzdHAyNTYAAAAIbmlzdHAyNTYAAABBBONQRZ4rPmcw6cciZ41cAY+DivvfyZyfgZNzaHo6iHN8VcTmMufRd+fTUi0Ckd209cCB8UWrT2o0R9re7QcYVfI=";
 
     fn key(b: &str) -> PublicKey {
         russh::keys::parse_public_key_base64(b).expect("test key parses")
@@ -636,5 +704,63 @@ mod tests {
         assert_eq!(revoked_in(&text, "10.0.0.1", key(K1).key_data()), None);
         let negated = format!("@cert-authority *,!10.0.0.9 ssh-ed25519 {K1}\n");
         assert!(authorities_in(&negated, "10.0.0.9").is_empty());
+    }
+
+    #[test]
+    fn a_known_host_presenting_another_key_type_has_a_changed_key() {
+        let text = format!("10.0.0.1 ecdsa-sha2-nistp256 {EC}\n10.0.0.2 ssh-ed25519 {K2}\n");
+        assert_eq!(
+            status_in(&text, "10.0.0.1", &key(K1)),
+            HostKeyStatus::Changed { lines: vec![1] }
+        );
+        assert_eq!(status_in(&text, "10.0.0.1", &key(EC)), HostKeyStatus::Known);
+        // Trust on first use does not record the new type either.
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("kh");
+        std::fs::write(&path, &text).expect("write");
+        let tofu = KnownHosts::new(Some(path.clone()), true);
+        let err = tofu.check("10.0.0.1", 22, &key(K1)).expect_err("changed");
+        assert!(err.to_string().contains("HAS CHANGED"), "{err}");
+        assert_eq!(std::fs::read_to_string(&path).expect("read"), text);
+        // What a connection offers: the recorded types of a known host, nothing for an unknown one.
+        assert_eq!(
+            tofu.recorded_algorithms("10.0.0.1", 22),
+            vec![key(EC).algorithm()]
+        );
+        assert_eq!(tofu.recorded_algorithms("10.0.0.3", 22), vec![]);
+        let two = format!("{text}10.0.0.1 ssh-ed25519 {K1}\n10.0.0.1 ecdsa-sha2-nistp256 {EC}\n");
+        std::fs::write(&path, &two).expect("write");
+        assert_eq!(
+            tofu.recorded_algorithms("10.0.0.1", 22),
+            vec![key(EC).algorithm(), key(K1).algorithm()]
+        );
+        let offered = ["ssh-rsa".to_string()];
+        let e = tofu.other_key_types("10.0.0.1", 22, &offered).to_string();
+        assert!(
+            e.contains("HAS CHANGED")
+                && e.contains("line(s) [1, 3, 4]")
+                && e.contains("ecdsa-sha2-nistp256, ssh-ed25519 key(s)")
+                && e.contains("offers only ssh-rsa"),
+            "{e}"
+        );
+    }
+
+    #[test]
+    fn unknown_markers_are_ignored_not_trusted() {
+        for marker in ["@trusted", "@cert-authority-x", "@", "@REVOKED"] {
+            let text = format!("{marker} 10.0.0.1 ssh-ed25519 {K1}\n");
+            assert_eq!(
+                status_in(&text, "10.0.0.1", &key(K1)),
+                HostKeyStatus::Unknown,
+                "{marker}"
+            );
+            let dir = tempfile::tempdir().expect("tempdir");
+            let path = dir.path().join("kh");
+            std::fs::write(&path, &text).expect("write");
+            let strict = KnownHosts::new(Some(path), false);
+            assert!(strict.recorded_algorithms("10.0.0.1", 22).is_empty());
+            let err = strict.check("10.0.0.1", 22, &key(K1)).expect_err(marker);
+            assert!(err.to_string().contains("is not known"), "{err}");
+        }
     }
 }

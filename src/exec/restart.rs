@@ -10,13 +10,26 @@ use std::sync::Arc;
 use std::time::Duration;
 use zeroize::Zeroizing;
 
-/// What to change on each controlplane.
-#[derive(Clone, Debug)]
+/// What to change on each controlplane. `Debug` leaves out the file content (it holds keys).
+#[derive(Clone)]
 pub struct NodeChange {
     /// New content, or `None` to remove the file.
     pub file: Option<Zeroizing<Vec<u8>>>,
     pub flag: FlagChange,
     pub extra_binds: Vec<String>,
+}
+
+impl std::fmt::Debug for NodeChange {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("NodeChange")
+            .field(
+                "file",
+                &crate::secret::Withheld::of(self.file.as_deref().map(Vec::as_slice)),
+            )
+            .field("flag", &self.flag)
+            .field("extra_binds", &self.extra_binds)
+            .finish()
+    }
 }
 
 /// One node's target: its connection, where its encryption config lives, how to probe its apiserver.
@@ -297,4 +310,27 @@ async fn restore(
     }
     wait_ready(host, &target.probe, opts.ready_timeout).await?;
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn debug_of_a_node_change_leaves_out_the_file() {
+        let change = NodeChange {
+            file: Some(Zeroizing::new(b"secret: c2VjcmV0LWtleQ==".to_vec())),
+            flag: FlagChange::Add,
+            extra_binds: vec![],
+        };
+        let text = format!("{change:?}");
+        assert!(
+            !text.contains("c2VjcmV0") && !text.contains("115, 101"),
+            "{text}"
+        );
+        assert!(
+            text.contains("<24 bytes, not shown>") && text.contains("Add"),
+            "{text}"
+        );
+    }
 }

@@ -1,7 +1,8 @@
 //! SSH connections to cluster nodes (optionally through the bastion), one reused connection per host.
 //!
-//! Host keys are always verified ([`crate::exec::known_hosts`]). Commands run as the SSH user, prefixed with
-//! `sudo -n` when that user is not root. Secret bytes only ever travel on a channel's stdin.
+//! Host keys are always verified ([`crate::exec::known_hosts`]). Commands run through `sh -c` as the SSH user,
+//! prefixed with `sudo -n` when that user is not root. Secret bytes only ever travel on a channel's stdin;
+//! what comes back is capped in bytes ([`STDOUT_CAP`], [`STDERR_CAP`]).
 
 use crate::config::cluster::{ClusterConfig, Node};
 use crate::exec::auth::{self, AuthError, Credentials};
@@ -127,13 +128,23 @@ fn list(errors: &[SshError]) -> String {
         .join("\n")
 }
 
-/// A remote command's result.
-#[derive(Clone, Debug, Default)]
+/// A remote command's result. `Debug` shows only the lengths: stdout may be a node's encryption config.
+#[derive(Clone, Default)]
 pub struct Output {
     /// Exit status; 255 when the command was killed by a signal or gave none.
     pub status: u32,
     pub stdout: Vec<u8>,
     pub stderr: Vec<u8>,
+}
+
+impl fmt::Debug for Output {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Output")
+            .field("status", &self.status)
+            .field("stdout", &crate::secret::Withheld(self.stdout.len()))
+            .field("stderr", &crate::secret::Withheld(self.stderr.len()))
+            .finish()
+    }
 }
 
 impl Output {
@@ -160,10 +171,12 @@ pub fn shell_quote(word: &str) -> String {
     format!("'{}'", word.replace('\'', r"'\''"))
 }
 
-/// The command line actually sent: unchanged for root, `sudo -n sh -c '…'` otherwise.
+/// The command line actually sent: `sh -c '…'` for root, `sudo -n sh -c '…'` otherwise. sshd hands the line to
+/// the user's login shell, which may not be a POSIX shell (fish, csh, a restricted shell): the script itself
+/// is always run by `sh`, the login shell only starts it.
 pub fn privileged_command(user: &str, script: &str) -> String {
     if user == "root" {
-        script.to_string()
+        format!("sh -c {}", shell_quote(script))
     } else {
         format!("sudo -n sh -c {}", shell_quote(script))
     }
@@ -240,8 +253,11 @@ pub(crate) fn port_of(label: &NodeLabel, port: &Option<String>) -> Result<u16, S
 }
 
 /// `host_certificates`: also offer the OpenSSH host certificate algorithms, so a server that has a certificate
-/// presents it (only when known_hosts trusts a CA for the host).
-fn ssh_config(host_certificates: bool) -> Arc<client::Config> {
+/// presents it (only when known_hosts trusts a CA for the host). `recorded`: the key types known_hosts records
+/// for the host; when there are any, only those are offered as plain host keys, so a server with several host
+/// keys presents a recorded one and a key of any other type can only be a changed key (see
+/// [`crate::exec::known_hosts`]).
+fn ssh_config(host_certificates: bool, recorded: &[Algorithm]) -> Arc<client::Config> {
     let mut preferred = russh::Preferred::default();
     if host_certificates {
         // The plain host key algorithms minus ssh-rsa (SHA-1), as certificate variants.
@@ -253,6 +269,10 @@ fn ssh_config(host_certificates: bool) -> Arc<client::Config> {
             .collect::<Vec<_>>()
             .into();
     }
+    let offered = offered_host_key_algorithms(&preferred.key, recorded);
+    if !offered.is_empty() {
+        preferred.key = offered.into();
+    }
     Arc::new(client::Config {
         inactivity_timeout: None,
         keepalive_interval: Some(Duration::from_secs(15)),
@@ -261,6 +281,20 @@ fn ssh_config(host_certificates: bool) -> Arc<client::Config> {
         preferred,
         ..Default::default()
     })
+}
+
+/// The host key algorithms of `all` (in its order) that verify keys of a `recorded` type; an RSA key serves
+/// all three RSA signature algorithms. Empty when nothing is recorded (every type is offered then).
+fn offered_host_key_algorithms(all: &[Algorithm], recorded: &[Algorithm]) -> Vec<Algorithm> {
+    all.iter()
+        .filter(|a| {
+            recorded.iter().any(|r| match (a, r) {
+                (Algorithm::Rsa { .. }, Algorithm::Rsa { .. }) => true,
+                (a, r) => *a == r,
+            })
+        })
+        .cloned()
+        .collect()
 }
 
 /// Handshake + authentication over any stream, with host-key refusal turned into a readable error.
@@ -277,9 +311,10 @@ where
 {
     let refusal = Arc::new(Mutex::new(None));
     let known_hosts = KnownHosts::new(opts.known_hosts.clone(), opts.accept_new_host_keys);
-    let config = ssh_config(known_hosts.has_authorities(host, port));
+    let recorded = known_hosts.recorded_algorithms(host, port);
+    let config = ssh_config(known_hosts.has_authorities(host, port), &recorded);
     let handler = ClientHandler {
-        known_hosts,
+        known_hosts: known_hosts.clone(),
         host: host.to_string(),
         port,
         refusal: refusal.clone(),
@@ -291,6 +326,19 @@ where
                 return Err(SshError::HostKey {
                     node: label.clone(),
                     source: Box::new(source),
+                });
+            }
+            // A known host without a key of any recorded type: a changed key, not a transport problem.
+            if let russh::Error::NoCommonAlgo {
+                kind: russh::AlgorithmKind::Key,
+                theirs,
+                ..
+            } = &e
+                && !recorded.is_empty()
+            {
+                return Err(SshError::HostKey {
+                    node: label.clone(),
+                    source: Box::new(known_hosts.other_key_types(host, port, theirs)),
                 });
             }
             return Err(SshError::Connect {
@@ -494,11 +542,14 @@ impl Host {
                 ..Default::default()
             };
             let mut got_status = false;
+            let (mut stdout_cut, mut stderr_cut) = (false, false);
             while let Some(msg) = channel.wait().await {
                 match msg {
-                    ChannelMsg::Data { data } => out.stdout.extend_from_slice(&data),
+                    ChannelMsg::Data { data } => {
+                        stdout_cut |= !push_capped(&mut out.stdout, &data, STDOUT_CAP);
+                    }
                     ChannelMsg::ExtendedData { data, ext: 1 } => {
-                        out.stderr.extend_from_slice(&data)
+                        stderr_cut |= !push_capped(&mut out.stderr, &data, STDERR_CAP);
                     }
                     ChannelMsg::ExitStatus { exit_status } => {
                         out.status = exit_status;
@@ -525,6 +576,17 @@ impl Host {
                     &format!("running `{what}`"),
                     "the connection closed before the command finished",
                 ));
+            }
+            if stdout_cut {
+                return Err(self.channel_error(
+                    &format!("running `{what}`"),
+                    format!("its output exceeds {} MiB", STDOUT_CAP >> 20),
+                ));
+            }
+            if stderr_cut {
+                out.stderr.extend_from_slice(
+                    format!(" [stderr cut at {} KiB]", STDERR_CAP >> 10).as_bytes(),
+                );
             }
             Ok(out)
         };
@@ -563,6 +625,19 @@ impl Host {
             .disconnect(russh::Disconnect::ByApplication, "", "en")
             .await;
     }
+}
+
+/// Most stdout a remote command may return: atrest reads small files (configs, certificates) this way, so
+/// more means something is wrong, and memory must not grow with whatever a host sends.
+pub const STDOUT_CAP: usize = 16 << 20;
+/// Most stderr kept from a remote command (it only goes into error messages); the rest is dropped.
+pub const STDERR_CAP: usize = 64 << 10;
+
+/// Appends what fits of `data` to `buf` without letting it grow past `cap` bytes; false when some was dropped.
+fn push_capped(buf: &mut Vec<u8>, data: &[u8], cap: usize) -> bool {
+    let room = cap.saturating_sub(buf.len());
+    buf.extend_from_slice(&data[..data.len().min(room)]);
+    data.len() <= room
 }
 
 /// A short description of a script for error messages (never its stdin).
@@ -658,8 +733,8 @@ mod tests {
     }
 
     #[test]
-    fn sudo_only_for_non_root() {
-        assert_eq!(privileged_command("root", "id -u"), "id -u");
+    fn sudo_only_for_non_root_and_sh_always() {
+        assert_eq!(privileged_command("root", "id -u"), "sh -c 'id -u'");
         assert_eq!(
             privileged_command("ubuntu", "id -u"),
             "sudo -n sh -c 'id -u'"
@@ -671,6 +746,14 @@ mod tests {
             .output()
             .expect("sh runs");
         assert_eq!(String::from_utf8_lossy(&out.stdout), "x\n");
+        // Root's line is for the login shell too: it must be one `sh -c` word whatever the script holds.
+        let script = "a=1; for i in 1 2; do a=$((a+i)); done; echo \"$a\" 'q'";
+        let out = std::process::Command::new("sh")
+            .arg("-c")
+            .arg(privileged_command("root", script))
+            .output()
+            .expect("sh runs");
+        assert_eq!(String::from_utf8_lossy(&out.stdout), "4 q\n");
     }
 
     #[test]
@@ -686,5 +769,58 @@ mod tests {
         assert_eq!(port_of(&label, &None).ok(), Some(22));
         let err = port_of(&label, &Some("ssh".into())).expect_err("bad port");
         assert!(err.to_string().contains("node 10.0.0.1 (cp-1)"), "{err}");
+    }
+
+    #[test]
+    fn a_known_host_is_offered_only_its_recorded_key_types() {
+        use russh::keys::EcdsaCurve;
+        let all = russh::Preferred::default().key.to_vec();
+        assert_eq!(offered_host_key_algorithms(&all, &[]), vec![]);
+        let p256 = Algorithm::Ecdsa {
+            curve: EcdsaCurve::NistP256,
+        };
+        assert_eq!(
+            offered_host_key_algorithms(&all, std::slice::from_ref(&p256)),
+            vec![p256]
+        );
+        let rsa = offered_host_key_algorithms(&all, &[Algorithm::Rsa { hash: None }]);
+        assert_eq!(rsa.len(), 3);
+        assert!(rsa.iter().all(|a| matches!(a, Algorithm::Rsa { .. })));
+        assert_eq!(
+            offered_host_key_algorithms(&all, &[Algorithm::Ed25519, Algorithm::Rsa { hash: None }])
+                .first(),
+            Some(&Algorithm::Ed25519)
+        );
+        let config = ssh_config(false, &[Algorithm::Ed25519]);
+        assert_eq!(config.preferred.key.to_vec(), vec![Algorithm::Ed25519]);
+        assert_eq!(ssh_config(false, &[]).preferred.key.len(), all.len());
+    }
+
+    #[test]
+    fn debug_of_output_shows_lengths_only() {
+        let out = Output {
+            status: 0,
+            stdout: b"secret: c2VjcmV0LWtleQ==".to_vec(),
+            stderr: vec![],
+        };
+        let text = format!("{out:?}");
+        assert!(
+            !text.contains("c2VjcmV0") && !text.contains("115, 101"),
+            "{text}"
+        );
+        assert!(text.contains("stdout: <24 bytes, not shown>"), "{text}");
+    }
+
+    #[test]
+    fn remote_output_is_capped_in_bytes() {
+        let mut buf = Vec::new();
+        assert!(push_capped(&mut buf, &[1; 6], 10));
+        assert!(push_capped(&mut buf, &[2; 4], 10));
+        assert!(!push_capped(&mut buf, &[3; 1], 10));
+        assert_eq!(buf.len(), 10);
+        let mut buf = vec![0; 8];
+        assert!(!push_capped(&mut buf, &[9; 5], 10));
+        assert_eq!(buf, [0, 0, 0, 0, 0, 0, 0, 0, 9, 9]);
+        const { assert!(STDOUT_CAP >= 1 << 20 && STDERR_CAP <= 1 << 20) };
     }
 }

@@ -19,7 +19,11 @@ pub struct Inputs {
 
 impl Inputs {
     pub fn load(global: &GlobalOpts) -> anyhow::Result<Inputs> {
-        let config = load_cluster_config(&global.config)?;
+        let mut config = load_cluster_config(&global.config)?;
+        // As RKE's flag: it turns agent authentication on for the whole cluster; it never turns it off.
+        if global.ssh_agent_auth {
+            config.ssh_agent_auth = true;
+        }
         let state_path = global.state_path();
         let state = store::read(&state_path)?;
         Ok(Inputs {

@@ -3,14 +3,43 @@
 
 use anyhow::bail;
 
+use std::sync::Arc;
+
 use crate::config::encryption::{EncryptionConfiguration, KmsConfiguration};
+use crate::exec::docker::{NodeDocker, changed_binds};
 use crate::exec::kms::{self, PluginStatus};
+use crate::exec::ssh::Host;
 
 use super::session::Session;
 
-/// The kube-apiserver binds after atrest's deploy: cluster.yml's `services.kube-api.extra_binds`.
+/// The binds atrest makes sure kube-apiserver has: cluster.yml's `services.kube-api.extra_binds`.
 pub fn apiserver_extra_binds(session: &Session) -> Vec<String> {
     session.cluster.services.kube_api.extra_binds.clone()
+}
+
+/// The binds a node's kube-apiserver has after atrest's deploy: its container's binds as they are (`docker
+/// inspect`), plus the extra binds whose container path is still free — what a recreate does. A KMS socket is
+/// found on the host through these, not through cluster.yml alone: the container may mount the socket's
+/// directory from elsewhere, and that mount is the one kube-apiserver dials through.
+pub fn deployed_binds(container_binds: &[String], extra_binds: &[String]) -> Vec<String> {
+    changed_binds(container_binds, extra_binds)
+}
+
+/// [`deployed_binds`] of one node (`extra = false`: the binds it has now).
+async fn node_binds(
+    session: &Session,
+    host: &Arc<Host>,
+    extra: bool,
+) -> Result<Vec<String>, String> {
+    let unreadable =
+        |e: crate::exec::docker::DockerError| format!("cannot read kube-apiserver's binds: {e}");
+    let docker = NodeDocker::new(host.clone()).map_err(unreadable)?;
+    let info = docker.inspect_apiserver().await.map_err(unreadable)?;
+    Ok(if extra {
+        deployed_binds(&info.binds, &apiserver_extra_binds(session))
+    } else {
+        info.binds
+    })
 }
 
 /// Checks every controlplane for every `kms` provider of `configs`; refuses (changing nothing) with one line per
@@ -23,12 +52,13 @@ pub async fn preflight(
     if providers.is_empty() {
         return Ok(Vec::new());
     }
-    let binds = apiserver_extra_binds(session);
     let checks = session.hosts.iter().map(|h| {
-        let binds = binds.clone();
         let providers = providers.clone();
         async move {
-            let (problems, healthy) = kms::preflight_node(h, &providers, &binds).await;
+            let (problems, healthy) = match node_binds(session, h, true).await {
+                Ok(binds) => kms::preflight_node(h, &providers, &binds).await,
+                Err(e) => (vec![e], Vec::new()),
+            };
             (super::session::node_name(h.node()), problems, healthy)
         }
     });
@@ -52,12 +82,15 @@ pub async fn preflight(
 /// One line per provider and node for `encrypt status`: health and current key id, or what failed.
 pub async fn status_lines(session: &Session, config: &EncryptionConfiguration) -> Vec<String> {
     let providers: Vec<KmsConfiguration> = kms::providers([config]);
-    let binds = apiserver_extra_binds(session);
     let mut lines = Vec::new();
     for k in &providers {
         for h in &session.hosts {
             let node = super::session::node_name(h.node());
-            let (problems, healthy) = kms::preflight_node(h, std::slice::from_ref(k), &binds).await;
+            // The deployed config is served through the binds the container has now.
+            let (problems, healthy) = match node_binds(session, h, false).await {
+                Ok(binds) => kms::preflight_node(h, std::slice::from_ref(k), &binds).await,
+                Err(e) => (vec![e], Vec::new()),
+            };
             let line = match (healthy.first(), problems.first()) {
                 (Some((_, s)), _) if s.key_id.is_empty() => format!(
                     "KMS {} {} on {node}: healthy ({})",
@@ -273,5 +306,39 @@ async fn nudge_kms_health(kube: &kube::Client) {
     };
     if let Err(e) = kube.request_text(req).await {
         tracing::debug!("GET /readyz/kms-providers: {e}");
+    }
+}
+
+#[cfg(test)]
+mod bind_tests {
+    use super::*;
+
+    #[test]
+    fn the_socket_is_found_through_the_containers_own_binds() {
+        let v = |b: &[&str]| b.iter().map(|s| s.to_string()).collect::<Vec<_>>();
+        let socket = "/var/run/kmsplugin/socket.sock";
+        // The container mounts the plugin directory from /srv/kms; cluster.yml names the usual path, which a
+        // recreate does not add (the container path is taken).
+        let container = v(&[
+            "/etc/kubernetes:/etc/kubernetes:z",
+            "/srv/kms:/var/run/kmsplugin",
+        ]);
+        let extra = v(&["/var/run/kmsplugin:/var/run/kmsplugin"]);
+        let binds = deployed_binds(&container, &extra);
+        assert_eq!(
+            kms::host_path_through_binds(socket, &binds).as_deref(),
+            Some("/srv/kms/socket.sock")
+        );
+        // Nothing mounted yet: cluster.yml's bind is the one the recreate adds.
+        let binds = deployed_binds(&container[..1], &extra);
+        assert_eq!(
+            kms::host_path_through_binds(socket, &binds).as_deref(),
+            Some(socket)
+        );
+        // Neither: not visible in the container.
+        assert_eq!(
+            kms::host_path_through_binds(socket, &deployed_binds(&container[..1], &[])),
+            None
+        );
     }
 }

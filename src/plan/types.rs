@@ -3,6 +3,7 @@
 use super::stage::{Phase, Stage};
 use super::units::{Unit, UnitId};
 use crate::config::encryption::EncryptionConfiguration;
+use crate::config::error::redact_decode_message;
 use crate::state::atrest::{DeployProgress, TransitionRecord};
 use serde::Serialize;
 use std::collections::BTreeMap;
@@ -95,8 +96,9 @@ impl InProgress {
                     .map(Some)
                     .map_err(|e| PlanError::BadRecord {
                         detail: format!(
-                            "the recorded transition {}'s `{which}` config does not parse: {e}",
-                            record.id
+                            "the recorded transition {}'s `{which}` config does not parse: {}",
+                            record.id,
+                            redact_decode_message(&e.to_string())
                         ),
                     }),
             }

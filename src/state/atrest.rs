@@ -21,8 +21,8 @@ pub struct AtrestState {
 }
 
 /// A transition from the config `from` to the config `to` (rendered EncryptionConfiguration YAML;
-/// `None` = no encryption config deployed at all).
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+/// `None` = no encryption config deployed at all). `Debug` shows only their length: they hold the keys.
+#[derive(Clone, PartialEq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct TransitionRecord {
     /// Unique id (RFC 3339 start time plus a short random suffix).
@@ -40,6 +40,24 @@ pub struct TransitionRecord {
     /// already finished (when they still hold its config) instead of restarting them again.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub deploying: Option<DeployProgress>,
+}
+
+impl std::fmt::Debug for TransitionRecord {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let withheld =
+            |t: &Option<String>| crate::secret::Withheld::of(t.as_deref().map(str::as_bytes));
+        f.debug_struct("TransitionRecord")
+            .field("id", &self.id)
+            .field("kind", &self.kind)
+            .field("from", &withheld(&self.from))
+            .field("to", &withheld(&self.to))
+            .field("stage", &self.stage)
+            .field("done", &self.done)
+            .field("started_at", &self.started_at)
+            .field("updated_at", &self.updated_at)
+            .field("deploying", &self.deploying)
+            .finish()
+    }
 }
 
 /// How far a rolling deploy got.
@@ -83,4 +101,37 @@ pub struct CensusRecord {
     pub taken_at: String,
     /// resource → (provider/key label, e.g. "aescbc:aescbckey-2026-…", "identity", "kms:v2:name:keyid") → count
     pub counts: BTreeMap<String, BTreeMap<String, u64>>,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn debug_of_a_transition_leaves_out_its_configs() {
+        let record = TransitionRecord {
+            id: "t1".into(),
+            kind: "rotate-key".into(),
+            from: Some("secret: c2VjcmV0LWtleQ==".into()),
+            to: None,
+            stage: Stage::Prepare,
+            done: vec![],
+            started_at: "2026-11-23T22:00:00Z".into(),
+            updated_at: "2026-11-23T22:00:00Z".into(),
+            deploying: None,
+        };
+        let text = format!(
+            "{record:?} {:?}",
+            AtrestState {
+                transition: Some(record.clone()),
+                ..Default::default()
+            }
+        );
+        assert!(!text.contains("c2VjcmV0"), "{text}");
+        assert!(
+            text.contains("from: Some(<24 bytes, not shown>), to: None"),
+            "{text}"
+        );
+        assert!(text.contains("rotate-key"), "{text}");
+    }
 }

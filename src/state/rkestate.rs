@@ -2,6 +2,7 @@
 //! order. atrest reads and writes only `{desired,current}State.encryptionConfig`, reads certificates, and keeps its
 //! own bookkeeping under the top-level key `atrest` (RKE's Go decoder ignores unknown keys).
 
+use crate::config::error::redact_decode_message;
 use crate::gojson;
 use crate::secret::SecretString;
 use crate::state::atrest::{AtrestState, STATE_KEY};
@@ -199,7 +200,10 @@ impl RkeState {
     pub fn atrest(&self) -> Result<AtrestState, StateError> {
         match self.root().get(STATE_KEY) {
             None | Some(Value::Null) => Ok(AtrestState::default()),
-            Some(v) => AtrestState::deserialize(v).map_err(StateError::Atrest),
+            Some(v) => AtrestState::deserialize(v).map_err(|e| {
+                // serde quotes the offending value, which may be a key: keep the message without it.
+                StateError::Atrest(de::Error::custom(redact_decode_message(&e.to_string())))
+            }),
         }
     }
 
@@ -299,10 +303,11 @@ fn zeroize_strings(value: &mut Value) {
 fn malformed(path: &Path, at: Option<String>, e: &serde_json::Error) -> StateError {
     let text = e.to_string();
     // serde_json appends " at line L column C"; the error shows the position as file:line:column instead.
-    let mut message = match text.rfind(" at line ") {
-        Some(i) if e.line() > 0 => text[..i].to_string(),
-        _ => text,
-    };
+    // serde quotes the offending value, which may be a key or a private key: it never reaches the message.
+    let mut message = redact_decode_message(match text.rfind(" at line ") {
+        Some(i) if e.line() > 0 => &text[..i],
+        _ => &text,
+    });
     if message == "expected value" {
         message = "expected a JSON value here (is this file JSON at all?)".to_string();
     }

@@ -164,6 +164,22 @@ impl Bed {
             .collect()
     }
 
+    /// A cluster.yml for the atrest binary: every node as a controlplane, `extra` appended at the top level.
+    pub fn cluster_yml(&self, extra: &str) -> String {
+        let mut text = format!("prefix_path: {PREFIX_PATH}\nnodes:\n");
+        for (i, n) in self.nodes.iter().enumerate() {
+            text.push_str(&format!(
+                "  - address: {}\n    port: \"{}\"\n    user: root\n    role: [controlplane, etcd]\n    hostname_override: node{}\n    docker_socket: {}\n",
+                n.address,
+                n.port,
+                i + 1,
+                n.docker_socket_node
+            ));
+        }
+        text.push_str(extra);
+        text
+    }
+
     pub fn node_of(&self, h: &Host) -> &BedNode {
         self.nodes
             .iter()
@@ -483,6 +499,25 @@ impl Bed {
             std::fs::write(&cfg, text).expect("sshd_config");
         }
         self.reload_sshd(i);
+    }
+
+    /// Give node `i`'s sshd a second host key of type `kind` (`ssh-keygen -t`), beside its ed25519 key, and
+    /// reload it. Returns the public key as `algorithm base64`.
+    pub fn add_host_key(&self, i: usize, kind: &str) -> String {
+        let n = &self.tb.nodes()[i];
+        let key = n.dir.join(format!("ssh/host_{kind}_key"));
+        keygen(&key, kind, "");
+        let public = std::fs::read_to_string(key.with_extension("pub")).expect("host key pub");
+        let cfg = n.dir.join("ssh/sshd_config");
+        let mut text = std::fs::read_to_string(&cfg).expect("sshd_config");
+        text.push_str(&format!("HostKey {}\n", key.display()));
+        std::fs::write(&cfg, text).expect("sshd_config");
+        self.reload_sshd(i);
+        public
+            .split_whitespace()
+            .take(2)
+            .collect::<Vec<_>>()
+            .join(" ")
     }
 
     fn reload_sshd(&self, i: usize) {

@@ -1,0 +1,432 @@
+//! Re-encrypt stored objects by writing them back unchanged through the Kubernetes API.
+//!
+//! kube-apiserver re-encrypts an object with the current write key when it is written and the stored value
+//! was read through a non-first key or provider ("stale", reference §1.8). So a rewrite is: list each resource
+//! in pages and PUT every object back with the `resourceVersion` it was listed with. The precondition means a
+//! concurrent writer is never overwritten: a 409 tells us someone else wrote the object after our list, and
+//! since the rewrite runs only after every API server writes with the new key, their write already
+//! re-encrypted it.
+//!
+//! Memory is bounded in bytes, not objects (a Helm release Secret is up to 1 MiB): a lister task holds one
+//! page of about `page_bytes`, and the objects it has queued or the writers are writing hold at most
+//! `queue_bytes` together (see [`budget`]). A fixed pool of writers works through the queue while the next
+//! page is fetched. Only a compact set of object ids (16 bytes each) is kept, to skip finished objects if an
+//! expired continue token (410) forces a fresh list.
+//!
+//! Split by concept: [`targets`] (which resources), [`budget`] (memory), [`writer`] (one object's write),
+//! [`report`] (counters and the report), [`progress`] (what the user sees).
+
+mod budget;
+mod progress;
+mod report;
+mod targets;
+mod writer;
+
+pub use report::{ObjectError, RewriteReport};
+pub use targets::{
+    Resolution, ResourceSelector, RewriteError, Target, Unusable, resolve, resolve_without_api,
+};
+pub use writer::Outcome;
+
+use budget::{ByteBudget, Share};
+use futures::StreamExt;
+use kube::api::{Api, DynamicObject, ListParams, TypeMeta};
+use progress::Progress;
+use report::Stats;
+use sha2::{Digest, Sha256};
+use std::collections::HashSet;
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::time::{Duration, Instant};
+use tokio_util::sync::CancellationToken;
+use writer::{Writer, backoff, is_transient};
+
+#[derive(Debug, Clone)]
+pub struct RewriteOptions {
+    /// Most objects per list page (`limit`); pages are smaller when objects are large (`page_bytes`), and never
+    /// more than `8 × page_bytes` of the largest objects etcd stores would need (see [`budget`]).
+    pub page_size: u32,
+    /// Aim for list pages of about this many bytes (the page size adapts between 1 and `page_size`).
+    pub page_bytes: usize,
+    /// Most bytes of objects listed but not yet written (queued or being written); the lister waits for room.
+    pub queue_bytes: usize,
+    /// Concurrent writes.
+    pub concurrency: usize,
+    /// Retries of one request after 429, 5xx or a transport error, with exponential backoff.
+    pub max_retries: u32,
+    /// First backoff delay; doubled per retry, capped at 5 s.
+    pub initial_backoff: Duration,
+    /// At most this many per-object errors are kept in the report (all are counted).
+    pub max_reported_errors: usize,
+    pub progress: ProgressMode,
+    pub cancel: CancellationToken,
+}
+
+impl Default for RewriteOptions {
+    fn default() -> Self {
+        Self {
+            page_size: 500,
+            page_bytes: 8 << 20,
+            queue_bytes: 32 << 20,
+            concurrency: 32,
+            max_retries: 8,
+            initial_backoff: Duration::from_millis(100),
+            max_reported_errors: 1000,
+            progress: ProgressMode::Auto,
+            cancel: CancellationToken::new(),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ProgressMode {
+    /// A bar when stderr is a terminal, otherwise log lines every few seconds.
+    Auto,
+    /// Log lines only.
+    Log,
+    /// Nothing but the final summary log line.
+    Quiet,
+}
+
+/// Rewrite every object of every target, one resource after another.
+pub async fn rewrite(
+    client: &kube::Client,
+    targets: &[Target],
+    options: &RewriteOptions,
+) -> RewriteReport {
+    let started = Instant::now();
+    let stats = Arc::new(Stats::default());
+    let progress = Progress::start(options.progress, stats.clone(), started);
+    for target in targets {
+        if options.cancel.is_cancelled() {
+            break;
+        }
+        progress.resource(&target.name());
+        rewrite_resource(client, target, options, &stats).await;
+    }
+    progress.finish();
+    let report = stats.report(started.elapsed(), options.cancel.is_cancelled());
+    tracing::info!("rewrite finished: {report}");
+    report
+}
+
+/// Objects handed from the lister to the writers, each with its share of the byte budget (given back when the
+/// writer is done with it). Bounded in count too, so the lister stalls instead of buffering.
+type WorkQueue = async_channel_like::Receiver;
+type Queued = (DynamicObject, Share);
+
+/// A tiny multi-consumer queue over tokio's mpsc (a Mutex around the receiver is enough: writers spend their
+/// time in HTTP, not in `recv`).
+mod async_channel_like {
+    use super::Queued;
+    use std::sync::Arc;
+    use tokio::sync::{Mutex, mpsc};
+
+    #[derive(Clone)]
+    pub struct Receiver(Arc<Mutex<mpsc::Receiver<Queued>>>);
+
+    pub fn bounded(capacity: usize) -> (mpsc::Sender<Queued>, Receiver) {
+        let (tx, rx) = mpsc::channel(capacity.max(1));
+        (tx, Receiver(Arc::new(Mutex::new(rx))))
+    }
+
+    impl Receiver {
+        pub async fn recv(&self) -> Option<Queued> {
+            self.0.lock().await.recv().await
+        }
+    }
+}
+
+async fn rewrite_resource(
+    client: &kube::Client,
+    target: &Target,
+    options: &RewriteOptions,
+    stats: &Arc<Stats>,
+) {
+    let (sender, queue): (_, WorkQueue) = async_channel_like::bounded(options.page_size as usize);
+    let writers: Vec<_> = (0..options.concurrency.max(1))
+        .map(|_| {
+            let queue = queue.clone();
+            let writer = Writer::new(client, target, options, stats.clone());
+            tokio::spawn(async move {
+                while let Some((object, share)) = queue.recv().await {
+                    // Cancelled: leave queued objects alone, only in-flight writes finish.
+                    if writer.options.cancel.is_cancelled() {
+                        break;
+                    }
+                    writer.rewrite_listed(object).await;
+                    drop(share);
+                }
+            })
+        })
+        .collect();
+    drop(queue);
+    let budget = ByteBudget::new(options.queue_bytes);
+    list_into(client, target, options, stats, sender, &budget).await;
+    for writer in writers {
+        if let Err(e) = writer.await {
+            tracing::error!("rewrite writer task failed: {e}");
+        }
+    }
+}
+
+/// Give up on a resource after this many expired-token restarts in a row that listed nothing new.
+const MAX_STALLED_RESTARTS: u32 = 5;
+
+/// Page through the resource and queue every object not yet handed out, starting again on a 410.
+async fn list_into(
+    client: &kube::Client,
+    target: &Target,
+    options: &RewriteOptions,
+    stats: &Stats,
+    sender: tokio::sync::mpsc::Sender<Queued>,
+    budget: &ByteBudget,
+) {
+    let api: Api<DynamicObject> = Api::all_with(client.clone(), &target.api);
+    let mut dispatched: HashSet<u128> = HashSet::new();
+    let mut continue_token: Option<String> = None;
+    let mut first_page = true;
+    let mut restarted = false;
+    let mut stalled_restarts = 0u32;
+    let mut dispatched_at_last_restart = 0usize;
+    let mut attempt = 0u32;
+    let max_limit = budget::max_limit(options.page_size, options.page_bytes);
+    let mut limit = budget::first_limit(max_limit);
+    loop {
+        if options.cancel.is_cancelled() {
+            return;
+        }
+        let mut params = ListParams::default().limit(limit);
+        if let Some(token) = &continue_token {
+            params = params.continue_token(token);
+        }
+        let page = tokio::select! {
+            page = api.list(&params) => page,
+            () = options.cancel.cancelled() => return,
+        };
+        let page = match page {
+            Ok(page) => {
+                attempt = 0;
+                page
+            }
+            Err(kube::Error::Api(status))
+                if status.code == 410 && stalled_restarts < MAX_STALLED_RESTARTS =>
+            {
+                // The continue token expired (etcd compacted the list's revision). Upstream hands back a fresh
+                // token that continues after the same key at the latest revision: every object not yet listed
+                // is still ahead of it. Without one, list again from the start and skip what was handed out.
+                Stats::add(&stats.list_restarts);
+                if dispatched.len() == dispatched_at_last_restart {
+                    stalled_restarts += 1;
+                } else {
+                    stalled_restarts = 0;
+                }
+                dispatched_at_last_restart = dispatched.len();
+                continue_token = status
+                    .metadata
+                    .as_ref()
+                    .and_then(|m| m.continue_.clone())
+                    .filter(|t| !t.is_empty());
+                tracing::info!(
+                    resource = %target.name(),
+                    resumed = continue_token.is_some(),
+                    "continue token expired, listing again"
+                );
+                first_page = continue_token.is_none();
+                restarted = true;
+                continue;
+            }
+            Err(e) if is_transient(&e) && attempt < options.max_retries => {
+                attempt += 1;
+                Stats::add(&stats.retries);
+                tokio::time::sleep(backoff(options, attempt)).await;
+                continue;
+            }
+            Err(e) => {
+                stats
+                    .failed_resources
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .push(ObjectError {
+                        resource: target.name(),
+                        object: String::new(),
+                        error: format!("list failed: {e}"),
+                    });
+                return;
+            }
+        };
+        if first_page && !restarted {
+            let remaining = page.metadata.remaining_item_count.unwrap_or(0).max(0) as u64;
+            stats
+                .expected
+                .fetch_add(page.items.len() as u64 + remaining, Ordering::Relaxed);
+        }
+        first_page = false;
+        continue_token = page.metadata.continue_.clone().filter(|t| !t.is_empty());
+        let sizes: Vec<usize> = page.items.iter().map(budget::json_size).collect();
+        let page_bytes: usize = sizes.iter().sum();
+        stats.saw_page(page_bytes);
+        limit = budget::next_limit(
+            limit,
+            max_limit,
+            page_bytes,
+            sizes.len(),
+            options.page_bytes,
+        );
+        for (mut object, size) in page.items.into_iter().zip(sizes) {
+            if !dispatched.insert(object_id(&object)) {
+                continue;
+            }
+            object.types = Some(TypeMeta {
+                api_version: target.api.api_version.clone(),
+                kind: target.api.kind.clone(),
+            });
+            let share = tokio::select! {
+                share = budget.take(size) => share,
+                () = options.cancel.cancelled() => return,
+            };
+            if sender.send((object, share)).await.is_err() {
+                return; // writers stopped (cancelled)
+            }
+        }
+        if continue_token.is_none() {
+            return;
+        }
+    }
+}
+
+/// 16 bytes per object: the uid if there is one (else namespace/name), hashed so every id has one size.
+fn object_id(object: &DynamicObject) -> u128 {
+    let meta = &object.metadata;
+    let mut hasher = Sha256::new();
+    match &meta.uid {
+        Some(uid) => hasher.update(uid.as_bytes()),
+        None => {
+            hasher.update(meta.namespace.as_deref().unwrap_or_default().as_bytes());
+            hasher.update(b"/");
+            hasher.update(meta.name.as_deref().unwrap_or_default().as_bytes());
+        }
+    }
+    let digest = hasher.finalize();
+    let mut id = [0u8; 16];
+    id.copy_from_slice(&digest[..16]);
+    u128::from_le_bytes(id)
+}
+
+/// Write back one object as it was read (its `resourceVersion` is the precondition), with the same conflict,
+/// retry and skip rules as the full rewrite; the counts go to the returned report.
+pub async fn rewrite_object(
+    client: &kube::Client,
+    target: &Target,
+    object: DynamicObject,
+    options: &RewriteOptions,
+) -> (Outcome, RewriteReport) {
+    let started = Instant::now();
+    let stats = Arc::new(Stats::default());
+    let writer = Writer::new(client, target, options, stats.clone());
+    let outcome = writer.put_back(writer.with_types(object)).await;
+    writer.record(String::new(), outcome.clone());
+    (outcome, stats.report(started.elapsed(), false))
+}
+
+// ---------------------------------------------------------------------------------------------------------
+// Targeted rewrite
+
+/// Rewrite only the objects stored at `etcd_keys` (from a census: keys not on the write key), GET + PUT each.
+///
+/// Each key is matched to the target whose etcd prefix it starts with; a key that matches none is an error
+/// in the report (it would otherwise stay on an old key unnoticed).
+pub async fn rewrite_keys(
+    client: &kube::Client,
+    targets: &[Target],
+    etcd_prefix: &str,
+    etcd_keys: &[String],
+    options: &RewriteOptions,
+) -> RewriteReport {
+    let started = Instant::now();
+    let stats = Arc::new(Stats::default());
+    stats
+        .expected
+        .store(etcd_keys.len() as u64, Ordering::Relaxed);
+    let progress = Progress::start(options.progress, stats.clone(), started);
+    // Longest prefix first so `/registry/services/endpoints/` wins over a hypothetical `/registry/services/`.
+    let mut by_prefix: Vec<(String, Arc<Writer>)> = targets
+        .iter()
+        .map(|t| {
+            (
+                t.etcd(etcd_prefix).key_prefix,
+                Arc::new(Writer::new(client, t, options, stats.clone())),
+            )
+        })
+        .collect();
+    by_prefix.sort_by_key(|(prefix, _)| std::cmp::Reverse(prefix.len()));
+    progress.resource("targeted");
+    futures::stream::iter(etcd_keys)
+        .take_while(|_| std::future::ready(!options.cancel.is_cancelled()))
+        .for_each_concurrent(options.concurrency.max(1), |key| {
+            let by_prefix = &by_prefix;
+            let stats = &stats;
+            async move {
+                let found = by_prefix.iter().find_map(|(prefix, writer)| {
+                    key.strip_prefix(prefix.as_str()).map(|rest| (writer, rest))
+                });
+                let Some((writer, rest)) = found else {
+                    stats.error(
+                        options.max_reported_errors,
+                        ObjectError {
+                            resource: String::new(),
+                            object: key.clone(),
+                            error: "etcd key belongs to no resource being rewritten".into(),
+                        },
+                    );
+                    return;
+                };
+                match split_object_path(writer.target.namespaced, rest) {
+                    Some((namespace, name)) => writer.rewrite_named(namespace, name).await,
+                    None => stats.error(
+                        options.max_reported_errors,
+                        ObjectError {
+                            resource: writer.target.name(),
+                            object: key.clone(),
+                            error: "cannot tell namespace and name from the etcd key".into(),
+                        },
+                    ),
+                }
+            }
+        })
+        .await;
+    progress.finish();
+    let report = stats.report(started.elapsed(), options.cancel.is_cancelled());
+    tracing::info!("targeted rewrite finished: {report}");
+    report
+}
+
+/// `ns/name` (namespaced) or `name` (cluster-scoped) after the resource's etcd prefix.
+fn split_object_path(namespaced: bool, rest: &str) -> Option<(Option<&str>, &str)> {
+    if namespaced {
+        let (ns, name) = rest.split_once('/')?;
+        (!ns.is_empty() && !name.is_empty() && !name.contains('/')).then_some((Some(ns), name))
+    } else {
+        (!rest.is_empty() && !rest.contains('/')).then_some((None, rest))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn object_paths_split_by_scope() {
+        assert_eq!(
+            split_object_path(true, "default/s1"),
+            Some((Some("default"), "s1"))
+        );
+        assert_eq!(split_object_path(true, "s1"), None);
+        assert_eq!(split_object_path(true, "a/b/c"), None);
+        assert_eq!(
+            split_object_path(false, "cluster-admin"),
+            Some((None, "cluster-admin"))
+        );
+        assert_eq!(split_object_path(false, "a/b"), None);
+    }
+}
