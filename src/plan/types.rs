@@ -91,14 +91,17 @@ impl InProgress {
          -> Result<Option<EncryptionConfiguration>, PlanError> {
             match text {
                 None => Ok(None),
-                Some(t) => serde_yaml_ng::from_str(t)
-                    .map(Some)
-                    .map_err(|e| PlanError::BadRecord {
-                        detail: format!(
-                            "the recorded transition {}'s `{which}` config does not parse: {e}",
-                            record.id
-                        ),
-                    }),
+                // RKE's layout of a custom config repeats apiVersion/kind after a fixed header: skip the header.
+                Some(t) => {
+                    serde_yaml_ng::from_str(crate::config::render::strip_rke_custom_header(t))
+                        .map(Some)
+                        .map_err(|e| PlanError::BadRecord {
+                            detail: format!(
+                                "the recorded transition {}'s `{which}` config does not parse: {e}",
+                                record.id
+                            ),
+                        })
+                }
             }
         };
         Ok(InProgress {
