@@ -2,7 +2,7 @@
 //! [`crate::flows`].
 
 use crate::flows;
-use crate::state::paths::{default_kubeconfig_path, default_state_path};
+use crate::state::paths::{default_kubeconfig_path, default_records_path, default_state_path};
 use clap::{ArgAction, Args, CommandFactory, Parser, Subcommand, ValueEnum};
 use std::io::Write;
 use std::path::PathBuf;
@@ -17,10 +17,11 @@ use std::process::ExitCode;
         atrest reads RKE's cluster.yml (services.kube-api.secrets_encryption_config), compares it with what \
         cluster.rkestate records as deployed, and moves every controlplane to the desired EncryptionConfiguration \
         in HA-safe phases (prepare -> rotate -> reencrypt -> verify -> finish). Each step is saved in \
-        cluster.rkestate before the next begins, so an interrupted run resumes where it stopped, and nothing \
+        atrest's records file (cluster.atreststate) before the next begins, so an interrupted run resumes where it stopped, and nothing \
         that could still be needed to read stored data is removed until etcd has been checked.",
     after_help = "Files: cluster.rkestate and kube_config_<config file name> are found beside the config file, \
-        as RKE names them; --state and --kubeconfig override that."
+        as RKE names them, and atrest's records file <config stem>.atreststate beside them; --state, --records and \
+        --kubeconfig override that. Back up cluster.yml, cluster.rkestate and cluster.atreststate together."
 )]
 pub struct Cli {
     #[command(flatten)]
@@ -45,6 +46,11 @@ pub struct GlobalOpts {
     /// RKE state file [default: the config's name with .rkestate, beside it].
     #[arg(long, global = true, value_name = "FILE")]
     pub state: Option<PathBuf>,
+
+    /// atrest's records file (transition in progress, archive of retired keys, snapshots)
+    /// [default: the config's name with .atreststate, beside it]. Back it up with cluster.yml and the state.
+    #[arg(long, global = true, value_name = "FILE")]
+    pub records: Option<PathBuf>,
 
     /// Kubeconfig for the cluster's API [default: kube_config_<config file name>, beside the config].
     #[arg(long, global = true, value_name = "FILE")]
@@ -93,6 +99,13 @@ impl GlobalOpts {
             .unwrap_or_else(|| default_state_path(&self.config))
     }
 
+    /// `--records`, or `<config stem>.atreststate` beside the config.
+    pub fn records_path(&self) -> PathBuf {
+        self.records
+            .clone()
+            .unwrap_or_else(|| default_records_path(&self.config))
+    }
+
     /// `--kubeconfig`, or RKE's default beside the config.
     pub fn kubeconfig_path(&self) -> PathBuf {
         self.kubeconfig
@@ -111,7 +124,7 @@ pub enum Command {
         intermediate encryption configs to every controlplane and restarts kube-apiserver one node at a time, \
         rewrites the stored resources, checks in etcd that nothing still needs a key that is going away, then \
         deploys the final config. Changes: the encryption config file on every controlplane, the kube-apiserver \
-        containers, the stored resources (rewritten), and cluster.rkestate. If a transition was interrupted, \
+        containers, the stored resources (rewritten), cluster.rkestate and atrest's records file. If a transition was interrupted, \
         `up` resumes it first."
     )]
     Up {
@@ -161,8 +174,8 @@ pub enum EncryptCommand {
         Generates a new 32-byte key from the OS random source, adds it as a read-only key on every \
         controlplane, then makes it the write key everywhere, rewrites all encrypted resources, checks in etcd \
         that nothing is still encrypted with the old key, and only then removes the old key (kept in \
-        cluster.rkestate's archive for snapshots taken before). Changes: the encryption config on every \
-        controlplane, kube-apiserver (restarted one node at a time), the stored resources, cluster.rkestate. \
+        the archive of atrest's records file for snapshots taken before). Changes: the encryption config on every \
+        controlplane, kube-apiserver (restarted one node at a time), the stored resources, cluster.rkestate and the records file. \
         Works with the config atrest manages; a custom_config in cluster.yml is rotated by editing it and \
         running `atrest up`."
     )]
@@ -189,7 +202,7 @@ pub enum EncryptCommand {
         Reads every key under /registry for the resources the encryption config covers (through the etcd client \
         certificates in cluster.rkestate) and counts them by provider and key. Fails (exit 1) if any object \
         needs a key or provider the deployed config lacks, or is stored in plain text where encryption is \
-        configured. Records the census in cluster.rkestate; changes nothing on the cluster."
+        configured. Records the census in atrest's records file; changes nothing on the cluster."
     )]
     Verify,
 
@@ -199,7 +212,7 @@ pub enum EncryptCommand {
         controlplane.\n\n\
         Every server can then read data written with the new key, but still writes with the current one. \
         Allowed from stage start or reencrypt_finished. Changes: the encryption config on every controlplane, \
-        kube-apiserver (restarted one node at a time), cluster.rkestate (stage -> prepare). \
+        kube-apiserver (restarted one node at a time), the records file (stage -> prepare). \
         Next: `atrest encrypt rotate`."
     )]
     Prepare {
@@ -213,7 +226,7 @@ pub enum EncryptCommand {
         long_about = "Stage 2: make the new key the write key on every controlplane (the old key stays \
         for reading).\n\n\
         Allowed from stage prepare. Changes: the encryption config on every controlplane, kube-apiserver \
-        (restarted one node at a time), cluster.rkestate (stage -> rotate). Next: `atrest encrypt reencrypt`."
+        (restarted one node at a time), the records file (stage -> rotate). Next: `atrest encrypt reencrypt`."
     )]
     Rotate {
         /// Run even if the current stage does not allow it.
@@ -228,7 +241,7 @@ pub enum EncryptCommand {
         Allowed from stage rotate. Rewrites every resource the encryption config covers through the Kubernetes \
         API (resumable: progress is saved), checks in etcd that nothing still needs the old key, then deploys \
         the config without it. Changes: the stored resources, the encryption config on every controlplane, \
-        kube-apiserver, cluster.rkestate (stage -> reencrypt_active -> reencrypt_finished)."
+        kube-apiserver, the records file (stage -> reencrypt_active -> reencrypt_finished)."
     )]
     Reencrypt {
         /// Run even if the current stage does not allow it.

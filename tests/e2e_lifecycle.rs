@@ -39,8 +39,8 @@ fn every_transition_keeps_every_object_readable_and_verified() {
     assert_eq!(refused.status.code(), Some(1));
     assert!(String::from_utf8_lossy(&refused.stderr).contains("--yes"));
     assert!(
-        b.state().get("atrest").is_none(),
-        "dry run and refusal wrote nothing"
+        b.records()["transition"].is_null(),
+        "dry run and refusal started nothing"
     );
 
     b.ok(&["up", "--yes"]);
@@ -50,9 +50,33 @@ fn every_transition_keeps_every_object_readable_and_verified() {
         state["currentState"]["encryptionConfig"], state["desiredState"]["encryptionConfig"],
         "RKE's desired and current encryptionConfig agree"
     );
-    assert!(state["atrest"]["transition"].is_null());
-    assert_eq!(state["atrest"]["snapshots"].as_array().unwrap().len(), 1);
-    let snapshot = state["atrest"]["snapshots"][0]["path"].as_str().unwrap();
+    let records = b.records();
+    assert!(
+        state.get("atrest").is_none(),
+        "nothing of atrest's in RKE's state"
+    );
+    // RKE's view agrees: enabled, managed (no customConfig), the config in RKE's template layout, and every
+    // node's file is what `rke up` writes (state string + "\n").
+    for section in ["currentState", "desiredState"] {
+        let sec = &state[section]["rkeConfig"]["services"]["kubeApi"]["secretsEncryptionConfig"];
+        assert_eq!(sec["enabled"], true, "{section}: {sec}");
+        assert!(sec.get("customConfig").is_none(), "{section}: {sec}");
+    }
+    let text = state["currentState"]["encryptionConfig"].as_str().unwrap();
+    assert!(
+        text.ends_with("  - identity: {}") && text.contains("\n      - name: "),
+        "RKE's template layout"
+    );
+    let rke_file_sha = hex_sha256(format!("{text}\n").as_bytes());
+    assert!(records["transition"].is_null());
+    assert_eq!(records["snapshots"].as_array().unwrap().len(), 1);
+    assert_eq!(
+        std::os::unix::fs::PermissionsExt::mode(
+            &std::fs::metadata(b.records_path()).unwrap().permissions()
+        ) & 0o777,
+        0o600
+    );
+    let snapshot = records["snapshots"][0]["path"].as_str().unwrap();
     let meta = std::fs::metadata(snapshot).expect("snapshot file");
     assert!(meta.len() > 0);
     assert_eq!(
@@ -63,6 +87,13 @@ fn every_transition_keeps_every_object_readable_and_verified() {
     assert_eq!(status["encryptionStatus"], "Enabled");
     assert_eq!(status["stage"], "start");
     assert_eq!(status["hashesMatch"], true);
+    for n in status["nodes"].as_array().unwrap() {
+        assert_eq!(
+            n["sha256"],
+            rke_file_sha.as_str(),
+            "the node file is RKE's bytes: {n}"
+        );
+    }
     assert!(
         status["nodes"]
             .as_array()
@@ -91,7 +122,8 @@ fn every_transition_keeps_every_object_readable_and_verified() {
     let state = b.state();
     let key2 = managed_key_name(&state);
     assert_ne!(key1, key2);
-    let archive = state["atrest"]["archive"].as_array().unwrap();
+    let records = b.records();
+    let archive = records["archive"].as_array().unwrap();
     assert!(
         archive
             .iter()
@@ -181,6 +213,16 @@ fn every_transition_keeps_every_object_readable_and_verified() {
     }
     all_on(&b.census(), "secrets", "identity", SECRETS);
     assert!(b.etcd_prefix(SECRET_KEY).starts_with('{'));
+    // RKE reads "off" with no config (left enabled, every later `rke up` would fail with EOF).
+    let state = b.state();
+    for section in ["currentState", "desiredState"] {
+        assert!(
+            state[section].get("encryptionConfig").is_none(),
+            "{section}"
+        );
+        let sec = &state[section]["rkeConfig"]["services"]["kubeApi"]["secretsEncryptionConfig"];
+        assert_eq!(sec["enabled"], false, "{section}: {sec}");
+    }
     let state = b.state();
     assert!(
         state["currentState"]
@@ -189,4 +231,9 @@ fn every_transition_keeps_every_object_readable_and_verified() {
     );
     b.ok(&["encrypt", "verify"]);
     b.verify_seed();
+}
+
+fn hex_sha256(bytes: &[u8]) -> String {
+    use sha2::Digest;
+    hex::encode(sha2::Sha256::digest(bytes))
 }

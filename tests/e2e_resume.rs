@@ -48,10 +48,11 @@ fn kill_at(b: &Bench, args: &[&str], stage: &str, delay: Duration) -> bool {
 
 fn assert_complete_and_intact(b: &Bench) {
     let state = b.state();
+    let records = b.records();
     assert!(
-        state["atrest"]["transition"].is_null(),
+        records["transition"].is_null(),
         "transition finished: {}",
-        state["atrest"]
+        records["transition"]
     );
     assert_eq!(
         state["currentState"]["encryptionConfig"],
@@ -94,9 +95,9 @@ fn killed_runs_resume_from_their_stage_and_lose_nothing() {
         let before = b.state();
         if kill_at(&b, &["encrypt", "rotate-key", "--yes"], stage, delay) {
             killed.push(stage);
-            let after = b.state();
+            let after = b.records();
             assert_eq!(
-                after["atrest"]["transition"]["kind"], "rotate-key",
+                after["transition"]["kind"], "rotate-key",
                 "the interrupted rotation is recorded"
             );
             // The rerun says it resumes and generates no other key.
@@ -105,7 +106,7 @@ fn killed_runs_resume_from_their_stage_and_lose_nothing() {
             b.ok(&["up", "--yes"]);
             let done = b.state();
             assert_eq!(
-                done["currentState"]["encryptionConfig"], after["atrest"]["transition"]["to"],
+                done["currentState"]["encryptionConfig"], after["transition"]["to"],
                 "the resumed run finished the recorded rotation"
             );
         } else {
@@ -267,7 +268,7 @@ fn ctrl_c_stops_at_a_safe_point_and_the_rerun_finishes() {
         "stopped part way: {done} of {SECRETS}"
     );
     assert!(after < Duration::from_secs(30), "stopped after {after:?}");
-    assert!(!b.state()["atrest"]["transition"].is_null());
+    assert!(!b.records()["transition"].is_null());
     b.verify_seed();
     b.ok(&["up", "--yes"]);
     assert_complete_and_intact(&b);

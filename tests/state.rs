@@ -57,6 +57,10 @@ fn sample_atrest() -> AtrestState {
     }
 }
 
+/// A change atrest makes to the state (any value will do for the file tests).
+const SAMPLE_CONFIG: &str =
+    "apiVersion: apiserver.config.k8s.io/v1\nkind: EncryptionConfiguration\n";
+
 #[test]
 fn unchanged_state_round_trips_byte_for_byte() {
     for name in ["rke-v1.5.rkestate", "rke-with-unknown-keys.rkestate"] {
@@ -87,10 +91,9 @@ fn reformatting_matches_rke_go_output_exactly() {
 }
 
 #[test]
-fn changing_atrest_and_encryption_config_keeps_every_other_key_and_its_order() {
+fn changing_encryption_config_keeps_every_other_key_and_its_order() {
     let (path, bytes) = fixture("rke-with-unknown-keys.rkestate");
     let mut state = RkeState::parse(&bytes, &path).unwrap();
-    state.set_atrest(&sample_atrest()).unwrap();
     state.set_current_encryption_config(Some(
         "apiVersion: apiserver.config.k8s.io/v1\nkind: EncryptionConfiguration\n",
     ));
@@ -114,7 +117,7 @@ fn changing_atrest_and_encryption_config_keeps_every_other_key_and_its_order() {
     assert_eq!(before, after);
 
     let reread = RkeState::parse(&out, &path).unwrap();
-    assert_eq!(reread.atrest().unwrap(), sample_atrest());
+    assert_eq!(reread.legacy_atrest().unwrap(), None);
     assert_eq!(reread.desired_encryption_config(), None);
     assert!(
         reread
@@ -129,10 +132,7 @@ fn changing_atrest_and_encryption_config_keeps_every_other_key_and_its_order() {
         .keys()
         .cloned()
         .collect();
-    assert_eq!(
-        top,
-        ["desiredState", "currentState", "zz_otherTool", "atrest"]
-    );
+    assert_eq!(top, ["desiredState", "currentState", "zz_otherTool"]);
     // encryptionConfig is RKE's last State field: it stays last.
     let current: Vec<&String> = reread.as_value()["currentState"]
         .as_object()
@@ -142,6 +142,36 @@ fn changing_atrest_and_encryption_config_keeps_every_other_key_and_its_order() {
     assert_eq!(
         current,
         ["rkeConfig", "certificatesBundle", "encryptionConfig"]
+    );
+}
+
+#[test]
+fn a_legacy_atrest_key_is_read_and_removed_keeping_every_other_key() {
+    let (path, bytes) = fixture("rke-with-unknown-keys.rkestate");
+    let mut v: Value = serde_json::from_slice(&bytes).unwrap();
+    v["atrest"] = serde_json::to_value(sample_atrest()).unwrap();
+    let with_key = serde_json::to_vec_pretty(&v).unwrap();
+    let mut state = RkeState::parse(&with_key, &path).unwrap();
+    assert_eq!(state.legacy_atrest().unwrap(), Some(sample_atrest()));
+    assert!(state.remove_legacy_atrest());
+    assert!(!state.remove_legacy_atrest(), "removed once");
+    let out = state.to_bytes().unwrap();
+    assert_eq!(
+        leaves(&out),
+        leaves(&bytes),
+        "only the atrest key went away"
+    );
+    // A key that does not hold atrest's records is an error naming it, never dropped silently.
+    v["atrest"] = serde_json::json!({"archive": 3});
+    let bad = RkeState::parse(&serde_json::to_vec(&v).unwrap(), &path);
+    assert!(bad.is_err(), "the shape check refuses it when reading");
+}
+
+#[test]
+fn records_path_defaults_beside_the_config() {
+    assert_eq!(
+        atrest::state::paths::default_records_path(Path::new("/a/cluster.yml")),
+        Path::new("/a/cluster.atreststate")
     );
 }
 
@@ -189,7 +219,7 @@ fn reads_encryption_configs_certificates_and_names() {
         3
     );
     assert_eq!(state.current_rke_config().unwrap()["clusterName"], "prod");
-    assert_eq!(state.atrest().unwrap(), AtrestState::default());
+    assert_eq!(state.legacy_atrest().unwrap(), None);
     assert!(!format!("{state:?}").contains("PRIVATE"));
 }
 
@@ -207,7 +237,6 @@ fn empty_state_gets_sections_in_rke_order() {
     assert!(state.is_empty());
     state.set_current_encryption_config(Some("c"));
     state.set_desired_encryption_config(Some("d"));
-    state.set_atrest(&AtrestState::default()).unwrap();
     let out = String::from_utf8(state.to_bytes().unwrap().to_vec()).unwrap();
     assert!(out.starts_with(
         "{\n  \"desiredState\": {\n    \"encryptionConfig\": \"d\"\n  },\n  \"currentState\""
@@ -237,7 +266,7 @@ fn missing_file_is_an_empty_state_and_first_save_is_0600() {
     let file = StateFile::open_locked(&path).unwrap();
     let mut state = file.load().unwrap();
     assert!(state.is_empty());
-    state.set_atrest(&sample_atrest()).unwrap();
+    state.set_current_encryption_config(Some(SAMPLE_CONFIG));
     // A lax umask must not widen the file's mode.
     let old = unsafe_umask(0o000);
     let saved = file.save(&state);
@@ -248,7 +277,10 @@ fn missing_file_is_an_empty_state_and_first_save_is_0600() {
         !file.backup_path().exists(),
         "nothing to back up on the first save"
     );
-    assert_eq!(file.load().unwrap().atrest().unwrap(), sample_atrest());
+    assert_eq!(
+        file.load().unwrap().current_encryption_config(),
+        Some(SAMPLE_CONFIG)
+    );
 }
 
 #[test]
@@ -267,7 +299,7 @@ fn save_keeps_the_previous_version_as_bak_0600_and_fixes_a_lax_mode() {
     assert_eq!(mode(&path), 0o600);
     assert!(!file.backup_path().exists());
 
-    state.set_atrest(&sample_atrest()).unwrap();
+    state.set_current_encryption_config(Some(SAMPLE_CONFIG));
     file.save(&state).unwrap();
     assert_eq!(fs::read(file.backup_path()).unwrap(), bytes);
     assert_eq!(mode(&file.backup_path()), 0o600);
@@ -345,10 +377,13 @@ fn an_interrupted_save_leaves_a_temp_file_that_does_not_break_the_next_run() {
     let file = StateFile::open_locked(&path).unwrap();
     let mut state = file.load().unwrap();
     assert!(state.current_encryption_config().is_some());
-    state.set_atrest(&sample_atrest()).unwrap();
+    state.set_current_encryption_config(Some(SAMPLE_CONFIG));
     file.save(&state).unwrap();
     assert!(!tmp.exists());
-    assert_eq!(file.load().unwrap().atrest().unwrap(), sample_atrest());
+    assert_eq!(
+        file.load().unwrap().current_encryption_config(),
+        Some(SAMPLE_CONFIG)
+    );
     assert_eq!(fs::read(file.backup_path()).unwrap(), bytes);
 }
 
@@ -360,7 +395,7 @@ fn a_state_rewritten_by_rke_meanwhile_is_not_overwritten() {
     fs::write(&path, &bytes).unwrap();
     let file = StateFile::open_locked(&path).unwrap();
     let mut state = file.load().unwrap();
-    state.set_atrest(&sample_atrest()).unwrap();
+    state.set_current_encryption_config(Some(SAMPLE_CONFIG));
     file.save(&state).unwrap();
 
     // `rke up` does not take atrest's lock: it rewrites the file between two atrest saves.
@@ -390,7 +425,7 @@ fn a_state_rewritten_by_rke_meanwhile_is_not_overwritten() {
     ));
     // After loading, the handle saves again.
     let mut state = file.load().unwrap();
-    state.set_atrest(&sample_atrest()).unwrap();
+    state.set_current_encryption_config(Some(SAMPLE_CONFIG));
     file.save(&state).unwrap();
     assert_eq!(fs::read_to_string(file.backup_path()).unwrap(), rke_wrote);
 }
@@ -415,9 +450,7 @@ fn concurrent_savers_never_interleave() {
                     Err(e) => panic!("{e}"),
                 };
                 let mut state = file.load().unwrap();
-                let mut a = sample_atrest();
-                a.snapshots[0].name = format!("writer-{i}");
-                state.set_atrest(&a).unwrap();
+                state.set_current_encryption_config(Some(&format!("writer-{i}")));
                 file.save(&state).unwrap();
                 std::thread::sleep(std::time::Duration::from_millis(50));
                 true
@@ -432,8 +465,10 @@ fn concurrent_savers_never_interleave() {
     assert!(winners >= 1);
     let file = StateFile::open_locked(&path).unwrap();
     assert!(
-        file.load().unwrap().atrest().unwrap().snapshots[0]
-            .name
+        file.load()
+            .unwrap()
+            .current_encryption_config()
+            .unwrap()
             .starts_with("writer-")
     );
 }

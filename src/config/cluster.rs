@@ -17,6 +17,13 @@ pub const DEFAULT_DOCKER_SOCKET: &str = "/var/run/docker.sock";
 pub const DEFAULT_SSH_KEY_PATH: &str = "~/.ssh/id_rsa";
 /// The roles RKE knows.
 pub const ROLES: [&str; 3] = ["controlplane", "etcd", "worker"];
+/// Where kube-apiserver keeps its objects in etcd unless told otherwise (RKE's `EtcdPathPrefix`).
+pub const DEFAULT_ETCD_PREFIX: &str = "/registry";
+/// The encryption config path inside the kube-apiserver container (RKE's `EncryptionProviderFilePath`).
+pub const DEFAULT_ENCRYPTION_CONFIG_IN_CONTAINER: &str = "/etc/kubernetes/ssl/encryption.yaml";
+/// The kube-apiserver flags (as `extra_args` keys) that move where atrest looks.
+pub const ETCD_PREFIX_ARG: &str = "etcd-prefix";
+pub const ENCRYPTION_CONFIG_ARG: &str = "encryption-provider-config";
 /// Where the custom EncryptionConfiguration sits in cluster.yml.
 pub const CUSTOM_CONFIG_PATH: &str = "services.kube-api.secrets_encryption_config.custom_config";
 
@@ -33,6 +40,10 @@ pub struct ClusterConfig {
     pub ssh_agent_auth: bool,
     pub bastion_host: Option<BastionHost>,
     pub prefix_path: Option<String>,
+    /// RKE's `rotate_encryption_key: true`: `rke up` (and so `atrest up`) rotates the managed key on every run
+    /// while it is set.
+    #[serde(deserialize_with = "yaml11_bool")]
+    pub rotate_encryption_key: bool,
     #[serde(deserialize_with = "null_as_default")]
     pub services: Services,
     /// Positions of every field in the file this came from (set by [`load`]/[`parse`]).
@@ -115,6 +126,15 @@ pub struct SecretsEncryptionConfig {
 pub struct Etcd {
     /// Kept as raw YAML: atrest reads only what snapshots need from it.
     pub backup_config: Option<serde_yaml_ng::Value>,
+    /// External etcd (no etcd nodes): its client URLs. kube-apiserver then stores under `path`.
+    #[serde(deserialize_with = "null_as_default")]
+    pub external_urls: Vec<String>,
+    /// The etcd prefix of an external etcd (RKE requires it with `external_urls`).
+    pub path: Option<String>,
+    /// External etcd's CA, client certificate and key (PEM), as RKE reads them.
+    pub ca_cert: Option<String>,
+    pub cert: Option<String>,
+    pub key: Option<crate::secret::SecretString>,
 }
 
 /// A node's `port` is not a usable TCP port.
@@ -235,12 +255,93 @@ impl ClusterConfig {
             .is_some_and(|s| !s.enabled && s.custom_config.is_some())
     }
 
+    /// Whether etcd is external (`services.etcd.external_urls`), so no node has the etcd role.
+    pub fn external_etcd(&self) -> bool {
+        !self.services.etcd.external_urls.is_empty()
+    }
+
+    /// Where kube-apiserver keeps its objects in etcd, as RKE builds `--etcd-prefix`: `extra_args.etcd-prefix`,
+    /// else `services.etcd.path` with external etcd, else `/registry`.
+    pub fn etcd_prefix(&self) -> String {
+        if let Some(p) = self.services.kube_api.extra_args.get(ETCD_PREFIX_ARG) {
+            return p.clone();
+        }
+        match &self.services.etcd.path {
+            Some(p) if self.external_etcd() => p.clone(),
+            _ => DEFAULT_ETCD_PREFIX.to_string(),
+        }
+    }
+
+    /// `extra_args.encryption-provider-config`, when cluster.yml pins the flag itself: RKE then puts it on
+    /// kube-apiserver's command line whatever `enabled` says, so atrest neither adds nor removes it.
+    pub fn pinned_encryption_config(&self) -> Option<&str> {
+        self.services
+            .kube_api
+            .extra_args
+            .get(ENCRYPTION_CONFIG_ARG)
+            .map(String::as_str)
+    }
+
+    /// The encryption config's path inside the kube-apiserver container.
+    pub fn encryption_config_in_container(&self) -> &str {
+        self.pinned_encryption_config()
+            .unwrap_or(DEFAULT_ENCRYPTION_CONFIG_IN_CONTAINER)
+    }
+
+    /// The host path of the encryption config on a node whose `/etc/kubernetes` is `kubernetes_dir` on the
+    /// host: the container path mapped through kube-apiserver's binds (`<prefix>/etc/kubernetes:/etc/kubernetes`
+    /// and `extra_binds`, the deepest match wins). `Err` says why it cannot be mapped.
+    pub fn encryption_config_host_path(&self, kubernetes_dir: &str) -> Result<String, String> {
+        host_path(
+            self.encryption_config_in_container(),
+            kubernetes_dir,
+            &self.services.kube_api.extra_binds,
+        )
+    }
+
     /// The file name used in messages (`cluster.yml` when not loaded from a file).
     pub fn origin(&self) -> &str {
         self.source
             .as_ref()
             .map_or("cluster.yml", |s| s.origin.as_str())
     }
+}
+
+/// Maps a path inside the kube-apiserver container to the host through its binds (`host:container[:opts]`).
+fn host_path(
+    container: &str,
+    kubernetes_dir: &str,
+    extra_binds: &[String],
+) -> Result<String, String> {
+    if !container.starts_with('/') {
+        return Err(format!(
+            "{} is not an absolute path",
+            gofmt::quote(container)
+        ));
+    }
+    let mut binds: Vec<(String, String)> =
+        vec![(kubernetes_dir.to_string(), "/etc/kubernetes".to_string())];
+    for b in extra_binds {
+        let mut parts = b.split(':');
+        if let (Some(h), Some(c)) = (parts.next(), parts.next()) {
+            binds.push((
+                h.trim_end_matches('/').to_string(),
+                c.trim_end_matches('/').to_string(),
+            ));
+        }
+    }
+    binds
+        .iter()
+        .filter(|(_, c)| !c.is_empty() && (container == c || container.starts_with(&format!("{c}/"))))
+        .max_by_key(|(_, c)| c.len())
+        .map(|(h, c)| format!("{h}{}", &container[c.len()..]))
+        .ok_or_else(|| {
+            format!(
+                "{} is not inside a directory kube-apiserver gets from the host (/etc/kubernetes or an \
+                 extra_binds entry), so atrest cannot deliver the file there",
+                gofmt::quote(container)
+            )
+        })
 }
 
 fn null_as_default<'de, D, T>(d: D) -> Result<T, D::Error>
@@ -486,6 +587,89 @@ fn cluster_diagnostics(config: &ClusterConfig) -> Vec<Diagnostic> {
             push(&at("port"), bad_port(port));
         }
     }
+    for (i, node) in config.nodes.iter().enumerate() {
+        if node.user.as_deref().is_none_or(|u| u.trim().is_empty()) {
+            push(
+                &format!("nodes[{i}].user"),
+                format!(
+                    "a node needs its SSH user (RKE refuses it too: \"User for host ({}) is not provided\")",
+                    i + 1
+                ),
+            );
+        }
+    }
+    let etcd = &config.services.etcd;
+    if config.external_etcd() {
+        if config.nodes.iter().any(Node::is_etcd) {
+            push(
+                "services.etcd.external_urls",
+                "a cluster can't have both internal and external etcd (nodes with the etcd role and external_urls)"
+                    .into(),
+            );
+        }
+        for (field, empty) in [
+            ("ca_cert", etcd.ca_cert.as_deref().is_none_or(str::is_empty)),
+            ("cert", etcd.cert.as_deref().is_none_or(str::is_empty)),
+            (
+                "key",
+                etcd.key.as_ref().is_none_or(|k| k.expose().is_empty()),
+            ),
+            ("path", etcd.path.as_deref().is_none_or(str::is_empty)),
+        ] {
+            if empty {
+                push(
+                    &format!("services.etcd.{field}"),
+                    "external etcd (services.etcd.external_urls) needs it; RKE refuses it too"
+                        .into(),
+                );
+            }
+        }
+    }
+    let args = &config.services.kube_api.extra_args;
+    if let Some(path) = args.get(ENCRYPTION_CONFIG_ARG) {
+        let at = format!("services.kube-api.extra_args.{ENCRYPTION_CONFIG_ARG}");
+        if let Err(why) = host_path(
+            path,
+            "/etc/kubernetes",
+            &config.services.kube_api.extra_binds,
+        ) {
+            push(&at, why);
+        } else if !config.encryption_enabled() {
+            push(
+                &at,
+                "pins kube-apiserver's --encryption-provider-config while secrets_encryption_config.enabled is \
+                 false: kube-apiserver would not start without the file; remove the extra arg or enable encryption"
+                    .into(),
+            );
+        }
+    }
+    if let Some(prefix) = args.get(ETCD_PREFIX_ARG)
+        && !prefix.starts_with('/')
+    {
+        push(
+            &format!("services.kube-api.extra_args.{ETCD_PREFIX_ARG}"),
+            format!(
+                "{} must be an absolute etcd key prefix (like /registry)",
+                gofmt::quote(prefix)
+            ),
+        );
+    }
+    if config.rotate_encryption_key {
+        let sec = config.services.kube_api.secrets_encryption_config.as_ref();
+        if !config.encryption_enabled() {
+            push(
+                "rotate_encryption_key",
+                "needs secrets_encryption_config.enabled: true (there is no key to rotate)".into(),
+            );
+        } else if sec.is_some_and(|s| s.custom_config.is_some()) {
+            push(
+                "rotate_encryption_key",
+                "key rotation is not supported with a custom_config (RKE refuses it too): rotate by editing \
+                 custom_config"
+                    .into(),
+            );
+        }
+    }
     if let Some(port) = config
         .bastion_host
         .as_ref()
@@ -502,7 +686,8 @@ fn cluster_diagnostics(config: &ClusterConfig) -> Vec<Diagnostic> {
 mod tests {
     use super::*;
 
-    const MINIMAL: &str = "nodes:\n  - address: 10.0.0.1\n    role: [controlplane]\n";
+    const MINIMAL: &str =
+        "nodes:\n  - address: 10.0.0.1\n    role: [controlplane]\n    user: rke\n";
 
     #[test]
     fn defaults_are_rke_defaults() {
@@ -510,7 +695,7 @@ mod tests {
         let n = &c.nodes[0];
         assert_eq!(n.ssh_port(), Ok(22));
         assert_eq!(n.docker_socket(), "/var/run/docker.sock");
-        assert_eq!(n.user, None);
+        assert_eq!(n.user.as_deref(), Some("rke"));
         assert_eq!(c.ssh_key_path(), "~/.ssh/id_rsa");
         assert_eq!(n.ssh_key_path(&c), "~/.ssh/id_rsa");
         assert_eq!(c.prefix_path(), "");
@@ -521,8 +706,9 @@ mod tests {
     #[test]
     fn port_accepts_string_or_number() {
         for port in ["2222", "\"2222\"", "'2222'"] {
-            let text =
-                format!("nodes:\n  - address: a\n    port: {port}\n    role: [controlplane]\n");
+            let text = format!(
+                "nodes:\n  - address: a\n    port: {port}\n    role: [controlplane]\n    user: rke\n"
+            );
             let c = parse(&text, "cluster.yml").unwrap();
             assert_eq!(c.nodes[0].port.as_deref(), Some("2222"));
             assert_eq!(c.nodes[0].ssh_port(), Ok(2222));
@@ -531,7 +717,7 @@ mod tests {
 
     #[test]
     fn unknown_fields_are_ignored_everywhere() {
-        let text = "kubernetes_version: v1.27.16\naddons: |\n  ---\n  kind: Namespace\nnodes:\n  - address: a\n    role: [controlplane, etcd, worker]\n    labels: {x: y}\n    taints: [{key: k, value: v, effect: NoSchedule}]\nservices:\n  kube-api:\n    pod_security_policy: false\n    secrets_encryption_config:\n      enabled: true\n  kubelet:\n    extra_args: {max-pods: 250}\nnetwork: {plugin: canal}\n";
+        let text = "kubernetes_version: v1.27.16\naddons: |\n  ---\n  kind: Namespace\nnodes:\n  - address: a\n    role: [controlplane, etcd, worker]\n    user: rke\n    labels: {x: y}\n    taints: [{key: k, value: v, effect: NoSchedule}]\nservices:\n  kube-api:\n    pod_security_policy: false\n    secrets_encryption_config:\n      enabled: true\n  kubelet:\n    extra_args: {max-pods: 250}\nnetwork: {plugin: canal}\n";
         let c = parse(text, "cluster.yml").unwrap();
         assert!(c.encryption_enabled());
         assert_eq!(c.etcd_nodes().len(), 1);
@@ -539,7 +725,7 @@ mod tests {
 
     #[test]
     fn helpers_pick_roles_names_and_paths() {
-        let text = "ssh_key_path: /keys/default\nprefix_path: /opt/rke/\nnodes:\n  - address: 10.0.0.1\n    hostname_override: cp-1\n    role: [controlplane, etcd]\n    docker_socket: /run/docker.sock\n  - address: 10.0.0.2\n    role: [etcd]\n    ssh_key_path: /keys/etcd\n  - address: 10.0.0.3\n    role: [worker]\n";
+        let text = "ssh_key_path: /keys/default\nprefix_path: /opt/rke/\nnodes:\n  - address: 10.0.0.1\n    hostname_override: cp-1\n    role: [controlplane, etcd]\n    user: rke\n    docker_socket: /run/docker.sock\n  - address: 10.0.0.2\n    role: [etcd]\n    user: rke\n    ssh_key_path: /keys/etcd\n  - address: 10.0.0.3\n    role: [worker]\n    user: rke\n";
         let c = parse(text, "cluster.yml").unwrap();
         let names: Vec<&str> = c.controlplanes().iter().map(|n| n.display_name()).collect();
         assert_eq!(names, ["cp-1"]);
@@ -619,6 +805,123 @@ mod tests {
         assert!(
             e.to_string()
                 .starts_with("cannot read /nonexistent/cluster.yml: "),
+            "{e}"
+        );
+    }
+
+    #[test]
+    fn a_node_without_user_is_refused_like_rke() {
+        let text = "nodes:\n  - address: 10.0.0.1\n    role: [controlplane]\n  - address: 10.0.0.2\n    user: \"\"\n    role: [etcd]\n";
+        let e = parse(text, "cluster.yml").unwrap_err().to_string();
+        assert!(
+            e.contains("cluster.yml:2:5: nodes[0].user: a node needs its SSH user (RKE refuses it too: \"User for host (1) is not provided\")"),
+            "{e}"
+        );
+        assert!(e.contains("cluster.yml:5:11: nodes[1].user:"), "{e}");
+    }
+
+    #[test]
+    fn etcd_prefix_follows_extra_args_then_external_path() {
+        let c = parse(MINIMAL, "cluster.yml").unwrap();
+        assert_eq!(c.etcd_prefix(), "/registry");
+        assert!(!c.external_etcd());
+        let ext = format!(
+            "nodes:\n  - address: 10.0.0.1\n    role: [controlplane, worker]\n    user: rke\nservices:\n  etcd:\n    external_urls: [https://10.0.0.9:2379]\n    path: /prod\n    ca_cert: CA\n    cert: CERT\n    key: KEY\n"
+        );
+        let c = parse(&ext, "cluster.yml").unwrap();
+        assert!(c.external_etcd());
+        assert_eq!(c.etcd_prefix(), "/prod");
+        let pinned = format!("{ext}  kube-api:\n    extra_args:\n      etcd-prefix: /other\n");
+        assert_eq!(
+            parse(&pinned, "cluster.yml").unwrap().etcd_prefix(),
+            "/other"
+        );
+    }
+
+    #[test]
+    fn external_etcd_needs_what_rke_needs() {
+        let text = "nodes:\n  - address: 10.0.0.1\n    role: [controlplane, etcd]\n    user: rke\nservices:\n  etcd:\n    external_urls: [https://10.0.0.9:2379]\n    cert: CERT\n";
+        let e = parse(text, "cluster.yml").unwrap_err().to_string();
+        assert!(e.contains("cluster.yml:7:20: services.etcd.external_urls: a cluster can't have both internal and external etcd"), "{e}");
+        assert!(e.contains("services.etcd.path: external etcd"), "{e}");
+        assert!(e.contains("services.etcd.key: external etcd"), "{e}");
+        assert!(!e.contains("services.etcd.cert:"), "{e}");
+    }
+
+    #[test]
+    fn encryption_provider_config_extra_arg_moves_the_file_through_the_binds() {
+        let base = "nodes:\n  - address: 10.0.0.1\n    role: [controlplane]\n    user: rke\nservices:\n  kube-api:\n    secrets_encryption_config: {enabled: true}\n";
+        let c = parse(base, "cluster.yml").unwrap();
+        assert_eq!(c.pinned_encryption_config(), None);
+        assert_eq!(
+            c.encryption_config_host_path("/opt/rke/etc/kubernetes")
+                .unwrap(),
+            "/opt/rke/etc/kubernetes/ssl/encryption.yaml"
+        );
+        let inside = format!(
+            "{base}    extra_args:\n      encryption-provider-config: /etc/kubernetes/enc/config.yaml\n"
+        );
+        let c = parse(&inside, "cluster.yml").unwrap();
+        assert_eq!(
+            c.encryption_config_in_container(),
+            "/etc/kubernetes/enc/config.yaml"
+        );
+        assert_eq!(
+            c.encryption_config_host_path("/etc/kubernetes").unwrap(),
+            "/etc/kubernetes/enc/config.yaml"
+        );
+        let bound = format!(
+            "{base}    extra_binds: [\"/srv/enc:/enc:ro\"]\n    extra_args:\n      encryption-provider-config: /enc/x.yaml\n"
+        );
+        let c = parse(&bound, "cluster.yml").unwrap();
+        assert_eq!(
+            c.encryption_config_host_path("/etc/kubernetes").unwrap(),
+            "/srv/enc/x.yaml"
+        );
+        let outside =
+            format!("{base}    extra_args:\n      encryption-provider-config: /var/enc.yaml\n");
+        let e = parse(&outside, "cluster.yml").unwrap_err().to_string();
+        assert!(
+            e.starts_with("cluster.yml:9:35: services.kube-api.extra_args.encryption-provider-config: \"/var/enc.yaml\" is not inside"),
+            "{e}"
+        );
+        let disabled = inside.replace("{enabled: true}", "{enabled: false}");
+        let e = parse(&disabled, "cluster.yml").unwrap_err().to_string();
+        assert!(
+            e.contains("pins kube-apiserver's --encryption-provider-config"),
+            "{e}"
+        );
+    }
+
+    #[test]
+    fn rotate_encryption_key_is_read_and_refused_where_rke_cannot_rotate() {
+        let managed = format!(
+            "rotate_encryption_key: true\n{MINIMAL}services:\n  kube-api:\n    secrets_encryption_config:\n      enabled: true\n"
+        );
+        assert!(
+            parse(&managed, "cluster.yml")
+                .unwrap()
+                .rotate_encryption_key
+        );
+        assert!(!parse(MINIMAL, "cluster.yml").unwrap().rotate_encryption_key);
+        let e = parse(
+            &format!("rotate_encryption_key: yes\n{MINIMAL}"),
+            "cluster.yml",
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(
+            e.starts_with(
+                "cluster.yml:1:24: rotate_encryption_key: needs secrets_encryption_config.enabled"
+            ),
+            "{e}"
+        );
+        let custom = format!(
+            "{managed}      custom_config:\n        apiVersion: apiserver.config.k8s.io/v1\n        kind: EncryptionConfiguration\n        resources:\n          - resources: [secrets]\n            providers: [identity: {{}}]\n"
+        );
+        let e = parse(&custom, "cluster.yml").unwrap_err().to_string();
+        assert!(
+            e.contains("rotate_encryption_key: key rotation is not supported with a custom_config"),
             "{e}"
         );
     }

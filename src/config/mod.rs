@@ -8,6 +8,7 @@ pub mod error;
 pub(crate) mod gofmt;
 pub mod keys;
 pub mod render;
+pub mod rke_render;
 pub mod yaml_pos;
 
 pub use error::{ConfigError, Diagnostic, Position};
@@ -53,7 +54,7 @@ pub fn desired(cluster: &cluster::ClusterConfig) -> Result<Desired, ConfigError>
 mod tests {
     use super::*;
 
-    const NODES: &str = "nodes:\n  - address: 10.0.0.1\n    role: [controlplane]\n";
+    const NODES: &str = "nodes:\n  - address: 10.0.0.1\n    role: [controlplane]\n    user: rke\n";
 
     #[test]
     fn desired_follows_enabled_and_custom_config() {
@@ -90,7 +91,7 @@ mod tests {
         sec.custom_config.as_mut().unwrap().resources[0].resources[0] = "Secrets".into();
         assert_eq!(
             desired(&c).unwrap_err().to_string(),
-            "cluster.yml:12:25: custom_config: resources[0].resources[0]: Invalid value: \"Secrets\": resource name should not contain capital letters"
+            "cluster.yml:13:25: custom_config: resources[0].resources[0]: Invalid value: \"Secrets\": resource name should not contain capital letters"
         );
     }
 }

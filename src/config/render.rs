@@ -19,6 +19,30 @@ pub fn to_yaml_redacted(config: &EncryptionConfiguration) -> String {
     render(config, true)
 }
 
+/// The header RKE's custom-config template puts before the rendered `custom_config`.
+pub const RKE_CUSTOM_HEADER: &str =
+    "apiVersion: apiserver.config.k8s.io/v1\nkind: EncryptionConfiguration\n";
+
+/// Where state strings are said to come from in errors.
+pub const STATE_ORIGIN: &str = "cluster.rkestate encryptionConfig";
+
+/// Parses an encryption config as RKE keeps it in its state. RKE renders a `custom_config` that names its own
+/// apiVersion and kind after a fixed header with the same two keys; the duplicate header is skipped here so the
+/// strict parser (which refuses duplicate fields, as kube-apiserver ≥ 1.31) reads what RKE meant.
+pub fn parse_state_config(
+    text: &str,
+) -> Result<EncryptionConfiguration, crate::config::ConfigError> {
+    crate::config::encryption::parse(strip_rke_custom_header(text), STATE_ORIGIN)
+}
+
+/// `text` without RKE's custom-config header when the rest names apiVersion/kind again (pure text; see
+/// [`parse_state_config`]).
+pub fn strip_rke_custom_header(text: &str) -> &str {
+    text.strip_prefix(RKE_CUSTOM_HEADER)
+        .filter(|rest| rest.starts_with("apiVersion:") || rest.starts_with("kind:"))
+        .unwrap_or(text)
+}
+
 /// SHA-256 of the text, lower-case hex. (kube-apiserver ≥ 1.34 reports `sha256:` + this same value
 /// for the file it loaded.)
 pub fn fingerprint(text: &str) -> String {

@@ -2,11 +2,12 @@
 //!
 //! Before the first step of a transition its record is written (kind, from, to); before each phase the record
 //! is saved; after every node of a rolling deploy and after every step the stage is saved; after a phase's last
-//! step the phase joins `done`. RKE's `desiredState.encryptionConfig` becomes the transition's target when it
-//! starts and `currentState.encryptionConfig` follows every completed deploy, so RKE reads what is on the nodes.
+//! step the phase joins `done`. The records go to atrest's own file (RKE's writes would drop them from
+//! cluster.rkestate); RKE's `currentState.encryptionConfig` follows every completed deploy, so RKE reads what is
+//! on the nodes, and the records are always saved before the state.
 
 use super::interrupt::{self, Interrupted};
-use super::session::{ETCD_PREFIX, Session};
+use super::session::Session;
 use super::targets::{file_bytes, state_yaml};
 use crate::config::encryption::EncryptionConfiguration;
 use crate::exec::docker::FlagChange;
@@ -19,8 +20,10 @@ use crate::plan::stage::{Phase, Stage};
 use crate::plan::units::{Unit, UnitId};
 use crate::plan::{Action, Flag, Plan, RewriteTarget, VerifyRule};
 use crate::state::atrest::{
-    ArchivedKey, AtrestState, CensusRecord, DeployProgress, SnapshotRecord, TransitionRecord,
+    ArchivedKey, AtrestState, CensusRecord, DeployProgress, DeployedRecord, SnapshotRecord,
+    TransitionRecord,
 };
+use crate::state::records::RecordsFile;
 use crate::state::{RkeState, StateFile};
 use anyhow::{Context, anyhow, bail};
 use std::collections::BTreeMap;
@@ -34,7 +37,10 @@ const VERIFY_ATTEMPTS: usize = 3;
 pub struct Executor<'a> {
     pub session: &'a mut Session,
     pub file: &'a StateFile,
+    /// atrest's records file (transition, archive, snapshots), saved before the state whenever both change.
+    pub records_file: &'a RecordsFile,
     pub state: RkeState,
+    pub records: AtrestState,
     /// Steps carried out, for the summary.
     pub rewritten: Vec<RewriteReport>,
     /// Writes in flight during a rewrite (`--rewrite-concurrency`).
@@ -56,15 +62,58 @@ pub(crate) use say;
 
 impl<'a> Executor<'a> {
     fn atrest(&self) -> anyhow::Result<AtrestState> {
-        Ok(self.state.atrest()?)
+        Ok(self.records.clone())
     }
 
+    /// Saves the records, then the state if a setter changed it (the records first: they must never be older
+    /// than what the state says).
     fn save_atrest(&mut self, atrest: &AtrestState) -> anyhow::Result<()> {
-        self.state.set_atrest(atrest)?;
-        self.file
-            .save(&self.state)
-            .with_context(|| format!("saving progress to {}", self.file.path().display()))?;
+        self.records = atrest.clone();
+        self.session.records = atrest.clone();
+        self.records_file.save(&self.records).with_context(|| {
+            format!("saving progress to {}", self.records_file.path().display())
+        })?;
+        self.save_state()
+    }
+
+    fn save_state(&mut self) -> anyhow::Result<()> {
+        if self.state.is_changed() {
+            self.file
+                .save(&self.state)
+                .with_context(|| format!("saving {}", self.file.path().display()))?;
+        }
         Ok(())
+    }
+
+    /// RKE's view of encryption in both states, as `rke up` would leave it with `config` on every node:
+    /// `encryptionConfig` and `rkeConfig…secretsEncryptionConfig` in current AND desired. Every deployed config
+    /// reads every stored object (the planner's invariant), so desiredState, from which an older RKE deploys,
+    /// never names one that cannot.
+    fn set_rke_view(
+        &mut self,
+        config: Option<&EncryptionConfiguration>,
+        yaml: Option<&str>,
+    ) -> anyhow::Result<()> {
+        let desired = crate::config::desired(&self.session.cluster)?;
+        let (enabled, custom) = super::targets::rke_view(&desired, config);
+        self.state.set_current_encryption_config(yaml);
+        self.state.set_desired_encryption_config(yaml);
+        self.state
+            .set_rke_secrets_encryption(enabled, custom.as_ref());
+        Ok(())
+    }
+
+    /// Records `config` as deployed on every controlplane: in the records (what atrest last wrote) and in
+    /// RKE's `currentState`, records first.
+    fn set_deployed(&mut self, config: Option<&EncryptionConfiguration>) -> anyhow::Result<()> {
+        let yaml = state_yaml(config);
+        self.set_rke_view(config, yaml.as_deref())?;
+        let mut atrest = self.atrest()?;
+        atrest.deployed = Some(DeployedRecord {
+            config: yaml.map(crate::secret::SecretString::new),
+            recorded_at: now(),
+        });
+        self.save_atrest(&atrest)
     }
 
     fn update_record(&mut self, f: impl FnOnce(&mut TransitionRecord)) -> anyhow::Result<()> {
@@ -76,6 +125,34 @@ impl<'a> Executor<'a> {
         f(record);
         record.updated_at = now();
         self.save_atrest(&atrest)
+    }
+
+    /// Brings RKE's in-cluster copy of the state (`full-cluster-state` in kube-system) in step with the file, so
+    /// `rke util get-state-file` restores what is deployed. A failure is a warning: the file is the record.
+    pub async fn sync_in_cluster_state(&mut self) {
+        let result = async {
+            let bytes = self.file_bytes()?;
+            let kube = self.session.kube().await?.clone();
+            Ok::<_, anyhow::Error>(crate::exec::rke_state::update(&kube, &bytes).await?)
+        }
+        .await;
+        match result {
+            Ok(crate::exec::rke_state::Updated::Secret) => {
+                say!("updated RKE's copy of the state (Secret kube-system/full-cluster-state)")
+            }
+            Ok(crate::exec::rke_state::Updated::ConfigMap) => {
+                say!("updated RKE's copy of the state (ConfigMap kube-system/full-cluster-state)")
+            }
+            Ok(crate::exec::rke_state::Updated::None) => {}
+            Err(e) => tracing::warn!(
+                "could not update RKE's copy of the state in kube-system/full-cluster-state: {e:#}; the next \
+                 `rke up` writes it again (do not use `rke util get-state-file` before that)"
+            ),
+        }
+    }
+
+    fn file_bytes(&self) -> anyhow::Result<Zeroizing<Vec<u8>>> {
+        Ok(self.state.to_bytes()?)
     }
 
     /// Runs every step of `plan`.
@@ -164,7 +241,7 @@ impl<'a> Executor<'a> {
         Ok(())
     }
 
-    /// Writes the record of a new transition (a resumed one is already there) and RKE's desired config.
+    /// Writes the record of a new transition (a resumed one is already there).
     fn begin_transition(&mut self, plan: &Plan, index: usize) -> anyhow::Result<()> {
         let spec = &plan.transitions[index];
         let mut atrest = self.atrest()?;
@@ -187,8 +264,8 @@ impl<'a> Executor<'a> {
             updated_at: started_at,
             deploying: None,
         });
-        self.state
-            .set_desired_encryption_config(state_yaml(spec.to.as_ref()).as_deref());
+        // RKE's desiredState is left alone: it names the deployed config until a deploy changes that (a
+        // transition's target may not read what is stored yet).
         self.save_atrest(&atrest)?;
         say!("recorded transition {} ({})", index + 1, spec.kind);
         Ok(())
@@ -201,9 +278,12 @@ impl<'a> Executor<'a> {
         to: Option<&EncryptionConfiguration>,
     ) -> anyhow::Result<()> {
         let yaml = state_yaml(to);
-        self.state.set_current_encryption_config(yaml.as_deref());
-        self.state.set_desired_encryption_config(yaml.as_deref());
+        self.set_rke_view(to, yaml.as_deref())?;
         let mut atrest = self.atrest()?;
+        atrest.deployed = Some(DeployedRecord {
+            config: yaml.map(crate::secret::SecretString::new),
+            recorded_at: now(),
+        });
         if stage == Stage::Start {
             atrest.transition = None;
         } else if let Some(r) = atrest.transition.as_mut() {
@@ -270,8 +350,6 @@ impl<'a> Executor<'a> {
         flag: Flag,
         nodes: &[String],
     ) -> anyhow::Result<()> {
-        let kubernetes_dir = self.session.kubernetes_dir();
-        let config_path = self.session.config_path();
         let mut targets = Vec::new();
         for name in nodes {
             let host = self
@@ -281,16 +359,21 @@ impl<'a> Executor<'a> {
                 .find(|h| super::session::node_name(h.node()) == *name)
                 .ok_or_else(|| anyhow!("node {name} is not among the connected controlplanes"))?
                 .clone();
+            let kubernetes_dir = self.session.kubernetes_dir(&host);
+            let config_path = self.session.config_path(&host)?;
             let probe = HealthProbe::from_node_certs(&host, &kubernetes_dir).await?;
             targets.push(RolloutTarget {
                 host,
-                config_path: config_path.clone(),
+                config_path,
                 probe,
             });
         }
         let change = NodeChange {
             file: config.map(|c| Zeroizing::new(file_bytes(c).as_bytes().to_vec())),
             flag: match flag {
+                // cluster.yml pins the flag in extra_args: RKE keeps it on the command line whatever `enabled`
+                // says, so atrest leaves it as RKE builds it.
+                _ if self.session.cluster.pinned_encryption_config().is_some() => FlagChange::Keep,
                 Flag::Keep => FlagChange::Keep,
                 Flag::Add => FlagChange::Add,
                 Flag::Remove => FlagChange::Remove,
@@ -306,8 +389,8 @@ impl<'a> Executor<'a> {
             "{label}: deploying {what} to {} node(s), one at a time",
             nodes.len()
         );
-        let file = self.file;
-        let mut state = self.state.clone();
+        let records_file = self.records_file;
+        let mut records = self.records.clone();
         let mut clock = Instant::now();
         let mut nodes_done = 0usize;
         let config_sha256 = super::targets::deployed_hash(config);
@@ -324,7 +407,7 @@ impl<'a> Executor<'a> {
             );
             clock = Instant::now();
             // Progress after each node: a rerun need not restart the nodes already done.
-            let mut atrest = state.atrest().map_err(|e| e.to_string())?;
+            let atrest = &mut records;
             if let Some(r) = atrest.transition.as_mut() {
                 r.updated_at = now();
                 let ours =
@@ -343,8 +426,7 @@ impl<'a> Executor<'a> {
                     progress.nodes.push(name.clone());
                 }
             }
-            state.set_atrest(&atrest).map_err(|e| e.to_string())?;
-            file.save(&state).map_err(|e| e.to_string())?;
+            records_file.save(atrest).map_err(|e| e.to_string())?;
             // Ctrl-C: stop between nodes; the record says which nodes are done, so a rerun continues with the rest.
             if interrupt::requested() && nodes_done < targets.len() {
                 return Err(INTERRUPTED_BETWEEN_NODES.to_string());
@@ -352,7 +434,8 @@ impl<'a> Executor<'a> {
             Ok(())
         })
         .await;
-        self.state = state;
+        self.session.records = records.clone();
+        self.records = records;
         let stopped_for_ctrl_c = matches!(
             &result,
             Err(RolloutError::HookFailed { error, .. }) if error == INTERRUPTED_BETWEEN_NODES
@@ -368,10 +451,7 @@ impl<'a> Executor<'a> {
         }
         result?;
         // Every node now has `config`: that is what RKE should see as deployed.
-        self.state
-            .set_current_encryption_config(state_yaml(config).as_deref());
-        self.file.save(&self.state)?;
-        Ok(())
+        self.set_deployed(config)
     }
 
     async fn rewrite(
@@ -467,12 +547,13 @@ impl<'a> Executor<'a> {
                     return Ok(None);
                 }
                 let kube = self.session.kube().await?.clone();
+                let etcd_prefix = self.session.etcd_prefix();
                 return Ok(Some(
                     interruptible(
                         self.rewrite_concurrency,
                         kube.clone(),
                         |options| async move {
-                            rewrite::rewrite_keys(&kube, &targets, ETCD_PREFIX, &keys, &options)
+                            rewrite::rewrite_keys(&kube, &targets, &etcd_prefix, &keys, &options)
                                 .await
                         },
                     )
@@ -614,8 +695,9 @@ impl<'a> Executor<'a> {
         self.save_atrest(&atrest)?;
         if !names.is_empty() {
             say!(
-                "{label}: archived {} in the state (needed to restore the {} snapshot(s) taken before)",
+                "{label}: archived {} in {} (needed to restore the {} snapshot(s) taken before)",
                 names.join(", "),
+                self.records_file.path().display(),
                 snapshots.len()
             );
         }

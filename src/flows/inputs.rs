@@ -1,20 +1,36 @@
-//! What every verb reads first: the cluster config and the state, so bad input is reported before anything
-//! touches a host.
+//! What every verb reads first: the cluster config, the state and atrest's records, so bad input is reported
+//! before anything touches a host; and, for verbs that change anything, both files locked and joined.
 
 use crate::cli::GlobalOpts;
 use crate::config::cluster::ClusterConfig;
-use crate::state::{RkeState, store};
+use crate::state::atrest::AtrestState;
+use crate::state::records::{self, RecordsFile};
+use crate::state::{RkeState, StateFile, store};
 use anyhow::Context;
 use std::path::{Path, PathBuf};
 
-/// The config and state a verb starts from.
+/// The config, state and records a verb starts from.
 #[derive(Debug)]
 pub struct Inputs {
     pub config_path: PathBuf,
     pub config: ClusterConfig,
     pub state_path: PathBuf,
-    /// Read without the lock; verbs that change anything take it through [`crate::state::StateFile`].
+    /// Read without the lock; verbs that change anything take it through [`Inputs::lock`].
     pub state: RkeState,
+    /// atrest's records file (`<config stem>.atreststate`, or `--records`).
+    pub records_path: PathBuf,
+    /// The records joined with the state (see [`records::reconcile`]); nothing is written.
+    pub records: AtrestState,
+    /// What joining them found worth saying (said by read-only verbs; a locked run joins again and says it).
+    pub notices: Vec<String>,
+}
+
+/// Both files locked for one run, and their content joined.
+pub struct Locked {
+    pub state_file: StateFile,
+    pub records_file: RecordsFile,
+    pub state: RkeState,
+    pub records: AtrestState,
 }
 
 impl Inputs {
@@ -25,12 +41,61 @@ impl Inputs {
             config.ssh_agent_auth = true;
         }
         let state_path = global.state_path();
-        let state = store::read(&state_path)?;
+        let mut state = store::read(&state_path)?;
+        let records_path = global.records_path();
+        let from_file = records::read(&records_path)?;
+        let joined =
+            records::reconcile(&mut state, from_file, &records_path, &super::execute::now())?;
         Ok(Inputs {
             config_path: global.config.clone(),
             config,
             state_path,
             state,
+            records_path,
+            records: joined.records,
+            notices: joined.notices,
+        })
+    }
+
+    /// Says what joining the state and the records found (for verbs that do not lock).
+    pub fn say_notices(&self) {
+        for n in &self.notices {
+            tracing::warn!("{n}");
+        }
+    }
+
+    /// Locks the state and the records file (in that order) for the whole run, reads both again and joins
+    /// them; a migration or repair is saved at once, records first (so a crash between the two writes loses
+    /// nothing: the next run finds the records file and drops the state's leftover key).
+    pub fn lock(&self) -> anyhow::Result<Locked> {
+        let state_file = StateFile::open_locked(&self.state_path)?;
+        let records_file = RecordsFile::open_locked(&self.records_path)?;
+        let mut state = state_file.load()?;
+        let joined = records::reconcile(
+            &mut state,
+            records_file.load()?,
+            records_file.path(),
+            &super::execute::now(),
+        )?;
+        for n in &joined.notices {
+            tracing::warn!("{n}");
+        }
+        if joined.records_changed {
+            records_file.save(&joined.records)?;
+        }
+        if state.is_changed() {
+            state_file.save(&state).with_context(|| {
+                format!(
+                    "saving {} after joining it with atrest's records",
+                    self.state_path.display()
+                )
+            })?;
+        }
+        Ok(Locked {
+            state_file,
+            records_file,
+            state,
+            records: joined.records,
         })
     }
 }

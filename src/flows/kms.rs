@@ -247,7 +247,7 @@ pub async fn rewrap_stale_key_ids(
             let report = crate::exec::rewrite::rewrite_keys(
                 &kube,
                 &targets,
-                super::session::ETCD_PREFIX,
+                &session.etcd_prefix(),
                 &keys,
                 &crate::exec::rewrite::RewriteOptions {
                     concurrency: usize::from(global.rewrite_concurrency),

@@ -25,7 +25,6 @@ use crate::plan::{
     self, Intent, Observed, Plan, PlanInput, PlanKind, PlanOptions, StepwiseInput, StepwiseVerb,
     Target,
 };
-use crate::state::{RkeState, StateFile};
 use anyhow::{Context, anyhow, bail};
 use execute::{Executor, say};
 use session::Session;
@@ -162,16 +161,18 @@ async fn reconcile(
     if intent == Intent::RotateKey {
         require_managed(&desired, "encrypt rotate-key")?;
     }
-    // The lock is taken before the state is read and held until the run ends.
+    // The locks are taken before the files are read and held until the run ends.
     let lock = match mode {
-        Mode::Apply => Some(StateFile::open_locked(&inputs.state_path)?),
-        Mode::Show(_) | Mode::ShowOffline(_) => None,
+        Mode::Apply => Some(inputs.lock()?),
+        Mode::Show(_) | Mode::ShowOffline(_) => {
+            inputs.say_notices();
+            None
+        }
     };
-    let state = match &lock {
-        Some(file) => file.load()?,
-        None => inputs.state.clone(),
+    let (state, atrest) = match &lock {
+        Some(l) => (l.state.clone(), l.records.clone()),
+        None => (inputs.state.clone(), inputs.records.clone()),
     };
-    let atrest = state.atrest()?;
     let record = targets::recorded(&atrest)?;
     let deployed = targets::deployed(&state)?;
     let base = match &record {
@@ -179,6 +180,22 @@ async fn reconcile(
         None => deployed.clone(),
     };
     let mut extra_notes = Vec::new();
+    // RKE's `rotate_encryption_key: true`: `rke up` rotates the key when encryption is already on.
+    let intent = if intent == Intent::Reconcile
+        && inputs.config.rotate_encryption_key
+        && record.is_none()
+        && desired == Desired::Managed
+        && deployed.as_ref().is_some_and(targets::is_managed_shape)
+    {
+        extra_notes.push(
+            "cluster.yml sets rotate_encryption_key: true, so this run rotates the managed key as `rke up` would \
+             (every run rotates again while it is set: remove it afterwards)"
+                .to_string(),
+        );
+        Intent::RotateKey
+    } else {
+        intent
+    };
     let desired_target = match intent {
         Intent::Reconcile => targets::desired_target(&desired, base.as_ref(), &atrest)?,
         Intent::RotateKey => match &record {
@@ -241,14 +258,16 @@ async fn reconcile(
             return Err(e.context("pre-flight failed; nothing was changed"));
         }
     };
+    session.records = atrest.clone();
     let views = session.observe_nodes().await?;
     let mut observed_nodes = session::observations(&views);
-    // A file RKE rendered holds the deployed config in RKE's layout: count it as the deployed config.
-    if let Some(raw) = state.current_encryption_config() {
-        let rke_hash = config::render::fingerprint(raw);
+    // A file `rke up` wrote from the state (state string + "\n"), or atrest's earlier layout, holds the deployed
+    // config too: count it as the deployed config, not as drift to repair with a restart.
+    if let Some(config) = deployed.as_ref() {
+        let same = targets::equivalent_hashes(config, state.current_encryption_config());
         for n in &mut observed_nodes {
-            if n.config_sha256.as_deref() == Some(rke_hash.as_str()) {
-                n.config_sha256 = targets::deployed_hash(deployed.as_ref());
+            if n.config_sha256.as_ref().is_some_and(|h| same.contains(h)) {
+                n.config_sha256 = targets::deployed_hash(Some(config));
             }
         }
     }
@@ -313,7 +332,7 @@ async fn reconcile(
         }
         Mode::Apply => {
             let lock = lock.ok_or_else(|| anyhow!("the state lock is not held"))?;
-            apply(global, &mut session, &lock, state, &plan, started).await
+            apply(global, &mut session, &lock, &plan, started).await
         }
     }
 }
@@ -332,9 +351,8 @@ async fn stepwise_verb(
     };
     let desired = config::desired(&inputs.config)?;
     require_managed(&desired, name)?;
-    let lock = StateFile::open_locked(&inputs.state_path)?;
-    let state = lock.load()?;
-    let atrest = state.atrest()?;
+    let lock = inputs.lock()?;
+    let (state, atrest) = (lock.state.clone(), lock.records.clone());
     let record = targets::recorded(&atrest)?;
     let deployed = targets::deployed(&state)?;
     let new_key = match verb {
@@ -352,6 +370,7 @@ async fn stepwise_verb(
     let mut session = Session::connect(global, &inputs.config, true)
         .await
         .context("pre-flight failed; nothing was changed")?;
+    session.records = atrest.clone();
     // Pre-flight: the census must be reachable, since reencrypt and finish depend on it.
     session
         .census(&state, &["secrets".to_string()], None)
@@ -367,15 +386,14 @@ async fn stepwise_verb(
         },
     };
     let plan = plan::stepwise(verb, &input)?;
-    apply(global, &mut session, &lock, state, &plan, started).await
+    apply(global, &mut session, &lock, &plan, started).await
 }
 
 /// Shows the plan, asks, runs it, and reports.
 async fn apply(
     global: &GlobalOpts,
     session: &mut Session,
-    lock: &StateFile,
-    state: RkeState,
+    lock: &inputs::Locked,
     plan: &Plan,
     started: Instant,
 ) -> anyhow::Result<ExitCode> {
@@ -391,13 +409,18 @@ async fn apply(
     }
     let mut executor = Executor {
         session,
-        file: lock,
-        state,
+        file: &lock.state_file,
+        records_file: &lock.records_file,
+        state: lock.state.clone(),
+        records: lock.records.clone(),
         rewritten: Vec::new(),
         rewrite_concurrency: usize::from(global.rewrite_concurrency),
     };
     interrupt::install();
     let result = executor.run(plan).await;
+    if result.is_ok() {
+        executor.sync_in_cluster_state().await;
+    }
     let objects: u64 = executor.rewritten.iter().map(|r| r.processed()).sum();
     let rewrite_secs: f64 = executor
         .rewritten

@@ -8,7 +8,6 @@ use crate::cli::{GlobalOpts, StatusFormat};
 use crate::config::encryption::EncryptionConfiguration;
 use crate::plan::stage::Stage;
 use crate::plan::units::{Rules, Unit};
-use crate::state::StateFile;
 use crate::state::atrest::CensusRecord;
 use serde_json::{Value, json};
 use std::collections::BTreeMap;
@@ -119,12 +118,14 @@ pub async fn status(
     inputs: Inputs,
     format: StatusFormat,
 ) -> anyhow::Result<ExitCode> {
-    let state = inputs.state;
+    inputs.say_notices();
     // A run in progress changes what this shows while it is read.
     let running = crate::state::store::lock_holder(&inputs.state_path);
-    let atrest = state.atrest()?;
+    let atrest = inputs.records.clone();
+    let state = inputs.state;
     let deployed = targets::deployed(&state)?;
     let mut session = Session::connect(global, &inputs.config, false).await?;
+    session.records = atrest.clone();
     let views = session.observe_nodes().await?;
     // Everything else above needs no API server; the census may (discovery of wildcard resources). Without it,
     // status still reports the rest and says what is missing (exit code PARTIAL).
@@ -143,6 +144,16 @@ pub async fn status(
     session.close().await;
 
     let stage = atrest.transition.as_ref().map_or(Stage::Start, |t| t.stage);
+    // A file `rke up` wrote for the deployed config is that config, not drift.
+    let mut views = views;
+    if let Some(config) = deployed.as_ref() {
+        let same = targets::equivalent_hashes(config, state.current_encryption_config());
+        for v in &mut views {
+            if v.config_sha256.as_ref().is_some_and(|h| same.contains(h)) {
+                v.config_sha256 = targets::deployed_hash(Some(config));
+            }
+        }
+    }
     let hashes: Vec<Option<String>> = views.iter().map(|v| v.config_sha256.clone()).collect();
     let all_match = hashes.windows(2).all(|w| w[0] == w[1]);
     let expected = targets::deployed_hash(deployed.as_ref());
@@ -298,9 +309,11 @@ pub async fn status(
 }
 
 pub async fn verify(global: &GlobalOpts, inputs: Inputs) -> anyhow::Result<ExitCode> {
-    let state = inputs.state;
+    inputs.say_notices();
+    let state = inputs.state.clone();
     let deployed = targets::deployed(&state)?;
     let mut session = Session::connect(global, &inputs.config, false).await?;
+    session.records = inputs.records.clone();
     let started = std::time::Instant::now();
     let (counts, off) = census_of(&mut session, &state, deployed.as_ref()).await?;
     session.close().await;
@@ -330,18 +343,16 @@ pub async fn verify(global: &GlobalOpts, inputs: Inputs) -> anyhow::Result<ExitC
         started.elapsed().as_secs_f64()
     );
     // Recorded when no other run holds the state (a running `up` records its own census).
-    match StateFile::open_locked(&inputs.state_path) {
-        Ok(file) => {
-            let mut fresh = file.load()?;
-            let mut atrest = fresh.atrest()?;
+    match inputs.lock() {
+        Ok(locked) => {
+            let mut atrest = locked.records;
             atrest.last_census = Some(CensusRecord {
                 taken_at: now(),
                 counts,
             });
-            fresh.set_atrest(&atrest)?;
-            file.save(&fresh)?;
+            locked.records_file.save(&atrest)?;
         }
-        Err(e) => tracing::warn!("census not recorded: {e}"),
+        Err(e) => tracing::warn!("census not recorded: {e:#}"),
     }
     if ok {
         println!("verified: every object is on its active write provider/key");

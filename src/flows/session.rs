@@ -9,19 +9,19 @@ use crate::exec::etcd::{Census, CensusOptions, Etcd, EtcdResource, EtcdTarget, E
 use crate::exec::files;
 use crate::exec::health::{HealthProbe, wait_ready};
 use crate::exec::kube as kube_client;
-use crate::exec::preflight::{connect_and_preflight, preflight};
+use crate::exec::prefix;
+use crate::exec::preflight::preflight;
 use crate::exec::rewrite::{self, Target as RewriteTarget};
 use crate::exec::ssh::{Host, SshOptions, connect_all};
 use crate::exec::tunnel::Tunnel;
 use crate::plan::NodeObservation;
 use crate::state::RkeState;
-use anyhow::{Context, anyhow};
+use crate::state::atrest::AtrestState;
+use anyhow::{Context, anyhow, bail};
 use std::collections::BTreeMap;
 use std::sync::Arc;
 use zeroize::Zeroizing;
 
-/// Where kube-apiserver keeps its objects in etcd (RKE does not change `--etcd-prefix`).
-pub const ETCD_PREFIX: &str = "/registry";
 /// etcd's client port on the etcd nodes.
 const ETCD_CLIENT_PORT: u16 = 2379;
 /// Nodes connected at once.
@@ -41,10 +41,14 @@ pub struct Session {
     pub cluster: ClusterConfig,
     /// Controlplanes, in the order of cluster.yml (the rolling-restart order).
     pub hosts: Vec<Arc<Host>>,
+    /// RKE's prefix on each controlplane, by address (see [`crate::exec::prefix`]).
+    prefixes: BTreeMap<String, String>,
     etcd: Option<(Etcd, Tunnel)>,
     kube: Option<ApiConnection>,
     /// Why no API server answered, once that is known (so later calls do not probe every server again).
     kube_unreachable: Option<String>,
+    /// atrest's records as the run last saved them: the census needs the archived and in-transition key names.
+    pub records: AtrestState,
 }
 
 /// The API server this run talks to: the kubeconfig's, or another controlplane's through an SSH tunnel (kept
@@ -77,33 +81,34 @@ impl Session {
                 cluster.origin()
             ));
         }
-        let dir = kubernetes_dir(cluster);
-        let hosts = if recover {
-            let hosts = connect_all(cluster, &controlplanes, &ssh_options(global), MAX_PARALLEL)
-                .await
-                .map_err(|e| anyhow!("{e}; nothing was changed"))?;
-            for host in &hosts {
-                recover_interrupted_recreate(host, &dir).await?;
-            }
-            preflight(&hosts, |_| dir.clone()).await?;
-            hosts
-        } else {
-            connect_and_preflight(
-                cluster,
-                &controlplanes,
-                &ssh_options(global),
-                MAX_PARALLEL,
-                &dir,
-            )
-            .await?
+        let hosts = connect_all(cluster, &controlplanes, &ssh_options(global), MAX_PARALLEL)
+            .await
+            .map_err(|e| anyhow!("{e}; nothing was changed"))?;
+        // RKE's per-host prefix (from the OS Docker reports) when cluster.yml leaves it unset.
+        let prefixes = prefix::detect(&hosts, cluster.prefix_path.as_deref()).await;
+        let dir_of = |h: &Host| {
+            kubernetes_dir_in(prefixes.get(&h.node().address).map_or("", String::as_str))
         };
+        if recover {
+            for host in &hosts {
+                recover_interrupted_recreate(host, &dir_of(host)).await?;
+            }
+        }
+        if let Err(e) = preflight(&hosts, dir_of).await {
+            for h in &hosts {
+                h.close().await;
+            }
+            return Err(e.into());
+        }
         Ok(Session {
             global: global.clone(),
             cluster: cluster.clone(),
             hosts,
+            prefixes,
             etcd: None,
             kube: None,
             kube_unreachable: None,
+            records: AtrestState::default(),
         })
     }
 
@@ -111,20 +116,36 @@ impl Session {
         self.hosts.iter().map(|h| node_name(h.node())).collect()
     }
 
-    pub fn config_path(&self) -> String {
-        format!("{}/ssl/encryption.yaml", kubernetes_dir(&self.cluster))
+    /// The host path of `/etc/kubernetes` on `host` (RKE's prefix applied).
+    pub fn kubernetes_dir(&self, host: &Host) -> String {
+        kubernetes_dir_in(
+            self.prefixes
+                .get(&host.node().address)
+                .map_or("", String::as_str),
+        )
     }
 
-    pub fn kubernetes_dir(&self) -> String {
-        kubernetes_dir(&self.cluster)
+    /// The host path of the encryption config on `host`: RKE's `/etc/kubernetes/ssl/encryption.yaml`, or where
+    /// `extra_args.encryption-provider-config` points, through kube-apiserver's binds.
+    pub fn config_path(&self, host: &Host) -> anyhow::Result<String> {
+        self.cluster
+            .encryption_config_host_path(&self.kubernetes_dir(host))
+            .map_err(|why| {
+                anyhow!("services.kube-api.extra_args.encryption-provider-config: {why}")
+            })
+    }
+
+    /// Where kube-apiserver keeps its objects in etcd (`--etcd-prefix` as RKE builds it).
+    pub fn etcd_prefix(&self) -> String {
+        self.cluster.etcd_prefix()
     }
 
     /// Per controlplane: the hash of its encryption config file and whether kube-apiserver has the flag.
     pub async fn observe_nodes(&self) -> anyhow::Result<Vec<NodeView>> {
-        let path = self.config_path();
         let views = self.hosts.iter().map(|host| {
-            let path = path.clone();
+            let path = self.config_path(host);
             async move {
+                let path = path?;
                 let sha = files::file_sha256(host, &path).await?;
                 let docker = NodeDocker::new(host.clone())?;
                 let info = docker.inspect_apiserver().await?;
@@ -142,50 +163,95 @@ impl Session {
     /// certificate RKE keeps in the state (`kube-node`, trusted through `kube-ca`).
     pub async fn etcd(&mut self, state: &RkeState) -> anyhow::Result<&Etcd> {
         if self.etcd.is_none() {
-            let node = self
-                .cluster
-                .etcd_nodes()
-                .into_iter()
-                .next()
-                .cloned()
-                .ok_or_else(|| anyhow!("{}: no node has the role etcd", self.cluster.origin()))?;
-            let host = match self.hosts.iter().find(|h| h.node().address == node.address) {
-                Some(h) => h.clone(),
-                None => connect_all(
-                    &self.cluster,
-                    std::slice::from_ref(&node),
-                    &ssh_options(&self.global),
-                    1,
-                )
-                .await?
-                .remove(0),
-            };
-            let address = node_internal_address(&node);
             let cert = |name: &str| {
-                state
-                    .certificate(name)?
-                    .ok_or_else(|| {
-                        anyhow!(
-                            "the state file has no `{name}` certificate in currentState.certificatesBundle \
-                             (needed to reach etcd)"
-                        )
-                    })
+                state.certificate(name)?.ok_or_else(|| {
+                    anyhow!(
+                        "the state file has no `{name}` certificate in currentState.certificatesBundle \
+                         (needed to reach etcd)"
+                    )
+                })
             };
-            let ca = cert("kube-ca")?;
-            let client = cert("kube-node")?;
-            let tunnel = Tunnel::open(host, &address, ETCD_CLIENT_PORT).await?;
-            let target = EtcdTarget {
-                endpoints: vec![format!("https://{}", tunnel.local_addr())],
-                tls: Some(EtcdTls {
+            let (host, address, port, tls) = if self.cluster.external_etcd() {
+                // External etcd (RKE's services.etcd.external_urls): reached from the first controlplane, as
+                // kube-apiserver reaches it, with the external client certificate (RKE keeps it in the state
+                // as kube-etcd-client / kube-etcd-client-ca; else cluster.yml's ca_cert/cert/key).
+                let url = &self.cluster.services.etcd.external_urls[0];
+                let (address, port, https) = external_endpoint(url)
+                    .map_err(|why| anyhow!("services.etcd.external_urls: {why}"))?;
+                let host = self
+                    .hosts
+                    .first()
+                    .cloned()
+                    .ok_or_else(|| anyhow!("no controlplane is connected"))?;
+                let etcd = &self.cluster.services.etcd;
+                let tls = match (
+                    state.certificate("kube-etcd-client")?,
+                    state.certificate("kube-etcd-client-ca")?,
+                ) {
+                    (Some(client), Some(ca)) => Some(EtcdTls {
+                        ca_pem: ca.cert_pem.into_bytes(),
+                        cert_pem: client.cert_pem.into_bytes(),
+                        key_pem: Zeroizing::new(client.key_pem.expose().as_bytes().to_vec()),
+                        server_name: Some(address.clone()),
+                    }),
+                    _ => match (&etcd.ca_cert, &etcd.cert, &etcd.key) {
+                        (Some(ca), Some(cert), Some(key)) => Some(EtcdTls {
+                            ca_pem: ca.clone().into_bytes(),
+                            cert_pem: cert.clone().into_bytes(),
+                            key_pem: Zeroizing::new(key.expose().as_bytes().to_vec()),
+                            server_name: Some(address.clone()),
+                        }),
+                        _ => None,
+                    },
+                };
+                if https && tls.is_none() {
+                    bail!(
+                        "external etcd {url}: no client certificate (neither kube-etcd-client in the state nor \
+                         services.etcd.ca_cert/cert/key in cluster.yml)"
+                    );
+                }
+                (host, address, port, tls)
+            } else {
+                let node = self
+                    .cluster
+                    .etcd_nodes()
+                    .into_iter()
+                    .next()
+                    .cloned()
+                    .ok_or_else(|| {
+                        anyhow!("{}: no node has the role etcd", self.cluster.origin())
+                    })?;
+                let host = match self.hosts.iter().find(|h| h.node().address == node.address) {
+                    Some(h) => h.clone(),
+                    None => connect_all(
+                        &self.cluster,
+                        std::slice::from_ref(&node),
+                        &ssh_options(&self.global),
+                        1,
+                    )
+                    .await?
+                    .remove(0),
+                };
+                let address = node_internal_address(&node);
+                let ca = cert("kube-ca")?;
+                let client = cert("kube-node")?;
+                let tls = Some(EtcdTls {
                     ca_pem: ca.cert_pem.into_bytes(),
                     cert_pem: client.cert_pem.into_bytes(),
                     key_pem: Zeroizing::new(client.key_pem.expose().as_bytes().to_vec()),
                     server_name: Some(address.clone()),
-                }),
+                });
+                (host, address, ETCD_CLIENT_PORT, tls)
+            };
+            let tunnel = Tunnel::open(host, &address, port).await?;
+            let scheme = if tls.is_some() { "https" } else { "http" };
+            let target = EtcdTarget {
+                endpoints: vec![format!("{scheme}://{}", tunnel.local_addr())],
+                tls,
             };
             let etcd = Etcd::connect(&target)
                 .await
-                .with_context(|| format!("connecting to etcd on {address} through SSH"))?;
+                .with_context(|| format!("connecting to etcd on {address}:{port} through SSH"))?;
             self.etcd = Some((etcd, tunnel));
         }
         self.etcd
@@ -310,10 +376,12 @@ impl Session {
                 targets
             }
         };
-        let etcd_resources: Vec<EtcdResource> =
-            targets.iter().map(|t| t.etcd(ETCD_PREFIX)).collect();
+        let etcd_resources: Vec<EtcdResource> = targets
+            .iter()
+            .map(|t| t.etcd(&self.etcd_prefix()))
+            .collect();
         let options = CensusOptions {
-            key_names: known_key_names(state, write_label),
+            key_names: known_key_names(state, &self.records, write_label),
             ..CensusOptions::default()
         };
         let census = self
@@ -331,22 +399,24 @@ impl Session {
     }
 }
 
-/// Every key name stored data may name: the configs RKE's state and atrest's record hold (deployed, desired,
+/// Every key name stored data may name: the configs RKE's state and atrest's records hold (deployed, desired,
 /// transition from/to), the archive, and the write key being checked. The census needs them whole because
 /// names may contain `:`.
-fn known_key_names(state: &RkeState, write_label: Option<&str>) -> Vec<String> {
+fn known_key_names(
+    state: &RkeState,
+    atrest: &AtrestState,
+    write_label: Option<&str>,
+) -> Vec<String> {
     let mut texts: Vec<String> = Vec::new();
     texts.extend(state.current_encryption_config().map(str::to_string));
     texts.extend(state.desired_encryption_config().map(str::to_string));
     let mut names: Vec<String> = Vec::new();
-    if let Ok(atrest) = state.atrest() {
-        if let Some(t) = &atrest.transition {
-            texts.extend(t.from.iter().chain(t.to.iter()).cloned());
-        }
-        names.extend(atrest.archive.iter().map(|k| k.name.clone()));
+    if let Some(t) = &atrest.transition {
+        texts.extend(t.from.iter().chain(t.to.iter()).cloned());
     }
+    names.extend(atrest.archive.iter().map(|k| k.name.clone()));
     for text in &texts {
-        if let Ok(config) = crate::config::encryption::parse(text, "cluster.rkestate") {
+        if let Ok(config) = crate::config::render::parse_state_config(text) {
             for entry in &config.resources {
                 for provider in &entry.providers {
                     if let Some((_, keys)) = provider.keyed() {
@@ -383,8 +453,45 @@ pub fn ssh_options(global: &GlobalOpts) -> SshOptions {
     }
 }
 
-pub fn kubernetes_dir(cluster: &ClusterConfig) -> String {
-    format!("{}/etc/kubernetes", cluster.prefix_path())
+/// Host, port and whether TLS is used, of an external etcd client URL (`https://10.0.0.5:2379`; port 2379
+/// when none is given).
+pub fn external_endpoint(url: &str) -> Result<(String, u16, bool), String> {
+    let (https, rest) = if let Some(r) = url.strip_prefix("https://") {
+        (true, r)
+    } else if let Some(r) = url.strip_prefix("http://") {
+        (false, r)
+    } else {
+        return Err(format!("{url:?} is not an http:// or https:// URL"));
+    };
+    let authority = rest.split('/').next().unwrap_or("");
+    let (host, port) = if let Some(v6) = authority.strip_prefix('[') {
+        let (h, after) = v6
+            .split_once(']')
+            .ok_or_else(|| format!("{url:?}: unclosed [ in the host"))?;
+        (h.to_string(), after.strip_prefix(':'))
+    } else {
+        match authority.rsplit_once(':') {
+            Some((h, p)) => (h.to_string(), Some(p)),
+            None => (authority.to_string(), None),
+        }
+    };
+    if host.is_empty() {
+        return Err(format!("{url:?} has no host"));
+    }
+    let port = match port {
+        None => ETCD_CLIENT_PORT,
+        Some(p) => p
+            .parse::<u16>()
+            .ok()
+            .filter(|p| *p != 0)
+            .ok_or_else(|| format!("{url:?}: invalid port {p:?}"))?,
+    };
+    Ok((host, port, https))
+}
+
+/// `<prefix>/etc/kubernetes`.
+pub fn kubernetes_dir_in(prefix: &str) -> String {
+    format!("{}/etc/kubernetes", prefix.trim_end_matches('/'))
 }
 
 /// Census counts in the planner's form: resource → label → count.
@@ -444,4 +551,34 @@ async fn recover_interrupted_recreate(
         );
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn external_etcd_urls_give_host_port_and_tls() {
+        assert_eq!(
+            external_endpoint("https://10.0.0.5:2379"),
+            Ok(("10.0.0.5".into(), 2379, true))
+        );
+        assert_eq!(
+            external_endpoint("http://etcd.example.com"),
+            Ok(("etcd.example.com".into(), 2379, false))
+        );
+        assert_eq!(
+            external_endpoint("https://[fd00::5]:12379/"),
+            Ok(("fd00::5".into(), 12379, true))
+        );
+        assert!(external_endpoint("etcd:2379").is_err());
+        assert!(external_endpoint("https://:2379").is_err());
+        assert!(external_endpoint("https://h:0").is_err());
+    }
+
+    #[test]
+    fn kubernetes_dir_takes_the_prefix() {
+        assert_eq!(kubernetes_dir_in(""), "/etc/kubernetes");
+        assert_eq!(kubernetes_dir_in("/opt/rke/"), "/opt/rke/etc/kubernetes");
+    }
 }

@@ -4,7 +4,7 @@
 
 use crate::config::encryption::{self, EncryptionConfiguration, Key};
 use crate::config::keys::{self, KeyKind};
-use crate::config::{Desired, render};
+use crate::config::{Desired, render, rke_render};
 use crate::plan::{InProgress, Target};
 use crate::state::RkeState;
 use crate::state::atrest::AtrestState;
@@ -27,7 +27,7 @@ pub fn deployed(state: &RkeState) -> anyhow::Result<Option<EncryptionConfigurati
     match state.current_encryption_config() {
         None => Ok(None),
         Some(text) if text.trim().is_empty() => Ok(None),
-        Some(text) => encryption::parse(text, CURRENT_ORIGIN)
+        Some(text) => render::parse_state_config(text)
             .map(Some)
             .with_context(|| format!("cannot read {CURRENT_ORIGIN}")),
     }
@@ -110,19 +110,54 @@ pub fn fresh_key(
     Ok(key)
 }
 
-/// The bytes atrest deploys for a config.
+/// What RKE keeps in `rkeConfig.services.kubeApi.secretsEncryptionConfig` for the deployed config: `enabled`
+/// when any config is deployed, and a `customConfig` (its JSON form, as RKE's `json` tags name the fields) when
+/// the deployed config is not RKE's managed shape, or is exactly the custom_config cluster.yml asks for. Then
+/// RKE's own reading of the state agrees with its `encryptionConfig`: after a disable it sees encryption off
+/// (and no config), instead of failing every later `rke up` on an empty config.
+pub fn rke_view(
+    desired: &Desired,
+    deployed: Option<&EncryptionConfiguration>,
+) -> (bool, Option<serde_json::Value>) {
+    let Some(config) = deployed else {
+        return (false, None);
+    };
+    let custom = match desired {
+        Desired::Custom(c) if c == config => true,
+        _ => !is_managed_shape(config),
+    };
+    (
+        true,
+        custom.then(|| serde_json::to_value(config).unwrap_or_default()),
+    )
+}
+
+/// The bytes atrest deploys for a config: what `rke up` writes for it (see [`rke_render`]).
 pub fn file_bytes(config: &EncryptionConfiguration) -> zeroize::Zeroizing<String> {
-    render::to_yaml(config)
+    rke_render::node_file(config)
 }
 
 /// The hash a node's file has when it holds `config` as atrest deploys it.
 pub fn deployed_hash(config: Option<&EncryptionConfiguration>) -> Option<String> {
-    config.map(|c| render::fingerprint(&render::to_yaml(c)))
+    config.map(|c| render::fingerprint(&rke_render::node_file(c)))
 }
 
-/// YAML for the state (`TransitionRecord`, RKE's encryptionConfig).
+/// Hashes of other files that hold `config` too and so are no drift: the file `rke up` writes from the state
+/// string (`state` + "\n"), and the layout atrest deployed before it rendered like RKE.
+pub fn equivalent_hashes(config: &EncryptionConfiguration, state: Option<&str>) -> Vec<String> {
+    let mut hashes = vec![render::fingerprint(&render::to_yaml(config))];
+    hashes.push(render::fingerprint(&rke_render::rke_file(
+        &rke_render::state_string(config),
+    )));
+    if let Some(state) = state {
+        hashes.push(render::fingerprint(&rke_render::rke_file(state)));
+    }
+    hashes
+}
+
+/// The text for RKE's encryptionConfig (and atrest's transition record): what RKE would keep for the config.
 pub fn state_yaml(config: Option<&EncryptionConfiguration>) -> Option<String> {
-    config.map(|c| render::to_yaml(c).to_string())
+    config.map(|c| rke_render::state_string(c).to_string())
 }
 
 #[cfg(test)]
@@ -156,6 +191,24 @@ mod tests {
             name.starts_with("aescbckey-") && name.ends_with('Z'),
             "{name}"
         );
+    }
+
+    #[test]
+    fn rke_view_says_enabled_and_custom_like_rke() {
+        let managed = encryption::managed(vec![fresh_key(None, &AtrestState::default()).unwrap()]);
+        assert_eq!(rke_view(&Desired::Managed, None), (false, None));
+        assert_eq!(rke_view(&Desired::Disabled, None), (false, None));
+        assert_eq!(rke_view(&Desired::Managed, Some(&managed)), (true, None));
+        let mut custom = managed.clone();
+        custom.resources[0].resources.push("configmaps".into());
+        let (enabled, json) = rke_view(&Desired::Managed, Some(&custom));
+        assert!(enabled);
+        let json = json.expect("a non-managed config is custom");
+        assert_eq!(json["resources"][0]["resources"][1], "configmaps");
+        assert_eq!(json["apiVersion"], "apiserver.config.k8s.io/v1");
+        // A custom_config that happens to have the managed shape is still custom when it is what cluster.yml says.
+        let (_, json) = rke_view(&Desired::Custom(managed.clone()), Some(&managed));
+        assert!(json.is_some());
     }
 
     #[test]

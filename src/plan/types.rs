@@ -92,15 +92,18 @@ impl InProgress {
          -> Result<Option<EncryptionConfiguration>, PlanError> {
             match text {
                 None => Ok(None),
-                Some(t) => serde_yaml_ng::from_str(t)
-                    .map(Some)
-                    .map_err(|e| PlanError::BadRecord {
-                        detail: format!(
-                            "the recorded transition {}'s `{which}` config does not parse: {}",
-                            record.id,
-                            redact_decode_message(&e.to_string())
-                        ),
-                    }),
+                // RKE's layout of a custom config repeats apiVersion/kind after a fixed header: skip the header.
+                Some(t) => {
+                    serde_yaml_ng::from_str(crate::config::render::strip_rke_custom_header(t))
+                        .map(Some)
+                        .map_err(|e| PlanError::BadRecord {
+                            detail: format!(
+                                "the recorded transition {}'s `{which}` config does not parse: {}",
+                                record.id,
+                                redact_decode_message(&e.to_string())
+                            ),
+                        })
+                }
             }
         };
         Ok(InProgress {

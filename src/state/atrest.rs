@@ -1,11 +1,15 @@
-//! atrest's bookkeeping, stored under the `"atrest"` key of cluster.rkestate (RKE ignores unknown keys).
+//! atrest's bookkeeping: the transition in progress, the archive of retired keys, the snapshot list, the last
+//! census, and what atrest last recorded as deployed. It lives in atrest's own file beside cluster.yml
+//! (`<stem>.atreststate`, see [`crate::state::records`]) because every RKE write replaces cluster.rkestate whole
+//! and drops any key RKE does not know; older atrest versions kept it under the `"atrest"` key of
+//! cluster.rkestate, from where it is moved once.
 
 use crate::plan::stage::{Phase, Stage};
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
 
-/// The top-level key in cluster.rkestate that holds [`AtrestState`].
-pub const STATE_KEY: &str = "atrest";
+/// The top-level key of cluster.rkestate where atrest before the records file kept [`AtrestState`].
+pub const LEGACY_STATE_KEY: &str = "atrest";
 
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase", default)]
@@ -18,6 +22,19 @@ pub struct AtrestState {
     pub snapshots: Vec<SnapshotRecord>,
     /// The last census of etcd.
     pub last_census: Option<CensusRecord>,
+    /// The encryption config atrest last wrote to cluster.rkestate's `currentState.encryptionConfig`
+    /// (`None`: atrest has not recorded one yet). Lets atrest notice when an RKE write replaced or removed it.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub deployed: Option<DeployedRecord>,
+}
+
+/// What atrest last recorded as deployed on every controlplane.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct DeployedRecord {
+    /// The config text as written to the state (`None`: encryption off, no config deployed).
+    pub config: Option<crate::secret::SecretString>,
+    pub recorded_at: String,
 }
 
 /// A transition from the config `from` to the config `to` (rendered EncryptionConfiguration YAML;

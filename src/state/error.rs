@@ -1,4 +1,4 @@
-//! Errors from reading, checking, locking and writing cluster.rkestate.
+//! Errors from reading, checking, locking and writing cluster.rkestate and atrest's records file.
 
 use std::io;
 use std::path::PathBuf;
@@ -7,6 +7,10 @@ use std::path::PathBuf;
 /// never replaces a broken state file on its own (it holds the cluster's certificates and keys).
 const RESTORE_HINT: &str = "atrest does not overwrite a broken state file: repair it, or restore the last good copy \
                             (<file>.bak, or the full-cluster-state ConfigMap in kube-system)";
+
+/// What to do about a broken records file: it holds the archive of retired keys, so atrest never replaces it.
+const RECORDS_HINT: &str = "atrest does not overwrite it (it holds the archive of retired keys): repair it, or \
+                            restore the last good copy (<file>.bak, or your backup)";
 
 #[derive(Debug, thiserror::Error)]
 pub enum StateError {
@@ -57,9 +61,22 @@ pub enum StateError {
     #[error("certificate {name} in the state's currentState.certificatesBundle has no {field}")]
     IncompleteCertificate { name: String, field: &'static str },
 
-    /// atrest's own bookkeeping under the `atrest` key could not be read or written.
-    #[error("the state's \"atrest\" key does not hold atrest's bookkeeping")]
+    /// The `atrest` key an older atrest left in the state does not hold its bookkeeping.
+    #[error("the state's \"atrest\" key (left by an older atrest) does not hold atrest's records")]
     Atrest(#[source] serde_json::Error),
+
+    #[error("atrest's records file {} is empty; {RECORDS_HINT}", path.display())]
+    EmptyRecords { path: PathBuf },
+
+    /// atrest's records file is not JSON or a key holds the wrong type.
+    #[error("{}:{line}:{column}: {at}{message}; {RECORDS_HINT}", path.display(), at = at.as_deref().map(|p| format!("{p}: ")).unwrap_or_default())]
+    MalformedRecords {
+        path: PathBuf,
+        line: usize,
+        column: usize,
+        at: Option<String>,
+        message: String,
+    },
 
     #[error("cannot serialize the state as JSON")]
     Serialize(#[source] serde_json::Error),

@@ -1,4 +1,4 @@
-//! Where RKE keeps its files relative to the cluster config, so atrest finds them without flags.
+//! Where RKE (and atrest) keep their files relative to the cluster config, so atrest finds them without flags.
 
 use std::ffi::OsString;
 use std::path::{Path, PathBuf};
@@ -7,6 +7,12 @@ use std::path::{Path, PathBuf};
 /// (`/x/cluster.yml` → `/x/cluster.rkestate`, as RKE's `GetStateFilePath`).
 pub fn default_state_path(config: &Path) -> PathBuf {
     config.with_extension("rkestate")
+}
+
+/// atrest's records file for `config`: same directory, extension replaced by `.atreststate`
+/// (`/x/cluster.yml` → `/x/cluster.atreststate`), named like the state so the two sort together.
+pub fn default_records_path(config: &Path) -> PathBuf {
+    config.with_extension("atreststate")
 }
 
 /// The admin kubeconfig RKE writes for `config`: `kube_config_` + the config's whole file name, same directory
@@ -39,6 +45,18 @@ mod tests {
             default_state_path(Path::new("dir/cluster")),
             Path::new("dir/cluster.rkestate")
         );
+    }
+
+    #[test]
+    fn records_path_is_the_config_stem_with_atreststate() {
+        for (config, records) in [
+            ("cluster.yml", "cluster.atreststate"),
+            ("/etc/rke/prod.yaml", "/etc/rke/prod.atreststate"),
+            ("dir/my.cluster.yml", "dir/my.cluster.atreststate"),
+            ("dir/cluster", "dir/cluster.atreststate"),
+        ] {
+            assert_eq!(default_records_path(Path::new(config)), Path::new(records));
+        }
     }
 
     #[test]

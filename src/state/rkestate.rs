@@ -1,11 +1,13 @@
 //! RKE's `cluster.rkestate`, kept as a JSON tree so every key atrest does not know survives untouched and in
-//! order. atrest reads and writes only `{desired,current}State.encryptionConfig`, reads certificates, and keeps its
-//! own bookkeeping under the top-level key `atrest` (RKE's Go decoder ignores unknown keys).
+//! order. atrest writes only what RKE itself keeps about encryption (`{desired,current}State.encryptionConfig`
+//! and `rkeConfig.services.kubeApi.secretsEncryptionConfig`) and reads certificates. Its own bookkeeping is in a
+//! file of its own, because RKE rewrites this one whole and drops keys it does not know; an `atrest` key left by
+//! an older atrest is read once and removed.
 
 use crate::config::error::redact_decode_message;
 use crate::gojson;
 use crate::secret::SecretString;
-use crate::state::atrest::{AtrestState, STATE_KEY};
+use crate::state::atrest::{AtrestState, LEGACY_STATE_KEY};
 use crate::state::error::StateError;
 use serde::Deserialize;
 use serde::de::{self, IgnoredAny, MapAccess, Visitor};
@@ -20,6 +22,10 @@ const CURRENT_STATE: &str = "currentState";
 const ENCRYPTION_CONFIG: &str = "encryptionConfig";
 const CERTIFICATES_BUNDLE: &str = "certificatesBundle";
 const RKE_CONFIG: &str = "rkeConfig";
+const SECRETS_ENCRYPTION_CONFIG: &str = "secretsEncryptionConfig";
+/// The two states of cluster.rkestate, for [`RkeState::rke_secrets_encryption`].
+pub const DESIRED: &str = DESIRED_STATE;
+pub const CURRENT: &str = CURRENT_STATE;
 
 /// The name RKE gives the etcd server certificate of the node with this (internal) address
 /// (`pki.GetEtcdCrtName`: `kube-etcd-` + the address with dots replaced by dashes).
@@ -159,6 +165,56 @@ impl RkeState {
         self.set_encryption_config(DESIRED_STATE, yaml);
     }
 
+    /// `<section>.rkeConfig.services.kubeApi.secretsEncryptionConfig` as RKE decodes it: `(enabled, customConfig)`;
+    /// `None` when the section has no rkeConfig. `section` is `desiredState` or `currentState`.
+    pub fn rke_secrets_encryption(&self, section: &str) -> Option<(bool, Option<&Value>)> {
+        let rke = self.section(section)?.get(RKE_CONFIG)?.as_object()?;
+        let sec = rke
+            .get("services")
+            .and_then(|s| s.get("kubeApi"))
+            .and_then(|k| k.get(SECRETS_ENCRYPTION_CONFIG))
+            .and_then(Value::as_object);
+        Some(match sec {
+            None => (false, None),
+            Some(sec) => (
+                sec.get("enabled").and_then(Value::as_bool).unwrap_or(false),
+                sec.get("customConfig").filter(|v| !v.is_null()),
+            ),
+        })
+    }
+
+    /// Makes `rkeConfig.services.kubeApi.secretsEncryptionConfig` of both states say what RKE itself would keep
+    /// for the deployed config: `enabled`, and `customConfig` (its JSON form) or none. Only states that have an
+    /// rkeConfig are touched (a state without one is a cluster RKE has not set up, which RKE tells by that).
+    /// A state that already says the same is left as it is (no rewrite).
+    pub fn set_rke_secrets_encryption(&mut self, enabled: bool, custom_config: Option<&Value>) {
+        for section in [DESIRED_STATE, CURRENT_STATE] {
+            if self.rke_secrets_encryption(section) == Some((enabled, custom_config)) {
+                continue;
+            }
+            let Some(rke) = self
+                .root_mut()
+                .get_mut(section)
+                .and_then(|s| s.get_mut(RKE_CONFIG))
+                .and_then(Value::as_object_mut)
+            else {
+                continue;
+            };
+            let services = object_entry(rke, "services");
+            let kube_api = object_entry(services, "kubeApi");
+            let sec = object_entry(kube_api, SECRETS_ENCRYPTION_CONFIG);
+            sec.insert("enabled".to_string(), Value::Bool(enabled));
+            let old = match custom_config {
+                Some(c) => sec.insert("customConfig".to_string(), c.clone()),
+                None => sec.shift_remove("customConfig"),
+            };
+            if let Some(mut old) = old {
+                zeroize_strings(&mut old);
+            }
+            self.changed = true;
+        }
+    }
+
     /// `currentState.rkeConfig`: the cluster config RKE last applied, in its camelCase JSON form.
     pub fn current_rke_config(&self) -> Option<&Value> {
         self.section(CURRENT_STATE)?
@@ -196,29 +252,29 @@ impl RkeState {
         }))
     }
 
-    /// atrest's bookkeeping; the default (nothing recorded) when the key is absent.
-    pub fn atrest(&self) -> Result<AtrestState, StateError> {
-        match self.root().get(STATE_KEY) {
-            None | Some(Value::Null) => Ok(AtrestState::default()),
-            Some(v) => AtrestState::deserialize(v).map_err(|e| {
+    /// atrest's bookkeeping as older atrest versions kept it under the top-level key `atrest` (`None`: no such
+    /// key). Now it lives in atrest's own file; see [`crate::state::records`].
+    pub fn legacy_atrest(&self) -> Result<Option<AtrestState>, StateError> {
+        match self.root().get(LEGACY_STATE_KEY) {
+            None => Ok(None),
+            Some(Value::Null) => Ok(Some(AtrestState::default())),
+            Some(v) => AtrestState::deserialize(v).map(Some).map_err(|e| {
                 // serde quotes the offending value, which may be a key: keep the message without it.
                 StateError::Atrest(de::Error::custom(redact_decode_message(&e.to_string())))
             }),
         }
     }
 
-    /// Replaces atrest's bookkeeping (added as the last top-level key the first time).
-    pub fn set_atrest(&mut self, state: &AtrestState) -> Result<(), StateError> {
-        let new = serde_json::to_value(state).map_err(StateError::Atrest)?;
-        let root = self.root_mut();
-        if root.get(STATE_KEY) == Some(&new) {
-            return Ok(());
+    /// Removes the legacy `atrest` key (after its content was saved elsewhere). True if there was one.
+    pub fn remove_legacy_atrest(&mut self) -> bool {
+        match self.root_mut().shift_remove(LEGACY_STATE_KEY) {
+            Some(mut old) => {
+                zeroize_strings(&mut old);
+                self.changed = true;
+                true
+            }
+            None => false,
         }
-        if let Some(mut old) = root.insert(STATE_KEY.to_string(), new) {
-            zeroize_strings(&mut old);
-        }
-        self.changed = true;
-        Ok(())
     }
 
     fn root(&self) -> &Map<String, Value> {
@@ -287,6 +343,20 @@ impl RkeState {
             Some(Value::Object(map)) => map,
             _ => unreachable!("section {name} was just made an object"),
         }
+    }
+}
+
+/// `map[key]` as an object, made one (replacing null or a wrong type) if it is not.
+fn object_entry<'a>(map: &'a mut Map<String, Value>, key: &str) -> &'a mut Map<String, Value> {
+    let entry = map
+        .entry(key.to_string())
+        .or_insert_with(|| Value::Object(Map::new()));
+    if !entry.is_object() {
+        *entry = Value::Object(Map::new());
+    }
+    match entry {
+        Value::Object(m) => m,
+        _ => unreachable!("{key} was just made an object"),
     }
 }
 

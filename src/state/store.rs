@@ -32,43 +32,7 @@ impl StateFile {
     /// waiting, if another run holds it, naming that run's pid.
     pub fn open_locked(path: impl Into<PathBuf>) -> Result<StateFile, StateError> {
         let path = path.into();
-        let lock_path = sibling(&path, ".lock");
-        let mut lock = OpenOptions::new()
-            .read(true)
-            .write(true)
-            .create(true)
-            .truncate(false)
-            .mode(FILE_MODE)
-            .open(&lock_path)
-            .map_err(|e| StateError::io("open the lock file", &lock_path, e))?;
-        match lock.try_lock() {
-            Ok(()) => {}
-            Err(fs::TryLockError::WouldBlock) => {
-                let mut pid = String::new();
-                // The holder writes its pid right after locking; an empty file means it has not done so yet.
-                let _ = lock.read_to_string(&mut pid);
-                let pid = pid.trim();
-                let holder = if pid.is_empty() {
-                    "pid unknown".to_string()
-                } else {
-                    format!("pid {pid}")
-                };
-                return Err(StateError::Locked {
-                    path,
-                    lock_path,
-                    holder,
-                });
-            }
-            Err(fs::TryLockError::Error(e)) => return Err(StateError::io("lock", &lock_path, e)),
-        }
-        // Record who holds the lock, for the error message of the next run.
-        let record = (|| {
-            lock.set_len(0)?;
-            lock.rewind()?;
-            writeln!(lock, "{}", std::process::id())?;
-            lock.sync_all()
-        })();
-        record.map_err(|e| StateError::io("write the lock file", &lock_path, e))?;
+        let (lock, lock_path) = lock_sibling(&path)?;
         Ok(StateFile {
             path,
             lock_path,
@@ -130,13 +94,56 @@ impl StateFile {
     }
 }
 
+/// Takes the exclusive lock on `<path>.lock` (created 0600 if missing) and writes this process's pid into it.
+/// Fails at once, without waiting, if another run holds it, naming that run's pid.
+pub(crate) fn lock_sibling(path: &Path) -> Result<(File, PathBuf), StateError> {
+    let lock_path = sibling(path, ".lock");
+    let mut lock = OpenOptions::new()
+        .read(true)
+        .write(true)
+        .create(true)
+        .truncate(false)
+        .mode(FILE_MODE)
+        .open(&lock_path)
+        .map_err(|e| StateError::io("open the lock file", &lock_path, e))?;
+    match lock.try_lock() {
+        Ok(()) => {}
+        Err(fs::TryLockError::WouldBlock) => {
+            let mut pid = String::new();
+            // The holder writes its pid right after locking; an empty file means it has not done so yet.
+            let _ = lock.read_to_string(&mut pid);
+            let pid = pid.trim();
+            let holder = if pid.is_empty() {
+                "pid unknown".to_string()
+            } else {
+                format!("pid {pid}")
+            };
+            return Err(StateError::Locked {
+                path: path.to_path_buf(),
+                lock_path,
+                holder,
+            });
+        }
+        Err(fs::TryLockError::Error(e)) => return Err(StateError::io("lock", &lock_path, e)),
+    }
+    // Record who holds the lock, for the error message of the next run.
+    let record = (|| {
+        lock.set_len(0)?;
+        lock.rewind()?;
+        writeln!(lock, "{}", std::process::id())?;
+        lock.sync_all()
+    })();
+    record.map_err(|e| StateError::io("write the lock file", &lock_path, e))?;
+    Ok((lock, lock_path))
+}
+
 fn digest(bytes: &[u8]) -> [u8; 32] {
     use sha2::Digest;
     sha2::Sha256::digest(bytes).into()
 }
 
 /// The file's bytes, or `None` if it does not exist.
-fn read_bytes(path: &Path) -> Result<Option<Zeroizing<Vec<u8>>>, StateError> {
+pub(crate) fn read_bytes(path: &Path) -> Result<Option<Zeroizing<Vec<u8>>>, StateError> {
     match fs::read(path) {
         Ok(bytes) => Ok(Some(Zeroizing::new(bytes))),
         Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(None),
@@ -201,7 +208,7 @@ fn holder_in(locks: &str, dev: u64, ino: u64) -> Option<u32> {
 }
 
 /// `path` with `suffix` appended to its file name (`cluster.rkestate` → `cluster.rkestate.lock`).
-fn sibling(path: &Path, suffix: &str) -> PathBuf {
+pub(crate) fn sibling(path: &Path, suffix: &str) -> PathBuf {
     let mut name = path.file_name().map(OsString::from).unwrap_or_default();
     name.push(suffix);
     path.with_file_name(name)
@@ -209,7 +216,7 @@ fn sibling(path: &Path, suffix: &str) -> PathBuf {
 
 /// Replaces `path` with `content` so that a crash leaves either the old or the new file, never a mix: write a
 /// temp file in the same directory, fsync it, rename it over `path`, fsync the directory.
-fn write_atomic(path: &Path, content: &[u8]) -> Result<(), StateError> {
+pub(crate) fn write_atomic(path: &Path, content: &[u8]) -> Result<(), StateError> {
     // One fixed temp name per file: the caller holds the lock, and a leftover from a crash is simply replaced.
     let tmp = sibling(path, ".atrest-tmp");
     match fs::remove_file(&tmp) {

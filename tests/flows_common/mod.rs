@@ -122,11 +122,21 @@ impl Bench {
         serde_json::from_str(&text).expect("state is JSON")
     }
 
+    /// atrest's records file beside the state (`cluster.atreststate`); `Null` when there is none yet.
+    pub fn records(&self) -> Value {
+        match std::fs::read_to_string(self.records_path()) {
+            Ok(text) => serde_json::from_str(&text).expect("records are JSON"),
+            Err(_) => Value::Null,
+        }
+    }
+
+    pub fn records_path(&self) -> std::path::PathBuf {
+        self.tb.rkestate().with_extension("atreststate")
+    }
+
     /// The recorded transition's stage, if one is recorded.
     pub fn stage(&self) -> Option<String> {
-        let text = std::fs::read_to_string(self.tb.rkestate()).ok()?;
-        let v: Value = serde_json::from_str(&text).ok()?;
-        v["atrest"]["transition"]["stage"]
+        self.records()["transition"]["stage"]
             .as_str()
             .map(str::to_string)
     }
