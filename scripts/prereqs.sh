@@ -37,7 +37,7 @@ flock|util-linux|testbed slots
 sudo|sudo|the testbed optional non-root sudo user
 openssl|openssl|certificate checks in tests
 file|file|checks on the static busybox
-kubectl|kubectl|kubectl round-trip tests (from the machine image)
+kubectl|kubernetes-client|kubectl round-trip tests (the machine image has the kubectl package, else Debian kubernetes-client)
 '
 # Packages the machine image itself provides (not installed by this script; the audit accepts them as owners).
 IMAGE_PACKAGES=' kubectl util-linux coreutils tar procps mount bsdutils '

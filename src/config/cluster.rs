@@ -825,9 +825,7 @@ mod tests {
         let c = parse(MINIMAL, "cluster.yml").unwrap();
         assert_eq!(c.etcd_prefix(), "/registry");
         assert!(!c.external_etcd());
-        let ext = format!(
-            "nodes:\n  - address: 10.0.0.1\n    role: [controlplane, worker]\n    user: rke\nservices:\n  etcd:\n    external_urls: [https://10.0.0.9:2379]\n    path: /prod\n    ca_cert: CA\n    cert: CERT\n    key: KEY\n"
-        );
+        let ext = "nodes:\n  - address: 10.0.0.1\n    role: [controlplane, worker]\n    user: rke\nservices:\n  etcd:\n    external_urls: [https://10.0.0.9:2379]\n    path: /prod\n    ca_cert: CA\n    cert: CERT\n    key: KEY\n".to_string();
         let c = parse(&ext, "cluster.yml").unwrap();
         assert!(c.external_etcd());
         assert_eq!(c.etcd_prefix(), "/prod");
