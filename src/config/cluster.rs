@@ -35,6 +35,10 @@ pub struct ClusterConfig {
     pub prefix_path: Option<String>,
     #[serde(deserialize_with = "null_as_default")]
     pub services: Services,
+    /// RKE's `rotate_encryption_key: true`: `up` replaces the managed key, on every run while it is set (as
+    /// `rke up` does); ignored, with a note in the plan, for a custom or disabled config.
+    #[serde(deserialize_with = "yaml11_bool")]
+    pub rotate_encryption_key: bool,
     /// Positions of every field in the file this came from (set by [`load`]/[`parse`]).
     #[serde(skip)]
     pub source: Option<Arc<SourceMap>>,
