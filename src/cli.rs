@@ -2,10 +2,9 @@
 //! [`crate::flows`].
 
 use crate::flows;
-use crate::state::paths::{default_kubeconfig_path, default_records_path, default_state_path};
-use clap::{ArgAction, Args, CommandFactory, Parser, Subcommand, ValueEnum};
+pub use crate::flows::options::{GlobalOpts, PlanFormat, StatusFormat, VerifyFormat};
+use clap::{CommandFactory, Parser, Subcommand};
 use std::io::Write;
-use std::path::PathBuf;
 use std::process::ExitCode;
 
 #[derive(Debug, Parser)]
@@ -28,90 +27,6 @@ pub struct Cli {
     pub global: GlobalOpts,
     #[command(subcommand)]
     pub command: Command,
-}
-
-/// Options every verb accepts (before or after the verb).
-#[derive(Clone, Debug, Args)]
-pub struct GlobalOpts {
-    /// RKE cluster config to read.
-    #[arg(
-        long,
-        global = true,
-        value_name = "FILE",
-        env = "RKE_CONFIG",
-        default_value = "cluster.yml"
-    )]
-    pub config: PathBuf,
-
-    /// RKE state file [default: the config's name with .rkestate, beside it].
-    #[arg(long, global = true, value_name = "FILE")]
-    pub state: Option<PathBuf>,
-
-    /// atrest's records file (transition in progress, archive of retired keys, snapshots)
-    /// [default: the config's name with .atreststate, beside it]. Back it up with cluster.yml and the state.
-    #[arg(long, global = true, value_name = "FILE")]
-    pub records: Option<PathBuf>,
-
-    /// Kubeconfig for the cluster's API [default: kube_config_<config file name>, beside the config].
-    #[arg(long, global = true, value_name = "FILE")]
-    pub kubeconfig: Option<PathBuf>,
-
-    /// Authenticate SSH with the keys in ssh-agent ($SSH_AUTH_SOCK), as RKE's ssh_agent_auth.
-    #[arg(long, global = true)]
-    pub ssh_agent_auth: bool,
-
-    /// known_hosts file that SSH host keys are checked against [default: ~/.ssh/known_hosts].
-    #[arg(long, global = true, value_name = "FILE")]
-    pub known_hosts: Option<PathBuf>,
-
-    /// Trust and record the host key of a node that is not in known_hosts yet (a changed key is still refused).
-    #[arg(long, global = true)]
-    pub accept_new_host_keys: bool,
-
-    /// Do not take an etcd snapshot before changing the cluster (by default one is taken and recorded).
-    #[arg(long, global = true)]
-    pub no_snapshot: bool,
-
-    /// Writes in flight while rewriting stored objects (1–1024). More is faster until the API servers or etcd
-    /// are saturated; fewer goes easier on a busy cluster.
-    #[arg(long, global = true, value_name = "N", default_value_t = 32,
-          value_parser = clap::value_parser!(u16).range(1..=1024))]
-    pub rewrite_concurrency: u16,
-
-    /// More log output on stderr: -v for debug, -vv for trace.
-    #[arg(short = 'v', long = "debug", visible_alias = "verbose", global = true, action = ArgAction::Count)]
-    pub verbose: u8,
-
-    /// Only errors on stderr.
-    #[arg(short = 'q', long, global = true, conflicts_with = "verbose")]
-    pub quiet: bool,
-
-    /// Answer yes to confirmation prompts (needed when stdin is not a terminal).
-    #[arg(short = 'y', long, global = true)]
-    pub yes: bool,
-}
-
-impl GlobalOpts {
-    /// `--state`, or RKE's default beside the config.
-    pub fn state_path(&self) -> PathBuf {
-        self.state
-            .clone()
-            .unwrap_or_else(|| default_state_path(&self.config))
-    }
-
-    /// `--records`, or `<config stem>.atreststate` beside the config.
-    pub fn records_path(&self) -> PathBuf {
-        self.records
-            .clone()
-            .unwrap_or_else(|| default_records_path(&self.config))
-    }
-
-    /// `--kubeconfig`, or RKE's default beside the config.
-    pub fn kubeconfig_path(&self) -> PathBuf {
-        self.kubeconfig
-            .clone()
-            .unwrap_or_else(|| default_kubeconfig_path(&self.config))
-    }
 }
 
 #[derive(Debug, Subcommand)]
@@ -148,6 +63,9 @@ pub enum Command {
         /// (per-node drift and stored data are then not taken into account; the plan says so).
         #[arg(long)]
         offline: bool,
+        /// Exit 0 when nothing would change, 2 when the plan has steps, 1 on error (as terraform).
+        #[arg(long)]
+        detailed_exitcode: bool,
     },
 
     /// Key rotation, status and verification (K3s/RKE2-style `secrets-encrypt` verbs).
@@ -188,12 +106,19 @@ pub enum EncryptCommand {
         Reads cluster.rkestate and the encryption config file on every controlplane (over SSH), and prints the \
         stage (start, prepare, rotate, reencrypt_request, reencrypt_active, reencrypt_finished), whether every \
         server has the same config, and each key's provider, name and whether it is the active (write) key. \
-        Key material is never printed. Changes nothing."
+        Key material is never printed. Changes nothing.\n\n\
+        Exit status: 0 when the status was read (with --detailed-exitcode: and nothing needs attention), 1 on \
+        error, 2 with --detailed-exitcode when something needs attention: a node's config differs from the \
+        state (drift), a transition or rotation stage is in progress, another run holds the state lock, or \
+        objects are not on their active key."
     )]
     Status {
         /// Output format.
         #[arg(short = 'o', long = "output", value_enum, default_value_t = StatusFormat::Table)]
         output: StatusFormat,
+        /// Exit 2 when something needs attention (drift, a stage in progress, objects not on the active key).
+        #[arg(long)]
+        detailed_exitcode: bool,
     },
 
     /// Check in etcd which provider and key every stored resource is encrypted with.
@@ -202,9 +127,18 @@ pub enum EncryptCommand {
         Reads every key under /registry for the resources the encryption config covers (through the etcd client \
         certificates in cluster.rkestate) and counts them by provider and key. Fails (exit 1) if any object \
         needs a key or provider the deployed config lacks, or is stored in plain text where encryption is \
-        configured. Records the census in atrest's records file; changes nothing on the cluster."
+        configured. Records the census in atrest's records file; changes nothing on the cluster.\n\n\
+        Exit status: 0 verified, 1 on error or (without --detailed-exitcode) when not verified, 2 with \
+        --detailed-exitcode when objects are not on their active key (so 1 is then an error only)."
     )]
-    Verify,
+    Verify {
+        /// Output format.
+        #[arg(short = 'o', long = "output", value_enum, default_value_t = VerifyFormat::Text)]
+        output: VerifyFormat,
+        /// Exit 2 (not 1) when objects are not on their active key, so that 1 means an error.
+        #[arg(long)]
+        detailed_exitcode: bool,
+    },
 
     /// Stage 1 of a stepwise rotation: add a new key as a read-only (second) key on every controlplane.
     #[command(
@@ -262,22 +196,6 @@ pub enum EncryptCommand {
     RotateKeys,
 }
 
-#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
-pub enum PlanFormat {
-    /// Human-readable steps.
-    Text,
-    /// Machine-readable JSON.
-    Json,
-}
-
-#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
-pub enum StatusFormat {
-    /// Human-readable table.
-    Table,
-    /// Machine-readable JSON.
-    Json,
-}
-
 /// Sets up logging to stderr: warnings and progress by default, more with -v/-vv, errors only with --quiet.
 /// `RUST_LOG` overrides the flags (e.g. `RUST_LOG=atrest=trace,russh=debug`), under the per-library ceilings
 /// that keep secrets out of the log ([`crate::logging`]).
@@ -304,16 +222,48 @@ pub fn write_completions(shell: clap_complete::Shell, out: &mut dyn Write) -> st
     }
 }
 
+/// Parses the command line, exiting on `--help`, `--version` and usage errors. A usage error exits 2, except
+/// when `--detailed-exitcode` is on the command line: 2 then means "the plan has steps", so it exits 1.
+pub fn parse() -> Cli {
+    match Cli::try_parse() {
+        Ok(cli) => cli,
+        Err(e) => {
+            if e.use_stderr() && std::env::args_os().any(|a| a == "--detailed-exitcode") {
+                let _ = e.print();
+                std::process::exit(1);
+            }
+            e.exit()
+        }
+    }
+}
+
 /// Runs the verb the user asked for.
 pub fn run(cli: &Cli) -> anyhow::Result<ExitCode> {
     let g = &cli.global;
     match &cli.command {
         Command::Up { dry_run } => flows::up(g, *dry_run),
-        Command::Plan { output, offline } => flows::plan(g, *output, *offline),
+        Command::Plan {
+            output,
+            offline,
+            detailed_exitcode,
+        } => flows::plan(
+            g,
+            flows::PlanOutput {
+                format: *output,
+                detailed_exitcode: *detailed_exitcode,
+            },
+            *offline,
+        ),
         Command::Encrypt { command } => match command {
             EncryptCommand::RotateKey => flows::encrypt_rotate_key(g),
-            EncryptCommand::Status { output } => flows::encrypt_status(g, *output),
-            EncryptCommand::Verify => flows::encrypt_verify(g),
+            EncryptCommand::Status {
+                output,
+                detailed_exitcode,
+            } => flows::encrypt_status(g, *output, *detailed_exitcode),
+            EncryptCommand::Verify {
+                output,
+                detailed_exitcode,
+            } => flows::encrypt_verify(g, *output, *detailed_exitcode),
             EncryptCommand::Prepare { force } => flows::encrypt_prepare(g, *force),
             EncryptCommand::Rotate { force } => flows::encrypt_rotate(g, *force),
             EncryptCommand::Reencrypt { force, skip } => flows::encrypt_reencrypt(g, *force, *skip),
@@ -331,6 +281,7 @@ pub fn run(cli: &Cli) -> anyhow::Result<ExitCode> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::path::PathBuf;
 
     #[test]
     fn clap_definition_is_consistent() {

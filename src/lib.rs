@@ -9,6 +9,7 @@ pub mod cli;
 pub mod config;
 pub mod exec;
 pub mod flows;
+pub mod gitcheck;
 pub mod gojson;
 pub mod logging;
 pub mod plan;

@@ -1,10 +1,9 @@
-use atrest::cli::{Cli, init_logging, run};
-use clap::Parser;
+use atrest::cli::{init_logging, parse, run};
 use std::process::ExitCode;
 
 fn main() -> ExitCode {
-    // Usage errors exit 2 from here (clap); everything else is exit 1 below.
-    let cli = Cli::parse();
+    // Usage errors exit 2 from here (clap; 1 with --detailed-exitcode); everything else is exit 1 below.
+    let cli = parse();
     init_logging(&cli.global);
     match run(&cli) {
         Ok(code) => code,

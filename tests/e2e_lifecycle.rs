@@ -33,7 +33,7 @@ fn every_transition_keeps_every_object_readable_and_verified() {
     // Enable: plan and dry run change nothing; without a TTY `up` needs --yes.
     b.set_encryption(true, None);
     let plan: serde_json::Value = serde_json::from_str(&b.ok(&["plan", "-o", "json"])).unwrap();
-    assert_eq!(plan["kind"], "enable");
+    assert_eq!(plan["plan"]["kind"], "enable");
     b.ok(&["up", "--dry-run"]);
     let refused = b.run(&["up"]);
     assert_eq!(refused.status.code(), Some(1));
@@ -142,7 +142,7 @@ fn every_transition_keeps_every_object_readable_and_verified() {
     );
     b.set_encryption(true, Some(&custom_a));
     let plan: serde_json::Value = serde_json::from_str(&b.ok(&["plan", "-o", "json"])).unwrap();
-    assert_eq!(plan["kind"], "managed-to-custom");
+    assert_eq!(plan["plan"]["kind"], "managed-to-custom");
     b.ok(&["up", "--yes"]);
     let census = b.census();
     all_on(&census, "secrets", "aesgcm:g1", SECRETS);
@@ -180,7 +180,7 @@ fn every_transition_keeps_every_object_readable_and_verified() {
     assert_ne!(custom_b, custom_c);
     b.set_encryption(true, Some(&custom_c));
     let plan: serde_json::Value = serde_json::from_str(&b.ok(&["plan", "-o", "json"])).unwrap();
-    assert_eq!(plan["kind"], "deploy-only");
+    assert_eq!(plan["plan"]["kind"], "deploy-only");
     assert!(!plan.to_string().contains("\"rewrite\""), "{plan}");
     b.ok(&["up", "--yes"]);
     assert_eq!(before, b.resource_versions(), "no object was written");
@@ -190,7 +190,7 @@ fn every_transition_keeps_every_object_readable_and_verified() {
     // Custom → managed: a new managed key; configmaps back to plaintext.
     b.set_encryption(true, None);
     let plan: serde_json::Value = serde_json::from_str(&b.ok(&["plan", "-o", "json"])).unwrap();
-    assert_eq!(plan["kind"], "custom-to-managed");
+    assert_eq!(plan["plan"]["kind"], "custom-to-managed");
     b.ok(&["up", "--yes"]);
     let key3 = managed_key_name(&b.state());
     assert!(key3 != key1 && key3 != key2);

@@ -46,6 +46,21 @@ fn kill_at(b: &Bench, args: &[&str], stage: &str, delay: Duration) -> bool {
     }
 }
 
+/// The exit status of `atrest args`.
+fn code(b: &Bench, args: &[&str]) -> i32 {
+    b.run(args).status.code().expect("exit status")
+}
+
+/// The reasons `encrypt status` gives for needing attention.
+fn reasons(status: &serde_json::Value) -> Vec<String> {
+    status["attention"]
+        .as_array()
+        .expect("attention")
+        .iter()
+        .map(|f| f["reason"].as_str().expect("reason").to_string())
+        .collect()
+}
+
 fn assert_complete_and_intact(b: &Bench) {
     let state = b.state();
     let records = b.records();
@@ -148,7 +163,13 @@ fn killed_runs_resume_from_their_stage_and_lose_nothing() {
 fn stepwise_rotation_follows_k3s_stages() {
     let Some(b) = bench() else { return };
     b.set_encryption(true, None);
+    assert_eq!(code(&b, &["plan", "--detailed-exitcode"]), 2);
     b.ok(&["up", "--yes"]);
+    // In sync: the exit codes a pipeline branches on are all 0.
+    assert_eq!(code(&b, &["plan", "--detailed-exitcode"]), 0);
+    assert_eq!(code(&b, &["encrypt", "status", "--detailed-exitcode"]), 0);
+    assert_eq!(code(&b, &["encrypt", "verify", "--detailed-exitcode"]), 0);
+    assert_eq!(b.status()["needsAttention"], false);
 
     // Out of order: refused, naming the stage.
     let refused = b.run(&["encrypt", "rotate", "--yes"]);
@@ -158,11 +179,26 @@ fn stepwise_rotation_follows_k3s_stages() {
     b.ok(&["encrypt", "prepare", "--yes"]);
     assert_eq!(b.status()["stage"], "prepare");
     assert_eq!(b.status()["hashesMatch"], true);
+    // A stage in progress needs attention; every object is still on the write key.
+    assert_eq!(code(&b, &["encrypt", "status", "--detailed-exitcode"]), 2);
+    assert_eq!(reasons(&b.status()), ["stageInProgress"]);
+    assert_eq!(code(&b, &["encrypt", "verify", "--detailed-exitcode"]), 0);
     b.verify_seed();
     b.ok(&["encrypt", "rotate", "--yes"]);
     assert_eq!(b.status()["stage"], "rotate");
+    // The new key writes, the objects are on the old one: verify says so with 2 (1 without the flag).
+    assert_eq!(reasons(&b.status()), ["stageInProgress", "notOnActiveKey"]);
+    assert_eq!(code(&b, &["encrypt", "verify", "--detailed-exitcode"]), 2);
+    assert_eq!(code(&b, &["encrypt", "verify"]), 1);
+    let verify: serde_json::Value =
+        serde_json::from_slice(&b.run(&["encrypt", "verify", "-o", "json"]).stdout).unwrap();
+    assert_eq!(verify["kind"], "VerifyReport");
+    assert_eq!(verify["verified"], false);
+    assert_eq!(verify["resources"][0]["notOnWrite"], SECRETS as u64);
     b.verify_seed();
     b.ok(&["encrypt", "reencrypt", "--yes"]);
+    assert_eq!(code(&b, &["encrypt", "status", "--detailed-exitcode"]), 0);
+    assert_eq!(code(&b, &["encrypt", "verify", "--detailed-exitcode"]), 0);
     let status = b.status();
     assert_eq!(status["stage"], "reencrypt_finished");
     assert_eq!(

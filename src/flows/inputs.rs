@@ -1,12 +1,15 @@
 //! What every verb reads first: the cluster config, the state and atrest's records, so bad input is reported
-//! before anything touches a host; and, for verbs that change anything, both files locked and joined.
+//! before anything touches a host; right after the config, the check that no file holding keys can reach git;
+//! and, for verbs that change anything, both files locked and joined.
 
-use crate::cli::GlobalOpts;
+use super::options::GlobalOpts;
 use crate::config::cluster::ClusterConfig;
+use crate::gitcheck::{self, Sensitive};
 use crate::state::atrest::AtrestState;
 use crate::state::records::{self, RecordsFile};
 use crate::state::{RkeState, StateFile, store};
-use anyhow::Context;
+use anyhow::{Context, bail};
+use std::ffi::OsString;
 use std::path::{Path, PathBuf};
 
 /// The config, state and records a verb starts from.
@@ -40,6 +43,7 @@ impl Inputs {
         if global.ssh_agent_auth {
             config.ssh_agent_auth = true;
         }
+        check_git(global, &config)?;
         let state_path = global.state_path();
         let mut state = store::read(&state_path)?;
         let records_path = global.records_path();
@@ -112,4 +116,67 @@ pub fn load_cluster_config(path: &Path) -> anyhow::Result<ClusterConfig> {
         &text,
         &path.display().to_string(),
     )?)
+}
+
+/// Files beside the config that hold keys or credentials (see [`crate::gitcheck`]).
+pub fn sensitive_files(global: &GlobalOpts) -> Vec<Sensitive> {
+    let state = global.state_path();
+    let with_suffix = |path: &Path, suffix: &str| {
+        let mut name = path.file_name().map(OsString::from).unwrap_or_default();
+        name.push(suffix);
+        path.with_file_name(name)
+    };
+    let mut files = vec![
+        Sensitive::file(
+            &state,
+            "RKE state: encryption keys, CA and client certificates",
+        ),
+        Sensitive::file(
+            with_suffix(&state, ".bak"),
+            "previous RKE state, as secret as the state",
+        ),
+    ];
+    // atrest's own records (the archive of retired keys): where this run keeps them, and beside the state.
+    let records = global.records_path();
+    for path in [records, state.with_extension("atreststate")] {
+        if files.iter().any(|f| f.path == path) {
+            continue;
+        }
+        files.push(Sensitive::file(path, "atrest records: retired keys"));
+    }
+    files.push(Sensitive::dir(
+        super::snapshot_dir(&state),
+        "etcd snapshots: every secret of the cluster",
+    ));
+    files.push(Sensitive::file(
+        global.kubeconfig_path(),
+        "admin kubeconfig: cluster-admin credentials",
+    ));
+    files
+}
+
+/// Warns (refuses with `--strict`) when files holding keys are tracked by, or not ignored in, the git work
+/// tree the config is in.
+fn check_git(global: &GlobalOpts, config: &ClusterConfig) -> anyhow::Result<()> {
+    let dir = global.config.parent().unwrap_or(Path::new("."));
+    let raw = gitcheck::cluster_has_raw_keys(config);
+    let report = match gitcheck::check(dir, &global.config, raw, &sensitive_files(global)) {
+        Ok(Some(r)) => r,
+        Ok(None) => return Ok(()),
+        Err(e) if global.strict => {
+            return Err(anyhow::anyhow!(e).context("--strict: refused; nothing was done"));
+        }
+        Err(e) => {
+            tracing::warn!("{e}");
+            return Ok(());
+        }
+    };
+    if report.is_clean() {
+        return Ok(());
+    }
+    if global.strict {
+        bail!("{}\n--strict: refused; nothing was done", report.message());
+    }
+    tracing::warn!("{}", report.message());
+    Ok(())
 }

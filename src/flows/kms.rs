@@ -159,7 +159,7 @@ const REWRAP_PAUSE: std::time::Duration = std::time::Duration::from_secs(5);
 /// counts them (census label `kms:v2:<name>:<key id>`) and, when `apply`, rewrites exactly those until the census
 /// shows only the plugins' current key id. `None`: nothing to do (the caller goes on with its no-op plan).
 pub async fn rewrap_stale_key_ids(
-    global: &crate::cli::GlobalOpts,
+    global: &super::options::GlobalOpts,
     session: &mut Session,
     state: &crate::state::RkeState,
     config: &EncryptionConfiguration,

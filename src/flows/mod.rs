@@ -9,6 +9,7 @@ mod execute;
 mod inputs;
 pub mod interrupt;
 mod kms;
+pub mod options;
 mod report;
 mod session;
 mod targets;
@@ -17,7 +18,6 @@ pub use execute::snapshot_dir;
 pub use inputs::{Inputs, load_cluster_config};
 pub use targets::is_managed_shape;
 
-use crate::cli::{GlobalOpts, PlanFormat, StatusFormat};
 use crate::config::{self, Desired};
 use crate::plan::stage::Stage;
 use crate::plan::units::{KeyProvider, key_unit};
@@ -27,6 +27,7 @@ use crate::plan::{
 };
 use anyhow::{Context, anyhow, bail};
 use execute::{Executor, say};
+use options::{GlobalOpts, PlanFormat, StatusFormat, VerifyFormat};
 use session::Session;
 use std::collections::BTreeSet;
 use std::io::IsTerminal;
@@ -44,31 +45,56 @@ fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 enum Mode {
     /// Print it (text or JSON) and change nothing.
-    Show(PlanFormat),
+    Show(PlanOutput),
     /// Print it from cluster.yml and the state alone, reaching no node or etcd.
-    ShowOffline(PlanFormat),
+    ShowOffline(PlanOutput),
     /// Print it, ask, and carry it out.
     Apply,
+}
+
+/// How a shown plan is reported.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct PlanOutput {
+    pub format: PlanFormat,
+    /// Exit 2 when the plan has steps (terraform's `-detailed-exitcode`); 0 then means nothing would change.
+    pub detailed_exitcode: bool,
+}
+
+/// Exit status of `plan --detailed-exitcode` when the plan has steps (terraform's value).
+pub const EXIT_CHANGES: u8 = 2;
+
+impl PlanOutput {
+    /// The exit code for a plan that is shown: 0, or [`EXIT_CHANGES`] when asked for and there is work to do.
+    fn code(self, has_steps: bool) -> ExitCode {
+        if self.detailed_exitcode && has_steps {
+            ExitCode::from(EXIT_CHANGES)
+        } else {
+            ExitCode::SUCCESS
+        }
+    }
 }
 
 /// `atrest up [--dry-run]`.
 pub fn up(global: &GlobalOpts, dry_run: bool) -> anyhow::Result<ExitCode> {
     let inputs = Inputs::load(global)?;
     let mode = if dry_run {
-        Mode::Show(PlanFormat::Text)
+        Mode::Show(PlanOutput {
+            format: PlanFormat::Text,
+            detailed_exitcode: false,
+        })
     } else {
         Mode::Apply
     };
     runtime()?.block_on(reconcile(global, inputs, mode, Intent::Reconcile))
 }
 
-/// `atrest plan [-o text|json]`.
-pub fn plan(global: &GlobalOpts, format: PlanFormat, offline: bool) -> anyhow::Result<ExitCode> {
+/// `atrest plan [-o text|json] [--offline] [--detailed-exitcode]`.
+pub fn plan(global: &GlobalOpts, output: PlanOutput, offline: bool) -> anyhow::Result<ExitCode> {
     let inputs = Inputs::load(global)?;
     let mode = if offline {
-        Mode::ShowOffline(format)
+        Mode::ShowOffline(output)
     } else {
-        Mode::Show(format)
+        Mode::Show(output)
     };
     runtime()?.block_on(reconcile(global, inputs, mode, Intent::Reconcile))
 }
@@ -84,16 +110,24 @@ pub fn encrypt_rotate_keys(global: &GlobalOpts) -> anyhow::Result<ExitCode> {
     encrypt_rotate_key(global)
 }
 
-/// `atrest encrypt status [-o table|json]`.
-pub fn encrypt_status(global: &GlobalOpts, format: StatusFormat) -> anyhow::Result<ExitCode> {
+/// `atrest encrypt status [-o table|json] [--detailed-exitcode]`.
+pub fn encrypt_status(
+    global: &GlobalOpts,
+    format: StatusFormat,
+    detailed_exitcode: bool,
+) -> anyhow::Result<ExitCode> {
     let inputs = Inputs::load(global)?;
-    runtime()?.block_on(report::status(global, inputs, format))
+    runtime()?.block_on(report::status(global, inputs, format, detailed_exitcode))
 }
 
-/// `atrest encrypt verify`.
-pub fn encrypt_verify(global: &GlobalOpts) -> anyhow::Result<ExitCode> {
+/// `atrest encrypt verify [-o text|json] [--detailed-exitcode]`.
+pub fn encrypt_verify(
+    global: &GlobalOpts,
+    format: VerifyFormat,
+    detailed_exitcode: bool,
+) -> anyhow::Result<ExitCode> {
     let inputs = Inputs::load(global)?;
-    runtime()?.block_on(report::verify(global, inputs))
+    runtime()?.block_on(report::verify(global, inputs, format, detailed_exitcode))
 }
 
 /// `atrest encrypt prepare [--force]`.
@@ -161,6 +195,7 @@ async fn reconcile(
     if intent == Intent::RotateKey {
         require_managed(&desired, "encrypt rotate-key")?;
     }
+    let mut extra_notes = Vec::new();
     // The locks are taken before the files are read and held until the run ends.
     let lock = match mode {
         Mode::Apply => Some(inputs.lock()?),
@@ -179,22 +214,46 @@ async fn reconcile(
         Some(r) => r.to.clone(),
         None => deployed.clone(),
     };
-    let mut extra_notes = Vec::new();
-    // RKE's `rotate_encryption_key: true`: `rke up` rotates the key when encryption is already on.
-    let intent = if intent == Intent::Reconcile
-        && inputs.config.rotate_encryption_key
-        && record.is_none()
-        && desired == Desired::Managed
-        && deployed.as_ref().is_some_and(targets::is_managed_shape)
-    {
-        extra_notes.push(
-            "cluster.yml sets rotate_encryption_key: true, so this run rotates the managed key as `rke up` would \
-             (every run rotates again while it is set: remove it afterwards)"
-                .to_string(),
-        );
-        Intent::RotateKey
-    } else {
-        intent
+    // RKE's `rotate_encryption_key: true` asks `up` for a rotation of the managed key (so can a pull request).
+    let intent = match intent {
+        Intent::Reconcile if inputs.config.rotate_encryption_key => match (&desired, &base) {
+            (Desired::Managed, _)
+                if record
+                    .as_ref()
+                    .is_some_and(|r| r.kind != PlanKind::Rotate.as_str()) =>
+            {
+                extra_notes.push(
+                    "rotate_encryption_key: true in cluster.yml: a transition is in progress; it is finished \
+                     first, and the next run rotates the managed key"
+                        .to_string(),
+                );
+                Intent::Reconcile
+            }
+            (Desired::Managed, Some(b)) if targets::is_managed_shape(b) => {
+                extra_notes.push(
+                    "rotate_encryption_key: true in cluster.yml: the managed key is replaced (on every run while \
+                     it is set, as `rke up` does; set it back to false once rotated)"
+                        .to_string(),
+                );
+                Intent::RotateKey
+            }
+            (Desired::Managed, _) => {
+                extra_notes.push(
+                    "rotate_encryption_key: true in cluster.yml: no managed config is deployed yet, so there is \
+                     nothing to rotate; the config deployed now gets a new key"
+                        .to_string(),
+                );
+                Intent::Reconcile
+            }
+            _ => {
+                extra_notes.push(format!(
+                    "rotate_encryption_key: true in cluster.yml is ignored: it rotates the managed config only. \
+                     {CUSTOM_ROTATION_HINT}"
+                ));
+                Intent::Reconcile
+            }
+        },
+        other => other,
     };
     let desired_target = match intent {
         Intent::Reconcile => targets::desired_target(&desired, base.as_ref(), &atrest)?,
@@ -224,7 +283,7 @@ async fn reconcile(
         },
     };
 
-    if let Mode::ShowOffline(format) = mode {
+    if let Mode::ShowOffline(output) = mode {
         let controlplanes = inputs
             .config
             .controlplanes()
@@ -249,8 +308,8 @@ async fn reconcile(
              census were read, so drift and stored data are not taken into account"
                 .to_string(),
         );
-        print_plan(&plan, format);
-        return Ok(ExitCode::SUCCESS);
+        print_plan(&plan, output.format, true);
+        return Ok(output.code(!plan.is_noop()));
     }
     let mut session = match Session::connect(global, &inputs.config, mode == Mode::Apply).await {
         Ok(s) => s,
@@ -318,17 +377,21 @@ async fn reconcile(
                 kms::rewrap_stale_key_ids(global, &mut session, &state, c, mode == Mode::Apply)
                     .await?
         {
-            return Ok(code);
+            // Shown, not applied: objects to re-wrap are changes a pipeline must see.
+            return Ok(match mode {
+                Mode::Show(output) | Mode::ShowOffline(output) => output.code(true),
+                Mode::Apply => code,
+            });
         }
     } else if mode == Mode::Apply {
         kms::preflight(&session, &kms_configs.iter().collect::<Vec<_>>()).await?;
     }
 
     match mode {
-        Mode::Show(format) | Mode::ShowOffline(format) => {
-            print_plan(&plan, format);
+        Mode::Show(output) | Mode::ShowOffline(output) => {
+            print_plan(&plan, output.format, matches!(mode, Mode::ShowOffline(_)));
             session.close().await;
-            Ok(ExitCode::SUCCESS)
+            Ok(output.code(!plan.is_noop()))
         }
         Mode::Apply => {
             let lock = lock.ok_or_else(|| anyhow!("the state lock is not held"))?;
@@ -397,7 +460,7 @@ async fn apply(
     plan: &Plan,
     started: Instant,
 ) -> anyhow::Result<ExitCode> {
-    print_plan(plan, PlanFormat::Text);
+    print_plan(plan, PlanFormat::Text, false);
     if plan.is_noop() {
         session.close().await;
         return Ok(ExitCode::SUCCESS);
@@ -458,12 +521,12 @@ async fn apply(
     }
 }
 
-fn print_plan(plan: &Plan, format: PlanFormat) {
+fn print_plan(plan: &Plan, format: PlanFormat, offline: bool) {
     match format {
         PlanFormat::Text => print!("{}", plan::render::to_text(plan)),
         PlanFormat::Json => println!(
             "{}",
-            serde_json::to_string_pretty(&plan::render::to_json(plan)).unwrap_or_default()
+            serde_json::to_string_pretty(&report::plan_json(plan, offline)).unwrap_or_default()
         ),
     }
 }

@@ -1,17 +1,113 @@
-//! `encrypt status` and `encrypt verify`: what is deployed, where a rotation stands, and what etcd holds.
+//! `encrypt status` and `encrypt verify`: what is deployed, where a rotation stands, and what etcd holds; and
+//! the JSON documents a pipeline reads (`plan -o json`, `encrypt status -o json`, `encrypt verify -o json`).
+//!
+//! Every JSON document starts with `apiVersion` ([`API_VERSION`]) and `kind`, so a CI job can tell which shape
+//! it got; docs/cli.md lists the fields. Fields may be added within a version; renaming or removing one, or
+//! changing its meaning, takes a new `apiVersion`.
 
 use super::Inputs;
 use super::execute::now;
-use super::session::Session;
+use super::options::{GlobalOpts, StatusFormat, VerifyFormat};
+use super::session::{NodeView, Session};
 use super::targets;
-use crate::cli::{GlobalOpts, StatusFormat};
 use crate::config::encryption::EncryptionConfiguration;
+use crate::plan::Plan;
 use crate::plan::stage::Stage;
 use crate::plan::units::{Rules, Unit};
-use crate::state::atrest::CensusRecord;
+use crate::state::atrest::{AtrestState, CensusRecord};
 use serde_json::{Value, json};
 use std::collections::BTreeMap;
 use std::process::ExitCode;
+
+/// `apiVersion` of every JSON document atrest prints.
+pub const API_VERSION: &str = "atrest/v1";
+
+/// Exit status of `encrypt status --detailed-exitcode` when something needs attention, and of
+/// `encrypt verify --detailed-exitcode` when objects are not on their active key.
+pub const EXIT_ATTENTION: u8 = 2;
+
+/// `plan -o json`: the plan (secrets `REDACTED`) in the versioned envelope.
+pub fn plan_json(plan: &Plan, offline: bool) -> Value {
+    json!({
+        "apiVersion": API_VERSION,
+        "kind": "Plan",
+        "offline": offline,
+        "hasChanges": !plan.is_noop(),
+        "plan": crate::plan::render::to_json(plan),
+    })
+}
+
+/// Something `encrypt status` found that a pipeline should look at.
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize)]
+pub struct Finding {
+    /// `drift`, `stageInProgress`, `runInProgress` or `notOnActiveKey`.
+    pub reason: &'static str,
+    pub message: String,
+}
+
+/// What needs attention: nodes whose file differs from what the state records, a transition or rotation stage
+/// not finished (`reencrypt_finished` is a resting stage, as in K3s), another run holding the lock, objects not
+/// on the write key of their resource.
+fn attention(
+    atrest: &AtrestState,
+    running: Option<u32>,
+    views: &[NodeView],
+    expected: Option<&str>,
+    off: &BTreeMap<String, (String, u64, u64)>,
+) -> Vec<Finding> {
+    let mut out = Vec::new();
+    let drifted: Vec<&str> = views
+        .iter()
+        .filter(|v| v.config_sha256.as_deref() != expected)
+        .map(|v| v.name.as_str())
+        .collect();
+    if !drifted.is_empty() {
+        out.push(Finding {
+            reason: "drift",
+            message: format!(
+                "the encryption config on {} differs from the one the state records",
+                drifted.join(", ")
+            ),
+        });
+    }
+    if let Some(t) = &atrest.transition
+        && t.stage != Stage::Start
+        && t.stage != Stage::ReencryptFinished
+    {
+        out.push(Finding {
+            reason: "stageInProgress",
+            message: format!(
+                "transition {} is at stage {}: rerun the command that started it, or `atrest up`",
+                t.kind, t.stage
+            ),
+        });
+    }
+    if let Some(pid) = running {
+        out.push(Finding {
+            reason: "runInProgress",
+            message: format!("atrest pid {pid} holds the state lock"),
+        });
+    }
+    for (resource, (write, total, off_count)) in off {
+        if *off_count > 0 {
+            out.push(Finding {
+                reason: "notOnActiveKey",
+                message: format!(
+                    "{resource}: {off_count} of {total} objects not on the write {write}"
+                ),
+            });
+        }
+    }
+    out
+}
+
+fn attention_code(detailed: bool, findings: &[Finding]) -> ExitCode {
+    if detailed && !findings.is_empty() {
+        ExitCode::from(EXIT_ATTENTION)
+    } else {
+        ExitCode::SUCCESS
+    }
+}
 
 /// One row of the key table.
 struct KeyRow {
@@ -109,14 +205,11 @@ async fn census_of(
     Ok((counts, off))
 }
 
-/// `encrypt status` exit code when part of the report could not be read (e.g. no API server answered for the
-/// census); everything it could read is printed, and what is missing is named under `unavailable`.
-pub const PARTIAL: u8 = 3;
-
 pub async fn status(
     global: &GlobalOpts,
     inputs: Inputs,
     format: StatusFormat,
+    detailed_exitcode: bool,
 ) -> anyhow::Result<ExitCode> {
     inputs.say_notices();
     // A run in progress changes what this shows while it is read.
@@ -126,15 +219,15 @@ pub async fn status(
     let deployed = targets::deployed(&state)?;
     let mut session = Session::connect(global, &inputs.config, false).await?;
     session.records = atrest.clone();
-    let views = session.observe_nodes().await?;
+    let mut views = session.observe_nodes().await?;
     // Everything else above needs no API server; the census may (discovery of wildcard resources). Without it,
     // status still reports the rest and says what is missing (exit code PARTIAL).
     let mut unavailable: Vec<String> = Vec::new();
-    let counts = match census_of(&mut session, &state, deployed.as_ref()).await {
-        Ok((counts, _)) => counts,
+    let (counts, off) = match census_of(&mut session, &state, deployed.as_ref()).await {
+        Ok(census) => census,
         Err(e) => {
             unavailable.push(format!("census: {e:#}"));
-            BTreeMap::new()
+            Default::default()
         }
     };
     let kms_lines = match deployed.as_ref() {
@@ -142,10 +235,7 @@ pub async fn status(
         None => Vec::new(),
     };
     session.close().await;
-
-    let stage = atrest.transition.as_ref().map_or(Stage::Start, |t| t.stage);
     // A file `rke up` wrote for the deployed config is that config, not drift.
-    let mut views = views;
     if let Some(config) = deployed.as_ref() {
         let same = targets::equivalent_hashes(config, state.current_encryption_config());
         for v in &mut views {
@@ -154,6 +244,8 @@ pub async fn status(
             }
         }
     }
+
+    let stage = atrest.transition.as_ref().map_or(Stage::Start, |t| t.stage);
     let hashes: Vec<Option<String>> = views.iter().map(|v| v.config_sha256.clone()).collect();
     let all_match = hashes.windows(2).all(|w| w[0] == w[1]);
     let expected = targets::deployed_hash(deployed.as_ref());
@@ -171,40 +263,24 @@ pub async fn status(
             .sum()
     });
 
+    let findings = attention(&atrest, running, &views, expected.as_deref(), &off);
+
     match format {
         StatusFormat::Json => {
-            let value = json!({
-                "encryptionStatus": enabled,
-                "stage": stage.to_string(),
-                "runInProgress": running,
-                "transition": atrest.transition.as_ref().map(|t| json!({
-                    "id": t.id, "kind": t.kind, "stage": t.stage.to_string(),
-                    "done": t.done.iter().map(|p| p.to_string()).collect::<Vec<_>>(),
-                    "startedAt": t.started_at, "updatedAt": t.updated_at,
-                    "deploying": t.deploying.as_ref().map(|d| json!({
-                        "phase": d.phase.to_string(), "sha256": d.config_sha256, "nodesDone": d.nodes,
-                    })),
-                })),
-                "hashesMatch": all_match,
-                "nodes": views.iter().map(|v| json!({
-                    "node": v.name,
-                    "sha256": v.config_sha256,
-                    "flag": v.has_flag,
-                    "matchesState": v.config_sha256 == expected,
-                })).collect::<Vec<_>>(),
-                "keys": rows.iter().map(|r| json!({
-                    "active": r.active, "type": r.key_type, "name": r.name, "resources": r.resources,
-                })).collect::<Vec<_>>(),
-                "census": if unavailable.is_empty() { json!(counts) } else { Value::Null },
-                "unavailable": unavailable,
-                "kms": kms_lines,
-                "plaintext": plaintext,
-                "archivedKeys": atrest.archive.iter().map(|k| json!({
-                    "provider": k.provider, "name": k.name, "retiredAt": k.retired_at,
-                })).collect::<Vec<_>>(),
-                "snapshots": atrest.snapshots.iter().map(|s| json!({
-                    "name": s.name, "path": s.path, "takenAt": s.taken_at,
-                })).collect::<Vec<_>>(),
+            let value = status_json(&StatusFacts {
+                enabled,
+                stage,
+                running,
+                atrest: &atrest,
+                all_match,
+                views: &views,
+                expected: expected.as_deref(),
+                rows: &rows,
+                counts: &counts,
+                kms_lines: &kms_lines,
+                plaintext,
+                findings: &findings,
+                unavailable: &unavailable,
             });
             println!("{}", serde_json::to_string_pretty(&value)?);
         }
@@ -299,16 +375,94 @@ pub async fn status(
                     println!("  {}:{} retired {}", k.provider, k.name, k.retired_at);
                 }
             }
+            println!();
+            if findings.is_empty() {
+                println!("Needs attention: nothing");
+            } else {
+                println!("Needs attention:");
+                for f in &findings {
+                    println!("  {}: {}", f.reason, f.message);
+                }
+            }
         }
     }
     if unavailable.is_empty() {
-        Ok(ExitCode::SUCCESS)
+        Ok(attention_code(detailed_exitcode, &findings))
     } else {
         Ok(ExitCode::from(PARTIAL))
     }
 }
 
-pub async fn verify(global: &GlobalOpts, inputs: Inputs) -> anyhow::Result<ExitCode> {
+/// `encrypt status` exit code when part of the report could not be read (e.g. no API server answered for the
+/// census of a wildcard resource); everything it could read is printed, and what is missing is named under
+/// `unavailable`. It wins over the "needs attention" code 2: a partial report cannot say that all is well.
+pub const PARTIAL: u8 = 3;
+
+/// Everything `encrypt status` reports, gathered before it is printed.
+struct StatusFacts<'a> {
+    enabled: &'a str,
+    stage: Stage,
+    running: Option<u32>,
+    atrest: &'a AtrestState,
+    all_match: bool,
+    views: &'a [NodeView],
+    expected: Option<&'a str>,
+    rows: &'a [KeyRow],
+    counts: &'a BTreeMap<String, BTreeMap<String, u64>>,
+    kms_lines: &'a [String],
+    plaintext: Option<u64>,
+    findings: &'a [Finding],
+    /// Parts of the report that could not be read, with why (the census without any API server, for a wildcard).
+    unavailable: &'a [String],
+}
+
+/// `encrypt status -o json` (kind `EncryptionStatus`). No key material: keys by provider and name only.
+fn status_json(f: &StatusFacts) -> Value {
+    json!({
+        "apiVersion": API_VERSION,
+        "kind": "EncryptionStatus",
+        "encryptionStatus": f.enabled,
+        "stage": f.stage.to_string(),
+        "runInProgress": f.running,
+        "transition": f.atrest.transition.as_ref().map(|t| json!({
+            "id": t.id, "kind": t.kind, "stage": t.stage.to_string(),
+            "done": t.done.iter().map(|p| p.to_string()).collect::<Vec<_>>(),
+            "startedAt": t.started_at, "updatedAt": t.updated_at,
+            "deploying": t.deploying.as_ref().map(|d| json!({
+                "phase": d.phase.to_string(), "sha256": d.config_sha256, "nodesDone": d.nodes,
+            })),
+        })),
+        "hashesMatch": f.all_match,
+        "nodes": f.views.iter().map(|v| json!({
+            "node": v.name,
+            "sha256": v.config_sha256,
+            "flag": v.has_flag,
+            "matchesState": v.config_sha256.as_deref() == f.expected,
+        })).collect::<Vec<_>>(),
+        "keys": f.rows.iter().map(|r| json!({
+            "active": r.active, "type": r.key_type, "name": r.name, "resources": r.resources,
+        })).collect::<Vec<_>>(),
+        "census": if f.unavailable.is_empty() { json!(f.counts) } else { Value::Null },
+        "unavailable": f.unavailable,
+        "kms": f.kms_lines,
+        "plaintext": f.plaintext,
+        "archivedKeys": f.atrest.archive.iter().map(|k| json!({
+            "provider": k.provider, "name": k.name, "retiredAt": k.retired_at,
+        })).collect::<Vec<_>>(),
+        "snapshots": f.atrest.snapshots.iter().map(|s| json!({
+            "name": s.name, "path": s.path, "takenAt": s.taken_at,
+        })).collect::<Vec<_>>(),
+        "needsAttention": !f.findings.is_empty(),
+        "attention": f.findings,
+    })
+}
+
+pub async fn verify(
+    global: &GlobalOpts,
+    inputs: Inputs,
+    format: VerifyFormat,
+    detailed_exitcode: bool,
+) -> anyhow::Result<ExitCode> {
     inputs.say_notices();
     let state = inputs.state.clone();
     let deployed = targets::deployed(&state)?;
@@ -317,31 +471,36 @@ pub async fn verify(global: &GlobalOpts, inputs: Inputs) -> anyhow::Result<ExitC
     let started = std::time::Instant::now();
     let (counts, off) = census_of(&mut session, &state, deployed.as_ref()).await?;
     session.close().await;
-    let mut ok = true;
-    let mut total = 0u64;
-    for (resource, (write, n, off_count)) in &off {
-        total += n;
-        if *off_count == 0 {
-            println!("ok    {resource}: all {n} objects on {write}");
-        } else {
-            ok = false;
-            let labels: Vec<String> = counts
-                .get(resource)
-                .into_iter()
-                .flatten()
-                .filter(|(l, _)| *l != write)
-                .map(|(l, c)| format!("{c} on {l}"))
-                .collect();
-            println!(
-                "FAIL  {resource}: {off_count} of {n} objects not on the write {write} ({})",
-                labels.join(", ")
-            );
+    let seconds = started.elapsed().as_secs_f64();
+    let ok = off.values().all(|(_, _, off_count)| *off_count == 0);
+    match format {
+        VerifyFormat::Json => println!(
+            "{}",
+            serde_json::to_string_pretty(&verify_json(&counts, &off, seconds))?
+        ),
+        VerifyFormat::Text => {
+            let mut total = 0u64;
+            for (resource, (write, n, off_count)) in &off {
+                total += n;
+                if *off_count == 0 {
+                    println!("ok    {resource}: all {n} objects on {write}");
+                } else {
+                    let labels: Vec<String> = counts
+                        .get(resource)
+                        .into_iter()
+                        .flatten()
+                        .filter(|(l, _)| *l != write)
+                        .map(|(l, c)| format!("{c} on {l}"))
+                        .collect();
+                    println!(
+                        "FAIL  {resource}: {off_count} of {n} objects not on the write {write} ({})",
+                        labels.join(", ")
+                    );
+                }
+            }
+            println!("census: {total} objects in {seconds:.1} s");
         }
     }
-    println!(
-        "census: {total} objects in {:.1} s",
-        started.elapsed().as_secs_f64()
-    );
     // Recorded when no other run holds the state (a running `up` records its own census).
     match inputs.lock() {
         Ok(locked) => {
@@ -354,13 +513,232 @@ pub async fn verify(global: &GlobalOpts, inputs: Inputs) -> anyhow::Result<ExitC
         }
         Err(e) => tracing::warn!("census not recorded: {e:#}"),
     }
+    let text = format == VerifyFormat::Text;
     if ok {
-        println!("verified: every object is on its active write provider/key");
+        if text {
+            println!("verified: every object is on its active write provider/key");
+        }
         Ok(ExitCode::SUCCESS)
     } else {
-        println!(
-            "NOT verified: run `atrest up` (it rewrites what is left) or see `atrest encrypt status`"
+        if text {
+            println!(
+                "NOT verified: run `atrest up` (it rewrites what is left) or see `atrest encrypt status`"
+            );
+        }
+        Ok(if detailed_exitcode {
+            ExitCode::from(EXIT_ATTENTION)
+        } else {
+            ExitCode::FAILURE
+        })
+    }
+}
+
+/// `encrypt verify -o json` (kind `VerifyReport`): per resource, its write provider/key, how many objects and
+/// how many are not on it, and the count per provider/key.
+fn verify_json(
+    counts: &BTreeMap<String, BTreeMap<String, u64>>,
+    off: &BTreeMap<String, (String, u64, u64)>,
+    seconds: f64,
+) -> Value {
+    json!({
+        "apiVersion": API_VERSION,
+        "kind": "VerifyReport",
+        "verified": off.values().all(|(_, _, n)| *n == 0),
+        "objects": off.values().map(|(_, n, _)| n).sum::<u64>(),
+        "seconds": (seconds * 10.0).round() / 10.0,
+        "resources": off.iter().map(|(resource, (write, total, off_count))| json!({
+            "resource": resource,
+            "write": write,
+            "objects": total,
+            "notOnWrite": off_count,
+            "byKey": counts.get(resource).cloned().unwrap_or_default(),
+        })).collect::<Vec<_>>(),
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::state::atrest::TransitionRecord;
+
+    fn view(name: &str, sha: Option<&str>) -> NodeView {
+        NodeView {
+            name: name.into(),
+            config_sha256: sha.map(str::to_string),
+            has_flag: sha.is_some(),
+        }
+    }
+
+    fn transition(stage: Stage) -> TransitionRecord {
+        TransitionRecord {
+            id: "t1".into(),
+            kind: "rotate-key".into(),
+            from: None,
+            to: None,
+            stage,
+            done: Vec::new(),
+            started_at: "2026-01-01T00:00:00Z".into(),
+            updated_at: "2026-01-01T00:00:00Z".into(),
+            deploying: None,
+        }
+    }
+
+    fn off(n: u64) -> BTreeMap<String, (String, u64, u64)> {
+        BTreeMap::from([("secrets".to_string(), ("aescbc:k2".to_string(), 10, n))])
+    }
+
+    fn reasons(f: &[Finding]) -> Vec<&str> {
+        f.iter().map(|f| f.reason).collect()
+    }
+
+    #[test]
+    fn attention_names_drift_stages_runs_and_objects_off_their_key() {
+        let views = [view("cp-1", Some("a")), view("cp-2", Some("a"))];
+        let mut atrest = AtrestState::default();
+        let quiet = attention(&atrest, None, &views, Some("a"), &off(0));
+        assert!(quiet.is_empty());
+        assert_eq!(attention_code(true, &quiet), ExitCode::SUCCESS);
+
+        let drift = [view("cp-1", Some("a")), view("cp-2", None)];
+        let f = attention(&atrest, None, &drift, Some("a"), &off(0));
+        assert_eq!(reasons(&f), ["drift"]);
+        assert!(f[0].message.contains("cp-2") && !f[0].message.contains("cp-1"));
+        assert_eq!(attention_code(true, &f), ExitCode::from(EXIT_ATTENTION));
+        assert_eq!(attention_code(false, &f), ExitCode::SUCCESS);
+
+        // reencrypt_finished is where a stepwise rotation rests; the stages before it are in progress.
+        for (stage, busy) in [
+            (Stage::Prepare, true),
+            (Stage::Rotate, true),
+            (Stage::ReencryptRequest, true),
+            (Stage::ReencryptActive, true),
+            (Stage::ReencryptFinished, false),
+        ] {
+            atrest.transition = Some(transition(stage));
+            let f = attention(&atrest, None, &views, Some("a"), &off(0));
+            assert_eq!(f.is_empty(), !busy, "{stage}");
+        }
+        atrest.transition = Some(transition(Stage::Rotate));
+        let f = attention(&atrest, Some(42), &views, Some("a"), &off(3));
+        assert_eq!(
+            reasons(&f),
+            ["stageInProgress", "runInProgress", "notOnActiveKey"]
         );
-        Ok(ExitCode::FAILURE)
+        assert_eq!(
+            f[2].message,
+            "secrets: 3 of 10 objects not on the write aescbc:k2"
+        );
+    }
+
+    /// The documented fields of `status -o json` and `verify -o json`, in order, and docs/cli.md names each.
+    #[test]
+    fn status_and_verify_json_have_the_documented_shape() {
+        let views = [view("cp-1", Some("a"))];
+        let atrest = AtrestState {
+            transition: Some(transition(Stage::Prepare)),
+            ..AtrestState::default()
+        };
+        let counts = BTreeMap::from([(
+            "secrets".to_string(),
+            BTreeMap::from([("aescbc:k1".to_string(), 10u64)]),
+        )]);
+        let findings = attention(&atrest, None, &views, Some("a"), &off(10));
+        let rows = [KeyRow {
+            active: true,
+            key_type: "AES-CBC".into(),
+            name: "k2".into(),
+            resources: "secrets".into(),
+        }];
+        let status = status_json(&StatusFacts {
+            enabled: "Enabled",
+            stage: Stage::Prepare,
+            running: None,
+            atrest: &atrest,
+            all_match: true,
+            views: &views,
+            expected: Some("a"),
+            rows: &rows,
+            counts: &counts,
+            kms_lines: &[],
+            plaintext: Some(0),
+            findings: &findings,
+            unavailable: &[],
+        });
+        let keys: Vec<&str> = status
+            .as_object()
+            .unwrap()
+            .keys()
+            .map(String::as_str)
+            .collect();
+        assert_eq!(
+            keys,
+            [
+                "apiVersion",
+                "kind",
+                "encryptionStatus",
+                "stage",
+                "runInProgress",
+                "transition",
+                "hashesMatch",
+                "nodes",
+                "keys",
+                "census",
+                "unavailable",
+                "kms",
+                "plaintext",
+                "archivedKeys",
+                "snapshots",
+                "needsAttention",
+                "attention",
+            ]
+        );
+        assert_eq!(status["apiVersion"], API_VERSION);
+        assert_eq!(status["kind"], "EncryptionStatus");
+        assert_eq!(status["needsAttention"], true);
+        assert_eq!(status["attention"][0]["reason"], "stageInProgress");
+        assert_eq!(status["attention"][1]["reason"], "notOnActiveKey");
+        assert_eq!(status["nodes"][0]["matchesState"], true);
+
+        let verify = verify_json(&counts, &off(10), 1.234);
+        let vkeys: Vec<&str> = verify
+            .as_object()
+            .unwrap()
+            .keys()
+            .map(String::as_str)
+            .collect();
+        assert_eq!(
+            vkeys,
+            [
+                "apiVersion",
+                "kind",
+                "verified",
+                "objects",
+                "seconds",
+                "resources"
+            ]
+        );
+        assert_eq!(verify["kind"], "VerifyReport");
+        assert_eq!(verify["verified"], false);
+        assert_eq!(verify["seconds"], 1.2);
+        let resource = &verify["resources"][0];
+        assert_eq!(resource["resource"], "secrets");
+        assert_eq!(resource["write"], "aescbc:k2");
+        assert_eq!(resource["objects"], 10);
+        assert_eq!(resource["notOnWrite"], 10);
+        assert_eq!(resource["byKey"]["aescbc:k1"], 10);
+
+        let docs = include_str!("../../docs/cli.md");
+        let rkeys: Vec<&str> = resource
+            .as_object()
+            .unwrap()
+            .keys()
+            .map(String::as_str)
+            .collect();
+        for field in keys.iter().chain(&vkeys).chain(&rkeys) {
+            assert!(
+                docs.contains(&format!("`{field}`")),
+                "docs/cli.md does not document `{field}`"
+            );
+        }
     }
 }

@@ -1,7 +1,7 @@
 //! One run's connections and observations: SSH to every controlplane (pre-flight checked), an etcd client
 //! through an SSH tunnel, a Kubernetes API client, and what they show (config hashes, a census).
 
-use crate::cli::GlobalOpts;
+use super::options::GlobalOpts;
 use crate::config::cluster::{ClusterConfig, Node};
 use crate::exec::docker::NodeDocker;
 use crate::exec::docker::{APISERVER, OLD_APISERVER};

@@ -1,0 +1,120 @@
+//! The options the verbs run with: the global flags and the output formats. They live here, below both `cli`
+//! (which parses them with clap) and the flows (which read them), so the flows never reach back up into `cli`.
+
+use crate::state::paths::{default_kubeconfig_path, default_records_path, default_state_path};
+use clap::{ArgAction, Args, ValueEnum};
+use std::path::PathBuf;
+
+/// Options every verb accepts (before or after the verb).
+#[derive(Clone, Debug, Args)]
+pub struct GlobalOpts {
+    /// RKE cluster config to read.
+    #[arg(
+        long,
+        global = true,
+        value_name = "FILE",
+        env = "RKE_CONFIG",
+        default_value = "cluster.yml"
+    )]
+    pub config: PathBuf,
+
+    /// RKE state file [default: the config's name with .rkestate, beside it].
+    #[arg(long, global = true, value_name = "FILE")]
+    pub state: Option<PathBuf>,
+
+    /// atrest's records file (transition in progress, archive of retired keys, snapshots)
+    /// [default: the config's name with .atreststate, beside it]. Back it up with cluster.yml and the state.
+    #[arg(long, global = true, value_name = "FILE")]
+    pub records: Option<PathBuf>,
+
+    /// Kubeconfig for the cluster's API [default: kube_config_<config file name>, beside the config].
+    #[arg(long, global = true, value_name = "FILE")]
+    pub kubeconfig: Option<PathBuf>,
+
+    /// Authenticate SSH with the keys in ssh-agent ($SSH_AUTH_SOCK), as RKE's ssh_agent_auth.
+    #[arg(long, global = true)]
+    pub ssh_agent_auth: bool,
+
+    /// known_hosts file that SSH host keys are checked against [default: ~/.ssh/known_hosts].
+    #[arg(long, global = true, value_name = "FILE")]
+    pub known_hosts: Option<PathBuf>,
+
+    /// Trust and record the host key of a node that is not in known_hosts yet (a changed key is still refused).
+    #[arg(long, global = true)]
+    pub accept_new_host_keys: bool,
+
+    /// Do not take an etcd snapshot before changing the cluster (by default one is taken and recorded).
+    #[arg(long, global = true)]
+    pub no_snapshot: bool,
+
+    /// Writes in flight while rewriting stored objects (1–1024). More is faster until the API servers or etcd
+    /// are saturated; fewer goes easier on a busy cluster.
+    #[arg(long, global = true, value_name = "N", default_value_t = 32,
+          value_parser = clap::value_parser!(u16).range(1..=1024))]
+    pub rewrite_concurrency: u16,
+
+    /// More log output on stderr: -v for debug, -vv for trace.
+    #[arg(short = 'v', long = "debug", visible_alias = "verbose", global = true, action = ArgAction::Count)]
+    pub verbose: u8,
+
+    /// Only errors on stderr.
+    #[arg(short = 'q', long, global = true, conflicts_with = "verbose")]
+    pub quiet: bool,
+
+    /// Answer yes to confirmation prompts (needed when stdin is not a terminal).
+    #[arg(short = 'y', long, global = true)]
+    pub yes: bool,
+
+    /// Refuse (exit 1, nothing changed) instead of warning when files holding keys could be committed to the
+    /// git repository the config is in (state, records, snapshots, kubeconfig, a cluster.yml with raw keys).
+    /// Meant for CI.
+    #[arg(long, global = true)]
+    pub strict: bool,
+}
+
+impl GlobalOpts {
+    /// `--records`, or `<config stem>.atreststate` beside the config.
+    pub fn records_path(&self) -> PathBuf {
+        self.records
+            .clone()
+            .unwrap_or_else(|| default_records_path(&self.config))
+    }
+
+    /// `--state`, or RKE's default beside the config.
+    pub fn state_path(&self) -> PathBuf {
+        self.state
+            .clone()
+            .unwrap_or_else(|| default_state_path(&self.config))
+    }
+
+    /// `--kubeconfig`, or RKE's default beside the config.
+    pub fn kubeconfig_path(&self) -> PathBuf {
+        self.kubeconfig
+            .clone()
+            .unwrap_or_else(|| default_kubeconfig_path(&self.config))
+    }
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub enum PlanFormat {
+    /// Human-readable steps.
+    Text,
+    /// Machine-readable JSON.
+    Json,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub enum StatusFormat {
+    /// Human-readable table.
+    Table,
+    /// Machine-readable JSON.
+    Json,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub enum VerifyFormat {
+    /// One line per resource.
+    Text,
+    /// Machine-readable JSON.
+    Json,
+}
