@@ -322,7 +322,14 @@ fn verbs_refuse_with_nothing_changed_when_the_nodes_are_unreachable() {
         .collect();
     files.sort();
     // The lock file of the verbs that take the state lock; no state, no snapshot.
-    assert_eq!(files, ["cluster.rkestate.lock", "cluster.yml"]);
+    assert_eq!(
+        files,
+        [
+            "cluster.atreststate.lock",
+            "cluster.rkestate.lock",
+            "cluster.yml"
+        ]
+    );
 }
 
 /// `atrest plan --offline` plans from the files alone: the examples get the plans their configs call for, key

@@ -303,6 +303,9 @@ async fn reconcile(
         input.config_hash = Some(targets::deployed_hash);
         let mut plan = plan::plan(&input)?;
         plan.notes.extend(extra_notes);
+        if !plan.is_noop() {
+            plan.notes.push(backup_note(&inputs));
+        }
         plan.notes.push(
             "offline: planned from cluster.yml and cluster.rkestate only; no node's deployed file and no etcd \
              census were read, so drift and stored data are not taken into account"
@@ -369,6 +372,9 @@ async fn reconcile(
     input.config_hash = Some(targets::deployed_hash);
     let mut plan = plan::plan(&input)?;
     plan.notes.extend(extra_notes);
+    if !plan.is_noop() {
+        plan.notes.push(backup_note(&inputs));
+    }
     // KMS: every plugin is checked before anything changes; with an unchanged config, objects still on an old
     // plugin key id are re-wrapped.
     if plan.is_noop() {
@@ -398,6 +404,17 @@ async fn reconcile(
             apply(global, &mut session, &lock, &plan, started).await
         }
     }
+}
+
+/// What to back up together before a change: RKE's files and atrest's records (the archive of retired keys).
+fn backup_note(inputs: &Inputs) -> String {
+    format!(
+        "back up {}, {} and {} together before and after this run: the last holds the archive of retired keys \
+         that older etcd snapshots need",
+        inputs.config_path.display(),
+        inputs.state_path.display(),
+        inputs.records_path.display()
+    )
 }
 
 /// K3s-style single verbs.

@@ -137,7 +137,6 @@ pub fn reconcile(
 ) -> Result<Joined, StateError> {
     let mut joined = Joined::default();
     let legacy = state.legacy_atrest()?;
-    let had_file = from_file.is_some();
     joined.records = match (from_file, legacy) {
         (Some(records), Some(_)) => {
             state.remove_legacy_atrest();
@@ -161,9 +160,6 @@ pub fn reconcile(
         (Some(records), None) => records,
         (None, None) => AtrestState::default(),
     };
-    if !had_file {
-        joined.records_changed = true;
-    }
     let current = state.current_encryption_config().map(str::to_string);
     let records = &mut joined.records;
     match records
@@ -226,11 +222,13 @@ pub fn reconcile(
         .as_ref()
         .is_some_and(|d| d.config.as_ref().map(SecretString::expose) == now_deployed.as_deref());
     if !unchanged {
+        // Adopting what the state says is saved with the next real save (no file is created just for it).
+        let adopting = records.deployed.is_none();
         records.deployed = Some(DeployedRecord {
             config: now_deployed.map(SecretString::new),
             recorded_at: now.to_string(),
         });
-        joined.records_changed = true;
+        joined.records_changed |= !adopting;
     }
     Ok(joined)
 }
