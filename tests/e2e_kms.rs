@@ -35,7 +35,8 @@ fn bed() -> Testbed {
 
 /// A testbed whose kube-apiservers also get `apiserver_args`.
 fn bed_with(apiserver_args: Vec<String>) -> Testbed {
-    let standin = Standin::locate().expect("stand-in binary (cargo build -p testbed)");
+    let standin =
+        Standin::upstream().expect("the real kube-apiserver and etcd (scripts/build-upstream.sh)");
     let tb = Testbed::up(Options {
         standin,
         kms: true,

@@ -572,11 +572,11 @@ mod tests {
             "kube-apiserver",
             "--etcd-prefix=/registry",
             "--anonymous-auth=false",
+            "--service-account-issuer=rke",
         ];
         if with_flag {
             entrypoint.push("--encryption-provider-config=/etc/kubernetes/ssl/encryption.yaml");
         }
-        entrypoint.push("--service-account-issuer=rke");
         serde_json::from_value(serde_json::json!({
             "Id": "abc",
             "Name": "/kube-apiserver",
@@ -658,6 +658,21 @@ mod tests {
 
     #[test]
     fn flag_found_where_it_is_and_rewritten_in_place() {
+        // In the middle of RKE's Entrypoint (its flag order comes from a Go map): rewritten in place.
+        let entry = v(&[
+            "/opt/rke-tools/entrypoint.sh",
+            "kube-apiserver",
+            "--encryption-provider-config=/etc/kubernetes/ssl/encryption.yaml",
+            "--v=2",
+        ]);
+        assert_eq!(
+            changed_command(&entry, &[], FlagChange::Add),
+            (entry.clone(), vec![])
+        );
+        assert_eq!(
+            changed_command(&entry, &[], FlagChange::Remove).0,
+            v(&["/opt/rke-tools/entrypoint.sh", "kube-apiserver", "--v=2"])
+        );
         // In Cmd while the Entrypoint is the image's script: changed in Cmd, Entrypoint untouched.
         let entry = v(&["/opt/rke-tools/entrypoint.sh"]);
         let cmd = v(&[

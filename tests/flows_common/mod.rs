@@ -35,7 +35,8 @@ pub fn bench() -> Option<Bench> {
     let started = Instant::now();
     let tb = Testbed::up(Options {
         nodes: 3,
-        standin: Standin::locate().expect("the stand-in (cargo build -p testbed)"),
+        standin: Standin::upstream()
+            .expect("the real kube-apiserver and etcd (scripts/build-upstream.sh)"),
         ..Options::default()
     })
     .expect("testbed up");
