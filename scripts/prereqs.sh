@@ -29,6 +29,7 @@ runc|runc|the engines runtime (docker.io depends on it)
 etcd|etcd-server|the etcd members
 etcdctl|etcd-client|etcd checks in tests
 /bin/busybox|busybox-static|tiny images without a registry
+/bin/bash-static|bash-static|bash inside the RKE-shaped images (/opt/rke-tools/entrypoint.sh)
 protoc|protobuf-compiler|gRPC code generation (etcd-client, the KMS API)
 /usr/include/google/protobuf/descriptor.proto|libprotobuf-dev|well-known .proto includes for etcd-client
 unshare|util-linux|per-node mount namespaces
@@ -94,6 +95,12 @@ done <<<"$NEEDS"
 if [ ${#problems[@]} -gt 0 ]; then
   echo "prereqs: audit failed:" >&2
   printf '  %s\n' "${problems[@]}" >&2
+  exit 1
+fi
+# Go comes with the machine image (/usr/local/go), not from Debian: scripts/build-upstream.sh builds the real
+# kube-apiserver and etcd with it.
+if ! command -v go >/dev/null 2>&1 && [ ! -x /usr/local/go/bin/go ]; then
+  echo "prereqs: Go not found: scripts/build-upstream.sh builds kube-apiserver and etcd from Go modules (install Go >= 1.23)" >&2
   exit 1
 fi
 echo "prereqs: ok (audited $(grep -c '|' <<<"$NEEDS") needs)"

@@ -63,6 +63,8 @@ pub struct ContainerChange {
 pub struct ApiserverInfo {
     pub id: String,
     pub image: String,
+    /// Docker's Entrypoint (RKE: the whole kube-apiserver command line).
+    pub entrypoint: Vec<String>,
     pub cmd: Vec<String>,
     pub binds: Vec<String>,
     pub running: bool,
@@ -81,27 +83,58 @@ fn is_encryption_flag(arg: &str) -> bool {
     arg == ENCRYPTION_FLAG || arg.starts_with(&format!("{ENCRYPTION_FLAG}="))
 }
 
-/// Apply `change` to a command line: flags are added at the end, removed in both `--f=v` and `--f v` forms.
+/// Apply `flag` to a container's command line, Docker's Entrypoint followed by Cmd. RKE puts the whole
+/// kube-apiserver command line in Entrypoint (`/opt/rke-tools/entrypoint.sh kube-apiserver --f=v …`, Cmd empty);
+/// other setups put it in Cmd. The flag is changed where it is: `Remove` drops it (both `--f=v` and `--f v`
+/// forms) from both; `Add` rewrites the first occurrence in place to our path and drops any further one (never a
+/// second flag), or, when absent, appends it to the list that holds the arguments (Cmd, or Entrypoint when Cmd
+/// is empty). Everything else, order included, stays as it was: RKE compares Entrypoint and Cmd and would
+/// recreate the container on any other difference.
+pub fn changed_command(
+    entrypoint: &[String],
+    cmd: &[String],
+    flag: FlagChange,
+) -> (Vec<String>, Vec<String>) {
+    if flag == FlagChange::Keep {
+        return (entrypoint.to_vec(), cmd.to_vec());
+    }
+    let ours = format!("{ENCRYPTION_FLAG}={ENCRYPTION_CONFIG_IN_CONTAINER}");
+    let mut placed = false;
+    let mut edit = |args: &[String]| {
+        let mut out = Vec::with_capacity(args.len() + 1);
+        let mut skip_value = false;
+        for arg in args {
+            if skip_value {
+                skip_value = false;
+                continue;
+            }
+            if is_encryption_flag(arg) {
+                skip_value = arg == ENCRYPTION_FLAG;
+                if flag == FlagChange::Add && !placed {
+                    out.push(ours.clone());
+                    placed = true;
+                }
+                continue;
+            }
+            out.push(arg.clone());
+        }
+        out
+    };
+    let mut new_entrypoint = edit(entrypoint);
+    let mut new_cmd = edit(cmd);
+    if flag == FlagChange::Add && !placed {
+        if new_cmd.is_empty() && !new_entrypoint.is_empty() {
+            new_entrypoint.push(ours);
+        } else {
+            new_cmd.push(ours);
+        }
+    }
+    (new_entrypoint, new_cmd)
+}
+
+/// [`changed_command`] for a command line held in one list (Cmd with no Entrypoint).
 pub fn changed_cmd(cmd: &[String], flag: FlagChange) -> Vec<String> {
-    let mut out = Vec::with_capacity(cmd.len() + 1);
-    let mut skip_value = false;
-    for arg in cmd {
-        if skip_value {
-            skip_value = false;
-            continue;
-        }
-        if flag != FlagChange::Keep && is_encryption_flag(arg) {
-            skip_value = arg == ENCRYPTION_FLAG;
-            continue;
-        }
-        out.push(arg.clone());
-    }
-    if flag == FlagChange::Add {
-        out.push(format!(
-            "{ENCRYPTION_FLAG}={ENCRYPTION_CONFIG_IN_CONTAINER}"
-        ));
-    }
-    out
+    changed_command(&[], cmd, flag).1
 }
 
 /// Binds with `extra` added where no bind targets the same container path yet.
@@ -118,8 +151,42 @@ pub fn changed_binds(binds: &[String], extra: &[String]) -> Vec<String> {
 
 /// Whether applying `change` needs a new container (else a restart suffices to reload the file).
 pub fn needs_recreate(info: &ApiserverInfo, change: &ContainerChange) -> bool {
-    changed_cmd(&info.cmd, change.flag) != info.cmd
+    changed_command(&info.entrypoint, &info.cmd, change.flag)
+        != (info.entrypoint.clone(), info.cmd.clone())
         || changed_binds(&info.binds, &change.extra_binds) != info.binds
+}
+
+/// The create request for a container like `template` (an inspect response) with `change` applied: the
+/// inspect `Config` plus `HostConfig` (same fields, same JSON names), with only the encryption flag (where it
+/// is, [`changed_command`]) and the binds changed. Image, Env, Labels, VolumesFrom, network, restart policy,
+/// SecurityOpt and the order of every list are carried over as they are.
+pub fn create_body(
+    template: &ContainerInspectResponse,
+    change: &ContainerChange,
+) -> Result<ContainerCreateBody, serde_json::Error> {
+    let mut config = template.config.clone().unwrap_or_default();
+    let mut host_config = template.host_config.clone().unwrap_or_default();
+    let entrypoint = config.entrypoint.clone().unwrap_or_default();
+    let cmd = config.cmd.clone().unwrap_or_default();
+    let (new_entrypoint, new_cmd) = changed_command(&entrypoint, &cmd, change.flag);
+    // Only what changed is set: an absent (null) Entrypoint or Cmd stays absent, as RKE created it.
+    if new_entrypoint != entrypoint {
+        config.entrypoint = Some(new_entrypoint);
+    }
+    if new_cmd != cmd {
+        config.cmd = Some(new_cmd);
+    }
+    let binds = host_config.binds.clone().unwrap_or_default();
+    let new_binds = changed_binds(&binds, &change.extra_binds);
+    if new_binds != binds {
+        host_config.binds = Some(new_binds);
+    }
+    let mut body = serde_json::to_value(&config)?;
+    let host_config = serde_json::to_value(&host_config)?;
+    if let Some(obj) = body.as_object_mut() {
+        obj.insert("HostConfig".into(), host_config);
+    }
+    serde_json::from_value(body)
 }
 
 impl NodeDocker {
@@ -226,6 +293,11 @@ impl NodeDocker {
                 .as_ref()
                 .and_then(|cfg| cfg.cmd.clone())
                 .unwrap_or_default();
+            let entrypoint = c
+                .config
+                .as_ref()
+                .and_then(|cfg| cfg.entrypoint.clone())
+                .unwrap_or_default();
             let state = c.state.clone().unwrap_or_default();
             ApiserverInfo {
                 id: c.id.clone().unwrap_or_default(),
@@ -234,7 +306,8 @@ impl NodeDocker {
                     .as_ref()
                     .and_then(|cfg| cfg.image.clone())
                     .unwrap_or_default(),
-                has_encryption_flag: cmd.iter().any(|a| is_encryption_flag(a)),
+                has_encryption_flag: entrypoint.iter().chain(&cmd).any(|a| is_encryption_flag(a)),
+                entrypoint,
                 cmd,
                 binds: c
                     .host_config
@@ -330,26 +403,8 @@ impl NodeDocker {
         name: &str,
         change: &ContainerChange,
     ) -> Result<(), DockerError> {
-        let mut config = template.config.clone().unwrap_or_default();
-        let mut host_config = template.host_config.clone().unwrap_or_default();
-        config.cmd = Some(changed_cmd(
-            &config.cmd.clone().unwrap_or_default(),
-            change.flag,
-        ));
-        host_config.binds = Some(changed_binds(
-            &host_config.binds.clone().unwrap_or_default(),
-            &change.extra_binds,
-        ));
-        // Same fields, same JSON names: the inspect `Config` plus `HostConfig` is a create body.
-        let mut body = serde_json::to_value(&config)
+        let body = create_body(template, change)
             .map_err(|e| self.api("building the create request", e))?;
-        let host_config = serde_json::to_value(&host_config)
-            .map_err(|e| self.api("building the create request", e))?;
-        if let Some(obj) = body.as_object_mut() {
-            obj.insert("HostConfig".into(), host_config);
-        }
-        let body: ContainerCreateBody =
-            serde_json::from_value(body).map_err(|e| self.api("building the create request", e))?;
         let opts = CreateContainerOptions {
             name: Some(name.to_string()),
             platform: String::new(),
@@ -486,6 +541,7 @@ mod tests {
         let info = ApiserverInfo {
             id: "x".into(),
             image: "i".into(),
+            entrypoint: vec![],
             cmd: v(&["kube-apiserver"]),
             binds: vec![],
             running: true,
@@ -507,5 +563,172 @@ mod tests {
         assert!(!needs_recreate(&info, &keep));
         assert!(needs_recreate(&info, &add));
         assert!(!needs_recreate(&info, &remove));
+    }
+
+    /// A `docker inspect kube-apiserver` as RKE creates it: the whole command line in Entrypoint, Cmd null.
+    fn rke_inspect(with_flag: bool) -> ContainerInspectResponse {
+        let mut entrypoint = vec![
+            "/opt/rke-tools/entrypoint.sh",
+            "kube-apiserver",
+            "--etcd-prefix=/registry",
+            "--anonymous-auth=false",
+            "--service-account-issuer=rke",
+        ];
+        if with_flag {
+            entrypoint.push("--encryption-provider-config=/etc/kubernetes/ssl/encryption.yaml");
+        }
+        serde_json::from_value(serde_json::json!({
+            "Id": "abc",
+            "Name": "/kube-apiserver",
+            "Config": {
+                "Image": "rancher/hyperkube:v1.32.13-rancher1",
+                "Entrypoint": entrypoint,
+                "Cmd": null,
+                "Env": ["RKE_AUDITLOG_CONFIG_CHECKSUM=1", "RKE_ADMISSION_CONFIG_CHECKSUM=2",
+                        "PATH=/usr/local/bin:/usr/bin:/bin"],
+                "Labels": {"io.rancher.rke.container.name": "kube-apiserver"}
+            },
+            "HostConfig": {
+                "Binds": ["/opt/p/etc/kubernetes:/etc/kubernetes:z", "/var/log/kube-audit:/var/log/kube-audit:z"],
+                "VolumesFrom": ["service-sidekick"],
+                "NetworkMode": "host",
+                "RestartPolicy": {"Name": "always"},
+                "SecurityOpt": ["label=disable"]
+            },
+            "State": {"Running": true}
+        }))
+        .expect("inspect-shaped JSON")
+    }
+
+    fn no_binds(flag: FlagChange) -> ContainerChange {
+        ContainerChange {
+            flag,
+            extra_binds: vec![],
+        }
+    }
+
+    #[test]
+    fn rke_shape_flag_added_to_entrypoint_and_nothing_else_changes() {
+        let before = rke_inspect(false);
+        let body = create_body(&before, &no_binds(FlagChange::Add)).expect("body");
+        let after = rke_inspect(true);
+        let cfg = after.config.as_ref().expect("config");
+        assert_eq!(
+            body.entrypoint, cfg.entrypoint,
+            "flag appended to Entrypoint, order kept"
+        );
+        assert_eq!(body.cmd, None, "Cmd stays absent");
+        assert_eq!(body.image, cfg.image);
+        assert_eq!(body.env, cfg.env);
+        assert_eq!(body.labels, cfg.labels);
+        let (hc, want) = (
+            body.host_config.expect("host config"),
+            before.host_config.expect("host config"),
+        );
+        assert_eq!(hc.binds, want.binds);
+        assert_eq!(hc.volumes_from, want.volumes_from);
+        assert_eq!(hc.network_mode, want.network_mode);
+        assert_eq!(hc.security_opt, want.security_opt);
+        assert_eq!(hc.restart_policy, want.restart_policy);
+    }
+
+    #[test]
+    fn rke_shape_flag_removed_from_entrypoint_and_never_duplicated() {
+        let with = rke_inspect(true);
+        let without = rke_inspect(false);
+        let removed = create_body(&with, &no_binds(FlagChange::Remove)).expect("body");
+        assert_eq!(
+            removed.entrypoint,
+            without.config.as_ref().and_then(|c| c.entrypoint.clone())
+        );
+        assert_eq!(removed.cmd, None);
+        // Adding when present: the same Entrypoint, so no recreate is needed.
+        let again = create_body(&with, &no_binds(FlagChange::Add)).expect("body");
+        let entry = again.entrypoint.expect("entrypoint");
+        assert_eq!(
+            entry.iter().filter(|a| is_encryption_flag(a)).count(),
+            1,
+            "{entry:?}"
+        );
+        assert_eq!(
+            Some(entry),
+            with.config.as_ref().and_then(|c| c.entrypoint.clone())
+        );
+    }
+
+    #[test]
+    fn flag_found_where_it_is_and_rewritten_in_place() {
+        // In the middle of RKE's Entrypoint (its flag order comes from a Go map): rewritten in place.
+        let entry = v(&[
+            "/opt/rke-tools/entrypoint.sh",
+            "kube-apiserver",
+            "--encryption-provider-config=/etc/kubernetes/ssl/encryption.yaml",
+            "--v=2",
+        ]);
+        assert_eq!(
+            changed_command(&entry, &[], FlagChange::Add),
+            (entry.clone(), vec![])
+        );
+        assert_eq!(
+            changed_command(&entry, &[], FlagChange::Remove).0,
+            v(&["/opt/rke-tools/entrypoint.sh", "kube-apiserver", "--v=2"])
+        );
+        // In Cmd while the Entrypoint is the image's script: changed in Cmd, Entrypoint untouched.
+        let entry = v(&["/opt/rke-tools/entrypoint.sh"]);
+        let cmd = v(&[
+            "kube-apiserver",
+            "--encryption-provider-config",
+            "/old.yaml",
+            "--v=2",
+        ]);
+        let (e, c) = changed_command(&entry, &cmd, FlagChange::Add);
+        assert_eq!(e, entry);
+        assert_eq!(
+            c,
+            v(&[
+                "kube-apiserver",
+                "--encryption-provider-config=/etc/kubernetes/ssl/encryption.yaml",
+                "--v=2"
+            ])
+        );
+        // Absent, with arguments in Cmd: appended to Cmd, not to the Entrypoint.
+        let (e, c) = changed_command(&entry, &v(&["kube-apiserver"]), FlagChange::Add);
+        assert_eq!(e, entry);
+        assert_eq!(c.len(), 2);
+        // Present in both (a hand-edited container): one flag remains, at the first place.
+        let entry = v(&["kube-apiserver", "--encryption-provider-config=/a.yaml"]);
+        let cmd = v(&["--encryption-provider-config=/b.yaml", "--v=2"]);
+        let (e, c) = changed_command(&entry, &cmd, FlagChange::Add);
+        assert_eq!(
+            e,
+            v(&[
+                "kube-apiserver",
+                "--encryption-provider-config=/etc/kubernetes/ssl/encryption.yaml"
+            ])
+        );
+        assert_eq!(c, v(&["--v=2"]));
+        let (e, c) = changed_command(&entry, &cmd, FlagChange::Remove);
+        assert_eq!((e, c), (v(&["kube-apiserver"]), v(&["--v=2"])));
+    }
+
+    #[test]
+    fn rke_shape_recreate_decision_reads_the_entrypoint() {
+        let info = |with| ApiserverInfo {
+            id: "x".into(),
+            image: "i".into(),
+            entrypoint: rke_inspect(with)
+                .config
+                .and_then(|c| c.entrypoint)
+                .unwrap_or_default(),
+            cmd: vec![],
+            binds: vec![],
+            running: true,
+            restarting: false,
+            has_encryption_flag: with,
+        };
+        assert!(needs_recreate(&info(false), &no_binds(FlagChange::Add)));
+        assert!(!needs_recreate(&info(true), &no_binds(FlagChange::Add)));
+        assert!(needs_recreate(&info(true), &no_binds(FlagChange::Remove)));
+        assert!(!needs_recreate(&info(false), &no_binds(FlagChange::Remove)));
     }
 }

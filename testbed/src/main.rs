@@ -19,6 +19,8 @@ struct Cli {
 
 #[derive(Clone, Copy, ValueEnum)]
 enum StandinKind {
+    /// The real kube-apiserver and etcd built by scripts/build-upstream.sh, in RKE-shaped containers.
+    Upstream,
     /// The kube-apiserver stand-in binary (ATREST_STANDIN_BIN or next to this executable).
     Binary,
     /// busybox httpd on :6443 (no API).
@@ -33,7 +35,7 @@ enum Cmd {
         nodes: usize,
         #[arg(long)]
         dir: PathBuf,
-        #[arg(long, value_enum, default_value_t = StandinKind::Binary)]
+        #[arg(long, value_enum, default_value_t = StandinKind::Upstream)]
         standin: StandinKind,
         /// Do not start etcd (placeholder only).
         #[arg(long)]
@@ -80,6 +82,7 @@ fn main() -> Result<()> {
             kms,
         } => {
             let standin = match standin {
+                StandinKind::Upstream => Standin::upstream()?,
                 StandinKind::Binary => Standin::locate()?,
                 StandinKind::Placeholder => Standin::Placeholder,
             };

@@ -20,8 +20,22 @@ pub struct Bench {
     _bin_dir: tempfile::TempDir,
 }
 
-/// `None` (test skipped, visibly: `testbed::skip`) when not root and ATREST_SKIP_TESTBED is set.
+/// On the real kube-apiserver and etcd. `None` (test skipped, visibly: `testbed::skip`) when not root and
+/// ATREST_SKIP_TESTBED is set.
+#[allow(dead_code)]
 pub fn bench() -> Option<Bench> {
+    bench_on(|| {
+        Standin::upstream().expect("the real kube-apiserver and etcd (scripts/build-upstream.sh)")
+    })
+}
+
+/// On the project's stand-in (for the tests not yet moved to the real server; docs/testbed.md).
+#[allow(dead_code)]
+pub fn bench_standin() -> Option<Bench> {
+    bench_on(|| Standin::locate().expect("the stand-in (cargo build -p testbed)"))
+}
+
+fn bench_on(standin: impl FnOnce() -> Standin) -> Option<Bench> {
     let test = std::thread::current().name().unwrap_or("e2e").to_string();
     if !testbed::skip::may_run(&test) {
         return None;
@@ -35,7 +49,7 @@ pub fn bench() -> Option<Bench> {
     let started = Instant::now();
     let tb = Testbed::up(Options {
         nodes: 3,
-        standin: Standin::locate().expect("the stand-in (cargo build -p testbed)"),
+        standin: standin(),
         ..Options::default()
     })
     .expect("testbed up");

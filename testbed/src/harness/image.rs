@@ -17,12 +17,25 @@ pub enum Standin {
     Placeholder,
     /// The kube-apiserver stand-in binary (handles SIGTERM; runs without `--init`, as RKE does).
     Binary(PathBuf),
+    /// The real kube-apiserver and etcd built from upstream's Go modules ([`super::upstream`]), in RKE-shaped
+    /// containers: `etcd`, `service-sidekick` and `kube-apiserver` from `rancher/…` images.
+    Upstream(super::upstream::Upstream),
 }
 
 impl Standin {
     /// The stand-in binary found by [`standin_binary`].
     pub fn locate() -> Result<Standin> {
         Ok(Standin::Binary(standin_binary()?))
+    }
+
+    /// The real kube-apiserver and etcd built by `scripts/build-upstream.sh`.
+    pub fn upstream() -> Result<Standin> {
+        Ok(Standin::Upstream(super::upstream::Upstream::locate()?))
+    }
+
+    /// Whether an API server answers (everything but the placeholder).
+    pub fn serves_api(&self) -> bool {
+        !matches!(self, Standin::Placeholder)
     }
 }
 
@@ -155,22 +168,47 @@ pub fn run_ok(cmd: &mut Command, what: &str) -> Result<String> {
 
 /// Imports the rootfs into the first engine, then `save` once and `load` into the rest in parallel.
 pub fn install(tar: &Path, work: &Path, sockets: &[PathBuf]) -> Result<()> {
+    install_all(
+        &[(
+            tar.to_path_buf(),
+            IMAGE.to_string(),
+            vec!["ENV PATH=/usr/local/bin:/usr/bin:/bin".to_string()],
+        )],
+        work,
+        sockets,
+    )
+}
+
+/// Imports each `(rootfs tar, image name, docker import -c changes)` into the first engine, then `save`s them all
+/// once and `load`s the archive into the rest in parallel (same image IDs everywhere).
+pub fn install_all(
+    images: &[(PathBuf, String, Vec<String>)],
+    work: &Path,
+    sockets: &[PathBuf],
+) -> Result<()> {
     let Some((first, rest)) = sockets.split_first() else {
         return Ok(());
     };
-    run_ok(
-        docker(first)
-            .args(["import", "-c", "ENV PATH=/usr/local/bin:/usr/bin:/bin"])
-            .arg(tar)
-            .arg(IMAGE),
-        &format!("docker import into {}", first.display()),
-    )?;
+    for (tar, name, changes) in images {
+        let mut cmd = docker(first);
+        cmd.arg("import");
+        for c in changes {
+            cmd.arg("-c").arg(c);
+        }
+        run_ok(
+            cmd.arg(tar).arg(name),
+            &format!("docker import {name} into {}", first.display()),
+        )?;
+    }
     if rest.is_empty() {
         return Ok(());
     }
     let saved = work.join("image.tar");
     run_ok(
-        docker(first).args(["save", "-o"]).arg(&saved).arg(IMAGE),
+        docker(first)
+            .args(["save", "-o"])
+            .arg(&saved)
+            .args(images.iter().map(|(_, name, _)| name)),
         "docker save",
     )?;
     std::thread::scope(|s| {

@@ -20,7 +20,8 @@ pub const KMS_SOCKET: &str = "/var/run/kmsplugin/socket.sock";
 pub const KMS_ENDPOINT: &str = "unix:///var/run/kmsplugin/socket.sock";
 const PROC_KIND: &str = "kms-plugin";
 
-/// `ATREST_KMS_PLUGIN_BIN`, else `kms-plugin` next to the stand-in binary (same cargo target dir).
+/// `ATREST_KMS_PLUGIN_BIN`, else `kms-plugin` next to the stand-in binary (same cargo target dir), else next to
+/// the running executable.
 pub fn locate_plugin(standin: &Standin) -> Result<PathBuf> {
     if let Some(p) = std::env::var_os("ATREST_KMS_PLUGIN_BIN") {
         let p = PathBuf::from(p);
@@ -31,7 +32,7 @@ pub fn locate_plugin(standin: &Standin) -> Result<PathBuf> {
     }
     let dir = match standin {
         Standin::Binary(b) => b.parent().map(Path::to_path_buf).unwrap_or_default(),
-        Standin::Placeholder => {
+        Standin::Placeholder | Standin::Upstream(_) => {
             let exe = std::env::current_exe().context("locating the current executable")?;
             let mut dir = exe.parent().map(Path::to_path_buf).unwrap_or_default();
             if dir.file_name().is_some_and(|n| n == "deps") {

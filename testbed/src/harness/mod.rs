@@ -11,6 +11,7 @@ pub mod pki;
 pub mod procs;
 pub mod seed;
 pub mod slot;
+pub mod upstream;
 pub mod users;
 
 use std::fs;
@@ -142,7 +143,7 @@ impl Testbed {
         if opts.nodes == 0 || opts.nodes > 9 {
             bail!("nodes must be 1..=9, got {}", opts.nodes);
         }
-        if matches!(opts.standin, Standin::Binary(_)) && !opts.etcd {
+        if opts.standin.serves_api() && !opts.etcd {
             bail!("the kube-apiserver stand-in needs etcd: set etcd = true");
         }
         let t0 = Instant::now();
@@ -361,7 +362,12 @@ impl Testbed {
             // The node's prefix tree, as RKE lays it out under <prefix>/etc/kubernetes/ssl.
             let ca = &pki.ca;
             files::write_mode(&ssl.join("kube-ca.pem"), ca.cert_pem.as_bytes(), 0o644)?;
-            for c in [&pki.kube_node, &pki.apiserver, &pki.etcd[n.index - 1]] {
+            for c in [
+                &pki.kube_node,
+                &pki.apiserver,
+                &pki.etcd[n.index - 1],
+                &pki.service_account,
+            ] {
                 files::write_mode(
                     &ssl.join(format!("{}.pem", c.name)),
                     c.cert_pem.as_bytes(),
@@ -476,7 +482,21 @@ impl Testbed {
             let child = procs::spawn_daemon(&mut cmd, &n.dir.join("dockerd.log"))?;
             self.record(child, "dockerd", n.index, &n.dir.join("daemon.json"))?;
         }
-        if self.etcd {
+        let etcd_cluster: String = ips
+            .iter()
+            .map(|ip| {
+                format!(
+                    "etcd-{}=https://{ip}:2380",
+                    ip.to_string().replace('.', "-")
+                )
+            })
+            .collect::<Vec<_>>()
+            .join(",");
+        let upstream = match &self.standin {
+            Standin::Upstream(u) => Some(u.clone()),
+            _ => None,
+        };
+        if self.etcd && upstream.is_none() {
             let cluster: Vec<String> = ips
                 .iter()
                 .map(|ip| {
@@ -539,7 +559,17 @@ impl Testbed {
         // Image: build while the engines start.
         let work = dir.join("image");
         mkdir(&work)?;
-        let tar = image::build_rootfs_tar(&self.standin, &work)?;
+        let images: Vec<(PathBuf, String, Vec<String>)> = match &upstream {
+            Some(u) => upstream::build_image_tars(u, &work)?
+                .into_iter()
+                .map(|i| (i.tar, i.name, i.changes))
+                .collect(),
+            None => vec![(
+                image::build_rootfs_tar(&self.standin, &work)?,
+                image::IMAGE.to_string(),
+                vec!["ENV PATH=/usr/local/bin:/usr/bin:/bin".to_string()],
+            )],
+        };
         for n in &nodes {
             let pid = self
                 .manifest
@@ -562,8 +592,18 @@ impl Testbed {
         }
         self.mark(t0, "engines ready");
         let sockets: Vec<PathBuf> = nodes.iter().map(|n| n.docker_socket.clone()).collect();
-        image::install(&tar, &work, &sockets)?;
+        image::install_all(&images, &work, &sockets)?;
         self.mark(t0, "image installed");
+        if self.etcd && upstream.is_some() {
+            // RKE's etcd containers, all nodes at once.
+            let runs = self.on_all_nodes(&nodes, |this, n| {
+                image::run_ok(
+                    &mut this.etcd_run(n, &etcd_cluster),
+                    &format!("docker run etcd on {}", n.name),
+                )
+            });
+            self.record_containers(&nodes, runs, "etcd")?;
+        }
         if self.etcd {
             let etcds: Vec<(u32, PathBuf)> = self
                 .manifest
@@ -592,43 +632,25 @@ impl Testbed {
             )?;
         }
         self.mark(t0, "etcd healthy");
-        // kube-apiserver per node, RKE-style, all nodes at once.
-        let runs: Vec<Result<String>> = {
-            let this = &*self;
-            std::thread::scope(|s| {
-                let hs: Vec<_> = nodes
-                    .iter()
-                    .map(|n| {
-                        s.spawn(move || {
-                            image::run_ok(
-                                &mut this.apiserver_run(n),
-                                &format!("docker run kube-apiserver on {}", n.name),
-                            )
-                        })
-                    })
-                    .collect();
-                hs.into_iter()
-                    .map(|h| {
-                        h.join()
-                            .unwrap_or_else(|_| Err(anyhow::anyhow!("docker run thread panicked")))
-                    })
-                    .collect()
-            })
-        };
-        let mut first_err = None;
-        for (n, r) in nodes.iter().zip(runs) {
-            match r {
-                Ok(id) => self.manifest.containers.push(ContainerRecord {
-                    node: n.index,
-                    id,
-                    name: "kube-apiserver".into(),
-                }),
-                Err(e) => first_err = first_err.or(Some(e)),
-            }
-        }
-        self.manifest.save()?;
-        if let Some(e) = first_err {
-            return Err(e);
+        // kube-apiserver per node, RKE-style, all nodes at once (after its service-sidekick for the real one).
+        if upstream.is_some() {
+            let runs = self.on_all_nodes(&nodes, |this, n| {
+                image::run_ok(
+                    &mut this.sidekick_create(n),
+                    &format!("docker create service-sidekick on {}", n.name),
+                )
+            });
+            self.record_containers(&nodes, runs, "service-sidekick")?;
+            let runs = self.on_all_nodes(&nodes, |this, n| this.apiserver_create_rke(n));
+            self.record_containers(&nodes, runs, "kube-apiserver")?;
+        } else {
+            let runs = self.on_all_nodes(&nodes, |this, n| {
+                image::run_ok(
+                    &mut this.apiserver_run(n),
+                    &format!("docker run kube-apiserver on {}", n.name),
+                )
+            });
+            self.record_containers(&nodes, runs, "kube-apiserver")?;
         }
         // Cluster files.
         let spec = files::ClusterSpec {
@@ -670,11 +692,13 @@ impl Testbed {
             let addr = SocketAddr::new(n.address.into(), APISERVER_PORT);
             health::wait_for(
                 &format!("kube-apiserver on {} ({addr})", n.name),
-                Duration::from_secs(60),
+                // The real server's first start (RBAC bootstrap, CRD and APF setup) takes tens of seconds on a
+                // loaded machine.
+                Duration::from_secs(if upstream.is_some() { 180 } else { 60 }),
                 Duration::from_millis(50),
                 || match self.standin {
                     Standin::Placeholder => health::tcp_open(addr),
-                    Standin::Binary(_) => probe
+                    Standin::Binary(_) | Standin::Upstream(_) => probe
                         .get(addr, "/readyz")
                         .is_ok_and(|(code, _)| code == 200),
                 },
@@ -701,6 +725,198 @@ impl Testbed {
         })?;
         self.mark(t0, "ssh verified");
         Ok(())
+    }
+
+    /// Runs `f` for every node at once; results in node order.
+    fn on_all_nodes(
+        &self,
+        nodes: &[Node],
+        f: impl Fn(&Testbed, &Node) -> Result<String> + Sync,
+    ) -> Vec<Result<String>> {
+        std::thread::scope(|s| {
+            let f = &f;
+            let hs: Vec<_> = nodes.iter().map(|n| s.spawn(move || f(self, n))).collect();
+            hs.into_iter()
+                .map(|h| {
+                    h.join()
+                        .unwrap_or_else(|_| Err(anyhow::anyhow!("container thread panicked")))
+                })
+                .collect()
+        })
+    }
+
+    /// Records the created containers in the manifest (saved), then fails with the first error.
+    fn record_containers(
+        &mut self,
+        nodes: &[Node],
+        runs: Vec<Result<String>>,
+        name: &str,
+    ) -> Result<()> {
+        let mut first_err = None;
+        for (n, r) in nodes.iter().zip(runs) {
+            match r {
+                Ok(id) => self.manifest.containers.push(ContainerRecord {
+                    node: n.index,
+                    id,
+                    name: name.into(),
+                }),
+                Err(e) => first_err = first_err.or(Some(e)),
+            }
+        }
+        self.manifest.save()?;
+        match first_err {
+            Some(e) => Err(e),
+            None => Ok(()),
+        }
+    }
+
+    /// RKE's `etcd` container: Cmd `/usr/local/bin/etcd --name=etcd-<host> …`, no Entrypoint, binds
+    /// `<prefix>/var/lib/etcd:/var/lib/rancher/etcd/` and `<prefix>/etc/kubernetes:/etc/kubernetes`, host
+    /// network, restart always. The testbed adds short heartbeat/election timeouts (many members on one loaded
+    /// machine) and binds each member to its node address.
+    pub fn etcd_run(&self, n: &Node, cluster: &str) -> Command {
+        let ip = n.address;
+        let name = pki::etcd_cert_name(ip);
+        let ssl = "/etc/kubernetes/ssl";
+        let mut cmd = self.docker(n);
+        cmd.args(["run", "-d", "--name", "etcd", "--net=host", "--restart=always"])
+            .args(["--label", "io.rancher.rke.container.name=etcd"])
+            .arg("-v")
+            .arg(format!("{PREFIX_PATH}/var/lib/etcd:/var/lib/rancher/etcd/:z"))
+            .arg("-v")
+            .arg(format!("{PREFIX_PATH}/etc/kubernetes:/etc/kubernetes:z"))
+            .arg("-e")
+            .arg("ETCDCTL_API=3")
+            .arg(self.upstream_versions().map(|v| v.etcd_image()).unwrap_or_default())
+            .arg("/usr/local/bin/etcd")
+            .arg(format!("--name=etcd-{}", ip.to_string().replace('.', "-")))
+            .arg("--data-dir=/var/lib/rancher/etcd/")
+            .args(["--heartbeat-interval=50", "--election-timeout=500"])
+            .arg(format!("--listen-client-urls=https://{ip}:2379"))
+            .arg(format!("--advertise-client-urls=https://{ip}:2379"))
+            .arg(format!("--listen-peer-urls=https://{ip}:2380"))
+            .arg(format!("--initial-advertise-peer-urls=https://{ip}:2380"))
+            .arg(format!("--initial-cluster={cluster}"))
+            .args([
+                "--initial-cluster-state=new",
+                "--initial-cluster-token=etcd-cluster-1",
+                "--client-cert-auth=true",
+                "--peer-client-cert-auth=true",
+            ])
+            .arg(format!("--trusted-ca-file={ssl}/kube-ca.pem"))
+            .arg(format!("--peer-trusted-ca-file={ssl}/kube-ca.pem"))
+            .arg(format!("--cert-file={ssl}/{name}.pem"))
+            .arg(format!("--key-file={ssl}/{name}-key.pem"))
+            .arg(format!("--peer-cert-file={ssl}/{name}.pem"))
+            .arg(format!("--peer-key-file={ssl}/{name}-key.pem"))
+            .arg("--cipher-suites=TLS_ECDHE_ECDSA_WITH_AES_128_GCM_SHA256,TLS_ECDHE_RSA_WITH_AES_128_GCM_SHA256,TLS_ECDHE_ECDSA_WITH_AES_256_GCM_SHA384,TLS_ECDHE_RSA_WITH_AES_256_GCM_SHA384");
+        cmd
+    }
+
+    fn upstream_versions(&self) -> Option<&upstream::Versions> {
+        match &self.standin {
+            Standin::Upstream(u) => Some(&u.versions),
+            _ => None,
+        }
+    }
+
+    /// RKE's `service-sidekick`: the rke-tools image with Entrypoint `/bin/bash`, network none, created and never
+    /// started; kube-apiserver takes `/opt/rke-tools` (entrypoint.sh) from it with VolumesFrom.
+    pub fn sidekick_create(&self, n: &Node) -> Command {
+        let mut cmd = self.docker(n);
+        cmd.args([
+            "create",
+            "--name",
+            "service-sidekick",
+            "--net=none",
+            "--entrypoint",
+            "/bin/bash",
+        ])
+        .args(["--label", "io.rancher.rke.container.name=service-sidekick"])
+        .arg(
+            self.upstream_versions()
+                .map(|v| v.rke_tools_image())
+                .unwrap_or_default(),
+        );
+        cmd
+    }
+
+    /// The Docker create request RKE sends for kube-apiserver: the whole command line in Entrypoint
+    /// (`/opt/rke-tools/entrypoint.sh kube-apiserver --flag=value …`), no Cmd, VolumesFrom `service-sidekick`,
+    /// RKE's binds, env, label, host network and restart policy. (The docker CLI cannot set a multi-word
+    /// Entrypoint, so this goes to the Engine API directly.)
+    pub fn apiserver_create_body(&self, n: &Node) -> serde_json::Value {
+        let image = self
+            .upstream_versions()
+            .map(|v| v.hyperkube_image())
+            .unwrap_or_default();
+        let mut entrypoint = vec![
+            "/opt/rke-tools/entrypoint.sh".to_string(),
+            "kube-apiserver".to_string(),
+        ];
+        entrypoint.extend(self.apiserver_flags(n));
+        let empty = {
+            use sha2::Digest;
+            hex::encode(sha2::Sha256::digest(b""))
+        };
+        serde_json::json!({
+            "Image": image,
+            "Entrypoint": entrypoint,
+            // RKE's checksums of its admission and audit configs (none here: the digest of an empty file).
+            "Env": [
+                format!("RKE_ADMISSION_CONFIG_CHECKSUM={empty}"),
+                format!("RKE_AUDITLOG_CONFIG_CHECKSUM={empty}"),
+            ],
+            "Labels": {"io.rancher.rke.container.name": "kube-apiserver"},
+            "HostConfig": {
+                "Binds": [
+                    format!("{PREFIX_PATH}/etc/kubernetes:/etc/kubernetes:z"),
+                    format!("{PREFIX_PATH}/var/log/kube-audit:/var/log/kube-audit:z"),
+                ],
+                "VolumesFrom": ["service-sidekick"],
+                "NetworkMode": "host",
+                "RestartPolicy": {"Name": "always"},
+            },
+        })
+    }
+
+    /// Creates and starts kube-apiserver from [`Testbed::apiserver_create_body`]; returns the container ID.
+    fn apiserver_create_rke(&self, n: &Node) -> Result<String> {
+        let body = serde_json::to_string(&self.apiserver_create_body(n))?;
+        let out = Command::new("curl")
+            .args(["-sS", "--fail-with-body", "--unix-socket"])
+            .arg(&n.docker_socket)
+            .args(["-H", "Content-Type: application/json", "-X", "POST"])
+            .arg("http://docker/v1.41/containers/create?name=kube-apiserver")
+            .args(["--data-binary", "@-"])
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .and_then(|mut c| {
+                use std::io::Write;
+                if let Some(mut i) = c.stdin.take() {
+                    i.write_all(body.as_bytes())?;
+                }
+                c.wait_with_output()
+            })
+            .context("creating kube-apiserver through the Engine API (curl)")?;
+        if !out.status.success() {
+            bail!(
+                "creating kube-apiserver on {}: {}{}",
+                n.name,
+                String::from_utf8_lossy(&out.stdout),
+                String::from_utf8_lossy(&out.stderr)
+            );
+        }
+        let v: serde_json::Value =
+            serde_json::from_slice(&out.stdout).context("the create response")?;
+        let id = v["Id"].as_str().unwrap_or_default().to_string();
+        image::run_ok(
+            self.docker(n).args(["start", "kube-apiserver"]),
+            &format!("docker start kube-apiserver on {}", n.name),
+        )?;
+        Ok(id)
     }
 
     /// Container state and its last log lines, for errors about a node's kube-apiserver.
@@ -757,9 +973,52 @@ impl Testbed {
         cmd
     }
 
+    /// RKE's kube-apiserver flags for the real server (RKE's order comes from a Go map; this one is sorted), plus
+    /// `Options::apiserver_args`. Differences from RKE, for the testbed's sake: `--bind-address` is the node
+    /// address (several nodes and testbeds share one machine's :6443), not `0.0.0.0`.
+    pub fn apiserver_flags(&self, n: &Node) -> Vec<String> {
+        let ip = n.address;
+        let ssl = "/etc/kubernetes/ssl";
+        vec![
+            format!("--advertise-address={ip}"),
+            "--allow-privileged=true".into(),
+            "--anonymous-auth=false".into(),
+            "--api-audiences=unknown".into(),
+            "--authorization-mode=Node,RBAC".into(),
+            format!("--bind-address={ip}"),
+            format!("--client-ca-file={ssl}/kube-ca.pem"),
+            "--enable-admission-plugins=NamespaceLifecycle,LimitRanger,ServiceAccount,DefaultStorageClass,DefaultTolerationSeconds,MutatingAdmissionWebhook,ValidatingAdmissionWebhook,ResourceQuota,NodeRestriction,Priority,PersistentVolumeClaimResize".into(),
+            format!("--etcd-cafile={ssl}/kube-ca.pem"),
+            format!("--etcd-certfile={ssl}/kube-node.pem"),
+            format!("--etcd-keyfile={ssl}/kube-node-key.pem"),
+            "--etcd-prefix=/registry".into(),
+            format!("--etcd-servers={}", self.etcd_endpoints().join(",")),
+            "--profiling=false".into(),
+            format!("--secure-port={APISERVER_PORT}"),
+            "--service-account-issuer=rke".into(),
+            format!("--service-account-key-file={ssl}/kube-service-account-token-key.pem"),
+            "--service-account-lookup=true".into(),
+            format!("--service-account-signing-key-file={ssl}/kube-service-account-token-key.pem"),
+            "--service-cluster-ip-range=10.43.0.0/16".into(),
+            "--service-node-port-range=30000-32767".into(),
+            "--storage-backend=etcd3".into(),
+            format!("--tls-cert-file={ssl}/kube-apiserver.pem"),
+            format!("--tls-private-key-file={ssl}/kube-apiserver-key.pem"),
+        ]
+        .into_iter()
+        .chain(self.apiserver_args.iter().cloned())
+        .collect()
+    }
+
     /// The container command line: RKE's `kube-apiserver` flags (the stand-in ignores the ones it does not model).
+    /// For the real server, the Entrypoint RKE gives it.
     pub fn apiserver_command(&self, n: &Node) -> Vec<String> {
         match &self.standin {
+            Standin::Upstream(_) => ["/opt/rke-tools/entrypoint.sh", "kube-apiserver"]
+                .into_iter()
+                .map(String::from)
+                .chain(self.apiserver_flags(n))
+                .collect(),
             Standin::Placeholder => vec![
                 "httpd".into(),
                 "-f".into(),

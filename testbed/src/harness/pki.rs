@@ -1,5 +1,6 @@
 //! The testbed's PKI, named like RKE's: `kube-ca`, `kube-node` (etcd client), `kube-etcd-<ip-with-dashes>`
-//! (etcd serving + peer), `kube-apiserver` (serving) and `kube-admin` (kubectl client). EC P-256, signed in memory.
+//! (etcd serving + peer), `kube-apiserver` (serving), `kube-admin` (kubectl client) and
+//! `kube-service-account-token` (service-account token keys). EC P-256, signed in memory.
 
 use std::net::{IpAddr, Ipv4Addr};
 
@@ -30,6 +31,9 @@ pub struct Pki {
     pub etcd: Vec<CertPair>,
     /// kube-apiserver serving certificate (every node address in its SANs, as RKE does).
     pub apiserver: CertPair,
+    /// `kube-service-account-token`: its key signs and verifies service-account tokens
+    /// (`--service-account-key-file` and `--service-account-signing-key-file`, as RKE sets them).
+    pub service_account: CertPair,
 }
 
 /// RKE names etcd certificates after the node address with dots replaced by dashes.
@@ -191,7 +195,22 @@ impl Pki {
             &[ServerAuth],
             api_sans,
         )?;
+        let mut service_account = ca.sign(
+            "kube-service-account-token",
+            "kube-service-account-token",
+            None,
+            &[ClientAuth],
+            vec![],
+        )?;
+        // kube-apiserver reads `--service-account-key-file` for public keys and does not derive one from a PKCS#8
+        // EC private key: the key file carries the public key too (the signing key file's private key is found
+        // by block type).
+        let public = KeyPair::from_pem(&service_account.key_pem)
+            .context("re-reading the service-account key")?
+            .public_key_pem();
+        service_account.key_pem.push_str(&public);
         Ok(Pki {
+            service_account,
             ca: ca.cert,
             kube_node,
             kube_admin,

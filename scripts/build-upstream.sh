@@ -1,0 +1,59 @@
+#!/usr/bin/env bash
+# Builds the testbed's real upstream parts from Go modules: kube-apiserver (k8s.io/kubernetes) and etcd
+# (go.etcd.io/etcd/server/v3), each from its small module under testbed/upstream/. Versions come from
+# testbed/upstream/versions.env (the one place; the testbed harness reads it too).
+# Each binary is built once per (module version, Go version) into $ATREST_UPSTREAM_CACHE
+# (default /var/cache/atrest-upstream when root, else ~/.cache/atrest-upstream) and reused afterwards.
+# Static (CGO_ENABLED=0), -trimpath, version ldflags so `kube-apiserver --version` prints the real version.
+# The first build is a multi-minute compile (docs/testbed.md has the figures).
+# The testbed harness (testbed/src/harness/upstream.rs) finds the binaries in the same cache; it prints the cache
+# directory on stdout.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+root=$PWD/testbed/upstream
+# shellcheck source=/dev/null
+. "$root/versions.env"
+if [ -z "${ATREST_UPSTREAM_CACHE:-}" ]; then
+  if [ "$(id -u)" = 0 ]; then ATREST_UPSTREAM_CACHE=/var/cache/atrest-upstream; else ATREST_UPSTREAM_CACHE=$HOME/.cache/atrest-upstream; fi
+fi
+export PATH=$PATH:/usr/local/go/bin
+command -v go >/dev/null || { echo "build-upstream: go not found (scripts/prereqs.sh)" >&2; exit 1; }
+gover=$(go env GOVERSION)
+mkdir -p "$ATREST_UPSTREAM_CACHE"
+
+say() { echo "build-upstream: $*" >&2; }
+
+# build NAME MODULE_DIR VERSION LDFLAGS
+build() {
+  local name=$1 dir=$2 version=$3 ldflags=$4
+  local out=$ATREST_UPSTREAM_CACHE/$name-$version-$gover/$name
+  if [ -x "$out" ]; then
+    say "$name $version ($gover): cached at $out"
+  else
+    say "$name $version ($gover): building into $out (the first build downloads modules and compiles for minutes)"
+    local t0; t0=$(date +%s)
+    mkdir -p "$(dirname "$out")"
+    (cd "$dir" && CGO_ENABLED=0 go build -mod=readonly -trimpath -tags grpcnotrace \
+      -ldflags "-s -w $ldflags" -o "$out.tmp" .)
+    mv "$out.tmp" "$out"
+    say "$name: built in $(( $(date +%s) - t0 )) s, $(du -h "$out" | cut -f1)"
+  fi
+}
+
+# The go.mod files pin the versions too; refuse to build something other than versions.env says.
+check_pin() {
+  local dir=$1 module=$2 version=$3
+  if ! grep -q "^require $module $version\$\|^	$module $version\$" "$dir/go.mod"; then
+    say "$dir/go.mod does not require $module $version (versions.env); update it: (cd $dir && go get $module@$version && go mod tidy)"
+    exit 1
+  fi
+}
+check_pin "$root/kube-apiserver" k8s.io/kubernetes "$KUBERNETES_VERSION"
+check_pin "$root/etcd" go.etcd.io/etcd/server/v3 "$ETCD_VERSION"
+
+minor=${KUBERNETES_VERSION#v1.}; minor=${minor%%.*}
+vpkg=k8s.io/component-base/version
+build kube-apiserver "$root/kube-apiserver" "$KUBERNETES_VERSION" \
+  "-X $vpkg.gitVersion=$KUBERNETES_VERSION -X $vpkg.gitMajor=1 -X $vpkg.gitMinor=$minor -X $vpkg.gitTreeState=clean -X $vpkg.buildDate=1970-01-01T00:00:00Z"
+build etcd "$root/etcd" "$ETCD_VERSION" ""
+echo "$ATREST_UPSTREAM_CACHE"
