@@ -625,7 +625,7 @@ fn rotate_encryption_key_turns_the_plan_into_a_rotation() {
         assert!(!stdout.contains(secret), "key material in the plan");
     }
 
-    // With a custom config it is ignored, and the plan says how to rotate instead.
+    // With a custom config RKE refuses it, and so does atrest: a located error saying how to rotate instead.
     fs::write(
         dir.path().join("cluster.yml"),
         format!(
@@ -635,10 +635,11 @@ fn rotate_encryption_key_turns_the_plan_into_a_rotation() {
     )
     .unwrap();
     atrest(dir.path())
-        .args(["plan", "--offline"])
+        .args(["plan", "--offline", "--detailed-exitcode"])
         .assert()
-        .success()
-        .stdout(predicate::str::contains(
-            "rotate_encryption_key: true in cluster.yml is ignored",
-        ));
+        .code(1)
+        .stderr(predicate::str::contains(
+            "cluster.yml:1:24: rotate_encryption_key: key rotation is not supported with a custom_config",
+        ))
+        .stderr(predicate::str::contains("rotate by editing custom_config"));
 }
