@@ -8,10 +8,10 @@
 # Every need is a file or command, with the Debian package this script installs it from. The audit checks each
 # one against dpkg: present, and owned by the package named here (or by a package of the machine image, listed in
 # IMAGE_PACKAGES). A machine where someone installed a need by hand, from a package this script does not name,
-# fails the audit, so CI cannot pass only because of a hand install. That is how the missing
-# `google/protobuf/descriptor.proto` (libprotobuf-dev, needed by etcd-client's build) would have been caught: the
-# list below was made from an strace of the whole build, demo and test suite (docs/testbed.md, "Prerequisites"),
-# and that file's owner was not among the packages installed.
+# fails the audit, so CI cannot pass only because of a hand install: with the old list, a machine without
+# libprotobuf-dev now fails here ("descriptor.proto … missing; install package libprotobuf-dev") instead of nine
+# minutes into the build. The list names every program and system file the code and scripts run or read;
+# scripts/trace-prereqs checks it the hard way (an strace of a whole command, mapped to Debian packages).
 set -euo pipefail
 
 # need (command name or absolute path) | package that provides it | what for
