@@ -30,7 +30,7 @@ fn managed_key_name(state: &serde_json::Value) -> String {
 
 #[test]
 fn every_transition_keeps_every_object_readable_and_verified() {
-    let Some(b) = bench_standin() else { return };
+    let Some(b) = bench() else { return };
 
     // Nothing asked for yet: nothing to do.
     let plan = b.ok(&["plan"]);
