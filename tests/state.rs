@@ -432,27 +432,32 @@ fn a_state_rewritten_by_rke_meanwhile_is_not_overwritten() {
 
 #[test]
 fn concurrent_savers_never_interleave() {
-    // Several threads race for the lock; the losers are refused, the winner's file is complete and parses.
+    // Several threads race for the lock and each holds what it got until all have tried: exactly one wins, the
+    // others are refused with `Locked`, and the winner's file is complete and parses.
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("cluster.rkestate");
     let (_, bytes) = fixture("rke-v1.5.rkestate");
     fs::write(&path, &bytes).unwrap();
-    let barrier = std::sync::Arc::new(std::sync::Barrier::new(4));
+    let start = std::sync::Arc::new(std::sync::Barrier::new(4));
+    let tried = std::sync::Arc::new(std::sync::Barrier::new(4));
     let handles: Vec<_> = (0..4)
         .map(|i| {
             let path = path.clone();
-            let barrier = barrier.clone();
+            let (start, tried) = (start.clone(), tried.clone());
             std::thread::spawn(move || {
-                barrier.wait();
+                start.wait();
                 let file = match StateFile::open_locked(&path) {
                     Ok(f) => f,
-                    Err(StateError::Locked { .. }) => return false,
+                    Err(StateError::Locked { .. }) => {
+                        tried.wait();
+                        return false;
+                    }
                     Err(e) => panic!("{e}"),
                 };
                 let mut state = file.load().unwrap();
                 state.set_current_encryption_config(Some(&format!("writer-{i}")));
                 file.save(&state).unwrap();
-                std::thread::sleep(std::time::Duration::from_millis(50));
+                tried.wait();
                 true
             })
         })
@@ -462,7 +467,7 @@ fn concurrent_savers_never_interleave() {
         .map(|h| h.join().unwrap())
         .filter(|w| *w)
         .count();
-    assert!(winners >= 1);
+    assert_eq!(winners, 1, "exactly one run may hold the lock");
     let file = StateFile::open_locked(&path).unwrap();
     assert!(
         file.load()
