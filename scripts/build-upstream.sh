@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
-# Builds the testbed's real upstream parts from Go modules: kube-apiserver (k8s.io/kubernetes) and etcd
-# (go.etcd.io/etcd/server/v3), each from its small module under testbed/upstream/. Versions come from
+# Builds the testbed's real upstream parts from Go modules: kube-apiserver (k8s.io/kubernetes), etcd
+# (go.etcd.io/etcd/server/v3) and rke (github.com/rancher/rke), each from its small module under testbed/upstream/. Versions come from
 # testbed/upstream/versions.env (the one place; the testbed harness reads it too).
 # Each binary is built once per (module version, Go version) into $ATREST_UPSTREAM_CACHE
 # (default /var/cache/atrest-upstream when root, else ~/.cache/atrest-upstream) and reused afterwards.
@@ -23,9 +23,9 @@ mkdir -p "$ATREST_UPSTREAM_CACHE"
 
 say() { echo "build-upstream: $*" >&2; }
 
-# build NAME MODULE_DIR VERSION LDFLAGS
+# build NAME MODULE_DIR VERSION LDFLAGS [PACKAGE]  (PACKAGE: the main package, default the module's own)
 build() {
-  local name=$1 dir=$2 version=$3 ldflags=$4
+  local name=$1 dir=$2 version=$3 ldflags=$4 package=${5:-.}
   local out=$ATREST_UPSTREAM_CACHE/$name-$version-$gover/$name
   if [ -x "$out" ]; then
     say "$name $version ($gover): cached at $out"
@@ -34,7 +34,7 @@ build() {
     local t0; t0=$(date +%s)
     mkdir -p "$(dirname "$out")"
     (cd "$dir" && CGO_ENABLED=0 go build -mod=readonly -trimpath -tags grpcnotrace \
-      -ldflags "-s -w $ldflags" -o "$out.tmp" .)
+      -ldflags "-s -w $ldflags" -o "$out.tmp" "$package")
     mv "$out.tmp" "$out"
     say "$name: built in $(( $(date +%s) - t0 )) s, $(du -h "$out" | cut -f1)"
   fi
@@ -43,17 +43,20 @@ build() {
 # The go.mod files pin the versions too; refuse to build something other than versions.env says.
 check_pin() {
   local dir=$1 module=$2 version=$3
-  if ! grep -q "^require $module $version\$\|^	$module $version\$" "$dir/go.mod"; then
+  if ! grep -qE "^(require )?[[:space:]]*$module $version( // indirect)?\$" "$dir/go.mod"; then
     say "$dir/go.mod does not require $module $version (versions.env); update it: (cd $dir && go get $module@$version && go mod tidy)"
     exit 1
   fi
 }
 check_pin "$root/kube-apiserver" k8s.io/kubernetes "$KUBERNETES_VERSION"
 check_pin "$root/etcd" go.etcd.io/etcd/server/v3 "$ETCD_VERSION"
+check_pin "$root/rke" github.com/rancher/rke "$RKE_VERSION"
 
 minor=${KUBERNETES_VERSION#v1.}; minor=${minor%%.*}
 vpkg=k8s.io/component-base/version
 build kube-apiserver "$root/kube-apiserver" "$KUBERNETES_VERSION" \
   "-X $vpkg.gitVersion=$KUBERNETES_VERSION -X $vpkg.gitMajor=1 -X $vpkg.gitMinor=$minor -X $vpkg.gitTreeState=clean -X $vpkg.buildDate=1970-01-01T00:00:00Z"
 build etcd "$root/etcd" "$ETCD_VERSION" ""
+# rke's main package is its module root; the small module names it with a `tool` line and repeats rke's replaces.
+build rke "$root/rke" "$RKE_VERSION" "-X main.VERSION=$RKE_VERSION" github.com/rancher/rke
 echo "$ATREST_UPSTREAM_CACHE"

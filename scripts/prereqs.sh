@@ -38,10 +38,13 @@ flock|util-linux|testbed slots
 sudo|sudo|the testbed optional non-root sudo user
 openssl|openssl|certificate checks in tests
 file|file|checks on the static busybox
+strace|strace|scripts/trace-prereqs (.ci/run traces the lint build)
 kubectl|kubernetes-client|kubectl round-trip tests (the machine image has the kubectl package, else Debian kubernetes-client)
 '
 # Packages the machine image itself provides (not installed by this script; the audit accepts them as owners).
-IMAGE_PACKAGES=' kubectl util-linux coreutils tar procps mount bsdutils '
+# gcc, g++, make: the C toolchain rustc links with; llvm-14-linker-tools: ld loads its LLVMgold plugin when present;
+# locales: glibc reads locale.alias when present (scripts/trace-prereqs saw each in a traced build).
+IMAGE_PACKAGES=' kubectl util-linux coreutils tar procps mount bsdutils gcc g++ make llvm-14-linker-tools locales '
 
 audit_only=false
 [ "${1:-}" = "--audit" ] && audit_only=true

@@ -403,7 +403,10 @@ impl Testbed {
         };
         for (i, (n, rec)) in nodes.iter().zip(self.manifest.nodes.clone()).enumerate() {
             let cfg = n.dir.join("ssh/sshd_config");
-            let mut binds = vec![(n.prefix.clone(), PathBuf::from(PREFIX_PATH))];
+            let mut binds = vec![
+                (n.prefix.clone(), PathBuf::from(PREFIX_PATH)),
+                (node_hosts_file(n)?, PathBuf::from("/etc/hosts")),
+            ];
             binds.extend(kms_binds.get(i).cloned());
             if self.sudo_user {
                 binds.extend(users::prepare(&n.dir, &client_pub)?);
@@ -1206,4 +1209,19 @@ impl Drop for Testbed {
             );
         }
     }
+}
+
+/// The node's own `/etc/hosts`, bound over the machine's in the node's mount namespace: `localhost` is the node's
+/// address. On a real host a connection to `localhost:6443` reaches that host's kube-apiserver; here every node
+/// shares the machine's network, so without this the name would reach nothing (each server listens on its node's
+/// address). RKE's health check relies on it: it asks the node's sshd to connect to `localhost:6443`.
+fn node_hosts_file(n: &Node) -> Result<PathBuf> {
+    let path = n.dir.join("hosts");
+    let text = format!(
+        "# The testbed node {name}'s /etc/hosts (testbed/src/harness/mod.rs node_hosts_file).\n{ip} localhost {name}\n",
+        name = n.name,
+        ip = n.address
+    );
+    files::write_mode(&path, text.as_bytes(), 0o644)?;
+    Ok(path)
 }

@@ -1,6 +1,7 @@
 //! The testbed's PKI, named like RKE's: `kube-ca`, `kube-node` (etcd client), `kube-etcd-<ip-with-dashes>`
 //! (etcd serving + peer), `kube-apiserver` (serving), `kube-admin` (kubectl client) and
-//! `kube-service-account-token` (service-account token keys). EC P-256, signed in memory.
+//! `kube-service-account-token` (service-account token keys). RSA 2048 keys as RKE's (see `new_key`), signed in
+//! memory.
 
 use std::net::{IpAddr, Ipv4Addr};
 
@@ -41,8 +42,29 @@ pub fn etcd_cert_name(ip: Ipv4Addr) -> String {
     format!("kube-etcd-{}", ip.to_string().replace('.', "-"))
 }
 
+/// A fresh RSA 2048 key, as RKE makes every key of its bundle: RKE reads the bundle back as RSA keys only (its
+/// state loader converts each key to `*rsa.PrivateKey` and panics on anything else), so a testbed with EC keys
+/// would not be a cluster `rke` can work on. rcgen (on ring) cannot generate RSA keys; `openssl genpkey` does,
+/// in PKCS#8, which rcgen and RKE both read.
 fn new_key() -> Result<KeyPair> {
-    KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256).context("generating an EC P-256 key")
+    let out = std::process::Command::new("openssl")
+        .args([
+            "genpkey",
+            "-algorithm",
+            "RSA",
+            "-pkeyopt",
+            "rsa_keygen_bits:2048",
+        ])
+        .stdin(std::process::Stdio::null())
+        .output()
+        .context("running openssl genpkey (scripts/prereqs.sh installs openssl)")?;
+    anyhow::ensure!(
+        out.status.success(),
+        "openssl genpkey failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let pem = Zeroizing::new(String::from_utf8(out.stdout).context("openssl's key is not text")?);
+    KeyPair::from_pem_and_sign_algo(&pem, &rcgen::PKCS_RSA_SHA256).context("reading the RSA key")
 }
 
 fn leaf_params(
@@ -192,7 +214,9 @@ impl Pki {
             "kube-apiserver",
             "kube-apiserver",
             None,
-            &[ServerAuth],
+            // RKE gives every certificate ClientAuth and its server certificates ServerAuth too; `rke` presents
+            // this one as a client certificate in its kube-apiserver health check.
+            &[ServerAuth, ClientAuth],
             api_sans,
         )?;
         let mut service_account = ca.sign(

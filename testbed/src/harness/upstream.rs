@@ -27,6 +27,8 @@ pub struct Versions {
     pub etcd: String,
     pub hyperkube_suffix: String,
     pub rke_tools: String,
+    /// The `rke` release the interop tests run (`RKE_VERSION`).
+    pub rke: String,
 }
 
 impl Versions {
@@ -52,6 +54,7 @@ impl Versions {
             etcd: get("ETCD_VERSION")?,
             hyperkube_suffix: get("HYPERKUBE_SUFFIX").unwrap_or_default(),
             rke_tools: get("RKE_TOOLS_VERSION")?,
+            rke: get("RKE_VERSION")?,
         })
     }
 
@@ -147,6 +150,12 @@ impl Upstream {
     }
 }
 
+/// The real `rke` binary built for `versions.env` (`ATREST_RKE_BIN` overrides).
+pub fn rke_binary() -> Result<PathBuf> {
+    let versions = Versions::load()?;
+    find("rke", &versions.rke, "ATREST_RKE_BIN")
+}
+
 /// RKE's `/opt/rke-tools/entrypoint.sh` for the control plane, reduced to what kube-apiserver needs: RKE's
 /// script prepares kubelet and cloud-provider files first; for kube-apiserver it ends in `exec "$@"`.
 pub const ENTRYPOINT_SH: &str = "#!/bin/bash\n\
@@ -193,7 +202,11 @@ fn base_rootfs(root: &Path) -> Result<()> {
             .with_context(|| format!("creating {}", root.join(d).display()))?;
     }
     fs::copy(busybox()?, root.join("bin/busybox")).context("copying busybox")?;
-    for applet in ["sh", "ls", "cat", "echo", "sleep", "mkdir", "rm", "cp"] {
+    // mktemp, mv and chmod: RKE's file deployer (`t=$(mktemp); echo -e "$FILE_DEPLOY" > $t && mv $t … && chmod 600 …`)
+    // runs in the rke-tools image.
+    for applet in [
+        "sh", "ls", "cat", "echo", "sleep", "mkdir", "rm", "cp", "mktemp", "mv", "chmod",
+    ] {
         symlink("busybox", root.join("bin").join(applet))?;
     }
     fs::copy(bash_static()?, root.join("bin/bash")).context("copying bash-static")?;
