@@ -368,7 +368,13 @@ async fn reconcile(
     input.observed = Observed {
         nodes: observed_nodes,
         census: Some(session::census_counts(&census)),
+        reloading: views
+            .iter()
+            .filter(|v| v.reload && v.has_flag)
+            .map(|v| v.name.clone())
+            .collect(),
     };
+    input.reload_wanted = session.cluster.reload_wanted();
     input.config_hash = Some(targets::deployed_hash);
     let mut plan = plan::plan(&input)?;
     plan.notes.extend(extra_notes);
