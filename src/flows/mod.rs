@@ -462,6 +462,13 @@ async fn stepwise_verb(
         .census(&state, &["secrets".to_string()], None)
         .await
         .context("pre-flight: the etcd census failed; nothing was changed")?;
+    let reloading = session
+        .observe_nodes()
+        .await?
+        .into_iter()
+        .filter(|v| v.reload && v.has_flag)
+        .map(|v| v.name)
+        .collect();
     let input = StepwiseInput {
         current: targets::current_target(deployed),
         transition: record,
@@ -470,6 +477,8 @@ async fn stepwise_verb(
         options: PlanOptions {
             no_snapshot: global.no_snapshot,
         },
+        reloading,
+        reload_wanted: session.cluster.reload_wanted(),
     };
     let plan = plan::stepwise(verb, &input)?;
     apply(global, &mut session, &lock, &plan, started).await

@@ -152,7 +152,12 @@ pub fn plan(input: &PlanInput) -> Result<Plan, PlanError> {
         &mut notes,
     );
 
-    assign_deploy_modes(input, &mut steps, &mut notes);
+    assign_deploy_modes(
+        &input.observed.reloading,
+        input.reload_wanted,
+        &mut steps,
+        &mut notes,
+    );
 
     let kind = match transitions.first() {
         None => PlanKind::Noop,
@@ -358,9 +363,13 @@ fn add_drift_repair(
 /// every container it recreates or restarts then). Adding or removing the config flag always recreates the
 /// container (and a removal drops the reload flag with it: kube-apiserver refuses it without a config).
 /// The notes count the restarts left and, when cluster.yml does not ask for reload, say how to lose them.
-fn assign_deploy_modes(input: &PlanInput, steps: &mut [Step], notes: &mut Vec<String>) {
-    let mut on: std::collections::BTreeSet<String> =
-        input.observed.reloading.iter().cloned().collect();
+pub(crate) fn assign_deploy_modes(
+    reloading: &[String],
+    reload_wanted: bool,
+    steps: &mut [Step],
+    notes: &mut Vec<String>,
+) {
+    let mut on: std::collections::BTreeSet<String> = reloading.iter().cloned().collect();
     let (mut restarts, mut recreates) = (0usize, 0usize);
     let mut reloads = 0usize;
     for step in steps.iter_mut() {
@@ -378,14 +387,14 @@ fn assign_deploy_modes(input: &PlanInput, steps: &mut [Step], notes: &mut Vec<St
                 *reload = nodes.iter().filter(|n| on.contains(*n)).cloned().collect();
                 restarts += nodes.len() - reload.len();
                 reloads += reload.len();
-                if input.reload_wanted {
+                if reload_wanted {
                     on.extend(nodes.iter().cloned());
                 }
             }
             Flag::Add => {
                 reload.clear();
                 recreates += nodes.len();
-                if input.reload_wanted {
+                if reload_wanted {
                     on.extend(nodes.iter().cloned());
                 }
             }
@@ -404,7 +413,7 @@ fn assign_deploy_modes(input: &PlanInput, steps: &mut [Step], notes: &mut Vec<St
     let mut line = format!(
         "kube-apiserver restarts: {restarts}, recreates: {recreates}, reloads without restart: {reloads}"
     );
-    if restarts > 0 && !input.reload_wanted {
+    if restarts > 0 && !reload_wanted {
         line.push_str(&format!(
             "; with `services.kube-api.extra_args: {{encryption-provider-config-automatic-reload: \"true\"}}` in \
              cluster.yml each kube-apiserver (1.26+) would load a new file itself: the {restarts} restart(s) \

@@ -775,7 +775,20 @@ fn stepwise_input(current: Target, transition: Option<InProgress>) -> StepwiseIn
         controlplanes: nodes(3),
         new_key: Some(key_unit(KeyProvider::Aescbc, "new", "bmV3")),
         options: PlanOptions::default(),
+        reloading: Vec::new(),
+        reload_wanted: false,
     }
+}
+
+#[test]
+fn stepwise_verbs_reload_on_servers_that_can() {
+    let mut input = stepwise_input(managed(&["old"]), None);
+    input.reloading = nodes(3);
+    let p = stepwise(StepwiseVerb::Prepare { force: false }, &input).expect("prepare");
+    assert_eq!(deploy_modes(&p), ["prepare:Keep:3/3"]);
+    input.reloading = vec!["cp2".into()];
+    let p = stepwise(StepwiseVerb::Prepare { force: false }, &input).expect("prepare");
+    assert_eq!(deploy_modes(&p), ["prepare:Keep:1/3"]);
 }
 
 #[test]
