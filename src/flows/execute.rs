@@ -59,21 +59,20 @@ async fn reload_failure_reason(target: &RolloutTarget, since: i64) -> String {
         .logs_since(crate::exec::docker::APISERVER, since - 1, 500)
         .await
     {
-        Ok(log) => log
-            .lines()
-            .rev()
-            .find(|l| l.contains("error processing encryption config file"))
-            .map(|l| {
-                let l = l.trim();
-                l.find("error processing")
-                    .map_or(l, |i| &l[i..])
-                    .to_string()
-            })
-            .unwrap_or_else(|| {
-                "the server counted a failed reload (no reason found in its log)".to_string()
-            }),
+        Ok(log) => reload_error_line(&log).unwrap_or_else(|| {
+            "the server counted a failed reload (no reason found in its log)".to_string()
+        }),
         Err(e) => format!("the server counted a failed reload; its log is unreadable: {e}"),
     }
+}
+
+/// The last `error processing encryption config file …` line of a kube-apiserver log, from that phrase on (klog's
+/// prefix with time and source file dropped).
+fn reload_error_line(log: &str) -> Option<String> {
+    log.lines().rev().find_map(|l| {
+        l.find("error processing encryption config file")
+            .map(|i| l[i..].trim().to_string())
+    })
 }
 
 /// How many times verify retries a targeted rewrite of leftovers before it gives up.
@@ -1131,6 +1130,22 @@ mod tests {
     use crate::config::encryption::{Key, managed};
     use crate::plan::{PlanInput, Target};
     use crate::secret::SecretString;
+
+    #[test]
+    fn the_reason_of_a_refused_reload_is_the_servers_last_error_line() {
+        let log = "I1201 19:00:01.1 1 controller.go:100] Starting controller\n\
+                   E1201 19:00:02.2 1 controller.go:182] error processing encryption config file /etc/kubernetes/ssl/encryption.yaml: old\n\
+                   E1201 19:01:02.2 1 controller.go:182] error processing encryption config file /etc/kubernetes/ssl/encryption.yaml: resources[0].providers[0].secretbox.keys[0].secret: Invalid value: \"REDACTED\": secret is not of the expected length, got 16, expected 32 \n";
+        assert_eq!(
+            reload_error_line(log).as_deref(),
+            Some(
+                "error processing encryption config file /etc/kubernetes/ssl/encryption.yaml: \
+                 resources[0].providers[0].secretbox.keys[0].secret: Invalid value: \"REDACTED\": secret is not of \
+                 the expected length, got 16, expected 32"
+            )
+        );
+        assert_eq!(reload_error_line("I1201 all fine\n"), None);
+    }
 
     fn key(name: &str) -> Key {
         Key {
