@@ -733,6 +733,21 @@ impl<'a> Executor<'a> {
                 }
                 break;
             }
+            // Ctrl-C: stop while waiting; the servers that reported are recorded, the others have the file and
+            // a rerun restarts them (it cannot tell whether they loaded it).
+            if interrupt::requested() {
+                return Err(Interrupted {
+                    at: format!(
+                        "while waiting for {} to report the reloaded config",
+                        pending
+                            .iter()
+                            .map(|p| p.name.as_str())
+                            .collect::<Vec<_>>()
+                            .join(", ")
+                    ),
+                }
+                .into());
+            }
             tokio::time::sleep(RELOAD_POLL).await;
         }
         Ok(fallback)
