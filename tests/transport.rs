@@ -524,6 +524,7 @@ async fn rolling_recreate_adds_flag_then_removes_it() {
         file: Some(Zeroizing::new(GOOD_CONFIG.to_vec())),
         flag: FlagChange::Add,
         extra_binds: vec![],
+        reload: None,
     };
     let mut persisted = Vec::new();
     let report = rolling_apply(
@@ -606,6 +607,7 @@ async fn broken_change_is_rolled_back_and_node_healthy() {
         )),
         flag: FlagChange::Add,
         extra_binds: vec![],
+        reload: None,
     };
     let mut hook_calls = 0;
     let err = rolling_apply(
@@ -791,6 +793,7 @@ async fn sudo_user_files_docker_and_rollout() {
         file: Some(Zeroizing::new(GOOD_CONFIG.to_vec())),
         flag: FlagChange::Add,
         extra_binds: vec![],
+        reload: None,
     };
     let report = rolling_apply(
         &targets(&bed, &hosts),

@@ -21,6 +21,9 @@ pub const ROLES: [&str; 3] = ["controlplane", "etcd", "worker"];
 pub const DEFAULT_ETCD_PREFIX: &str = "/registry";
 /// The encryption config path inside the kube-apiserver container (RKE's `EncryptionProviderFilePath`).
 pub const DEFAULT_ENCRYPTION_CONFIG_IN_CONTAINER: &str = "/etc/kubernetes/ssl/encryption.yaml";
+/// The kube-apiserver flag (as an `extra_args` key) that makes it reload the encryption config by itself.
+pub const RELOAD_ARG: &str = "encryption-provider-config-automatic-reload";
+
 /// The kube-apiserver flags (as `extra_args` keys) that move where atrest looks.
 pub const ETCD_PREFIX_ARG: &str = "etcd-prefix";
 pub const ENCRYPTION_CONFIG_ARG: &str = "encryption-provider-config";
@@ -280,6 +283,16 @@ impl ClusterConfig {
             .extra_args
             .get(ENCRYPTION_CONFIG_ARG)
             .map(String::as_str)
+    }
+
+    /// cluster.yml asks kube-apiserver to reload its encryption config by itself:
+    /// `extra_args.encryption-provider-config-automatic-reload` is a true value (Go's bool syntax).
+    pub fn reload_wanted(&self) -> bool {
+        self.services
+            .kube_api
+            .extra_args
+            .get(RELOAD_ARG)
+            .is_some_and(|v| matches!(v.as_str(), "1" | "t" | "T" | "true" | "TRUE" | "True"))
     }
 
     /// The encryption config's path inside the kube-apiserver container.

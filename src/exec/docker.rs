@@ -18,6 +18,8 @@ use std::sync::Arc;
 pub const APISERVER: &str = "kube-apiserver";
 pub const OLD_APISERVER: &str = "old-kube-apiserver";
 pub const ENCRYPTION_FLAG: &str = "--encryption-provider-config";
+/// kube-apiserver 1.26+: reload the encryption config file when it changes (checked once a minute).
+pub const RELOAD_FLAG: &str = "--encryption-provider-config-automatic-reload";
 /// Where RKE mounts the encryption config inside the container (`/etc/kubernetes` is bound from the host).
 pub const ENCRYPTION_CONFIG_IN_CONTAINER: &str = "/etc/kubernetes/ssl/encryption.yaml";
 pub const API_VERSION: ClientVersion = ClientVersion {
@@ -56,6 +58,10 @@ pub struct ContainerChange {
     pub flag: FlagChange,
     /// Binds to make sure exist (e.g. a KMS plugin socket dir), Docker `src:dst[:opts]` form.
     pub extra_binds: Vec<String>,
+    /// `Some(true)`: make sure `--encryption-provider-config-automatic-reload=true` is on the command line (cluster.yml
+    /// asks for it in `extra_args`, as `rke up` would put it); `Some(false)`: make sure it is not (it needs the
+    /// config flag); `None`: leave it as it is.
+    pub reload: Option<bool>,
 }
 
 /// What we need to know about kube-apiserver to decide and to roll back.
@@ -70,6 +76,8 @@ pub struct ApiserverInfo {
     pub running: bool,
     pub restarting: bool,
     pub has_encryption_flag: bool,
+    /// Runs with `--encryption-provider-config-automatic-reload` on (`=true`, or the bare flag).
+    pub has_reload_flag: bool,
 }
 
 /// A Docker client for one node.
@@ -77,6 +85,56 @@ pub struct ApiserverInfo {
 pub struct NodeDocker {
     host: Arc<Host>,
     docker: Docker,
+}
+
+fn is_reload_flag(arg: &str) -> bool {
+    arg == RELOAD_FLAG || arg.starts_with(&format!("{RELOAD_FLAG}="))
+}
+
+/// Whether a command-line argument turns automatic reload on (Go's bool flag values: 1, t, T, true, TRUE, True).
+pub fn turns_reload_on(arg: &str) -> bool {
+    arg == RELOAD_FLAG
+        || arg
+            .strip_prefix(&format!("{RELOAD_FLAG}="))
+            .is_some_and(|v| matches!(v, "1" | "t" | "T" | "true" | "TRUE" | "True"))
+}
+
+/// [`changed_command`], then the reload flag made present (`Some(true)`, as `--…-automatic-reload=true`) or absent
+/// (`Some(false)`), rewritten in place when it is there with another value, appended like the config flag.
+pub fn changed_command_with_reload(
+    entrypoint: &[String],
+    cmd: &[String],
+    flag: FlagChange,
+    reload: Option<bool>,
+) -> (Vec<String>, Vec<String>) {
+    let (mut entrypoint, mut cmd) = changed_command(entrypoint, cmd, flag);
+    let Some(want) = reload else {
+        return (entrypoint, cmd);
+    };
+    let ours = format!("{RELOAD_FLAG}=true");
+    let mut placed = false;
+    for list in [&mut entrypoint, &mut cmd] {
+        let mut out = Vec::with_capacity(list.len() + 1);
+        for arg in list.iter() {
+            if is_reload_flag(arg) {
+                if want && !placed {
+                    out.push(ours.clone());
+                    placed = true;
+                }
+                continue;
+            }
+            out.push(arg.clone());
+        }
+        *list = out;
+    }
+    if want && !placed {
+        if cmd.is_empty() && !entrypoint.is_empty() {
+            entrypoint.push(ours);
+        } else {
+            cmd.push(ours);
+        }
+    }
+    (entrypoint, cmd)
 }
 
 fn is_encryption_flag(arg: &str) -> bool {
@@ -151,7 +209,7 @@ pub fn changed_binds(binds: &[String], extra: &[String]) -> Vec<String> {
 
 /// Whether applying `change` needs a new container (else a restart suffices to reload the file).
 pub fn needs_recreate(info: &ApiserverInfo, change: &ContainerChange) -> bool {
-    changed_command(&info.entrypoint, &info.cmd, change.flag)
+    changed_command_with_reload(&info.entrypoint, &info.cmd, change.flag, change.reload)
         != (info.entrypoint.clone(), info.cmd.clone())
         || changed_binds(&info.binds, &change.extra_binds) != info.binds
 }
@@ -168,7 +226,8 @@ pub fn create_body(
     let mut host_config = template.host_config.clone().unwrap_or_default();
     let entrypoint = config.entrypoint.clone().unwrap_or_default();
     let cmd = config.cmd.clone().unwrap_or_default();
-    let (new_entrypoint, new_cmd) = changed_command(&entrypoint, &cmd, change.flag);
+    let (new_entrypoint, new_cmd) =
+        changed_command_with_reload(&entrypoint, &cmd, change.flag, change.reload);
     // Only what changed is set: an absent (null) Entrypoint or Cmd stays absent, as RKE created it.
     if new_entrypoint != entrypoint {
         config.entrypoint = Some(new_entrypoint);
@@ -307,6 +366,7 @@ impl NodeDocker {
                     .and_then(|cfg| cfg.image.clone())
                     .unwrap_or_default(),
                 has_encryption_flag: entrypoint.iter().chain(&cmd).any(|a| is_encryption_flag(a)),
+                has_reload_flag: entrypoint.iter().chain(&cmd).any(|a| turns_reload_on(a)),
                 entrypoint,
                 cmd,
                 binds: c
@@ -327,6 +387,30 @@ impl NodeDocker {
                 node: self.host.label().to_string(),
                 detail: format!("no {APISERVER} container found"),
             })
+    }
+
+    /// The container's log lines (stdout and stderr) since `since` (Unix seconds), the last `tail` of them.
+    pub async fn logs_since(
+        &self,
+        name: &str,
+        since: i64,
+        tail: usize,
+    ) -> Result<String, DockerError> {
+        use futures::StreamExt;
+        let options = bollard::query_parameters::LogsOptions {
+            stdout: true,
+            stderr: true,
+            since: i32::try_from(since).unwrap_or(0),
+            tail: tail.to_string(),
+            ..Default::default()
+        };
+        let mut stream = self.docker.logs(name, Some(options));
+        let mut text = String::new();
+        while let Some(chunk) = stream.next().await {
+            let chunk = chunk.map_err(|e| self.api("logs", e))?;
+            text.push_str(&String::from_utf8_lossy(&chunk.into_bytes()));
+        }
+        Ok(text)
     }
 
     pub async fn restart(&self, name: &str) -> Result<(), DockerError> {
@@ -520,6 +604,50 @@ mod tests {
     }
 
     #[test]
+    fn reload_flag_added_rewritten_in_place_and_removed() {
+        let rke = v(&["/e.sh", "kube-apiserver", "--a=1"]);
+        let (e, c) = changed_command_with_reload(&rke, &[], FlagChange::Add, Some(true));
+        assert_eq!(
+            e,
+            v(&[
+                "/e.sh",
+                "kube-apiserver",
+                "--a=1",
+                "--encryption-provider-config=/etc/kubernetes/ssl/encryption.yaml",
+                "--encryption-provider-config-automatic-reload=true"
+            ])
+        );
+        assert!(c.is_empty());
+        assert!(e.iter().any(|a| turns_reload_on(a)));
+        let off = v(&[
+            "k",
+            "--encryption-provider-config-automatic-reload=false",
+            "--b",
+        ]);
+        let (e, _) = changed_command_with_reload(&off, &[], FlagChange::Keep, Some(true));
+        assert_eq!(
+            e,
+            v(&[
+                "k",
+                "--encryption-provider-config-automatic-reload=true",
+                "--b"
+            ])
+        );
+        let (e, _) = changed_command_with_reload(&e, &[], FlagChange::Remove, Some(false));
+        assert_eq!(e, v(&["k", "--b"]));
+        // None leaves whatever is there.
+        let (e, _) = changed_command_with_reload(&off, &[], FlagChange::Keep, None);
+        assert_eq!(e, off);
+        assert!(!turns_reload_on(
+            "--encryption-provider-config-automatic-reload=false"
+        ));
+        assert!(turns_reload_on(
+            "--encryption-provider-config-automatic-reload"
+        ));
+        assert!(!turns_reload_on("--encryption-provider-config=/x"));
+    }
+
+    #[test]
     fn binds_added_only_when_target_is_free() {
         let binds = v(&["/etc/kubernetes:/etc/kubernetes:z"]);
         let kms = v(&["/var/run/kmsplugin:/var/run/kmsplugin"]);
@@ -547,18 +675,22 @@ mod tests {
             running: true,
             restarting: false,
             has_encryption_flag: false,
+            has_reload_flag: false,
         };
         let keep = ContainerChange {
             flag: FlagChange::Keep,
             extra_binds: vec![],
+            reload: None,
         };
         let add = ContainerChange {
             flag: FlagChange::Add,
             extra_binds: vec![],
+            reload: None,
         };
         let remove = ContainerChange {
             flag: FlagChange::Remove,
             extra_binds: vec![],
+            reload: None,
         };
         assert!(!needs_recreate(&info, &keep));
         assert!(needs_recreate(&info, &add));
@@ -604,6 +736,7 @@ mod tests {
         ContainerChange {
             flag,
             extra_binds: vec![],
+            reload: None,
         }
     }
 
@@ -725,6 +858,7 @@ mod tests {
             running: true,
             restarting: false,
             has_encryption_flag: with,
+            has_reload_flag: false,
         };
         assert!(needs_recreate(&info(false), &no_binds(FlagChange::Add)));
         assert!(!needs_recreate(&info(true), &no_binds(FlagChange::Add)));

@@ -113,11 +113,22 @@ pub struct NotReady {
 
 /// One probe: `Ok(())` on HTTP 200, else a description of what was seen.
 pub async fn probe_once(host: &Host, probe: &HealthProbe) -> Result<(), String> {
+    let (status, _) = get(host, probe, "/readyz").await?;
+    if status == 200 {
+        Ok(())
+    } else {
+        Err(format!("HTTP {status}"))
+    }
+}
+
+/// `GET path` on the node's own apiserver, through the same channel and TLS as the probe: status and body
+/// (also what [`crate::exec::metrics`] reads `/metrics` with).
+pub async fn get(host: &Host, probe: &HealthProbe, path: &str) -> Result<(u16, String), String> {
     let stream = open_stream(host, &probe.target, probe.port)
         .await
         .map_err(|e| e.to_string())?;
-    let status = if probe.plain_http {
-        get_readyz(hyper_util::rt::TokioIo::new(stream), &probe.target).await?
+    if probe.plain_http {
+        get_over(hyper_util::rt::TokioIo::new(stream), &probe.target, path).await
     } else {
         let connector = tokio_rustls::TlsConnector::from(Arc::new(tls_config(probe)?));
         let name = ServerName::try_from(probe.target.clone())
@@ -126,16 +137,11 @@ pub async fn probe_once(host: &Host, probe: &HealthProbe) -> Result<(), String> 
             .connect(name, stream)
             .await
             .map_err(|e| format!("TLS handshake: {e}"))?;
-        get_readyz(hyper_util::rt::TokioIo::new(tls), &probe.target).await?
-    };
-    if status == 200 {
-        Ok(())
-    } else {
-        Err(format!("HTTP {status}"))
+        get_over(hyper_util::rt::TokioIo::new(tls), &probe.target, path).await
     }
 }
 
-async fn get_readyz<IO>(io: IO, authority: &str) -> Result<u16, String>
+async fn get_over<IO>(io: IO, authority: &str, path: &str) -> Result<(u16, String), String>
 where
     IO: hyper::rt::Read + hyper::rt::Write + Unpin + Send + 'static,
 {
@@ -145,17 +151,22 @@ where
     tokio::spawn(async move {
         let _ = conn.await;
     });
-    let req = hyper::Request::get("/readyz")
+    let req = hyper::Request::get(path)
         .header(hyper::header::HOST, authority)
         .body(Empty::new())
         .map_err(|e| e.to_string())?;
     let resp = sender
         .send_request(req)
         .await
-        .map_err(|e| format!("GET /readyz: {e}"))?;
+        .map_err(|e| format!("GET {path}: {e}"))?;
     let status = resp.status().as_u16();
-    let _ = resp.into_body().collect().await;
-    Ok(status)
+    let body = resp
+        .into_body()
+        .collect()
+        .await
+        .map(|b| String::from_utf8_lossy(&b.to_bytes()).into_owned())
+        .unwrap_or_default();
+    Ok((status, body))
 }
 
 fn tls_config(probe: &HealthProbe) -> Result<rustls::ClientConfig, String> {

@@ -8,6 +8,7 @@ pub mod health;
 pub mod kms;
 pub mod known_hosts;
 pub mod kube;
+pub mod metrics;
 pub mod prefix;
 pub mod preflight;
 pub mod restart;

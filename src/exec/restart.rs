@@ -17,6 +17,8 @@ pub struct NodeChange {
     pub file: Option<Zeroizing<Vec<u8>>>,
     pub flag: FlagChange,
     pub extra_binds: Vec<String>,
+    /// The reload flag, as [`crate::exec::docker::ContainerChange::reload`].
+    pub reload: Option<bool>,
 }
 
 impl std::fmt::Debug for NodeChange {
@@ -28,6 +30,7 @@ impl std::fmt::Debug for NodeChange {
             )
             .field("flag", &self.flag)
             .field("extra_binds", &self.extra_binds)
+            .field("reload", &self.reload)
             .finish()
     }
 }
@@ -235,6 +238,7 @@ async fn apply_one(
     let container_change = ContainerChange {
         flag: change.flag,
         extra_binds: change.extra_binds.clone(),
+        reload: change.reload,
     };
     let recreate = needs_recreate(&info, &container_change);
 
@@ -322,6 +326,7 @@ mod tests {
             file: Some(Zeroizing::new(b"secret: c2VjcmV0LWtleQ==".to_vec())),
             flag: FlagChange::Add,
             extra_binds: vec![],
+            reload: None,
         };
         let text = format!("{change:?}");
         assert!(

@@ -31,6 +31,50 @@ use std::path::{Path, PathBuf};
 use std::time::Instant;
 use zeroize::Zeroizing;
 
+/// How often a reload deploy reads each server's `/metrics`.
+const RELOAD_POLL: std::time::Duration = std::time::Duration::from_secs(2);
+/// How long a server may be unhealthy before a reload deploy gives up on it.
+const RELOAD_HEALTH_WAIT: std::time::Duration = std::time::Duration::from_secs(20);
+
+/// How long a reload deploy waits for a server to report the new file: kube-apiserver checks the file once a
+/// minute, so 150 s by default; `ATREST_RELOAD_TIMEOUT` (seconds) overrides it.
+fn reload_timeout() -> std::time::Duration {
+    std::env::var("ATREST_RELOAD_TIMEOUT")
+        .ok()
+        .and_then(|v| v.parse::<u64>().ok())
+        .map_or(
+            std::time::Duration::from_secs(150),
+            std::time::Duration::from_secs,
+        )
+}
+
+/// Why kube-apiserver refused a reload: its log line `error processing encryption config file …` since the file
+/// was written (the metrics only count failures). Key material never appears in it (upstream redacts).
+async fn reload_failure_reason(target: &RolloutTarget, since: i64) -> String {
+    let docker = match crate::exec::docker::NodeDocker::new(target.host.clone()) {
+        Ok(d) => d,
+        Err(e) => return format!("the server counted a failed reload; its log is unreadable: {e}"),
+    };
+    match docker
+        .logs_since(crate::exec::docker::APISERVER, since - 1, 500)
+        .await
+    {
+        Ok(log) => reload_error_line(&log).unwrap_or_else(|| {
+            "the server counted a failed reload (no reason found in its log)".to_string()
+        }),
+        Err(e) => format!("the server counted a failed reload; its log is unreadable: {e}"),
+    }
+}
+
+/// The last `error processing encryption config file …` line of a kube-apiserver log, from that phrase on (klog's
+/// prefix with time and source file dropped).
+fn reload_error_line(log: &str) -> Option<String> {
+    log.lines().rev().find_map(|l| {
+        l.find("error processing encryption config file")
+            .map(|i| l[i..].trim().to_string())
+    })
+}
+
 /// How many times verify retries a targeted rewrite of leftovers before it gives up.
 const VERIFY_ATTEMPTS: usize = 3;
 
@@ -206,8 +250,9 @@ impl<'a> Executor<'a> {
                     config,
                     flag,
                     nodes,
+                    reload,
                 } => {
-                    self.deploy(&label, step.phase, config.as_ref(), *flag, nodes)
+                    self.deploy(&label, step.phase, config.as_ref(), *flag, nodes, reload)
                         .await?;
                     deployed = config.clone();
                 }
@@ -349,8 +394,9 @@ impl<'a> Executor<'a> {
         config: Option<&EncryptionConfiguration>,
         flag: Flag,
         nodes: &[String],
+        reload: &[String],
     ) -> anyhow::Result<()> {
-        let mut targets = Vec::new();
+        let mut all_targets = Vec::new();
         for name in nodes {
             let host = self
                 .session
@@ -362,11 +408,14 @@ impl<'a> Executor<'a> {
             let kubernetes_dir = self.session.kubernetes_dir(&host);
             let config_path = self.session.config_path(&host)?;
             let probe = HealthProbe::from_node_certs(&host, &kubernetes_dir).await?;
-            targets.push(RolloutTarget {
-                host,
-                config_path,
-                probe,
-            });
+            all_targets.push((
+                name.clone(),
+                RolloutTarget {
+                    host,
+                    config_path,
+                    probe,
+                },
+            ));
         }
         let change = NodeChange {
             file: config.map(|c| Zeroizing::new(file_bytes(c).as_bytes().to_vec())),
@@ -380,7 +429,41 @@ impl<'a> Executor<'a> {
             },
             // cluster.yml's kube-api binds (e.g. a KMS plugin socket dir): the container is recreated to get them.
             extra_binds: super::kms::apiserver_extra_binds(self.session),
+            // The reload flag follows cluster.yml as `rke up` would put it (never added unasked), and goes with
+            // the config flag (kube-apiserver refuses it alone).
+            reload: match flag {
+                Flag::Remove => Some(false),
+                Flag::Keep | Flag::Add if self.session.cluster.reload_wanted() => Some(true),
+                Flag::Keep | Flag::Add => None,
+            },
         };
+        let config_sha256 = super::targets::deployed_hash(config);
+        // Servers that reload by themselves get the file first; those that cannot say they did are restarted.
+        let mut fallback = Vec::new();
+        if let (false, Some(bytes), Flag::Keep) = (reload.is_empty(), &change.file, flag) {
+            let reloading: Vec<(String, RolloutTarget)> = all_targets
+                .iter()
+                .filter(|(n, _)| reload.contains(n))
+                .cloned()
+                .collect();
+            fallback = self
+                .reload_nodes(label, phase, &reloading, bytes, &config_sha256)
+                .await?;
+        }
+        let restart_names: Vec<String> = nodes
+            .iter()
+            .filter(|n| !reload.contains(n) || fallback.contains(n))
+            .cloned()
+            .collect();
+        let targets: Vec<RolloutTarget> = all_targets
+            .into_iter()
+            .filter(|(n, _)| restart_names.contains(n))
+            .map(|(_, t)| t)
+            .collect();
+        if targets.is_empty() {
+            return self.set_deployed(config);
+        }
+        let nodes = &restart_names[..];
         let what = match config {
             Some(c) => format!("config with write unit {}", write_unit(c)),
             None => "no config".to_string(),
@@ -393,7 +476,6 @@ impl<'a> Executor<'a> {
         let mut records = self.records.clone();
         let mut clock = Instant::now();
         let mut nodes_done = 0usize;
-        let config_sha256 = super::targets::deployed_hash(config);
         let result = rolling_apply(&targets, &change, &RolloutOptions::default(), |outcome| {
             nodes_done += 1;
             let action = match outcome.action {
@@ -452,6 +534,223 @@ impl<'a> Executor<'a> {
         result?;
         // Every node now has `config`: that is what RKE should see as deployed.
         self.set_deployed(config)
+    }
+
+    /// Records that `name` runs the deploy's config (a rerun leaves it out).
+    fn note_node_done(
+        &mut self,
+        phase: Phase,
+        config_sha256: &Option<String>,
+        name: &str,
+    ) -> anyhow::Result<()> {
+        let mut atrest = self.atrest()?;
+        if let Some(r) = atrest.transition.as_mut() {
+            r.updated_at = now();
+            let ours = |p: &DeployProgress| p.phase == phase && &p.config_sha256 == config_sha256;
+            if !r.deploying.as_ref().is_some_and(ours) {
+                r.deploying = Some(DeployProgress {
+                    phase,
+                    config_sha256: config_sha256.clone(),
+                    nodes: Vec::new(),
+                });
+            }
+            if let Some(progress) = r.deploying.as_mut()
+                && !progress.nodes.iter().any(|n| n == name)
+            {
+                progress.nodes.push(name.to_string());
+            }
+        }
+        self.records = atrest.clone();
+        self.session.records = atrest;
+        self.records_file
+            .save(&self.records)
+            .with_context(|| format!("saving progress to {}", self.records_file.path().display()))
+    }
+
+    /// The reload deploy (docs/reload.md): reads each server's reload counters, writes the file to every node,
+    /// then polls each server's `/metrics` until it reports it loaded that file. No container is touched.
+    /// Returns the nodes to restart instead (metrics unreadable, the file already there, or no report before
+    /// the timeout), each with its previous file put back first so the restart path can restore it. A server
+    /// that reports a failed reload gets its previous file back and the run stops with the server's reason.
+    async fn reload_nodes(
+        &mut self,
+        label: &str,
+        phase: Phase,
+        targets: &[(String, RolloutTarget)],
+        bytes: &Zeroizing<Vec<u8>>,
+        config_sha256: &Option<String>,
+    ) -> anyhow::Result<Vec<String>> {
+        use crate::exec::files;
+        use crate::exec::metrics::{self, Loaded};
+        let admin = self.state.certificate("kube-admin")?;
+        let expected = metrics::server_config_hash(bytes);
+        struct Pending {
+            name: String,
+            target: RolloutTarget,
+            probe: HealthProbe,
+            before: metrics::ReloadStatus,
+            previous: Option<Zeroizing<Vec<u8>>>,
+            written_at: i64,
+        }
+        let mut fallback = Vec::new();
+        let mut pending: Vec<Pending> = Vec::new();
+        for (name, target) in targets {
+            // /metrics needs a client allowed to read it: RKE's kube-admin (system:masters), as kubectl uses.
+            let mut probe = target.probe.clone();
+            if let Some(admin) = &admin {
+                probe.client_cert_pem = Some(admin.cert_pem.as_bytes().to_vec());
+                probe.client_key_pem =
+                    Some(Zeroizing::new(admin.key_pem.expose().as_bytes().to_vec()));
+            }
+            if let Err(e) =
+                crate::exec::health::wait_ready(&target.host, &target.probe, RELOAD_HEALTH_WAIT)
+                    .await
+            {
+                bail!(
+                    "{name}: kube-apiserver is not healthy before the change; nothing was done to it ({e})"
+                );
+            }
+            let before = match metrics::read_reload_status(&target.host, &probe).await {
+                Ok(b) => b,
+                Err(e) => {
+                    say!(
+                        "{label}: {name}: its reload metrics cannot be read ({e}); restarting it instead"
+                    );
+                    fallback.push(name.clone());
+                    continue;
+                }
+            };
+            let previous = files::read_file(&target.host, &target.config_path).await?;
+            if previous.as_deref().map(|p| p.as_slice()) == Some(bytes.as_slice())
+                && before.loaded_hash.as_deref() != Some(expected.as_str())
+            {
+                say!(
+                    "{label}: {name} already has this file and cannot say whether it loaded it; restarting it instead"
+                );
+                fallback.push(name.clone());
+                continue;
+            }
+            let written_at = time::OffsetDateTime::now_utc().unix_timestamp();
+            files::write_file_atomic(&target.host, &target.config_path, bytes, 0o600).await?;
+            pending.push(Pending {
+                name: name.clone(),
+                target: target.clone(),
+                probe,
+                before,
+                previous,
+                written_at,
+            });
+        }
+        if !pending.is_empty() {
+            say!(
+                "{label}: file written to {}; waiting for each kube-apiserver to report it reloaded it (no restart; \
+                 the server checks the file once a minute)",
+                pending
+                    .iter()
+                    .map(|p| p.name.as_str())
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            );
+        }
+        let timeout = reload_timeout();
+        let started = Instant::now();
+        while !pending.is_empty() {
+            let mut still = Vec::new();
+            for p in pending {
+                let now = match metrics::read_reload_status(&p.target.host, &p.probe).await {
+                    Ok(now) => now,
+                    Err(e) => {
+                        tracing::debug!("{}: reading /metrics: {e}", p.name);
+                        still.push(p);
+                        continue;
+                    }
+                };
+                match metrics::judge(&p.before, &now, &expected) {
+                    Loaded::Yes => {
+                        say!(
+                            "{label}: {} reloaded the new config after {:.1} s (no restart)",
+                            p.name,
+                            started.elapsed().as_secs_f64()
+                        );
+                        self.note_node_done(phase, config_sha256, &p.name)?;
+                    }
+                    Loaded::Failed => {
+                        let reason = reload_failure_reason(&p.target, p.written_at).await;
+                        let put_back = match &p.previous {
+                            Some(prev) => {
+                                files::write_file_atomic(
+                                    &p.target.host,
+                                    &p.target.config_path,
+                                    prev,
+                                    0o600,
+                                )
+                                .await
+                            }
+                            None => files::remove_file(&p.target.host, &p.target.config_path).await,
+                        };
+                        let put_back = match put_back {
+                            Ok(()) => {
+                                "its previous file was put back; it still runs its previous config"
+                                    .to_string()
+                            }
+                            Err(e) => format!(
+                                "putting its previous file back FAILED ({e}): it needs manual attention"
+                            ),
+                        };
+                        bail!(
+                            "{}: kube-apiserver refused the new encryption config ({reason}); {put_back}. The run \
+                             stopped; a rerun continues from this phase",
+                            p.name
+                        );
+                    }
+                    Loaded::NotYet => still.push(p),
+                }
+            }
+            pending = still;
+            if pending.is_empty() {
+                break;
+            }
+            if started.elapsed() >= timeout {
+                for p in pending {
+                    say!(
+                        "{label}: {} did not report a reload within {} s; restarting it instead",
+                        p.name,
+                        timeout.as_secs()
+                    );
+                    match &p.previous {
+                        Some(prev) => {
+                            files::write_file_atomic(
+                                &p.target.host,
+                                &p.target.config_path,
+                                prev,
+                                0o600,
+                            )
+                            .await?
+                        }
+                        None => files::remove_file(&p.target.host, &p.target.config_path).await?,
+                    }
+                    fallback.push(p.name);
+                }
+                break;
+            }
+            // Ctrl-C: stop while waiting; the servers that reported are recorded, the others have the file and
+            // a rerun restarts them (it cannot tell whether they loaded it).
+            if interrupt::requested() {
+                return Err(Interrupted {
+                    at: format!(
+                        "while waiting for {} to report the reloaded config",
+                        pending
+                            .iter()
+                            .map(|p| p.name.as_str())
+                            .collect::<Vec<_>>()
+                            .join(", ")
+                    ),
+                }
+                .into());
+            }
+            tokio::time::sleep(RELOAD_POLL).await;
+        }
+        Ok(fallback)
     }
 
     async fn rewrite(
@@ -846,6 +1145,22 @@ mod tests {
     use crate::config::encryption::{Key, managed};
     use crate::plan::{PlanInput, Target};
     use crate::secret::SecretString;
+
+    #[test]
+    fn the_reason_of_a_refused_reload_is_the_servers_last_error_line() {
+        let log = "I1201 19:00:01.1 1 controller.go:100] Starting controller\n\
+                   E1201 19:00:02.2 1 controller.go:182] error processing encryption config file /etc/kubernetes/ssl/encryption.yaml: old\n\
+                   E1201 19:01:02.2 1 controller.go:182] error processing encryption config file /etc/kubernetes/ssl/encryption.yaml: resources[0].providers[0].secretbox.keys[0].secret: Invalid value: \"REDACTED\": secret is not of the expected length, got 16, expected 32 \n";
+        assert_eq!(
+            reload_error_line(log).as_deref(),
+            Some(
+                "error processing encryption config file /etc/kubernetes/ssl/encryption.yaml: \
+                 resources[0].providers[0].secretbox.keys[0].secret: Invalid value: \"REDACTED\": secret is not of \
+                 the expected length, got 16, expected 32"
+            )
+        );
+        assert_eq!(reload_error_line("I1201 all fine\n"), None);
+    }
 
     fn key(name: &str) -> Key {
         Key {

@@ -368,7 +368,13 @@ async fn reconcile(
     input.observed = Observed {
         nodes: observed_nodes,
         census: Some(session::census_counts(&census)),
+        reloading: views
+            .iter()
+            .filter(|v| v.reload && v.has_flag)
+            .map(|v| v.name.clone())
+            .collect(),
     };
+    input.reload_wanted = session.cluster.reload_wanted();
     input.config_hash = Some(targets::deployed_hash);
     let mut plan = plan::plan(&input)?;
     plan.notes.extend(extra_notes);
@@ -456,6 +462,13 @@ async fn stepwise_verb(
         .census(&state, &["secrets".to_string()], None)
         .await
         .context("pre-flight: the etcd census failed; nothing was changed")?;
+    let reloading = session
+        .observe_nodes()
+        .await?
+        .into_iter()
+        .filter(|v| v.reload && v.has_flag)
+        .map(|v| v.name)
+        .collect();
     let input = StepwiseInput {
         current: targets::current_target(deployed),
         transition: record,
@@ -464,6 +477,8 @@ async fn stepwise_verb(
         options: PlanOptions {
             no_snapshot: global.no_snapshot,
         },
+        reloading,
+        reload_wanted: session.cluster.reload_wanted(),
     };
     let plan = plan::stepwise(verb, &input)?;
     apply(global, &mut session, &lock, &plan, started).await

@@ -234,6 +234,8 @@ pub async fn status(
         Some(c) => super::kms::status_lines(&session, c).await,
         None => Vec::new(),
     };
+    let raw: Vec<Option<String>> = views.iter().map(|v| v.config_sha256.clone()).collect();
+    let loaded = loaded_configs(&session, &state, &raw).await;
     session.close().await;
     // A file `rke up` wrote for the deployed config is that config, not drift.
     if let Some(config) = deployed.as_ref() {
@@ -281,6 +283,7 @@ pub async fn status(
                 plaintext,
                 findings: &findings,
                 unavailable: &unavailable,
+                loaded: &loaded,
             });
             println!("{}", serde_json::to_string_pretty(&value)?);
         }
@@ -317,7 +320,7 @@ pub async fn status(
             } else {
                 println!("Server Encryption Hashes: hashes differ between nodes");
             }
-            for v in &views {
+            for (i, v) in views.iter().enumerate() {
                 let hash = v.config_sha256.as_deref().unwrap_or("(no file)");
                 let note = if v.config_sha256 == expected {
                     ""
@@ -325,10 +328,14 @@ pub async fn status(
                     "  <- differs from the config the state records"
                 };
                 println!(
-                    "  {:<16} {hash}  flag: {}{note}",
+                    "  {:<16} {hash}  flag: {}  reload: {}{note}",
                     v.name,
-                    if v.has_flag { "yes" } else { "no" }
+                    if v.has_flag { "yes" } else { "no" },
+                    if v.reload { "on" } else { "off" }
                 );
+                if let Some(l) = loaded.get(i) {
+                    println!("  {:<16} loaded: {}", "", l.text());
+                }
             }
             println!();
             println!("Active  Key Type   Name                              Resources");
@@ -414,6 +421,90 @@ struct StatusFacts<'a> {
     findings: &'a [Finding],
     /// Parts of the report that could not be read, with why (the census without any API server, for a wildcard).
     unavailable: &'a [String],
+    /// Per node (as `views`), what its kube-apiserver says it loaded.
+    loaded: &'a [ServerLoaded],
+}
+
+/// What one kube-apiserver reports through its `/metrics` about its encryption config (docs/reload.md).
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct ServerLoaded {
+    /// `sha256:<hex>` of the config the server uses (kube-apiserver 1.34+), and whether it is the file's.
+    pub hash: Option<String>,
+    pub matches_file: Option<bool>,
+    pub reloads_ok: Option<f64>,
+    pub reloads_failed: Option<f64>,
+    /// Why nothing could be read.
+    pub error: Option<String>,
+}
+
+impl ServerLoaded {
+    fn text(&self) -> String {
+        if let Some(e) = &self.error {
+            return format!("unknown ({e})");
+        }
+        let counts = format!(
+            "reloads: {} ok, {} failed",
+            self.reloads_ok.unwrap_or(0.0),
+            self.reloads_failed.unwrap_or(0.0)
+        );
+        match (&self.hash, self.matches_file) {
+            (Some(h), Some(true)) => format!("{h} (the file's); {counts}"),
+            (Some(h), _) => {
+                format!("{h} (NOT the file's: the server runs another config); {counts}")
+            }
+            (None, _) => format!("not reported (kube-apiserver before 1.34); {counts}"),
+        }
+    }
+}
+
+/// Per controlplane, in `session.hosts` order: the server's own report, read with RKE's kube-admin certificate
+/// through the node's tunnel; `raw` is each node's file sha256 (hex of the bytes, as read).
+async fn loaded_configs(
+    session: &Session,
+    state: &crate::state::RkeState,
+    raw: &[Option<String>],
+) -> Vec<ServerLoaded> {
+    let admin = state.certificate("kube-admin").ok().flatten();
+    let reads = session.hosts.iter().enumerate().map(|(i, host)| {
+        let admin = admin.clone();
+        let dir = session.kubernetes_dir(host);
+        async move {
+            let mut probe =
+                match crate::exec::health::HealthProbe::from_node_certs(host, &dir).await {
+                    Ok(p) => p,
+                    Err(e) => {
+                        return ServerLoaded {
+                            error: Some(e.to_string()),
+                            ..Default::default()
+                        };
+                    }
+                };
+            if let Some(a) = &admin {
+                probe.client_cert_pem = Some(a.cert_pem.as_bytes().to_vec());
+                probe.client_key_pem = Some(zeroize::Zeroizing::new(
+                    a.key_pem.expose().as_bytes().to_vec(),
+                ));
+            }
+            match crate::exec::metrics::read_reload_status(host, &probe).await {
+                Ok(status) => ServerLoaded {
+                    matches_file: status.loaded_hash.as_ref().map(|h| {
+                        raw.get(i)
+                            .and_then(|r| r.as_deref())
+                            .is_some_and(|r| h.strip_prefix("sha256:") == Some(r))
+                    }),
+                    hash: status.loaded_hash,
+                    reloads_ok: Some(status.successes),
+                    reloads_failed: Some(status.failures),
+                    error: None,
+                },
+                Err(e) => ServerLoaded {
+                    error: Some(e),
+                    ..Default::default()
+                },
+            }
+        }
+    });
+    futures::future::join_all(reads).await
 }
 
 /// `encrypt status -o json` (kind `EncryptionStatus`). No key material: keys by provider and name only.
@@ -433,12 +524,20 @@ fn status_json(f: &StatusFacts) -> Value {
             })),
         })),
         "hashesMatch": f.all_match,
-        "nodes": f.views.iter().map(|v| json!({
-            "node": v.name,
-            "sha256": v.config_sha256,
-            "flag": v.has_flag,
-            "matchesState": v.config_sha256.as_deref() == f.expected,
-        })).collect::<Vec<_>>(),
+        "nodes": f.views.iter().enumerate().map(|(i, v)| {
+            let l = f.loaded.get(i).cloned().unwrap_or_default();
+            json!({
+                "node": v.name,
+                "sha256": v.config_sha256,
+                "flag": v.has_flag,
+                "reload": v.reload,
+                "matchesState": v.config_sha256.as_deref() == f.expected,
+                "loaded": {
+                    "hash": l.hash, "matchesFile": l.matches_file,
+                    "reloadsOk": l.reloads_ok, "reloadsFailed": l.reloads_failed, "error": l.error,
+                },
+            })
+        }).collect::<Vec<_>>(),
         "keys": f.rows.iter().map(|r| json!({
             "active": r.active, "type": r.key_type, "name": r.name, "resources": r.resources,
         })).collect::<Vec<_>>(),
@@ -566,6 +665,7 @@ mod tests {
             name: name.into(),
             config_sha256: sha.map(str::to_string),
             has_flag: sha.is_some(),
+            reload: false,
         }
     }
 
@@ -663,6 +763,7 @@ mod tests {
             plaintext: Some(0),
             findings: &findings,
             unavailable: &[],
+            loaded: &[],
         });
         let keys: Vec<&str> = status
             .as_object()

@@ -34,6 +34,8 @@ pub struct NodeView {
     /// sha256 of `<prefix>/etc/kubernetes/ssl/encryption.yaml` (`None`: no file).
     pub config_sha256: Option<String>,
     pub has_flag: bool,
+    /// kube-apiserver runs with `--encryption-provider-config-automatic-reload` on.
+    pub reload: bool,
 }
 
 pub struct Session {
@@ -153,6 +155,7 @@ impl Session {
                     name: node_name(host.node()),
                     config_sha256: sha,
                     has_flag: info.has_encryption_flag,
+                    reload: info.has_reload_flag,
                 })
             }
         });

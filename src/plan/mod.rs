@@ -152,6 +152,13 @@ pub fn plan(input: &PlanInput) -> Result<Plan, PlanError> {
         &mut notes,
     );
 
+    assign_deploy_modes(
+        &input.observed.reloading,
+        input.reload_wanted,
+        &mut steps,
+        &mut notes,
+    );
+
     let kind = match transitions.first() {
         None => PlanKind::Noop,
         Some(t) if t.resumed_at.is_some() => PlanKind::Resume,
@@ -344,9 +351,76 @@ fn add_drift_repair(
                 config: restore,
                 flag,
                 nodes: drifted,
+                reload: Vec::new(),
             },
         },
     );
+}
+
+/// Picks each node's [`DeployMode`], walking the steps in order. A node reloads a deploy that keeps the
+/// `--encryption-provider-config` flag when its kube-apiserver runs with automatic reload by then: observed so, or
+/// restarted/recreated earlier in this plan while cluster.yml asks for reload (the executor adds the flag to
+/// every container it recreates or restarts then). Adding or removing the config flag always recreates the
+/// container (and a removal drops the reload flag with it: kube-apiserver refuses it without a config).
+/// The notes count the restarts left and, when cluster.yml does not ask for reload, say how to lose them.
+pub(crate) fn assign_deploy_modes(
+    reloading: &[String],
+    reload_wanted: bool,
+    steps: &mut [Step],
+    notes: &mut Vec<String>,
+) {
+    let mut on: std::collections::BTreeSet<String> = reloading.iter().cloned().collect();
+    let (mut restarts, mut recreates) = (0usize, 0usize);
+    let mut reloads = 0usize;
+    for step in steps.iter_mut() {
+        let Action::Deploy {
+            flag,
+            nodes,
+            reload,
+            ..
+        } = &mut step.action
+        else {
+            continue;
+        };
+        match flag {
+            Flag::Keep => {
+                *reload = nodes.iter().filter(|n| on.contains(*n)).cloned().collect();
+                restarts += nodes.len() - reload.len();
+                reloads += reload.len();
+                if reload_wanted {
+                    on.extend(nodes.iter().cloned());
+                }
+            }
+            Flag::Add => {
+                reload.clear();
+                recreates += nodes.len();
+                if reload_wanted {
+                    on.extend(nodes.iter().cloned());
+                }
+            }
+            Flag::Remove => {
+                reload.clear();
+                recreates += nodes.len();
+                for n in nodes.iter() {
+                    on.remove(n);
+                }
+            }
+        }
+    }
+    if restarts + recreates + reloads == 0 {
+        return;
+    }
+    let mut line = format!(
+        "kube-apiserver restarts: {restarts}, recreates: {recreates}, reloads without restart: {reloads}"
+    );
+    if restarts > 0 && !reload_wanted {
+        line.push_str(&format!(
+            "; with `services.kube-api.extra_args: {{encryption-provider-config-automatic-reload: \"true\"}}` in \
+             cluster.yml each kube-apiserver (1.26+) would load a new file itself: the {restarts} restart(s) \
+             would become reloads (the first deploy recreates each server once to add the flag)"
+        ));
+    }
+    notes.push(line);
 }
 
 /// A stable hash of a config for tests and for callers without a renderer: sha256 of its JSON form.

@@ -95,6 +95,9 @@ fn input(cluster: &Cluster, desired: &Target, rng: &mut Rng) -> PlanInput {
             .collect();
     }
     input.options.no_snapshot = rng.chance(30);
+    // The containers' reload flag is always observed (docker inspect), like the executor does.
+    input.observed.reloading = cluster.reloading();
+    input.reload_wanted = cluster.reload_wanted;
     input
 }
 
@@ -103,6 +106,12 @@ fn scenario(seed: u64, servers: usize, rounds: usize) -> Result<(), String> {
     let mut rng = Rng::new(seed);
     let mut chaos = Chaos::Random(Rng::new(seed.rotate_left(17)));
     let mut cluster = Cluster::new(servers, random_target(&mut rng));
+    // Some servers already reload (only possible with a config); cluster.yml may ask for reload or not.
+    let has_config = cluster.current.config().is_some();
+    for server in &mut cluster.servers {
+        server.reload = has_config && rng.chance(50);
+    }
+    cluster.reload_wanted = rng.chance(50);
     let mut desired = random_target(&mut rng);
     for round in 0..=rounds {
         if round > 0 && rng.chance(60) {
@@ -280,4 +289,43 @@ fn the_checker_bites_when_finish_comes_before_the_rewrite() {
             );
         }
     }
+}
+
+/// Reload deploys keep the HA-safety only because the executor waits until every server loaded a phase's file
+/// before the next phase: without the wait, a fast server loads the rotate file while a slow one still runs O.
+#[test]
+fn the_checker_bites_when_a_reload_deploy_does_not_wait() {
+    let (o, n) = transitions_that_change_the_writer().remove(1);
+    let run = |skip_wait: bool| {
+        let mut cluster = Cluster::new(3, o.clone());
+        for server in &mut cluster.servers {
+            server.reload = true;
+        }
+        cluster.reload_wanted = true;
+        cluster.reload_without_wait = skip_wait;
+        let mut input = PlanInput::new(n.clone(), o.clone(), cluster.names());
+        input.observed.reloading = cluster.reloading();
+        input.reload_wanted = true;
+        let p = plan(&input).expect("plan");
+        let reloads = p
+            .steps
+            .iter()
+            .filter(|s| matches!(&s.action, Action::Deploy { reload, .. } if reload.len() == 3))
+            .count();
+        assert_eq!(reloads, 3, "prepare, rotate and finish all reload");
+        let outcome = cluster.run(&p, &n, None, &mut Chaos::EveryServerWrites);
+        if outcome == Outcome::Completed {
+            cluster
+                .check_final(&n.config().cloned())
+                .map_err(|e| e.to_string())
+        } else {
+            Err(format!("{outcome:?}"))
+        }
+    };
+    assert_eq!(run(false), Ok(()));
+    let broken = run(true).expect_err("a reload without the wait must break the invariant");
+    assert!(
+        broken.contains("Violation") && broken.contains("cannot read"),
+        "{broken}"
+    );
 }

@@ -123,6 +123,7 @@ fn describe(step: &Step) -> String {
             flag,
             nodes,
             config,
+            reload,
         } => {
             let what = if config.is_none() {
                 "remove the encryption config"
@@ -134,10 +135,27 @@ fn describe(step: &Step) -> String {
                 Flag::Add => "recreate kube-apiserver with --encryption-provider-config",
                 Flag::Remove => "recreate kube-apiserver without --encryption-provider-config",
             };
-            format!(
-                "{what} and {flag}, one node at a time: {}",
-                nodes.join(", ")
-            )
+            let restart: Vec<&str> = nodes
+                .iter()
+                .filter(|n| !reload.contains(n))
+                .map(String::as_str)
+                .collect();
+            match (reload.is_empty(), restart.is_empty()) {
+                (true, _) => format!(
+                    "{what} and {flag}, one node at a time: {}",
+                    nodes.join(", ")
+                ),
+                (false, true) => format!(
+                    "{what} on every node and wait until each kube-apiserver reports it reloaded it (no \
+                     restart): {}",
+                    reload.join(", ")
+                ),
+                (false, false) => format!(
+                    "{what}: reloaded (no restart) on {}; then {flag}, one node at a time: {}",
+                    reload.join(", "),
+                    restart.join(", ")
+                ),
+            }
         }
         Action::Rewrite {
             resources,

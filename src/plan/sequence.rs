@@ -249,6 +249,8 @@ impl Sequence {
             config: config.clone(),
             flag: flag_for(previous, config),
             nodes: nodes.to_vec(),
+            // Chosen per node once the whole plan is known (`assign_deploy_modes`).
+            reload: Vec::new(),
         };
         let mut steps = Vec::new();
         if self.prepare != self.from {

@@ -1,6 +1,9 @@
 //! A simulated cluster for the model check: k API servers, each with its deployed config, and stored objects
 //! tagged with the unit that wrote them. Steps run the way the executor runs them (rolling, one server at a
 //! time, recording stage and done phases); between any two moments clients write through random servers.
+//! Servers with automatic reload get their file without a restart and load it at a moment of their own choosing
+//! (random: before or during the executor's wait, or after an interruption); the executor's wait ends when every
+//! one of them has loaded it.
 
 use super::json_config_hash;
 use super::sequence::ALL_PHASES;
@@ -58,7 +61,12 @@ pub enum Chaos {
 #[derive(Clone, Debug)]
 pub struct Server {
     pub name: String,
+    /// The config the server runs with (what it reads and writes with).
     pub config: Option<EncryptionConfiguration>,
+    /// Runs with `--encryption-provider-config-automatic-reload=true`.
+    pub reload: bool,
+    /// A file written to a reloading server that it has not loaded yet.
+    pub pending: Option<Option<EncryptionConfiguration>>,
 }
 
 #[derive(Clone, Debug, PartialEq)]
@@ -83,6 +91,11 @@ pub struct Cluster {
     /// What the state says is deployed (updated when a transition completes).
     pub current: Target,
     pub record: Option<InProgress>,
+    /// cluster.yml asks for automatic reload: every server restarted or recreated with a config comes back with it.
+    pub reload_wanted: bool,
+    /// Mutation for the model check: a reload deploy does not wait for the servers to load the file; the first
+    /// node loads at once, the others only much later (a fast and a slow poller).
+    pub reload_without_wait: bool,
 }
 
 fn units_for(config: &Option<EncryptionConfiguration>, resource: &str) -> Vec<UnitId> {
@@ -99,12 +112,16 @@ impl Cluster {
         let servers = (0..k).map(|i| Server {
             name: format!("cp{}", i + 1),
             config: current.config().cloned(),
+            reload: false,
+            pending: None,
         });
         let mut cluster = Cluster {
             servers: servers.collect(),
             objects: Vec::new(),
             current,
             record: None,
+            reload_wanted: false,
+            reload_without_wait: false,
         };
         for resource in RESOURCES {
             for _ in 0..2 {
@@ -112,6 +129,15 @@ impl Cluster {
             }
         }
         cluster
+    }
+
+    /// Servers running with automatic reload (what the executor observes from the containers).
+    pub fn reloading(&self) -> Vec<String> {
+        self.servers
+            .iter()
+            .filter(|s| s.reload)
+            .map(|s| s.name.clone())
+            .collect()
     }
 
     pub fn names(&self) -> Vec<String> {
@@ -184,6 +210,12 @@ impl Cluster {
                 }
             }
             Chaos::Random(rng) => {
+                // A reloading server picks up a written file whenever its poll comes round.
+                for server in &mut self.servers {
+                    if server.pending.is_some() && rng.chance(30) {
+                        server.config = server.pending.take().unwrap_or_default();
+                    }
+                }
                 for _ in 0..rng.below(4) {
                     let server = rng.below(self.servers.len());
                     if rng.chance(50) || self.objects.is_empty() {
@@ -245,29 +277,66 @@ impl Cluster {
             }
             match &step.action {
                 Action::Snapshot | Action::Archive { .. } => {}
-                Action::Deploy { config, nodes, .. } => {
+                Action::Deploy {
+                    config,
+                    nodes,
+                    reload,
+                    flag,
+                } => {
                     for node in nodes {
+                        if !self.servers.iter().any(|s| &s.name == node) {
+                            return Outcome::Violation(format!("deploy to unknown node {node}"));
+                        }
+                    }
+                    // Reloading nodes: the file goes to all of them, then the wait until each has loaded it.
+                    for (i, node) in reload.iter().enumerate() {
+                        let Some(server) = self.servers.iter_mut().find(|s| &s.name == node) else {
+                            return Outcome::Violation(format!("reload on unknown node {node}"));
+                        };
+                        if !server.reload || *flag != Flag::Keep {
+                            return Outcome::Violation(format!(
+                                "{node} is planned to reload but runs without automatic reload (or the flag changes)"
+                            ));
+                        }
+                        if self.reload_without_wait && i == 0 {
+                            server.config = config.clone();
+                            server.pending = None;
+                        } else {
+                            server.pending = Some(config.clone());
+                        }
+                        moment!();
+                    }
+                    if !self.reload_without_wait {
+                        let mut order: Vec<usize> = (0..reload.len()).collect();
+                        for i in (1..order.len()).rev() {
+                            let j = self.pick_server(chaos, i) % (i + 1);
+                            order.swap(i, j);
+                        }
+                        for i in order {
+                            let node = &reload[i];
+                            if let Some(server) = self.servers.iter_mut().find(|s| &s.name == node)
+                                && let Some(loaded) = server.pending.take()
+                            {
+                                server.config = loaded;
+                                moment!();
+                            }
+                            self.record_progress(step, config, node);
+                        }
+                    }
+                    for node in nodes.iter().filter(|n| !reload.contains(n)) {
+                        let wanted = self.reload_wanted;
                         let Some(server) = self.servers.iter_mut().find(|s| &s.name == node) else {
                             return Outcome::Violation(format!("deploy to unknown node {node}"));
                         };
                         server.config = config.clone();
-                        // As the executor does after each node: a resumed run skips the nodes done.
-                        if let Some(record) = &mut self.record {
-                            let sha = json_config_hash(config.as_ref());
-                            let progress = record.deploying.get_or_insert_with(|| DeployProgress {
-                                phase: step.phase,
-                                config_sha256: sha.clone(),
-                                nodes: Vec::new(),
-                            });
-                            if progress.phase != step.phase || progress.config_sha256 != sha {
-                                *progress = DeployProgress {
-                                    phase: step.phase,
-                                    config_sha256: sha,
-                                    nodes: Vec::new(),
-                                };
-                            }
-                            progress.nodes.push(node.clone());
+                        server.pending = None;
+                        // The executor adds the reload flag when cluster.yml asks for it, and drops it with the
+                        // config flag.
+                        match flag {
+                            Flag::Remove => server.reload = false,
+                            Flag::Add | Flag::Keep => server.reload |= wanted,
                         }
+                        self.record_progress(step, config, node);
                         moment!();
                     }
                 }
@@ -336,6 +405,31 @@ impl Cluster {
             moment!();
         }
         Outcome::Completed
+    }
+
+    /// As the executor does after each node: a resumed run skips the nodes done.
+    fn record_progress(
+        &mut self,
+        step: &Step,
+        config: &Option<EncryptionConfiguration>,
+        node: &str,
+    ) {
+        if let Some(record) = &mut self.record {
+            let sha = json_config_hash(config.as_ref());
+            let progress = record.deploying.get_or_insert_with(|| DeployProgress {
+                phase: step.phase,
+                config_sha256: sha.clone(),
+                nodes: Vec::new(),
+            });
+            if progress.phase != step.phase || progress.config_sha256 != sha {
+                *progress = DeployProgress {
+                    phase: step.phase,
+                    config_sha256: sha,
+                    nodes: Vec::new(),
+                };
+            }
+            progress.nodes.push(node.to_string());
+        }
     }
 
     /// The end state of a completed plan: every server has exactly `to`, every object is on `to`'s writer.

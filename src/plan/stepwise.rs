@@ -26,10 +26,26 @@ pub struct StepwiseInput {
     /// For prepare: the freshly generated key (a [`Unit::Key`]); its provider type must be the one that writes.
     pub new_key: Option<Unit>,
     pub options: PlanOptions,
+    /// As [`Observed::reloading`]: controlplanes whose kube-apiserver reloads the file by itself.
+    pub reloading: Vec<String>,
+    /// As [`PlanInput::reload_wanted`].
+    pub reload_wanted: bool,
 }
 
-/// The plan for just one verb, or a precondition error naming the current stage.
+/// The plan for just one verb, or a precondition error naming the current stage. Deploys reload on the servers
+/// that can (docs/reload.md), as in [`super::plan`].
 pub fn stepwise(verb: StepwiseVerb, input: &StepwiseInput) -> Result<Plan, PlanError> {
+    let mut plan = stepwise_steps(verb, input)?;
+    super::assign_deploy_modes(
+        &input.reloading,
+        input.reload_wanted,
+        &mut plan.steps,
+        &mut plan.notes,
+    );
+    Ok(plan)
+}
+
+fn stepwise_steps(verb: StepwiseVerb, input: &StepwiseInput) -> Result<Plan, PlanError> {
     if input.controlplanes.is_empty() {
         return Err(PlanError::NoControlplanes);
     }

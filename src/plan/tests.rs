@@ -62,6 +62,7 @@ fn summary(plan: &Plan) -> Vec<String> {
                     config,
                     flag,
                     nodes,
+                    ..
                 } => {
                     format!(
                         "deploy{}:{:?}:{}",
@@ -774,7 +775,20 @@ fn stepwise_input(current: Target, transition: Option<InProgress>) -> StepwiseIn
         controlplanes: nodes(3),
         new_key: Some(key_unit(KeyProvider::Aescbc, "new", "bmV3")),
         options: PlanOptions::default(),
+        reloading: Vec::new(),
+        reload_wanted: false,
     }
+}
+
+#[test]
+fn stepwise_verbs_reload_on_servers_that_can() {
+    let mut input = stepwise_input(managed(&["old"]), None);
+    input.reloading = nodes(3);
+    let p = stepwise(StepwiseVerb::Prepare { force: false }, &input).expect("prepare");
+    assert_eq!(deploy_modes(&p), ["prepare:Keep:3/3"]);
+    input.reloading = vec!["cp2".into()];
+    let p = stepwise(StepwiseVerb::Prepare { force: false }, &input).expect("prepare");
+    assert_eq!(deploy_modes(&p), ["prepare:Keep:1/3"]);
 }
 
 #[test]
@@ -1079,4 +1093,120 @@ fn interrupting_at_every_moment_and_resuming_is_safe() {
             }
         }
     }
+}
+
+fn deploy_modes(p: &Plan) -> Vec<String> {
+    p.steps
+        .iter()
+        .filter_map(|s| match &s.action {
+            Action::Deploy {
+                flag,
+                nodes,
+                reload,
+                ..
+            } => Some(format!(
+                "{}:{flag:?}:{}/{}",
+                s.phase,
+                reload.len(),
+                nodes.len()
+            )),
+            _ => None,
+        })
+        .collect()
+}
+
+#[test]
+fn servers_with_automatic_reload_reload_every_deploy_that_keeps_the_flag() {
+    let (o, n) = (managed(&["k1"]), managed(&["k2"]));
+    let mut input = PlanInput::new(n.clone(), o.clone(), nodes(3));
+    input.observed.reloading = nodes(3);
+    input.reload_wanted = true;
+    let p = plan(&input).expect("plan");
+    assert_eq!(
+        deploy_modes(&p),
+        ["prepare:Keep:3/3", "rotate:Keep:3/3", "finish:Keep:3/3"]
+    );
+    assert!(
+        p.notes
+            .iter()
+            .any(|n| n == "kube-apiserver restarts: 0, recreates: 0, reloads without restart: 9"),
+        "{:?}",
+        p.notes
+    );
+    assert!(render::to_text(&p).contains("reports it reloaded it (no restart): cp1, cp2, cp3"));
+    // One server without the flag is restarted (and, cluster.yml asking for it, comes back reloading).
+    input.observed.reloading = vec!["cp1".into(), "cp3".into()];
+    let p = plan(&input).expect("plan");
+    assert_eq!(
+        deploy_modes(&p),
+        ["prepare:Keep:2/3", "rotate:Keep:3/3", "finish:Keep:3/3"]
+    );
+    let Action::Deploy { reload, .. } = &p.steps[1].action else {
+        panic!("deploy")
+    };
+    assert_eq!(reload, &["cp1".to_string(), "cp3".to_string()]);
+    let mut cluster = Cluster::new(3, o.clone());
+    cluster.reload_wanted = true;
+    for server in &mut cluster.servers {
+        server.reload = server.name != "cp2";
+    }
+    assert_eq!(
+        cluster.run(&p, &n, None, &mut Chaos::EveryServerWrites),
+        Outcome::Completed
+    );
+    cluster
+        .check_final(&n.config().cloned())
+        .expect("final state");
+    assert!(
+        cluster.servers.iter().all(|s| s.reload),
+        "cp2 came back reloading"
+    );
+}
+
+#[test]
+fn enable_recreates_once_then_reloads_when_cluster_yml_asks_for_reload() {
+    let n = managed(&["k1"]);
+    let mut input = PlanInput::new(n.clone(), Target::Disabled, nodes(3));
+    input.reload_wanted = true;
+    let p = plan(&input).expect("plan");
+    assert_eq!(deploy_modes(&p), ["prepare:Add:0/3", "rotate:Keep:3/3"]);
+    assert!(
+        p.notes
+            .iter()
+            .any(|n| n == "kube-apiserver restarts: 0, recreates: 3, reloads without restart: 3"),
+        "{:?}",
+        p.notes
+    );
+    // Disable drops the reload flag with the config flag: the finish recreates.
+    let mut input = PlanInput::new(Target::Disabled, n.clone(), nodes(3));
+    input.observed.reloading = nodes(3);
+    input.reload_wanted = true;
+    let p = plan(&input).expect("plan");
+    assert_eq!(deploy_modes(&p), ["rotate:Keep:3/3", "finish:Remove:0/3"]);
+}
+
+#[test]
+fn without_reload_the_plan_counts_restarts_and_suggests_the_setting() {
+    let p = run_plan(managed(&["k2"]), managed(&["k1"]), 3);
+    assert_eq!(
+        deploy_modes(&p),
+        ["prepare:Keep:0/3", "rotate:Keep:0/3", "finish:Keep:0/3"]
+    );
+    let note = p
+        .notes
+        .iter()
+        .find(|n| {
+            n.starts_with("kube-apiserver restarts: 9, recreates: 0, reloads without restart: 0")
+        })
+        .expect("restart count");
+    assert!(
+        note.contains("encryption-provider-config-automatic-reload: \"true\"")
+            && note.contains("the 9 restart(s) would become reloads"),
+        "{note}"
+    );
+    // Servers that reload although cluster.yml does not ask (set by hand): used, and nothing suggested.
+    let mut input = PlanInput::new(managed(&["k2"]), managed(&["k1"]), nodes(3));
+    input.observed.reloading = nodes(3);
+    let p = plan(&input).expect("plan");
+    assert!(p.notes.iter().all(|n| !n.contains("would become reloads")));
 }

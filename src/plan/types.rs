@@ -134,6 +134,9 @@ pub struct Observed {
     /// A census of etcd: resource (as in a config: `secrets`, `deployments.apps`) → unit label → count.
     /// Labels are [`UnitId`] labels (`identity`, `aescbc:<name>`, `kms:v2:<name>[:<key id>]`).
     pub census: Option<BTreeMap<String, BTreeMap<String, u64>>>,
+    /// Controlplanes whose kube-apiserver runs with `--encryption-provider-config-automatic-reload=true`: they
+    /// load a new file themselves (within about a minute), so a deploy to them needs no restart.
+    pub reloading: Vec<String>,
 }
 
 #[derive(Clone, Debug, PartialEq)]
@@ -161,6 +164,9 @@ pub struct PlanInput {
     pub observed: Observed,
     /// How the executor hashes a deployed config; needed only when `observed.nodes` is set.
     pub config_hash: Option<ConfigHasher>,
+    /// cluster.yml asks for `--encryption-provider-config-automatic-reload=true` (in `services.kube-api.extra_args`):
+    /// every kube-apiserver the plan recreates or restarts comes back with it, and reloads from then on.
+    pub reload_wanted: bool,
 }
 
 impl PlanInput {
@@ -174,6 +180,7 @@ impl PlanInput {
             options: PlanOptions::default(),
             observed: Observed::default(),
             config_hash: None,
+            reload_wanted: false,
         }
     }
 }
@@ -238,6 +245,32 @@ pub enum Flag {
     Remove,
 }
 
+/// How one node of a deploy loads its new file.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum DeployMode {
+    /// Restart (or recreate) kube-apiserver, one node at a time.
+    Restart,
+    /// kube-apiserver runs with automatic reload: write the file and wait for the server to report it loaded.
+    Reload,
+}
+
+impl Action {
+    /// How `node` loads the file of a deploy (`None`: not a deploy, or not one of its nodes).
+    pub fn deploy_mode(&self, node: &str) -> Option<DeployMode> {
+        match self {
+            Action::Deploy { nodes, reload, .. } if nodes.iter().any(|n| n == node) => {
+                Some(if reload.iter().any(|n| n == node) {
+                    DeployMode::Reload
+                } else {
+                    DeployMode::Restart
+                })
+            }
+            _ => None,
+        }
+    }
+}
+
 /// One rewrite target: every stored object of `resource` must end up written by `write`.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize)]
 pub struct RewriteTarget {
@@ -262,12 +295,15 @@ pub struct VerifyRule {
 pub enum Action {
     /// Take an etcd snapshot (and record it) before anything changes.
     Snapshot,
-    /// Write `config` (`None` = remove the file) to each of `nodes` in turn and restart its kube-apiserver,
-    /// waiting for it to be healthy before the next node (a rolling restart).
+    /// Write `config` (`None` = remove the file) to `nodes`. The nodes in `reload` (a subset; see
+    /// [`DeployMode`]) get the file first, all of them, and the executor waits until each server reports it
+    /// loaded it; then every other node in turn gets the file and a restart of its kube-apiserver, healthy before
+    /// the next node (a rolling restart). Either way the next step starts only when every node runs `config`.
     Deploy {
         config: Option<EncryptionConfiguration>,
         flag: Flag,
         nodes: Vec<String>,
+        reload: Vec<String>,
     },
     /// Rewrite stored objects so each is written by its target unit. `targeted`: the executor may skip objects
     /// whose stored prefix already names the target unit (false when a kms unit is involved: the prefix does

@@ -1,0 +1,145 @@
+//! Reload instead of restart (docs/reload.md) on the 3-node testbed with the real kube-apiserver (v1.32): with
+//! `extra_args.encryption-provider-config-automatic-reload: "true"` in cluster.yml, enable recreates each
+//! kube-apiserver once (config flag and reload flag together); rotate-key and a custom-config change then restart
+//! nothing — every container keeps its Id and StartedAt — and every seeded object stays readable and verified.
+//! Each phase waits for the servers' own poll (once a minute), so this test takes several minutes.
+//!
+//!     cargo build -p testbed && cargo test --test e2e_reload -- --nocapture      (as root)
+
+mod flows_common;
+
+use flows_common::*;
+
+const RELOAD_FLAG: &str = "--encryption-provider-config-automatic-reload=true";
+
+/// Per node: container Id, StartedAt and its command line (JSON), from `docker inspect`.
+fn containers(b: &Bench) -> Vec<(String, String, String)> {
+    b.tb.nodes()
+        .iter()
+        .map(|n| {
+            let out =
+                b.tb.docker(n)
+                    .args([
+                        "inspect",
+                        "-f",
+                        "{{.Id}}\n{{.State.StartedAt}}\n{{json .Config.Entrypoint}}{{json .Args}}",
+                        "kube-apiserver",
+                    ])
+                    .output()
+                    .expect("docker inspect");
+            let text = String::from_utf8_lossy(&out.stdout).into_owned();
+            let mut lines = text.lines();
+            (
+                lines.next().unwrap_or_default().to_string(),
+                lines.next().unwrap_or_default().to_string(),
+                lines.collect::<Vec<_>>().join("\n"),
+            )
+        })
+        .collect()
+}
+
+/// Adds `services.kube-api.extra_args.encryption-provider-config-automatic-reload: "true"` to cluster.yml.
+fn ask_for_reload(b: &Bench) {
+    let path = b.tb.cluster_yml();
+    let text = std::fs::read_to_string(&path).expect("read cluster.yml");
+    let mut doc: serde_yaml_ng::Value = serde_yaml_ng::from_str(&text).expect("parse");
+    let api = doc
+        .get_mut("services")
+        .and_then(|s| s.get_mut("kube-api"))
+        .and_then(|k| k.as_mapping_mut())
+        .expect("services.kube-api");
+    let mut args = serde_yaml_ng::Mapping::new();
+    args.insert(
+        "encryption-provider-config-automatic-reload".into(),
+        "true".into(),
+    );
+    api.insert("extra_args".into(), serde_yaml_ng::Value::Mapping(args));
+    std::fs::write(&path, serde_yaml_ng::to_string(&doc).expect("render")).expect("write");
+}
+
+fn up_without_restarts(b: &Bench, args: &[&str], before: &[(String, String, String)]) {
+    let out = b.run(args);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "atrest {args:?} failed");
+    assert!(
+        stderr.contains("reloaded the new config"),
+        "{args:?}: no server reported a reload"
+    );
+    for word in ["restarted,", "recreated,", "restarting it instead"] {
+        assert!(!stderr.contains(word), "{args:?}: {word}");
+    }
+    assert_eq!(
+        containers(b),
+        before,
+        "{args:?}: every kube-apiserver keeps its container and start time"
+    );
+}
+
+#[test]
+fn key_changes_reload_without_restarting_kube_apiserver() {
+    let Some(b) = bench() else { return };
+
+    // Without the setting: the plan counts its restarts and names the setting that would remove them.
+    b.set_encryption(true, None);
+    let plan = b.ok(&["plan"]);
+    assert!(
+        plan.contains("kube-apiserver restarts: 3, recreates: 3, reloads without restart: 0")
+            && plan.contains("encryption-provider-config-automatic-reload"),
+        "{plan}"
+    );
+
+    // With it: enable recreates each server once (both flags), the rotate phase already reloads.
+    ask_for_reload(&b);
+    let plan = b.ok(&["plan"]);
+    assert!(
+        plan.contains("kube-apiserver restarts: 0, recreates: 3, reloads without restart: 3"),
+        "{plan}"
+    );
+    let before_enable = containers(&b);
+    b.ok(&["up", "--yes"]);
+    let enabled = containers(&b);
+    for (i, c) in enabled.iter().enumerate() {
+        assert_ne!(c.0, before_enable[i].0, "recreated");
+        assert!(c.2.contains(RELOAD_FLAG), "{}", c.2);
+        assert!(
+            c.2.contains("--encryption-provider-config=/etc/kubernetes/ssl/encryption.yaml"),
+            "{}",
+            c.2
+        );
+    }
+    b.ok(&["encrypt", "verify"]);
+    b.verify_seed();
+    let status = b.status();
+    for node in status["nodes"].as_array().expect("nodes") {
+        assert_eq!(node["reload"], true, "{node}");
+        assert!(
+            node["loaded"]["reloadsOk"].as_f64().unwrap_or(0.0) >= 1.0,
+            "the server counted its reload: {node}"
+        );
+        assert_eq!(node["loaded"]["reloadsFailed"], 0.0, "{node}");
+    }
+
+    // rotate-key: prepare, rotate, finish — all reloads, no container touched.
+    let plan = b.ok(&["plan"]);
+    assert!(plan.contains("Nothing to do"), "{plan}");
+    up_without_restarts(&b, &["encrypt", "rotate-key", "--yes"], &enabled);
+    b.ok(&["encrypt", "verify"]);
+    b.verify_seed();
+    let table = b.ok(&["encrypt", "status"]);
+    assert!(
+        table.contains("reload: on") && table.contains("not reported (kube-apiserver before 1.34)"),
+        "{table}"
+    );
+
+    // A custom config: secrets move to secretbox, still without a restart.
+    let s1 = random_key();
+    let custom = format!(
+        "apiVersion: apiserver.config.k8s.io/v1\nkind: EncryptionConfiguration\nresources:\n\
+         - resources: [secrets]\n  providers:\n  - secretbox:\n      keys:\n      - {{name: s1, secret: \"{s1}\"}}\n  - identity: {{}}\n"
+    );
+    b.set_encryption(true, Some(&custom));
+    up_without_restarts(&b, &["up", "--yes"], &enabled);
+    all_on(&b.census(), "secrets", "secretbox:s1", SECRETS);
+    b.ok(&["encrypt", "verify"]);
+    b.verify_seed();
+}
