@@ -58,5 +58,8 @@ build kube-apiserver "$root/kube-apiserver" "$KUBERNETES_VERSION" \
   "-X $vpkg.gitVersion=$KUBERNETES_VERSION -X $vpkg.gitMajor=1 -X $vpkg.gitMinor=$minor -X $vpkg.gitTreeState=clean -X $vpkg.buildDate=1970-01-01T00:00:00Z"
 build etcd "$root/etcd" "$ETCD_VERSION" ""
 # rke's main package is its module root; the small module names it with a `tool` line and repeats rke's replaces.
-build rke "$root/rke" "$RKE_VERSION" "-X main.VERSION=$RKE_VERSION" github.com/rancher/rke
+# Only the interop tests run it: `--no-rke` (scripts/demo) skips it.
+if [ "${1:-}" != "--no-rke" ]; then
+  build rke "$root/rke" "$RKE_VERSION" "-X main.VERSION=$RKE_VERSION" github.com/rancher/rke
+fi
 echo "$ATREST_UPSTREAM_CACHE"
