@@ -571,6 +571,7 @@ pub async fn verify(
             atrest.last_census = Some(CensusRecord {
                 taken_at: now(),
                 counts,
+                repasses: 0,
             });
             locked.records_file.save(&atrest)?;
         }
