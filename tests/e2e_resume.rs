@@ -164,6 +164,9 @@ fn stepwise_rotation_follows_k3s_stages() {
     let Some(b) = bench_standin() else { return };
     b.set_encryption(true, None);
     assert_eq!(code(&b, &["plan", "--detailed-exitcode"]), 2);
+    // Enabling is pending: `plan` and `up --dry-run` change no node file, container, state or snapshot.
+    b.changes_nothing(&["plan"]);
+    b.changes_nothing(&["up", "--dry-run", "--yes"]);
     b.ok(&["up", "--yes"]);
     // In sync: the exit codes a pipeline branches on are all 0.
     assert_eq!(code(&b, &["plan", "--detailed-exitcode"]), 0);
@@ -306,6 +309,19 @@ fn ctrl_c_stops_at_a_safe_point_and_the_rerun_finishes() {
     assert!(after < Duration::from_secs(30), "stopped after {after:?}");
     assert!(!b.records()["transition"].is_null());
     verify_fails_half_way(&b, done);
+    // A transition is pending (the interrupted rotation): `plan` and `up --dry-run` show it and change nothing.
+    let plan = b.changes_nothing(&["plan"]);
+    assert!(plan.contains("resum"), "{plan}");
+    let dry = b.changes_nothing(&["up", "--dry-run"]);
+    assert!(dry.contains("resum"), "{dry}");
+    // The check bites: `encrypt verify` records its census in the records file, and the fingerprint sees it.
+    let caught = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+        b.changes_nothing(&["encrypt", "verify", "--detailed-exitcode"])
+    }));
+    assert!(
+        caught.is_err(),
+        "the fingerprint missed the census verify recorded"
+    );
     b.verify_seed();
     b.ok(&["up", "--yes"]);
     assert_complete_and_intact(&b);
