@@ -146,11 +146,19 @@ fn census(tb: &Testbed) -> BTreeMap<String, u64> {
             .entry(atrest::exec::etcd::classify(&value))
             .or_insert(0) += 1;
     }
+    // Every bed holds exactly the seeded secrets: a census of nothing (a wrong prefix, an emptied etcd) must
+    // not pass the checks below vacuously.
+    assert_eq!(
+        counts.values().sum::<u64>(),
+        SECRETS as u64,
+        "census of /registry/secrets/: {counts:?}"
+    );
     counts
 }
 
+/// Every counted secret is on a label starting with `prefix`, and there is at least one.
 fn only_label_prefix(c: &BTreeMap<String, u64>, prefix: &str) -> bool {
-    c.keys().all(|l| l.starts_with(prefix))
+    !c.is_empty() && c.keys().all(|l| l.starts_with(prefix))
 }
 
 fn sha_of(path: &Path) -> String {

@@ -199,15 +199,19 @@ async fn tls_server_name_must_match_the_certificate() {
     let process = LocalEtcd::start(96).unwrap();
     let _ready = process.ready().await.unwrap();
     // The certificate names only `etcd-node1`; dialling the IP without the override must fail verification.
-    let wrong = Etcd::connect(&process.target(None)).await;
-    let failed = match wrong {
-        Err(_) => true,
-        Ok(etcd) => etcd.client().clone().status().await.is_err(),
+    // The connection may be lazy: the refusal comes at connect or at the first request, and it must be the
+    // certificate's name that is refused (not, say, a wrong port or a closed server).
+    let chain = match Etcd::connect(&process.target(None)).await {
+        Err(e @ atrest::exec::etcd::EtcdError::Client { .. }) => common::error_chain(&e),
+        Err(other) => panic!("expected a client error, got {other:?}"),
+        Ok(etcd) => match etcd.client().clone().status().await {
+            Err(e) => common::error_chain(&e),
+            Ok(status) => panic!(
+                "connecting by IP without a server-name override must fail certificate verification: {status:?}"
+            ),
+        },
     };
-    assert!(
-        failed,
-        "connecting by IP without a server-name override must fail certificate verification"
-    );
+    assert!(common::refused_for_name(&chain), "{chain}");
     let right = Etcd::connect(&process.target(Some(ETCD_SERVER_NAME)))
         .await
         .unwrap();
@@ -259,7 +263,13 @@ async fn snapshot_is_private_complete_and_hashed() {
 
     // A destination in a missing directory fails cleanly.
     let missing = out.path().join("no/such/dir/x.db");
-    assert!(etcd.snapshot(&missing).await.is_err());
+    match etcd.snapshot(&missing).await {
+        Err(atrest::exec::etcd::EtcdError::SnapshotFile { path, source }) => {
+            assert!(path.starts_with(out.path().join("no/such/dir")), "{path:?}");
+            assert_eq!(source.kind(), std::io::ErrorKind::NotFound, "{source}");
+        }
+        other => panic!("a missing directory must fail on the snapshot file, got {other:?}"),
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
