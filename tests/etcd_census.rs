@@ -164,34 +164,89 @@ async fn census_survives_compaction_while_paging() {
         .await
         .unwrap();
     }
-    let census_etcd = etcd.clone();
-    let census = tokio::spawn(async move {
+    // Progress signal: the census logs each restart. The census runs in this task (not spawned) so the
+    // thread-local log capture sees it; the compactor moves the revision on and compacts until the census
+    // says it restarted (no guess at how long paging takes).
+    let log = Capture::default();
+    let writer = log.clone();
+    let subscriber = tracing_subscriber::fmt()
+        .with_max_level(tracing::Level::INFO)
+        .with_ansi(false)
+        .with_writer(move || writer.clone())
+        .finish();
+    let _guard = tracing::subscriber::set_default(subscriber);
+    let done = std::sync::atomic::AtomicBool::new(false);
+    let census = async {
         let options = CensusOptions {
             page_size: 1,
             max_off_target: 10,
             ..Default::default()
         };
-        census_etcd
+        let census = etcd
             .census(&resources()[..1], Some("aescbc:new"), &options)
-            .await
-    });
-    // Move the revision on and compact it away under the census's pinned revision.
-    tokio::time::sleep(std::time::Duration::from_millis(150)).await;
-    let rev = kv
-        .put("/registry/other", b"x".to_vec(), None)
-        .await
-        .unwrap()
-        .header()
-        .unwrap()
-        .revision();
-    kv.compact(rev, None).await.unwrap();
-    let census = census.await.unwrap().unwrap();
+            .await;
+        done.store(true, std::sync::atomic::Ordering::SeqCst);
+        census
+    };
+    let compactor = async {
+        let started = std::time::Instant::now();
+        let mut first = None;
+        while !log
+            .text()
+            .contains("census revision compacted, starting again")
+            && !done.load(std::sync::atomic::Ordering::SeqCst)
+        {
+            assert!(
+                started.elapsed() < std::time::Duration::from_secs(120),
+                "the census never restarted"
+            );
+            let rev = kv
+                .put("/registry/other", b"x".to_vec(), None)
+                .await
+                .unwrap()
+                .header()
+                .unwrap()
+                .revision();
+            kv.compact(rev, None).await.unwrap();
+            first.get_or_insert(rev);
+            tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+        }
+        first
+    };
+    let (census, first) = tokio::join!(census, compactor);
+    let census = census.unwrap();
+    let log = log.text();
+    assert!(
+        log.contains("census revision compacted, starting again"),
+        "the census finished before a compaction caught it: {log}"
+    );
+    let rev = first.expect("compacted at least once");
     assert_eq!(census.resources["secrets"].total, 1500);
     assert_eq!(census.resources["secrets"].by_label["aescbc:old"], 1500);
     assert!(
         census.resources["secrets"].revision >= rev,
         "census restarted at a revision after the compaction"
     );
+}
+
+/// Log lines captured in memory.
+#[derive(Clone, Default)]
+struct Capture(std::sync::Arc<std::sync::Mutex<Vec<u8>>>);
+
+impl Capture {
+    fn text(&self) -> String {
+        String::from_utf8_lossy(&self.0.lock().unwrap()).into_owned()
+    }
+}
+
+impl std::io::Write for Capture {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        self.0.lock().unwrap().extend_from_slice(buf);
+        Ok(buf.len())
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
