@@ -164,28 +164,63 @@ async fn census_survives_compaction_while_paging() {
         .await
         .unwrap();
     }
-    let census_etcd = etcd.clone();
-    let census = tokio::spawn(async move {
+    // Progress signal: the census logs each restart. The census runs in this task (not spawned) so the
+    // thread-local log capture sees it; the compactor moves the revision on and compacts until the census
+    // says it restarted (no guess at how long paging takes).
+    let log = Capture::default();
+    let writer = log.clone();
+    let subscriber = tracing_subscriber::fmt()
+        .with_max_level(tracing::Level::INFO)
+        .with_ansi(false)
+        .with_writer(move || writer.clone())
+        .finish();
+    let _guard = tracing::subscriber::set_default(subscriber);
+    let done = std::sync::atomic::AtomicBool::new(false);
+    let census = async {
         let options = CensusOptions {
             page_size: 1,
             max_off_target: 10,
             ..Default::default()
         };
-        census_etcd
+        let census = etcd
             .census(&resources()[..1], Some("aescbc:new"), &options)
-            .await
-    });
-    // Move the revision on and compact it away under the census's pinned revision.
-    tokio::time::sleep(std::time::Duration::from_millis(150)).await;
-    let rev = kv
-        .put("/registry/other", b"x".to_vec(), None)
-        .await
-        .unwrap()
-        .header()
-        .unwrap()
-        .revision();
-    kv.compact(rev, None).await.unwrap();
-    let census = census.await.unwrap().unwrap();
+            .await;
+        done.store(true, std::sync::atomic::Ordering::SeqCst);
+        census
+    };
+    let compactor = async {
+        let started = std::time::Instant::now();
+        let mut first = None;
+        while !log
+            .text()
+            .contains("census revision compacted, starting again")
+            && !done.load(std::sync::atomic::Ordering::SeqCst)
+        {
+            assert!(
+                started.elapsed() < std::time::Duration::from_secs(120),
+                "the census never restarted"
+            );
+            let rev = kv
+                .put("/registry/other", b"x".to_vec(), None)
+                .await
+                .unwrap()
+                .header()
+                .unwrap()
+                .revision();
+            kv.compact(rev, None).await.unwrap();
+            first.get_or_insert(rev);
+            tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+        }
+        first
+    };
+    let (census, first) = tokio::join!(census, compactor);
+    let census = census.unwrap();
+    let log = log.text();
+    assert!(
+        log.contains("census revision compacted, starting again"),
+        "the census finished before a compaction caught it: {log}"
+    );
+    let rev = first.expect("compacted at least once");
     assert_eq!(census.resources["secrets"].total, 1500);
     assert_eq!(census.resources["secrets"].by_label["aescbc:old"], 1500);
     assert!(
@@ -194,20 +229,44 @@ async fn census_survives_compaction_while_paging() {
     );
 }
 
+/// Log lines captured in memory.
+#[derive(Clone, Default)]
+struct Capture(std::sync::Arc<std::sync::Mutex<Vec<u8>>>);
+
+impl Capture {
+    fn text(&self) -> String {
+        String::from_utf8_lossy(&self.0.lock().unwrap()).into_owned()
+    }
+}
+
+impl std::io::Write for Capture {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        self.0.lock().unwrap().extend_from_slice(buf);
+        Ok(buf.len())
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn tls_server_name_must_match_the_certificate() {
     let process = LocalEtcd::start(96).unwrap();
     let _ready = process.ready().await.unwrap();
     // The certificate names only `etcd-node1`; dialling the IP without the override must fail verification.
-    let wrong = Etcd::connect(&process.target(None)).await;
-    let failed = match wrong {
-        Err(_) => true,
-        Ok(etcd) => etcd.client().clone().status().await.is_err(),
+    // The connection may be lazy: the refusal comes at connect or at the first request, and it must be the
+    // certificate's name that is refused (not, say, a wrong port or a closed server).
+    let chain = match Etcd::connect(&process.target(None)).await {
+        Err(e @ atrest::exec::etcd::EtcdError::Client { .. }) => common::error_chain(&e),
+        Err(other) => panic!("expected a client error, got {other:?}"),
+        Ok(etcd) => match etcd.client().clone().status().await {
+            Err(e) => common::error_chain(&e),
+            Ok(status) => panic!(
+                "connecting by IP without a server-name override must fail certificate verification: {status:?}"
+            ),
+        },
     };
-    assert!(
-        failed,
-        "connecting by IP without a server-name override must fail certificate verification"
-    );
+    assert!(common::refused_for_name(&chain), "{chain}");
     let right = Etcd::connect(&process.target(Some(ETCD_SERVER_NAME)))
         .await
         .unwrap();
@@ -259,7 +318,13 @@ async fn snapshot_is_private_complete_and_hashed() {
 
     // A destination in a missing directory fails cleanly.
     let missing = out.path().join("no/such/dir/x.db");
-    assert!(etcd.snapshot(&missing).await.is_err());
+    match etcd.snapshot(&missing).await {
+        Err(atrest::exec::etcd::EtcdError::SnapshotFile { path, source }) => {
+            assert!(path.starts_with(out.path().join("no/such/dir")), "{path:?}");
+            assert_eq!(source.kind(), std::io::ErrorKind::NotFound, "{source}");
+        }
+        other => panic!("a missing directory must fail on the snapshot file, got {other:?}"),
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

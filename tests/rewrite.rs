@@ -596,11 +596,13 @@ async fn kubeconfig_with_token_and_server_override() {
         common::TEST_TOKEN,
     )
     .unwrap();
-    assert!(
-        secrets(client_with(&wrong_name, &options).await.unwrap())
-            .await
-            .is_err()
-    );
+    match secrets(client_with(&wrong_name, &options).await.unwrap()).await {
+        Err(e) => {
+            let chain = common::error_chain(&e);
+            assert!(common::refused_for_name(&chain), "{chain}");
+        }
+        Ok(n) => panic!("a server name the certificate lacks must be refused, listed {n} secrets"),
+    }
 
     // A missing kubeconfig names the file.
     let missing = dir.join("no-such-kubeconfig");

@@ -141,13 +141,25 @@ pub async fn get(host: &Host, probe: &HealthProbe, path: &str) -> Result<(u16, S
     }
 }
 
+/// An error with its sources (hyper's "connection error" alone hides the TLS alert that caused it).
+fn with_sources(error: &(dyn std::error::Error + 'static)) -> String {
+    let mut out = error.to_string();
+    let mut source = error.source();
+    while let Some(e) = source {
+        out.push_str(": ");
+        out.push_str(&e.to_string());
+        source = e.source();
+    }
+    out
+}
+
 async fn get_over<IO>(io: IO, authority: &str, path: &str) -> Result<(u16, String), String>
 where
     IO: hyper::rt::Read + hyper::rt::Write + Unpin + Send + 'static,
 {
     let (mut sender, conn) = hyper::client::conn::http1::handshake::<_, Empty<Bytes>>(io)
         .await
-        .map_err(|e| format!("HTTP handshake: {e}"))?;
+        .map_err(|e| format!("HTTP handshake: {}", with_sources(&e)))?;
     tokio::spawn(async move {
         let _ = conn.await;
     });
@@ -158,7 +170,7 @@ where
     let resp = sender
         .send_request(req)
         .await
-        .map_err(|e| format!("GET {path}: {e}"))?;
+        .map_err(|e| format!("GET {path}: {}", with_sources(&e)))?;
     let status = resp.status().as_u16();
     let body = resp
         .into_body()

@@ -89,7 +89,13 @@ pub struct Executor<'a> {
     pub rewritten: Vec<RewriteReport>,
     /// Writes in flight during a rewrite (`--rewrite-concurrency`).
     pub rewrite_concurrency: usize,
+    /// Second (and later) census passes: leftovers a census found and rewrote again, for the summary. Without
+    /// a concurrent writer there should be none: a rewrite that misses objects shows up here.
+    pub census_repasses: u32,
 }
+
+/// Starts the stderr line of every second census pass (tests look for it).
+pub const REPASS: &str = "census needed another pass";
 
 /// Now, RFC 3339 UTC.
 pub fn now() -> String {
@@ -915,10 +921,16 @@ impl<'a> Executor<'a> {
                     }
                 }
             }
-            self.record_census(counts)?;
+            let repasses = u32::try_from(attempt - 1).unwrap_or(u32::MAX);
+            self.record_census(counts, repasses)?;
             if problems.is_empty() {
+                let passes = if attempt > 1 {
+                    format!(" (after {attempt} passes)")
+                } else {
+                    String::new()
+                };
                 say!(
-                    "{label}: census of {total} objects in {:.1} s: nothing needs a provider or key that is going away",
+                    "{label}: census of {total} objects in {:.1} s: nothing needs a provider or key that is going away{passes}",
                     started.elapsed().as_secs_f64()
                 );
                 return Ok(());
@@ -930,8 +942,11 @@ impl<'a> Executor<'a> {
                     problems.join("; ")
                 );
             }
+            self.census_repasses += 1;
             say!(
-                "{label}: census found leftovers ({}); rewriting them and counting again",
+                "{label}: {REPASS} (pass {}): the census found leftovers ({}); rewriting them and counting again \
+                 (the rewrite missed them, or something wrote with an old provider/key meanwhile)",
+                attempt + 1,
                 problems.join("; ")
             );
             leftovers.dedup();
@@ -947,11 +962,13 @@ impl<'a> Executor<'a> {
     fn record_census(
         &mut self,
         counts: BTreeMap<String, BTreeMap<String, u64>>,
+        repasses: u32,
     ) -> anyhow::Result<()> {
         let mut atrest = self.atrest()?;
         atrest.last_census = Some(CensusRecord {
             taken_at: now(),
             counts,
+            repasses,
         });
         self.save_atrest(&atrest)
     }

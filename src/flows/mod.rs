@@ -510,6 +510,7 @@ async fn apply(
         records: lock.records.clone(),
         rewritten: Vec::new(),
         rewrite_concurrency: usize::from(global.rewrite_concurrency),
+        census_repasses: 0,
     };
     interrupt::install();
     let result = executor.run(plan).await;
@@ -533,8 +534,12 @@ async fn apply(
             } else {
                 "; no object rewritten".to_string()
             };
+            let repasses = match executor.census_repasses {
+                0 => String::new(),
+                n => format!("; {} {n} time(s)", execute::REPASS),
+            };
             say!(
-                "done: {} in {:.1} s{rewrite}",
+                "done: {} in {:.1} s{rewrite}{repasses}",
                 plan.kind,
                 started.elapsed().as_secs_f64()
             );

@@ -182,27 +182,107 @@ fn verify_rules(config: Option<&EncryptionConfiguration>) -> Vec<(String, String
     }
 }
 
+/// What a census found: resource → label → count; resource → (write label, objects, objects not on it); and
+/// resource → the first keys not on the write label (at most [`SAMPLE_KEYS`]).
+type CensusFound = (
+    BTreeMap<String, BTreeMap<String, u64>>,
+    BTreeMap<String, (String, u64, u64)>,
+    BTreeMap<String, Vec<String>>,
+);
+
+/// How many etcd keys `encrypt verify` names per resource whose objects are not on the write label.
+const SAMPLE_KEYS: usize = 10;
+
 /// Census of every rule of `config`: resource → label → count, and the objects not on their write label.
 async fn census_of(
     session: &mut Session,
     state: &crate::state::RkeState,
     config: Option<&EncryptionConfiguration>,
-) -> anyhow::Result<(
-    BTreeMap<String, BTreeMap<String, u64>>,
-    BTreeMap<String, (String, u64, u64)>,
-)> {
+) -> anyhow::Result<CensusFound> {
     let mut counts = BTreeMap::new();
     let mut off = BTreeMap::new();
+    let mut samples = BTreeMap::new();
     for (resource, write) in verify_rules(config) {
         let (_, census) = session
             .census(state, std::slice::from_ref(&resource), Some(&write))
             .await?;
         for (name, rc) in census.resources {
             off.insert(name.clone(), (write.clone(), rc.total, rc.off_target_count));
+            let sample: Vec<String> = rc.off_target.into_iter().take(SAMPLE_KEYS).collect();
+            samples.insert(name.clone(), sample);
             counts.insert(name, rc.by_label);
         }
     }
-    Ok((counts, off))
+    Ok((counts, off, samples))
+}
+
+/// `encrypt verify`'s rule: verified only with a census of at least one resource, and for every resource one
+/// whose counts are there, add up to its total, and put every object on the resource's write label (so
+/// plaintext under an encrypting config, an old key, or a prefix atrest cannot read all fail).
+fn verified(
+    counts: &BTreeMap<String, BTreeMap<String, u64>>,
+    off: &BTreeMap<String, (String, u64, u64)>,
+) -> bool {
+    !off.is_empty()
+        && off.iter().all(|(resource, (write, total, off_count))| {
+            *off_count == 0
+                && counts.get(resource).is_some_and(|labels| {
+                    labels.iter().all(|(l, n)| *n == 0 || l == write)
+                        && labels.values().sum::<u64>() == *total
+                })
+        })
+}
+
+/// The text report of `encrypt verify`: one line per resource (`ok` or `FAIL` with where its objects are),
+/// the keys of objects not on the write label, and the total.
+fn verify_lines(
+    counts: &BTreeMap<String, BTreeMap<String, u64>>,
+    off: &BTreeMap<String, (String, u64, u64)>,
+    samples: &BTreeMap<String, Vec<String>>,
+    seconds: f64,
+) -> Vec<String> {
+    let mut lines = Vec::new();
+    let mut total = 0u64;
+    if off.is_empty() {
+        lines.push("FAIL  no census: no resource was counted".to_string());
+    }
+    for (resource, (write, n, off_count)) in off {
+        total += n;
+        let labels = counts.get(resource);
+        let single = BTreeMap::from([(resource.clone(), (write.clone(), *n, *off_count))]);
+        if verified(counts, &single) {
+            lines.push(format!("ok    {resource}: all {n} objects on {write}"));
+            continue;
+        }
+        let Some(labels) = labels else {
+            lines.push(format!("FAIL  {resource}: no census of its objects"));
+            continue;
+        };
+        let elsewhere: Vec<String> = labels
+            .iter()
+            .filter(|(l, c)| *l != write && **c > 0)
+            .map(|(l, c)| format!("{c} on {l}"))
+            .collect();
+        lines.push(format!(
+            "FAIL  {resource}: {off_count} of {n} objects not on the write {write} ({})",
+            elsewhere.join(", ")
+        ));
+        let sample = samples.get(resource).map(Vec::as_slice).unwrap_or_default();
+        if !sample.is_empty() {
+            let more = off_count.saturating_sub(sample.len() as u64);
+            lines.push(format!(
+                "      not on {write}: {}{}",
+                sample.join(", "),
+                if more > 0 {
+                    format!(" and {more} more")
+                } else {
+                    String::new()
+                }
+            ));
+        }
+    }
+    lines.push(format!("census: {total} objects in {seconds:.1} s"));
+    lines
 }
 
 pub async fn status(
@@ -224,7 +304,7 @@ pub async fn status(
     // status still reports the rest and says what is missing (exit code PARTIAL).
     let mut unavailable: Vec<String> = Vec::new();
     let (counts, off) = match census_of(&mut session, &state, deployed.as_ref()).await {
-        Ok(census) => census,
+        Ok((counts, off, _)) => (counts, off),
         Err(e) => {
             unavailable.push(format!("census: {e:#}"));
             Default::default()
@@ -568,36 +648,19 @@ pub async fn verify(
     let mut session = Session::connect(global, &inputs.config, false).await?;
     session.records = inputs.records.clone();
     let started = std::time::Instant::now();
-    let (counts, off) = census_of(&mut session, &state, deployed.as_ref()).await?;
+    let (counts, off, samples) = census_of(&mut session, &state, deployed.as_ref()).await?;
     session.close().await;
     let seconds = started.elapsed().as_secs_f64();
-    let ok = off.values().all(|(_, _, off_count)| *off_count == 0);
+    let ok = verified(&counts, &off);
     match format {
         VerifyFormat::Json => println!(
             "{}",
             serde_json::to_string_pretty(&verify_json(&counts, &off, seconds))?
         ),
         VerifyFormat::Text => {
-            let mut total = 0u64;
-            for (resource, (write, n, off_count)) in &off {
-                total += n;
-                if *off_count == 0 {
-                    println!("ok    {resource}: all {n} objects on {write}");
-                } else {
-                    let labels: Vec<String> = counts
-                        .get(resource)
-                        .into_iter()
-                        .flatten()
-                        .filter(|(l, _)| *l != write)
-                        .map(|(l, c)| format!("{c} on {l}"))
-                        .collect();
-                    println!(
-                        "FAIL  {resource}: {off_count} of {n} objects not on the write {write} ({})",
-                        labels.join(", ")
-                    );
-                }
+            for line in verify_lines(&counts, &off, &samples, seconds) {
+                println!("{line}");
             }
-            println!("census: {total} objects in {seconds:.1} s");
         }
     }
     // Recorded when no other run holds the state (a running `up` records its own census).
@@ -607,6 +670,7 @@ pub async fn verify(
             atrest.last_census = Some(CensusRecord {
                 taken_at: now(),
                 counts,
+                repasses: 0,
             });
             locked.records_file.save(&atrest)?;
         }
@@ -642,7 +706,7 @@ fn verify_json(
     json!({
         "apiVersion": API_VERSION,
         "kind": "VerifyReport",
-        "verified": off.values().all(|(_, _, n)| *n == 0),
+        "verified": verified(counts, off),
         "objects": off.values().map(|(_, n, _)| n).sum::<u64>(),
         "seconds": (seconds * 10.0).round() / 10.0,
         "resources": off.iter().map(|(resource, (write, total, off_count))| json!({
@@ -727,6 +791,143 @@ mod tests {
         assert_eq!(
             f[2].message,
             "secrets: 3 of 10 objects not on the write aescbc:k2"
+        );
+    }
+
+    /// A census of `secrets` under the write `aescbc:k2`: the counts per label, and what the census counted as
+    /// not on the write label (as the etcd census does: every label but the write one).
+    fn census(labels: &[(&str, u64)]) -> CensusFound {
+        let counts: BTreeMap<String, u64> =
+            labels.iter().map(|(l, n)| (l.to_string(), *n)).collect();
+        let total = counts.values().sum();
+        let off_count = counts
+            .iter()
+            .filter(|(l, _)| *l != "aescbc:k2")
+            .map(|(_, n)| n)
+            .sum::<u64>();
+        let sample: Vec<String> = (0..off_count.min(SAMPLE_KEYS as u64))
+            .map(|i| format!("/registry/secrets/default/s{i}"))
+            .collect();
+        (
+            BTreeMap::from([("secrets".to_string(), counts)]),
+            BTreeMap::from([(
+                "secrets".to_string(),
+                ("aescbc:k2".to_string(), total, off_count),
+            )]),
+            BTreeMap::from([("secrets".to_string(), sample)]),
+        )
+    }
+
+    #[test]
+    fn verify_passes_only_when_every_object_is_on_the_write_key() {
+        let (counts, off, samples) = census(&[("aescbc:k2", 10)]);
+        assert!(verified(&counts, &off));
+        assert_eq!(verify_json(&counts, &off, 0.0)["verified"], true);
+        assert_eq!(
+            verify_lines(&counts, &off, &samples, 0.04),
+            [
+                "ok    secrets: all 10 objects on aescbc:k2",
+                "census: 10 objects in 0.0 s"
+            ]
+        );
+        // No objects at all is verified (nothing is off its key).
+        let (counts, off, samples) = census(&[]);
+        assert!(verified(&counts, &off));
+        assert_eq!(
+            verify_lines(&counts, &off, &samples, 0.0)[0],
+            "ok    secrets: all 0 objects on aescbc:k2"
+        );
+    }
+
+    #[test]
+    fn verify_fails_on_plaintext_old_keys_and_unknown_prefixes_and_names_them() {
+        for (labels, line) in [
+            (
+                &[("aescbc:k2", 7), ("identity", 3)][..],
+                "FAIL  secrets: 3 of 10 objects not on the write aescbc:k2 (3 on identity)",
+            ),
+            (
+                &[("aescbc:k1", 4), ("aescbc:k2", 6)][..],
+                "FAIL  secrets: 4 of 10 objects not on the write aescbc:k2 (4 on aescbc:k1)",
+            ),
+            (
+                &[("aescbc:k2", 9), ("unknown:rot13:v1:x", 1)][..],
+                "FAIL  secrets: 1 of 10 objects not on the write aescbc:k2 (1 on unknown:rot13:v1:x)",
+            ),
+            (
+                &[("aescbc:k1", 12), ("identity", 3)][..],
+                "FAIL  secrets: 15 of 15 objects not on the write aescbc:k2 (12 on aescbc:k1, 3 on identity)",
+            ),
+        ] {
+            let (counts, off, samples) = census(labels);
+            assert!(!verified(&counts, &off), "{labels:?}");
+            let json = verify_json(&counts, &off, 0.0);
+            assert_eq!(json["verified"], false, "{labels:?}");
+            let lines = verify_lines(&counts, &off, &samples, 0.0);
+            assert_eq!(lines[0], line);
+            // The objects not on the write key are named, up to SAMPLE_KEYS, with how many more there are.
+            let off_count = off["secrets"].2;
+            assert!(
+                lines[1].starts_with("      not on aescbc:k2: /registry/secrets/default/s0"),
+                "{lines:?}"
+            );
+            assert_eq!(
+                lines[1].ends_with(&format!(" and {} more", off_count.saturating_sub(10))),
+                off_count > 10,
+                "{lines:?}"
+            );
+        }
+    }
+
+    #[test]
+    fn verify_fails_without_a_census_or_with_counts_that_do_not_add_up() {
+        // No resource counted at all: nothing was proven.
+        let none = BTreeMap::new();
+        assert!(!verified(&none, &none_off()));
+        assert_eq!(verify_json(&none, &none_off(), 0.0)["verified"], false);
+        assert_eq!(
+            verify_lines(&none, &none_off(), &BTreeMap::new(), 0.0)[0],
+            "FAIL  no census: no resource was counted"
+        );
+        // A resource with a total but no counts per label.
+        let (_, off, samples) = census(&[("aescbc:k2", 10)]);
+        assert!(!verified(&none, &off));
+        assert_eq!(
+            verify_lines(&none, &off, &samples, 0.0)[0],
+            "FAIL  secrets: no census of its objects"
+        );
+        // Counts that contradict the census's own tally (an object on another label not counted as off, or
+        // counts that do not add up to the total) are not a pass either.
+        let (counts, mut off, _) = census(&[("aescbc:k2", 9), ("identity", 1)]);
+        off.get_mut("secrets").unwrap().2 = 0;
+        assert!(!verified(&counts, &off));
+        let (counts, mut off, _) = census(&[("aescbc:k2", 10)]);
+        off.get_mut("secrets").unwrap().1 = 11;
+        assert!(!verified(&counts, &off));
+    }
+
+    fn none_off() -> BTreeMap<String, (String, u64, u64)> {
+        BTreeMap::new()
+    }
+
+    /// One resource failing fails the whole verify, whatever the others say.
+    #[test]
+    fn verify_fails_when_any_one_resource_fails() {
+        let (mut counts, mut off, _) = census(&[("aescbc:k2", 10)]);
+        counts.insert(
+            "configmaps".into(),
+            BTreeMap::from([("identity".to_string(), 2u64)]),
+        );
+        off.insert("configmaps".into(), ("aescbc:k2".to_string(), 2, 2));
+        assert!(!verified(&counts, &off));
+        let lines = verify_lines(&counts, &off, &BTreeMap::new(), 0.0);
+        assert_eq!(
+            lines,
+            [
+                "FAIL  configmaps: 2 of 2 objects not on the write aescbc:k2 (2 on identity)",
+                "ok    secrets: all 10 objects on aescbc:k2",
+                "census: 12 objects in 0.0 s",
+            ]
         );
     }
 

@@ -118,6 +118,10 @@ pub struct CensusRecord {
     pub taken_at: String,
     /// resource → (provider/key label, e.g. "aescbc:aescbckey-2026-…", "identity", "kms:v2:name:keyid") → count
     pub counts: BTreeMap<String, BTreeMap<String, u64>>,
+    /// How many times the census before this one found leftovers that were rewritten again (a second pass;
+    /// 0 when the first census came out clean, and for `encrypt verify`, which rewrites nothing).
+    #[serde(default)]
+    pub repasses: u32,
 }
 
 #[cfg(test)]

@@ -521,18 +521,41 @@ impl Bed {
     }
 
     fn reload_sshd(&self, i: usize) {
+        let n = &self.nodes[i];
+        let before = listening_inode(&n.address, n.port).expect("sshd listens before the reload");
         // SAFETY: kill(2) with SIGHUP on the sshd PID this testbed recorded.
-        assert_eq!(unsafe { libc_kill(self.nodes[i].sshd_pid as i32, 1) }, 0);
-        // sshd re-execs; wait until it listens again.
-        for _ in 0..200 {
-            if std::net::TcpStream::connect((self.nodes[i].address.as_str(), self.nodes[i].port))
-                .is_ok()
-            {
-                std::thread::sleep(std::time::Duration::from_millis(100));
+        assert_eq!(unsafe { libc_kill(n.sshd_pid as i32, 1) }, 0);
+        // sshd re-execs under the same PID, closing its listening socket and opening a new one that serves the
+        // new config: wait for that new socket (a connection to the old one would race the re-exec).
+        let started = std::time::Instant::now();
+        loop {
+            if listening_inode(&n.address, n.port).is_some_and(|inode| inode != before) {
                 return;
             }
-            std::thread::sleep(std::time::Duration::from_millis(25));
+            assert!(
+                started.elapsed() < std::time::Duration::from_secs(30),
+                "sshd on {}:{} did not listen again after SIGHUP",
+                n.address,
+                n.port
+            );
+            std::thread::sleep(std::time::Duration::from_millis(10));
         }
-        panic!("sshd did not come back after SIGHUP");
     }
+}
+
+/// The inode of the socket listening on `address:port` (IPv4, or any address), from /proc/net/tcp.
+fn listening_inode(address: &str, port: u16) -> Option<u64> {
+    let ip: std::net::Ipv4Addr = address.parse().expect("an IPv4 node address");
+    let wanted = [
+        format!("{:08X}:{port:04X}", u32::from_ne_bytes(ip.octets())),
+        format!("00000000:{port:04X}"),
+    ];
+    let table = std::fs::read_to_string("/proc/net/tcp").expect("/proc/net/tcp");
+    table.lines().skip(1).find_map(|line| {
+        let fields: Vec<&str> = line.split_whitespace().collect();
+        // sl local_address rem_address st tx_queue:rx_queue tr:tm->when retrnsmt uid timeout inode
+        (fields.len() > 9 && wanted.contains(&fields[1].to_string()) && fields[3] == "0A")
+            .then(|| fields[9].parse().ok())
+            .flatten()
+    })
 }

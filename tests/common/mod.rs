@@ -42,3 +42,19 @@ pub fn aescbc_config(resources: &[&str], keys: &[(&str, &str)]) -> String {
     yaml.push_str("  - identity: {}\n");
     yaml
 }
+
+/// An error and all its sources, in Display and Debug form (to tell one failure from another in tests).
+pub fn error_chain(error: &(dyn std::error::Error + 'static)) -> String {
+    let mut out = format!("{error} / {error:?}");
+    let mut source = error.source();
+    while let Some(e) = source {
+        out.push_str(&format!(" / {e} / {e:?}"));
+        source = e.source();
+    }
+    out
+}
+
+/// Whether `chain` says a TLS peer certificate was refused for its name (rustls `NotValidForName`).
+pub fn refused_for_name(chain: &str) -> bool {
+    chain.contains("NotValidForName")
+}
