@@ -17,17 +17,6 @@ fn plaintext(stored: &str) -> bool {
 
 const CONFIGMAP_KEY: &str = "/registry/configmaps/seed-0/seed-configmap-000000";
 
-fn managed_key_name(state: &serde_json::Value) -> String {
-    let yaml = state["currentState"]["encryptionConfig"]
-        .as_str()
-        .expect("currentState.encryptionConfig");
-    let config: serde_yaml_ng::Value = serde_yaml_ng::from_str(yaml).expect("yaml");
-    config["resources"][0]["providers"][0]["aescbc"]["keys"][0]["name"]
-        .as_str()
-        .expect("managed key name")
-        .to_string()
-}
-
 #[test]
 fn every_transition_keeps_every_object_readable_and_verified() {
     let Some(b) = bench() else { return };
@@ -51,7 +40,7 @@ fn every_transition_keeps_every_object_readable_and_verified() {
 
     b.ok(&["up", "--yes"]);
     let state = b.state();
-    let key1 = managed_key_name(&state);
+    let key1 = write_key_name(&state);
     assert_eq!(
         state["currentState"]["encryptionConfig"], state["desiredState"]["encryptionConfig"],
         "RKE's desired and current encryptionConfig agree"
@@ -126,7 +115,7 @@ fn every_transition_keeps_every_object_readable_and_verified() {
     // Rotate the managed key.
     b.ok(&["encrypt", "rotate-key", "--yes"]);
     let state = b.state();
-    let key2 = managed_key_name(&state);
+    let key2 = write_key_name(&state);
     assert_ne!(key1, key2);
     let records = b.records();
     let archive = records["archive"].as_array().unwrap();
@@ -205,7 +194,7 @@ fn every_transition_keeps_every_object_readable_and_verified() {
     let plan: serde_json::Value = serde_json::from_str(&b.ok(&["plan", "-o", "json"])).unwrap();
     assert_eq!(plan["plan"]["kind"], "custom-to-managed");
     b.ok(&["up", "--yes"]);
-    let key3 = managed_key_name(&b.state());
+    let key3 = write_key_name(&b.state());
     assert!(key3 != key1 && key3 != key2);
     all_on(&b.census(), "secrets", &format!("aescbc:{key3}"), SECRETS);
     assert!(

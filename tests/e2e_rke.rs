@@ -44,19 +44,6 @@ fn rke(b: &Bench, args: &[&str]) -> String {
     text
 }
 
-/// The name of the write key (first aescbc key) of the config the state records as current.
-fn current_key_name(b: &Bench) -> String {
-    let state = b.state();
-    let yaml = state["currentState"]["encryptionConfig"]
-        .as_str()
-        .expect("currentState.encryptionConfig");
-    let config: serde_yaml_ng::Value = serde_yaml_ng::from_str(yaml).expect("yaml");
-    config["resources"][0]["providers"][0]["aescbc"]["keys"][0]["name"]
-        .as_str()
-        .expect("write key name")
-        .to_string()
-}
-
 /// atrest agrees with the cluster as it is: status needs no attention, verify passes, the plan is empty, and
 /// every secret is on `key` in etcd.
 fn atrest_sees_no_change(b: &Bench, key: &str) {
@@ -97,7 +84,7 @@ fn atrest_and_rke_rotate_each_others_keys() {
 
     b.set_encryption(true, None);
     b.ok(&["up", "--yes"]);
-    let atrest_key = current_key_name(&b);
+    let atrest_key = write_key_name(&b.state());
     atrest_sees_no_change(&b, &atrest_key);
 
     // RKE rotates the key atrest made: it must parse atrest's config and find every node as it expects.
@@ -107,7 +94,7 @@ fn atrest_and_rke_rotate_each_others_keys() {
         log.contains("Cluster secrets encryption key rotated successfully"),
         "{log}"
     );
-    let rke_key = current_key_name(&b);
+    let rke_key = write_key_name(&b.state());
     assert_ne!(rke_key, atrest_key, "rke wrote a new key into the state");
     assert_ne!(
         started_at(&b),
@@ -121,7 +108,7 @@ fn atrest_and_rke_rotate_each_others_keys() {
     // test was written; it is left out because RKE's rewrite, throttled client-side to 5 requests/s, costs
     // minutes, and the first RKE rotation above already reads a config atrest wrote.)
     b.ok(&["encrypt", "rotate-key", "--yes"]);
-    let atrest_key2 = current_key_name(&b);
+    let atrest_key2 = write_key_name(&b.state());
     assert_ne!(atrest_key2, rke_key);
     atrest_sees_no_change(&b, &atrest_key2);
     b.verify_seed();

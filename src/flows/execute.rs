@@ -48,6 +48,20 @@ fn reload_timeout() -> std::time::Duration {
         )
 }
 
+/// Puts a node's previous config file back (or removes the file when it had none), 0600 as every node file.
+async fn put_back_previous(
+    target: &RolloutTarget,
+    previous: &Option<Zeroizing<Vec<u8>>>,
+) -> Result<(), crate::exec::files::FileError> {
+    use crate::exec::files;
+    match previous {
+        Some(prev) => {
+            files::write_file_atomic(&target.host, &target.config_path, prev, 0o600).await
+        }
+        None => files::remove_file(&target.host, &target.config_path).await,
+    }
+}
+
 /// Why kube-apiserver refused a reload: its log line `error processing encryption config file …` since the file
 /// was written (the metrics only count failures). Key material never appears in it (upstream redacts).
 async fn reload_failure_reason(target: &RolloutTarget, since: i64) -> String {
@@ -682,19 +696,7 @@ impl<'a> Executor<'a> {
                     }
                     Loaded::Failed => {
                         let reason = reload_failure_reason(&p.target, p.written_at).await;
-                        let put_back = match &p.previous {
-                            Some(prev) => {
-                                files::write_file_atomic(
-                                    &p.target.host,
-                                    &p.target.config_path,
-                                    prev,
-                                    0o600,
-                                )
-                                .await
-                            }
-                            None => files::remove_file(&p.target.host, &p.target.config_path).await,
-                        };
-                        let put_back = match put_back {
+                        let put_back = match put_back_previous(&p.target, &p.previous).await {
                             Ok(()) => {
                                 "its previous file was put back; it still runs its previous config"
                                     .to_string()
@@ -723,18 +725,7 @@ impl<'a> Executor<'a> {
                         p.name,
                         timeout.as_secs()
                     );
-                    match &p.previous {
-                        Some(prev) => {
-                            files::write_file_atomic(
-                                &p.target.host,
-                                &p.target.config_path,
-                                prev,
-                                0o600,
-                            )
-                            .await?
-                        }
-                        None => files::remove_file(&p.target.host, &p.target.config_path).await?,
-                    }
+                    put_back_previous(&p.target, &p.previous).await?;
                     fallback.push(p.name);
                 }
                 break;

@@ -395,6 +395,18 @@ pub fn all_on(
     );
 }
 
+/// The name of the write key (the first aescbc key) of the config `cluster.rkestate` records as current.
+pub fn write_key_name(state: &Value) -> String {
+    let yaml = state["currentState"]["encryptionConfig"]
+        .as_str()
+        .expect("currentState.encryptionConfig");
+    let config: serde_yaml_ng::Value = serde_yaml_ng::from_str(yaml).expect("yaml");
+    config["resources"][0]["providers"][0]["aescbc"]["keys"][0]["name"]
+        .as_str()
+        .expect("write key name")
+        .to_string()
+}
+
 /// A random 32-byte key, base64 (for custom configs).
 pub fn random_key() -> String {
     use base64::Engine as _;
