@@ -18,24 +18,43 @@ pub struct Bench {
     /// A private copy of the atrest binary (target/debug/atrest may be replaced by another build meanwhile).
     pub bin: PathBuf,
     _bin_dir: tempfile::TempDir,
+    /// How many secrets and configmaps were seeded (`SECRETS`/`CONFIGMAPS` unless `bench_seeded`).
+    pub secrets: usize,
+    pub configmaps: usize,
 }
 
 /// On the real kube-apiserver and etcd. `None` (test skipped, visibly: `testbed::skip`) when not root and
 /// ATREST_SKIP_TESTBED is set.
 #[allow(dead_code)]
 pub fn bench() -> Option<Bench> {
-    bench_on(|| {
-        Standin::upstream().expect("the real kube-apiserver and etcd (scripts/build-upstream.sh)")
-    })
+    bench_seeded(SECRETS, CONFIGMAPS)
+}
+
+/// On the real kube-apiserver and etcd, seeded with `secrets` and `configmaps` objects (for flows whose cost
+/// grows with the object count through a slow client, such as `rke`'s rewrite).
+#[allow(dead_code)]
+pub fn bench_seeded(secrets: usize, configmaps: usize) -> Option<Bench> {
+    bench_on(
+        || {
+            Standin::upstream()
+                .expect("the real kube-apiserver and etcd (scripts/build-upstream.sh)")
+        },
+        secrets,
+        configmaps,
+    )
 }
 
 /// On the project's stand-in (for the tests not yet moved to the real server; docs/testbed.md).
 #[allow(dead_code)]
 pub fn bench_standin() -> Option<Bench> {
-    bench_on(|| Standin::locate().expect("the stand-in (cargo build -p testbed)"))
+    bench_on(
+        || Standin::locate().expect("the stand-in (cargo build -p testbed)"),
+        SECRETS,
+        CONFIGMAPS,
+    )
 }
 
-fn bench_on(standin: impl FnOnce() -> Standin) -> Option<Bench> {
+fn bench_on(standin: impl FnOnce() -> Standin, secrets: usize, configmaps: usize) -> Option<Bench> {
     let test = std::thread::current().name().unwrap_or("e2e").to_string();
     if !testbed::skip::may_run(&test) {
         return None;
@@ -59,15 +78,17 @@ fn bench_on(standin: impl FnOnce() -> Standin) -> Option<Bench> {
         tb.dir().display()
     );
     let started = Instant::now();
-    tb.seed(SECRETS, CONFIGMAPS, SIZE).expect("seed");
+    tb.seed(secrets, configmaps, SIZE).expect("seed");
     eprintln!(
-        "seeded {SECRETS} secrets + {CONFIGMAPS} configmaps in {:.1} s",
+        "seeded {secrets} secrets + {configmaps} configmaps in {:.1} s",
         started.elapsed().as_secs_f64()
     );
     Some(Bench {
         tb,
         bin,
         _bin_dir: bin_dir,
+        secrets,
+        configmaps,
     })
 }
 
@@ -177,10 +198,12 @@ impl Bench {
     pub fn verify_seed(&self) {
         let started = Instant::now();
         self.tb
-            .verify_seed(SECRETS, CONFIGMAPS, SIZE)
+            .verify_seed(self.secrets, self.configmaps, SIZE)
             .expect("every seeded object reads back with its original data");
         eprintln!(
-            "verify_seed: {SECRETS} + {CONFIGMAPS} objects intact ({:.1} s)",
+            "verify_seed: {} + {} objects intact ({:.1} s)",
+            self.secrets,
+            self.configmaps,
             started.elapsed().as_secs_f64()
         );
     }

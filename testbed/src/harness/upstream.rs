@@ -281,9 +281,10 @@ mod tests {
     fn versions_file_parses_and_names_images_as_rke() {
         let v = Versions::parse(
             "# c\nKUBERNETES_VERSION=v1.32.13\nETCD_VERSION=v3.5.35\nHYPERKUBE_SUFFIX=-rancher1\n\
-             RKE_TOOLS_VERSION=v0.1.114\n",
+             RKE_TOOLS_VERSION=v0.1.114\nRKE_VERSION=v1.8.6\n",
         )
         .unwrap();
+        assert_eq!(v.rke, "v1.8.6");
         assert_eq!(v.hyperkube_image(), "rancher/hyperkube:v1.32.13-rancher1");
         assert_eq!(v.etcd_image(), "rancher/mirrored-coreos-etcd:v3.5.35");
         assert_eq!(v.rke_tools_image(), "rancher/rke-tools:v0.1.114");
