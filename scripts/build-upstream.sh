@@ -61,5 +61,9 @@ build etcd "$root/etcd" "$ETCD_VERSION" ""
 # Only the interop tests run it: `--no-rke` (scripts/demo) skips it.
 if [ "${1:-}" != "--no-rke" ]; then
   build rke "$root/rke" "$RKE_VERSION" "-X main.VERSION=$RKE_VERSION" github.com/rancher/rke
+  # rke-check: our few lines over RKE's own state and config code (what the next `rke up` would do about
+  # encryption); keyed by its source too, so an edit rebuilds it.
+  check_src=$(sha256sum "$root/rke/rkecheck/main.go" | cut -c1-12)
+  build rke-check "$root/rke" "$RKE_VERSION-$check_src" "" ./rkecheck
 fi
 echo "$ATREST_UPSTREAM_CACHE"

@@ -44,6 +44,85 @@ fn rke(b: &Bench, args: &[&str]) -> String {
     text
 }
 
+/// RKE's own code (`rke-check`: RKE's config parser, state reader, InitClusterObject and GetClusterState) on
+/// the testbed's cluster.yml and state: what the next `rke up` would do about encryption. It prints no key.
+fn rke_check(b: &Bench) -> Value {
+    let bin = testbed::harness::upstream::rke_check_binary()
+        .expect("rke-check (scripts/build-upstream.sh)");
+    let out = Command::new(&bin)
+        .arg("--config")
+        .arg(b.tb.cluster_yml())
+        .stdin(Stdio::null())
+        .output()
+        .expect("run rke-check");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    eprintln!(
+        "$ rke-check → {}\n{stdout}{}",
+        out.status,
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(out.status.success(), "RKE could not read the cluster files");
+    serde_json::from_str(&stdout).expect("rke-check JSON")
+}
+
+fn sha256_hex(bytes: &[u8]) -> String {
+    use sha2::{Digest, Sha256};
+    hex::encode(Sha256::digest(bytes))
+}
+
+/// Each controlplane's `encryption.yaml` (None when absent), read from the node's own tree. Holds keys.
+fn node_files(b: &Bench) -> Vec<Option<Vec<u8>>> {
+    b.tb.nodes()
+        .iter()
+        .map(|n| std::fs::read(n.kubernetes_dir().join("ssl/encryption.yaml")).ok())
+        .collect()
+}
+
+fn node_file_hashes(b: &Bench) -> Vec<Option<String>> {
+    node_files(b)
+        .into_iter()
+        .map(|f| f.map(|bytes| sha256_hex(&bytes)))
+        .collect()
+}
+
+/// The next `rke up` would change nothing about encryption: RKE's reconcile takes its "no action" branch with
+/// `enabled` as expected, and the file it would deploy holds what every controlplane's file holds. For RKE's
+/// managed shape that is byte for byte the same file (so RKE's rewrite of it changes nothing). For a custom
+/// config RKE's file repeats `apiVersion`/`kind` after its own header, which kube-apiserver >= 1.31 refuses, so
+/// atrest writes the config without that header (docs/config.md): the node file plus RKE's header and the two
+/// newlines its template and file deployer add must be RKE's file exactly.
+fn rke_sees_no_change(b: &Bench, enabled: bool) -> Value {
+    const RKE_HEADER: &str =
+        "apiVersion: apiserver.config.k8s.io/v1\nkind: EncryptionConfiguration\n";
+    let report = rke_check(b);
+    assert_eq!(report["decision"], "none", "rke up would act: {report:#}");
+    assert_eq!(report["desiredEnabled"], enabled, "{report:#}");
+    assert_eq!(report["currentEnabled"], enabled, "{report:#}");
+    if !enabled {
+        return report;
+    }
+    let deployed = report["deployedFileSha256"]
+        .as_str()
+        .filter(|h| !h.is_empty())
+        .unwrap_or_else(|| panic!("no file hash: {report:#}"));
+    let custom = report["desiredCustom"] == true;
+    for (i, file) in node_files(b).into_iter().enumerate() {
+        let file = file.unwrap_or_else(|| panic!("node{} has no encryption.yaml", i + 1));
+        let as_rke_writes = if custom {
+            [RKE_HEADER.as_bytes(), &file, b"\n\n"].concat()
+        } else {
+            file
+        };
+        assert_eq!(
+            sha256_hex(&as_rke_writes),
+            deployed,
+            "node{}'s file holds other than what rke up would write",
+            i + 1
+        );
+    }
+    report
+}
+
 /// atrest agrees with the cluster as it is: status needs no attention, verify passes, the plan is empty, and
 /// every secret is on `key` in etcd.
 fn atrest_sees_no_change(b: &Bench, key: &str) {
@@ -60,6 +139,20 @@ fn atrest_sees_no_change(b: &Bench, key: &str) {
         plan.status.code(),
         Some(0),
         "atrest plans nothing: {}",
+        String::from_utf8_lossy(&plan.stdout)
+    );
+}
+
+/// As [`atrest_sees_no_change`] for the custom config of the test below (secrets on `aesgcm:g1`).
+fn atrest_sees_no_change_custom(b: &Bench) {
+    let status = b.status();
+    assert_eq!(status["attention"], Value::Array(vec![]), "{status:#}");
+    all_on(&b.census(), "secrets", "aesgcm:g1", b.secrets);
+    let plan = b.run(&["plan", "--detailed-exitcode"]);
+    assert_eq!(
+        plan.status.code(),
+        Some(0),
+        "{}",
         String::from_utf8_lossy(&plan.stdout)
     );
 }
@@ -89,6 +182,7 @@ fn atrest_and_rke_rotate_each_others_keys() {
     b.ok(&["up", "--yes"]);
     let atrest_key = write_key_name(&b.state());
     atrest_sees_no_change(&b, &atrest_key);
+    rke_sees_no_change(&b, true);
 
     // RKE rotates the key atrest made: it must parse atrest's config and find every node as it expects.
     let before = started_at(&b);
@@ -105,6 +199,7 @@ fn atrest_and_rke_rotate_each_others_keys() {
         "rke restarted the servers (the test would prove nothing if it had not run)"
     );
     atrest_sees_no_change(&b, &rke_key);
+    rke_sees_no_change(&b, true);
     b.verify_seed();
 
     // atrest rotates RKE's key. (A second `rke encrypt rotate-key` from what atrest left also passed when this
@@ -114,5 +209,140 @@ fn atrest_and_rke_rotate_each_others_keys() {
     let atrest_key2 = write_key_name(&b.state());
     assert_ne!(atrest_key2, rke_key);
     atrest_sees_no_change(&b, &atrest_key2);
+    rke_sees_no_change(&b, true);
+    b.verify_seed();
+}
+
+/// The other way round (issue #13, test 2): a cluster RKE encrypted (the testbed starts as `rke up` leaves one)
+/// and RKE rotated. atrest adopts it with no restart and no drift, rotates, lets RKE rotate again from what it
+/// left, moves to a custom config and disables; after each step RKE's own code reads the state and would change
+/// nothing.
+#[test]
+fn a_cluster_rke_encrypted_is_adopted_rotated_and_disabled() {
+    // 60 secrets: RKE's rewrite is throttled client-side to 5 requests/s and runs twice here.
+    let Some(b) = bench_rke_encrypted(60, 20) else {
+        return;
+    };
+    let start_key = write_key_name(&b.state());
+    all_on(
+        &b.census(),
+        "secrets",
+        &format!("aescbc:{start_key}"),
+        b.secrets,
+    );
+    // The starting point is what RKE would leave: its reconcile finds nothing to do and would write the same file.
+    rke_sees_no_change(&b, true);
+
+    let log = rke(&b, &["encrypt", "rotate-key"]);
+    assert!(
+        log.contains("Cluster secrets encryption key rotated successfully"),
+        "{log}"
+    );
+    let rke_key = write_key_name(&b.state());
+    assert_ne!(rke_key, start_key);
+    rke_sees_no_change(&b, true);
+
+    // Adopt: `atrest up` with the same cluster.yml changes nothing and restarts nothing.
+    let before = started_at(&b);
+    let files_before = node_file_hashes(&b);
+    let state_before = std::fs::read(b.tb.rkestate()).expect("read the state");
+    b.ok(&["up", "--yes"]);
+    assert_eq!(
+        started_at(&b),
+        before,
+        "atrest restarted a kube-apiserver to adopt"
+    );
+    assert_eq!(
+        node_file_hashes(&b),
+        files_before,
+        "atrest rewrote a node file to adopt"
+    );
+    assert_eq!(
+        write_key_name(&b.state()),
+        rke_key,
+        "atrest kept RKE's key as the write key"
+    );
+    let state_after: Value =
+        serde_json::from_slice(&std::fs::read(b.tb.rkestate()).expect("read")).expect("json");
+    let state_before: Value = serde_json::from_slice(&state_before).expect("json");
+    assert_eq!(
+        state_after["currentState"]["encryptionConfig"],
+        state_before["currentState"]["encryptionConfig"],
+        "atrest changed RKE's config in the state"
+    );
+    atrest_sees_no_change(&b, &rke_key);
+    rke_sees_no_change(&b, true);
+
+    // atrest rotates; RKE reads what it left and rotates again.
+    b.ok(&["encrypt", "rotate-key", "--yes"]);
+    let atrest_key = write_key_name(&b.state());
+    assert_ne!(atrest_key, rke_key);
+    atrest_sees_no_change(&b, &atrest_key);
+    rke_sees_no_change(&b, true);
+    let log = rke(&b, &["encrypt", "rotate-key"]);
+    assert!(
+        log.contains("Cluster secrets encryption key rotated successfully"),
+        "{log}"
+    );
+    let rke_key2 = write_key_name(&b.state());
+    assert_ne!(rke_key2, atrest_key);
+    atrest_sees_no_change(&b, &rke_key2);
+    b.verify_seed();
+
+    // A custom config in cluster.yml: atrest keeps in the state and on every node exactly the text RKE renders
+    // from the same cluster.yml, so the next `rke up` finds it equal (a difference would restart every server
+    // and rewrite every secret).
+    let custom = format!(
+        "apiVersion: apiserver.config.k8s.io/v1\nkind: EncryptionConfiguration\nresources:\n\
+         - resources: [secrets]\n  providers:\n  - aesgcm:\n      keys:\n      - {{name: g1, secret: \"{}\"}}\n  - identity: {{}}\n",
+        random_key()
+    );
+    b.set_encryption(true, Some(&custom));
+    b.ok(&["up", "--yes"]);
+    all_on(&b.census(), "secrets", "aesgcm:g1", b.secrets);
+    let report = rke_sees_no_change(&b, true);
+    assert_eq!(report["desiredCustom"], true, "{report:#}");
+
+    // `rke up` rewrites every node's file from the state: for a custom config, with the apiVersion/kind repeated
+    // after RKE's header, which kube-apiserver >= 1.31 refuses at its next start. (`rke up` cannot run here; the
+    // bytes are RKE's file deployer's — rke-check's hash of the file RKE would write proves it.) atrest must see
+    // that as drift and put back a file the servers can start with.
+    let rke_file = format!(
+        "{}\n",
+        b.state()["currentState"]["encryptionConfig"]
+            .as_str()
+            .expect("the state's config")
+    );
+    assert_eq!(
+        sha256_hex(rke_file.as_bytes()),
+        report["deployedFileSha256"]
+    );
+    for n in b.tb.nodes() {
+        std::fs::write(n.kubernetes_dir().join("ssl/encryption.yaml"), &rke_file)
+            .expect("write RKE's file");
+    }
+    let status = b.status();
+    assert_ne!(
+        status["attention"],
+        Value::Array(vec![]),
+        "RKE's unstartable custom file is drift: {status:#}"
+    );
+    b.ok(&["up", "--yes"]);
+    atrest_sees_no_change_custom(&b);
+    rke_sees_no_change(&b, true);
+
+    // atrest disables: every secret back to plaintext, and RKE's next `rke up` finds encryption off on both sides
+    // (not the "enabled in the current state" that makes every later `rke up` fail with EOF).
+    b.set_encryption(false, None);
+    b.ok(&["up", "--yes"]);
+    all_on(&b.census(), "secrets", "identity", b.secrets);
+    rke_sees_no_change(&b, false);
+    let plan = b.run(&["plan", "--detailed-exitcode"]);
+    assert_eq!(
+        plan.status.code(),
+        Some(0),
+        "atrest plans nothing after disabling: {}",
+        String::from_utf8_lossy(&plan.stdout)
+    );
     b.verify_seed();
 }

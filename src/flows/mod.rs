@@ -324,7 +324,8 @@ async fn reconcile(
     let views = session.observe_nodes().await?;
     let mut observed_nodes = session::observations(&views);
     // A file `rke up` wrote from the state (state string + "\n"), or atrest's earlier layout, holds the deployed
-    // config too: count it as the deployed config, not as drift to repair with a restart.
+    // config too: count it as the deployed config, not as drift to repair with a restart (unless no
+    // kube-apiserver could start with it: `targets::equivalent_hashes`).
     if let Some(config) = deployed.as_ref() {
         let same = targets::equivalent_hashes(config, state.current_encryption_config());
         for n in &mut observed_nodes {

@@ -142,17 +142,28 @@ pub fn deployed_hash(config: Option<&EncryptionConfiguration>) -> Option<String>
     config.map(|c| render::fingerprint(&rke_render::node_file(c)))
 }
 
-/// Hashes of other files that hold `config` too and so are no drift: the file `rke up` writes from the state
-/// string (`state` + "\n"), and the layout atrest deployed before it rendered like RKE.
+/// Hashes of other files that hold `config` too and that kube-apiserver can start with, so are no drift: the
+/// file `rke up` writes from the state string (`state` + "\n"), and the layout atrest deployed before it
+/// rendered like RKE.
+///
+/// Not among them: the file `rke up` writes for a custom config, which repeats `apiVersion`/`kind` after RKE's
+/// own header. kube-apiserver ≥ 1.31 refuses it (`key "apiVersion" already set in map`) at its next start, so it
+/// is drift, and atrest's repair puts back a file the server can read.
 pub fn equivalent_hashes(config: &EncryptionConfiguration, state: Option<&str>) -> Vec<String> {
     let mut hashes = vec![render::fingerprint(&render::to_yaml(config))];
-    hashes.push(render::fingerprint(&rke_render::rke_file(
-        &rke_render::state_string(config),
-    )));
-    if let Some(state) = state {
-        hashes.push(render::fingerprint(&rke_render::rke_file(state)));
+    let rke_files = std::iter::once(rke_render::rke_file(&rke_render::state_string(config)))
+        .chain(state.map(rke_render::rke_file));
+    for file in rke_files {
+        if !repeats_rke_header(&file) {
+            hashes.push(render::fingerprint(&file));
+        }
     }
     hashes
+}
+
+/// RKE's custom-config header followed by the config's own `apiVersion`/`kind`: duplicate keys.
+fn repeats_rke_header(file: &str) -> bool {
+    render::strip_rke_custom_header(file).len() != file.len()
 }
 
 /// The text for RKE's encryptionConfig (and atrest's transition record): what RKE would keep for the config.
@@ -163,6 +174,27 @@ pub fn state_yaml(config: Option<&EncryptionConfiguration>) -> Option<String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn rkes_file_counts_as_deployed_only_when_kube_apiserver_can_start_with_it() {
+        let key = fresh_key(None, &AtrestState::default()).unwrap();
+        let managed = encryption::managed(vec![key]);
+        let state = rke_render::state_string(&managed);
+        let rke_file = render::fingerprint(&rke_render::rke_file(&state));
+        assert!(equivalent_hashes(&managed, Some(&state)).contains(&rke_file));
+
+        let mut custom = managed.clone();
+        custom.resources[0].resources.push("configmaps".into());
+        let state = rke_render::state_string(&custom);
+        assert!(
+            repeats_rke_header(&state),
+            "RKE's custom layout repeats the header"
+        );
+        let rke_file = render::fingerprint(&rke_render::rke_file(&state));
+        let same = equivalent_hashes(&custom, Some(&state));
+        assert!(!same.contains(&rke_file), "RKE's custom file is drift");
+        assert!(same.contains(&render::fingerprint(&render::to_yaml(&custom))));
+    }
 
     #[test]
     fn managed_shape_is_recognised_and_custom_is_not() {

@@ -44,6 +44,25 @@ pub fn bench_seeded(secrets: usize, configmaps: usize) -> Option<Bench> {
     )
 }
 
+/// A cluster RKE encrypted before atrest ever ran (`Options::rke_encrypted`), on the real server, seeded.
+#[allow(dead_code)]
+pub fn bench_rke_encrypted(secrets: usize, configmaps: usize) -> Option<Bench> {
+    if !may_run() {
+        return None;
+    }
+    bench_with(
+        Options {
+            nodes: 3,
+            standin: Standin::upstream()
+                .expect("the real kube-apiserver and etcd (scripts/build-upstream.sh)"),
+            rke_encrypted: true,
+            ..Options::default()
+        },
+        secrets,
+        configmaps,
+    )
+}
+
 /// On the project's stand-in (for the tests not yet moved to the real server; docs/testbed.md).
 #[allow(dead_code)]
 pub fn bench_standin() -> Option<Bench> {
@@ -55,10 +74,27 @@ pub fn bench_standin() -> Option<Bench> {
 }
 
 fn bench_on(standin: impl FnOnce() -> Standin, secrets: usize, configmaps: usize) -> Option<Bench> {
-    let test = std::thread::current().name().unwrap_or("e2e").to_string();
-    if !testbed::skip::may_run(&test) {
+    if !may_run() {
         return None;
     }
+    bench_with(
+        Options {
+            nodes: 3,
+            standin: standin(),
+            ..Options::default()
+        },
+        secrets,
+        configmaps,
+    )
+}
+
+fn may_run() -> bool {
+    let test = std::thread::current().name().unwrap_or("e2e").to_string();
+    testbed::skip::may_run(&test)
+}
+
+/// Brings up the testbed described by `options` and seeds it (the caller has checked [`may_run`]).
+fn bench_with(options: Options, secrets: usize, configmaps: usize) -> Option<Bench> {
     let bin_dir = tempfile::tempdir().expect("temp dir");
     let source = std::env::var_os("ATREST_BIN")
         .map(PathBuf::from)
@@ -66,12 +102,7 @@ fn bench_on(standin: impl FnOnce() -> Standin, secrets: usize, configmaps: usize
     let bin = bin_dir.path().join("atrest");
     std::fs::copy(&source, &bin).expect("copy the atrest binary");
     let started = Instant::now();
-    let tb = Testbed::up(Options {
-        nodes: 3,
-        standin: standin(),
-        ..Options::default()
-    })
-    .expect("testbed up");
+    let tb = Testbed::up(options).expect("testbed up");
     eprintln!(
         "testbed up in {:.1} s at {}",
         started.elapsed().as_secs_f64(),

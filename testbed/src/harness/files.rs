@@ -40,6 +40,9 @@ pub struct ClusterSpec<'a> {
     pub prefix_path: &'a str,
     /// The SSH user of every node (`root`, or the sudo user).
     pub user: &'a str,
+    /// A managed config RKE deployed (`Options::rke_encrypted`): `enabled: true` in cluster.yml and the config in
+    /// both states.
+    pub encryption_config: Option<&'a str>,
     pub nodes: Vec<NodeSpec<'a>>,
 }
 
@@ -60,15 +63,16 @@ pub fn cluster_yml(spec: &ClusterSpec) -> Result<String> {
             })
         })
         .collect();
+    let mut kube_api = json!({ "service_cluster_ip_range": "10.43.0.0/16" });
+    if spec.encryption_config.is_some() {
+        kube_api["secrets_encryption_config"] = json!({ "enabled": true });
+    }
     let doc = json!({
         "cluster_name": spec.cluster_name,
         "ssh_key_path": spec.ssh_key_path,
         "prefix_path": spec.prefix_path,
         "nodes": nodes,
-        "services": {
-            "etcd": {},
-            "kube-api": { "service_cluster_ip_range": "10.43.0.0/16" },
-        },
+        "services": { "etcd": {}, "kube-api": kube_api },
     });
     let header = "# Written by the atrest testbed. Host keys: known_hosts next to this file.\n";
     Ok(format!("{header}{}", serde_yaml_ng::to_string(&doc)?))
@@ -96,8 +100,8 @@ fn bundle_entry(c: &CertPair, env: &str, kubeconfig: Option<&str>) -> Value {
     })
 }
 
-/// cluster.rkestate (RKE's JSON): desired and current state with the config and certificate bundle, no
-/// encryption config (the cluster starts unencrypted).
+/// cluster.rkestate (RKE's JSON): desired and current state with the config and certificate bundle; no
+/// encryption config unless the spec names one (a cluster RKE encrypted).
 pub fn rkestate(spec: &ClusterSpec, pki: &Pki, admin_kubeconfig: &str) -> Value {
     let nodes: Vec<Value> = spec
         .nodes
@@ -119,7 +123,10 @@ pub fn rkestate(spec: &ClusterSpec, pki: &Pki, admin_kubeconfig: &str) -> Value 
         "nodes": nodes,
         "services": {
             "etcd": {},
-            "kubeApi": { "serviceClusterIpRange": "10.43.0.0/16", "secretsEncryptionConfig": null },
+            "kubeApi": {
+                "serviceClusterIpRange": "10.43.0.0/16",
+                "secretsEncryptionConfig": spec.encryption_config.map(|_| json!({ "enabled": true })),
+            },
         },
         "sshKeyPath": spec.ssh_key_path,
         "prefixPath": spec.prefix_path,
@@ -143,7 +150,10 @@ pub fn rkestate(spec: &ClusterSpec, pki: &Pki, admin_kubeconfig: &str) -> Value 
         let env = e.name.to_uppercase().replace('-', "_");
         bundle.insert(e.name.clone(), bundle_entry(e, &env, None));
     }
-    let state = json!({ "rkeConfig": rke_config, "certificatesBundle": Value::Object(bundle) });
+    let mut state = json!({ "rkeConfig": rke_config, "certificatesBundle": Value::Object(bundle) });
+    if let Some(config) = spec.encryption_config {
+        state["encryptionConfig"] = json!(config);
+    }
     json!({ "desiredState": state.clone(), "currentState": state })
 }
 

@@ -9,6 +9,7 @@ pub mod kms;
 pub mod local;
 pub mod pki;
 pub mod procs;
+pub mod rke_encrypted;
 pub mod seed;
 pub mod slot;
 pub mod upstream;
@@ -44,6 +45,9 @@ pub struct Options {
     /// Extra kube-apiserver flags (as RKE's `services.kube-api.extra_args` would add), e.g.
     /// `--feature-gates=KMSv1=true`.
     pub apiserver_args: Vec<String>,
+    /// Start as a cluster RKE encrypted: its managed config in both states, `enabled: true` in cluster.yml, the
+    /// file on every controlplane and the flag on every kube-apiserver ([`rke_encrypted`]). Needs the real server.
+    pub rke_encrypted: bool,
     /// How long to wait for a free slot.
     pub slot_timeout: Duration,
 }
@@ -58,6 +62,7 @@ impl Default for Options {
             sudo_user: false,
             kms: false,
             apiserver_args: Vec::new(),
+            rke_encrypted: false,
             slot_timeout: Duration::from_secs(600),
         }
     }
@@ -96,6 +101,8 @@ pub struct Testbed {
     sudo_user: bool,
     kms: bool,
     apiserver_args: Vec<String>,
+    /// The config RKE's `rke up` would have deployed (`Options::rke_encrypted`).
+    rke_encryption: Option<zeroize::Zeroizing<String>>,
     down_done: bool,
     /// Leave everything running on drop (CLI `up`).
     keep: bool,
@@ -142,6 +149,9 @@ impl Testbed {
         }
         if opts.nodes == 0 || opts.nodes > 9 {
             bail!("nodes must be 1..=9, got {}", opts.nodes);
+        }
+        if opts.rke_encrypted && !matches!(opts.standin, Standin::Upstream(_)) {
+            bail!("rke_encrypted needs the real kube-apiserver (Standin::Upstream)");
         }
         if opts.standin.serves_api() && !opts.etcd {
             bail!("the kube-apiserver stand-in needs etcd: set etcd = true");
@@ -235,6 +245,7 @@ impl Testbed {
             sudo_user: opts.sudo_user,
             kms: opts.kms,
             apiserver_args: opts.apiserver_args.clone(),
+            rke_encryption: opts.rke_encrypted.then(rke_encrypted::managed_config),
             down_done: false,
             keep: false,
         };
@@ -384,6 +395,11 @@ impl Testbed {
                 format!("{token},kube-admin,kube-admin,\"system:masters\"\n").as_bytes(),
                 0o600,
             )?;
+            if let Some(config) = &self.rke_encryption {
+                // As RKE's file deployer leaves it: the state string plus one newline, 0600.
+                let file = zeroize::Zeroizing::new(format!("{}\n", config.as_str()));
+                files::write_mode(&ssl.join("encryption.yaml"), file.as_bytes(), 0o600)?;
+            }
             files::write_mode(&n.dir.join("daemon.json"), b"{}", 0o644)?;
         }
         files::write_mode(&self.known_hosts(), known_hosts.as_bytes(), 0o644)?;
@@ -661,6 +677,7 @@ impl Testbed {
             ssh_key_path: &key,
             prefix_path: PREFIX_PATH,
             user: self.ssh_user(),
+            encryption_config: self.rke_encryption.as_ref().map(|c| c.as_str()),
             nodes: nodes
                 .iter()
                 .map(|n| files::NodeSpec {
@@ -1009,6 +1026,11 @@ impl Testbed {
             format!("--tls-private-key-file={ssl}/kube-apiserver-key.pem"),
         ]
         .into_iter()
+        .chain(
+            self.rke_encryption
+                .is_some()
+                .then(|| format!("--encryption-provider-config={}", rke_encrypted::NODE_FILE)),
+        )
         .chain(self.apiserver_args.iter().cloned())
         .collect()
     }

@@ -156,6 +156,22 @@ pub fn rke_binary() -> Result<PathBuf> {
     find("rke", &versions.rke, "ATREST_RKE_BIN")
 }
 
+/// `rke-check` (testbed/upstream/rke/rkecheck): RKE's own code asked what the next `rke up` would do about
+/// encryption. Built by `scripts/build-upstream.sh` under a key of the RKE version and its source's hash
+/// (`ATREST_RKE_CHECK_BIN` overrides).
+pub fn rke_check_binary() -> Result<PathBuf> {
+    use sha2::{Digest, Sha256};
+    let versions = Versions::load()?;
+    let src = Path::new(env!("CARGO_MANIFEST_DIR")).join("upstream/rke/rkecheck/main.go");
+    let text = fs::read(&src).with_context(|| format!("reading {}", src.display()))?;
+    let hash = hex::encode(Sha256::digest(&text));
+    find(
+        "rke-check",
+        &format!("{}-{}", versions.rke, &hash[..12]),
+        "ATREST_RKE_CHECK_BIN",
+    )
+}
+
 /// RKE's `/opt/rke-tools/entrypoint.sh` for the control plane, reduced to what kube-apiserver needs: RKE's
 /// script prepares kubelet and cloud-provider files first; for kube-apiserver it ends in `exec "$@"`.
 pub const ENTRYPOINT_SH: &str = "#!/bin/bash\n\
