@@ -902,13 +902,17 @@ impl<'a> Executor<'a> {
                 for (resource, rc) in &census.resources {
                     total += rc.total;
                     counts.insert(resource.clone(), rc.by_label.clone());
-                    for (l, n) in &rc.by_label {
-                        let allowed =
-                            UnitId::parse_label(l).is_some_and(|id| rule.allowed.contains(&id));
-                        if !allowed && *n > 0 {
-                            problems.push(format!("{resource}: {n} object(s) on {l}"));
-                            leftovers.push((rule.resource.clone(), rule.write.clone()));
-                        }
+                    for m in rule.misplaced(&rc.by_label) {
+                        let why = if m.unreadable_after {
+                            "going away"
+                        } else {
+                            "not the write key"
+                        };
+                        problems.push(format!(
+                            "{resource}: {} object(s) on {} ({why})",
+                            m.count, m.label
+                        ));
+                        leftovers.push((rule.resource.clone(), rule.write.clone()));
                     }
                 }
             }
@@ -921,14 +925,14 @@ impl<'a> Executor<'a> {
                     String::new()
                 };
                 say!(
-                    "{label}: census of {total} objects in {:.1} s: nothing needs a provider or key that is going away{passes}",
+                    "{label}: census of {total} objects in {:.1} s: every object is on its write key{passes}",
                     started.elapsed().as_secs_f64()
                 );
                 return Ok(());
             }
             if attempt == VERIFY_ATTEMPTS {
                 bail!(
-                    "verification failed after {attempt} attempts; stored objects still need what is being removed: {}. \
+                    "verification failed after {attempt} attempts; stored objects are not on their write key: {}. \
                      Nothing was removed; rerun `atrest up` to try again",
                     problems.join("; ")
                 );

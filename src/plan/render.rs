@@ -2,7 +2,7 @@
 //! keys are shown by name only, and the JSON form has every `secret` replaced by `REDACTED`.
 
 use super::types::{Action, Flag, Plan, Step};
-use super::units::{Unit, UnitId, units_of};
+use super::units::{Unit, units_of};
 use crate::config::encryption::EncryptionConfiguration;
 use std::fmt::Write as _;
 
@@ -108,14 +108,6 @@ pub fn diff_lines(old: &[String], new: &[String]) -> Vec<String> {
     out
 }
 
-fn ids(units: &[UnitId]) -> String {
-    units
-        .iter()
-        .map(UnitId::label)
-        .collect::<Vec<_>>()
-        .join(", ")
-}
-
 fn describe(step: &Step) -> String {
     match &step.action {
         Action::Snapshot => "take an etcd snapshot".into(),
@@ -175,7 +167,7 @@ fn describe(step: &Step) -> String {
         Action::Verify { rules } => {
             let list: Vec<String> = rules
                 .iter()
-                .map(|r| format!("{} may use [{}]", r.resource, ids(&r.allowed)))
+                .map(|r| format!("{} all on {}", r.resource, r.write.label()))
                 .collect();
             format!("census of etcd: {}", list.join("; "))
         }

@@ -38,7 +38,7 @@ pub enum Phase {
     Rotate,
     /// Rewrite every stored object whose write provider changed.
     Reencrypt,
-    /// Census of etcd: nothing needs a provider or key that N lacks.
+    /// Census of etcd: every object is on its write unit (nothing needs a provider or key that N lacks).
     Verify,
     /// Every server gets exactly N (or no config at all, for disable).
     Finish,

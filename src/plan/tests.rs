@@ -1210,3 +1210,36 @@ fn without_reload_the_plan_counts_restarts_and_suggests_the_setting() {
     let p = plan(&input).expect("plan");
     assert!(p.notes.iter().all(|n| !n.contains("would become reloads")));
 }
+
+#[test]
+fn verify_counts_everything_off_the_write_key_even_what_stays_readable() {
+    // An enable: N = [aescbc:k1, identity]. Plaintext is still readable under N, but after the rewrite it means
+    // the rewrite missed objects: `up` must not call that done.
+    let rule = VerifyRule {
+        resource: "secrets".into(),
+        allowed: vec![
+            UnitId::parse_label("aescbc:k1").expect("label"),
+            UnitId::Identity,
+        ],
+        write: UnitId::parse_label("aescbc:k1").expect("label"),
+    };
+    let census = |pairs: &[(&str, u64)]| -> BTreeMap<String, u64> {
+        pairs.iter().map(|(l, n)| (l.to_string(), *n)).collect()
+    };
+    assert_eq!(rule.misplaced(&census(&[("aescbc:k1", 1000)])), vec![]);
+    assert_eq!(
+        rule.misplaced(&census(&[
+            ("aescbc:k1", 10),
+            ("identity", 990),
+            ("aescbc:old", 0)
+        ])),
+        vec![Misplaced {
+            label: "identity".into(),
+            count: 990,
+            unreadable_after: false,
+        }]
+    );
+    let gone = rule.misplaced(&census(&[("aescbc:old", 3), ("unknown-prefix", 1)]));
+    assert_eq!(gone.len(), 2);
+    assert!(gone.iter().all(|m| m.unreadable_after), "{gone:?}");
+}

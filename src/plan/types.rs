@@ -286,8 +286,39 @@ pub struct VerifyRule {
     pub resource: String,
     /// Units N can read for this rule: any stored object on another unit fails verification.
     pub allowed: Vec<UnitId>,
-    /// N's write unit: after the rewrite every object should be on it (others are reported).
+    /// N's write unit: after the rewrite every object should be on it (others are rewritten again, then fail).
     pub write: UnitId,
+}
+
+/// Objects a census found off their rule's write unit.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Misplaced {
+    /// The census label they are on.
+    pub label: String,
+    pub count: u64,
+    /// On a unit N cannot read (it is going away, or unknown): lost if the finish went ahead.
+    pub unreadable_after: bool,
+}
+
+impl VerifyRule {
+    /// Everything in one resource's census (`by_label`: label → objects) that is not on the write unit. Objects on
+    /// a unit N can still read count too: after the rewrite every object is on the write unit, so plaintext left
+    /// by an enable (identity stays readable in a managed config) or an old key still listed means the rewrite
+    /// missed them.
+    pub fn misplaced(&self, by_label: &BTreeMap<String, u64>) -> Vec<Misplaced> {
+        by_label
+            .iter()
+            .filter(|(_, n)| **n > 0)
+            .filter_map(|(label, n)| {
+                let unit = UnitId::parse_label(label);
+                (unit.as_ref() != Some(&self.write)).then(|| Misplaced {
+                    label: label.clone(),
+                    count: *n,
+                    unreadable_after: !unit.is_some_and(|id| self.allowed.contains(&id)),
+                })
+            })
+            .collect()
+    }
 }
 
 #[derive(Clone, Debug, PartialEq, Serialize)]
