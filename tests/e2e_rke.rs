@@ -124,15 +124,15 @@ fn rke_sees_no_change(b: &Bench, enabled: bool) -> Value {
 }
 
 /// atrest agrees with the cluster as it is: status needs no attention, verify passes, the plan is empty, and
-/// every secret is on `key` in etcd.
-fn atrest_sees_no_change(b: &Bench, key: &str) {
+/// every secret is on `label` (a census label: `aescbc:<key>`, `aesgcm:g1`) in etcd.
+fn atrest_sees_no_change(b: &Bench, label: &str) {
     let status = b.status();
     assert_eq!(
         status["attention"],
         Value::Array(vec![]),
         "status after the other tool: {status:#}"
     );
-    all_on(&b.census(), "secrets", &format!("aescbc:{key}"), b.secrets);
+    all_on(&b.census(), "secrets", label, b.secrets);
     b.ok(&["encrypt", "verify"]);
     let plan = b.run(&["plan", "--detailed-exitcode"]);
     assert_eq!(
@@ -143,18 +143,16 @@ fn atrest_sees_no_change(b: &Bench, key: &str) {
     );
 }
 
-/// As [`atrest_sees_no_change`] for the custom config of the test below (secrets on `aesgcm:g1`).
-fn atrest_sees_no_change_custom(b: &Bench) {
-    let status = b.status();
-    assert_eq!(status["attention"], Value::Array(vec![]), "{status:#}");
-    all_on(&b.census(), "secrets", "aesgcm:g1", b.secrets);
-    let plan = b.run(&["plan", "--detailed-exitcode"]);
-    assert_eq!(
-        plan.status.code(),
-        Some(0),
-        "{}",
-        String::from_utf8_lossy(&plan.stdout)
+/// The real `rke encrypt rotate-key`: it must succeed and write a new key (not `from`) into the state.
+fn rke_rotates(b: &Bench, from: &str) -> String {
+    let log = rke(b, &["encrypt", "rotate-key"]);
+    assert!(
+        log.contains("Cluster secrets encryption key rotated successfully"),
+        "{log}"
     );
+    let key = write_key_name(&b.state());
+    assert_ne!(key, from, "rke wrote a new key into the state");
+    key
 }
 
 fn started_at(b: &Bench) -> Vec<String> {
@@ -181,24 +179,18 @@ fn atrest_and_rke_rotate_each_others_keys() {
     b.set_encryption(true, None);
     b.ok(&["up", "--yes"]);
     let atrest_key = write_key_name(&b.state());
-    atrest_sees_no_change(&b, &atrest_key);
+    atrest_sees_no_change(&b, &format!("aescbc:{atrest_key}"));
     rke_sees_no_change(&b, true);
 
     // RKE rotates the key atrest made: it must parse atrest's config and find every node as it expects.
     let before = started_at(&b);
-    let log = rke(&b, &["encrypt", "rotate-key"]);
-    assert!(
-        log.contains("Cluster secrets encryption key rotated successfully"),
-        "{log}"
-    );
-    let rke_key = write_key_name(&b.state());
-    assert_ne!(rke_key, atrest_key, "rke wrote a new key into the state");
+    let rke_key = rke_rotates(&b, &atrest_key);
     assert_ne!(
         started_at(&b),
         before,
         "rke restarted the servers (the test would prove nothing if it had not run)"
     );
-    atrest_sees_no_change(&b, &rke_key);
+    atrest_sees_no_change(&b, &format!("aescbc:{rke_key}"));
     rke_sees_no_change(&b, true);
     b.verify_seed();
 
@@ -208,7 +200,7 @@ fn atrest_and_rke_rotate_each_others_keys() {
     b.ok(&["encrypt", "rotate-key", "--yes"]);
     let atrest_key2 = write_key_name(&b.state());
     assert_ne!(atrest_key2, rke_key);
-    atrest_sees_no_change(&b, &atrest_key2);
+    atrest_sees_no_change(&b, &format!("aescbc:{atrest_key2}"));
     rke_sees_no_change(&b, true);
     b.verify_seed();
 }
@@ -233,19 +225,13 @@ fn a_cluster_rke_encrypted_is_adopted_rotated_and_disabled() {
     // The starting point is what RKE would leave: its reconcile finds nothing to do and would write the same file.
     rke_sees_no_change(&b, true);
 
-    let log = rke(&b, &["encrypt", "rotate-key"]);
-    assert!(
-        log.contains("Cluster secrets encryption key rotated successfully"),
-        "{log}"
-    );
-    let rke_key = write_key_name(&b.state());
-    assert_ne!(rke_key, start_key);
+    let rke_key = rke_rotates(&b, &start_key);
     rke_sees_no_change(&b, true);
 
     // Adopt: `atrest up` with the same cluster.yml changes nothing and restarts nothing.
     let before = started_at(&b);
     let files_before = node_file_hashes(&b);
-    let state_before = std::fs::read(b.tb.rkestate()).expect("read the state");
+    let config_before = b.state()["currentState"]["encryptionConfig"].clone();
     b.ok(&["up", "--yes"]);
     assert_eq!(
         started_at(&b),
@@ -262,31 +248,22 @@ fn a_cluster_rke_encrypted_is_adopted_rotated_and_disabled() {
         rke_key,
         "atrest kept RKE's key as the write key"
     );
-    let state_after: Value =
-        serde_json::from_slice(&std::fs::read(b.tb.rkestate()).expect("read")).expect("json");
-    let state_before: Value = serde_json::from_slice(&state_before).expect("json");
     assert_eq!(
-        state_after["currentState"]["encryptionConfig"],
-        state_before["currentState"]["encryptionConfig"],
+        b.state()["currentState"]["encryptionConfig"],
+        config_before,
         "atrest changed RKE's config in the state"
     );
-    atrest_sees_no_change(&b, &rke_key);
+    atrest_sees_no_change(&b, &format!("aescbc:{rke_key}"));
     rke_sees_no_change(&b, true);
 
     // atrest rotates; RKE reads what it left and rotates again.
     b.ok(&["encrypt", "rotate-key", "--yes"]);
     let atrest_key = write_key_name(&b.state());
     assert_ne!(atrest_key, rke_key);
-    atrest_sees_no_change(&b, &atrest_key);
+    atrest_sees_no_change(&b, &format!("aescbc:{atrest_key}"));
     rke_sees_no_change(&b, true);
-    let log = rke(&b, &["encrypt", "rotate-key"]);
-    assert!(
-        log.contains("Cluster secrets encryption key rotated successfully"),
-        "{log}"
-    );
-    let rke_key2 = write_key_name(&b.state());
-    assert_ne!(rke_key2, atrest_key);
-    atrest_sees_no_change(&b, &rke_key2);
+    let rke_key2 = rke_rotates(&b, &atrest_key);
+    atrest_sees_no_change(&b, &format!("aescbc:{rke_key2}"));
     b.verify_seed();
 
     // A custom config in cluster.yml: atrest keeps in the state and on every node exactly the text RKE renders
@@ -328,7 +305,7 @@ fn a_cluster_rke_encrypted_is_adopted_rotated_and_disabled() {
         "RKE's unstartable custom file is drift: {status:#}"
     );
     b.ok(&["up", "--yes"]);
-    atrest_sees_no_change_custom(&b);
+    atrest_sees_no_change(&b, "aesgcm:g1");
     rke_sees_no_change(&b, true);
 
     // atrest disables: every secret back to plaintext, and RKE's next `rke up` finds encryption off on both sides
