@@ -435,3 +435,127 @@ fn verify_fails_half_way(b: &Bench, done: u64) {
     );
     assert!(text.contains("NOT verified"), "{text}");
 }
+
+/// A second checkout of the same cluster (cluster.yml, state and records copied elsewhere), as a CI job beside an
+/// operator's laptop.
+fn second_checkout(b: &Bench) -> tempfile::TempDir {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let from = b.tb.cluster_yml();
+    let from_dir = from.parent().expect("cluster.yml's dir");
+    for name in [
+        "cluster.yml",
+        "cluster.rkestate",
+        "cluster.atreststate",
+        "kube_config_cluster.yml",
+    ] {
+        let source = from_dir.join(name);
+        if source.exists() {
+            std::fs::copy(&source, dir.path().join(name)).expect("copy the checkout");
+        }
+    }
+    dir
+}
+
+#[test]
+fn two_runs_never_interleave_and_a_node_file_written_meanwhile_is_never_overwritten() {
+    use std::io::{BufRead, BufReader};
+    let Some(b) = bench_seeded(200, 20) else {
+        return;
+    };
+    b.set_encryption(true, None);
+    let node_file = |i: usize| b.tb.nodes()[i].kubernetes_dir().join("ssl/encryption.yaml");
+    // Another tool's file, with a key of its own that atrest has never seen.
+    let theirs_key = random_key();
+    let theirs = format!(
+        "apiVersion: apiserver.config.k8s.io/v1\nkind: EncryptionConfiguration\nresources:\n- resources:\n  - \
+         secrets\n  providers:\n  - aescbc:\n      keys:\n      - name: theirs\n        secret: {theirs_key}\n  - \
+         identity: {{}}\n"
+    );
+    let checkout = second_checkout(&b);
+
+    // Run A enables encryption. Once it is deploying: the third node's file is written by someone else, and a
+    // run from the second checkout is refused, naming A.
+    let mut a = b
+        .command(&["up", "--yes"])
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("spawn atrest");
+    let a_pid = a.id();
+    let mut a_text = String::new();
+    let mut refused = None;
+    for line in BufReader::new(a.stderr.take().expect("stderr")).lines() {
+        let line = line.expect("stderr line");
+        eprintln!("  A| {line}");
+        a_text.push_str(&line);
+        a_text.push('\n');
+        if refused.is_none() && line.contains(": deploying") {
+            std::fs::write(node_file(2), &theirs).expect("the other writer");
+            let before = std::fs::read(checkout.path().join("cluster.rkestate")).expect("state");
+            let out = std::process::Command::new(&b.bin)
+                .arg("--config")
+                .arg(checkout.path().join("cluster.yml"))
+                .arg("--known-hosts")
+                .arg(b.tb.known_hosts())
+                .args(["up", "--yes"])
+                .env_remove("RKE_CONFIG")
+                .stdin(std::process::Stdio::null())
+                .output()
+                .expect("run B");
+            let after = std::fs::read(checkout.path().join("cluster.rkestate")).expect("state");
+            assert_eq!(before, after, "the refused run changed its state");
+            refused = Some(out);
+        }
+    }
+    let a_status = a.wait().expect("wait A");
+    let b_out = refused.unwrap_or_else(|| panic!("A never deployed:\n{a_text}"));
+    let b_err = String::from_utf8_lossy(&b_out.stderr);
+    assert_eq!(b_out.status.code(), Some(1), "B: {b_err}");
+    let a_state = std::fs::canonicalize(b.tb.rkestate()).expect("state path");
+    for part in [
+        "another atrest run holds the cluster lock".to_string(),
+        format!("pid {a_pid}"),
+        a_state.display().to_string(),
+        "Nothing was changed".to_string(),
+    ] {
+        assert!(
+            b_err.contains(&part),
+            "{part:?} not in B's refusal:\n{b_err}"
+        );
+    }
+
+    // A stopped at the third node and left the other writer's file as it was.
+    assert_eq!(a_status.code(), Some(1), "{a_text}");
+    assert!(
+        a_text.contains("changed since this run read it"),
+        "A did not name the changed file:\n{a_text}"
+    );
+    assert_eq!(
+        std::fs::read_to_string(node_file(2)).expect("node 3's file"),
+        theirs,
+        "A overwrote the other writer's file"
+    );
+    assert!(
+        b.etcd_prefix(&format!("/atrest{}/lock", "/registry"))
+            .is_empty(),
+        "A left its lock behind"
+    );
+
+    // The rerun sees the file as drift: it archives the key that file held, then replaces it and finishes.
+    let out = b.run(&["up", "--yes"]);
+    let text = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{text}");
+    assert!(text.contains("archived aescbc:theirs"), "{text}");
+    let archive = b.records()["archive"].clone();
+    let kept = archive
+        .as_array()
+        .expect("archive")
+        .iter()
+        .find(|k| k["name"] == "theirs")
+        .unwrap_or_else(|| panic!("the other writer's key is not archived: {archive}"));
+    assert_eq!(kept["secret"].as_str(), Some(theirs_key.as_str()));
+    let write = format!("aescbc:{}", write_key_name(&b.state()));
+    all_on(&b.census(), "secrets", &write, b.secrets);
+    b.ok(&["encrypt", "verify"]);
+    b.verify_seed();
+}

@@ -508,6 +508,7 @@ fn targets(bed: &Bed, hosts: &[Arc<Host>]) -> Vec<RolloutTarget> {
             host: h.clone(),
             config_path: format!("{}/ssl/encryption.yaml", bed.node_of(h).kdir_node),
             probe: bed.probe(h),
+            expected_sha256: None,
         })
         .collect()
 }
@@ -590,6 +591,60 @@ async fn rolling_recreate_adds_flag_then_removes_it() {
         assert!(!cmd.contains(FLAG_ARG), "{cmd}");
         assert!(!n.kdir_host.join("ssl/encryption.yaml").exists());
     }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_node_file_changed_by_someone_else_is_left_alone_and_the_rollout_stops() {
+    let bed = Bed::up();
+    let c = cluster(&bed, &bed.key_ed25519);
+    let hosts = connect_all(&c, &c.nodes, &opts(&bed), 4)
+        .await
+        .expect("connect");
+    let path = |i: usize| bed.nodes[i].kdir_host.join("ssl/encryption.yaml");
+    // What this run "read": no file on any node. Then another writer puts a file on the second node.
+    let mut t = targets(&bed, &hosts);
+    for (i, target) in t.iter_mut().enumerate() {
+        let _ = std::fs::remove_file(path(i));
+        target.expected_sha256 = Some(None);
+    }
+    let theirs = b"written by another tool\n";
+    std::fs::write(path(1), theirs).expect("the other writer");
+    let change = NodeChange {
+        file: Some(Zeroizing::new(GOOD_CONFIG.to_vec())),
+        flag: FlagChange::Keep,
+        extra_binds: vec![],
+        reload: None,
+    };
+    let err = rolling_apply(&t, &change, &RolloutOptions::default(), |_| Ok(()))
+        .await
+        .expect_err("the second node's file is not what the run saw");
+    let RolloutError::ChangedUnderfoot {
+        node,
+        expected,
+        found,
+        changed,
+    } = &err
+    else {
+        panic!("expected ChangedUnderfoot, got {err}");
+    };
+    assert_eq!(node.address, bed.nodes[1].address);
+    assert_eq!(expected, &None);
+    assert_eq!(found.as_deref(), Some(files::sha256_hex(theirs).as_str()));
+    assert_eq!(changed.len(), 1, "only the first node was changed: {err}");
+    assert_eq!(std::fs::read(path(0)).expect("node 1"), GOOD_CONFIG);
+    assert_eq!(
+        std::fs::read(path(1)).expect("node 2"),
+        theirs,
+        "overwritten"
+    );
+    for later in 2..bed.nodes.len() {
+        assert!(!path(later).exists(), "node {later} was reached: {err}");
+    }
+    let text = err.to_string();
+    assert!(
+        text.contains("changed since this run read it") && text.contains("no file"),
+        "{text}"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread")]

@@ -1,6 +1,7 @@
 //! Execution: everything that touches a host, Docker, the Kubernetes API or etcd, behind small interfaces.
 
 pub mod auth;
+pub mod cluster_lock;
 pub mod docker;
 pub mod etcd;
 pub mod files;

@@ -43,6 +43,10 @@ pub struct RolloutTarget {
     /// `/opt/rke/etc/kubernetes/ssl/encryption.yaml`.
     pub config_path: String,
     pub probe: HealthProbe,
+    /// sha256 of the file the caller last saw on the node (`Some(None)`: no file). A node whose file is
+    /// otherwise just before the change was written to by someone else: it is left alone and the rollout stops.
+    /// `None`: not checked.
+    pub expected_sha256: Option<Option<String>>,
 }
 
 #[derive(Clone, Debug)]
@@ -123,6 +127,18 @@ pub enum RolloutError {
         error: String,
         changed: Vec<NodeOutcome>,
     },
+    /// A node's file was not what the caller last saw: someone else wrote it. Nothing was done to the node.
+    #[error(
+        "{node}: its encryption config changed since this run read it (expected {}, found {}): another run or \
+         tool wrote it. Nothing was done to this node; stopped. Nodes changed before it: {}",
+        short(.expected), short(.found), names(.changed)
+    )]
+    ChangedUnderfoot {
+        node: NodeLabel,
+        expected: Option<String>,
+        found: Option<String>,
+        changed: Vec<NodeOutcome>,
+    },
     /// A node was not healthy before anything was done to it.
     #[error("{node}: kube-apiserver is not healthy before the change; nothing was done to it ({cause}). Nodes changed before it: {}", names(.changed))]
     UnhealthyBefore {
@@ -139,8 +155,17 @@ impl RolloutError {
             RolloutError::RolledBack { changed, .. }
             | RolloutError::RestoreFailed { changed, .. }
             | RolloutError::HookFailed { changed, .. }
-            | RolloutError::UnhealthyBefore { changed, .. } => changed,
+            | RolloutError::UnhealthyBefore { changed, .. }
+            | RolloutError::ChangedUnderfoot { changed, .. } => changed,
         }
+    }
+}
+
+/// A file hash for messages: its first 12 hex digits, or "no file".
+pub fn short(sha256: &Option<String>) -> String {
+    match sha256 {
+        Some(h) => format!("sha256 {}", &h[..h.len().min(12)]),
+        None => "no file".to_string(),
     }
 }
 
@@ -192,6 +217,14 @@ where
                 }
                 report.changed.push(outcome);
             }
+            Err(NodeFailure::Changed { expected, found }) => {
+                return Err(RolloutError::ChangedUnderfoot {
+                    node,
+                    expected,
+                    found,
+                    changed: report.changed,
+                });
+            }
             Err(NodeFailure::RolledBack(cause)) => {
                 return Err(RolloutError::RolledBack {
                     node,
@@ -213,6 +246,11 @@ where
 }
 
 enum NodeFailure {
+    /// The node's file was not the expected one; nothing was done.
+    Changed {
+        expected: Option<String>,
+        found: Option<String>,
+    },
     RolledBack(StepError),
     RestoreFailed {
         cause: StepError,
@@ -235,6 +273,15 @@ async fn apply_one(
     let previous = files::read_file(host, &target.config_path)
         .await
         .map_err(|e| NodeFailure::RolledBack(e.into()))?;
+    if let Some(expected) = &target.expected_sha256 {
+        let found = previous.as_deref().map(|p| files::sha256_hex(p));
+        if &found != expected {
+            return Err(NodeFailure::Changed {
+                expected: expected.clone(),
+                found,
+            });
+        }
+    }
     let container_change = ContainerChange {
         flag: change.flag,
         extra_binds: change.extra_binds.clone(),

@@ -13,11 +13,11 @@ use crate::config::encryption::EncryptionConfiguration;
 use crate::exec::docker::FlagChange;
 use crate::exec::health::HealthProbe;
 use crate::exec::restart::{
-    ContainerAction, NodeChange, RolloutError, RolloutOptions, RolloutTarget, rolling_apply,
+    ContainerAction, NodeChange, RolloutError, RolloutOptions, RolloutTarget, rolling_apply, short,
 };
 use crate::exec::rewrite::{self, RewriteOptions, RewriteReport};
 use crate::plan::stage::{Phase, Stage};
-use crate::plan::units::{Unit, UnitId};
+use crate::plan::units::{Unit, UnitId, units_dropped};
 use crate::plan::{Action, Flag, Plan, RewriteTarget, VerifyRule};
 use crate::state::atrest::{
     ArchivedKey, AtrestState, CensusRecord, DeployProgress, DeployedRecord, SnapshotRecord,
@@ -239,6 +239,16 @@ impl<'a> Executor<'a> {
                 }
                 .into());
             }
+            if self.session.cluster_lock_lost() {
+                bail!(
+                    "stopped before step {} of {}: the cluster lock's lease could not be renewed for {} s (etcd \
+                     unreachable), so another run may hold the lock now; the progress is saved, rerun once etcd \
+                     answers",
+                    i + 1,
+                    plan.steps.len(),
+                    crate::exec::cluster_lock::TTL_SECONDS
+                );
+            }
             if started != Some(step.transition) {
                 started = Some(step.transition);
                 deployed = spec.from.clone();
@@ -434,9 +444,11 @@ impl<'a> Executor<'a> {
                     host,
                     config_path,
                     probe,
+                    expected_sha256: self.session.files_seen.get(name).cloned(),
                 },
             ));
         }
+        self.guard_node_files(label, &all_targets, config).await?;
         let change = NodeChange {
             file: config.map(|c| Zeroizing::new(file_bytes(c).as_bytes().to_vec())),
             flag: match flag {
@@ -538,6 +550,16 @@ impl<'a> Executor<'a> {
         .await;
         self.session.records = records.clone();
         self.records = records;
+        // The nodes changed now hold the new file: what a later deploy of this run expects to find there.
+        let changed = match &result {
+            Ok(report) => report.changed.len(),
+            Err(e) => e.changed().len(),
+        };
+        for name in &nodes[..changed.min(nodes.len())] {
+            self.session
+                .files_seen
+                .insert(name.clone(), config_sha256_of(&change));
+        }
         let stopped_for_ctrl_c = matches!(
             &result,
             Err(RolloutError::HookFailed { error, .. }) if error == INTERRUPTED_BETWEEN_NODES
@@ -554,6 +576,51 @@ impl<'a> Executor<'a> {
         result?;
         // Every node now has `config`: that is what RKE should see as deployed.
         self.set_deployed(config)
+    }
+
+    /// Before a deploy touches any node: every node's file must still be what this run saw (else another run
+    /// or tool is writing to the cluster: stop with nothing written), and the keys each file would lose are
+    /// archived first, so that replacing a drifted file never forgets a key its server may have written with.
+    async fn guard_node_files(
+        &mut self,
+        label: &str,
+        targets: &[(String, RolloutTarget)],
+        next: Option<&EncryptionConfiguration>,
+    ) -> anyhow::Result<()> {
+        use crate::exec::files;
+        let mut dropped: Vec<Unit> = Vec::new();
+        for (name, target) in targets {
+            let current = files::read_file(&target.host, &target.config_path).await?;
+            self.check_unchanged(name, current.as_deref())?;
+            let Some(previous) = current.as_deref().and_then(|b| parse_node_file(name, b)) else {
+                continue;
+            };
+            for unit in units_dropped(&previous, next) {
+                if !dropped.contains(&unit) {
+                    dropped.push(unit);
+                }
+            }
+        }
+        if dropped.is_empty() {
+            return Ok(());
+        }
+        self.archive(label, &dropped)
+    }
+
+    /// `current` (a node's file now) must be what this run read there or last wrote; else another run or tool
+    /// wrote it, and nothing more is written to the cluster.
+    fn check_unchanged(&self, name: &str, current: Option<&Vec<u8>>) -> anyhow::Result<()> {
+        let found = current.map(|b| crate::exec::files::sha256_hex(b));
+        match self.session.files_seen.get(name) {
+            Some(seen) if seen != &found => bail!(
+                "{name}: its encryption config changed since this run read it (expected {}, found {}): another \
+                 run or tool wrote it. Nothing more was written; stopped. Rerun to plan from what the nodes hold \
+                 now",
+                short(seen),
+                short(&found)
+            ),
+            _ => Ok(()),
+        }
     }
 
     /// Records that `name` runs the deploy's config (a rerun leaves it out).
@@ -641,6 +708,7 @@ impl<'a> Executor<'a> {
                 }
             };
             let previous = files::read_file(&target.host, &target.config_path).await?;
+            self.check_unchanged(name, previous.as_deref())?;
             if previous.as_deref().map(|p| p.as_slice()) == Some(bytes.as_slice())
                 && before.loaded_hash.as_deref() != Some(expected.as_str())
             {
@@ -652,6 +720,9 @@ impl<'a> Executor<'a> {
             }
             let written_at = time::OffsetDateTime::now_utc().unix_timestamp();
             files::write_file_atomic(&target.host, &target.config_path, bytes, 0o600).await?;
+            self.session
+                .files_seen
+                .insert(name.clone(), Some(files::sha256_hex(bytes)));
             pending.push(Pending {
                 name: name.clone(),
                 target: target.clone(),
@@ -698,6 +769,10 @@ impl<'a> Executor<'a> {
                         let reason = reload_failure_reason(&p.target, p.written_at).await;
                         let put_back = match put_back_previous(&p.target, &p.previous).await {
                             Ok(()) => {
+                                self.session.files_seen.insert(
+                                    p.name.clone(),
+                                    p.previous.as_deref().map(|b| files::sha256_hex(b)),
+                                );
                                 "its previous file was put back; it still runs its previous config"
                                     .to_string()
                             }
@@ -726,6 +801,10 @@ impl<'a> Executor<'a> {
                         timeout.as_secs()
                     );
                     put_back_previous(&p.target, &p.previous).await?;
+                    self.session.files_seen.insert(
+                        p.name.clone(),
+                        p.previous.as_deref().map(|b| files::sha256_hex(b)),
+                    );
                     fallback.push(p.name);
                 }
                 break;
@@ -987,11 +1066,14 @@ impl<'a> Executor<'a> {
                 ),
                 Unit::Kms(k) => ("kms".to_string(), k.name.clone(), None),
             };
-            if atrest
-                .archive
-                .iter()
-                .any(|a| a.provider == provider && a.name == name)
-            {
+            // Kept apart when the material differs: a drifted file may reuse a name with another secret.
+            let expose =
+                |s: Option<&crate::secret::SecretString>| s.map(|s| s.expose().to_string());
+            if atrest.archive.iter().any(|a| {
+                a.provider == provider
+                    && a.name == name
+                    && expose(a.secret.as_ref()) == expose(secret.as_ref())
+            }) {
                 continue;
             }
             names.push(format!("{provider}:{name}"));
@@ -1014,6 +1096,29 @@ impl<'a> Executor<'a> {
         }
         Ok(())
     }
+}
+
+/// The sha256 of the file a change puts on a node (`None`: it removes the file).
+fn config_sha256_of(change: &NodeChange) -> Option<String> {
+    change
+        .file
+        .as_deref()
+        .map(|b| crate::exec::files::sha256_hex(b))
+}
+
+/// A node's current file as a config, to archive its keys before it is replaced; `None` (with a warning that
+/// never quotes the file) when it is not one.
+fn parse_node_file(name: &str, bytes: &[u8]) -> Option<EncryptionConfiguration> {
+    let parsed = std::str::from_utf8(bytes)
+        .ok()
+        .and_then(|text| crate::config::encryption::parse(text, name).ok());
+    if parsed.is_none() {
+        tracing::warn!(
+            "{name}: its current encryption config is not a readable EncryptionConfiguration; no key can be \
+             archived from it before it is replaced"
+        );
+    }
+    parsed
 }
 
 /// The (transition, phase) groups of a plan, in order.

@@ -28,7 +28,7 @@ use crate::plan::{
 use anyhow::{Context, anyhow, bail};
 use execute::{Executor, say};
 use options::{GlobalOpts, PlanFormat, StatusFormat, VerifyFormat};
-use session::Session;
+use session::{LockRequest, Session};
 use std::collections::BTreeSet;
 use std::io::IsTerminal;
 use std::process::ExitCode;
@@ -314,7 +314,15 @@ async fn reconcile(
         print_plan(&plan, output.format, true);
         return Ok(output.code(!plan.is_noop()));
     }
-    let mut session = match Session::connect(global, &inputs.config, mode == Mode::Apply).await {
+    let lock_request = (mode == Mode::Apply).then_some(LockRequest {
+        state: &state,
+        state_path: &inputs.state_path,
+        command: match intent {
+            Intent::RotateKey => "encrypt rotate-key",
+            Intent::Reconcile => "up",
+        },
+    });
+    let mut session = match Session::connect(global, &inputs.config, lock_request).await {
         Ok(s) => s,
         Err(e) => {
             return Err(e.context("pre-flight failed; nothing was changed"));
@@ -454,7 +462,12 @@ async fn stepwise_verb(
         }
         _ => None,
     };
-    let mut session = Session::connect(global, &inputs.config, true)
+    let lock_request = LockRequest {
+        state: &state,
+        state_path: &inputs.state_path,
+        command: name,
+    };
+    let mut session = Session::connect(global, &inputs.config, Some(lock_request))
         .await
         .context("pre-flight failed; nothing was changed")?;
     session.records = atrest.clone();

@@ -297,7 +297,7 @@ pub async fn status(
     let atrest = inputs.records.clone();
     let state = inputs.state;
     let deployed = targets::deployed(&state)?;
-    let mut session = Session::connect(global, &inputs.config, false).await?;
+    let mut session = Session::connect(global, &inputs.config, None).await?;
     session.records = atrest.clone();
     let mut views = session.observe_nodes().await?;
     // Everything else above needs no API server; the census may (discovery of wildcard resources). Without it,
@@ -645,7 +645,7 @@ pub async fn verify(
     inputs.say_notices();
     let state = inputs.state.clone();
     let deployed = targets::deployed(&state)?;
-    let mut session = Session::connect(global, &inputs.config, false).await?;
+    let mut session = Session::connect(global, &inputs.config, None).await?;
     session.records = inputs.records.clone();
     let started = std::time::Instant::now();
     let (counts, off, samples) = census_of(&mut session, &state, deployed.as_ref()).await?;

@@ -3,6 +3,7 @@
 
 use super::options::GlobalOpts;
 use crate::config::cluster::{ClusterConfig, Node};
+use crate::exec::cluster_lock::{ClusterLock, LockOwner, lock_key};
 use crate::exec::docker::NodeDocker;
 use crate::exec::docker::{APISERVER, OLD_APISERVER};
 use crate::exec::etcd::{Census, CensusOptions, Etcd, EtcdResource, EtcdTarget, EtcdTls};
@@ -51,6 +52,20 @@ pub struct Session {
     kube_unreachable: Option<String>,
     /// atrest's records as the run last saved them: the census needs the archived and in-transition key names.
     pub records: AtrestState,
+    /// sha256 of each controlplane's config file (by node name) as this run last saw or wrote it: a file found
+    /// otherwise just before a write was changed by someone else, and is not overwritten.
+    pub files_seen: BTreeMap<String, Option<String>>,
+    /// The cluster-wide lock, once a changing run took it ([`Session::lock_cluster`]); released by `close`.
+    cluster_lock: std::sync::Mutex<Option<ClusterLock>>,
+}
+
+/// A changing run's request for the cluster lock ([`Session::connect`]).
+pub struct LockRequest<'a> {
+    pub state: &'a RkeState,
+    /// The state file the run works from: with the host, it tells a rerun of the same checkout from another run.
+    pub state_path: &'a std::path::Path,
+    /// The verb, named to whoever finds the lock held.
+    pub command: &'a str,
 }
 
 /// The API server this run talks to: the kubeconfig's, or another controlplane's through an SSH tunnel (kept
@@ -70,11 +85,13 @@ pub fn node_name(node: &Node) -> String {
 
 impl Session {
     /// Connects to every controlplane and runs the pre-flight checks (reachable, Docker answering, a
-    /// kube-apiserver container, the prefix directory writable). Changes nothing.
+    /// kube-apiserver container, the prefix directory writable). A run that will change the cluster passes
+    /// `lock`: the cluster lock is taken first, then a recreate an interrupted run left half-done is finished or
+    /// undone (never while another run may be doing it). Otherwise changes nothing.
     pub async fn connect(
         global: &GlobalOpts,
         cluster: &ClusterConfig,
-        recover: bool,
+        lock: Option<LockRequest<'_>>,
     ) -> anyhow::Result<Session> {
         let controlplanes: Vec<Node> = cluster.controlplanes().into_iter().cloned().collect();
         if controlplanes.is_empty() {
@@ -88,21 +105,7 @@ impl Session {
             .map_err(|e| anyhow!("{e}; nothing was changed"))?;
         // RKE's per-host prefix (from the OS Docker reports) when cluster.yml leaves it unset.
         let prefixes = prefix::detect(&hosts, cluster.prefix_path.as_deref()).await;
-        let dir_of = |h: &Host| {
-            kubernetes_dir_in(prefixes.get(&h.node().address).map_or("", String::as_str))
-        };
-        if recover {
-            for host in &hosts {
-                recover_interrupted_recreate(host, &dir_of(host)).await?;
-            }
-        }
-        if let Err(e) = preflight(&hosts, dir_of).await {
-            for h in &hosts {
-                h.close().await;
-            }
-            return Err(e.into());
-        }
-        Ok(Session {
+        let mut session = Session {
             global: global.clone(),
             cluster: cluster.clone(),
             hosts,
@@ -111,7 +114,27 @@ impl Session {
             kube: None,
             kube_unreachable: None,
             records: AtrestState::default(),
-        })
+            cluster_lock: std::sync::Mutex::new(None),
+            files_seen: BTreeMap::new(),
+        };
+        if let Err(e) = session.prepare(lock).await {
+            session.close().await;
+            return Err(e);
+        }
+        Ok(session)
+    }
+
+    /// The lock and the recovery of an interrupted recreate (for a changing run), then the pre-flight checks.
+    async fn prepare(&mut self, lock: Option<LockRequest<'_>>) -> anyhow::Result<()> {
+        if let Some(request) = lock {
+            self.lock_cluster(request.state, request.state_path, request.command)
+                .await?;
+            for host in &self.hosts {
+                recover_interrupted_recreate(host, &self.kubernetes_dir(host)).await?;
+            }
+        }
+        preflight(&self.hosts, |h| self.kubernetes_dir(h)).await?;
+        Ok(())
     }
 
     pub fn node_names(&self) -> Vec<String> {
@@ -142,8 +165,43 @@ impl Session {
         self.cluster.etcd_prefix()
     }
 
-    /// Per controlplane: the hash of its encryption config file and whether kube-apiserver has the flag.
-    pub async fn observe_nodes(&self) -> anyhow::Result<Vec<NodeView>> {
+    /// Takes the cluster-wide lock in etcd ([`crate::exec::cluster_lock`]) for a run that changes the cluster,
+    /// from the state file at `state_path`; refuses, naming the holder, while another run has it.
+    async fn lock_cluster(
+        &mut self,
+        state: &RkeState,
+        state_path: &std::path::Path,
+        command: &str,
+    ) -> anyhow::Result<()> {
+        let key = lock_key(&self.etcd_prefix());
+        let me = LockOwner::this_run(state_path, command, super::execute::now());
+        let client = self
+            .etcd(state)
+            .await
+            .context("reaching etcd for the cluster lock; nothing was changed")?
+            .client()
+            .clone();
+        let lock = ClusterLock::acquire(&client, &key, &me).await?;
+        *self
+            .cluster_lock
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner) = Some(lock);
+        Ok(())
+    }
+
+    /// The run held the cluster lock and could not renew it for a whole lease: it must stop at the next safe
+    /// point, since another run may have taken the lock meanwhile.
+    pub fn cluster_lock_lost(&self) -> bool {
+        self.cluster_lock
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .as_ref()
+            .is_some_and(ClusterLock::is_lost)
+    }
+
+    /// Per controlplane: the hash of its encryption config file and whether kube-apiserver has the flag. The
+    /// hashes become [`Session::files_seen`].
+    pub async fn observe_nodes(&mut self) -> anyhow::Result<Vec<NodeView>> {
         let views = self.hosts.iter().map(|host| {
             let path = self.config_path(host);
             async move {
@@ -159,7 +217,15 @@ impl Session {
                 })
             }
         });
-        futures::future::join_all(views).await.into_iter().collect()
+        let views: Vec<NodeView> = futures::future::join_all(views)
+            .await
+            .into_iter()
+            .collect::<anyhow::Result<_>>()?;
+        self.files_seen = views
+            .iter()
+            .map(|v| (v.name.clone(), v.config_sha256.clone()))
+            .collect();
+        Ok(views)
     }
 
     /// The etcd client, connected on first use through a tunnel to the first etcd node, with the etcd client
@@ -396,6 +462,14 @@ impl Session {
     }
 
     pub async fn close(&self) {
+        let lock = self
+            .cluster_lock
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .take();
+        if let Some(lock) = lock {
+            lock.release().await;
+        }
         for h in &self.hosts {
             h.close().await;
         }

@@ -274,6 +274,25 @@ impl Rules {
     }
 }
 
+/// The units a node's file holds that `next` does not (identity aside): replacing the file forgets them, so
+/// they are archived first. A unit counts as kept only with the same material (a drifted file may reuse a name
+/// with another secret).
+pub fn units_dropped(
+    previous: &EncryptionConfiguration,
+    next: Option<&EncryptionConfiguration>,
+) -> Vec<Unit> {
+    let kept: Vec<Unit> = next
+        .map(|n| Rules::from_config(n).all_units().cloned().collect())
+        .unwrap_or_default();
+    let mut dropped: Vec<Unit> = Vec::new();
+    for unit in Rules::from_config(previous).all_units() {
+        if *unit != Unit::Identity && !kept.contains(unit) && !dropped.contains(unit) {
+            dropped.push(unit.clone());
+        }
+    }
+    dropped
+}
+
 /// The units in effect for `key` under `rules` (`None` = no config file: identity for everything).
 pub fn effective(rules: Option<&Rules>, key: &RuleKey) -> Vec<Unit> {
     if let Some(rules) = rules {
@@ -421,6 +440,43 @@ pub fn key_unit(provider: KeyProvider, name: &str, secret: &str) -> Unit {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn config(keys: &[(&str, &str)]) -> EncryptionConfiguration {
+        let keys: String = keys
+            .iter()
+            .map(|(n, s)| format!("          - name: {n}\n            secret: {s}\n"))
+            .collect();
+        let yaml = format!(
+            "apiVersion: apiserver.config.k8s.io/v1\nkind: EncryptionConfiguration\nresources:\n  - resources: \
+             [secrets]\n    providers:\n    - aescbc:\n        keys:\n{keys}    - identity: {{}}\n"
+        );
+        crate::config::encryption::parse(&yaml, "test").expect("test config")
+    }
+
+    #[test]
+    fn a_replaced_file_drops_the_keys_the_next_one_lacks_or_holds_with_another_secret() {
+        let a = "YWFhYWFhYWFhYWFhYWFhYWFhYWFhYWFhYWFhYWFhYWE=";
+        let b = "YmJiYmJiYmJiYmJiYmJiYmJiYmJiYmJiYmJiYmJiYmI=";
+        let names = |units: Vec<Unit>| units.iter().map(|u| u.id().to_string()).collect::<Vec<_>>();
+        let drifted = config(&[("unknown", b), ("k1", a)]);
+        assert_eq!(
+            names(units_dropped(&drifted, Some(&config(&[("k1", a)])))),
+            ["aescbc:unknown"]
+        );
+        // Same name, other secret: the drifted one is still lost by the replacement.
+        assert_eq!(
+            names(units_dropped(
+                &config(&[("k1", b)]),
+                Some(&config(&[("k1", a)]))
+            )),
+            ["aescbc:k1"]
+        );
+        assert_eq!(
+            names(units_dropped(&drifted, None)),
+            ["aescbc:unknown", "aescbc:k1"]
+        );
+        assert!(units_dropped(&drifted, Some(&drifted)).is_empty());
+    }
 
     #[test]
     fn rule_strings_parse_and_render_like_upstream() {
