@@ -505,6 +505,11 @@ fn two_runs_never_interleave_and_a_node_file_written_meanwhile_is_never_overwrit
             let after = std::fs::read(checkout.path().join("cluster.rkestate")).expect("state");
             assert_eq!(before, after, "the refused run changed its state");
             refused = Some(out);
+            // status names the holder too.
+            let lock = b.status()["clusterLock"].clone();
+            assert_eq!(lock["held"], true, "{lock}");
+            assert_eq!(lock["pid"], a_pid, "{lock}");
+            assert_eq!(lock["command"], "up", "{lock}");
         }
     }
     let a_status = a.wait().expect("wait A");
@@ -554,6 +559,7 @@ fn two_runs_never_interleave_and_a_node_file_written_meanwhile_is_never_overwrit
         .find(|k| k["name"] == "theirs")
         .unwrap_or_else(|| panic!("the other writer's key is not archived: {archive}"));
     assert_eq!(kept["secret"].as_str(), Some(theirs_key.as_str()));
+    assert_eq!(b.status()["clusterLock"]["held"], false);
     let write = format!("aescbc:{}", write_key_name(&b.state()));
     all_on(&b.census(), "secrets", &write, b.secrets);
     b.ok(&["encrypt", "verify"]);

@@ -501,6 +501,17 @@ async fn cut_connection_mid_write_leaves_old_file() {
     assert!(clean, "temp file left behind");
 }
 
+/// A bed with every node connected (ed25519 key) and a rollout target per node.
+async fn rollout_bed() -> (Bed, Vec<Arc<Host>>, Vec<RolloutTarget>) {
+    let bed = Bed::up();
+    let c = cluster(&bed, &bed.key_ed25519);
+    let hosts = connect_all(&c, &c.nodes, &opts(&bed), 4)
+        .await
+        .expect("connect");
+    let t = targets(&bed, &hosts);
+    (bed, hosts, t)
+}
+
 fn targets(bed: &Bed, hosts: &[Arc<Host>]) -> Vec<RolloutTarget> {
     hosts
         .iter()
@@ -515,12 +526,7 @@ fn targets(bed: &Bed, hosts: &[Arc<Host>]) -> Vec<RolloutTarget> {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn rolling_recreate_adds_flag_then_removes_it() {
-    let bed = Bed::up();
-    let c = cluster(&bed, &bed.key_ed25519);
-    let hosts = connect_all(&c, &c.nodes, &opts(&bed), 4)
-        .await
-        .expect("connect");
-    let t = targets(&bed, &hosts);
+    let (bed, _hosts, t) = rollout_bed().await;
     let change = NodeChange {
         file: Some(Zeroizing::new(GOOD_CONFIG.to_vec())),
         flag: FlagChange::Add,
@@ -648,13 +654,53 @@ async fn a_node_file_changed_by_someone_else_is_left_alone_and_the_rollout_stops
 }
 
 #[tokio::test(flavor = "multi_thread")]
-async fn broken_change_is_rolled_back_and_node_healthy() {
-    let bed = Bed::up();
-    let c = cluster(&bed, &bed.key_ed25519);
-    let hosts = connect_all(&c, &c.nodes, &opts(&bed), 4)
+async fn a_recreate_never_changes_the_image_kube_apiserver_runs() {
+    let (bed, _hosts, t) = rollout_bed().await;
+    let file = bed.nodes[0].kdir_host.join("ssl/encryption.yaml");
+    let _ = std::fs::remove_file(&file);
+    let running = bed.docker_inspect(0, "{{.Image}}");
+    let tag = bed.docker_inspect(0, "{{.Config.Image}}");
+    let container = bed.docker_inspect(0, "{{.Id}}");
+    // The tag moves to another image (as a re-pushed tag pulled by someone would): a new image, same name.
+    bed.docker(0, &["commit", APISERVER, &tag]);
+    assert_ne!(
+        bed.docker(0, &["image", "inspect", "--format", "{{.Id}}", &tag]),
+        running
+    );
+    let add = NodeChange {
+        file: Some(Zeroizing::new(GOOD_CONFIG.to_vec())),
+        flag: FlagChange::Add,
+        extra_binds: vec![],
+        reload: None,
+    };
+    let err = rolling_apply(&t[..1], &add, &RolloutOptions::default(), |_| Ok(()))
         .await
-        .expect("connect");
-    let t = targets(&bed, &hosts);
+        .expect_err("the tag names another image");
+    assert!(
+        matches!(err, RolloutError::NotStarted { .. }),
+        "expected NotStarted, got {err}"
+    );
+    let text = err.to_string();
+    assert!(text.contains("now names") && text.contains(&tag), "{text}");
+    assert_eq!(
+        bed.docker_inspect(0, "{{.Id}}"),
+        container,
+        "the container was replaced"
+    );
+    assert!(!file.exists(), "the file was written");
+    // The tag put back where it was: the recreate goes through, on the image that ran before.
+    bed.docker(0, &["tag", &running, &tag]);
+    let report = rolling_apply(&t[..1], &add, &RolloutOptions::default(), |_| Ok(()))
+        .await
+        .expect("recreate");
+    assert_eq!(report.changed[0].action, ContainerAction::Recreated);
+    assert_ne!(bed.docker_inspect(0, "{{.Id}}"), container);
+    assert_eq!(bed.docker_inspect(0, "{{.Image}}"), running);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn broken_change_is_rolled_back_and_node_healthy() {
+    let (bed, hosts, t) = rollout_bed().await;
     let id_before = bed.docker_inspect(0, "{{.Id}}");
     let change = NodeChange {
         file: Some(Zeroizing::new(

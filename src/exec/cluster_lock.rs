@@ -230,6 +230,52 @@ impl Drop for ClusterLock {
     }
 }
 
+/// The lock as `status` shows it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct LockView {
+    /// The holder, or why its value is unreadable.
+    pub owner: Result<LockOwner, String>,
+    /// Seconds left on the holder's lease (`None`: no lease, or unknown).
+    pub expires_in: Option<i64>,
+}
+
+impl LockView {
+    /// One line: who holds it and for how long.
+    pub fn text(&self) -> String {
+        let expiry = self.expires_in.map_or_else(
+            || "no expiry known".to_string(),
+            |s| format!("expires in {s} s unless renewed"),
+        );
+        match &self.owner {
+            Ok(o) => format!(
+                "held by {} (pid {}, `atrest {}` from {}, since {}; {expiry})",
+                o.holder, o.pid, o.command, o.state, o.since
+            ),
+            Err(why) => format!("held, by a value atrest cannot read ({why}; {expiry})"),
+        }
+    }
+}
+
+/// Who holds the lock at `key` now, if anyone. Reads only.
+pub async fn inspect(client: &Client, key: &str) -> Result<Option<LockView>, etcd_client::Error> {
+    let mut client = client.clone();
+    let response = client.get(key, None).await?;
+    let Some(kv) = response.kvs().first() else {
+        return Ok(None);
+    };
+    let owner = serde_json::from_slice::<LockOwner>(kv.value()).map_err(|e| e.to_string());
+    let expires_in = match kv.lease() {
+        0 => None,
+        id => client
+            .lease_time_to_live(id, None)
+            .await
+            .ok()
+            .map(|t| t.ttl())
+            .filter(|ttl| *ttl >= 0),
+    };
+    Ok(Some(LockView { owner, expires_in }))
+}
+
 /// The stored value, its mod revision and its lease, from a failed create's `get`.
 fn first_kv(responses: &[TxnOpResponse]) -> Option<(Vec<u8>, i64, i64)> {
     responses.iter().find_map(|r| match r {

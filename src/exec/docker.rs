@@ -248,6 +248,31 @@ pub fn create_body(
     serde_json::from_value(body)
 }
 
+/// Whether recreating from `tag` keeps the image the container runs (`running`, an image ID), given what the
+/// tag names on the node now (`tagged`; `None`: the tag is gone). Nothing is changed on a refusal.
+pub fn same_image(tag: &str, running: &str, tagged: Option<&str>) -> Result<(), String> {
+    match tagged {
+        Some(id) if id == running => Ok(()),
+        Some(id) => Err(format!(
+            "the image tag {tag} now names {} while {APISERVER} runs {}: a recreate would change the \
+             kube-apiserver version. Nothing was changed; let `rke up` move the server to the new image first, \
+             or tag the running image back (docker tag {running} {tag})",
+            short_id(id),
+            short_id(running)
+        )),
+        None => Err(format!(
+            "the image tag {tag} of {APISERVER} is no longer on the node (it runs {}); a recreate would have to \
+             pull it. Nothing was changed; tag the running image back (docker tag {running} {tag})",
+            short_id(running)
+        )),
+    }
+}
+
+/// `sha256:0123456789ab`: enough of an image ID to tell two apart in a message.
+fn short_id(id: &str) -> &str {
+    &id[..id.len().min("sha256:".len() + 12)]
+}
+
 impl NodeDocker {
     pub fn new(host: Arc<Host>) -> Result<Self, DockerError> {
         let socket = host.docker_socket();
@@ -519,6 +544,7 @@ impl NodeDocker {
                 node: self.host.label().to_string(),
                 detail: format!("no {APISERVER} container found"),
             })?;
+        self.check_same_image(&template).await?;
         self.rename(APISERVER, OLD_APISERVER).await?;
         let steps = async {
             self.stop(OLD_APISERVER).await?;
@@ -543,6 +569,42 @@ impl NodeDocker {
         Ok(())
     }
 
+    /// Whether kube-apiserver can be recreated without changing its image ([`same_image`]); changes nothing.
+    pub async fn check_recreate(&self) -> Result<(), DockerError> {
+        match self.inspect_raw(APISERVER).await? {
+            Some(template) => self.check_same_image(&template).await,
+            None => Err(DockerError::State {
+                node: self.host.label().to_string(),
+                detail: format!("no {APISERVER} container found"),
+            }),
+        }
+    }
+
+    /// A recreate names the image as the container does (its tag: what RKE compares), so the tag must still
+    /// name the image the container runs; else the new container would run another kube-apiserver version.
+    async fn check_same_image(
+        &self,
+        template: &ContainerInspectResponse,
+    ) -> Result<(), DockerError> {
+        let tag = template
+            .config
+            .as_ref()
+            .and_then(|c| c.image.clone())
+            .unwrap_or_default();
+        let running = template.image.clone().unwrap_or_default();
+        let tagged = match self.docker.inspect_image(&tag).await {
+            Ok(image) => image.id,
+            Err(bollard::errors::Error::DockerResponseServerError {
+                status_code: 404, ..
+            }) => None,
+            Err(e) => return Err(self.api(&format!("inspecting the image {tag}"), e)),
+        };
+        same_image(&tag, &running, tagged.as_deref()).map_err(|detail| DockerError::State {
+            node: self.host.label().to_string(),
+            detail,
+        })
+    }
+
     /// The new container is healthy: remove the old one.
     pub async fn commit_recreate(&self) -> Result<(), DockerError> {
         self.remove(OLD_APISERVER).await
@@ -565,6 +627,25 @@ impl NodeDocker {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_recreate_keeps_the_image_the_container_runs() {
+        let tag = "rancher/hyperkube:v1.32.13-rancher1";
+        let running = "sha256:1111111111111111111111111111111111111111111111111111111111111111";
+        let moved = "sha256:2222222222222222222222222222222222222222222222222222222222222222";
+        assert_eq!(same_image(tag, running, Some(running)), Ok(()));
+        let e = same_image(tag, running, Some(moved)).expect_err("the tag moved");
+        assert!(
+            e.contains("sha256:222222222222 while kube-apiserver runs sha256:111111111111")
+                && e.contains("Nothing was changed"),
+            "{e}"
+        );
+        let e = same_image(tag, running, None).expect_err("the tag is gone");
+        assert!(
+            e.contains("no longer on the node") && e.contains(tag),
+            "{e}"
+        );
+    }
 
     fn v(xs: &[&str]) -> Vec<String> {
         xs.iter().map(|s| s.to_string()).collect()

@@ -127,6 +127,13 @@ pub enum RolloutError {
         error: String,
         changed: Vec<NodeOutcome>,
     },
+    /// A check on the node before its change failed (e.g. its image tag moved); nothing was done to it.
+    #[error("{node}: {cause}. Nothing was done to this node; stopped. Nodes changed before it: {}", names(.changed))]
+    NotStarted {
+        node: NodeLabel,
+        cause: StepError,
+        changed: Vec<NodeOutcome>,
+    },
     /// A node's file was not what the caller last saw: someone else wrote it. Nothing was done to the node.
     #[error(
         "{node}: its encryption config changed since this run read it (expected {}, found {}): another run or \
@@ -156,7 +163,8 @@ impl RolloutError {
             | RolloutError::RestoreFailed { changed, .. }
             | RolloutError::HookFailed { changed, .. }
             | RolloutError::UnhealthyBefore { changed, .. }
-            | RolloutError::ChangedUnderfoot { changed, .. } => changed,
+            | RolloutError::ChangedUnderfoot { changed, .. }
+            | RolloutError::NotStarted { changed, .. } => changed,
         }
     }
 }
@@ -217,6 +225,13 @@ where
                 }
                 report.changed.push(outcome);
             }
+            Err(NodeFailure::NotStarted(cause)) => {
+                return Err(RolloutError::NotStarted {
+                    node,
+                    cause,
+                    changed: report.changed,
+                });
+            }
             Err(NodeFailure::Changed { expected, found }) => {
                 return Err(RolloutError::ChangedUnderfoot {
                     node,
@@ -246,6 +261,8 @@ where
 }
 
 enum NodeFailure {
+    /// A check before the first change failed; nothing was done.
+    NotStarted(StepError),
     /// The node's file was not the expected one; nothing was done.
     Changed {
         expected: Option<String>,
@@ -288,6 +305,12 @@ async fn apply_one(
         reload: change.reload,
     };
     let recreate = needs_recreate(&info, &container_change);
+    if recreate {
+        docker
+            .check_recreate()
+            .await
+            .map_err(|e| NodeFailure::NotStarted(e.into()))?;
+    }
 
     let attempt = async {
         match &change.file {

@@ -6,6 +6,8 @@
 //! cluster.rkestate); RKE's `currentState.encryptionConfig` follows every completed deploy, so RKE reads what is
 //! on the nodes, and the records are always saved before the state.
 
+mod reload;
+
 use super::interrupt::{self, Interrupted};
 use super::session::Session;
 use super::targets::{file_bytes, state_yaml};
@@ -30,64 +32,6 @@ use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::time::Instant;
 use zeroize::Zeroizing;
-
-/// How often a reload deploy reads each server's `/metrics`.
-const RELOAD_POLL: std::time::Duration = std::time::Duration::from_secs(2);
-/// How long a server may be unhealthy before a reload deploy gives up on it.
-const RELOAD_HEALTH_WAIT: std::time::Duration = std::time::Duration::from_secs(20);
-
-/// How long a reload deploy waits for a server to report the new file: kube-apiserver checks the file once a
-/// minute, so 150 s by default; `ATREST_RELOAD_TIMEOUT` (seconds) overrides it.
-fn reload_timeout() -> std::time::Duration {
-    std::env::var("ATREST_RELOAD_TIMEOUT")
-        .ok()
-        .and_then(|v| v.parse::<u64>().ok())
-        .map_or(
-            std::time::Duration::from_secs(150),
-            std::time::Duration::from_secs,
-        )
-}
-
-/// Puts a node's previous config file back (or removes the file when it had none), 0600 as every node file.
-async fn put_back_previous(
-    target: &RolloutTarget,
-    previous: &Option<Zeroizing<Vec<u8>>>,
-) -> Result<(), crate::exec::files::FileError> {
-    use crate::exec::files;
-    match previous {
-        Some(prev) => {
-            files::write_file_atomic(&target.host, &target.config_path, prev, 0o600).await
-        }
-        None => files::remove_file(&target.host, &target.config_path).await,
-    }
-}
-
-/// Why kube-apiserver refused a reload: its log line `error processing encryption config file …` since the file
-/// was written (the metrics only count failures). Key material never appears in it (upstream redacts).
-async fn reload_failure_reason(target: &RolloutTarget, since: i64) -> String {
-    let docker = match crate::exec::docker::NodeDocker::new(target.host.clone()) {
-        Ok(d) => d,
-        Err(e) => return format!("the server counted a failed reload; its log is unreadable: {e}"),
-    };
-    match docker
-        .logs_since(crate::exec::docker::APISERVER, since - 1, 500)
-        .await
-    {
-        Ok(log) => reload_error_line(&log).unwrap_or_else(|| {
-            "the server counted a failed reload (no reason found in its log)".to_string()
-        }),
-        Err(e) => format!("the server counted a failed reload; its log is unreadable: {e}"),
-    }
-}
-
-/// The last `error processing encryption config file …` line of a kube-apiserver log, from that phrase on (klog's
-/// prefix with time and source file dropped).
-fn reload_error_line(log: &str) -> Option<String> {
-    log.lines().rev().find_map(|l| {
-        l.find("error processing encryption config file")
-            .map(|i| l[i..].trim().to_string())
-    })
-}
 
 /// How many times verify retries a targeted rewrite of leftovers before it gives up.
 const VERIFY_ATTEMPTS: usize = 3;
@@ -654,181 +598,6 @@ impl<'a> Executor<'a> {
             .with_context(|| format!("saving progress to {}", self.records_file.path().display()))
     }
 
-    /// The reload deploy (docs/reload.md): reads each server's reload counters, writes the file to every node,
-    /// then polls each server's `/metrics` until it reports it loaded that file. No container is touched.
-    /// Returns the nodes to restart instead (metrics unreadable, the file already there, or no report before
-    /// the timeout), each with its previous file put back first so the restart path can restore it. A server
-    /// that reports a failed reload gets its previous file back and the run stops with the server's reason.
-    async fn reload_nodes(
-        &mut self,
-        label: &str,
-        phase: Phase,
-        targets: &[(String, RolloutTarget)],
-        bytes: &Zeroizing<Vec<u8>>,
-        config_sha256: &Option<String>,
-    ) -> anyhow::Result<Vec<String>> {
-        use crate::exec::files;
-        use crate::exec::metrics::{self, Loaded};
-        let admin = self.state.certificate("kube-admin")?;
-        let expected = metrics::server_config_hash(bytes);
-        struct Pending {
-            name: String,
-            target: RolloutTarget,
-            probe: HealthProbe,
-            before: metrics::ReloadStatus,
-            previous: Option<Zeroizing<Vec<u8>>>,
-            written_at: i64,
-        }
-        let mut fallback = Vec::new();
-        let mut pending: Vec<Pending> = Vec::new();
-        for (name, target) in targets {
-            // /metrics needs a client allowed to read it: RKE's kube-admin (system:masters), as kubectl uses.
-            let mut probe = target.probe.clone();
-            if let Some(admin) = &admin {
-                probe.client_cert_pem = Some(admin.cert_pem.as_bytes().to_vec());
-                probe.client_key_pem =
-                    Some(Zeroizing::new(admin.key_pem.expose().as_bytes().to_vec()));
-            }
-            if let Err(e) =
-                crate::exec::health::wait_ready(&target.host, &target.probe, RELOAD_HEALTH_WAIT)
-                    .await
-            {
-                bail!(
-                    "{name}: kube-apiserver is not healthy before the change; nothing was done to it ({e})"
-                );
-            }
-            let before = match metrics::read_reload_status(&target.host, &probe).await {
-                Ok(b) => b,
-                Err(e) => {
-                    say!(
-                        "{label}: {name}: its reload metrics cannot be read ({e}); restarting it instead"
-                    );
-                    fallback.push(name.clone());
-                    continue;
-                }
-            };
-            let previous = files::read_file(&target.host, &target.config_path).await?;
-            self.check_unchanged(name, previous.as_deref())?;
-            if previous.as_deref().map(|p| p.as_slice()) == Some(bytes.as_slice())
-                && before.loaded_hash.as_deref() != Some(expected.as_str())
-            {
-                say!(
-                    "{label}: {name} already has this file and cannot say whether it loaded it; restarting it instead"
-                );
-                fallback.push(name.clone());
-                continue;
-            }
-            let written_at = time::OffsetDateTime::now_utc().unix_timestamp();
-            files::write_file_atomic(&target.host, &target.config_path, bytes, 0o600).await?;
-            self.session
-                .files_seen
-                .insert(name.clone(), Some(files::sha256_hex(bytes)));
-            pending.push(Pending {
-                name: name.clone(),
-                target: target.clone(),
-                probe,
-                before,
-                previous,
-                written_at,
-            });
-        }
-        if !pending.is_empty() {
-            say!(
-                "{label}: file written to {}; waiting for each kube-apiserver to report it reloaded it (no restart; \
-                 the server checks the file once a minute)",
-                pending
-                    .iter()
-                    .map(|p| p.name.as_str())
-                    .collect::<Vec<_>>()
-                    .join(", ")
-            );
-        }
-        let timeout = reload_timeout();
-        let started = Instant::now();
-        while !pending.is_empty() {
-            let mut still = Vec::new();
-            for p in pending {
-                let now = match metrics::read_reload_status(&p.target.host, &p.probe).await {
-                    Ok(now) => now,
-                    Err(e) => {
-                        tracing::debug!("{}: reading /metrics: {e}", p.name);
-                        still.push(p);
-                        continue;
-                    }
-                };
-                match metrics::judge(&p.before, &now, &expected) {
-                    Loaded::Yes => {
-                        say!(
-                            "{label}: {} reloaded the new config after {:.1} s (no restart)",
-                            p.name,
-                            started.elapsed().as_secs_f64()
-                        );
-                        self.note_node_done(phase, config_sha256, &p.name)?;
-                    }
-                    Loaded::Failed => {
-                        let reason = reload_failure_reason(&p.target, p.written_at).await;
-                        let put_back = match put_back_previous(&p.target, &p.previous).await {
-                            Ok(()) => {
-                                self.session.files_seen.insert(
-                                    p.name.clone(),
-                                    p.previous.as_deref().map(|b| files::sha256_hex(b)),
-                                );
-                                "its previous file was put back; it still runs its previous config"
-                                    .to_string()
-                            }
-                            Err(e) => format!(
-                                "putting its previous file back FAILED ({e}): it needs manual attention"
-                            ),
-                        };
-                        bail!(
-                            "{}: kube-apiserver refused the new encryption config ({reason}); {put_back}. The run \
-                             stopped; a rerun continues from this phase",
-                            p.name
-                        );
-                    }
-                    Loaded::NotYet => still.push(p),
-                }
-            }
-            pending = still;
-            if pending.is_empty() {
-                break;
-            }
-            if started.elapsed() >= timeout {
-                for p in pending {
-                    say!(
-                        "{label}: {} did not report a reload within {} s; restarting it instead",
-                        p.name,
-                        timeout.as_secs()
-                    );
-                    put_back_previous(&p.target, &p.previous).await?;
-                    self.session.files_seen.insert(
-                        p.name.clone(),
-                        p.previous.as_deref().map(|b| files::sha256_hex(b)),
-                    );
-                    fallback.push(p.name);
-                }
-                break;
-            }
-            // Ctrl-C: stop while waiting; the servers that reported are recorded, the others have the file and
-            // a rerun restarts them (it cannot tell whether they loaded it).
-            if interrupt::requested() {
-                return Err(Interrupted {
-                    at: format!(
-                        "while waiting for {} to report the reloaded config",
-                        pending
-                            .iter()
-                            .map(|p| p.name.as_str())
-                            .collect::<Vec<_>>()
-                            .join(", ")
-                    ),
-                }
-                .into());
-            }
-            tokio::time::sleep(RELOAD_POLL).await;
-        }
-        Ok(fallback)
-    }
-
     async fn rewrite(
         &mut self,
         label: &str,
@@ -1262,22 +1031,6 @@ mod tests {
     use crate::config::encryption::{Key, managed};
     use crate::plan::{PlanInput, Target};
     use crate::secret::SecretString;
-
-    #[test]
-    fn the_reason_of_a_refused_reload_is_the_servers_last_error_line() {
-        let log = "I1201 19:00:01.1 1 controller.go:100] Starting controller\n\
-                   E1201 19:00:02.2 1 controller.go:182] error processing encryption config file /etc/kubernetes/ssl/encryption.yaml: old\n\
-                   E1201 19:01:02.2 1 controller.go:182] error processing encryption config file /etc/kubernetes/ssl/encryption.yaml: resources[0].providers[0].secretbox.keys[0].secret: Invalid value: \"REDACTED\": secret is not of the expected length, got 16, expected 32 \n";
-        assert_eq!(
-            reload_error_line(log).as_deref(),
-            Some(
-                "error processing encryption config file /etc/kubernetes/ssl/encryption.yaml: \
-                 resources[0].providers[0].secretbox.keys[0].secret: Invalid value: \"REDACTED\": secret is not of \
-                 the expected length, got 16, expected 32"
-            )
-        );
-        assert_eq!(reload_error_line("I1201 all fine\n"), None);
-    }
 
     fn key(name: &str) -> Key {
         Key {

@@ -11,6 +11,7 @@ use super::options::{GlobalOpts, StatusFormat, VerifyFormat};
 use super::session::{NodeView, Session};
 use super::targets;
 use crate::config::encryption::EncryptionConfiguration;
+use crate::exec::cluster_lock::LockView;
 use crate::plan::Plan;
 use crate::plan::stage::Stage;
 use crate::plan::units::{Rules, Unit};
@@ -316,6 +317,10 @@ pub async fn status(
     };
     let raw: Vec<Option<String>> = views.iter().map(|v| v.config_sha256.clone()).collect();
     let loaded = loaded_configs(&session, &state, &raw).await;
+    let cluster_lock = session
+        .cluster_lock_holder(&state)
+        .await
+        .map_err(|e| format!("{e:#}"));
     session.close().await;
     // A file `rke up` wrote for the deployed config is that config, not drift.
     if let Some(config) = deployed.as_ref() {
@@ -364,6 +369,7 @@ pub async fn status(
                 findings: &findings,
                 unavailable: &unavailable,
                 loaded: &loaded,
+                cluster_lock: &cluster_lock,
             });
             println!("{}", serde_json::to_string_pretty(&value)?);
         }
@@ -373,6 +379,11 @@ pub async fn status(
                 println!(
                     "Run in progress: atrest pid {pid} holds the state lock (what follows may change meanwhile)"
                 );
+            }
+            match &cluster_lock {
+                Ok(Some(view)) => println!("Cluster lock: {}", view.text()),
+                Ok(None) => println!("Cluster lock: free"),
+                Err(e) => println!("Cluster lock: unknown ({e})"),
             }
             println!("Current Rotation Stage: {stage}");
             if let Some(t) = &atrest.transition {
@@ -503,6 +514,8 @@ struct StatusFacts<'a> {
     unavailable: &'a [String],
     /// Per node (as `views`), what its kube-apiserver says it loaded.
     loaded: &'a [ServerLoaded],
+    /// Who holds the cluster lock (`Ok(None)`: nobody), or why that could not be read.
+    cluster_lock: &'a Result<Option<LockView>, String>,
 }
 
 /// What one kube-apiserver reports through its `/metrics` about its encryption config (docs/reload.md).
@@ -595,6 +608,17 @@ fn status_json(f: &StatusFacts) -> Value {
         "encryptionStatus": f.enabled,
         "stage": f.stage.to_string(),
         "runInProgress": f.running,
+        "clusterLock": match f.cluster_lock {
+            Ok(Some(view)) => match &view.owner {
+                Ok(o) => json!({
+                    "held": true, "holder": o.holder, "pid": o.pid, "command": o.command, "state": o.state,
+                    "since": o.since, "expiresInSeconds": view.expires_in,
+                }),
+                Err(why) => json!({"held": true, "unreadable": why, "expiresInSeconds": view.expires_in}),
+            },
+            Ok(None) => json!({"held": false}),
+            Err(e) => json!({"error": e}),
+        },
         "transition": f.atrest.transition.as_ref().map(|t| json!({
             "id": t.id, "kind": t.kind, "stage": t.stage.to_string(),
             "done": t.done.iter().map(|p| p.to_string()).collect::<Vec<_>>(),
@@ -965,6 +989,16 @@ mod tests {
             findings: &findings,
             unavailable: &[],
             loaded: &[],
+            cluster_lock: &Ok(Some(LockView {
+                owner: Ok(crate::exec::cluster_lock::LockOwner {
+                    holder: "ci@b".into(),
+                    state: "/other/cluster.rkestate".into(),
+                    pid: 9,
+                    command: "up".into(),
+                    since: "2026-12-02T01:00:00Z".into(),
+                }),
+                expires_in: Some(41),
+            })),
         });
         let keys: Vec<&str> = status
             .as_object()
@@ -980,6 +1014,7 @@ mod tests {
                 "encryptionStatus",
                 "stage",
                 "runInProgress",
+                "clusterLock",
                 "transition",
                 "hashesMatch",
                 "nodes",
@@ -1000,6 +1035,8 @@ mod tests {
         assert_eq!(status["attention"][0]["reason"], "stageInProgress");
         assert_eq!(status["attention"][1]["reason"], "notOnActiveKey");
         assert_eq!(status["nodes"][0]["matchesState"], true);
+        assert_eq!(status["clusterLock"]["holder"], "ci@b");
+        assert_eq!(status["clusterLock"]["expiresInSeconds"], 41);
 
         let verify = verify_json(&counts, &off(10), 1.234);
         let vkeys: Vec<&str> = verify

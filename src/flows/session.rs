@@ -189,6 +189,16 @@ impl Session {
         Ok(())
     }
 
+    /// Who holds the cluster lock now (for `status`); reads only.
+    pub async fn cluster_lock_holder(
+        &mut self,
+        state: &RkeState,
+    ) -> anyhow::Result<Option<crate::exec::cluster_lock::LockView>> {
+        let key = lock_key(&self.etcd_prefix());
+        let client = self.etcd(state).await?.client().clone();
+        Ok(crate::exec::cluster_lock::inspect(&client, &key).await?)
+    }
+
     /// The run held the cluster lock and could not renew it for a whole lease: it must stop at the next safe
     /// point, since another run may have taken the lock meanwhile.
     pub fn cluster_lock_lost(&self) -> bool {

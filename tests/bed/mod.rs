@@ -248,6 +248,11 @@ impl Bed {
         ]))
     }
 
+    /// Runs `docker args` against node `i`'s engine (which must succeed); its trimmed stdout.
+    pub fn docker(&self, i: usize, args: &[&str]) -> String {
+        run(docker(&self.nodes[i].docker_socket_host).args(args))
+    }
+
     pub fn docker_inspect_name(&self, i: usize, name: &str) -> Option<String> {
         let out = docker(&self.nodes[i].docker_socket_host)
             .args(["inspect", "--format", "{{.Id}}", name])
