@@ -786,11 +786,21 @@ async fn tls_readyz_checks_kube_ca_and_presents_client_cert() {
             .spawn()
             .expect("openssl s_server"),
     );
+    // openssl may take seconds to listen on a loaded machine: wait for its port, not for a guessed time.
+    let listening = std::time::Instant::now();
+    while std::net::TcpStream::connect((n.address.as_str(), port)).is_err() {
+        assert!(
+            listening.elapsed() < Duration::from_secs(60),
+            "openssl s_server never listened on {}:{port}",
+            n.address
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
     let mut probe = HealthProbe::from_node_certs(&hosts[0], &n.kdir_node)
         .await
         .expect("node certs");
     probe.port = port;
-    wait_ready(&hosts[0], &probe, Duration::from_secs(10))
+    wait_ready(&hosts[0], &probe, Duration::from_secs(30))
         .await
         .expect("ready over TLS with kube-ca and client cert");
 
