@@ -268,6 +268,19 @@ pub fn same_image(tag: &str, running: &str, tagged: Option<&str>) -> Result<(), 
     }
 }
 
+/// A Docker answer with 404 (no such container or image) as `None`.
+fn not_found_as_none<T>(
+    answer: Result<T, bollard::errors::Error>,
+) -> Result<Option<T>, bollard::errors::Error> {
+    match answer {
+        Ok(found) => Ok(Some(found)),
+        Err(bollard::errors::Error::DockerResponseServerError {
+            status_code: 404, ..
+        }) => Ok(None),
+        Err(e) => Err(e),
+    }
+}
+
 /// `sha256:0123456789ab`: enough of an image ID to tell two apart in a message.
 fn short_id(id: &str) -> &str {
     &id[..id.len().min("sha256:".len() + 12)]
@@ -356,17 +369,12 @@ impl NodeDocker {
         &self,
         name: &str,
     ) -> Result<Option<ContainerInspectResponse>, DockerError> {
-        match self
-            .docker
-            .inspect_container(name, None::<InspectContainerOptions>)
-            .await
-        {
-            Ok(c) => Ok(Some(c)),
-            Err(bollard::errors::Error::DockerResponseServerError {
-                status_code: 404, ..
-            }) => Ok(None),
-            Err(e) => Err(self.api(&format!("inspecting {name}"), e)),
-        }
+        not_found_as_none(
+            self.docker
+                .inspect_container(name, None::<InspectContainerOptions>)
+                .await,
+        )
+        .map_err(|e| self.api(&format!("inspecting {name}"), e))
     }
 
     /// Inspect a container by name; `None` when it does not exist.
@@ -526,7 +534,8 @@ impl NodeDocker {
     }
 
     /// RKE's recreate up to the health gate: rename → stop old → create → start. On a failure before the new
-    /// container is started, the old one is put back and started again before the error is returned.
+    /// container is started, the old one is put back and started again before the error is returned. The
+    /// caller checks first that the image stays the same ([`NodeDocker::check_recreate`]).
     pub async fn begin_recreate(&self, change: &ContainerChange) -> Result<(), DockerError> {
         if self.inspect_raw(OLD_APISERVER).await?.is_some() {
             return Err(DockerError::State {
@@ -544,7 +553,6 @@ impl NodeDocker {
                 node: self.host.label().to_string(),
                 detail: format!("no {APISERVER} container found"),
             })?;
-        self.check_same_image(&template).await?;
         self.rename(APISERVER, OLD_APISERVER).await?;
         let steps = async {
             self.stop(OLD_APISERVER).await?;
@@ -592,13 +600,9 @@ impl NodeDocker {
             .and_then(|c| c.image.clone())
             .unwrap_or_default();
         let running = template.image.clone().unwrap_or_default();
-        let tagged = match self.docker.inspect_image(&tag).await {
-            Ok(image) => image.id,
-            Err(bollard::errors::Error::DockerResponseServerError {
-                status_code: 404, ..
-            }) => None,
-            Err(e) => return Err(self.api(&format!("inspecting the image {tag}"), e)),
-        };
+        let tagged = not_found_as_none(self.docker.inspect_image(&tag).await)
+            .map_err(|e| self.api(&format!("inspecting the image {tag}"), e))?
+            .and_then(|image| image.id);
         same_image(&tag, &running, tagged.as_deref()).map_err(|detail| DockerError::State {
             node: self.host.label().to_string(),
             detail,

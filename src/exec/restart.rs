@@ -225,36 +225,7 @@ where
                 }
                 report.changed.push(outcome);
             }
-            Err(NodeFailure::NotStarted(cause)) => {
-                return Err(RolloutError::NotStarted {
-                    node,
-                    cause,
-                    changed: report.changed,
-                });
-            }
-            Err(NodeFailure::Changed { expected, found }) => {
-                return Err(RolloutError::ChangedUnderfoot {
-                    node,
-                    expected,
-                    found,
-                    changed: report.changed,
-                });
-            }
-            Err(NodeFailure::RolledBack(cause)) => {
-                return Err(RolloutError::RolledBack {
-                    node,
-                    cause,
-                    changed: report.changed,
-                });
-            }
-            Err(NodeFailure::RestoreFailed { cause, restore }) => {
-                return Err(RolloutError::RestoreFailed {
-                    node,
-                    cause,
-                    restore,
-                    changed: report.changed,
-                });
-            }
+            Err(failure) => return Err(failure.stopped_at(node, report.changed)),
         }
     }
     Ok(report)
@@ -273,6 +244,36 @@ enum NodeFailure {
         cause: StepError,
         restore: StepError,
     },
+}
+
+impl NodeFailure {
+    /// The rollout's error for a failure on `node`, after the nodes `changed`.
+    fn stopped_at(self, node: NodeLabel, changed: Vec<NodeOutcome>) -> RolloutError {
+        match self {
+            NodeFailure::NotStarted(cause) => RolloutError::NotStarted {
+                node,
+                cause,
+                changed,
+            },
+            NodeFailure::Changed { expected, found } => RolloutError::ChangedUnderfoot {
+                node,
+                expected,
+                found,
+                changed,
+            },
+            NodeFailure::RolledBack(cause) => RolloutError::RolledBack {
+                node,
+                cause,
+                changed,
+            },
+            NodeFailure::RestoreFailed { cause, restore } => RolloutError::RestoreFailed {
+                node,
+                cause,
+                restore,
+                changed,
+            },
+        }
+    }
 }
 
 async fn apply_one(
