@@ -70,6 +70,116 @@ fn status_is_whole(b: &Bench, write_label: &str) -> String {
     stderr
 }
 
+/// Another run's recreate renames `kube-apiserver` to `old-kube-apiserver` before it creates the new one: for that
+/// moment the node has no `kube-apiserver` container. status still reports everything else, names the node, and
+/// exits PARTIAL (3); verify (etcd only) passes; plan, which checks what a change would, refuses and names it.
+/// Then the same with the new container an interrupted `rke up` would have created beside it.
+fn a_node_half_way_through_a_recreate_is_reported_not_fatal(b: &Bench, node: &Node, label: &str) {
+    let rename = |from: &str, to: &str| {
+        let out =
+            b.tb.docker(node)
+                .args(["rename", from, to])
+                .output()
+                .expect("docker");
+        assert!(out.status.success(), "docker rename {from} {to}");
+    };
+    let address = node.address.to_string();
+    rename(APISERVER, "old-kube-apiserver");
+    let out = b.run(&["encrypt", "status", "-o", "json"]);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(
+        out.status.code(),
+        Some(3),
+        "status must be PARTIAL: {stderr}"
+    );
+    let status: serde_json::Value = serde_json::from_slice(&out.stdout).expect("status JSON");
+    let unavailable = status["unavailable"].to_string();
+    assert!(
+        unavailable.contains(&address) && unavailable.contains("no kube-apiserver container"),
+        "the node half-way through a recreate is named: {status}"
+    );
+    let row = status["nodes"]
+        .as_array()
+        .and_then(|n| n.iter().find(|v| v["node"] == address.as_str()))
+        .cloned()
+        .unwrap_or_else(|| panic!("no row for {}: {status}", node.address));
+    assert!(row["unobserved"].is_string(), "{row}");
+    assert_eq!(
+        status["census"]["secrets"][label].as_u64(),
+        Some(SECRETS as u64),
+        "the census is still whole: {status}"
+    );
+    assert_eq!(
+        status["hashesMatch"], true,
+        "the observed nodes agree: {status}"
+    );
+    assert_eq!(status["encryptionStatus"], "Enabled", "{status}");
+    let verify = b.run(&["encrypt", "verify"]);
+    assert!(verify.status.success(), "verify needs etcd only");
+    let plan = b.run(&["plan"]);
+    let plan_err = String::from_utf8_lossy(&plan.stderr);
+    assert!(!plan.status.success(), "plan must refuse: {plan_err}");
+    assert!(
+        plan_err.contains(&address) && plan_err.contains("no kube-apiserver container"),
+        "plan names the node: {plan_err}"
+    );
+
+    // An interrupted `rke up` got further: it created its new kube-apiserver (not started). That container is not
+    // atrest's, so atrest decides nothing: plan names it, `up` refuses and changes nothing.
+    let image =
+        b.tb.docker(node)
+            .args(["inspect", "-f", "{{.Config.Image}}", "old-kube-apiserver"])
+            .output()
+            .expect("docker inspect");
+    let image = String::from_utf8_lossy(&image.stdout).trim().to_string();
+    let created =
+        b.tb.docker(node)
+            .args([
+                "create",
+                "--name",
+                APISERVER,
+                "--entrypoint",
+                APISERVER,
+                &image,
+            ])
+            .output()
+            .expect("docker create");
+    assert!(
+        created.status.success(),
+        "{}",
+        String::from_utf8_lossy(&created.stderr)
+    );
+    let plan = b.run(&["plan"]);
+    let plan_out = String::from_utf8_lossy(&plan.stdout);
+    assert!(
+        plan_out.contains("atrest did not create") && plan_out.contains(&address),
+        "plan shows the other tool's leftover: {plan_out}"
+    );
+    let state_before = std::fs::read(b.tb.rkestate()).expect("state");
+    let up = b.run(&["up", "--yes"]);
+    let up_err = String::from_utf8_lossy(&up.stderr);
+    assert!(!up.status.success(), "up must refuse: {up_err}");
+    assert!(up_err.contains("changes nothing"), "{up_err}");
+    assert_eq!(std::fs::read(b.tb.rkestate()).expect("state"), state_before);
+    let names =
+        b.tb.docker(node)
+            .args(["ps", "-a", "--format", "{{.Names}}"])
+            .output()
+            .expect("docker ps");
+    let names = String::from_utf8_lossy(&names.stdout);
+    assert!(
+        names.lines().any(|n| n == "old-kube-apiserver") && names.lines().any(|n| n == APISERVER),
+        "both containers left alone: {names}"
+    );
+    let removed =
+        b.tb.docker(node)
+            .args(["rm", APISERVER])
+            .output()
+            .expect("docker rm");
+    assert!(removed.status.success());
+    rename("old-kube-apiserver", APISERVER);
+}
+
 #[test]
 fn status_verify_and_plan_answer_with_any_apiserver_down() {
     let Some(b) = bench() else { return };
@@ -111,6 +221,8 @@ fn status_verify_and_plan_answer_with_any_apiserver_down() {
         docker(&b, node, "start");
         wait_ready(&b, node);
     }
+
+    a_node_half_way_through_a_recreate_is_reported_not_fatal(&b, &nodes[1], &label);
 
     for node in &nodes {
         docker(&b, node, "stop");

@@ -17,6 +17,10 @@ use std::sync::Arc;
 
 pub const APISERVER: &str = "kube-apiserver";
 pub const OLD_APISERVER: &str = "old-kube-apiserver";
+/// The label atrest puts on every container it creates (value: `atrest <version>`). RKE compares image,
+/// Entrypoint, Cmd, Env, Binds and SecurityOpt, never labels, so the label changes nothing for `rke up`; it tells
+/// an `old-kube-apiserver` that atrest's interrupted recreate left from one an interrupted `rke up` left.
+pub const CREATED_BY_LABEL: &str = "io.atrest.created-by";
 pub const ENCRYPTION_FLAG: &str = "--encryption-provider-config";
 /// kube-apiserver 1.26+: reload the encryption config file when it changes (checked once a minute).
 pub const RELOAD_FLAG: &str = "--encryption-provider-config-automatic-reload";
@@ -78,6 +82,56 @@ pub struct ApiserverInfo {
     pub has_encryption_flag: bool,
     /// Runs with `--encryption-provider-config-automatic-reload` on (`=true`, or the bare flag).
     pub has_reload_flag: bool,
+    /// atrest created this container ([`CREATED_BY_LABEL`]).
+    pub created_by_atrest: bool,
+}
+
+/// What to do about an `old-kube-apiserver` found on a node: a recreate (atrest's or RKE's, both rename the old
+/// container to that name first) was interrupted.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Leftover {
+    /// No leftover.
+    Nothing,
+    /// Killed after the rename and before the new container existed: the old one goes back, whoever left it.
+    PutBackOld,
+    /// atrest's own recreate got as far as creating the new container: keep it if it becomes ready, else put the
+    /// old one back (what the interrupted run would have done).
+    FinishOurs,
+    /// The new container is not atrest's (an interrupted `rke up`?): atrest does not decide for another tool.
+    NotOurs,
+}
+
+impl Leftover {
+    /// `old_exists`: `old-kube-apiserver` is there; `new_created_by_atrest`: whether a `kube-apiserver` exists
+    /// and, if so, whether atrest created it.
+    pub fn decide(old_exists: bool, new_created_by_atrest: Option<bool>) -> Leftover {
+        match (old_exists, new_created_by_atrest) {
+            (false, _) => Leftover::Nothing,
+            (true, None) => Leftover::PutBackOld,
+            (true, Some(true)) => Leftover::FinishOurs,
+            (true, Some(false)) => Leftover::NotOurs,
+        }
+    }
+
+    /// What a plan or an error says about it on `node`.
+    pub fn describe(&self, node: &str) -> Option<String> {
+        match self {
+            Leftover::Nothing => None,
+            Leftover::PutBackOld => Some(format!(
+                "{node}: an interrupted recreate left {OLD_APISERVER} and no {APISERVER}: the old container is \
+                 renamed back and started first"
+            )),
+            Leftover::FinishOurs => Some(format!(
+                "{node}: an interrupted atrest run left {OLD_APISERVER} beside the {APISERVER} it created: the \
+                 new one is kept if it becomes ready, else the old one is put back, first"
+            )),
+            Leftover::NotOurs => Some(format!(
+                "{node}: {OLD_APISERVER} is there beside a {APISERVER} atrest did not create (an interrupted `rke \
+                 up`?). atrest leaves both alone and changes nothing: rerun `rke up`, or once {APISERVER} is \
+                 healthy remove the old one (docker rm {OLD_APISERVER})"
+            )),
+        }
+    }
 }
 
 /// A Docker client for one node.
@@ -240,6 +294,10 @@ pub fn create_body(
     if new_binds != binds {
         host_config.binds = Some(new_binds);
     }
+    config.labels.get_or_insert_default().insert(
+        CREATED_BY_LABEL.to_string(),
+        format!("atrest {}", env!("CARGO_PKG_VERSION")),
+    );
     let mut body = serde_json::to_value(&config)?;
     let host_config = serde_json::to_value(&host_config)?;
     if let Some(obj) = body.as_object_mut() {
@@ -409,6 +467,11 @@ impl NodeDocker {
                     .unwrap_or_default(),
                 running: state.running.unwrap_or(false),
                 restarting: state.restarting.unwrap_or(false),
+                created_by_atrest: c
+                    .config
+                    .as_ref()
+                    .and_then(|cfg| cfg.labels.as_ref())
+                    .is_some_and(|l| l.contains_key(CREATED_BY_LABEL)),
             }
         }))
     }
@@ -750,6 +813,30 @@ mod tests {
     }
 
     #[test]
+    fn a_leftover_is_finished_only_when_atrest_created_the_new_container() {
+        assert_eq!(Leftover::decide(false, None), Leftover::Nothing);
+        assert_eq!(Leftover::decide(false, Some(false)), Leftover::Nothing);
+        assert_eq!(Leftover::decide(false, Some(true)), Leftover::Nothing);
+        assert_eq!(Leftover::decide(true, None), Leftover::PutBackOld);
+        assert_eq!(Leftover::decide(true, Some(true)), Leftover::FinishOurs);
+        assert_eq!(Leftover::decide(true, Some(false)), Leftover::NotOurs);
+        assert_eq!(Leftover::Nothing.describe("n1"), None);
+        let not_ours = Leftover::NotOurs.describe("n1").expect("described");
+        assert!(
+            not_ours.starts_with("n1: ") && not_ours.contains("changes nothing"),
+            "{not_ours}"
+        );
+        for leftover in [
+            Leftover::PutBackOld,
+            Leftover::FinishOurs,
+            Leftover::NotOurs,
+        ] {
+            let text = leftover.describe("n1").expect("described");
+            assert!(!text.contains("  "), "one line, single spaces: {text}");
+        }
+    }
+
+    #[test]
     fn recreate_decision() {
         let info = ApiserverInfo {
             id: "x".into(),
@@ -761,6 +848,7 @@ mod tests {
             restarting: false,
             has_encryption_flag: false,
             has_reload_flag: false,
+            created_by_atrest: false,
         };
         let keep = ContainerChange {
             flag: FlagChange::Keep,
@@ -838,7 +926,16 @@ mod tests {
         assert_eq!(body.cmd, None, "Cmd stays absent");
         assert_eq!(body.image, cfg.image);
         assert_eq!(body.env, cfg.env);
-        assert_eq!(body.labels, cfg.labels);
+        let mut labels = cfg.labels.clone().expect("RKE's labels");
+        labels.insert(
+            CREATED_BY_LABEL.into(),
+            format!("atrest {}", env!("CARGO_PKG_VERSION")),
+        );
+        assert_eq!(
+            body.labels,
+            Some(labels),
+            "RKE's labels kept, atrest's added"
+        );
         let (hc, want) = (
             body.host_config.expect("host config"),
             before.host_config.expect("host config"),
@@ -944,6 +1041,7 @@ mod tests {
             restarting: false,
             has_encryption_flag: with,
             has_reload_flag: false,
+            created_by_atrest: false,
         };
         assert!(needs_recreate(&info(false), &no_binds(FlagChange::Add)));
         assert!(!needs_recreate(&info(true), &no_binds(FlagChange::Add)));

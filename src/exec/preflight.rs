@@ -2,7 +2,7 @@
 //! writable, a `kube-apiserver` container present. Read-only; all failing nodes are reported together.
 
 use crate::config::cluster::{ClusterConfig, Node};
-use crate::exec::docker::{APISERVER, NodeDocker};
+use crate::exec::docker::{APISERVER, NodeDocker, OLD_APISERVER};
 use crate::exec::ssh::{Host, NodeLabel, SshOptions, connect_each, shell_quote};
 use std::sync::Arc;
 
@@ -44,8 +44,15 @@ pub async fn check_host(host: &Arc<Host>, kubernetes_dir: &str) -> Vec<String> {
             Ok(()) => match docker.inspect(APISERVER).await {
                 Ok(Some(_)) => {}
                 Ok(None) => problems.push(format!(
-                    "no {APISERVER} container on {}",
-                    host.docker_socket()
+                    "no {APISERVER} container on {}{}",
+                    host.docker_socket(),
+                    match docker.inspect(OLD_APISERVER).await {
+                        Ok(Some(_)) => format!(
+                            " ({OLD_APISERVER} is there: an interrupted recreate, or one in progress; \
+                             `atrest up` puts it back first when no other run holds the cluster lock)"
+                        ),
+                        _ => String::new(),
+                    }
                 )),
                 Err(e) => problems.push(e.to_string()),
             },

@@ -28,7 +28,7 @@ use crate::plan::{
 use anyhow::{Context, anyhow, bail};
 use execute::{Executor, say};
 use options::{GlobalOpts, PlanFormat, StatusFormat, VerifyFormat};
-use session::{LockRequest, Session};
+use session::{Access, LockRequest, Session};
 use std::collections::BTreeSet;
 use std::io::IsTerminal;
 use std::process::ExitCode;
@@ -314,111 +314,123 @@ async fn reconcile(
         print_plan(&plan, output.format, true);
         return Ok(output.code(!plan.is_noop()));
     }
-    let lock_request = (mode == Mode::Apply).then_some(LockRequest {
-        state: &state,
-        state_path: &inputs.state_path,
-        command: match intent {
-            Intent::RotateKey => "encrypt rotate-key",
-            Intent::Reconcile => "up",
-        },
-    });
-    let mut session = match Session::connect(global, &inputs.config, lock_request).await {
+    let access = if mode == Mode::Apply {
+        Access::Change(LockRequest {
+            state: &state,
+            state_path: &inputs.state_path,
+            command: match intent {
+                Intent::RotateKey => "encrypt rotate-key",
+                Intent::Reconcile => "up",
+            },
+        })
+    } else {
+        Access::Plan
+    };
+    let mut session = match Session::connect(global, &inputs.config, access).await {
         Ok(s) => s,
         Err(e) => {
             return Err(e.context("pre-flight failed; nothing was changed"));
         }
     };
-    session.records = atrest.clone();
-    let views = session.observe_nodes().await?;
-    let mut observed_nodes = session::observations(&views);
-    // A file `rke up` wrote from the state (state string + "\n"), or atrest's earlier layout, holds the deployed
-    // config too: count it as the deployed config, not as drift to repair with a restart (unless no
-    // kube-apiserver could start with it: `targets::equivalent_hashes`).
-    if let Some(config) = deployed.as_ref() {
-        let same = targets::equivalent_hashes(config, state.current_encryption_config());
-        for n in &mut observed_nodes {
-            if n.config_sha256.as_ref().is_some_and(|h| same.contains(h)) {
-                n.config_sha256 = targets::deployed_hash(Some(config));
+    // Every way out of here closes the session: the cluster lock is released at once, not after its lease.
+    let outcome = async {
+        session.records = atrest.clone();
+        let views = session.observe_nodes().await?;
+        let mut observed_nodes = session::observations(&views);
+        // A file `rke up` wrote from the state (state string + "\n"), or atrest's earlier layout, holds the deployed
+        // config too: count it as the deployed config, not as drift to repair with a restart (unless no
+        // kube-apiserver could start with it: `targets::equivalent_hashes`).
+        if let Some(config) = deployed.as_ref() {
+            let same = targets::equivalent_hashes(config, state.current_encryption_config());
+            for n in &mut observed_nodes {
+                if n.config_sha256.as_ref().is_some_and(|h| same.contains(h)) {
+                    n.config_sha256 = targets::deployed_hash(Some(config));
+                }
+            }
+        }
+        let resources = involved_resources(&[
+            deployed.as_ref(),
+            desired_target.config(),
+            record.as_ref().and_then(|r| r.from.as_ref()),
+            record.as_ref().and_then(|r| r.to.as_ref()),
+        ]);
+        let (_, census) = session
+            .census(&state, &resources, None)
+            .await
+            .context("pre-flight: the etcd census failed; nothing was changed")?;
+        let kms_configs: Vec<_> = [
+            deployed.as_ref(),
+            desired_target.config(),
+            record.as_ref().and_then(|r| r.from.as_ref()),
+            record.as_ref().and_then(|r| r.to.as_ref()),
+        ]
+        .into_iter()
+        .flatten()
+        .cloned()
+        .collect();
+        let deployed_config = deployed.clone();
+
+        let mut input = PlanInput::new(
+            desired_target,
+            targets::current_target(deployed),
+            session.node_names(),
+        );
+        input.transition = record;
+        input.intent = intent;
+        input.options = PlanOptions {
+            no_snapshot: global.no_snapshot,
+        };
+        input.observed = Observed {
+            nodes: observed_nodes,
+            census: Some(session::census_counts(&census)),
+            reloading: views
+                .iter()
+                .filter(|v| v.reload && v.has_flag)
+                .map(|v| v.name.clone())
+                .collect(),
+        };
+        input.reload_wanted = session.cluster.reload_wanted();
+        input.config_hash = Some(targets::deployed_hash);
+        let mut plan = plan::plan(&input)?;
+        plan.notes.extend(extra_notes);
+        plan.notes.extend(session.leftovers.iter().cloned());
+        if !plan.is_noop() {
+            plan.notes.push(backup_note(&inputs));
+        }
+        // KMS: every plugin is checked before anything changes; with an unchanged config, objects still on an old
+        // plugin key id are re-wrapped.
+        if plan.is_noop() {
+            if let Some(c) = &deployed_config
+                && let Some(code) =
+                    kms::rewrap_stale_key_ids(global, &mut session, &state, c, mode == Mode::Apply)
+                        .await?
+            {
+                // Shown, not applied: objects to re-wrap are changes a pipeline must see.
+                return Ok(match mode {
+                    Mode::Show(output) | Mode::ShowOffline(output) => output.code(true),
+                    Mode::Apply => code,
+                });
+            }
+        } else if mode == Mode::Apply {
+            kms::preflight(&session, &kms_configs.iter().collect::<Vec<_>>()).await?;
+        }
+
+        match mode {
+            Mode::Show(output) | Mode::ShowOffline(output) => {
+                print_plan(&plan, output.format, matches!(mode, Mode::ShowOffline(_)));
+                session.close().await;
+                // A leftover of an interrupted recreate is a change `up` makes first.
+                Ok(output.code(!plan.is_noop() || !session.leftovers.is_empty()))
+            }
+            Mode::Apply => {
+                let lock = lock.ok_or_else(|| anyhow!("the state lock is not held"))?;
+                apply(global, &mut session, &lock, &plan, started).await
             }
         }
     }
-    let resources = involved_resources(&[
-        deployed.as_ref(),
-        desired_target.config(),
-        record.as_ref().and_then(|r| r.from.as_ref()),
-        record.as_ref().and_then(|r| r.to.as_ref()),
-    ]);
-    let (_, census) = session
-        .census(&state, &resources, None)
-        .await
-        .context("pre-flight: the etcd census failed; nothing was changed")?;
-    let kms_configs: Vec<_> = [
-        deployed.as_ref(),
-        desired_target.config(),
-        record.as_ref().and_then(|r| r.from.as_ref()),
-        record.as_ref().and_then(|r| r.to.as_ref()),
-    ]
-    .into_iter()
-    .flatten()
-    .cloned()
-    .collect();
-    let deployed_config = deployed.clone();
-
-    let mut input = PlanInput::new(
-        desired_target,
-        targets::current_target(deployed),
-        session.node_names(),
-    );
-    input.transition = record;
-    input.intent = intent;
-    input.options = PlanOptions {
-        no_snapshot: global.no_snapshot,
-    };
-    input.observed = Observed {
-        nodes: observed_nodes,
-        census: Some(session::census_counts(&census)),
-        reloading: views
-            .iter()
-            .filter(|v| v.reload && v.has_flag)
-            .map(|v| v.name.clone())
-            .collect(),
-    };
-    input.reload_wanted = session.cluster.reload_wanted();
-    input.config_hash = Some(targets::deployed_hash);
-    let mut plan = plan::plan(&input)?;
-    plan.notes.extend(extra_notes);
-    if !plan.is_noop() {
-        plan.notes.push(backup_note(&inputs));
-    }
-    // KMS: every plugin is checked before anything changes; with an unchanged config, objects still on an old
-    // plugin key id are re-wrapped.
-    if plan.is_noop() {
-        if let Some(c) = &deployed_config
-            && let Some(code) =
-                kms::rewrap_stale_key_ids(global, &mut session, &state, c, mode == Mode::Apply)
-                    .await?
-        {
-            // Shown, not applied: objects to re-wrap are changes a pipeline must see.
-            return Ok(match mode {
-                Mode::Show(output) | Mode::ShowOffline(output) => output.code(true),
-                Mode::Apply => code,
-            });
-        }
-    } else if mode == Mode::Apply {
-        kms::preflight(&session, &kms_configs.iter().collect::<Vec<_>>()).await?;
-    }
-
-    match mode {
-        Mode::Show(output) | Mode::ShowOffline(output) => {
-            print_plan(&plan, output.format, matches!(mode, Mode::ShowOffline(_)));
-            session.close().await;
-            Ok(output.code(!plan.is_noop()))
-        }
-        Mode::Apply => {
-            let lock = lock.ok_or_else(|| anyhow!("the state lock is not held"))?;
-            apply(global, &mut session, &lock, &plan, started).await
-        }
-    }
+    .await;
+    session.close().await;
+    outcome
 }
 
 /// What to back up together before a change: RKE's files and atrest's records (the archive of retired keys).
@@ -467,35 +479,41 @@ async fn stepwise_verb(
         state_path: &inputs.state_path,
         command: name,
     };
-    let mut session = Session::connect(global, &inputs.config, Some(lock_request))
+    let mut session = Session::connect(global, &inputs.config, Access::Change(lock_request))
         .await
         .context("pre-flight failed; nothing was changed")?;
     session.records = atrest.clone();
-    // Pre-flight: the census must be reachable, since reencrypt and finish depend on it.
-    session
-        .census(&state, &["secrets".to_string()], None)
-        .await
-        .context("pre-flight: the etcd census failed; nothing was changed")?;
-    let reloading = session
-        .observe_nodes()
-        .await?
-        .into_iter()
-        .filter(|v| v.reload && v.has_flag)
-        .map(|v| v.name)
-        .collect();
-    let input = StepwiseInput {
-        current: targets::current_target(deployed),
-        transition: record,
-        controlplanes: session.node_names(),
-        new_key,
-        options: PlanOptions {
-            no_snapshot: global.no_snapshot,
-        },
-        reloading,
-        reload_wanted: session.cluster.reload_wanted(),
-    };
-    let plan = plan::stepwise(verb, &input)?;
-    apply(global, &mut session, &lock, &plan, started).await
+    // Every way out of here closes the session: the cluster lock is released at once, not after its lease.
+    let outcome = async {
+        // Pre-flight: the census must be reachable, since reencrypt and finish depend on it.
+        session
+            .census(&state, &["secrets".to_string()], None)
+            .await
+            .context("pre-flight: the etcd census failed; nothing was changed")?;
+        let reloading = session
+            .observe_nodes()
+            .await?
+            .into_iter()
+            .filter(|v| v.reload && v.has_flag)
+            .map(|v| v.name)
+            .collect();
+        let input = StepwiseInput {
+            current: targets::current_target(deployed),
+            transition: record,
+            controlplanes: session.node_names(),
+            new_key,
+            options: PlanOptions {
+                no_snapshot: global.no_snapshot,
+            },
+            reloading,
+            reload_wanted: session.cluster.reload_wanted(),
+        };
+        let plan = plan::stepwise(verb, &input)?;
+        apply(global, &mut session, &lock, &plan, started).await
+    }
+    .await;
+    session.close().await;
+    outcome
 }
 
 /// Shows the plan, asks, runs it, and reports.

@@ -8,7 +8,7 @@
 use super::Inputs;
 use super::execute::now;
 use super::options::{GlobalOpts, StatusFormat, VerifyFormat};
-use super::session::{NodeView, Session};
+use super::session::{Access, NodeView, Session};
 use super::targets;
 use crate::config::encryption::EncryptionConfiguration;
 use crate::exec::cluster_lock::LockView;
@@ -298,17 +298,19 @@ pub async fn status(
     let atrest = inputs.records.clone();
     let state = inputs.state;
     let deployed = targets::deployed(&state)?;
-    let mut session = Session::connect(global, &inputs.config, None).await?;
+    let mut session = Session::connect(global, &inputs.config, Access::Observe).await?;
     session.records = atrest.clone();
-    let mut views = session.observe_nodes().await?;
+    // A node half-way through another run's recreate (or with Docker down) is reported, not fatal.
+    let mut views = session.observe_each_node().await;
+    let mut unavailable = super::session::unobserved(&views);
     // Everything else above needs no API server; the census may (discovery of wildcard resources). Without it,
     // status still reports the rest and says what is missing (exit code PARTIAL).
-    let mut unavailable: Vec<String> = Vec::new();
-    let (counts, off) = match census_of(&mut session, &state, deployed.as_ref()).await {
-        Ok((counts, off, _)) => (counts, off),
+    let (counts, off, census_read) = match census_of(&mut session, &state, deployed.as_ref()).await
+    {
+        Ok((counts, off, _)) => (counts, off, true),
         Err(e) => {
             unavailable.push(format!("census: {e:#}"));
-            Default::default()
+            (Default::default(), Default::default(), false)
         }
     };
     let kms_lines = match deployed.as_ref() {
@@ -333,24 +335,30 @@ pub async fn status(
     }
 
     let stage = atrest.transition.as_ref().map_or(Stage::Start, |t| t.stage);
-    let hashes: Vec<Option<String>> = views.iter().map(|v| v.config_sha256.clone()).collect();
+    // What is known of the nodes comes from those observed whole; the others are named under `unavailable`.
+    let observed: Vec<NodeView> = views
+        .iter()
+        .filter(|v| v.unobserved.is_none())
+        .cloned()
+        .collect();
+    let hashes: Vec<Option<String>> = observed.iter().map(|v| v.config_sha256.clone()).collect();
     let all_match = hashes.windows(2).all(|w| w[0] == w[1]);
     let expected = targets::deployed_hash(deployed.as_ref());
-    let flags = views.iter().filter(|v| v.has_flag).count();
+    let flags = observed.iter().filter(|v| v.has_flag).count();
     let enabled = match (deployed.is_some(), flags) {
-        (true, n) if n == views.len() => "Enabled",
+        (true, n) if n == observed.len() => "Enabled",
         (false, 0) => "Disabled",
         _ => "Partially enabled (a transition has not finished)",
     };
     let rows = key_rows(deployed.as_ref());
-    let plaintext: Option<u64> = unavailable.is_empty().then(|| {
+    let plaintext: Option<u64> = census_read.then(|| {
         counts
             .values()
             .map(|l| l.get("identity").copied().unwrap_or(0))
             .sum()
     });
 
-    let findings = attention(&atrest, running, &views, expected.as_deref(), &off);
+    let findings = attention(&atrest, running, &observed, expected.as_deref(), &off);
 
     match format {
         StatusFormat::Json => {
@@ -367,6 +375,7 @@ pub async fn status(
                 kms_lines: &kms_lines,
                 plaintext,
                 findings: &findings,
+                census_read,
                 unavailable: &unavailable,
                 loaded: &loaded,
                 cluster_lock: &cluster_lock,
@@ -412,6 +421,10 @@ pub async fn status(
                 println!("Server Encryption Hashes: hashes differ between nodes");
             }
             for (i, v) in views.iter().enumerate() {
+                if let Some(why) = &v.unobserved {
+                    println!("  {:<16} unknown: {why}", v.name);
+                    continue;
+                }
                 let hash = v.config_sha256.as_deref().unwrap_or("(no file)");
                 let note = if v.config_sha256 == expected {
                     ""
@@ -452,9 +465,6 @@ pub async fn status(
             }
             println!();
             println!("Census (etcd):");
-            for why in &unavailable {
-                println!("  not available: {why}");
-            }
             for (resource, labels) in &counts {
                 let total: u64 = labels.values().sum();
                 let list: Vec<String> = labels.iter().map(|(l, n)| format!("{l}: {n}")).collect();
@@ -474,6 +484,9 @@ pub async fn status(
                 }
             }
             println!();
+            for why in &unavailable {
+                println!("not available: {why}");
+            }
             if findings.is_empty() {
                 println!("Needs attention: nothing");
             } else {
@@ -510,6 +523,8 @@ struct StatusFacts<'a> {
     kms_lines: &'a [String],
     plaintext: Option<u64>,
     findings: &'a [Finding],
+    /// The etcd census was read (`counts` holds it).
+    census_read: bool,
     /// Parts of the report that could not be read, with why (the census without any API server, for a wildcard).
     unavailable: &'a [String],
     /// Per node (as `views`), what its kube-apiserver says it loaded.
@@ -632,6 +647,7 @@ fn status_json(f: &StatusFacts) -> Value {
             let l = f.loaded.get(i).cloned().unwrap_or_default();
             json!({
                 "node": v.name,
+                "unobserved": v.unobserved,
                 "sha256": v.config_sha256,
                 "flag": v.has_flag,
                 "reload": v.reload,
@@ -645,7 +661,7 @@ fn status_json(f: &StatusFacts) -> Value {
         "keys": f.rows.iter().map(|r| json!({
             "active": r.active, "type": r.key_type, "name": r.name, "resources": r.resources,
         })).collect::<Vec<_>>(),
-        "census": if f.unavailable.is_empty() { json!(f.counts) } else { Value::Null },
+        "census": if f.census_read { json!(f.counts) } else { Value::Null },
         "unavailable": f.unavailable,
         "kms": f.kms_lines,
         "plaintext": f.plaintext,
@@ -669,7 +685,7 @@ pub async fn verify(
     inputs.say_notices();
     let state = inputs.state.clone();
     let deployed = targets::deployed(&state)?;
-    let mut session = Session::connect(global, &inputs.config, None).await?;
+    let mut session = Session::connect(global, &inputs.config, Access::Observe).await?;
     session.records = inputs.records.clone();
     let started = std::time::Instant::now();
     let (counts, off, samples) = census_of(&mut session, &state, deployed.as_ref()).await?;
@@ -754,6 +770,7 @@ mod tests {
             config_sha256: sha.map(str::to_string),
             has_flag: sha.is_some(),
             reload: false,
+            unobserved: None,
         }
     }
 
@@ -987,6 +1004,7 @@ mod tests {
             kms_lines: &[],
             plaintext: Some(0),
             findings: &findings,
+            census_read: true,
             unavailable: &[],
             loaded: &[],
             cluster_lock: &Ok(Some(LockView {

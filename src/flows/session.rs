@@ -4,8 +4,8 @@
 use super::options::GlobalOpts;
 use crate::config::cluster::{ClusterConfig, Node};
 use crate::exec::cluster_lock::{ClusterLock, LockOwner, lock_key};
-use crate::exec::docker::NodeDocker;
 use crate::exec::docker::{APISERVER, OLD_APISERVER};
+use crate::exec::docker::{Leftover, NodeDocker};
 use crate::exec::etcd::{Census, CensusOptions, Etcd, EtcdResource, EtcdTarget, EtcdTls};
 use crate::exec::files;
 use crate::exec::health::{HealthProbe, wait_ready};
@@ -37,6 +37,9 @@ pub struct NodeView {
     pub has_flag: bool,
     /// kube-apiserver runs with `--encryption-provider-config-automatic-reload` on.
     pub reload: bool,
+    /// Why the node could not be observed whole (its file or its kube-apiserver container could not be read,
+    /// e.g. no container while another run recreates it); the fields above are then not facts.
+    pub unobserved: Option<String>,
 }
 
 pub struct Session {
@@ -55,8 +58,21 @@ pub struct Session {
     /// sha256 of each controlplane's config file (by node name) as this run last saw or wrote it: a file found
     /// otherwise just before a write was changed by someone else, and is not overwritten.
     pub files_seen: BTreeMap<String, Option<String>>,
+    /// For a plan: what interrupted recreates left on the nodes, and what a change would do about it first.
+    pub leftovers: Vec<String>,
     /// The cluster-wide lock, once a changing run took it ([`Session::lock_cluster`]); released by `close`.
     cluster_lock: std::sync::Mutex<Option<ClusterLock>>,
+}
+
+/// What a run does with the cluster, which decides what [`Session::connect`] checks first.
+pub enum Access<'a> {
+    /// Changes it: the cluster lock is taken, an interrupted recreate recovered, every node pre-flight checked.
+    Change(LockRequest<'a>),
+    /// Plans a change: every node pre-flight checked, as the change would be.
+    Plan,
+    /// Only reads (status, verify): no pre-flight, since an operator asks exactly when a node is half-way
+    /// through a change or down; what cannot be read is reported, not fatal.
+    Observe,
 }
 
 /// A changing run's request for the cluster lock ([`Session::connect`]).
@@ -84,14 +100,14 @@ pub fn node_name(node: &Node) -> String {
 }
 
 impl Session {
-    /// Connects to every controlplane and runs the pre-flight checks (reachable, Docker answering, a
-    /// kube-apiserver container, the prefix directory writable). A run that will change the cluster passes
-    /// `lock`: the cluster lock is taken first, then a recreate an interrupted run left half-done is finished or
-    /// undone (never while another run may be doing it). Otherwise changes nothing.
+    /// Connects to every controlplane and, unless `access` only observes, runs the pre-flight checks
+    /// (reachable, Docker answering, a kube-apiserver container, the prefix directory writable). A run that will
+    /// change the cluster takes the cluster lock first, then finishes or undoes a recreate an interrupted run left
+    /// half-done (never while another run may be doing it). Otherwise changes nothing.
     pub async fn connect(
         global: &GlobalOpts,
         cluster: &ClusterConfig,
-        lock: Option<LockRequest<'_>>,
+        access: Access<'_>,
     ) -> anyhow::Result<Session> {
         let controlplanes: Vec<Node> = cluster.controlplanes().into_iter().cloned().collect();
         if controlplanes.is_empty() {
@@ -116,8 +132,9 @@ impl Session {
             records: AtrestState::default(),
             cluster_lock: std::sync::Mutex::new(None),
             files_seen: BTreeMap::new(),
+            leftovers: Vec::new(),
         };
-        if let Err(e) = session.prepare(lock).await {
+        if let Err(e) = session.prepare(access).await {
             session.close().await;
             return Err(e);
         }
@@ -125,12 +142,22 @@ impl Session {
     }
 
     /// The lock and the recovery of an interrupted recreate (for a changing run), then the pre-flight checks.
-    async fn prepare(&mut self, lock: Option<LockRequest<'_>>) -> anyhow::Result<()> {
-        if let Some(request) = lock {
-            self.lock_cluster(request.state, request.state_path, request.command)
-                .await?;
-            for host in &self.hosts {
-                recover_interrupted_recreate(host, &self.kubernetes_dir(host)).await?;
+    async fn prepare(&mut self, access: Access<'_>) -> anyhow::Result<()> {
+        match access {
+            Access::Observe => return Ok(()),
+            Access::Plan => {
+                for host in &self.hosts {
+                    let node = host.label().to_string();
+                    self.leftovers
+                        .extend(find_leftover(host).await?.describe(&node));
+                }
+            }
+            Access::Change(request) => {
+                self.lock_cluster(request.state, request.state_path, request.command)
+                    .await?;
+                for host in &self.hosts {
+                    recover_interrupted_recreate(host, &self.kubernetes_dir(host)).await?;
+                }
             }
         }
         preflight(&self.hosts, |h| self.kubernetes_dir(h)).await?;
@@ -210,32 +237,58 @@ impl Session {
     }
 
     /// Per controlplane: the hash of its encryption config file and whether kube-apiserver has the flag. The
-    /// hashes become [`Session::files_seen`].
+    /// hashes become [`Session::files_seen`]. Fails when any node could not be observed whole.
     pub async fn observe_nodes(&mut self) -> anyhow::Result<Vec<NodeView>> {
-        let views = self.hosts.iter().map(|host| {
-            let path = self.config_path(host);
-            async move {
-                let path = path?;
-                let sha = files::file_sha256(host, &path).await?;
-                let docker = NodeDocker::new(host.clone())?;
-                let info = docker.inspect_apiserver().await?;
-                Ok::<_, anyhow::Error>(NodeView {
-                    name: node_name(host.node()),
-                    config_sha256: sha,
-                    has_flag: info.has_encryption_flag,
-                    reload: info.has_reload_flag,
-                })
+        let views = self.observe_each_node().await;
+        let unobserved = unobserved(&views);
+        if !unobserved.is_empty() {
+            bail!("{}", unobserved.join("; "));
+        }
+        Ok(views)
+    }
+
+    /// [`Session::observe_nodes`] for a run that only reads: a node that cannot be observed whole is marked
+    /// ([`NodeView::unobserved`]), not fatal.
+    pub async fn observe_each_node(&mut self) -> Vec<NodeView> {
+        let this: &Session = self;
+        let views = this.hosts.iter().map(|host| async move {
+            let name = node_name(host.node());
+            match this.observe_node(host).await {
+                Ok(view) => view,
+                Err(e) => NodeView {
+                    name,
+                    config_sha256: None,
+                    has_flag: false,
+                    reload: false,
+                    unobserved: Some(format!("{e:#}")),
+                },
             }
         });
-        let views: Vec<NodeView> = futures::future::join_all(views)
-            .await
-            .into_iter()
-            .collect::<anyhow::Result<_>>()?;
+        let views: Vec<NodeView> = futures::future::join_all(views).await;
         self.files_seen = views
             .iter()
+            .filter(|v| v.unobserved.is_none())
             .map(|v| (v.name.clone(), v.config_sha256.clone()))
             .collect();
-        Ok(views)
+        views
+    }
+
+    async fn observe_node(&self, host: &Arc<Host>) -> anyhow::Result<NodeView> {
+        let path = self.config_path(host)?;
+        let sha = files::file_sha256(host, &path).await?;
+        let docker = NodeDocker::new(host.clone())?;
+        let info = docker.inspect(APISERVER).await?.ok_or_else(|| {
+            anyhow!(
+                "no {APISERVER} container (another run may be recreating it: see `docker ps -a` on the node)"
+            )
+        })?;
+        Ok(NodeView {
+            name: node_name(host.node()),
+            config_sha256: sha,
+            has_flag: info.has_encryption_flag,
+            reload: info.has_reload_flag,
+            unobserved: None,
+        })
     }
 
     /// The etcd client, connected on first use through a tunnel to the first etcd node, with the etcd client
@@ -590,6 +643,18 @@ pub fn census_counts(census: &Census) -> BTreeMap<String, BTreeMap<String, u64>>
         .collect()
 }
 
+/// `node <name>: <why>` for every node not observed whole.
+pub fn unobserved(views: &[NodeView]) -> Vec<String> {
+    views
+        .iter()
+        .filter_map(|v| {
+            v.unobserved
+                .as_ref()
+                .map(|why| format!("node {}: {why}", v.name))
+        })
+        .collect()
+}
+
 pub fn observations(views: &[NodeView]) -> Vec<NodeObservation> {
     views
         .iter()
@@ -600,23 +665,36 @@ pub fn observations(views: &[NodeView]) -> Vec<NodeObservation> {
         .collect()
 }
 
+/// What an interrupted recreate left on `host` ([`Leftover`]); reads only.
+pub async fn find_leftover(host: &Arc<Host>) -> anyhow::Result<Leftover> {
+    let docker = NodeDocker::new(host.clone())?;
+    if docker.inspect(OLD_APISERVER).await?.is_none() {
+        return Ok(Leftover::Nothing);
+    }
+    let new = docker.inspect(APISERVER).await?;
+    Ok(Leftover::decide(true, new.map(|n| n.created_by_atrest)))
+}
+
 /// A run killed in the middle of recreating kube-apiserver leaves `old-kube-apiserver` behind (and maybe no
 /// `kube-apiserver`). Finish or undo that recreate as the executor would have: keep the new container if it
-/// becomes ready, else put the old one back.
+/// becomes ready, else put the old one back. A new container atrest did not create is another tool's half-done
+/// recreate: refused, nothing changed.
 async fn recover_interrupted_recreate(
     host: &Arc<Host>,
     kubernetes_dir: &str,
 ) -> anyhow::Result<()> {
-    let docker = NodeDocker::new(host.clone())?;
-    if docker.inspect(OLD_APISERVER).await?.is_none() {
+    let leftover = find_leftover(host).await?;
+    let node = host.label().to_string();
+    let Some(what) = leftover.describe(&node) else {
         return Ok(());
+    };
+    if leftover == Leftover::NotOurs {
+        bail!("{what}");
     }
-    tracing::warn!(
-        "{}: found {OLD_APISERVER} from an interrupted recreate; finishing it",
-        host.label()
-    );
+    eprintln!("{what}");
+    let docker = NodeDocker::new(host.clone())?;
     let new_ready = match docker.inspect(APISERVER).await? {
-        Some(info) if info.running => {
+        Some(info) if info.running && leftover == Leftover::FinishOurs => {
             let probe = HealthProbe::from_node_certs(host, kubernetes_dir).await?;
             wait_ready(host, &probe, std::time::Duration::from_secs(60))
                 .await
@@ -627,14 +705,12 @@ async fn recover_interrupted_recreate(
     if new_ready {
         docker.commit_recreate().await?;
         eprintln!(
-            "{}: the new {APISERVER} from the interrupted run is ready; removed {OLD_APISERVER}",
-            host.label()
+            "{node}: the new {APISERVER} from the interrupted run is ready; removed {OLD_APISERVER}"
         );
     } else {
         docker.rollback_recreate().await?;
         eprintln!(
-            "{}: put back the previous {APISERVER} (the interrupted run had not finished replacing it)",
-            host.label()
+            "{node}: put back the previous {APISERVER} (the interrupted run had not finished replacing it)"
         );
     }
     Ok(())
