@@ -573,6 +573,9 @@ async fn rolling_recreate_adds_flag_then_removes_it() {
             GOOD_CONFIG
         );
     }
+    let first_links: Vec<std::path::PathBuf> = (0..bed.nodes.len())
+        .map(|i| rke_log_link_is_there(&bed, i))
+        .collect();
     // Same change again: nothing to recreate, a restart suffices.
     let report = rolling_apply(&t, &change, &RolloutOptions::default(), |_| Ok(()))
         .await
@@ -596,7 +599,29 @@ async fn rolling_recreate_adds_flag_then_removes_it() {
         let cmd = bed.docker_inspect(i, "{{json .Config.Cmd}}");
         assert!(!cmd.contains(FLAG_ARG), "{cmd}");
         assert!(!n.kdir_host.join("ssl/encryption.yaml").exists());
+        rke_log_link_is_there(&bed, i);
+        assert!(
+            std::fs::symlink_metadata(&first_links[i]).is_err(),
+            "the link to the removed container's log is left dangling: {}",
+            first_links[i].display()
+        );
     }
+}
+
+/// RKE's `/var/lib/rancher/rke/log/kube-apiserver_<id>.log` points at node `i`'s kube-apiserver log, as
+/// `rke up` leaves it after running the container; returns the link.
+fn rke_log_link_is_there(bed: &Bed, i: usize) -> std::path::PathBuf {
+    let id = bed.docker_inspect(i, "{{.Id}}");
+    let log = bed.docker_inspect(i, "{{.LogPath}}");
+    let link = std::path::Path::new(atrest::exec::docker::RKE_LOGS_DIR)
+        .join(format!("{APISERVER}_{id}.log"));
+    assert_eq!(
+        std::fs::read_link(&link).ok(),
+        Some(std::path::PathBuf::from(&log)),
+        "{} does not point at the container's log {log}",
+        link.display()
+    );
+    link
 }
 
 #[tokio::test(flavor = "multi_thread")]

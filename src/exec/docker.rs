@@ -6,7 +6,7 @@
 //! it (host networking: the new one cannot bind :6443 while the old one runs), create `kube-apiserver` with the old
 //! config plus the change, start it; the caller health-checks and then commits (remove old) or rolls back.
 
-use crate::exec::ssh::{Host, SshError};
+use crate::exec::ssh::{Host, SshError, shell_quote};
 use bollard::models::{ContainerCreateBody, ContainerInspectResponse};
 use bollard::query_parameters::{
     CreateContainerOptions, InspectContainerOptions, RemoveContainerOptions,
@@ -304,6 +304,28 @@ pub fn create_body(
         obj.insert("HostConfig".into(), host_config);
     }
     serde_json::from_value(body)
+}
+
+/// Where RKE links every container's log (`hosts.RKELogsPath`), whatever the node's `prefix_path`.
+pub const RKE_LOGS_DIR: &str = "/var/lib/rancher/rke/log";
+
+/// The shell script that leaves RKE's log links as `rke up` leaves them after running container `name` (id
+/// `id`, log file `log_path`): `<RKE_LOGS_DIR>/<name>_<id>.log` → the log file, and no dangling `<name>_*.log`
+/// link (RKE's log cleaner removes dangling links at the end of `rke up`; here only this container's, since the
+/// other containers are not atrest's). `None` when Docker keeps no log file (a log driver without one) or the
+/// id is not a container id.
+pub fn log_link_script(name: &str, id: &str, log_path: &str) -> Option<String> {
+    if log_path.is_empty() || id.is_empty() || !id.bytes().all(|b| b.is_ascii_hexdigit()) {
+        return None;
+    }
+    let dir = RKE_LOGS_DIR;
+    let link = shell_quote(&format!("{dir}/{name}_{id}.log"));
+    let pattern = shell_quote(&format!("{name}_*.log"));
+    Some(format!(
+        "mkdir -p {dir} && ln -sfn {target} {link} && \
+         find {dir} -maxdepth 1 -type l -name {pattern} ! -exec test -e {{}} \\; -delete",
+        target = shell_quote(log_path),
+    ))
 }
 
 /// Whether recreating from `tag` keeps the image the container runs (`running`, an image ID), given what the
@@ -672,9 +694,41 @@ impl NodeDocker {
         })
     }
 
-    /// The new container is healthy: remove the old one.
+    /// The new container is healthy: remove the old one, then link the new one's log where RKE keeps it
+    /// ([`log_link_script`]).
     pub async fn commit_recreate(&self) -> Result<(), DockerError> {
-        self.remove(OLD_APISERVER).await
+        self.remove(OLD_APISERVER).await?;
+        self.link_log(APISERVER).await;
+        Ok(())
+    }
+
+    /// RKE's log link for `name` (after every container it runs), made over SSH with root rights. A failure is a
+    /// warning: the server is already healthy and in use, and only the convenience link is missing.
+    async fn link_log(&self, name: &str) {
+        let container = match self.inspect_raw(name).await {
+            Ok(Some(c)) => c,
+            Ok(None) => return,
+            Err(e) => {
+                tracing::warn!("{}: log link for {name} not made: {e}", self.host.label());
+                return;
+            }
+        };
+        let (Some(id), Some(log_path)) = (container.id, container.log_path) else {
+            return;
+        };
+        let Some(script) = log_link_script(name, &id, &log_path) else {
+            return;
+        };
+        match self.host.exec(&script).await {
+            Ok(out) if out.success() => {}
+            Ok(out) => tracing::warn!(
+                "{}: log link for {name} not made (exit {}): {}",
+                self.host.label(),
+                out.status,
+                out.stderr_text()
+            ),
+            Err(e) => tracing::warn!("{}: log link for {name} not made: {e}", self.host.label()),
+        }
     }
 
     /// Remove the new container, rename the old one back and start it.
@@ -810,6 +864,27 @@ mod tests {
             changed_binds(&binds, &v(&["/other:/etc/kubernetes"])),
             binds
         );
+    }
+
+    #[test]
+    fn the_log_link_is_rkes_and_only_dangling_links_of_this_container_go() {
+        let id = "0123abcd".repeat(8);
+        let script = log_link_script(APISERVER, &id, "/var/lib/docker/containers/x/x-json.log")
+            .expect("a script");
+        assert!(
+            script.starts_with(&format!(
+                "mkdir -p /var/lib/rancher/rke/log && ln -sfn /var/lib/docker/containers/x/x-json.log \
+                 /var/lib/rancher/rke/log/kube-apiserver_{id}.log && "
+            )),
+            "{script}"
+        );
+        assert!(
+            script.ends_with("-type l -name 'kube-apiserver_*.log' ! -exec test -e {} \\; -delete"),
+            "{script}"
+        );
+        assert_eq!(log_link_script(APISERVER, &id, ""), None, "no log file");
+        assert_eq!(log_link_script(APISERVER, "x; rm -rf /", "/l"), None);
+        assert_eq!(log_link_script(APISERVER, "", "/l"), None);
     }
 
     #[test]
