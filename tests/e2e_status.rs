@@ -72,8 +72,9 @@ fn status_is_whole(b: &Bench, write_label: &str) -> String {
 
 /// Another run's recreate renames `kube-apiserver` to `old-kube-apiserver` before it creates the new one: for that
 /// moment the node has no `kube-apiserver` container. status still reports everything else, names the node, and
-/// exits PARTIAL (3); verify (etcd only) passes; plan, which checks what a change would, refuses and names it.
-/// Then the same with the new container an interrupted `rke up` would have created beside it.
+/// exits PARTIAL (3); verify (etcd only) passes; plan shows that `up` puts the old container back first, and `up`
+/// does nothing of it unconfirmed. Then an interrupted `rke up`'s new container beside it: `up` refuses, changing
+/// nothing. Without that one, `up --yes` puts the old container back.
 fn a_node_half_way_through_a_recreate_is_reported_not_fatal(b: &Bench, node: &Node, label: &str) {
     let rename = |from: &str, to: &str| {
         let out =
@@ -116,12 +117,22 @@ fn a_node_half_way_through_a_recreate_is_reported_not_fatal(b: &Bench, node: &No
     assert_eq!(status["encryptionStatus"], "Enabled", "{status}");
     let verify = b.run(&["encrypt", "verify"]);
     assert!(verify.status.success(), "verify needs etcd only");
-    let plan = b.run(&["plan"]);
-    let plan_err = String::from_utf8_lossy(&plan.stderr);
-    assert!(!plan.status.success(), "plan must refuse: {plan_err}");
+    let plan = b.run(&["plan", "--detailed-exitcode"]);
+    let plan_out = String::from_utf8_lossy(&plan.stdout);
+    assert_eq!(
+        plan.status.code(),
+        Some(2),
+        "putting the old container back is a change: {plan_out}"
+    );
     assert!(
-        plan_err.contains(&address) && plan_err.contains("no kube-apiserver container"),
-        "plan names the node: {plan_err}"
+        plan_out.contains(&address) && plan_out.contains("the old container is renamed back"),
+        "plan names the node and what `up` does first: {plan_out}"
+    );
+    let unconfirmed = b.run(&["up"]);
+    assert!(!unconfirmed.status.success());
+    assert!(
+        String::from_utf8_lossy(&unconfirmed.stderr).contains("pass --yes"),
+        "up asks before it settles the leftover"
     );
 
     // An interrupted `rke up` got further: it created its new kube-apiserver (not started). That container is not
@@ -177,7 +188,30 @@ fn a_node_half_way_through_a_recreate_is_reported_not_fatal(b: &Bench, node: &No
             .output()
             .expect("docker rm");
     assert!(removed.status.success());
-    rename("old-kube-apiserver", APISERVER);
+
+    // Only the old container is left (as after the unconfirmed `up` above): `up --yes` puts it back.
+    let up = b.run(&["up", "--yes"]);
+    let up_err = String::from_utf8_lossy(&up.stderr);
+    assert!(up.status.success(), "{up_err}");
+    assert!(
+        up_err.contains("put back the previous kube-apiserver"),
+        "{up_err}"
+    );
+    let names =
+        b.tb.docker(node)
+            .args(["ps", "--format", "{{.Names}}"])
+            .output()
+            .expect("docker ps");
+    let names = String::from_utf8_lossy(&names.stdout);
+    assert!(
+        names.lines().any(|n| n == APISERVER) && !names.lines().any(|n| n == "old-kube-apiserver"),
+        "kube-apiserver runs again, no leftover: {names}"
+    );
+    assert_eq!(
+        std::fs::read(b.tb.rkestate()).expect("state"),
+        state_before,
+        "nothing else to do"
+    );
 }
 
 #[test]

@@ -18,8 +18,14 @@ fn list(failures: &[(NodeLabel, String)]) -> String {
         .join("\n")
 }
 
-/// Check one connected host. `kubernetes_dir` is the host path of `/etc/kubernetes` (prefix applied).
-pub async fn check_host(host: &Arc<Host>, kubernetes_dir: &str) -> Vec<String> {
+/// Check one connected host. `kubernetes_dir` is the host path of `/etc/kubernetes` (prefix applied);
+/// `expects_container`: a `kube-apiserver` container must be there (not while an interrupted recreate is to be
+/// undone first).
+pub async fn check_host(
+    host: &Arc<Host>,
+    kubernetes_dir: &str,
+    expects_container: bool,
+) -> Vec<String> {
     let mut problems = Vec::new();
     // Writable without writing anything that matters: create and remove a temp file in the target directory.
     let d = shell_quote(kubernetes_dir);
@@ -41,6 +47,7 @@ pub async fn check_host(host: &Arc<Host>, kubernetes_dir: &str) -> Vec<String> {
         Err(e) => problems.push(e.to_string()),
         Ok(docker) => match docker.ping().await {
             Err(e) => problems.push(e.to_string()),
+            Ok(()) if !expects_container => {}
             Ok(()) => match docker.inspect(APISERVER).await {
                 Ok(Some(_)) => {}
                 Ok(None) => problems.push(format!(
@@ -66,9 +73,19 @@ pub async fn preflight(
     hosts: &[Arc<Host>],
     kubernetes_dir: impl Fn(&Host) -> String,
 ) -> Result<(), PreflightError> {
+    preflight_with(hosts, kubernetes_dir, |_| true).await
+}
+
+/// [`preflight`], with `expects_container` saying per host whether a `kube-apiserver` container must be there.
+pub async fn preflight_with(
+    hosts: &[Arc<Host>],
+    kubernetes_dir: impl Fn(&Host) -> String,
+    expects_container: impl Fn(&Host) -> bool,
+) -> Result<(), PreflightError> {
     let checks = hosts.iter().map(|h| {
         let dir = kubernetes_dir(h);
-        async move { (h.label().clone(), check_host(h, &dir).await) }
+        let expected = expects_container(h);
+        async move { (h.label().clone(), check_host(h, &dir, expected).await) }
     });
     let results = futures::future::join_all(checks).await;
     let failures: Vec<(NodeLabel, String)> = results

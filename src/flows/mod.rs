@@ -334,6 +334,9 @@ async fn reconcile(
     };
     // Every way out of here closes the session: the cluster lock is released at once, not after its lease.
     let outcome = async {
+        if mode == Mode::Apply && !settle_leftovers(global, &mut session).await? {
+            return Ok(ExitCode::FAILURE);
+        }
         session.records = atrest.clone();
         let views = session.observe_nodes().await?;
         let mut observed_nodes = session::observations(&views);
@@ -393,7 +396,7 @@ async fn reconcile(
         input.config_hash = Some(targets::deployed_hash);
         let mut plan = plan::plan(&input)?;
         plan.notes.extend(extra_notes);
-        plan.notes.extend(session.leftovers.iter().cloned());
+        plan.notes.extend(session.leftover_notes());
         if !plan.is_noop() {
             plan.notes.push(backup_note(&inputs));
         }
@@ -420,7 +423,7 @@ async fn reconcile(
                 print_plan(&plan, output.format, matches!(mode, Mode::ShowOffline(_)));
                 session.close().await;
                 // A leftover of an interrupted recreate is a change `up` makes first.
-                Ok(output.code(!plan.is_noop() || !session.leftovers.is_empty()))
+                Ok(output.code(!plan.is_noop() || !session.leftover_notes().is_empty()))
             }
             Mode::Apply => {
                 let lock = lock.ok_or_else(|| anyhow!("the state lock is not held"))?;
@@ -485,6 +488,9 @@ async fn stepwise_verb(
     session.records = atrest.clone();
     // Every way out of here closes the session: the cluster lock is released at once, not after its lease.
     let outcome = async {
+        if !settle_leftovers(global, &mut session).await? {
+            return Ok(ExitCode::FAILURE);
+        }
         // Pre-flight: the census must be reachable, since reencrypt and finish depend on it.
         session
             .census(&state, &["secrets".to_string()], None)
@@ -514,6 +520,26 @@ async fn stepwise_verb(
     .await;
     session.close().await;
     outcome
+}
+
+/// What an interrupted recreate left is shown and, once confirmed, finished or undone before the cluster is
+/// observed and planned: the plan is then made from the cluster as it is. `false`: the operator declined, and
+/// nothing was changed.
+async fn settle_leftovers(global: &GlobalOpts, session: &mut Session) -> anyhow::Result<bool> {
+    let notes = session.leftover_notes();
+    if notes.is_empty() {
+        return Ok(true);
+    }
+    eprintln!("First, what an interrupted recreate left (then the plan is made):");
+    for note in &notes {
+        eprintln!("  {note}");
+    }
+    if !confirm(global)? {
+        eprintln!("Cancelled; nothing was changed.");
+        return Ok(false);
+    }
+    session.recover_leftovers().await?;
+    Ok(true)
 }
 
 /// Shows the plan, asks, runs it, and reports.

@@ -11,7 +11,7 @@ use crate::exec::files;
 use crate::exec::health::{HealthProbe, wait_ready};
 use crate::exec::kube as kube_client;
 use crate::exec::prefix;
-use crate::exec::preflight::preflight;
+use crate::exec::preflight::preflight_with;
 use crate::exec::rewrite::{self, Target as RewriteTarget};
 use crate::exec::ssh::{Host, SshOptions, connect_all};
 use crate::exec::tunnel::Tunnel;
@@ -58,8 +58,9 @@ pub struct Session {
     /// sha256 of each controlplane's config file (by node name) as this run last saw or wrote it: a file found
     /// otherwise just before a write was changed by someone else, and is not overwritten.
     pub files_seen: BTreeMap<String, Option<String>>,
-    /// For a plan: what interrupted recreates left on the nodes, and what a change would do about it first.
-    pub leftovers: Vec<String>,
+    /// What interrupted recreates left, by node address (nodes with a leftover only): a changing run settles them
+    /// first, once confirmed ([`Session::recover_leftovers`]); a plan shows them.
+    leftovers: BTreeMap<String, Leftover>,
     /// The cluster-wide lock, once a changing run took it ([`Session::lock_cluster`]); released by `close`.
     cluster_lock: std::sync::Mutex<Option<ClusterLock>>,
 }
@@ -132,7 +133,7 @@ impl Session {
             records: AtrestState::default(),
             cluster_lock: std::sync::Mutex::new(None),
             files_seen: BTreeMap::new(),
-            leftovers: Vec::new(),
+            leftovers: BTreeMap::new(),
         };
         if let Err(e) = session.prepare(access).await {
             session.close().await;
@@ -141,27 +142,72 @@ impl Session {
         Ok(session)
     }
 
-    /// The lock and the recovery of an interrupted recreate (for a changing run), then the pre-flight checks.
+    /// The lock (for a changing run), what interrupted recreates left, then the pre-flight checks. Another
+    /// tool's half-done recreate stops a changing run here, with nothing changed.
     async fn prepare(&mut self, access: Access<'_>) -> anyhow::Result<()> {
-        match access {
+        let changing = match access {
             Access::Observe => return Ok(()),
-            Access::Plan => {
-                for host in &self.hosts {
-                    let node = host.label().to_string();
-                    self.leftovers
-                        .extend(find_leftover(host).await?.describe(&node));
-                }
-            }
+            Access::Plan => false,
             Access::Change(request) => {
                 self.lock_cluster(request.state, request.state_path, request.command)
                     .await?;
-                for host in &self.hosts {
-                    recover_interrupted_recreate(host, &self.kubernetes_dir(host)).await?;
+                true
+            }
+        };
+        for host in &self.hosts {
+            let leftover = find_leftover(host).await?;
+            if leftover != Leftover::Nothing {
+                self.leftovers.insert(host.node().address.clone(), leftover);
+            }
+        }
+        if changing {
+            for host in &self.hosts {
+                if self.leftover(host) == Some(&Leftover::NotOurs) {
+                    bail!(
+                        "{}",
+                        Leftover::NotOurs
+                            .describe(&host.label().to_string())
+                            .unwrap_or_default()
+                    );
                 }
             }
         }
-        preflight(&self.hosts, |h| self.kubernetes_dir(h)).await?;
+        self.preflight().await
+    }
+
+    fn leftover(&self, host: &Host) -> Option<&Leftover> {
+        self.leftovers.get(&host.node().address)
+    }
+
+    /// The pre-flight checks; a node whose old container is to be put back needs no `kube-apiserver` yet.
+    async fn preflight(&self) -> anyhow::Result<()> {
+        preflight_with(
+            &self.hosts,
+            |h| self.kubernetes_dir(h),
+            |h| self.leftover(h) != Some(&Leftover::PutBackOld),
+        )
+        .await?;
         Ok(())
+    }
+
+    /// What interrupted recreates left and what settling them does, one line per node (cluster.yml order).
+    pub fn leftover_notes(&self) -> Vec<String> {
+        self.hosts
+            .iter()
+            .filter_map(|h| self.leftover(h)?.describe(&h.label().to_string()))
+            .collect()
+    }
+
+    /// Settles every leftover as the interrupted run would have (the operator confirmed), then checks every node
+    /// again: from here on each has its `kube-apiserver`.
+    pub async fn recover_leftovers(&mut self) -> anyhow::Result<()> {
+        for host in &self.hosts {
+            if let Some(leftover) = self.leftover(host) {
+                recover_interrupted_recreate(host, &self.kubernetes_dir(host), leftover).await?;
+            }
+        }
+        self.leftovers.clear();
+        self.preflight().await
     }
 
     pub fn node_names(&self) -> Vec<String> {
@@ -277,7 +323,12 @@ impl Session {
         let path = self.config_path(host)?;
         let sha = files::file_sha256(host, &path).await?;
         let docker = NodeDocker::new(host.clone())?;
-        let info = docker.inspect(APISERVER).await?.ok_or_else(|| {
+        // A container to be put back is what the node will run.
+        let name = match self.leftover(host) {
+            Some(Leftover::PutBackOld) => OLD_APISERVER,
+            _ => APISERVER,
+        };
+        let info = docker.inspect(name).await?.ok_or_else(|| {
             anyhow!(
                 "no {APISERVER} container (another run may be recreating it: see `docker ps -a` on the node)"
             )
@@ -682,19 +733,17 @@ pub async fn find_leftover(host: &Arc<Host>) -> anyhow::Result<Leftover> {
 async fn recover_interrupted_recreate(
     host: &Arc<Host>,
     kubernetes_dir: &str,
+    leftover: &Leftover,
 ) -> anyhow::Result<()> {
-    let leftover = find_leftover(host).await?;
     let node = host.label().to_string();
-    let Some(what) = leftover.describe(&node) else {
-        return Ok(());
-    };
-    if leftover == Leftover::NotOurs {
-        bail!("{what}");
+    match leftover {
+        Leftover::Nothing => return Ok(()),
+        Leftover::NotOurs => bail!("{}", leftover.describe(&node).unwrap_or_default()),
+        Leftover::PutBackOld | Leftover::FinishOurs => {}
     }
-    eprintln!("{what}");
     let docker = NodeDocker::new(host.clone())?;
     let new_ready = match docker.inspect(APISERVER).await? {
-        Some(info) if info.running && leftover == Leftover::FinishOurs => {
+        Some(info) if info.running && *leftover == Leftover::FinishOurs => {
             let probe = HealthProbe::from_node_certs(host, kubernetes_dir).await?;
             wait_ready(host, &probe, std::time::Duration::from_secs(60))
                 .await
