@@ -102,6 +102,20 @@ fn attention(
     out
 }
 
+/// `encryptionStatus`: from the state (a config deployed or not) and the kube-apiserver flag on the nodes
+/// observed whole; with none observed, nothing can be said of the servers.
+fn encryption_status(deployed: bool, observed: &[NodeView]) -> &'static str {
+    if observed.is_empty() {
+        return "Unknown (no controlplane could be observed)";
+    }
+    let flags = observed.iter().filter(|v| v.has_flag).count();
+    match (deployed, flags) {
+        (true, n) if n == observed.len() => "Enabled",
+        (false, 0) => "Disabled",
+        _ => "Partially enabled (a transition has not finished)",
+    }
+}
+
 fn attention_code(detailed: bool, findings: &[Finding]) -> ExitCode {
     if detailed && !findings.is_empty() {
         ExitCode::from(EXIT_ATTENTION)
@@ -344,12 +358,7 @@ pub async fn status(
     let hashes: Vec<Option<String>> = observed.iter().map(|v| v.config_sha256.clone()).collect();
     let all_match = hashes.windows(2).all(|w| w[0] == w[1]);
     let expected = targets::deployed_hash(deployed.as_ref());
-    let flags = observed.iter().filter(|v| v.has_flag).count();
-    let enabled = match (deployed.is_some(), flags) {
-        (true, n) if n == observed.len() => "Enabled",
-        (false, 0) => "Disabled",
-        _ => "Partially enabled (a transition has not finished)",
-    };
+    let enabled = encryption_status(deployed.is_some(), &observed);
     let rows = key_rows(deployed.as_ref());
     let plaintext: Option<u64> = census_read.then(|| {
         counts
@@ -772,6 +781,24 @@ mod tests {
             reload: false,
             unobserved: None,
         }
+    }
+
+    #[test]
+    fn encryption_status_comes_from_the_nodes_observed_and_is_unknown_without_any() {
+        let on = view("a", Some("h"));
+        let off = view("b", None);
+        assert_eq!(
+            encryption_status(true, &[on.clone(), on.clone()]),
+            "Enabled"
+        );
+        assert_eq!(
+            encryption_status(false, std::slice::from_ref(&off)),
+            "Disabled"
+        );
+        assert!(encryption_status(true, &[on.clone(), off.clone()]).starts_with("Partially"));
+        assert!(encryption_status(false, &[on]).starts_with("Partially"));
+        assert!(encryption_status(true, &[]).starts_with("Unknown"));
+        assert!(encryption_status(false, &[]).starts_with("Unknown"));
     }
 
     fn transition(stage: Stage) -> TransitionRecord {

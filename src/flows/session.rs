@@ -67,7 +67,8 @@ pub struct Session {
 
 /// What a run does with the cluster, which decides what [`Session::connect`] checks first.
 pub enum Access<'a> {
-    /// Changes it: the cluster lock is taken, an interrupted recreate recovered, every node pre-flight checked.
+    /// Changes it: the cluster lock is taken, another tool's half-done recreate refused, every node pre-flight
+    /// checked; atrest's own leftovers wait for [`Session::recover_leftovers`] (after the operator confirms).
     Change(LockRequest<'a>),
     /// Plans a change: every node pre-flight checked, as the change would be.
     Plan,
@@ -101,10 +102,9 @@ pub fn node_name(node: &Node) -> String {
 }
 
 impl Session {
-    /// Connects to every controlplane and, unless `access` only observes, runs the pre-flight checks
-    /// (reachable, Docker answering, a kube-apiserver container, the prefix directory writable). A run that will
-    /// change the cluster takes the cluster lock first, then finishes or undoes a recreate an interrupted run left
-    /// half-done (never while another run may be doing it). Otherwise changes nothing.
+    /// Connects to every controlplane and, unless `access` only observes, finds what interrupted recreates
+    /// left and runs the pre-flight checks (reachable, Docker answering, a kube-apiserver container, the prefix
+    /// directory writable). A run that will change the cluster takes the cluster lock first. Changes nothing.
     pub async fn connect(
         global: &GlobalOpts,
         cluster: &ClusterConfig,
