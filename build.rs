@@ -1,5 +1,5 @@
 //! Generates the KMS gRPC code (plugin APIs v1beta1 and v2) and the KMS v2 storage envelope message.
-//! Used by `atrest::exec::kms` (pre-flight Status checks) and by the testbed plugin/stand-in.
+//! Used by `atrest::exec::kms` (pre-flight Status checks) and by the testbed KMS plugin.
 //! Needs `protoc` (Debian `protobuf-compiler`, installed by scripts/prereqs.sh).
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {

@@ -1,6 +1,6 @@
 //! Rewrite benchmark: atrest vs the `kubectl get | kubectl replace` pipeline vs the raw etcd put ceiling, plus
-//! the peak RSS of a large rewrite. Run: `cargo build --release -p testbed --bin kube-apiserver &&
-//! cargo bench --bench rewrite` (see docs/benchmarks.md). Environment knobs:
+//! the peak RSS of a large rewrite. Run: `scripts/build-upstream.sh && cargo bench --bench rewrite`
+//! (the real etcd and kube-apiserver as host processes) (see docs/benchmarks.md). Environment knobs:
 //! `ATREST_BENCH_OBJECTS` (10000), `ATREST_BENCH_RSS_OBJECTS` (100000, 0 to skip),
 //! `ATREST_BENCH_CONCURRENCY` (16,32,64,128), `ATREST_BENCH_SKIP_KUBECTL` (unset).
 
@@ -12,7 +12,7 @@ mod etcd_rates;
 use anyhow::{Context, Result, bail, ensure};
 use atrest::exec::etcd::{CensusOptions, Etcd, EtcdResource};
 use atrest::exec::rewrite::{self, ProgressMode, RewriteOptions, Target};
-use common::{LocalEtcd, LocalStandin, aescbc_config, private_loopback, random_key};
+use common::{LocalApiserver, LocalEtcd, aescbc_config, private_loopback, random_key};
 use etcd_rates::{put_rate, read_then_put_rate};
 use futures::StreamExt;
 use k8s_openapi::ByteString;
@@ -84,7 +84,7 @@ fn rss_child(kubeconfig: &Path) -> Result<()> {
 struct Bench {
     etcd_process: LocalEtcd,
     etcd: Etcd,
-    standin: LocalStandin,
+    apiserver: LocalApiserver,
     client: kube::Client,
     keys: [(String, String); 2],
     /// Index into `keys` of the current write key.
@@ -104,12 +104,13 @@ impl Bench {
             ("b".to_string(), random_key()),
         ];
         let config = aescbc_config(&["secrets"], &[(&keys[0].0, &keys[0].1)]);
-        let standin = LocalStandin::start(&etcd_process, &dir.path().join("apiserver"), &config)?;
-        let client = standin.ready().await?;
+        let apiserver =
+            LocalApiserver::start(&etcd_process, &dir.path().join("apiserver"), &config)?;
+        let client = apiserver.ready().await?;
         Ok(Self {
             etcd_process,
             etcd,
-            standin,
+            apiserver,
             client,
             keys,
             write: 0,
@@ -126,8 +127,8 @@ impl Bench {
         self.write = 1 - self.write;
         let (w, r) = (&self.keys[self.write], &self.keys[1 - self.write]);
         let config = aescbc_config(&["secrets"], &[(&w.0, &w.1), (&r.0, &r.1)]);
-        self.standin.restart_with(&config)?;
-        self.client = self.standin.ready().await?;
+        self.apiserver.restart_with(&config)?;
+        self.client = self.apiserver.ready().await?;
         Ok(())
     }
 
@@ -266,10 +267,13 @@ async fn run() -> Result<()> {
     let mut atrest_runs = Vec::new();
     for concurrency in concurrencies {
         bench.rotate().await?;
-        let standin_pid = bench.standin.pid().context("stand-in not running")?;
+        let apiserver_pid = bench
+            .apiserver
+            .pid()
+            .context("kube-apiserver not running")?;
         let probe = CpuProbe::start(vec![
             ("atrest(bench process)", std::process::id()),
-            ("stand-in", standin_pid),
+            ("kube-apiserver", apiserver_pid),
             ("etcd", etcd_pid),
         ]);
         let options = RewriteOptions {
@@ -279,7 +283,7 @@ async fn run() -> Result<()> {
         };
         let perf = perf_record(
             &format!("c{concurrency}"),
-            &[standin_pid, etcd_pid, std::process::id()],
+            &[apiserver_pid, etcd_pid, std::process::id()],
         )?;
         let report = rewrite::rewrite(&bench.client, &[Target::secrets()], &options).await;
         perf_finish(perf)?;
@@ -298,11 +302,11 @@ async fn run() -> Result<()> {
     let kubectl_rate = if std::env::var_os("ATREST_BENCH_SKIP_KUBECTL").is_none() {
         bench.rotate().await?;
         let probe = CpuProbe::start(vec![
-            ("stand-in", bench.standin.pid().unwrap_or_default()),
+            ("kube-apiserver", bench.apiserver.pid().unwrap_or_default()),
             ("etcd", etcd_pid),
         ]);
         let started = Instant::now();
-        let kubeconfig = bench.standin.kubeconfig.display().to_string();
+        let kubeconfig = bench.apiserver.kubeconfig.display().to_string();
         let status = std::process::Command::new("bash")
             .arg("-c")
             .arg(format!(
@@ -398,7 +402,7 @@ async fn run() -> Result<()> {
         );
         bench.rotate().await?;
         let output = std::process::Command::new(std::env::current_exe()?)
-            .env(CHILD_ENV, &bench.standin.kubeconfig)
+            .env(CHILD_ENV, &bench.apiserver.kubeconfig)
             .output()?;
         ensure!(
             output.status.success(),

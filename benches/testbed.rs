@@ -1,8 +1,8 @@
-//! The rewrite benchmark on the 3-node testbed (3 sshd + dockerd nodes, a 3-member etcd cluster, the
-//! kube-apiserver stand-in in a container per node), the shape of a real HA cluster: the `atrest` binary does
+//! The rewrite benchmark on the 3-node testbed (3 sshd + dockerd nodes, a 3-member etcd cluster, the real
+//! kube-apiserver in an RKE-shaped container per node), the shape of a real HA cluster: the `atrest` binary does
 //! the whole job (deploys, rolling restarts, rewrite, census), and each rate is measured on stale data.
 //!
-//! Run: `cargo build --release -p testbed --bin kube-apiserver && cargo bench --bench testbed` (as root; see
+//! Run: `scripts/build-upstream.sh && cargo bench --bench testbed` (as root; see
 //! docs/benchmarks.md). Knobs: `ATREST_BENCH_OBJECTS` (10000), `ATREST_BENCH_CONCURRENCY` (32,64,128: one
 //! rotate-key per value), `ATREST_BENCH_SKIP_KUBECTL` (unset).
 
@@ -11,7 +11,7 @@ use etcd_client::{Certificate, Client, ConnectOptions, Identity, TlsOptions};
 use std::path::Path;
 use std::process::{Command, Stdio};
 use std::time::Instant;
-use testbed::harness::{Options, Standin, Testbed};
+use testbed::harness::{Apiserver, Options, Testbed};
 
 #[path = "shared/etcd_rates.rs"]
 mod etcd_rates;
@@ -39,12 +39,12 @@ fn main() -> Result<()> {
         "load average at start: {}",
         std::fs::read_to_string("/proc/loadavg")?.trim()
     );
-    let standin = Standin::locate()?;
-    println!("stand-in: {standin:?}");
+    let apiserver = Apiserver::upstream()?;
+    println!("servers: {apiserver:?}");
     let started = Instant::now();
     let tb = Testbed::up(Options {
         nodes: 3,
-        standin,
+        apiserver,
         ..Options::default()
     })?;
     println!(

@@ -82,7 +82,7 @@ fn assert_complete_and_intact(b: &Bench) {
 
 #[test]
 fn killed_runs_resume_from_their_stage_and_lose_nothing() {
-    let Some(b) = bench_standin() else { return };
+    let Some(b) = bench() else { return };
 
     // Enable, killed while the first node is being recreated with the flag; the rerun finishes or undoes
     // that recreate and completes.
@@ -161,7 +161,7 @@ fn killed_runs_resume_from_their_stage_and_lose_nothing() {
 
 #[test]
 fn stepwise_rotation_follows_k3s_stages() {
-    let Some(b) = bench_standin() else { return };
+    let Some(b) = bench() else { return };
     b.set_encryption(true, None);
     assert_eq!(code(&b, &["plan", "--detailed-exitcode"]), 2);
     // Enabling is pending: `plan` and `up --dry-run` change no node file, container, state or snapshot.
@@ -273,7 +273,7 @@ fn interrupt_at(
 
 #[test]
 fn ctrl_c_stops_at_a_safe_point_and_the_rerun_finishes() {
-    let Some(b) = bench_standin() else { return };
+    let Some(b) = bench() else { return };
     b.set_encryption(true, None);
     b.ok(&["up", "--yes"]);
     let rotate = ["encrypt", "rotate-key", "--yes"];

@@ -184,10 +184,12 @@ fn plan_json_is_versioned_and_documented_and_holds_no_key() {
             "controlplanes",
             "transitions",
             "steps",
-            "notes"
+            "notes",
+            "abandons"
         ]
     );
     assert_eq!(plan["kind"], "enable");
+    assert_eq!(plan["abandons"], serde_json::Value::Null);
     let step = &plan["steps"][0];
     for field in ["transition", "phase", "stage", "action"] {
         assert!(step.get(field).is_some(), "step lacks {field}: {step}");

@@ -293,46 +293,6 @@ pub(crate) fn semantic_diagnostics(
     diags
 }
 
-/// What kube-apiserver does with `--encryption-provider-config` at startup, as one error string in its
-/// words (no positions): decode (`error while parsing file: error decoding encryption provider
-/// configuration file "<path>": …`), validate (`error while parsing file: <aggregate>`), then the
-/// masking check (`error while building transformers: …`). For the kube-apiserver stand-in.
-pub fn apiserver_startup_check(
-    text: &str,
-    path: &str,
-    reload: bool,
-) -> Result<EncryptionConfiguration, String> {
-    let config = match parse(text, path) {
-        Ok(c) => c,
-        Err(e) if text.is_empty() => {
-            return Err(format!(
-                "error while parsing file: {}",
-                e.diagnostics()[0].message
-            ));
-        }
-        Err(e) => {
-            let messages: Vec<&str> = e.diagnostics().iter().map(|d| d.message.as_str()).collect();
-            // Upstream reports all strict-decoding problems in one error.
-            let strict: Vec<&str> = messages
-                .iter()
-                .filter_map(|m| m.strip_prefix("strict decoding error: "))
-                .collect();
-            let detail = if strict.is_empty() {
-                messages.join(", ")
-            } else {
-                format!("strict decoding error: {}", strict.join(", "))
-            };
-            return Err(format!(
-                "error while parsing file: error decoding encryption provider configuration file {}: {detail}",
-                gofmt::quote(path)
-            ));
-        }
-    };
-    validate_with_reload(&config, reload).map_err(|e| format!("error while parsing file: {e}"))?;
-    check_masking(&config).map_err(|e| format!("error while building transformers: {e}"))?;
-    Ok(config)
-}
-
 /// kind/apiVersion as kube-apiserver's universal decoder checks them.
 fn check_type_meta(root: Option<&Node>) -> Result<(), String> {
     let field = |k: &str| {
@@ -624,43 +584,6 @@ mod tests {
             parse(text, "s.yaml").unwrap_err().to_string(),
             "s.yaml:3:1: strict decoding error: unknown field \"metadata\"\ns.yaml:7:16: strict decoding error: unknown field \"resources[0].providers[0].identity.extra\""
         );
-    }
-
-    #[test]
-    fn apiserver_startup_errors_use_upstreams_wrapping() {
-        let p = "/etc/kubernetes/ssl/encryption.yaml";
-        assert_eq!(
-            apiserver_startup_check("", p, false).unwrap_err(),
-            format!(
-                "error while parsing file: encryption provider configuration file \"{p}\" is empty"
-            )
-        );
-        let typo = "apiVersion: apiserver.config.k8s.io/v1\nkind: EncryptionConfiguration\nresources:\n- resources: [secrets]\n  providers:\n  - identity: {a: 1}\n  - kms: {name: k, endpoint: 'unix:///k', pandas: 1}\n";
-        assert_eq!(
-            apiserver_startup_check(typo, p, false).unwrap_err(),
-            format!(
-                "error while parsing file: error decoding encryption provider configuration file \"{p}\": strict decoding error: unknown field \"resources[0].providers[0].identity.a\", unknown field \"resources[0].providers[1].kms.pandas\""
-            )
-        );
-        let kind = "apiVersion: apiserver.config.k8s.io/v1\nkind: EncryptionConfigurations\n";
-        assert_eq!(
-            apiserver_startup_check(kind, p, false).unwrap_err(),
-            format!(
-                "error while parsing file: error decoding encryption provider configuration file \"{p}\": no kind \"EncryptionConfigurations\" is registered for version \"apiserver.config.k8s.io/v1\""
-            )
-        );
-        let invalid = "apiVersion: apiserver.config.k8s.io/v1\nkind: EncryptionConfiguration\nresources: []\n";
-        assert_eq!(
-            apiserver_startup_check(invalid, p, false).unwrap_err(),
-            "error while parsing file: resources: Required value: at least one resources is required"
-        );
-        let masked = "apiVersion: apiserver.config.k8s.io/v1\nkind: EncryptionConfiguration\nresources:\n- resources: ['*.*']\n  providers: [identity: {}]\n- resources: [secrets]\n  providers: [identity: {}]\n";
-        assert_eq!(
-            apiserver_startup_check(masked, p, false).unwrap_err(),
-            "error while building transformers: resource \"secrets\" is masked by earlier rule \"*.*\""
-        );
-        let good = "apiVersion: v1\nkind: EncryptionConfig\nresources:\n- resources: [secrets]\n  providers: [identity: {}]\n";
-        assert!(apiserver_startup_check(good, p, false).is_ok());
     }
 
     #[test]

@@ -29,7 +29,7 @@ pub struct HealthProbe {
     /// `/readyz` answers 401 to anonymous callers. Any certificate signed by kube-ca will do.
     pub client_cert_pem: Option<Vec<u8>>,
     pub client_key_pem: Option<Zeroizing<Vec<u8>>>,
-    /// Plain HTTP instead of HTTPS (only for stand-ins without TLS).
+    /// Plain HTTP instead of HTTPS (only for the testbed's placeholder server, which has no TLS).
     pub plain_http: bool,
 }
 
@@ -111,14 +111,29 @@ pub struct NotReady {
     pub last: String,
 }
 
-/// One probe: `Ok(())` on HTTP 200, else a description of what was seen.
+/// One probe: `Ok(())` on HTTP 200, else a description of what was seen, naming the checks `/readyz` says
+/// failed (an operator's first question when a server never becomes ready: etcd? a KMS plugin?).
 pub async fn probe_once(host: &Host, probe: &HealthProbe) -> Result<(), String> {
-    let (status, _) = get(host, probe, "/readyz").await?;
+    let (status, body) = get(host, probe, "/readyz").await?;
     if status == 200 {
-        Ok(())
-    } else {
-        Err(format!("HTTP {status}"))
+        return Ok(());
     }
+    let failing = failing_checks(&body);
+    if failing.is_empty() {
+        Err(format!("HTTP {status}"))
+    } else {
+        Err(format!("HTTP {status}, failing: {}", failing.join(", ")))
+    }
+}
+
+/// The names of the checks a `/readyz` body marks `[-]` (`[-]etcd failed: reason withheld` → `etcd`). The
+/// server withholds the reasons from the body; its log has them.
+fn failing_checks(body: &str) -> Vec<&str> {
+    body.lines()
+        .filter_map(|line| line.trim().strip_prefix("[-]"))
+        .map(|rest| rest.split_once(' ').map_or(rest, |(name, _)| name))
+        .take(8)
+        .collect()
 }
 
 /// `GET path` on the node's own apiserver, through the same channel and TLS as the probe: status and body
@@ -327,5 +342,24 @@ mod debug_tests {
             "{text}"
         );
         assert!(text.contains("10.0.0.1"), "{text}");
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::failing_checks;
+
+    #[test]
+    fn readyz_bodies_name_their_failing_checks() {
+        let body = "[+]ping ok\n[+]log ok\n[-]etcd failed: reason withheld\n[+]kms-providers ok\n\
+                    [-]poststarthook/start-service-ip-repair-controllers failed: reason withheld\n\
+                    readyz check failed\n";
+        assert_eq!(
+            failing_checks(body),
+            ["etcd", "poststarthook/start-service-ip-repair-controllers"]
+        );
+        assert!(failing_checks("[+]ping ok\nok\n").is_empty());
+        assert!(failing_checks("").is_empty());
+        assert_eq!(failing_checks("[-]x"), ["x"]);
     }
 }

@@ -47,6 +47,8 @@ pub struct Executor<'a> {
     pub rewritten: Vec<RewriteReport>,
     /// Writes in flight during a rewrite (`--rewrite-concurrency`).
     pub rewrite_concurrency: usize,
+    /// How each node's change waits for its server (`--ready-timeout`).
+    pub rollout: RolloutOptions,
     /// Second (and later) census passes: leftovers a census found and rewrote again, for the summary. Without
     /// a concurrent writer there should be none: a rewrite that misses objects shows up here.
     pub census_repasses: u32,
@@ -124,6 +126,16 @@ impl<'a> Executor<'a> {
         self.save_atrest(&atrest)
     }
 
+    /// Drops the recorded transition the plan abandons (it changed nothing; see `Plan::abandons`).
+    fn drop_record(&mut self, kind: &str) -> anyhow::Result<()> {
+        let mut atrest = self.atrest()?;
+        if atrest.transition.take().is_some() {
+            self.save_atrest(&atrest)?;
+            say!("dropped the recorded {kind} transition: it had changed nothing");
+        }
+        Ok(())
+    }
+
     fn update_record(&mut self, f: impl FnOnce(&mut TransitionRecord)) -> anyhow::Result<()> {
         let mut atrest = self.atrest()?;
         let record = atrest
@@ -165,6 +177,9 @@ impl<'a> Executor<'a> {
 
     /// Runs every step of `plan`.
     pub async fn run(&mut self, plan: &Plan) -> anyhow::Result<()> {
+        if let Some(kind) = &plan.abandons {
+            self.drop_record(kind)?;
+        }
         let groups = phase_groups(plan);
         let mut started: Option<usize> = None;
         let mut group_index = 0usize;
@@ -452,7 +467,7 @@ impl<'a> Executor<'a> {
         let mut records = self.records.clone();
         let mut clock = Instant::now();
         let mut nodes_done = 0usize;
-        let result = rolling_apply(&targets, &change, &RolloutOptions::default(), |outcome| {
+        let result = rolling_apply(&targets, &change, &self.rollout, |outcome| {
             nodes_done += 1;
             let action = match outcome.action {
                 ContainerAction::Restarted => "restarted",

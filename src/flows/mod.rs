@@ -568,6 +568,9 @@ async fn apply(
         records: lock.records.clone(),
         rewritten: Vec::new(),
         rewrite_concurrency: usize::from(global.rewrite_concurrency),
+        rollout: crate::exec::restart::RolloutOptions {
+            ready_timeout: std::time::Duration::from_secs(u64::from(global.ready_timeout)),
+        },
         census_repasses: 0,
     };
     interrupt::install();

@@ -53,6 +53,13 @@ pub struct GlobalOpts {
           value_parser = clap::value_parser!(u16).range(1..=1024))]
     pub rewrite_concurrency: u16,
 
+    /// How long each restarted or recreated kube-apiserver may take to answer `/readyz` 200 before the node is
+    /// put back as it was and the run stops (10–3600). Raise it for servers that start slowly (many CRDs, a large
+    /// etcd); lower it to give up sooner on a config a server cannot load.
+    #[arg(long, global = true, value_name = "SECONDS", default_value_t = 180,
+          value_parser = clap::value_parser!(u16).range(10..=3600))]
+    pub ready_timeout: u16,
+
     /// More log output on stderr: -v for debug, -vv for trace.
     #[arg(short = 'v', long = "debug", visible_alias = "verbose", global = true, action = ArgAction::Count)]
     pub verbose: u8,

@@ -54,7 +54,21 @@ pub fn plan(input: &PlanInput) -> Result<Plan, PlanError> {
     let mut current_stage = Stage::Start;
     let mut drift_phase = Phase::Finish;
 
-    if let Some(record) = &input.transition {
+    let mut abandons = None;
+    if let Some(record) = input
+        .transition
+        .as_ref()
+        .filter(|r| changed_nothing(input, r))
+    {
+        notes.push(format!(
+            "the recorded {} transition stopped before any node or stored object changed, and the desired config is \
+             another one: it is dropped, not finished",
+            record.kind
+        ));
+        abandons = Some(record.kind.clone());
+        involved.push(record.to.clone());
+        check_key_reuse(&involved.iter().collect::<Vec<_>>())?;
+    } else if let Some(record) = &input.transition {
         involved.push(record.from.clone());
         involved.push(record.to.clone());
         check_key_reuse(&involved.iter().collect::<Vec<_>>())?;
@@ -174,11 +188,32 @@ pub fn plan(input: &PlanInput) -> Result<Plan, PlanError> {
         transitions,
         steps,
         notes,
+        abandons,
     })
 }
 
 /// An interrupted rolling deploy: nodes it finished (recorded) that still hold its config (observed) are not
 /// restarted again. Without an observation of the nodes every node is redone, as after a crash.
+/// Did the recorded transition stop before changing anything, with the desired config another one? No phase
+/// done, no node recorded as holding a deploy, every node observed on the transition's `from` config, and a
+/// desired config other than its `to`. Such a transition can be dropped: finishing it first would push a change
+/// the operator has taken back (and that may be one no server can load).
+fn changed_nothing(input: &PlanInput, record: &InProgress) -> bool {
+    let Some(hash) = input.config_hash else {
+        return false;
+    };
+    let from = hash(record.from.as_ref());
+    record.to.as_ref() != input.desired.config()
+        && done_phases(&record.done, record.stage).is_empty()
+        && record
+            .deploying
+            .as_ref()
+            .is_none_or(|progress| progress.nodes.is_empty())
+        && !input.observed.nodes.is_empty()
+        && input.observed.nodes.iter().all(|n| n.config_sha256 == from)
+        && input.current.config() == record.from.as_ref()
+}
+
 fn skip_finished_nodes(
     input: &PlanInput,
     record: &InProgress,

@@ -194,10 +194,11 @@ pub fn to_text(plan: &Plan) -> String {
         let _ = writeln!(out, "Note: {note}");
     }
     if plan.steps.is_empty() {
-        let _ = writeln!(
-            out,
-            "Nothing to do: the deployed config is the desired one."
-        );
+        let what = match &plan.abandons {
+            Some(kind) => format!("Drop the recorded {kind} transition; then nothing to do"),
+            None => "Nothing to do".to_string(),
+        };
+        let _ = writeln!(out, "{what}: the deployed config is the desired one.");
         return out;
     }
     let mut deployed = plan.from.clone();

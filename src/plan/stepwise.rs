@@ -242,5 +242,6 @@ fn cut(
         }],
         steps,
         notes: seq.notes,
+        abandons: None,
     })
 }

@@ -712,6 +712,65 @@ fn resume_with_a_different_desired_config_finishes_the_old_transition_first() {
 }
 
 #[test]
+fn a_transition_that_changed_nothing_is_dropped_when_the_desired_config_moved_on() {
+    let (o, n, newer) = (managed(&["old"]), managed(&["new"]), managed(&["newer"]));
+    let hash = json_config_hash;
+    let on = |config: &Target| -> Vec<NodeObservation> {
+        (1..=3)
+            .map(|i| NodeObservation {
+                node: format!("cp{i}"),
+                config_sha256: hash(config.config()),
+            })
+            .collect()
+    };
+    let stopped = |desired: &Target| {
+        let mut input = PlanInput::new(desired.clone(), o.clone(), nodes(3));
+        input.config_hash = Some(hash);
+        input.observed.nodes = on(&o);
+        input.transition = Some(record(&o, &n, Stage::Start, &[]));
+        input
+    };
+
+    // Reverted to the deployed config: the record is dropped, nothing else to do.
+    let p = plan(&stopped(&o)).expect("plan");
+    assert!(p.steps.is_empty() && !p.is_noop(), "{:?}", summary(&p));
+    assert!(p.abandons.is_some());
+    assert!(p.notes.iter().any(|n| n.contains("dropped, not finished")));
+    assert!(!p.notes.iter().any(|n| n.contains("finished first")));
+    assert!(crate::plan::render::to_text(&p).contains("Drop the recorded"));
+
+    // Moved on to a third config: dropped, and one new transition from the deployed config (with its snapshot).
+    let p = plan(&stopped(&newer)).expect("plan");
+    assert!(p.abandons.is_some());
+    assert_eq!(p.transitions.len(), 1);
+    assert_eq!(p.transitions[0].resumed_at, None);
+    assert_eq!(p.transitions[0].from.as_ref(), o.config());
+    assert_eq!(p.transitions[0].to.as_ref(), newer.config());
+    assert_eq!(p.steps[0].action, Action::Snapshot);
+
+    // Kept and finished whenever anything may have changed, or the target is still wanted.
+    let mut one_node_moved = stopped(&newer);
+    one_node_moved.observed.nodes[1].config_sha256 = hash(n.config());
+    let mut a_phase_done = stopped(&newer);
+    a_phase_done.transition = Some(record(&o, &n, Stage::Prepare, &[Phase::Prepare]));
+    let mut not_hashable = stopped(&newer);
+    not_hashable.config_hash = None;
+    let mut nothing_observed = stopped(&newer);
+    nothing_observed.observed.nodes.clear();
+    for (why, input) in [
+        ("a node holds the new config", one_node_moved),
+        ("a phase is done", a_phase_done),
+        ("hashes unknown", not_hashable),
+        ("no node observed", nothing_observed),
+        ("the target is still desired", stopped(&n)),
+    ] {
+        let p = plan(&input).expect("plan");
+        assert_eq!(p.abandons, None, "{why}");
+        assert_eq!(p.kind, PlanKind::Resume, "{why}");
+    }
+}
+
+#[test]
 fn a_drifted_node_gets_the_expected_config_back_first() {
     let (o, n) = (managed(&["old"]), managed(&["new"]));
     let hash = json_config_hash;

@@ -387,11 +387,16 @@ pub struct Plan {
     pub steps: Vec<Step>,
     /// Things the user should know (resume, drift, phases skipped and why).
     pub notes: Vec<String>,
+    /// The kind of a recorded transition this plan drops instead of finishing: it stopped before any node or
+    /// stored object changed, and the desired config is another one (a reverted change that no server could
+    /// load must not have to be applied before the revert).
+    pub abandons: Option<String>,
 }
 
 impl Plan {
+    /// Nothing to change: no step, and no recorded transition to drop.
     pub fn is_noop(&self) -> bool {
-        self.steps.is_empty()
+        self.steps.is_empty() && self.abandons.is_none()
     }
 }
 

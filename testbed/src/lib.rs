@@ -1,6 +1,5 @@
-//! The local test cluster (harness) and the kube-apiserver stand-in.
+//! The local test cluster (harness), the test KMS plugin, and the visible skips of root-only tests.
 
 pub mod harness;
 pub mod kms;
 pub mod skip;
-pub mod standin;

@@ -5,7 +5,7 @@ use std::path::PathBuf;
 use anyhow::{Context, Result};
 use clap::{Parser, Subcommand, ValueEnum};
 use testbed::harness::procs::{Manifest, alive};
-use testbed::harness::{Options, Standin, Testbed, seed};
+use testbed::harness::{Apiserver, Options, Testbed, seed};
 
 #[derive(Parser)]
 #[command(
@@ -18,11 +18,9 @@ struct Cli {
 }
 
 #[derive(Clone, Copy, ValueEnum)]
-enum StandinKind {
+enum ApiserverKind {
     /// The real kube-apiserver and etcd built by scripts/build-upstream.sh, in RKE-shaped containers.
     Upstream,
-    /// The kube-apiserver stand-in binary (ATREST_STANDIN_BIN or next to this executable).
-    Binary,
     /// busybox httpd on :6443 (no API).
     Placeholder,
 }
@@ -35,8 +33,8 @@ enum Cmd {
         nodes: usize,
         #[arg(long)]
         dir: PathBuf,
-        #[arg(long, value_enum, default_value_t = StandinKind::Upstream)]
-        standin: StandinKind,
+        #[arg(long, value_enum, default_value_t = ApiserverKind::Upstream)]
+        apiserver: ApiserverKind,
         /// Do not start etcd (placeholder only).
         #[arg(long)]
         no_etcd: bool,
@@ -76,20 +74,19 @@ fn main() -> Result<()> {
         Cmd::Up {
             nodes,
             dir,
-            standin,
+            apiserver,
             no_etcd,
             sudo_user,
             kms,
         } => {
-            let standin = match standin {
-                StandinKind::Upstream => Standin::upstream()?,
-                StandinKind::Binary => Standin::locate()?,
-                StandinKind::Placeholder => Standin::Placeholder,
+            let apiserver = match apiserver {
+                ApiserverKind::Upstream => Apiserver::upstream()?,
+                ApiserverKind::Placeholder => Apiserver::Placeholder,
             };
             let mut tb = Testbed::up(Options {
                 nodes,
                 dir: Some(dir),
-                standin,
+                apiserver,
                 etcd: !no_etcd,
                 sudo_user,
                 kms,

@@ -4,7 +4,7 @@ use std::path::Path;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use testbed::harness::{Options, Standin, Testbed};
+use testbed::harness::{Apiserver, Options, Testbed};
 
 /// True when the test may run (`testbed::skip`: always as root; a visible, counted skip otherwise).
 fn may_run() -> bool {
@@ -41,7 +41,7 @@ fn three_nodes_reachable_over_ssh_and_docker_then_clean_teardown() {
         return;
     }
     let mut tb = Testbed::up(Options {
-        standin: Standin::Placeholder,
+        apiserver: Apiserver::Placeholder,
         sudo_user: true,
         ..Options::default()
     })
@@ -218,14 +218,15 @@ fn seeded_secrets_read_back_with_kubectl() {
     if !may_run() {
         return;
     }
-    let standin = Standin::locate().expect("locating the stand-in");
+    let apiserver = Apiserver::upstream()
+        .expect("the real kube-apiserver and etcd (scripts/build-upstream.sh)");
     let mut tb = Testbed::up(Options {
-        standin,
+        apiserver,
         ..Options::default()
     })
     .expect("testbed up");
     println!(
-        "bring-up (stand-in, 3 nodes): {:.2} s",
+        "bring-up (real kube-apiserver and etcd, 3 nodes): {:.2} s",
         tb.bring_up_time().as_secs_f64()
     );
     print_steps(&tb);
@@ -249,7 +250,8 @@ fn seeded_secrets_read_back_with_kubectl() {
     let list: serde_json::Value = serde_json::from_str(&out).expect("kubectl JSON");
     assert_eq!(list["items"].as_array().map(Vec::len), Some(1000));
     let verified = tb.verify_seed(1000, 0, 2048).expect("verifying");
-    // No --init: the stand-in is PID 1 and must stop on SIGTERM (else `docker restart` takes the 10 s timeout).
+    // No --init, as RKE runs it: RKE's entrypoint hands over to kube-apiserver with `exec`, so the server is PID 1
+    // and must stop on SIGTERM (else `docker restart` takes the 10 s timeout).
     let pem = |p: std::path::PathBuf| std::fs::read_to_string(p).expect("reading a PEM");
     let probe = testbed::harness::health::HttpsProbe::new(
         &pem(tb.etcd_ca()),
@@ -302,7 +304,7 @@ fn a_kept_testbed_is_torn_down_from_its_manifest() {
     let mut tb = Testbed::up(Options {
         nodes: 1,
         etcd: false,
-        standin: Standin::Placeholder,
+        apiserver: Apiserver::Placeholder,
         ..Options::default()
     })
     .expect("testbed up");

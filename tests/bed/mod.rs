@@ -6,7 +6,7 @@ use atrest::exec::ssh::Host;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use testbed::harness::image::{IMAGE, docker};
-use testbed::harness::{Options, PREFIX_PATH, Standin, Testbed};
+use testbed::harness::{Apiserver, Options, PREFIX_PATH, Testbed};
 
 /// `GET /readyz` answers 200 (plain HTTP placeholder), within 10 s.
 fn wait_http_ok(address: &str) {
@@ -65,7 +65,7 @@ impl Bed {
         let tb = Testbed::up(Options {
             nodes: 2,
             etcd: false,
-            standin: Standin::Placeholder,
+            apiserver: Apiserver::Placeholder,
             sudo_user,
             ..Default::default()
         })

@@ -1,12 +1,12 @@
-//! Helpers shared by the rewrite/census tests and the benchmark. The processes (etcd, the kube-apiserver
-//! stand-in) are testbed's `harness::local`.
+//! Helpers shared by the rewrite/census tests and the benchmark. The processes (etcd, the real kube-apiserver)
+//! are testbed's `harness::local`.
 #![allow(dead_code, unused_imports)]
 
 use anyhow::{Context, Result};
 use std::path::Path;
 
 pub use testbed::harness::local::{
-    ETCD_SERVER_NAME, LocalEtcd, LocalStandin, TEST_TOKEN, private_loopback,
+    ETCD_SERVER_NAME, LocalApiserver, LocalEtcd, TEST_TOKEN, private_loopback,
 };
 
 /// A kubeconfig that authenticates with a bearer token and names the server `server_url`.

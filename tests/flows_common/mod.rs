@@ -1,4 +1,4 @@
-//! The end-to-end tests' bench: a 3-node testbed (sshd, dockerd, etcd, the kube-apiserver stand-in), the real
+//! The end-to-end tests' bench: a 3-node testbed (sshd, dockerd, the real etcd and kube-apiserver), the real
 //! `atrest` binary run against it, and ways to look at the result (state file, status JSON, etcd, kubectl).
 #![allow(dead_code)]
 
@@ -7,7 +7,7 @@ use std::collections::BTreeMap;
 use std::path::PathBuf;
 use std::process::{Command, Output, Stdio};
 use std::time::Instant;
-use testbed::harness::{Options, Standin, Testbed};
+use testbed::harness::{Apiserver, Options, Testbed};
 
 pub const SECRETS: usize = 1000;
 pub const CONFIGMAPS: usize = 200;
@@ -36,7 +36,7 @@ pub fn bench() -> Option<Bench> {
 pub fn bench_seeded(secrets: usize, configmaps: usize) -> Option<Bench> {
     bench_on(
         || {
-            Standin::upstream()
+            Apiserver::upstream()
                 .expect("the real kube-apiserver and etcd (scripts/build-upstream.sh)")
         },
         secrets,
@@ -53,7 +53,7 @@ pub fn bench_rke_encrypted(secrets: usize, configmaps: usize) -> Option<Bench> {
     bench_with(
         Options {
             nodes: 3,
-            standin: Standin::upstream()
+            apiserver: Apiserver::upstream()
                 .expect("the real kube-apiserver and etcd (scripts/build-upstream.sh)"),
             rke_encrypted: true,
             ..Options::default()
@@ -63,24 +63,18 @@ pub fn bench_rke_encrypted(secrets: usize, configmaps: usize) -> Option<Bench> {
     )
 }
 
-/// On the project's stand-in (for the tests not yet moved to the real server; docs/testbed.md).
-#[allow(dead_code)]
-pub fn bench_standin() -> Option<Bench> {
-    bench_on(
-        || Standin::locate().expect("the stand-in (cargo build -p testbed)"),
-        SECRETS,
-        CONFIGMAPS,
-    )
-}
-
-fn bench_on(standin: impl FnOnce() -> Standin, secrets: usize, configmaps: usize) -> Option<Bench> {
+fn bench_on(
+    apiserver: impl FnOnce() -> Apiserver,
+    secrets: usize,
+    configmaps: usize,
+) -> Option<Bench> {
     if !may_run() {
         return None;
     }
     bench_with(
         Options {
             nodes: 3,
-            standin: standin(),
+            apiserver: apiserver(),
             ..Options::default()
         },
         secrets,

@@ -11,7 +11,7 @@ use std::time::Duration;
 
 use anyhow::{Context, Result, bail};
 
-use super::{Node, Standin, Testbed, health, procs};
+use super::{Node, Testbed, health, procs};
 
 /// Where every node sees its plugin's directory and socket (the RKE1 docs' example path).
 pub const KMS_DIR: &str = "/var/run/kmsplugin";
@@ -20,9 +20,9 @@ pub const KMS_SOCKET: &str = "/var/run/kmsplugin/socket.sock";
 pub const KMS_ENDPOINT: &str = "unix:///var/run/kmsplugin/socket.sock";
 const PROC_KIND: &str = "kms-plugin";
 
-/// `ATREST_KMS_PLUGIN_BIN`, else `kms-plugin` next to the stand-in binary (same cargo target dir), else next to
-/// the running executable.
-pub fn locate_plugin(standin: &Standin) -> Result<PathBuf> {
+/// `ATREST_KMS_PLUGIN_BIN`, else `kms-plugin` in the cargo target dir of the running executable
+/// (`target/debug/deps/x` → `target/debug/kms-plugin`).
+pub fn locate_plugin() -> Result<PathBuf> {
     if let Some(p) = std::env::var_os("ATREST_KMS_PLUGIN_BIN") {
         let p = PathBuf::from(p);
         if !p.is_file() {
@@ -30,17 +30,11 @@ pub fn locate_plugin(standin: &Standin) -> Result<PathBuf> {
         }
         return Ok(p);
     }
-    let dir = match standin {
-        Standin::Binary(b) => b.parent().map(Path::to_path_buf).unwrap_or_default(),
-        Standin::Placeholder | Standin::Upstream(_) => {
-            let exe = std::env::current_exe().context("locating the current executable")?;
-            let mut dir = exe.parent().map(Path::to_path_buf).unwrap_or_default();
-            if dir.file_name().is_some_and(|n| n == "deps") {
-                dir.pop();
-            }
-            dir
-        }
-    };
+    let exe = std::env::current_exe().context("locating the current executable")?;
+    let mut dir = exe.parent().map(Path::to_path_buf).unwrap_or_default();
+    if dir.file_name().is_some_and(|n| n == "deps") {
+        dir.pop();
+    }
     let candidate = dir.join("kms-plugin");
     if candidate.is_file() {
         Ok(candidate)
@@ -96,7 +90,7 @@ impl Testbed {
 
     /// Starts node `n`'s plugin in the node's mount namespace and waits for its socket.
     pub fn kms_start(&mut self, n: &Node) -> Result<()> {
-        let plugin = locate_plugin(&self.standin)?;
+        let plugin = locate_plugin()?;
         let sshd_pid = self
             .manifest
             .procs

@@ -1,9 +1,11 @@
-//! A single-node etcd (TLS with client-certificate auth) and the kube-apiserver stand-in as host processes on a
-//! private loopback address, for tests and benchmarks that do not need the full testbed; torn down on drop.
+//! A single-node etcd (TLS with client-certificate auth) and a kube-apiserver as host processes on a private
+//! loopback address, for tests and benchmarks that do not need the full testbed (no SSH, no Docker); torn down on
+//! drop. Both are the real ones built from upstream's modules (`scripts/build-upstream.sh`); etcd falls back to
+//! the distribution's `etcd` when the upstream build is absent (the census tests need no kube-apiserver).
 //!
-//! One CA (the harness's [`pki::Ca`]) signs etcd's serving certificate, the stand-in's serving certificate
+//! One CA (the harness's [`pki::Ca`]) signs etcd's serving certificate, the API server's serving certificate
 //! (`kubernetes`, `localhost` and the address) and one client certificate (`admin`, group `system:masters`) that
-//! both etcd and the stand-in accept.
+//! both etcd and the API server accept. The API server's serving key also signs service-account tokens.
 
 use std::net::{IpAddr, Ipv4Addr, SocketAddr, TcpListener};
 use std::path::{Path, PathBuf};
@@ -17,14 +19,14 @@ use zeroize::Zeroizing;
 
 use super::files::{kubeconfig_with_cert, write_mode};
 use super::health;
-use super::image::standin_binary;
 use super::pki::{Ca, CertPair, san};
 use super::procs;
+use super::upstream::Upstream;
 
 /// The name etcd's certificate always carries (clients reaching it by address override the name).
 pub const ETCD_SERVER_NAME: &str = "etcd-node1";
 
-/// The bearer token in the stand-in's `tokens.csv` (user `admin`, group `system:masters`).
+/// The bearer token in the API server's `tokens.csv` (user `admin`, group `system:masters`).
 pub const TEST_TOKEN: &str = "atrest-test-token-0123456789";
 
 /// A loopback address private to this process, so parallel tests and other agents do not collide.
@@ -46,7 +48,7 @@ pub fn free_port(ip: IpAddr) -> Result<u16> {
         .port())
 }
 
-/// The certificates of one local etcd + stand-in, as PEM and as files in `dir`.
+/// The certificates of one local etcd + kube-apiserver, as PEM and as files in `dir`.
 pub struct LocalPki {
     dir: PathBuf,
     pub ca: CertPair,
@@ -155,7 +157,7 @@ impl LocalEtcd {
         let pki = LocalPki::create(dir, &etcd_names, &[&ip_text, "kubernetes", "localhost"])?;
         let client_url = format!("https://{ip}:{}", free_port(ip)?);
         let peer_url = format!("http://{ip}:{}", free_port(ip)?);
-        let mut cmd = Command::new("etcd");
+        let mut cmd = Command::new(etcd_binary());
         cmd.args(["--name", "node1", "--data-dir"])
             .arg(dir.join("data"))
             .args(["--listen-client-urls", &client_url])
@@ -271,6 +273,13 @@ impl Drop for LocalEtcd {
     }
 }
 
+/// The upstream etcd build when there is one (the same etcd as the testbed's), else the distribution's `etcd`.
+fn etcd_binary() -> PathBuf {
+    Upstream::locate()
+        .map(|up| up.etcd)
+        .unwrap_or_else(|_| PathBuf::from("etcd"))
+}
+
 fn port_of(url: &str) -> Result<u16> {
     url.rsplit(':')
         .next()
@@ -278,8 +287,8 @@ fn port_of(url: &str) -> Result<u16> {
         .with_context(|| format!("no port in {url}"))
 }
 
-/// The kube-apiserver stand-in serving TLS on `ip` in front of a [`LocalEtcd`]; killed on drop.
-pub struct LocalStandin {
+/// The real kube-apiserver serving TLS on `ip` in front of a [`LocalEtcd`]; killed on drop.
+pub struct LocalApiserver {
     child: Option<Child>,
     bin: PathBuf,
     /// Flags every start passes: etcd, address, serving certificate, client CA.
@@ -296,12 +305,38 @@ pub struct LocalStandin {
     pub token_file: PathBuf,
 }
 
-impl LocalStandin {
-    /// Prepares `dir` (kubeconfig, token file) and picks a port; starts nothing. Fails with how to build the
-    /// stand-in when its binary is not found.
+impl LocalApiserver {
+    /// Prepares `dir` (kubeconfig, token file, service-account key) and picks a port; starts nothing. The flags:
+    /// etcd, address, serving certificate, client CA, a service-account key (the serving key) and issuer, the
+    /// service range, RKE's authorization modes. It stores objects as protobuf (its default), as a user's
+    /// cluster does.
     pub fn prepare(etcd: &LocalEtcd, dir: &Path) -> Result<Self> {
+        let bin = Upstream::locate()?.apiserver;
+        let mut server = Self::prepare_with(etcd, dir, bin)?;
+        let service_account = dir.join("service-account.pem");
+        let pki = &etcd.pki;
+        // The key file carries the public key too, as the testbed's (harness::pki) does.
+        let public = rcgen::KeyPair::from_pem(&pki.apiserver.key_pem)
+            .context("re-reading the serving key")?
+            .public_key_pem();
+        let both = Zeroizing::new(format!("{}{public}", *pki.apiserver.key_pem));
+        write_mode(&service_account, both.as_bytes(), 0o600)?;
+        let sa = service_account.display();
+        server.base_args.extend([
+            format!("--advertise-address={}", server.ip),
+            "--authorization-mode=Node,RBAC".to_string(),
+            "--service-account-issuer=rke".to_string(),
+            format!("--service-account-key-file={sa}"),
+            format!("--service-account-signing-key-file={sa}"),
+            "--service-cluster-ip-range=10.43.0.0/16".to_string(),
+            "--profiling=false".to_string(),
+        ]);
+        Ok(server)
+    }
+
+    /// The flags any kube-apiserver here needs, for the binary `bin`.
+    fn prepare_with(etcd: &LocalEtcd, dir: &Path, bin: PathBuf) -> Result<Self> {
         std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
-        let bin = standin_binary()?;
         let ip = etcd.ip;
         let port = free_port(ip)?;
         let url = format!("https://{ip}:{port}");
@@ -352,27 +387,27 @@ impl LocalStandin {
         })
     }
 
-    /// Started with `encryption_config` (YAML, written to `dir/encryption.yaml`), token auth and no anonymous
-    /// access.
+    /// The real kube-apiserver started with `encryption_config` (YAML, written to `dir/encryption.yaml`), token
+    /// auth and no anonymous access.
     pub fn start(etcd: &LocalEtcd, dir: &Path, encryption_config: &str) -> Result<Self> {
-        let mut standin = Self::prepare(etcd, dir)?;
-        let encryption = standin.encryption_file();
+        let mut server = Self::prepare(etcd, dir)?;
+        let encryption = server.encryption_file();
         std::fs::write(&encryption, encryption_config)
             .with_context(|| format!("writing {}", encryption.display()))?;
-        standin.extra_args = vec![
+        server.extra_args = vec![
             format!("--encryption-provider-config={}", encryption.display()),
-            format!("--token-auth-file={}", standin.token_file.display()),
+            format!("--token-auth-file={}", server.token_file.display()),
             "--anonymous-auth=false".to_string(),
         ];
-        standin.spawn()?;
-        Ok(standin)
+        server.spawn()?;
+        Ok(server)
     }
 
     fn encryption_file(&self) -> PathBuf {
         self.dir.join("encryption.yaml")
     }
 
-    /// The stand-in's command line with `extra` flags after the base ones (not spawned).
+    /// The server's command line with `extra` flags after the base ones (not spawned).
     pub fn command(&self, extra: &[String]) -> Command {
         let mut cmd = Command::new(&self.bin);
         cmd.args(&self.base_args).args(extra).stdin(Stdio::null());
@@ -395,7 +430,7 @@ impl LocalStandin {
             .stdout(log.try_clone()?)
             .stderr(log)
             .spawn()
-            .with_context(|| format!("spawning the stand-in {}", self.bin.display()))?;
+            .with_context(|| format!("spawning {}", self.bin.display()))?;
         self.child = Some(child);
         Ok(())
     }
@@ -419,18 +454,19 @@ impl LocalStandin {
         self.child.as_ref().map(Child::id)
     }
 
-    /// A client from the kubeconfig, once the server answers (within 30 s).
+    /// A client from the kubeconfig, once the server says it is ready (`/readyz`: its post-start hooks, such as
+    /// the RBAC bootstrap, are done), within 60 s.
     pub async fn ready(&self) -> Result<kube::Client> {
-        let deadline = Instant::now() + Duration::from_secs(30);
+        let deadline = Instant::now() + Duration::from_secs(60);
         loop {
             if let Ok(client) = atrest::exec::kube::client(&self.kubeconfig).await
-                && client.apiserver_version().await.is_ok()
+                && atrest::exec::kube::probe(&client).await.is_ok()
             {
                 return Ok(client);
             }
             if Instant::now() > deadline {
                 bail!(
-                    "stand-in at {} not ready after 30 s; {}",
+                    "kube-apiserver at {} not ready after 60 s; {}",
                     self.url,
                     health::log_tail(&self.log_file(), 20)
                 );
@@ -440,7 +476,7 @@ impl LocalStandin {
     }
 }
 
-impl Drop for LocalStandin {
+impl Drop for LocalApiserver {
     fn drop(&mut self) {
         self.stop();
     }

@@ -23,7 +23,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, bail};
 
-pub use image::Standin;
+pub use image::Apiserver;
 use procs::{ContainerRecord, Manifest, NodeRecord, ProcRecord};
 
 /// The cluster-wide prefix path in cluster.yml. Each node's sshd and dockerd see their own node tree there.
@@ -35,8 +35,8 @@ pub struct Options {
     pub nodes: usize,
     /// Where the testbed's files go; must be absent or empty. Default: a fresh dir under the temp dir.
     pub dir: Option<PathBuf>,
-    pub standin: Standin,
-    /// Start an N-member etcd cluster (required by the real stand-in).
+    pub apiserver: Apiserver,
+    /// Start an N-member etcd cluster (required by the real kube-apiserver).
     pub etcd: bool,
     /// Also create user `atrest` (passwordless sudo, member of `docker`) on every node and name it in cluster.yml.
     pub sudo_user: bool,
@@ -57,7 +57,7 @@ impl Default for Options {
         Options {
             nodes: 3,
             dir: None,
-            standin: Standin::Placeholder,
+            apiserver: Apiserver::Placeholder,
             etcd: true,
             sudo_user: false,
             kms: false,
@@ -96,7 +96,7 @@ pub struct Testbed {
     nodes: Vec<Node>,
     children: Vec<Child>,
     slot: Option<slot::Slot>,
-    standin: Standin,
+    apiserver: Apiserver,
     etcd: bool,
     sudo_user: bool,
     kms: bool,
@@ -150,11 +150,11 @@ impl Testbed {
         if opts.nodes == 0 || opts.nodes > 9 {
             bail!("nodes must be 1..=9, got {}", opts.nodes);
         }
-        if opts.rke_encrypted && !matches!(opts.standin, Standin::Upstream(_)) {
-            bail!("rke_encrypted needs the real kube-apiserver (Standin::Upstream)");
+        if opts.rke_encrypted && !matches!(opts.apiserver, Apiserver::Upstream(_)) {
+            bail!("rke_encrypted needs the real kube-apiserver (Apiserver::Upstream)");
         }
-        if opts.standin.serves_api() && !opts.etcd {
-            bail!("the kube-apiserver stand-in needs etcd: set etcd = true");
+        if opts.apiserver.serves_api() && !opts.etcd {
+            bail!("the real kube-apiserver needs etcd: set etcd = true");
         }
         let t0 = Instant::now();
         let slot = slot::acquire(
@@ -240,7 +240,7 @@ impl Testbed {
             nodes,
             children: Vec::new(),
             slot: Some(slot),
-            standin: opts.standin.clone(),
+            apiserver: opts.apiserver.clone(),
             etcd: opts.etcd,
             sudo_user: opts.sudo_user,
             kms: opts.kms,
@@ -511,8 +511,8 @@ impl Testbed {
             })
             .collect::<Vec<_>>()
             .join(",");
-        let upstream = match &self.standin {
-            Standin::Upstream(u) => Some(u.clone()),
+        let upstream = match &self.apiserver {
+            Apiserver::Upstream(u) => Some(u.clone()),
             _ => None,
         };
         if self.etcd && upstream.is_none() {
@@ -584,7 +584,7 @@ impl Testbed {
                 .map(|i| (i.tar, i.name, i.changes))
                 .collect(),
             None => vec![(
-                image::build_rootfs_tar(&self.standin, &work)?,
+                image::build_rootfs_tar(&work)?,
                 image::IMAGE.to_string(),
                 vec!["ENV PATH=/usr/local/bin:/usr/bin:/bin".to_string()],
             )],
@@ -716,9 +716,9 @@ impl Testbed {
                 // loaded machine.
                 Duration::from_secs(if upstream.is_some() { 180 } else { 60 }),
                 Duration::from_millis(50),
-                || match self.standin {
-                    Standin::Placeholder => health::tcp_open(addr),
-                    Standin::Binary(_) | Standin::Upstream(_) => probe
+                || match self.apiserver {
+                    Apiserver::Placeholder => health::tcp_open(addr),
+                    Apiserver::Upstream(_) => probe
                         .get(addr, "/readyz")
                         .is_ok_and(|(code, _)| code == 200),
                 },
@@ -834,8 +834,8 @@ impl Testbed {
     }
 
     fn upstream_versions(&self) -> Option<&upstream::Versions> {
-        match &self.standin {
-            Standin::Upstream(u) => Some(&u.versions),
+        match &self.apiserver {
+            Apiserver::Upstream(u) => Some(&u.versions),
             _ => None,
         }
     }
@@ -982,10 +982,8 @@ impl Testbed {
             "--net=host",
             "--restart=always",
         ]);
-        if self.standin == Standin::Placeholder {
-            // busybox httpd as PID 1 ignores SIGTERM; the stand-in handles it, like the real apiserver.
-            cmd.arg("--init");
-        }
+        // busybox httpd as PID 1 ignores SIGTERM.
+        cmd.arg("--init");
         cmd.arg("-v")
             .arg(format!("{PREFIX_PATH}/etc/kubernetes:/etc/kubernetes:z"))
             .arg(image::IMAGE);
@@ -1035,16 +1033,16 @@ impl Testbed {
         .collect()
     }
 
-    /// The container command line: RKE's `kube-apiserver` flags (the stand-in ignores the ones it does not model).
-    /// For the real server, the Entrypoint RKE gives it.
+    /// The container command line: for the real server, the Entrypoint RKE gives it (RKE's flags); for the
+    /// placeholder, busybox httpd on the node's :6443.
     pub fn apiserver_command(&self, n: &Node) -> Vec<String> {
-        match &self.standin {
-            Standin::Upstream(_) => ["/opt/rke-tools/entrypoint.sh", "kube-apiserver"]
+        match &self.apiserver {
+            Apiserver::Upstream(_) => ["/opt/rke-tools/entrypoint.sh", "kube-apiserver"]
                 .into_iter()
                 .map(String::from)
                 .chain(self.apiserver_flags(n))
                 .collect(),
-            Standin::Placeholder => vec![
+            Apiserver::Placeholder => vec![
                 "httpd".into(),
                 "-f".into(),
                 "-p".into(),
@@ -1052,35 +1050,6 @@ impl Testbed {
                 "-h".into(),
                 "/etc/kubernetes".into(),
             ],
-            Standin::Binary(_) => {
-                let ip = n.address;
-                let ssl = "/etc/kubernetes/ssl";
-                vec![
-                    "kube-apiserver".into(),
-                    "--allow-privileged=true".into(),
-                    "--anonymous-auth=false".into(),
-                    format!("--advertise-address={ip}"),
-                    format!("--bind-address={ip}"),
-                    format!("--secure-port={APISERVER_PORT}"),
-                    format!("--etcd-servers={}", self.etcd_endpoints().join(",")),
-                    format!("--etcd-cafile={ssl}/kube-ca.pem"),
-                    format!("--etcd-certfile={ssl}/kube-node.pem"),
-                    format!("--etcd-keyfile={ssl}/kube-node-key.pem"),
-                    "--etcd-prefix=/registry".into(),
-                    format!("--tls-cert-file={ssl}/kube-apiserver.pem"),
-                    format!("--tls-private-key-file={ssl}/kube-apiserver-key.pem"),
-                    format!("--client-ca-file={ssl}/kube-ca.pem"),
-                    format!("--token-auth-file={ssl}/kube-api-tokens.csv"),
-                    "--storage-media-type=application/json".into(),
-                    "--authorization-mode=Node,RBAC".into(),
-                    "--service-cluster-ip-range=10.43.0.0/16".into(),
-                    "--service-node-port-range=30000-32767".into(),
-                    "--profiling=false".into(),
-                ]
-                .into_iter()
-                .chain(self.apiserver_args.iter().cloned())
-                .collect()
-            }
         }
     }
 

@@ -18,7 +18,7 @@ use base64::engine::general_purpose::STANDARD as B64;
 use sha2::{Digest, Sha256};
 use zeroize::Zeroizing;
 
-use super::envelope::{self, GCM_NONCE_SIZE};
+use super::seal::{self, GCM_NONCE_SIZE};
 
 /// KEK length: AES-256.
 pub const KEK_SIZE: usize = 32;
@@ -54,10 +54,10 @@ pub enum KeyFileError {
     #[error("unwrapping with key {key_id:?} failed: {source}")]
     Unwrap {
         key_id: String,
-        source: envelope::EnvelopeError,
+        source: seal::SealError,
     },
     #[error("wrapping failed: {0}")]
-    Wrap(envelope::EnvelopeError),
+    Wrap(seal::SealError),
 }
 
 fn io_err(path: &Path) -> impl FnOnce(std::io::Error) -> KeyFileError + '_ {
@@ -85,7 +85,7 @@ impl fmt::Debug for Kek {
 impl Kek {
     /// A fresh random KEK whose id is a short hash of the key (so ids stay unique across rotations).
     pub fn generate() -> Kek {
-        let key = envelope::random_bytes::<KEK_SIZE>();
+        let key = seal::random_bytes::<KEK_SIZE>();
         let digest = Sha256::new()
             .chain_update(b"atrest-kms-kek-id\0")
             .chain_update(key.as_ref())
@@ -244,8 +244,7 @@ impl KeyRing {
     pub fn wrap(&self, plaintext: &[u8]) -> Result<(Vec<u8>, String), KeyFileError> {
         let kek = self.current();
         let mut blob = Self::blob_header(&kek.id);
-        let sealed =
-            envelope::gcm_seal(kek.key.as_ref(), &blob, plaintext).map_err(KeyFileError::Wrap)?;
+        let sealed = seal::seal(kek.key.as_ref(), &blob, plaintext).map_err(KeyFileError::Wrap)?;
         blob.extend(sealed);
         Ok((blob, kek.id.clone()))
     }
@@ -282,12 +281,13 @@ impl KeyRing {
         let kek = self
             .get(id)
             .ok_or_else(|| KeyFileError::UnknownKeyId(id.to_string()))?;
-        let pt = envelope::gcm_open(kek.key.as_ref(), &blob[..2 + n], &blob[2 + n..]).map_err(
-            |source| KeyFileError::Unwrap {
-                key_id: id.to_string(),
-                source,
-            },
-        )?;
+        let pt =
+            seal::open(kek.key.as_ref(), &blob[..2 + n], &blob[2 + n..]).map_err(|source| {
+                KeyFileError::Unwrap {
+                    key_id: id.to_string(),
+                    source,
+                }
+            })?;
         Ok((Zeroizing::new(pt), id.to_string()))
     }
 }
