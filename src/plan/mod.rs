@@ -192,8 +192,6 @@ pub fn plan(input: &PlanInput) -> Result<Plan, PlanError> {
     })
 }
 
-/// An interrupted rolling deploy: nodes it finished (recorded) that still hold its config (observed) are not
-/// restarted again. Without an observation of the nodes every node is redone, as after a crash.
 /// Did the recorded transition stop before changing anything, with the desired config another one? No phase
 /// done, no node recorded as holding a deploy, every node observed on the transition's `from` config, and a
 /// desired config other than its `to`. Such a transition can be dropped: finishing it first would push a change
@@ -214,6 +212,8 @@ fn changed_nothing(input: &PlanInput, record: &InProgress) -> bool {
         && input.current.config() == record.from.as_ref()
 }
 
+/// An interrupted rolling deploy: nodes it finished (recorded) that still hold its config (observed) are not
+/// restarted again. Without an observation of the nodes every node is redone, as after a crash.
 fn skip_finished_nodes(
     input: &PlanInput,
     record: &InProgress,

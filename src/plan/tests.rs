@@ -757,11 +757,21 @@ fn a_transition_that_changed_nothing_is_dropped_when_the_desired_config_moved_on
     not_hashable.config_hash = None;
     let mut nothing_observed = stopped(&newer);
     nothing_observed.observed.nodes.clear();
+    // A node recorded as done with the deploy counts even if it is seen on the old config now (put back by hand).
+    let mut a_node_recorded = stopped(&newer);
+    if let Some(record) = a_node_recorded.transition.as_mut() {
+        record.deploying = Some(crate::state::atrest::DeployProgress {
+            phase: Phase::Prepare,
+            config_sha256: hash(n.config()),
+            nodes: vec!["cp1".into()],
+        });
+    }
     for (why, input) in [
         ("a node holds the new config", one_node_moved),
         ("a phase is done", a_phase_done),
         ("hashes unknown", not_hashable),
         ("no node observed", nothing_observed),
+        ("a node is recorded as deployed", a_node_recorded),
         ("the target is still desired", stopped(&n)),
     ] {
         let p = plan(&input).expect("plan");
