@@ -4,7 +4,8 @@
 //!
 //! Run: `scripts/build-upstream.sh && cargo bench --bench testbed` (as root; see
 //! docs/benchmarks.md). Knobs: `ATREST_BENCH_OBJECTS` (10000), `ATREST_BENCH_CONCURRENCY` (32,64,128: one
-//! rotate-key per value), `ATREST_BENCH_SKIP_KUBECTL` (unset).
+//! rotate-key per value), `ATREST_BENCH_SKIP_KUBECTL` (unset), `ATREST_BENCH_SKIP_RELOAD` (unset: after the
+//! restart-path rotations, automatic reload is turned on from cluster.yml and one rotate-key is timed on it).
 
 use anyhow::{Context, Result, bail, ensure};
 use etcd_client::{Certificate, Client, ConnectOptions, Identity, TlsOptions};
@@ -76,7 +77,7 @@ fn main() -> Result<()> {
     let mut rotations = Vec::new();
     for concurrency in concurrencies {
         let c = concurrency.to_string();
-        let out = atrest.run(&[
+        let (out, seconds) = atrest.timed(&[
             "encrypt",
             "rotate-key",
             "--yes",
@@ -93,8 +94,13 @@ fn main() -> Result<()> {
             "atrest encrypt rotate-key --rewrite-concurrency {c}: {}",
             rotate.line
         );
-        rotations.push((concurrency, rotate.rate));
+        rotations.push((concurrency, rotate.rate, seconds));
     }
+    let reload = if std::env::var_os("ATREST_BENCH_SKIP_RELOAD").is_some() {
+        None
+    } else {
+        Some(reload_rotation(&tb, &atrest, objects)?)
+    };
 
     // The kubectl pipeline on the same kind of data: the stepwise verbs make every secret stale (prepare +
     // rotate), kubectl rewrites them, and `reencrypt` finishes the stage (its census then finds nothing left).
@@ -146,15 +152,27 @@ fn main() -> Result<()> {
 
     let best = rotations
         .iter()
-        .map(|(_, rate)| *rate)
+        .map(|(_, rate, _)| *rate)
         .fold(enable.rate, f64::max);
     println!("\n| measure (3-node testbed) | value |\n|---|---|");
     println!(
         "| atrest rewrite during enable (32 writers) | {:.0} objects/s |",
         enable.rate
     );
-    for (c, rate) in &rotations {
-        println!("| atrest rewrite during rotate-key, {c} writers | {rate:.0} objects/s |");
+    for (c, rate, seconds) in &rotations {
+        println!(
+            "| atrest rewrite during rotate-key, {c} writers | {rate:.0} objects/s (command: {seconds:.1} s, restart path) |"
+        );
+    }
+    if let Some(r) = &reload {
+        println!(
+            "| atrest encrypt rotate-key with automatic reload | {:.1} s (rewrite {:.0} objects/s) |",
+            r.rotate_seconds, r.rate
+        );
+        println!(
+            "| atrest up turning automatic reload on (3 recreates) | {:.1} s |",
+            r.switch_seconds
+        );
     }
     if let Some(k) = kubectl_rate {
         println!("| kubectl get \\| replace | {k:.0} objects/s |");
@@ -177,6 +195,55 @@ fn main() -> Result<()> {
     Ok(())
 }
 
+/// rotate-key on the reload path, after the restart-path rotations on the same data.
+struct ReloadRotation {
+    /// `atrest up` adding `--encryption-provider-config-automatic-reload=true` (one recreate per node).
+    switch_seconds: f64,
+    rotate_seconds: f64,
+    rate: f64,
+}
+
+/// Turns automatic reload on from cluster.yml (`up`: one recreate per node), then times a rotate-key that
+/// restarts nothing (each phase waits for the servers' own once-a-minute poll of the file).
+fn reload_rotation(tb: &Testbed, atrest: &Atrest, objects: usize) -> Result<ReloadRotation> {
+    set_extra_arg(
+        &tb.cluster_yml(),
+        "encryption-provider-config-automatic-reload",
+        "true",
+    )?;
+    let (_, switch_seconds) = atrest.timed(&["up", "--yes"])?;
+    let (out, rotate_seconds) = atrest.timed(&["encrypt", "rotate-key", "--yes"])?;
+    ensure!(
+        out.contains("reloaded the new config") && !out.contains("restarted,"),
+        "rotate-key did not take the reload path:\n{out}"
+    );
+    let rotate = rewrite_rate(&out)?;
+    ensure!(
+        rotate.rewritten == objects as u64,
+        "rotate-key (reload) rewrote {}",
+        rotate.rewritten
+    );
+    println!("atrest encrypt rotate-key (reload): {}", rotate.line);
+    Ok(ReloadRotation {
+        switch_seconds,
+        rotate_seconds,
+        rate: rotate.rate,
+    })
+}
+
+/// Sets `services.kube-api.extra_args.<flag>: <value>` in cluster.yml.
+fn set_extra_arg(path: &Path, flag: &str, value: &str) -> Result<()> {
+    edit_kube_api(path, |kube_api| {
+        let args = kube_api
+            .entry("extra_args".into())
+            .or_insert_with(|| serde_yaml_ng::Value::Mapping(Default::default()));
+        args.as_mapping_mut()
+            .context("services.kube-api.extra_args is not a mapping")?
+            .insert(flag.into(), value.into());
+        Ok(())
+    })
+}
+
 /// The release `atrest` binary run against the testbed.
 struct Atrest<'a> {
     tb: &'a Testbed,
@@ -185,6 +252,11 @@ struct Atrest<'a> {
 impl Atrest<'_> {
     /// Runs atrest; returns its stderr (progress and summary lines), failing on a non-zero exit.
     fn run(&self, args: &[&str]) -> Result<String> {
+        Ok(self.timed(args)?.0)
+    }
+
+    /// [`run`](Self::run), also returning the command's wall time in seconds.
+    fn timed(&self, args: &[&str]) -> Result<(String, f64)> {
         let started = Instant::now();
         let out = Command::new(env!("CARGO_BIN_EXE_atrest"))
             .arg("--config")
@@ -204,12 +276,9 @@ impl Atrest<'_> {
                 out.status
             );
         }
-        println!(
-            "$ atrest {} ({:.1} s)",
-            args.join(" "),
-            started.elapsed().as_secs_f64()
-        );
-        Ok(stderr)
+        let seconds = started.elapsed().as_secs_f64();
+        println!("$ atrest {} ({seconds:.1} s)", args.join(" "));
+        Ok((stderr, seconds))
     }
 }
 
@@ -242,8 +311,11 @@ fn rewrite_rate(stderr: &str) -> Result<RewriteLine> {
     })
 }
 
-/// Sets `services.kube-api.secrets_encryption_config.enabled` in cluster.yml.
-fn set_encryption(path: &Path, enabled: bool) -> Result<()> {
+/// Edits `services.kube-api` of the cluster.yml at `path` with `edit`.
+fn edit_kube_api(
+    path: &Path,
+    edit: impl FnOnce(&mut serde_yaml_ng::Mapping) -> Result<()>,
+) -> Result<()> {
     let text = std::fs::read_to_string(path)?;
     let mut doc: serde_yaml_ng::Value = serde_yaml_ng::from_str(&text)?;
     let kube_api = doc
@@ -251,14 +323,22 @@ fn set_encryption(path: &Path, enabled: bool) -> Result<()> {
         .and_then(|s| s.get_mut("kube-api"))
         .and_then(|k| k.as_mapping_mut())
         .context("services.kube-api in cluster.yml")?;
-    let mut sec = serde_yaml_ng::Mapping::new();
-    sec.insert("enabled".into(), enabled.into());
-    kube_api.insert(
-        "secrets_encryption_config".into(),
-        serde_yaml_ng::Value::Mapping(sec),
-    );
+    edit(kube_api)?;
     std::fs::write(path, serde_yaml_ng::to_string(&doc)?)?;
     Ok(())
+}
+
+/// Sets `services.kube-api.secrets_encryption_config.enabled` in cluster.yml.
+fn set_encryption(path: &Path, enabled: bool) -> Result<()> {
+    edit_kube_api(path, |kube_api| {
+        let mut sec = serde_yaml_ng::Mapping::new();
+        sec.insert("enabled".into(), enabled.into());
+        kube_api.insert(
+            "secrets_encryption_config".into(),
+            serde_yaml_ng::Value::Mapping(sec),
+        );
+        Ok(())
+    })
 }
 
 async fn etcd_client(tb: &Testbed) -> Result<Client> {

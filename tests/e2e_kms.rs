@@ -1,7 +1,9 @@
 //! KMS end to end on a 3-node testbed with a `kms-plugin` per node (real sshd, dockerd, the real kube-apiserver and etcd):
 //! aescbc → kms v2 with the socket bind added from `extra_binds`, a plugin key rotation finished by a targeted
-//! re-wrap, kms → aescbc, a KMS v1 provider the server cannot use (rolled back, naming the failing check), and a
-//! refused run when one node's plugin is down. Needs root.
+//! re-wrap, kms → aescbc, KMS v1 with the Go plugin the real server can use and back to aescbc, a KMS v1 provider
+//! the server cannot use (rolled back, naming the failing check; with automatic reload, put back with the server's
+//! reason), and a refused run when one node's plugin is down.
+//! Needs root.
 
 use std::collections::BTreeMap;
 use std::path::Path;
@@ -43,6 +45,24 @@ fn bed_with(apiserver: Apiserver, apiserver_args: Vec<String>) -> Testbed {
     tb
 }
 
+/// A testbed whose kube-apiservers run with KMS v1 enabled (`--feature-gates=KMSv1=true`, deprecated since 1.29).
+fn kms_v1_bed() -> Testbed {
+    bed_with(
+        Apiserver::upstream()
+            .expect("the real kube-apiserver and etcd (scripts/build-upstream.sh)"),
+        vec!["--feature-gates=KMSv1=true".into()],
+    )
+}
+
+/// `up` to the cluster.yml as it is (an aescbc config); every secret ends on `aescbc:k1`. Returns the census.
+fn up_to_aescbc(tb: &Testbed) -> BTreeMap<String, u64> {
+    let (ok, out) = atrest(tb, &["up"]);
+    assert!(ok, "up to aescbc failed:\n{out}");
+    let census = census(tb);
+    assert!(only_label_prefix(&census, "aescbc:k1"), "{census:?}");
+    census
+}
+
 fn aescbc_config() -> Value {
     serde_yaml_ng::from_str(
         "apiVersion: apiserver.config.k8s.io/v1\nkind: EncryptionConfiguration\nresources:\n- resources: [secrets]\n  providers:\n  - aescbc:\n      keys:\n      - name: k1\n        secret: c2VjcmV0IGlzIHNlY3VyZSwgaXMgaXQgbm90PyEhISE=\n  - identity: {}\n",
@@ -65,8 +85,8 @@ fn kms_v1_config() -> Value {
     .expect("yaml")
 }
 
-/// Rewrites the testbed's cluster.yml with `custom_config` and, when `bind`, the plugin socket dir in extra_binds.
-fn set_cluster(tb: &Testbed, custom: Value, bind: bool) {
+/// Edits `services.kube-api` of the testbed's cluster.yml with `edit`.
+fn edit_kube_api(tb: &Testbed, edit: impl FnOnce(&mut serde_yaml_ng::Mapping)) {
     let path = tb.cluster_yml();
     let text = std::fs::read_to_string(&path).expect("cluster.yml");
     let mut doc: Value = serde_yaml_ng::from_str(&text).expect("cluster.yml parses");
@@ -75,19 +95,26 @@ fn set_cluster(tb: &Testbed, custom: Value, bind: bool) {
         .and_then(|s| s.get_mut("kube-api"))
         .and_then(Value::as_mapping_mut)
         .expect("services.kube-api");
-    api.remove("extra_binds");
-    if bind {
-        api.insert(
-            "extra_binds".into(),
-            serde_yaml_ng::from_str("['/var/run/kmsplugin:/var/run/kmsplugin']").expect("yaml"),
-        );
-    }
-    let mut sec = serde_yaml_ng::Mapping::new();
-    sec.insert("enabled".into(), true.into());
-    sec.insert("custom_config".into(), custom);
-    api.insert("secrets_encryption_config".into(), Value::Mapping(sec));
+    edit(api);
     std::fs::write(&path, serde_yaml_ng::to_string(&doc).expect("yaml"))
         .expect("write cluster.yml");
+}
+
+/// Rewrites the testbed's cluster.yml with `custom_config` and, when `bind`, the plugin socket dir in extra_binds.
+fn set_cluster(tb: &Testbed, custom: Value, bind: bool) {
+    edit_kube_api(tb, |api| {
+        api.remove("extra_binds");
+        if bind {
+            api.insert(
+                "extra_binds".into(),
+                serde_yaml_ng::from_str("['/var/run/kmsplugin:/var/run/kmsplugin']").expect("yaml"),
+            );
+        }
+        let mut sec = serde_yaml_ng::Mapping::new();
+        sec.insert("enabled".into(), true.into());
+        sec.insert("custom_config".into(), custom);
+        api.insert("secrets_encryption_config".into(), Value::Mapping(sec));
+    });
 }
 
 fn atrest(tb: &Testbed, args: &[&str]) -> (bool, String) {
@@ -373,30 +400,57 @@ fn node_fingerprint(tb: &Testbed, restarted: &str) -> Vec<String> {
         .collect()
 }
 
+/// KMS v1 end to end with a plugin the real server can use (the Go one, testbed/upstream/kms-plugin-v1, on the
+/// same shared KEK file): identity → kms v1 puts every secret on the v1 provider (the plugin wraps a DEK per
+/// write), `encrypt status` reports the plugin healthy on every node, and kms v1 → aescbc reads every secret back
+/// through the plugin and ends with all of them on the aescbc key.
+#[test]
+fn kms_v1_with_a_plugin_the_server_accepts_and_back_to_aescbc() {
+    if !may_run() {
+        return;
+    }
+    let mut tb = kms_v1_bed();
+    let plugin = testbed::harness::upstream::kms_plugin_v1_binary()
+        .expect("the Go KMS v1 plugin (scripts/build-upstream.sh)");
+    for n in tb.nodes().to_vec() {
+        tb.kms_stop(&n).expect("stopping the Rust plugin");
+        tb.kms_start_with(&n, &plugin)
+            .expect("starting the Go v1 plugin");
+    }
+    assert!(only_label_prefix(&census(&tb), "identity"));
+
+    set_cluster(&tb, kms_v1_config(), true);
+    let (ok, out) = atrest(&tb, &["up"]);
+    assert!(ok, "up to kms v1 failed:\n{out}");
+    let c = census(&tb);
+    let label = format!("kms:v1:{PROVIDER}");
+    assert_eq!(c.get(&label).copied(), Some(c.values().sum()), "{c:?}");
+    tb.verify_seed(SECRETS, 0, SIZE)
+        .expect("secrets readable on kms v1");
+    let (ok, status) = atrest(&tb, &["encrypt", "status"]);
+    assert!(ok, "{status}");
+    for n in tb.nodes() {
+        let line = format!("KMS v1 {PROVIDER} on {}: healthy (v1beta1)", n.address);
+        assert!(status.contains(&line), "no {line:?} in:\n{status}");
+    }
+
+    back_to_aescbc(&mut tb);
+}
+
 /// A KMS v1 provider whose plugin the real server cannot use: kube-apiserver's v1 client (unlike its v2 one) sends
 /// the socket path as the HTTP/2 `:authority`, which this project's plugin (Rust, h2) rejects as malformed, so
 /// the server's `kms-provider-0` readiness check never passes. A real cause of the fault every KMS user fears: a
 /// config the server cannot load. The first node is put back (file and container), the others are never
 /// touched, every secret stays where it was, the error names the failing check, and a return to the old config
-/// finishes cleanly. (A KMS v1 plugin the server accepts is an open item: docs/kms-plugin.md.)
+/// finishes cleanly. (The Go plugin is the v1 plugin the server accepts: the test above.)
 #[test]
 fn a_kms_v1_plugin_the_server_cannot_use_is_rolled_back_naming_the_check() {
     if !may_run() {
         return;
     }
-    let mut tb = bed_with(
-        Apiserver::upstream()
-            .expect("the real kube-apiserver and etcd (scripts/build-upstream.sh)"),
-        vec!["--feature-gates=KMSv1=true".into()],
-    );
+    let mut tb = kms_v1_bed();
     set_cluster(&tb, aescbc_config(), true);
-    let (ok, out) = atrest(&tb, &["up"]);
-    assert!(ok, "up to aescbc failed:\n{out}");
-    let census_before = census(&tb);
-    assert!(
-        only_label_prefix(&census_before, "aescbc:k1"),
-        "{census_before:?}"
-    );
+    let census_before = up_to_aescbc(&tb);
     let node1 = tb.nodes()[0].name.clone();
     let before = node_fingerprint(&tb, &node1);
 
@@ -434,6 +488,67 @@ fn a_kms_v1_plugin_the_server_cannot_use_is_rolled_back_naming_the_check() {
     let (ok, out) = atrest(&tb, &["plan", "--detailed-exitcode"]);
     assert!(ok && out.contains("Nothing to do"), "{out}");
     assert_eq!(census(&tb), census_before);
+    tb.down().expect("down");
+}
+
+/// Adds `services.kube-api.extra_args.encryption-provider-config-automatic-reload: "true"` to cluster.yml: the next
+/// recreate (enable) adds the flag with the config flag, and later key changes reload instead of restarting.
+fn ask_for_reload(tb: &Testbed) {
+    edit_kube_api(tb, |api| {
+        api.insert(
+            "extra_args".into(),
+            serde_yaml_ng::from_str("{encryption-provider-config-automatic-reload: 'true'}")
+                .expect("yaml"),
+        );
+    });
+}
+
+/// A config the servers refuse to reload: with automatic reload on, a KMS v1 provider on the Rust plugin (which the
+/// server's v1 client cannot reach, see above; atrest's own pre-flight reaches it) is written to the first phase's
+/// nodes. The server checks the new provider's health before it swaps configs, counts a failed reload and keeps
+/// its previous config; atrest puts the previous file back, restarts nothing, and stops with the server's reason.
+/// Every node, container and secret is as before.
+#[test]
+fn a_config_the_server_refuses_to_reload_is_put_back_with_its_reason() {
+    if !may_run() {
+        return;
+    }
+    let mut tb = kms_v1_bed();
+    set_cluster(&tb, aescbc_config(), true);
+    ask_for_reload(&tb);
+    let census_before = up_to_aescbc(&tb);
+    for n in tb.nodes() {
+        assert!(
+            fingerprint(&tb)
+                .iter()
+                .any(|l| l.starts_with(&format!("{} container ", n.name))
+                    && l.contains("--encryption-provider-config-automatic-reload=true")),
+            "{}: no reload flag",
+            n.name
+        );
+    }
+    let before = node_fingerprint(&tb, "");
+
+    set_cluster(&tb, kms_v1_config(), true);
+    let (ok, out) = atrest(&tb, &["up"]);
+    assert!(!ok, "up to kms v1 must fail:\n{out}");
+    assert!(
+        out.contains("kube-apiserver refused the new encryption config (")
+            && out.contains("its previous file was put back"),
+        "{out}"
+    );
+    assert!(
+        !out.contains("restarted,") && !out.contains("recreated,"),
+        "{out}"
+    );
+    assert_eq!(
+        node_fingerprint(&tb, ""),
+        before,
+        "a node's file or container changed"
+    );
+    assert_eq!(census(&tb), census_before);
+    tb.verify_seed(SECRETS, 0, SIZE)
+        .expect("secrets readable after the refused reload");
     tb.down().expect("down");
 }
 

@@ -14,6 +14,8 @@ use common::{LocalApiserver, LocalEtcd, aescbc_config, private_loopback, random_
 use futures::StreamExt;
 use k8s_openapi::ByteString;
 use k8s_openapi::api::core::v1::{ConfigMap, Namespace, Secret};
+use k8s_openapi::api::flowcontrol::v1::{FlowSchema, PriorityLevelConfiguration};
+use k8s_openapi::api::rbac::v1::ClusterRoleBinding;
 use kube::api::{Api, DynamicObject, ObjectMeta, PostParams};
 use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
@@ -42,6 +44,17 @@ impl Cluster {
         secrets: usize,
         configmaps: usize,
     ) -> Self {
+        Self::seeded_with_flags(octet, resources, secrets, configmaps, &[]).await
+    }
+
+    /// [`seeded`](Self::seeded) with `flags` added to the kube-apiserver's command line.
+    async fn seeded_with_flags(
+        octet: u8,
+        resources: Vec<&'static str>,
+        secrets: usize,
+        configmaps: usize,
+        flags: &[&str],
+    ) -> Self {
         let dir = tempfile::tempdir().unwrap();
         let ip = private_loopback(octet);
         let etcd_dir = dir.path().join("etcd");
@@ -49,8 +62,13 @@ impl Cluster {
         let etcd = etcd_process.ready().await.unwrap();
         let (old, new) = (random_key(), random_key());
         let config = aescbc_config(&resources, &[("old", &old)]);
-        let apiserver =
-            LocalApiserver::start(&etcd_process, &dir.path().join("apiserver"), &config).unwrap();
+        let apiserver = LocalApiserver::start_with_flags(
+            &etcd_process,
+            &dir.path().join("apiserver"),
+            &config,
+            flags,
+        )
+        .unwrap();
         let client = apiserver.ready().await.unwrap();
         let cluster = Self {
             etcd_process,
@@ -643,4 +661,123 @@ async fn kubeconfig_with_token_and_server_override() {
     };
     let error = error.to_string();
     assert!(error.contains("no-such-kubeconfig"), "{error}");
+}
+
+/// Gives [`common::LIMITED_USER`] the rights of `cluster-admin`, and puts it in a priority level of its own with
+/// one seat that rejects rather than queues: API Priority and Fairness answers 429 to its second concurrent request.
+/// (The server's seats are shared by nominal shares: on a server with 30 in-flight seats in all, the built-in
+/// levels' 245 shares plus this level's 1 leave it ceil(30 × 1 / 246) = 1 seat, and it may neither lend nor borrow.)
+async fn limit_to_one_seat(admin: &kube::Client) {
+    let create = PostParams::default();
+    let binding: ClusterRoleBinding = serde_json::from_value(serde_json::json!({
+        "metadata": {"name": "atrest-limited-admin"},
+        "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "ClusterRole", "name": "cluster-admin"},
+        "subjects": [{"apiGroup": "rbac.authorization.k8s.io", "kind": "User", "name": common::LIMITED_USER}],
+    }))
+    .unwrap();
+    Api::<ClusterRoleBinding>::all(admin.clone())
+        .create(&create, &binding)
+        .await
+        .unwrap();
+    let level: PriorityLevelConfiguration = serde_json::from_value(serde_json::json!({
+        "metadata": {"name": "atrest-one-seat"},
+        "spec": {"type": "Limited", "limited": {
+            "nominalConcurrencyShares": 1,
+            "lendablePercent": 0,
+            "borrowingLimitPercent": 0,
+            "limitResponse": {"type": "Reject"},
+        }},
+    }))
+    .unwrap();
+    Api::<PriorityLevelConfiguration>::all(admin.clone())
+        .create(&create, &level)
+        .await
+        .unwrap();
+    let schema: FlowSchema = serde_json::from_value(serde_json::json!({
+        "metadata": {"name": "atrest-limited"},
+        "spec": {
+            "priorityLevelConfiguration": {"name": "atrest-one-seat"},
+            "matchingPrecedence": 50,
+            "distinguisherMethod": {"type": "ByUser"},
+            "rules": [{
+                "subjects": [{"kind": "User", "user": {"name": common::LIMITED_USER}}],
+                "resourceRules": [{"verbs": ["*"], "apiGroups": ["*"], "resources": ["*"],
+                                   "namespaces": ["*"], "clusterScope": true}],
+                "nonResourceRules": [{"verbs": ["*"], "nonResourceURLs": ["*"]}],
+            }],
+        },
+    }))
+    .unwrap();
+    Api::<FlowSchema>::all(admin.clone())
+        .create(&create, &schema)
+        .await
+        .unwrap();
+}
+
+/// Concurrent reads as `client` until the server rejects one with 429 (the priority level is in force), within
+/// 30 s; returns the 429's message.
+async fn first_429(client: &kube::Client) -> String {
+    let api: Api<Secret> = Api::namespaced(client.clone(), "rw-a");
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    while std::time::Instant::now() < deadline {
+        let results: Vec<_> = futures::stream::iter(0..32)
+            .map(|_| api.get("s-00000"))
+            .buffer_unordered(32)
+            .collect()
+            .await;
+        let rejected = results.into_iter().find_map(|result| match result {
+            Err(kube::Error::Api(status)) if status.code == 429 => Some(status.message),
+            _ => None,
+        });
+        if let Some(message) = rejected {
+            return message;
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    panic!("no 429 from API Priority and Fairness within 30 s");
+}
+
+/// A real 429: the rewrite runs as a user whom API Priority and Fairness gives one seat and no queue (see
+/// [`limit_to_one_seat`]); it meets 429s, retries them, and still moves every secret to the new key unchanged.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn api_priority_and_fairness_429s_are_retried() {
+    let in_flight = [
+        "--max-requests-inflight=20",
+        "--max-mutating-requests-inflight=10",
+    ];
+    let mut cluster = Cluster::seeded_with_flags(96, vec!["secrets"], 400, 0, &in_flight).await;
+    cluster.rotate().await;
+    limit_to_one_seat(&cluster.client).await;
+    let kubeconfig = cluster.apiserver.dir.join("kubeconfig-limited");
+    let ca = cluster.etcd_process.pki.ca.cert_pem.clone();
+    common::write_token_kubeconfig(
+        &kubeconfig,
+        &cluster.apiserver.url,
+        &ca,
+        common::LIMITED_TOKEN,
+    )
+    .unwrap();
+    let limited = atrest::exec::kube::client(&kubeconfig).await.unwrap();
+    let message = first_429(&limited).await;
+    assert!(
+        message.to_lowercase().contains("too many requests"),
+        "{message}"
+    );
+
+    let report = rewrite::rewrite(&limited, &[Target::secrets()], &quiet(8, 50)).await;
+    eprintln!("as a one-seat user: {report}");
+    assert!(
+        report.is_success(),
+        "{report}: {:?} {:?}",
+        report.errors,
+        report.failed_resources
+    );
+    assert!(report.retries > 0, "no 429 was met: {report}");
+    assert_eq!(report.processed(), 400, "{report}");
+    let census = cluster.census(&[core("secrets")]).await;
+    assert_eq!(
+        census.resources["secrets"].by_label,
+        BTreeMap::from([("aescbc:new".to_string(), 400)])
+    );
+    assert_secrets_intact(&cluster.client, 400, &HashMap::new()).await;
 }

@@ -183,9 +183,13 @@ fn describe(step: &Step) -> String {
 /// The plan as numbered, human-readable steps.
 pub fn to_text(plan: &Plan) -> String {
     let mut out = String::new();
+    let dropped = match &plan.abandons {
+        Some(kind) => format!(" (drop the recorded {kind} transition)"),
+        None => String::new(),
+    };
     let _ = writeln!(
         out,
-        "Plan: {} on {} controlplane(s): {}",
+        "Plan: {}{dropped} on {} controlplane(s): {}",
         plan.kind,
         plan.controlplanes.len(),
         plan.controlplanes.join(", ")

@@ -737,7 +737,13 @@ fn a_transition_that_changed_nothing_is_dropped_when_the_desired_config_moved_on
     assert!(p.abandons.is_some());
     assert!(p.notes.iter().any(|n| n.contains("dropped, not finished")));
     assert!(!p.notes.iter().any(|n| n.contains("finished first")));
-    assert!(crate::plan::render::to_text(&p).contains("Drop the recorded"));
+    let text = crate::plan::render::to_text(&p);
+    assert!(text.contains("Drop the recorded"), "{text}");
+    let first = text.lines().next().unwrap_or_default();
+    assert!(
+        first.starts_with("Plan: noop (drop the recorded ") && first.contains(" transition) on 3 "),
+        "{first}"
+    );
 
     // Moved on to a third config: dropped, and one new transition from the deployed config (with its snapshot).
     let p = plan(&stopped(&newer)).expect("plan");

@@ -6,7 +6,8 @@ use anyhow::{Context, Result};
 use std::path::Path;
 
 pub use testbed::harness::local::{
-    ETCD_SERVER_NAME, LocalApiserver, LocalEtcd, TEST_TOKEN, private_loopback,
+    ETCD_SERVER_NAME, LIMITED_TOKEN, LIMITED_USER, LocalApiserver, LocalEtcd, TEST_TOKEN,
+    private_loopback,
 };
 
 /// A kubeconfig that authenticates with a bearer token and names the server `server_url`.

@@ -47,20 +47,50 @@ pub fn bench_seeded(secrets: usize, configmaps: usize) -> Option<Bench> {
 /// A cluster RKE encrypted before atrest ever ran (`Options::rke_encrypted`), on the real server, seeded.
 #[allow(dead_code)]
 pub fn bench_rke_encrypted(secrets: usize, configmaps: usize) -> Option<Bench> {
-    if !may_run() {
-        return None;
-    }
-    bench_with(
-        Options {
-            nodes: 3,
-            apiserver: Apiserver::upstream()
-                .expect("the real kube-apiserver and etcd (scripts/build-upstream.sh)"),
+    bench_upstream(
+        |o| Options {
             rke_encrypted: true,
-            ..Options::default()
+            ..o
         },
         secrets,
         configmaps,
     )
+}
+
+/// On the real kube-apiserver started with `apiserver_args` too (as `services.kube-api.extra_args` would have
+/// RKE start it), seeded.
+#[allow(dead_code)]
+pub fn bench_with_apiserver_args(
+    apiserver_args: Vec<String>,
+    secrets: usize,
+    configmaps: usize,
+) -> Option<Bench> {
+    bench_upstream(
+        |o| Options {
+            apiserver_args,
+            ..o
+        },
+        secrets,
+        configmaps,
+    )
+}
+
+/// 3 nodes on the real kube-apiserver, with `options` changing the rest, seeded.
+fn bench_upstream(
+    options: impl FnOnce(Options) -> Options,
+    secrets: usize,
+    configmaps: usize,
+) -> Option<Bench> {
+    if !may_run() {
+        return None;
+    }
+    let base = Options {
+        nodes: 3,
+        apiserver: Apiserver::upstream()
+            .expect("the real kube-apiserver and etcd (scripts/build-upstream.sh)"),
+        ..Options::default()
+    };
+    bench_with(options(base), secrets, configmaps)
 }
 
 fn bench_on(
@@ -460,4 +490,74 @@ pub fn random_key() -> String {
     use base64::Engine as _;
     let bytes: [u8; 32] = rand::random();
     base64::engine::general_purpose::STANDARD.encode(bytes)
+}
+
+/// Lists every secret through each node's kube-apiserver in turn (a client reading while atrest works), until
+/// stopped; counts the lists that did not answer 200 with the whole list (a 500 is an object the server could
+/// not decrypt; a refused connection is a server that was down).
+pub struct ConcurrentReader {
+    stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    thread: std::thread::JoinHandle<ReaderTally>,
+}
+
+/// What a [`ConcurrentReader`] saw.
+#[derive(Debug, Default)]
+pub struct ReaderTally {
+    pub lists: u64,
+    pub failures: u64,
+    /// The first few failures: node, then the status or error.
+    pub first_failures: Vec<String>,
+}
+
+impl ConcurrentReader {
+    pub fn start(b: &Bench) -> Self {
+        let read = |p: PathBuf| std::fs::read_to_string(&p).expect("pki file");
+        let probe = testbed::harness::health::HttpsProbe::new(
+            &read(b.tb.etcd_ca()),
+            &read(b.tb.admin_cert()),
+            &read(b.tb.admin_key()),
+        )
+        .expect("https probe");
+        let nodes: Vec<(String, std::net::SocketAddr)> =
+            b.tb.nodes()
+                .iter()
+                .map(|n| {
+                    let addr = (n.address, testbed::harness::APISERVER_PORT);
+                    (n.name.clone(), std::net::SocketAddr::from(addr))
+                })
+                .collect();
+        let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let stopped = stop.clone();
+        let thread = std::thread::spawn(move || {
+            let mut tally = ReaderTally::default();
+            for (name, addr) in nodes.iter().cycle() {
+                if stopped.load(std::sync::atomic::Ordering::Relaxed) {
+                    break;
+                }
+                tally.lists += 1;
+                let failure = match probe.get(*addr, "/api/v1/secrets") {
+                    Ok((200, body)) if body.contains("\"kind\":\"SecretList\"") => None,
+                    Ok((code, body)) => Some(format!(
+                        "HTTP {code}: {}",
+                        body.chars().take(200).collect::<String>()
+                    )),
+                    Err(e) => Some(format!("{e:#}")),
+                };
+                if let Some(failure) = failure {
+                    tally.failures += 1;
+                    if tally.first_failures.len() < 5 {
+                        tally.first_failures.push(format!("{name}: {failure}"));
+                    }
+                }
+                std::thread::sleep(std::time::Duration::from_millis(100));
+            }
+            tally
+        });
+        Self { stop, thread }
+    }
+
+    pub fn stop(self) -> ReaderTally {
+        self.stop.store(true, std::sync::atomic::Ordering::Relaxed);
+        self.thread.join().expect("reader thread")
+    }
 }

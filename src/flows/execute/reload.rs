@@ -54,8 +54,10 @@ async fn reload_failure_reason(target: &RolloutTarget, since: i64) -> String {
 /// prefix with time and source file dropped).
 fn reload_error_line(log: &str) -> Option<String> {
     log.lines().rev().find_map(|l| {
-        l.find("error processing encryption config file")
-            .map(|i| l[i..].trim().to_string())
+        let message = &l[l.find("error processing encryption config file")?..];
+        // A structured klog line ends with `" logger="UnhandledError"`: the message is what precedes it.
+        let message = message.split_once("\" logger=").map_or(message, |(m, _)| m);
+        Some(message.trim().to_string())
     })
 }
 
@@ -186,7 +188,8 @@ impl Executor<'_> {
         let started = Instant::now();
         while !pending.is_empty() {
             let mut still = Vec::new();
-            for p in pending {
+            let mut unread = pending.into_iter();
+            while let Some(p) = unread.next() {
                 let now = match metrics::read_reload_status(&p.target.host, &p.probe).await {
                     Ok(now) => now,
                     Err(e) => {
@@ -204,7 +207,10 @@ impl Executor<'_> {
                         );
                         self.note_node_done(phase, config_sha256, &p.name)?;
                     }
-                    Loaded::Failed => return Err(self.refused(&p).await),
+                    Loaded::Failed => {
+                        let waiting: Vec<Pending> = still.into_iter().chain(unread).collect();
+                        return Err(self.refused(&p, waiting).await);
+                    }
                     Loaded::NotYet => still.push(p),
                 }
             }
@@ -231,8 +237,10 @@ impl Executor<'_> {
         Ok(Vec::new())
     }
 
-    /// A server counted a failed reload: its previous file goes back, and the error carries its reason.
-    async fn refused(&mut self, p: &Pending) -> anyhow::Error {
+    /// A server counted a failed reload: its previous file goes back, and the error carries its reason. So do the
+    /// files of the servers still `waiting` in this phase: they hold the same refused config, which would stop
+    /// them the next time they restart; each still runs its previous config, or reloads it back at its next poll.
+    async fn refused(&mut self, p: &Pending, waiting: Vec<Pending>) -> anyhow::Error {
         let reason = reload_failure_reason(&p.target, p.written_at).await;
         let put_back = match self.put_back(p).await {
             Ok(()) => {
@@ -242,9 +250,27 @@ impl Executor<'_> {
                 format!("putting its previous file back FAILED ({e}): it needs manual attention")
             }
         };
+        let mut others = Vec::new();
+        for w in &waiting {
+            match self.put_back(w).await {
+                Ok(()) => others.push(format!("{}: previous file put back", w.name)),
+                Err(e) => others.push(format!(
+                    "{}: putting its previous file back FAILED ({e}): it needs manual attention",
+                    w.name
+                )),
+            }
+        }
+        let others = if others.is_empty() {
+            String::new()
+        } else {
+            format!(
+                " The other servers of this phase got the same file: {}.",
+                others.join("; ")
+            )
+        };
         anyhow!(
-            "{}: kube-apiserver refused the new encryption config ({reason}); {put_back}. The run stopped; a rerun \
-             continues from this phase",
+            "{}: kube-apiserver refused the new encryption config ({reason}); {put_back}.{others} The run \
+             stopped; a rerun continues from this phase",
             p.name
         )
     }
@@ -311,5 +337,16 @@ mod tests {
             )
         );
         assert_eq!(reload_error_line("I1201 all fine\n"), None);
+        // kube-apiserver v1.32 logs it as a structured line (KMS health check of a new provider, from a testbed run).
+        let structured = "E1202 14:12:40.1 1 runtime.go:90] \"Unhandled Error\" err=\"error processing encryption \
+                          config file /etc/kubernetes/ssl/encryption.yaml: health check for new transformers failed: \
+                          kms-provider-0: failed get version\" logger=\"UnhandledError\"\n";
+        assert_eq!(
+            reload_error_line(structured).as_deref(),
+            Some(
+                "error processing encryption config file /etc/kubernetes/ssl/encryption.yaml: health check for new \
+                 transformers failed: kms-provider-0: failed get version"
+            )
+        );
     }
 }

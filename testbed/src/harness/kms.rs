@@ -90,7 +90,12 @@ impl Testbed {
 
     /// Starts node `n`'s plugin in the node's mount namespace and waits for its socket.
     pub fn kms_start(&mut self, n: &Node) -> Result<()> {
-        let plugin = locate_plugin()?;
+        self.kms_start_with(n, &locate_plugin()?)
+    }
+
+    /// [`kms_start`](Self::kms_start) with another plugin binary that takes the same flags (`--listen`,
+    /// `--key-file`, `--pid-file`): the Go KMS v1 plugin ([`super::upstream::kms_plugin_v1_binary`]).
+    pub fn kms_start_with(&mut self, n: &Node, plugin: &Path) -> Result<()> {
         let sshd_pid = self
             .manifest
             .procs
@@ -105,7 +110,7 @@ impl Testbed {
         let mut cmd = Command::new("nsenter");
         cmd.arg(format!("--mount=/proc/{sshd_pid}/ns/mnt"))
             .arg("--")
-            .arg(&plugin)
+            .arg(plugin)
             .args(["--listen", KMS_ENDPOINT, "--key-file"])
             .arg(self.kms_key_file())
             .arg("--pid-file")

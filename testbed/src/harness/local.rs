@@ -28,6 +28,10 @@ pub const ETCD_SERVER_NAME: &str = "etcd-node1";
 
 /// The bearer token in the API server's `tokens.csv` (user `admin`, group `system:masters`).
 pub const TEST_TOKEN: &str = "atrest-test-token-0123456789";
+/// A second token in the token file: user [`LIMITED_USER`], in no group the server exempts from API Priority and
+/// Fairness (as `system:masters` is), and with no rights until a test binds some.
+pub const LIMITED_TOKEN: &str = "atrest-limited-token-9876543210";
+pub const LIMITED_USER: &str = "atrest-limited";
 
 /// A loopback address private to this process, so parallel tests and other agents do not collide.
 pub fn private_loopback(third_octet: u8) -> Ipv4Addr {
@@ -301,7 +305,7 @@ pub struct LocalApiserver {
     pub url: String,
     /// Client-certificate kubeconfig (`dir/kubeconfig`).
     pub kubeconfig: PathBuf,
-    /// `dir/tokens.csv` with [`TEST_TOKEN`]; passed only if a start names it.
+    /// `dir/tokens.csv` with [`TEST_TOKEN`] and [`LIMITED_TOKEN`]; passed only if a start names it.
     pub token_file: PathBuf,
 }
 
@@ -311,8 +315,7 @@ impl LocalApiserver {
     /// service range, RKE's authorization modes. It stores objects as protobuf (its default), as a user's
     /// cluster does.
     pub fn prepare(etcd: &LocalEtcd, dir: &Path) -> Result<Self> {
-        let bin = Upstream::locate()?.apiserver;
-        let mut server = Self::prepare_with(etcd, dir, bin)?;
+        let mut server = Self::prepare_paths(etcd, dir)?;
         let service_account = dir.join("service-account.pem");
         let pki = &etcd.pki;
         // The key file carries the public key too, as the testbed's (harness::pki) does.
@@ -334,8 +337,10 @@ impl LocalApiserver {
         Ok(server)
     }
 
-    /// The flags any kube-apiserver here needs, for the binary `bin`.
-    fn prepare_with(etcd: &LocalEtcd, dir: &Path, bin: PathBuf) -> Result<Self> {
+    /// The directory, the kubeconfig, the token file and the connection flags (etcd, address, serving
+    /// certificate, client CA).
+    fn prepare_paths(etcd: &LocalEtcd, dir: &Path) -> Result<Self> {
+        let bin = Upstream::locate()?.apiserver;
         std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
         let ip = etcd.ip;
         let port = free_port(ip)?;
@@ -356,7 +361,8 @@ impl LocalApiserver {
         let token_file = dir.join("tokens.csv");
         write_mode(
             &token_file,
-            format!("{TEST_TOKEN},admin,1,\"system:masters\"\n").as_bytes(),
+            format!("{TEST_TOKEN},admin,1,\"system:masters\"\n{LIMITED_TOKEN},{LIMITED_USER},2\n")
+                .as_bytes(),
             0o600,
         )?;
         let base_args = vec![
@@ -390,6 +396,16 @@ impl LocalApiserver {
     /// The real kube-apiserver started with `encryption_config` (YAML, written to `dir/encryption.yaml`), token
     /// auth and no anonymous access.
     pub fn start(etcd: &LocalEtcd, dir: &Path, encryption_config: &str) -> Result<Self> {
+        Self::start_with_flags(etcd, dir, encryption_config, &[])
+    }
+
+    /// [`start`](Self::start) with `flags` added to the command line (e.g. the server's in-flight limits).
+    pub fn start_with_flags(
+        etcd: &LocalEtcd,
+        dir: &Path,
+        encryption_config: &str,
+        flags: &[&str],
+    ) -> Result<Self> {
         let mut server = Self::prepare(etcd, dir)?;
         let encryption = server.encryption_file();
         std::fs::write(&encryption, encryption_config)
@@ -399,6 +415,9 @@ impl LocalApiserver {
             format!("--token-auth-file={}", server.token_file.display()),
             "--anonymous-auth=false".to_string(),
         ];
+        server
+            .extra_args
+            .extend(flags.iter().map(|f| f.to_string()));
         server.spawn()?;
         Ok(server)
     }

@@ -58,6 +58,11 @@ impl Versions {
         })
     }
 
+    /// The `k8s.io/kms` module version of this Kubernetes release (`v1.32.13` → `v0.32.13`).
+    pub fn kms_module(&self) -> String {
+        format!("v0.{}", self.kubernetes.trim_start_matches("v1."))
+    }
+
     /// `rancher/hyperkube:v1.32.13-rancher1`: RKE's `system_images.kubernetes`.
     pub fn hyperkube_image(&self) -> String {
         format!(
@@ -160,15 +165,35 @@ pub fn rke_binary() -> Result<PathBuf> {
 /// encryption. Built by `scripts/build-upstream.sh` under a key of the RKE version and its source's hash
 /// (`ATREST_RKE_CHECK_BIN` overrides).
 pub fn rke_check_binary() -> Result<PathBuf> {
-    use sha2::{Digest, Sha256};
     let versions = Versions::load()?;
-    let src = Path::new(env!("CARGO_MANIFEST_DIR")).join("upstream/rke/rkecheck/main.go");
+    find_keyed_by_source(
+        "rke-check",
+        &versions.rke,
+        "upstream/rke/rkecheck/main.go",
+        "ATREST_RKE_CHECK_BIN",
+    )
+}
+
+/// [`find`] for a binary of our own Go source: cached under `<version>-<first 12 hex of the source's sha256>`,
+/// so an edit of `source` (relative to the testbed crate) needs a rebuild.
+fn find_keyed_by_source(name: &str, version: &str, source: &str, env: &str) -> Result<PathBuf> {
+    use sha2::{Digest, Sha256};
+    let src = Path::new(env!("CARGO_MANIFEST_DIR")).join(source);
     let text = fs::read(&src).with_context(|| format!("reading {}", src.display()))?;
     let hash = hex::encode(Sha256::digest(&text));
-    find(
-        "rke-check",
-        &format!("{}-{}", versions.rke, &hash[..12]),
-        "ATREST_RKE_CHECK_BIN",
+    find(name, &format!("{version}-{}", &hash[..12]), env)
+}
+
+/// `kms-plugin-v1` (testbed/upstream/kms-plugin-v1): the KMS v1 plugin the real kube-apiserver can talk to (see
+/// docs/kms-plugin.md). Built by `scripts/build-upstream.sh` under a key of the `k8s.io/kms` version and its
+/// source's hash (`ATREST_KMS_PLUGIN_V1_BIN` overrides).
+pub fn kms_plugin_v1_binary() -> Result<PathBuf> {
+    let versions = Versions::load()?;
+    find_keyed_by_source(
+        "kms-plugin-v1",
+        &versions.kms_module(),
+        "upstream/kms-plugin-v1/main.go",
+        "ATREST_KMS_PLUGIN_V1_BIN",
     )
 }
 
