@@ -252,13 +252,7 @@ fn seeded_secrets_read_back_with_kubectl() {
     let verified = tb.verify_seed(1000, 0, 2048).expect("verifying");
     // No --init, as RKE runs it: RKE's entrypoint hands over to kube-apiserver with `exec`, so the server is PID 1
     // and must stop on SIGTERM (else `docker restart` takes the 10 s timeout).
-    let pem = |p: std::path::PathBuf| std::fs::read_to_string(p).expect("reading a PEM");
-    let probe = testbed::harness::health::HttpsProbe::new(
-        &pem(tb.etcd_ca()),
-        &pem(tb.admin_cert()),
-        &pem(tb.admin_key()),
-    )
-    .expect("HTTPS probe");
+    let probe = tb.admin_probe().expect("HTTPS probe");
     let n2 = &tb.nodes()[1];
     let t = Instant::now();
     // Stop (SIGTERM, SIGKILL after 10 s) and read how PID 1 ended: 137 is the SIGKILL of a PID 1 that ignored

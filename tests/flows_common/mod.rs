@@ -493,7 +493,7 @@ pub fn random_key() -> String {
 }
 
 /// Lists every secret through each node's kube-apiserver in turn (a client reading while atrest works), until
-/// stopped; counts the lists that did not answer 200 with the whole list (a 500 is an object the server could
+/// stopped; counts the lists that did not answer 200 with a `SecretList` (a 500 is an object the server could
 /// not decrypt; a refused connection is a server that was down).
 pub struct ConcurrentReader {
     stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
@@ -511,13 +511,7 @@ pub struct ReaderTally {
 
 impl ConcurrentReader {
     pub fn start(b: &Bench) -> Self {
-        let read = |p: PathBuf| std::fs::read_to_string(&p).expect("pki file");
-        let probe = testbed::harness::health::HttpsProbe::new(
-            &read(b.tb.etcd_ca()),
-            &read(b.tb.admin_cert()),
-            &read(b.tb.admin_key()),
-        )
-        .expect("https probe");
+        let probe = b.tb.admin_probe().expect("https probe");
         let nodes: Vec<(String, std::net::SocketAddr)> =
             b.tb.nodes()
                 .iter()

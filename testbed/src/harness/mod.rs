@@ -1143,6 +1143,18 @@ impl Testbed {
     pub fn admin_key(&self) -> PathBuf {
         self.dir().join("pki/kube-admin-key.pem")
     }
+    /// An HTTPS client for the nodes' kube-apiservers: trusts `kube-ca`, presents RKE's `kube-admin` certificate
+    /// (allowed to read `/readyz`, `/metrics` and every object).
+    pub fn admin_probe(&self) -> Result<health::HttpsProbe> {
+        let read = |p: PathBuf| {
+            std::fs::read_to_string(&p).with_context(|| format!("reading {}", p.display()))
+        };
+        health::HttpsProbe::new(
+            &read(self.etcd_ca())?,
+            &read(self.admin_cert())?,
+            &read(self.admin_key())?,
+        )
+    }
     pub fn apiserver_url(&self, n: &Node) -> String {
         format!("https://{}:{APISERVER_PORT}", n.address)
     }
