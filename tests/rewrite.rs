@@ -664,10 +664,13 @@ async fn kubeconfig_with_token_and_server_override() {
 }
 
 /// Gives [`common::LIMITED_USER`] the rights of `cluster-admin`, and puts it in a priority level of its own with
-/// one seat that rejects rather than queues: API Priority and Fairness answers 429 to its second concurrent request.
-/// (The server's seats are shared by nominal shares: on a server with 30 in-flight seats in all, the built-in
-/// levels' 245 shares plus this level's 1 leave it ceil(30 × 1 / 246) = 1 seat, and it may neither lend nor borrow.)
-async fn limit_to_one_seat(admin: &kube::Client) {
+/// four seats that rejects rather than queues: API Priority and Fairness answers 429 to its fifth concurrent
+/// request. (The server's seats are shared by nominal shares: on a server with 30 in-flight seats in all, the
+/// built-in levels' 245 shares plus this level's 30 give it ceil(30 × 30 / 275) = 4 seats, and it may neither lend
+/// nor borrow.) One seat was tried: an update keeps its seat a little after it answers (APF's estimate of the
+/// watch notifications it causes), so even one request at a time meets a 429 every other request, and honouring
+/// each `Retry-After` of 1 s leaves about 1 object/s.
+async fn limit_to_four_seats(admin: &kube::Client) {
     let create = PostParams::default();
     let binding: ClusterRoleBinding = serde_json::from_value(serde_json::json!({
         "metadata": {"name": "atrest-limited-admin"},
@@ -680,9 +683,9 @@ async fn limit_to_one_seat(admin: &kube::Client) {
         .await
         .unwrap();
     let level: PriorityLevelConfiguration = serde_json::from_value(serde_json::json!({
-        "metadata": {"name": "atrest-one-seat"},
+        "metadata": {"name": "atrest-four-seats"},
         "spec": {"type": "Limited", "limited": {
-            "nominalConcurrencyShares": 1,
+            "nominalConcurrencyShares": 30,
             "lendablePercent": 0,
             "borrowingLimitPercent": 0,
             "limitResponse": {"type": "Reject"},
@@ -696,7 +699,7 @@ async fn limit_to_one_seat(admin: &kube::Client) {
     let schema: FlowSchema = serde_json::from_value(serde_json::json!({
         "metadata": {"name": "atrest-limited"},
         "spec": {
-            "priorityLevelConfiguration": {"name": "atrest-one-seat"},
+            "priorityLevelConfiguration": {"name": "atrest-four-seats"},
             "matchingPrecedence": 50,
             "distinguisherMethod": {"type": "ByUser"},
             "rules": [{
@@ -715,8 +718,8 @@ async fn limit_to_one_seat(admin: &kube::Client) {
 }
 
 /// Concurrent reads as `client` until the server rejects one with 429 (the priority level is in force), within
-/// 30 s; returns the 429's message.
-async fn first_429(client: &kube::Client) -> String {
+/// 30 s; returns the 429's status.
+async fn first_429(client: &kube::Client) -> Box<kube::core::Status> {
     let api: Api<Secret> = Api::namespaced(client.clone(), "rw-a");
     let deadline = std::time::Instant::now() + Duration::from_secs(30);
     while std::time::Instant::now() < deadline {
@@ -726,19 +729,22 @@ async fn first_429(client: &kube::Client) -> String {
             .collect()
             .await;
         let rejected = results.into_iter().find_map(|result| match result {
-            Err(kube::Error::Api(status)) if status.code == 429 => Some(status.message),
+            Err(kube::Error::Api(status)) if status.code == 429 => Some(status),
             _ => None,
         });
-        if let Some(message) = rejected {
-            return message;
+        if let Some(status) = rejected {
+            return status;
         }
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
     panic!("no 429 from API Priority and Fairness within 30 s");
 }
 
-/// A real 429: the rewrite runs as a user whom API Priority and Fairness gives one seat and no queue (see
-/// [`limit_to_one_seat`]); it meets 429s, retries them, and still moves every secret to the new key unchanged.
+/// A real 429: the rewrite runs as a user whom API Priority and Fairness gives four seats and no queue (see
+/// [`limit_to_four_seats`]); it meets 429s, waits the server's `Retry-After` (API Priority and Fairness sends it
+/// only as a header on a plain-text answer, which the client keeps: exec::retry_after), lowers its requests in
+/// flight, and still moves every secret to the new key unchanged. (Before the pacing, 8 writers each retrying
+/// on their own timer against one seat once left an object out of attempts.)
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn api_priority_and_fairness_429s_are_retried() {
     let in_flight = [
@@ -747,7 +753,7 @@ async fn api_priority_and_fairness_429s_are_retried() {
     ];
     let mut cluster = Cluster::seeded_with_flags(96, vec!["secrets"], 400, 0, &in_flight).await;
     cluster.rotate().await;
-    limit_to_one_seat(&cluster.client).await;
+    limit_to_four_seats(&cluster.client).await;
     let kubeconfig = cluster.apiserver.dir.join("kubeconfig-limited");
     let ca = cluster.etcd_process.pki.ca.cert_pem.clone();
     common::write_token_kubeconfig(
@@ -758,21 +764,26 @@ async fn api_priority_and_fairness_429s_are_retried() {
     )
     .unwrap();
     let limited = atrest::exec::kube::client(&kubeconfig).await.unwrap();
-    let message = first_429(&limited).await;
+    let status = first_429(&limited).await;
     assert!(
-        message.to_lowercase().contains("too many requests"),
-        "{message}"
+        status.message.to_lowercase().contains("too many requests"),
+        "{status:?}"
+    );
+    assert_eq!(
+        status.details.as_ref().map(|d| d.retry_after_seconds),
+        Some(1),
+        "API Priority and Fairness asks for 1 s: {status:?}"
     );
 
-    let report = rewrite::rewrite(&limited, &[Target::secrets()], &quiet(8, 50)).await;
-    eprintln!("as a one-seat user: {report}");
+    let report = rewrite::rewrite(&limited, &[Target::secrets()], &quiet(32, 50)).await;
+    eprintln!("as a four-seat user: {report}");
     assert!(
         report.is_success(),
         "{report}: {:?} {:?}",
         report.errors,
         report.failed_resources
     );
-    assert!(report.retries > 0, "no 429 was met: {report}");
+    assert!(report.throttled > 0, "no 429 was met: {report}");
     assert_eq!(report.processed(), 400, "{report}");
     let census = cluster.census(&[core("secrets")]).await;
     assert_eq!(

@@ -130,8 +130,12 @@ pub async fn client_with(
     config.write_timeout = Some(Duration::from_secs(60));
     // Retries are ours (bounded, counted in the report); kube's own would double them.
     config.default_retry = false;
-    kube::Client::try_from(config).map_err(|source| KubeClientError::Build {
-        path: path.to_path_buf(),
-        source,
-    })
+    let builder =
+        kube::client::ClientBuilder::try_from(config).map_err(|source| KubeClientError::Build {
+            path: path.to_path_buf(),
+            source,
+        })?;
+    // A plain-text 429 keeps its Retry-After (see exec::retry_after).
+    let retry_after = tower::util::MapFutureLayer::new(super::retry_after::status_for_plain_429);
+    Ok(builder.with_layer(&retry_after).build())
 }

@@ -13,6 +13,7 @@ pub mod metrics;
 pub mod prefix;
 pub mod preflight;
 pub mod restart;
+pub mod retry_after;
 pub mod rewrite;
 pub mod rke_state;
 pub mod ssh;

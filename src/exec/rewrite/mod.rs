@@ -10,13 +10,15 @@
 //! Memory is bounded in bytes, not objects (a Helm release Secret is up to 1 MiB): a lister task holds one
 //! page of about `page_bytes`, and the objects it has queued or the writers are writing hold at most
 //! `queue_bytes` together (see [`budget`]). A fixed pool of writers works through the queue while the next
-//! page is fetched. Only a compact set of object ids (16 bytes each) is kept, to skip finished objects if an
+//! page is fetched; how many of them have a request in flight is up to [`pace`], which backs off when the
+//! servers say they are overloaded (429, 5xx) and grows again while they keep up. Only a compact set of object ids (16 bytes each) is kept, to skip finished objects if an
 //! expired continue token (410) forces a fresh list.
 //!
 //! Split by concept: [`targets`] (which resources), [`budget`] (memory), [`writer`] (one object's write),
-//! [`report`] (counters and the report), [`progress`] (what the user sees).
+//! [`pace`] (requests in flight), [`report`] (counters and the report), [`progress`] (what the user sees).
 
 mod budget;
+mod pace;
 mod progress;
 mod report;
 mod targets;
@@ -31,6 +33,7 @@ pub use writer::Outcome;
 use budget::{ByteBudget, Share};
 use futures::StreamExt;
 use kube::api::{Api, DynamicObject, ListParams, TypeMeta};
+use pace::Pace;
 use progress::Progress;
 use report::Stats;
 use sha2::{Digest, Sha256};
@@ -39,7 +42,7 @@ use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 use tokio_util::sync::CancellationToken;
-use writer::{Writer, backoff, is_transient};
+use writer::{Writer, paced, retry_after_error};
 
 #[derive(Debug, Clone)]
 pub struct RewriteOptions {
@@ -50,10 +53,12 @@ pub struct RewriteOptions {
     pub page_bytes: usize,
     /// Most bytes of objects listed but not yet written (queued or being written); the lister waits for room.
     pub queue_bytes: usize,
-    /// Concurrent writes.
+    /// Most writes in flight; the rewrite starts lower and backs off when the server is overloaded ([`pace`]).
     pub concurrency: usize,
-    /// Retries of one request after 429, 5xx or a transport error, with exponential backoff.
+    /// Retries of one request after a 5xx or a transport error, with exponential backoff.
     pub max_retries: u32,
+    /// 429s are retried (after the server's `Retry-After`) until no request at all has succeeded for this long.
+    pub throttle_patience: Duration,
     /// First backoff delay; doubled per retry, capped at 5 s.
     pub initial_backoff: Duration,
     /// At most this many per-object errors are kept in the report (all are counted).
@@ -70,6 +75,7 @@ impl Default for RewriteOptions {
             queue_bytes: 32 << 20,
             concurrency: 32,
             max_retries: 8,
+            throttle_patience: Duration::from_secs(300),
             initial_backoff: Duration::from_millis(100),
             max_reported_errors: 1000,
             progress: ProgressMode::Auto,
@@ -96,13 +102,14 @@ pub async fn rewrite(
 ) -> RewriteReport {
     let started = Instant::now();
     let stats = Arc::new(Stats::default());
-    let progress = Progress::start(options.progress, stats.clone(), started);
+    let pace = Arc::new(Pace::new(options.concurrency));
+    let progress = Progress::start(options.progress, stats.clone(), pace.clone(), started);
     for target in targets {
         if options.cancel.is_cancelled() {
             break;
         }
         progress.resource(&target.name());
-        rewrite_resource(client, target, options, &stats).await;
+        rewrite_resource(client, target, options, &stats, &pace).await;
     }
     progress.finish();
     let report = stats.report(started.elapsed(), options.cancel.is_cancelled());
@@ -142,12 +149,13 @@ async fn rewrite_resource(
     target: &Target,
     options: &RewriteOptions,
     stats: &Arc<Stats>,
+    pace: &Arc<Pace>,
 ) {
     let (sender, queue): (_, WorkQueue) = async_channel_like::bounded(options.page_size as usize);
     let writers: Vec<_> = (0..options.concurrency.max(1))
         .map(|_| {
             let queue = queue.clone();
-            let writer = Writer::new(client, target, options, stats.clone());
+            let writer = Writer::new(client, target, options, stats.clone(), pace.clone());
             tokio::spawn(async move {
                 while let Some((object, share)) = queue.recv().await {
                     // Cancelled: leave queued objects alone, only in-flight writes finish.
@@ -162,7 +170,7 @@ async fn rewrite_resource(
         .collect();
     drop(queue);
     let budget = ByteBudget::new(options.queue_bytes);
-    list_into(client, target, options, stats, sender, &budget).await;
+    list_into(client, target, options, stats, pace, sender, &budget).await;
     for writer in writers {
         if let Err(e) = writer.await {
             tracing::error!("rewrite writer task failed: {e}");
@@ -179,6 +187,7 @@ async fn list_into(
     target: &Target,
     options: &RewriteOptions,
     stats: &Stats,
+    pace: &Pace,
     sender: tokio::sync::mpsc::Sender<Queued>,
     budget: &ByteBudget,
 ) {
@@ -201,7 +210,7 @@ async fn list_into(
             params = params.continue_token(token);
         }
         let page = tokio::select! {
-            page = api.list(&params) => page,
+            page = paced(pace, api.list(&params)) => page,
             () = options.cancel.cancelled() => return,
         };
         let page = match page {
@@ -236,12 +245,7 @@ async fn list_into(
                 restarted = true;
                 continue;
             }
-            Err(e) if is_transient(&e) && attempt < options.max_retries => {
-                attempt += 1;
-                Stats::add(&stats.retries);
-                tokio::time::sleep(backoff(options, attempt)).await;
-                continue;
-            }
+            Err(e) if retry_after_error(&e, &mut attempt, options, stats, pace).await => continue,
             Err(e) => {
                 stats
                     .failed_resources
@@ -323,7 +327,8 @@ pub async fn rewrite_object(
 ) -> (Outcome, RewriteReport) {
     let started = Instant::now();
     let stats = Arc::new(Stats::default());
-    let writer = Writer::new(client, target, options, stats.clone());
+    let pace = Arc::new(Pace::new(options.concurrency));
+    let writer = Writer::new(client, target, options, stats.clone(), pace);
     let outcome = writer.put_back(writer.with_types(object)).await;
     writer.record(String::new(), outcome.clone());
     (outcome, stats.report(started.elapsed(), false))
@@ -348,14 +353,15 @@ pub async fn rewrite_keys(
     stats
         .expected
         .store(etcd_keys.len() as u64, Ordering::Relaxed);
-    let progress = Progress::start(options.progress, stats.clone(), started);
+    let pace = Arc::new(Pace::new(options.concurrency));
+    let progress = Progress::start(options.progress, stats.clone(), pace.clone(), started);
     // Longest prefix first so `/registry/services/endpoints/` wins over a hypothetical `/registry/services/`.
     let mut by_prefix: Vec<(String, Arc<Writer>)> = targets
         .iter()
         .map(|t| {
             (
                 t.etcd(etcd_prefix).key_prefix,
-                Arc::new(Writer::new(client, t, options, stats.clone())),
+                Arc::new(Writer::new(client, t, options, stats.clone(), pace.clone())),
             )
         })
         .collect();

@@ -1,6 +1,7 @@
 //! Progress of a rewrite on stderr: a bar on a terminal, a log line every few seconds otherwise.
 
 use super::ProgressMode;
+use super::pace::Pace;
 use super::report::Stats;
 use std::io::IsTerminal;
 use std::sync::Arc;
@@ -13,13 +14,18 @@ pub(super) struct Progress {
 }
 
 impl Progress {
-    pub(super) fn start(mode: ProgressMode, stats: Arc<Stats>, started: Instant) -> Self {
+    pub(super) fn start(
+        mode: ProgressMode,
+        stats: Arc<Stats>,
+        pace: Arc<Pace>,
+        started: Instant,
+    ) -> Self {
         let tty = std::io::stderr().is_terminal();
         match mode {
             ProgressMode::Auto if tty => {
                 let bar = indicatif::ProgressBar::new(0);
                 let style = indicatif::ProgressStyle::with_template(
-                    "{msg:>12} [{bar:40}] {pos}/{len} {per_sec} ETA {eta}",
+                    "{prefix:>12} [{bar:40}] {pos}/{len} {per_sec} {msg} ETA {eta}",
                 )
                 .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar())
                 .progress_chars("=> ");
@@ -36,6 +42,7 @@ impl Progress {
                                 .max(stats.processed()),
                         );
                         ticker_bar.set_position(stats.processed());
+                        ticker_bar.set_message(format!("{} in flight", pace.limit()));
                     }
                 });
                 Self {
@@ -53,6 +60,8 @@ impl Progress {
                             done,
                             expected = stats.expected.load(Ordering::Relaxed),
                             rate = format_args!("{rate:.0}/s"),
+                            in_flight = pace.limit(),
+                            throttled = stats.throttled.load(Ordering::Relaxed),
                             "rewrite progress"
                         );
                     }
@@ -71,7 +80,7 @@ impl Progress {
 
     pub(super) fn resource(&self, name: &str) {
         if let Some(bar) = &self.bar {
-            bar.set_message(name.to_string());
+            bar.set_prefix(name.to_string());
         } else {
             tracing::info!(resource = name, "rewriting");
         }

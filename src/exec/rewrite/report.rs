@@ -25,8 +25,10 @@ pub struct RewriteReport {
     pub skipped_newer: u64,
     /// 409 answers seen (each is followed by a re-read).
     pub conflicts: u64,
-    /// Requests retried after 429, 5xx or a transport error.
+    /// Requests retried after 5xx or a transport error.
     pub retries: u64,
+    /// 429 answers (the server asked to slow down; each request was sent again after its `Retry-After`).
+    pub throttled: u64,
     /// Lists started again after an expired continue token.
     pub list_restarts: u64,
     pub errors_total: u64,
@@ -67,7 +69,7 @@ impl fmt::Display for RewriteReport {
         write!(
             f,
             "{} rewritten, {} unchanged, {} skipped (gone {}, written meanwhile {}), {} conflicts, {} retries, \
-             {} errors, {} failed resources in {:.1}s ({:.0} objects/s){}",
+             {} throttled, {} errors, {} failed resources in {:.1}s ({:.0} objects/s){}",
             self.rewritten,
             self.unchanged,
             self.gone + self.skipped_newer,
@@ -75,6 +77,7 @@ impl fmt::Display for RewriteReport {
             self.skipped_newer,
             self.conflicts,
             self.retries,
+            self.throttled,
             self.errors_total,
             self.failed_resources.len(),
             self.elapsed.as_secs_f64(),
@@ -97,6 +100,7 @@ pub(super) struct Stats {
     pub(super) skipped_newer: AtomicU64,
     pub(super) conflicts: AtomicU64,
     pub(super) retries: AtomicU64,
+    pub(super) throttled: AtomicU64,
     pub(super) list_restarts: AtomicU64,
     pub(super) errors_total: AtomicU64,
     pub(super) expected: AtomicU64,
@@ -146,6 +150,7 @@ impl Stats {
             skipped_newer: get(&self.skipped_newer),
             conflicts: get(&self.conflicts),
             retries: get(&self.retries),
+            throttled: get(&self.throttled),
             list_restarts: get(&self.list_restarts),
             errors_total: get(&self.errors_total),
             errors: self

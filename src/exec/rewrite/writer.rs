@@ -1,7 +1,8 @@
 //! The writers: PUT one object back with its `resourceVersion` as precondition, with the conflict, retry and
-//! skip rules every rewrite shares.
+//! skip rules every rewrite shares. Every request takes a slot from the rewrite's [`Pace`].
 
 use super::RewriteOptions;
+use super::pace::{Answer, MAX_RETRY_AFTER, Pace, answer_of};
 use super::report::{ObjectError, Stats};
 use super::targets::Target;
 use kube::api::{Api, DynamicObject, PostParams, TypeMeta};
@@ -14,6 +15,44 @@ pub(super) fn is_transient(error: &kube::Error) -> bool {
         kube::Error::HyperError(_) | kube::Error::Service(_) => true,
         _ => false,
     }
+}
+
+/// Send one request under the pace's limit and tell the pace how the server answered.
+pub(super) async fn paced<T>(
+    pace: &Pace,
+    request: impl Future<Output = Result<T, kube::Error>>,
+) -> Result<T, kube::Error> {
+    let slot = pace.slot().await;
+    let result = request.await;
+    slot.answered(match &result {
+        Ok(_) => Answer::Served,
+        Err(error) => answer_of(error),
+    });
+    result
+}
+
+/// After a failed request: whether to send it again, having waited as long as needed. A 429 was not run, so it
+/// is retried after the server's `Retry-After` until nothing at all has succeeded for `throttle_patience`;
+/// 5xx and transport errors are retried `max_retries` times with backoff.
+pub(super) async fn retry_after_error(
+    error: &kube::Error,
+    attempt: &mut u32,
+    options: &RewriteOptions,
+    stats: &Stats,
+    pace: &Pace,
+) -> bool {
+    if let Answer::Throttled(retry_after) = answer_of(error) {
+        Stats::add(&stats.throttled);
+        tokio::time::sleep(retry_after.min(MAX_RETRY_AFTER)).await;
+        return !pace.stalled(options.throttle_patience);
+    }
+    if is_transient(error) && *attempt < options.max_retries {
+        *attempt += 1;
+        Stats::add(&stats.retries);
+        tokio::time::sleep(backoff(options, *attempt)).await;
+        return true;
+    }
+    false
 }
 
 pub(super) fn backoff(options: &RewriteOptions, attempt: u32) -> Duration {
@@ -47,6 +86,7 @@ pub(super) struct Writer {
     pub(super) target: Target,
     pub(super) options: RewriteOptions,
     stats: Arc<Stats>,
+    pace: Arc<Pace>,
 }
 
 impl Writer {
@@ -55,12 +95,14 @@ impl Writer {
         target: &Target,
         options: &RewriteOptions,
         stats: Arc<Stats>,
+        pace: Arc<Pace>,
     ) -> Self {
         Self {
             client: client.clone(),
             target: target.clone(),
             options: options.clone(),
             stats,
+            pace,
         }
     }
 
@@ -112,7 +154,12 @@ impl Writer {
         let mut conflicts = 0u32;
         let mut attempt = 0u32;
         loop {
-            match api.replace(&name, &PostParams::default(), &object).await {
+            let written = paced(
+                &self.pace,
+                api.replace(&name, &PostParams::default(), &object),
+            )
+            .await;
+            match written {
                 Ok(written) => {
                     return if written.metadata.resource_version == read_rv {
                         Outcome::Unchanged
@@ -141,14 +188,17 @@ impl Writer {
                         }
                     }
                 }
-                Err(e) if is_transient(&e) && attempt < self.options.max_retries => {
-                    attempt += 1;
-                    Stats::add(&self.stats.retries);
-                    tokio::time::sleep(backoff(&self.options, attempt)).await;
+                Err(e) => {
+                    if !self.retry_after_error(&e, &mut attempt).await {
+                        return Outcome::Failed(format!("update failed: {e}"));
+                    }
                 }
-                Err(e) => return Outcome::Failed(format!("update failed: {e}")),
             }
         }
+    }
+
+    async fn retry_after_error(&self, error: &kube::Error, attempt: &mut u32) -> bool {
+        retry_after_error(error, attempt, &self.options, &self.stats, &self.pace).await
     }
 
     pub(super) fn with_types(&self, mut object: DynamicObject) -> DynamicObject {
@@ -167,15 +217,14 @@ impl Writer {
     ) -> Result<Option<DynamicObject>, kube::Error> {
         let mut attempt = 0u32;
         loop {
-            match api.get(name).await {
+            match paced(&self.pace, api.get(name)).await {
                 Ok(object) => return Ok(Some(object)),
                 Err(kube::Error::Api(status)) if status.code == 404 => return Ok(None),
-                Err(e) if is_transient(&e) && attempt < self.options.max_retries => {
-                    attempt += 1;
-                    Stats::add(&self.stats.retries);
-                    tokio::time::sleep(backoff(&self.options, attempt)).await;
+                Err(e) => {
+                    if !self.retry_after_error(&e, &mut attempt).await {
+                        return Err(e);
+                    }
                 }
-                Err(e) => return Err(e),
             }
         }
     }
@@ -206,5 +255,72 @@ mod tests {
         assert_eq!(backoff(&options, 1), Duration::from_millis(100));
         assert_eq!(backoff(&options, 2), Duration::from_millis(200));
         assert_eq!(backoff(&options, 30), Duration::from_secs(5));
+    }
+
+    fn too_many_requests(retry_after_seconds: u32) -> kube::Error {
+        let mut status = kube::core::Status::failure("Too many requests", "").with_code(429);
+        status.details =
+            serde_json::from_value(serde_json::json!({ "retryAfterSeconds": retry_after_seconds }))
+                .ok();
+        kube::Error::Api(status.boxed())
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_429_waits_its_retry_after_without_using_the_retry_budget() {
+        let options = RewriteOptions::default();
+        let (stats, pace) = (Stats::default(), Pace::new(8));
+        let mut attempt = 0;
+        let before = tokio::time::Instant::now();
+        let refused = too_many_requests(3);
+        assert!(retry_after_error(&refused, &mut attempt, &options, &stats, &pace).await);
+        assert_eq!(before.elapsed(), Duration::from_secs(3));
+        assert_eq!(attempt, 0);
+        assert_eq!(
+            stats.throttled.load(std::sync::atomic::Ordering::Relaxed),
+            1
+        );
+        let before = tokio::time::Instant::now();
+        let refused = too_many_requests(3600);
+        assert!(retry_after_error(&refused, &mut attempt, &options, &stats, &pace).await);
+        assert_eq!(
+            before.elapsed(),
+            MAX_RETRY_AFTER,
+            "a long Retry-After is capped"
+        );
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn throttling_stops_being_retried_once_nothing_has_succeeded_for_the_patience() {
+        let options = RewriteOptions {
+            throttle_patience: Duration::from_secs(10),
+            ..Default::default()
+        };
+        let (stats, pace) = (Stats::default(), Pace::new(8));
+        let mut attempt = 0;
+        let mut waits = 0;
+        while retry_after_error(&too_many_requests(1), &mut attempt, &options, &stats, &pace).await
+        {
+            waits += 1;
+            assert!(waits < 100, "429s are retried for ever");
+        }
+        assert_eq!(waits, 9, "1 s per refusal, for 10 s of patience");
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn server_errors_use_the_retry_budget_and_a_client_error_is_final() {
+        let options = RewriteOptions::default();
+        let (stats, pace) = (Stats::default(), Pace::new(8));
+        let unavailable = kube::Error::Api(
+            kube::core::Status::failure("down", "")
+                .with_code(503)
+                .boxed(),
+        );
+        let mut attempt = 0;
+        while retry_after_error(&unavailable, &mut attempt, &options, &stats, &pace).await {}
+        assert_eq!(attempt, options.max_retries);
+        let forbidden =
+            kube::Error::Api(kube::core::Status::failure("no", "").with_code(403).boxed());
+        let mut attempt = 0;
+        assert!(!retry_after_error(&forbidden, &mut attempt, &options, &stats, &pace).await);
     }
 }
