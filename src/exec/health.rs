@@ -168,6 +168,19 @@ fn with_sources(error: &(dyn std::error::Error + 'static)) -> String {
     out
 }
 
+/// Why a request failed. Under TLS 1.3 the server checks the client certificate only after the handshake, so a
+/// refusal (`CertificateRequired`) reaches the connection task, and the request itself may only learn that the
+/// connection went away ("connection was not ready"): the connection's own error names the cause.
+async fn why_refused(
+    request_error: hyper::Error,
+    connection: tokio::task::JoinHandle<hyper::Result<()>>,
+) -> String {
+    match tokio::time::timeout(Duration::from_secs(1), connection).await {
+        Ok(Ok(Err(connection_error))) => with_sources(&connection_error),
+        _ => with_sources(&request_error),
+    }
+}
+
 async fn get_over<IO>(io: IO, authority: &str, path: &str) -> Result<(u16, String), String>
 where
     IO: hyper::rt::Read + hyper::rt::Write + Unpin + Send + 'static,
@@ -175,17 +188,15 @@ where
     let (mut sender, conn) = hyper::client::conn::http1::handshake::<_, Empty<Bytes>>(io)
         .await
         .map_err(|e| format!("HTTP handshake: {}", with_sources(&e)))?;
-    tokio::spawn(async move {
-        let _ = conn.await;
-    });
+    let connection = tokio::spawn(conn);
     let req = hyper::Request::get(path)
         .header(hyper::header::HOST, authority)
         .body(Empty::new())
         .map_err(|e| e.to_string())?;
-    let resp = sender
-        .send_request(req)
-        .await
-        .map_err(|e| format!("GET {path}: {}", with_sources(&e)))?;
+    let resp = match sender.send_request(req).await {
+        Ok(resp) => resp,
+        Err(e) => return Err(format!("GET {path}: {}", why_refused(e, connection).await)),
+    };
     let status = resp.status().as_u16();
     let body = resp
         .into_body()
