@@ -178,6 +178,13 @@ proptest! {
     }
 }
 
+/// A found case (seed from a CI run): a disable interrupted before it changed anything, then cluster.yml goes
+/// back to the deployed config. The plan only drops the record, and a completed run must leave none.
+#[test]
+fn an_abandoned_transition_leaves_no_record() {
+    assert_eq!(scenario(4_573_551_652_452_764_198, 3, 1), Ok(()));
+}
+
 /// Runs `plan` after applying `mutate`, with every server writing at every moment.
 fn run_mutated(o: &Target, n: &Target, servers: usize, mutate: impl Fn(&mut Plan)) -> Outcome {
     let mut cluster = Cluster::new(servers, o.clone());
@@ -328,4 +335,10 @@ fn the_checker_bites_when_a_reload_deploy_does_not_wait() {
         broken.contains("Violation") && broken.contains("cannot read"),
         "{broken}"
     );
+}
+
+#[test]
+fn tmp_repro() {
+    let r = scenario(4573551652452764198, 3, 1);
+    assert!(r.is_ok(), "{r:?}");
 }

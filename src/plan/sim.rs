@@ -260,6 +260,17 @@ impl Cluster {
                 }
             }};
         }
+        // The executor drops a recorded transition the plan abandons before its first step (it changed nothing).
+        if let Some(kind) = &plan.abandons {
+            match &self.record {
+                Some(record) if &record.kind == kind => self.record = None,
+                other => {
+                    return Outcome::Violation(format!(
+                        "the plan abandons a {kind} transition, but the record is {other:?}"
+                    ));
+                }
+            }
+        }
         for (i, step) in plan.steps.iter().enumerate() {
             if active != Some(step.transition) {
                 active = Some(step.transition);
