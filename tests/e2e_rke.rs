@@ -323,3 +323,76 @@ fn a_cluster_rke_encrypted_is_adopted_rotated_and_disabled() {
     );
     b.verify_seed();
 }
+
+/// Issue #13, test 4: RKE's usual SSH user, in group `docker` without sudo. atrest gets root rights on each node
+/// through a short-lived container on its engine, as RKE itself does: it enables, rotates and disables, each
+/// file root-owned 0600, RKE's own code sees nothing to change after each step, and no shell container is left.
+#[test]
+fn a_docker_group_user_without_sudo_enables_rotates_and_disables() {
+    let Some(b) = bench_docker_group_user(200, 20) else {
+        return;
+    };
+    let user = testbed::harness::users::SUDO_USER;
+    for n in b.tb.nodes() {
+        let sudo =
+            b.tb.ssh_as(n, user)
+                .arg("sudo -n true")
+                .output()
+                .expect("ssh");
+        assert!(
+            !sudo.status.success(),
+            "{}: {user} must have no sudo here",
+            n.name
+        );
+    }
+    let files_are_roots_0600 = |present: bool| {
+        use std::os::unix::fs::MetadataExt;
+        for n in b.tb.nodes() {
+            let path = n.kubernetes_dir().join("ssl/encryption.yaml");
+            match std::fs::metadata(&path) {
+                Ok(m) => {
+                    assert!(present, "{} is still there", path.display());
+                    assert_eq!((m.uid(), m.gid(), m.mode() & 0o777), (0, 0, 0o600));
+                }
+                Err(_) => assert!(!present, "{} is missing", path.display()),
+            }
+        }
+    };
+    let no_shell_left = || {
+        for n in b.tb.nodes() {
+            let out =
+                b.tb.docker(n)
+                    .args(["ps", "-aq", "--filter", "name=atrest-root-shell"])
+                    .output()
+                    .expect("docker ps");
+            assert_eq!(
+                String::from_utf8_lossy(&out.stdout).trim(),
+                "",
+                "{}",
+                n.name
+            );
+        }
+    };
+
+    b.set_encryption(true, None);
+    b.ok(&["up", "--yes"]);
+    let key = write_key_name(&b.state());
+    files_are_roots_0600(true);
+    atrest_sees_no_change(&b, &format!("aescbc:{key}"));
+    rke_sees_no_change(&b, true);
+
+    b.ok(&["encrypt", "rotate-key", "--yes"]);
+    let rotated = write_key_name(&b.state());
+    assert_ne!(rotated, key);
+    files_are_roots_0600(true);
+    atrest_sees_no_change(&b, &format!("aescbc:{rotated}"));
+    rke_sees_no_change(&b, true);
+
+    b.set_encryption(false, None);
+    b.ok(&["up", "--yes"]);
+    all_on(&b.census(), "secrets", "identity", b.secrets);
+    files_are_roots_0600(false);
+    rke_sees_no_change(&b, false);
+    no_shell_left();
+    b.verify_seed();
+}

@@ -12,7 +12,7 @@ use atrest::exec::preflight::{connect_and_preflight, preflight};
 use atrest::exec::restart::{
     ContainerAction, NodeChange, RolloutError, RolloutOptions, RolloutTarget, rolling_apply,
 };
-use atrest::exec::ssh::{Host, SshOptions, connect_all};
+use atrest::exec::ssh::{Host, RootRoute, SshOptions, connect_all};
 use atrest::exec::tunnel::Tunnel;
 use bed::Bed;
 use std::os::unix::fs::PermissionsExt;
@@ -902,36 +902,46 @@ async fn certificate_and_encrypted_key_auth() {
     );
 }
 
-/// A non-root SSH user: commands run through `sudo -n`, files still end up root-owned 0600 (content through
-/// sudo's stdin), Docker reached as the user (group `docker`), preflight and a rolling restart work.
-#[tokio::test(flavor = "multi_thread")]
-async fn sudo_user_files_docker_and_rollout() {
-    let bed = Bed::up_with(true);
+/// A 2-node bed whose cluster.yml names the non-root `user` on every node, connected as that user.
+async fn connected_as(user: bed::NodeUser) -> (Bed, ClusterConfig, Vec<Arc<Host>>) {
+    let bed = Bed::up_with(user);
     let mut c = cluster(&bed, &bed.key_ed25519);
     for n in &mut c.nodes {
         n.user = Some(testbed::harness::users::SUDO_USER.to_string());
     }
     let hosts = connect_all(&c, &c.nodes, &opts(&bed), 4)
         .await
-        .expect("connect as the sudo user");
-    let h = &hosts[0];
-    assert!(!h.is_root());
-    let out = h.exec("id -u; echo $SUDO_USER").await.expect("exec");
-    assert_eq!(out.stdout_text(), "0\natrest\n", "{}", out.stderr_text());
+        .expect("connect as the non-root user");
+    assert!(!hosts[0].is_root());
+    (bed, c, hosts)
+}
 
-    let n = &bed.nodes[0];
+/// What every route to root rights must give: a file written root-owned 0600, read back, hashed and removed;
+/// preflight; a rolling recreate that adds the flag on both nodes.
+async fn files_preflight_and_rollout(bed: &Bed, c: &ClusterConfig, hosts: &[Arc<Host>]) {
+    let (h, n) = (&hosts[0], &bed.nodes[0]);
     let path = format!("{}/ssl/encryption.yaml", n.kdir_node);
     files::write_file_atomic(h, &path, GOOD_CONFIG, 0o600)
         .await
-        .expect("write via sudo");
+        .expect("write");
     let meta = std::fs::metadata(n.kdir_host.join("ssl/encryption.yaml")).expect("meta");
     use std::os::unix::fs::MetadataExt;
     assert_eq!((meta.uid(), meta.gid(), meta.mode() & 0o777), (0, 0, 0o600));
-    files::remove_file(h, &path).await.expect("remove via sudo");
-
-    connect_and_preflight(&c, &c.nodes, &opts(&bed), 4, &n.kdir_node)
+    let back = files::read_file(h, &path)
         .await
-        .expect("preflight as the sudo user");
+        .expect("read")
+        .expect("file");
+    assert_eq!(&back[..], GOOD_CONFIG);
+    assert_eq!(
+        files::file_sha256(h, &path).await.expect("hash"),
+        Some(files::sha256_hex(GOOD_CONFIG))
+    );
+    files::remove_file(h, &path).await.expect("remove");
+    assert!(!n.kdir_host.join("ssl/encryption.yaml").exists());
+
+    connect_and_preflight(c, &c.nodes, &opts(bed), 4, &n.kdir_node)
+        .await
+        .expect("preflight");
     let change = NodeChange {
         file: Some(Zeroizing::new(GOOD_CONFIG.to_vec())),
         flag: FlagChange::Add,
@@ -939,7 +949,7 @@ async fn sudo_user_files_docker_and_rollout() {
         reload: None,
     };
     let report = rolling_apply(
-        &targets(&bed, &hosts),
+        &targets(bed, hosts),
         &change,
         &RolloutOptions {
             ready_timeout: Duration::from_secs(20),
@@ -947,10 +957,64 @@ async fn sudo_user_files_docker_and_rollout() {
         |_| Ok(()),
     )
     .await
-    .expect("rollout as the sudo user");
+    .expect("rollout");
     assert_eq!(report.changed.len(), 2);
     assert!(
         bed.docker_inspect(1, "{{json .Config.Cmd}}")
             .contains(FLAG_ARG)
     );
+}
+
+/// A non-root SSH user with passwordless sudo: commands run through `sudo -n` (content on sudo's stdin), Docker
+/// is reached as the user (group `docker`).
+#[tokio::test(flavor = "multi_thread")]
+async fn sudo_user_files_docker_and_rollout() {
+    let (bed, c, hosts) = connected_as(bed::NodeUser::Sudo).await;
+    assert_eq!(hosts[0].root_route().await.expect("route"), RootRoute::Sudo);
+    let out = hosts[0].exec("id -u; echo $SUDO_USER").await.expect("exec");
+    assert_eq!(out.stdout_text(), "0\natrest\n", "{}", out.stderr_text());
+    files_preflight_and_rollout(&bed, &c, &hosts).await;
+}
+
+/// RKE's usual SSH user: in group `docker`, without sudo. Root rights come from a short-lived container on the
+/// node's engine (`exec::root`), which runs the script as uid 0 in the node's own tree and keeps its exit code
+/// and stderr; RKE's log link is made that way too, and no shell container is left behind.
+#[tokio::test(flavor = "multi_thread")]
+async fn docker_group_user_without_sudo_gets_root_through_a_container() {
+    let (bed, c, hosts) = connected_as(bed::NodeUser::DockerGroup).await;
+    let h = &hosts[0];
+    let sudo = h.exec("id -u").await.expect("ssh runs");
+    assert!(!sudo.success(), "sudo must be refused on this bed");
+    assert_eq!(h.root_route().await.expect("route"), RootRoute::Container);
+    let started = std::time::Instant::now();
+    let out = atrest::exec::root::exec(
+        h,
+        "id -u; test -d /opt/atrest-prefix/etc/kubernetes && echo node",
+    )
+    .await
+    .expect("root shell");
+    println!(
+        "one command through a root shell container: {:.2} s",
+        started.elapsed().as_secs_f64()
+    );
+    assert_eq!(
+        (out.status, out.stdout_text().as_str()),
+        (0, "0\nnode\n"),
+        "{}",
+        out.stderr_text()
+    );
+    let failed = atrest::exec::root::exec(h, "echo why >&2; exit 7")
+        .await
+        .expect("root shell");
+    assert_eq!((failed.status, failed.stderr_text().as_str()), (7, "why"));
+
+    files_preflight_and_rollout(&bed, &c, &hosts).await;
+    rke_log_link_is_there(&bed, 0);
+    for i in 0..bed.nodes.len() {
+        let shells = bed.docker(i, &["ps", "-aq", "--filter", "name=atrest-root-shell"]);
+        assert_eq!(
+            shells, "",
+            "node {i}: a root shell container was left behind"
+        );
+    }
 }

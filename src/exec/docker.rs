@@ -6,7 +6,10 @@
 //! it (host networking: the new one cannot bind :6443 while the old one runs), create `kube-apiserver` with the old
 //! config plus the change, start it; the caller health-checks and then commits (remove old) or rolls back.
 
-use crate::exec::ssh::{Host, SshError, shell_quote};
+mod root_shell;
+pub use root_shell::{SIDEKICK, root_shell_body};
+
+use crate::exec::ssh::{Host, RootRoute, SshError, shell_quote};
 use bollard::models::{ContainerCreateBody, ContainerInspectResponse};
 use bollard::query_parameters::{
     CreateContainerOptions, InspectContainerOptions, RemoveContainerOptions,
@@ -397,8 +400,9 @@ impl NodeDocker {
                 let req = BollardRequest::from_parts(parts, body);
                 let io = hyper_util::rt::TokioIo::new(channel.into_stream());
                 let (mut sender, conn) = hyper::client::conn::http1::handshake(io).await?;
+                // With upgrades: `attach` turns the connection into the container's stdio (root_shell).
                 tokio::spawn(async move {
-                    let _ = conn.await;
+                    let _ = conn.with_upgrades().await;
                 });
                 Ok(sender.send_request(req).await?)
             }) as std::pin::Pin<Box<dyn std::future::Future<Output = _> + Send>>
@@ -702,7 +706,7 @@ impl NodeDocker {
         Ok(())
     }
 
-    /// RKE's log link for `name` (after every container it runs), made over SSH with root rights. A failure is a
+    /// RKE's log link for `name` (after every container it runs), made with root rights. A failure is a
     /// warning: the server is already healthy and in use, and only the convenience link is missing.
     async fn link_log(&self, name: &str) {
         let container = match self.inspect_raw(name).await {
@@ -719,7 +723,7 @@ impl NodeDocker {
         let Some(script) = log_link_script(name, &id, &log_path) else {
             return;
         };
-        match self.host.exec(&script).await {
+        match self.exec_as_root(&script, &[]).await {
             Ok(out) if out.success() => {}
             Ok(out) => tracing::warn!(
                 "{}: log link for {name} not made (exit {}): {}",
@@ -728,6 +732,21 @@ impl NodeDocker {
                 out.stderr_text()
             ),
             Err(e) => tracing::warn!("{}: log link for {name} not made: {e}", self.host.label()),
+        }
+    }
+
+    /// Run `script` as root on the node, feeding `stdin`, the way its SSH user can ([`RootRoute`]): over SSH
+    /// as root or with sudo, else in a short-lived container ([`root_shell_body`]).
+    pub async fn exec_as_root(
+        &self,
+        script: &str,
+        stdin: &[u8],
+    ) -> Result<crate::exec::ssh::Output, DockerError> {
+        match self.host.root_route().await? {
+            RootRoute::Root | RootRoute::Sudo => {
+                Ok(self.host.exec_with_stdin(script, stdin).await?)
+            }
+            RootRoute::Container => self.run_as_root(script, stdin).await,
         }
     }
 

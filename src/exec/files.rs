@@ -1,14 +1,18 @@
 //! Files on a node: atomic delivery, checksums, removal. Contents travel on the channel's stdin, never on a
 //! command line, and are never logged.
 
-use crate::exec::ssh::{Host, SshError, shell_quote};
+use crate::exec::docker::DockerError;
+use crate::exec::root;
+use crate::exec::ssh::{Host, shell_quote};
 use sha2::{Digest, Sha256};
+use std::sync::Arc;
 use zeroize::Zeroizing;
 
 #[derive(Debug, thiserror::Error)]
 pub enum FileError {
+    /// The command could not run (SSH, or the container that gives a user without sudo root rights).
     #[error(transparent)]
-    Ssh(#[from] SshError),
+    Run(#[from] DockerError),
     #[error("{node}: writing {path} failed (exit {status}): {stderr}")]
     Write {
         node: String,
@@ -68,15 +72,14 @@ pub fn atomic_write_script(path: &str, mode: u32, expected_sha256: &str) -> Stri
 /// Write `bytes` to `path` on the node atomically (owner root, `mode`, parent dirs created), then read the sha256
 /// back and compare.
 pub async fn write_file_atomic(
-    host: &Host,
+    host: &Arc<Host>,
     path: &str,
     bytes: &[u8],
     mode: u32,
 ) -> Result<(), FileError> {
     let expected = sha256_hex(bytes);
-    let out = host
-        .exec_with_stdin(&atomic_write_script(path, mode, &expected), bytes)
-        .await?;
+    let out =
+        root::exec_with_stdin(host, &atomic_write_script(path, mode, &expected), bytes).await?;
     if !out.success() {
         return Err(FileError::Write {
             node: host.label().to_string(),
@@ -106,13 +109,13 @@ pub async fn write_file_atomic(
 }
 
 /// sha256 of a file on the node, `None` when it does not exist.
-pub async fn file_sha256(host: &Host, path: &str) -> Result<Option<String>, FileError> {
+pub async fn file_sha256(host: &Arc<Host>, path: &str) -> Result<Option<String>, FileError> {
     let p = shell_quote(path);
-    let out = host
-        .exec(&format!(
-            "if [ -e {p} ]; then sha256sum < {p}; else echo absent; fi"
-        ))
-        .await?;
+    let out = root::exec(
+        host,
+        &format!("if [ -e {p} ]; then sha256sum < {p}; else echo absent; fi"),
+    )
+    .await?;
     if !out.success() {
         return Err(other(host, "hashing", path, &out));
     }
@@ -135,11 +138,16 @@ pub async fn file_sha256(host: &Host, path: &str) -> Result<Option<String>, File
 }
 
 /// Read a (possibly secret) file from the node; `None` when it does not exist. The caller keeps it zeroized.
-pub async fn read_file(host: &Host, path: &str) -> Result<Option<Zeroizing<Vec<u8>>>, FileError> {
+pub async fn read_file(
+    host: &Arc<Host>,
+    path: &str,
+) -> Result<Option<Zeroizing<Vec<u8>>>, FileError> {
     let p = shell_quote(path);
-    let out = host
-        .exec(&format!("if [ -e {p} ]; then cat {p}; else exit 44; fi"))
-        .await?;
+    let out = root::exec(
+        host,
+        &format!("if [ -e {p} ]; then cat {p}; else exit 44; fi"),
+    )
+    .await?;
     match out.status {
         0 => Ok(Some(Zeroizing::new(out.stdout))),
         44 => Ok(None),
@@ -148,12 +156,14 @@ pub async fn read_file(host: &Host, path: &str) -> Result<Option<Zeroizing<Vec<u
 }
 
 /// Remove a file (no error when it is already gone), then fsync its directory.
-pub async fn remove_file(host: &Host, path: &str) -> Result<(), FileError> {
+pub async fn remove_file(host: &Arc<Host>, path: &str) -> Result<(), FileError> {
     let d = shell_quote(parent_dir(path));
     let p = shell_quote(path);
-    let out = host
-        .exec(&format!("rm -f {p} && {{ sync {d} 2>/dev/null || sync; }}"))
-        .await?;
+    let out = root::exec(
+        host,
+        &format!("rm -f {p} && {{ sync {d} 2>/dev/null || sync; }}"),
+    )
+    .await?;
     if !out.success() {
         return Err(other(host, "removing", path, &out));
     }

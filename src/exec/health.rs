@@ -75,8 +75,11 @@ impl HealthProbe {
     }
 
     /// Like [`HealthProbe::for_host`], trusting the node's own `kube-ca.pem` and presenting its `kube-node`
-    /// certificate, read over SSH from `<kubernetes_dir>/ssl/` (RKE puts both on every controlplane).
-    pub async fn from_node_certs(host: &Host, kubernetes_dir: &str) -> Result<Self, FileError> {
+    /// certificate, read with root rights from `<kubernetes_dir>/ssl/` (RKE puts both on every controlplane).
+    pub async fn from_node_certs(
+        host: &Arc<Host>,
+        kubernetes_dir: &str,
+    ) -> Result<Self, FileError> {
         let ssl = format!("{kubernetes_dir}/ssl");
         let missing = |what: &str| FileError::Other {
             node: host.label().to_string(),

@@ -274,9 +274,7 @@ pub async fn preflight_node(
             ));
             continue;
         };
-        match host
-            .exec(&format!("test -S {}", shell_quote(&host_socket)))
-            .await
+        match crate::exec::root::exec(host, &format!("test -S {}", shell_quote(&host_socket))).await
         {
             Ok(out) if out.success() => {}
             Ok(_) => {

@@ -16,5 +16,6 @@ pub mod restart;
 pub mod retry_after;
 pub mod rewrite;
 pub mod rke_state;
+pub mod root;
 pub mod ssh;
 pub mod tunnel;

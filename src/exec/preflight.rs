@@ -29,12 +29,10 @@ pub async fn check_host(
     let mut problems = Vec::new();
     // Writable without writing anything that matters: create and remove a temp file in the target directory.
     let d = shell_quote(kubernetes_dir);
-    match host
-        .exec(&format!(
-            "[ -d {d} ] || {{ echo 'directory missing' >&2; exit 1; }}; t=$(mktemp {d}/.atrest-preflight.XXXXXX) && rm -f \"$t\""
-        ))
-        .await
-    {
+    let probe = format!(
+        "[ -d {d} ] || {{ echo 'directory missing' >&2; exit 1; }}; t=$(mktemp {d}/.atrest-preflight.XXXXXX) && rm -f \"$t\""
+    );
+    match crate::exec::root::exec(host, &probe).await {
         Ok(out) if out.success() => {}
         Ok(out) => problems.push(format!(
             "{kubernetes_dir} is not writable as root (exit {}): {}",

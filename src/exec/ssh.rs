@@ -2,7 +2,9 @@
 //!
 //! Host keys are always verified ([`crate::exec::known_hosts`]). Commands run through `sh -c` as the SSH user,
 //! prefixed with `sudo -n` when that user is not root. Secret bytes only ever travel on a channel's stdin;
-//! what comes back is capped in bytes ([`STDOUT_CAP`], [`STDERR_CAP`]).
+//! what comes back is capped in bytes ([`STDOUT_CAP`], [`STDERR_CAP`]). A user with no passwordless sudo (RKE's
+//! usual docker-group user) gets root rights another way: [`Host::root_route`] says which, and
+//! [`crate::exec::root`] takes it.
 
 use crate::config::cluster::{ClusterConfig, Node};
 use crate::exec::auth::{self, AuthError, Credentials};
@@ -39,6 +41,18 @@ impl Default for SshOptions {
             command_timeout: Duration::from_secs(120),
         }
     }
+}
+
+/// How commands on a node get root rights.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum RootRoute {
+    /// The SSH user is root.
+    Root,
+    /// The SSH user has passwordless sudo: `sudo -n sh -c …`.
+    Sudo,
+    /// No passwordless sudo: a short-lived container on the node's Docker engine, as RKE itself does everything
+    /// (the user is in group `docker`).
+    Container,
 }
 
 /// Which node an error is about: address plus `hostname_override` when set.
@@ -231,6 +245,8 @@ pub struct Host {
     /// Keeps the bastion connection open while this host uses it.
     _bastion: Option<Arc<Handle<ClientHandler>>>,
     opts: SshOptions,
+    /// Found out once, on first need ([`Host::root_route`]).
+    root_route: tokio::sync::OnceCell<RootRoute>,
 }
 
 impl fmt::Debug for Host {
@@ -461,6 +477,7 @@ impl Host {
             handle,
             _bastion: bastion,
             opts: opts.clone(),
+            root_route: tokio::sync::OnceCell::new(),
         })
     }
 
@@ -501,15 +518,48 @@ impl Host {
         }
     }
 
-    /// Run `script` with root rights (sudo -n for other users).
+    /// How this node's commands get root rights: root, or `sudo -n true` succeeds (sudo), or neither (a
+    /// container). Asked once per connection.
+    pub async fn root_route(&self) -> Result<RootRoute, SshError> {
+        self.root_route
+            .get_or_try_init(|| async {
+                if self.is_root() {
+                    return Ok(RootRoute::Root);
+                }
+                let sudo = self.run("sudo -n true", "sudo -n true", &[]).await?;
+                if sudo.success() {
+                    return Ok(RootRoute::Sudo);
+                }
+                tracing::info!(
+                    "{}: {} has no passwordless sudo; root rights through a container on the node's Docker engine",
+                    self.label,
+                    self.user
+                );
+                Ok(RootRoute::Container)
+            })
+            .await
+            .copied()
+    }
+
+    /// Run `script` with root rights through SSH: as root, or with `sudo -n` for other users. For a user
+    /// without sudo use [`crate::exec::root`], which works for every [`RootRoute`].
     pub async fn exec(&self, script: &str) -> Result<Output, SshError> {
         self.exec_with_stdin(script, &[]).await
     }
 
-    /// Run `script` with root rights, feeding `stdin` (the only way secret bytes reach a node).
+    /// [`Host::exec`], feeding `stdin` (the only way secret bytes reach a node).
     pub async fn exec_with_stdin(&self, script: &str, stdin: &[u8]) -> Result<Output, SshError> {
         let command = privileged_command(&self.user, script);
-        let what = first_words(script);
+        self.run(&command, &first_words(script), stdin).await
+    }
+
+    /// The per-command timeout ([`SshOptions::command_timeout`]).
+    pub fn command_timeout(&self) -> Duration {
+        self.opts.command_timeout
+    }
+
+    /// Run `command` as sent (no sudo added), feeding `stdin`; `what` names it in errors.
+    async fn run(&self, command: &str, what: &str, stdin: &[u8]) -> Result<Output, SshError> {
         let fut = async {
             let mut channel =
                 self.handle.channel_open_session().await.map_err(|e| {
@@ -634,7 +684,7 @@ pub const STDOUT_CAP: usize = 16 << 20;
 pub const STDERR_CAP: usize = 64 << 10;
 
 /// Appends what fits of `data` to `buf` without letting it grow past `cap` bytes; false when some was dropped.
-fn push_capped(buf: &mut Vec<u8>, data: &[u8], cap: usize) -> bool {
+pub(crate) fn push_capped(buf: &mut Vec<u8>, data: &[u8], cap: usize) -> bool {
     let room = cap.saturating_sub(buf.len());
     buf.extend_from_slice(&data[..data.len().min(room)]);
     data.len() <= room

@@ -5,6 +5,7 @@ use std::path::PathBuf;
 use anyhow::{Context, Result};
 use clap::{Parser, Subcommand, ValueEnum};
 use testbed::harness::procs::{Manifest, alive};
+use testbed::harness::users::NodeUser;
 use testbed::harness::{Apiserver, Options, Testbed, seed};
 
 #[derive(Parser)]
@@ -39,8 +40,11 @@ enum Cmd {
         #[arg(long)]
         no_etcd: bool,
         /// Also create user `atrest` (passwordless sudo, docker group) on every node; cluster.yml names it.
-        #[arg(long)]
+        #[arg(long, conflicts_with = "docker_group_user")]
         sudo_user: bool,
+        /// Also create user `atrest` (docker group, no sudo: RKE's usual user) on every node; cluster.yml names it.
+        #[arg(long)]
+        docker_group_user: bool,
         /// Run a kms-plugin on every node at /var/run/kmsplugin/socket.sock (shared KEK file DIR/kms/kek).
         #[arg(long)]
         kms: bool,
@@ -77,6 +81,7 @@ fn main() -> Result<()> {
             apiserver,
             no_etcd,
             sudo_user,
+            docker_group_user,
             kms,
         } => {
             let apiserver = match apiserver {
@@ -88,7 +93,11 @@ fn main() -> Result<()> {
                 dir: Some(dir),
                 apiserver,
                 etcd: !no_etcd,
-                sudo_user,
+                user: match (sudo_user, docker_group_user) {
+                    (true, _) => NodeUser::Sudo,
+                    (false, true) => NodeUser::DockerGroup,
+                    (false, false) => NodeUser::Root,
+                },
                 kms,
                 ..Options::default()
             })?;

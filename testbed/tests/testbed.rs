@@ -42,7 +42,7 @@ fn three_nodes_reachable_over_ssh_and_docker_then_clean_teardown() {
     }
     let mut tb = Testbed::up(Options {
         apiserver: Apiserver::Placeholder,
-        sudo_user: true,
+        user: testbed::harness::users::NodeUser::Sudo,
         ..Options::default()
     })
     .expect("testbed up");

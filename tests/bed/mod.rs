@@ -6,6 +6,7 @@ use atrest::exec::ssh::Host;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use testbed::harness::image::{IMAGE, docker};
+pub use testbed::harness::users::NodeUser;
 use testbed::harness::{Apiserver, Options, PREFIX_PATH, Testbed};
 
 /// `GET /readyz` answers 200 (plain HTTP placeholder), within 10 s.
@@ -57,16 +58,16 @@ impl Bed {
     /// A fresh 2-node testbed (sshd + dockerd per node, placeholder apiserver without etcd), plus an RSA client
     /// key and a flag-aware apiserver command.
     pub fn up() -> Bed {
-        Self::up_with(false)
+        Self::up_with(NodeUser::Root)
     }
 
-    /// With `sudo_user`, every node also has user `atrest` (passwordless sudo, group `docker`).
-    pub fn up_with(sudo_user: bool) -> Bed {
+    /// With `NodeUser::Sudo` or `DockerGroup`, every node also has user `atrest` (group `docker`).
+    pub fn up_with(user: NodeUser) -> Bed {
         let tb = Testbed::up(Options {
             nodes: 2,
             etcd: false,
             apiserver: Apiserver::Placeholder,
-            sudo_user,
+            user,
             ..Default::default()
         })
         .expect("testbed up");

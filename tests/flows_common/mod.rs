@@ -44,6 +44,19 @@ pub fn bench_seeded(secrets: usize, configmaps: usize) -> Option<Bench> {
     )
 }
 
+/// On the real server, seeded, with RKE's usual SSH user on every node: `atrest`, in group `docker`, no sudo.
+#[allow(dead_code)]
+pub fn bench_docker_group_user(secrets: usize, configmaps: usize) -> Option<Bench> {
+    bench_upstream(
+        |o| Options {
+            user: testbed::harness::users::NodeUser::DockerGroup,
+            ..o
+        },
+        secrets,
+        configmaps,
+    )
+}
+
 /// A cluster RKE encrypted before atrest ever ran (`Options::rke_encrypted`), on the real server, seeded.
 #[allow(dead_code)]
 pub fn bench_rke_encrypted(secrets: usize, configmaps: usize) -> Option<Bench> {

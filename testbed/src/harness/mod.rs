@@ -38,8 +38,9 @@ pub struct Options {
     pub apiserver: Apiserver,
     /// Start an N-member etcd cluster (required by the real kube-apiserver).
     pub etcd: bool,
-    /// Also create user `atrest` (passwordless sudo, member of `docker`) on every node and name it in cluster.yml.
-    pub sudo_user: bool,
+    /// The SSH user: root, or user `atrest` (member of `docker`, with or without passwordless sudo) created on
+    /// every node and named in cluster.yml.
+    pub user: users::NodeUser,
     /// Run a `kms-plugin` on every node at `/var/run/kmsplugin/socket.sock` (see [`kms`]).
     pub kms: bool,
     /// Extra kube-apiserver flags (as RKE's `services.kube-api.extra_args` would add), e.g.
@@ -59,7 +60,7 @@ impl Default for Options {
             dir: None,
             apiserver: Apiserver::Placeholder,
             etcd: true,
-            sudo_user: false,
+            user: users::NodeUser::Root,
             kms: false,
             apiserver_args: Vec::new(),
             rke_encrypted: false,
@@ -98,7 +99,7 @@ pub struct Testbed {
     slot: Option<slot::Slot>,
     apiserver: Apiserver,
     etcd: bool,
-    sudo_user: bool,
+    user: users::NodeUser,
     kms: bool,
     apiserver_args: Vec<String>,
     /// The config RKE's `rke up` would have deployed (`Options::rke_encrypted`).
@@ -192,7 +193,11 @@ impl Testbed {
             .canonicalize()
             .with_context(|| format!("resolving {}", dir.display()))?;
         // 0711: the sudo user's sshd session must traverse DIR to its home; files with secrets are 0600.
-        let mode = if opts.sudo_user { 0o711 } else { 0o700 };
+        let mode = if opts.user == users::NodeUser::Root {
+            0o700
+        } else {
+            0o711
+        };
         fs::set_permissions(&dir, std::os::unix::fs::PermissionsExt::from_mode(mode))?;
         let run_dir = slot.run_dir();
         if run_dir.exists() {
@@ -242,7 +247,7 @@ impl Testbed {
             slot: Some(slot),
             apiserver: opts.apiserver.clone(),
             etcd: opts.etcd,
-            sudo_user: opts.sudo_user,
+            user: opts.user,
             kms: opts.kms,
             apiserver_args: opts.apiserver_args.clone(),
             rke_encryption: opts.rke_encrypted.then(rke_encrypted::managed_config),
@@ -355,7 +360,7 @@ impl Testbed {
                      KbdInteractiveAuthentication no\nUsePAM no\nAllowTcpForwarding yes\nAllowStreamLocalForwarding yes\n\
                      StreamLocalBindUnlink yes\nSetEnv DOCKER_HOST=unix://{sock}\nSubsystem sftp /usr/lib/openssh/sftp-server\n\
                      LogLevel VERBOSE\n{sudo}",
-                    sudo = if self.sudo_user {
+                    sudo = if self.user != users::NodeUser::Root {
                         // The user's own file (readable by it); root keeps the file above only.
                         format!("Match User {}\n  AuthorizedKeysFile .ssh/authorized_keys\n", users::SUDO_USER)
                     } else {
@@ -424,8 +429,8 @@ impl Testbed {
                 (node_hosts_file(n)?, PathBuf::from("/etc/hosts")),
             ];
             binds.extend(kms_binds.get(i).cloned());
-            if self.sudo_user {
-                binds.extend(users::prepare(&n.dir, &client_pub)?);
+            if self.user != users::NodeUser::Root {
+                binds.extend(users::prepare(&n.dir, &client_pub, self.user)?);
             }
             let mut cmd = Command::new("unshare");
             cmd.args(["--mount", "--propagation", "private", "--", "/bin/sh", "-c"])
@@ -1174,9 +1179,9 @@ impl Testbed {
         image::docker(&n.docker_socket)
     }
 
-    /// The SSH user named in cluster.yml: `root`, or [`users::SUDO_USER`] with `sudo_user`.
+    /// The SSH user named in cluster.yml: `root`, or [`users::SUDO_USER`].
     pub fn ssh_user(&self) -> &'static str {
-        if self.sudo_user {
+        if self.user != users::NodeUser::Root {
             users::SUDO_USER
         } else {
             "root"

@@ -244,9 +244,9 @@ fn base_rootfs(root: &Path) -> Result<()> {
     }
     fs::copy(busybox()?, root.join("bin/busybox")).context("copying busybox")?;
     // mktemp, mv and chmod: RKE's file deployer (`t=$(mktemp); echo -e "$FILE_DEPLOY" > $t && mv $t … && chmod 600 …`)
-    // runs in the rke-tools image.
+    // runs in the rke-tools image. chroot: atrest's root shell for a user without sudo (rke-tools, Alpine, has it).
     for applet in [
-        "sh", "ls", "cat", "echo", "sleep", "mkdir", "rm", "cp", "mktemp", "mv", "chmod",
+        "sh", "ls", "cat", "echo", "sleep", "mkdir", "rm", "cp", "mktemp", "mv", "chmod", "chroot",
     ] {
         symlink("busybox", root.join("bin").join(applet))?;
     }
