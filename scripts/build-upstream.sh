@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Builds the testbed's real upstream parts from Go modules: kube-apiserver (k8s.io/kubernetes), etcd
-# (go.etcd.io/etcd/server/v3), rke (github.com/rancher/rke) and the KMS v1 plugin (k8s.io/kms), each from its small module under testbed/upstream/. Versions come from
+# (go.etcd.io/etcd/server/v3) and etcdutl (go.etcd.io/etcd/etcdutl/v3), rke (github.com/rancher/rke) and the KMS v1 plugin (k8s.io/kms), each from its small module under testbed/upstream/. Versions come from
 # testbed/upstream/versions.env (the one place; the testbed harness reads it too).
 # Each binary is built once per (module version, Go version) into $ATREST_UPSTREAM_CACHE
 # (default /var/cache/atrest-upstream when root, else ~/.cache/atrest-upstream) and reused afterwards.
@@ -50,6 +50,7 @@ check_pin() {
 }
 check_pin "$root/kube-apiserver" k8s.io/kubernetes "$KUBERNETES_VERSION"
 check_pin "$root/etcd" go.etcd.io/etcd/server/v3 "$ETCD_VERSION"
+check_pin "$root/etcd" go.etcd.io/etcd/etcdutl/v3 "$ETCD_VERSION"
 check_pin "$root/rke" github.com/rancher/rke "$RKE_VERSION"
 kms_module=v0.${KUBERNETES_VERSION#v1.}
 check_pin "$root/kms-plugin-v1" k8s.io/kms "$kms_module"
@@ -59,6 +60,8 @@ vpkg=k8s.io/component-base/version
 build kube-apiserver "$root/kube-apiserver" "$KUBERNETES_VERSION" \
   "-X $vpkg.gitVersion=$KUBERNETES_VERSION -X $vpkg.gitMajor=1 -X $vpkg.gitMinor=$minor -X $vpkg.gitTreeState=clean -X $vpkg.buildDate=1970-01-01T00:00:00Z"
 build etcd "$root/etcd" "$ETCD_VERSION" ""
+# etcdutl: upstream's own main package (a `tool` line in the same module); the testbed restores snapshots with it.
+build etcdutl "$root/etcd" "$ETCD_VERSION" "" go.etcd.io/etcd/etcdutl/v3
 # kms-plugin-v1: the KMS v1 plugin the real server can reach (docs/kms-plugin.md); keyed by its source too.
 plugin_src=$(sha256sum "$root/kms-plugin-v1/main.go" | cut -c1-12)
 build kms-plugin-v1 "$root/kms-plugin-v1" "$kms_module-$plugin_src" ""

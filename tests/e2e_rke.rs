@@ -88,9 +88,10 @@ fn node_file_hashes(b: &Bench) -> Vec<Option<String>> {
 /// The next `rke up` would change nothing about encryption: RKE's reconcile takes its "no action" branch with
 /// `enabled` as expected, and the file it would deploy holds what every controlplane's file holds. For RKE's
 /// managed shape that is byte for byte the same file (so RKE's rewrite of it changes nothing). For a custom
-/// config RKE's file repeats `apiVersion`/`kind` after its own header, which kube-apiserver >= 1.31 refuses, so
-/// atrest writes the config without that header (docs/config.md): the node file plus RKE's header and the two
-/// newlines its template and file deployer add must be RKE's file exactly.
+/// config RKE's file is the state text and a newline, and repeats `apiVersion`/`kind` after its own header,
+/// which kube-apiserver >= 1.31 refuses, so atrest writes the config without that header (docs/config.md): the
+/// node file holds the config RKE's file holds (byte for byte the same after the header, except for a custom
+/// config with the managed config's providers, which atrest writes in the managed layout).
 fn rke_sees_no_change(b: &Bench, enabled: bool) -> Value {
     const RKE_HEADER: &str =
         "apiVersion: apiserver.config.k8s.io/v1\nkind: EncryptionConfiguration\n";
@@ -106,19 +107,53 @@ fn rke_sees_no_change(b: &Bench, enabled: bool) -> Value {
         .filter(|h| !h.is_empty())
         .unwrap_or_else(|| panic!("no file hash: {report:#}"));
     let custom = report["desiredCustom"] == true;
+    let state_text = b.state()["currentState"]["encryptionConfig"]
+        .as_str()
+        .expect("the state's config")
+        .to_string();
+    if custom {
+        assert_eq!(
+            sha256_hex(format!("{state_text}\n").as_bytes()),
+            deployed,
+            "rke up writes the state's text"
+        );
+    }
     for (i, file) in node_files(b).into_iter().enumerate() {
         let file = file.unwrap_or_else(|| panic!("node{} has no encryption.yaml", i + 1));
-        let as_rke_writes = if custom {
-            [RKE_HEADER.as_bytes(), &file, b"\n\n"].concat()
+        if custom {
+            let rke = atrest::config::encryption::parse(
+                atrest::config::render::strip_rke_custom_header(&state_text),
+                "state",
+            )
+            .expect("RKE's custom text parses after its header");
+            let node = atrest::config::encryption::parse(&String::from_utf8_lossy(&file), "node")
+                .expect("the node file parses");
+            assert_eq!(
+                node,
+                rke,
+                "node{}'s file holds another config than RKE's",
+                i + 1
+            );
+            // RKE's template lists `resources` before `providers`; sigs.k8s.io/yaml sorts them the other way.
+            let managed_layout =
+                String::from_utf8_lossy(&file).contains("\nresources:\n- resources:");
+            if !managed_layout {
+                let as_rke_writes = [RKE_HEADER.as_bytes(), &file, b"\n\n"].concat();
+                assert_eq!(
+                    sha256_hex(&as_rke_writes),
+                    deployed,
+                    "node{}'s file is not RKE's custom file without the repeated header",
+                    i + 1
+                );
+            }
         } else {
-            file
-        };
-        assert_eq!(
-            sha256_hex(&as_rke_writes),
-            deployed,
-            "node{}'s file holds other than what rke up would write",
-            i + 1
-        );
+            assert_eq!(
+                sha256_hex(&file),
+                deployed,
+                "node{}'s file holds other than what rke up would write",
+                i + 1
+            );
+        }
     }
     report
 }
@@ -394,5 +429,145 @@ fn a_docker_group_user_without_sudo_enables_rotates_and_disables() {
     files_are_roots_0600(false);
     rke_sees_no_change(&b, false);
     no_shell_left();
+    b.verify_seed();
+}
+
+/// A custom config for secrets with these aescbc keys (name, base64 secret), the first the write key.
+fn aescbc_config(keys: &[(&str, &str)]) -> String {
+    let keys: String = keys
+        .iter()
+        .map(|(name, secret)| format!("      - {{name: {name}, secret: \"{secret}\"}}\n"))
+        .collect();
+    format!(
+        "apiVersion: apiserver.config.k8s.io/v1\nkind: EncryptionConfiguration\nresources:\n\
+         - resources: [secrets]\n  providers:\n  - aescbc:\n      keys:\n{keys}  - identity: {{}}\n"
+    )
+}
+
+/// The secret of aescbc key `name` in the config `cluster.rkestate` records as current.
+fn current_secret(b: &Bench, name: &str) -> String {
+    let yaml = b.state()["currentState"]["encryptionConfig"]
+        .as_str()
+        .expect("currentState.encryptionConfig")
+        .to_string();
+    let config: serde_yaml_ng::Value = serde_yaml_ng::from_str(&yaml).expect("yaml");
+    config["resources"][0]["providers"][0]["aescbc"]["keys"]
+        .as_sequence()
+        .and_then(|keys| keys.iter().find(|k| k["name"].as_str() == Some(name)))
+        .and_then(|k| k["secret"].as_str())
+        .expect("the key in the current config")
+        .to_string()
+}
+
+/// `atrest up --yes`, waiting out the cluster lock a restored snapshot brings back (atrest took the snapshot
+/// while it held the lock; the restored lease lives up to one TTL more).
+fn up_after_restore(b: &Bench) {
+    let started = Instant::now();
+    loop {
+        let out = b.run(&["up", "--yes"]);
+        if out.status.success() {
+            return;
+        }
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(
+            stderr.contains("holds the cluster lock")
+                && started.elapsed().as_secs() < 2 * atrest::exec::cluster_lock::TTL_SECONDS as u64,
+            "atrest up failed after the restore: {stderr}"
+        );
+        std::thread::sleep(std::time::Duration::from_secs(5));
+    }
+}
+
+/// Issue #13, test 3: the operators' guide runbook "Restore an etcd snapshot taken before a rotation", after RKE
+/// rewrote the state. atrest rotates (its snapshot holds every secret on the old key, which it archives), `rke
+/// encrypt rotate-key` then rewrites cluster.rkestate whole; the archive is untouched. Following the runbook,
+/// the archived key goes back into the config as a read key, the snapshot is restored on every etcd member as
+/// `rke etcd snapshot-restore` does, every server reads the restored secrets, and `atrest up` with the config
+/// wanted rewrites them to the current key.
+#[test]
+fn a_snapshot_from_before_a_rotation_is_restored_after_rke_rewrote_the_state() {
+    let Some(b) = bench_seeded(100, 10) else {
+        return;
+    };
+    b.set_encryption(true, None);
+    b.ok(&["up", "--yes"]);
+    let old_key = write_key_name(&b.state());
+    let old_secret = current_secret(&b, &old_key);
+    b.ok(&["encrypt", "rotate-key", "--yes"]);
+    let atrest_key = write_key_name(&b.state());
+    let snapshot = b.records()["snapshots"]
+        .as_array()
+        .and_then(|s| s.last().cloned())
+        .expect("the snapshot taken before the rotation");
+    let archived = |b: &Bench, name: &str| {
+        b.records()["archive"]
+            .as_array()
+            .and_then(|a| a.iter().find(|k| k["name"] == name).cloned())
+    };
+    let entry = archived(&b, &old_key).expect("the retired key is archived");
+    assert_eq!(entry["secret"], old_secret.as_str());
+    assert!(
+        entry["snapshots"].as_array().is_some_and(|s| s
+            .iter()
+            .any(|n| n == &snapshot["name"] || n == &snapshot["path"])),
+        "the archive names the snapshot that needs the key: {entry:#}"
+    );
+
+    // RKE rotates: it writes cluster.rkestate whole and drops atrest's key from it.
+    let records_before = std::fs::read(b.records_path()).expect("records");
+    let rke_key = rke_rotates(&b, &atrest_key);
+    assert_eq!(
+        std::fs::read(b.records_path()).expect("records"),
+        records_before,
+        "RKE's state write touched atrest's records"
+    );
+    atrest_sees_no_change(&b, &format!("aescbc:{rke_key}"));
+    b.ok(&["up", "--yes"]);
+    assert!(archived(&b, &old_key).is_some(), "the old key survived");
+    assert!(
+        archived(&b, &atrest_key).is_some(),
+        "the key RKE dropped is archived"
+    );
+
+    // Runbook step 2: the archived key back as a read key, after the current one (a deploy, no rewrite).
+    let rke_secret = current_secret(&b, &rke_key);
+    b.set_encryption(
+        true,
+        Some(&aescbc_config(&[
+            (&rke_key, &rke_secret),
+            (&old_key, &old_secret),
+        ])),
+    );
+    b.ok(&["up", "--yes"]);
+    all_on(
+        &b.census(),
+        "secrets",
+        &format!("aescbc:{rke_key}"),
+        b.secrets,
+    );
+
+    // Step 3: restore the snapshot on every member, as `rke etcd snapshot-restore` does.
+    let took =
+        b.tb.restore_etcd_snapshot(std::path::Path::new(
+            snapshot["path"].as_str().expect("snapshot path"),
+        ))
+        .expect("restore");
+    eprintln!(
+        "snapshot restored on every member in {:.1} s",
+        took.as_secs_f64()
+    );
+    all_on(
+        &b.census(),
+        "secrets",
+        &format!("aescbc:{old_key}"),
+        b.secrets,
+    );
+    b.verify_seed();
+
+    // Step 4: the config wanted, without the old key: everything restored is rewritten to the current key.
+    b.set_encryption(true, Some(&aescbc_config(&[(&rke_key, &rke_secret)])));
+    up_after_restore(&b);
+    atrest_sees_no_change(&b, &format!("aescbc:{rke_key}"));
+    rke_sees_no_change(&b, true);
     b.verify_seed();
 }

@@ -31,9 +31,18 @@ use zeroize::Zeroizing;
 
 pub use crate::config::render::RKE_CUSTOM_HEADER;
 
-/// The text RKE keeps in `encryptionConfig` for `config`. Holds key material.
-pub fn state_string(config: &EncryptionConfiguration) -> Zeroizing<String> {
-    if let Some(text) = template(config) {
+/// Where RKE takes a config from, which decides how it renders it: its own templates (no `custom_config` in
+/// cluster.yml: the managed config and its "disabled" step), or the `custom_config` cluster.yml holds — rendered
+/// as a custom config even when its providers have a template's shape.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Origin {
+    Template,
+    CustomConfig,
+}
+
+/// The text RKE keeps in `encryptionConfig` for `config` taken from `origin`. Holds key material.
+pub fn state_string(config: &EncryptionConfiguration, origin: Origin) -> Zeroizing<String> {
+    if let (Origin::Template, Some(text)) = (origin, template(config)) {
         return text;
     }
     let mut out = Zeroizing::new(String::from(RKE_CUSTOM_HEADER));
@@ -468,16 +477,37 @@ mod tests {
             "k-fw5hn",
             "NDFCMjlFMEQ3QzhBNDVGNjMzQjlFOTJFQzYwRkQ1OEU=",
         )]);
-        assert_eq!(state_string(&one).as_str(), RKE_ONE_KEY);
+        assert_eq!(state_string(&one, Origin::Template).as_str(), RKE_ONE_KEY);
         assert_eq!(node_file(&one).as_str(), format!("{RKE_ONE_KEY}\n"));
         assert_eq!(rke_file(RKE_ONE_KEY).as_str(), node_file(&one).as_str());
         let two = encryption::managed(vec![key("k-new01", "TkVX"), key("k-fw5hn", "T0xE")]);
         assert_eq!(
-            state_string(&two).as_str(),
+            state_string(&two, Origin::Template).as_str(),
             "apiVersion: apiserver.config.k8s.io/v1\nkind: EncryptionConfiguration\nresources:\n- resources:\n  - secrets\n  providers:\n  - aescbc:\n      keys:\n      - name: k-new01\n        secret: TkVX\n      - name: k-fw5hn\n        secret: T0xE\n  - identity: {}"
         );
         // The state string parses back to the same config.
-        assert_eq!(encryption::parse(&state_string(&two), "s").unwrap(), two);
+        assert_eq!(
+            encryption::parse(&state_string(&two, Origin::Template), "s").unwrap(),
+            two
+        );
+    }
+
+    /// A custom_config with the managed config's providers is still a custom config to RKE: its state string is
+    /// the custom rendering, not the template (else the next `rke up` sees a changed config, restarts every
+    /// server and rewrites every secret).
+    #[test]
+    fn a_custom_config_of_the_template_shape_renders_as_a_custom_config() {
+        let c = encryption::managed(vec![key("k-fw5hn", "T0xE")]);
+        let custom = state_string(&c, Origin::CustomConfig);
+        assert_eq!(
+            custom.as_str(),
+            format!("{RKE_CUSTOM_HEADER}{}\n", sigs_yaml(&c).as_str())
+        );
+        assert_ne!(custom.as_str(), state_string(&c, Origin::Template).as_str());
+        assert_eq!(
+            crate::config::render::parse_state_config(&custom).unwrap(),
+            c
+        );
     }
 
     #[test]
@@ -485,10 +515,13 @@ mod tests {
         let mut c = encryption::managed(vec![key("k-fw5hn", "T0xE")]);
         c.resources[0].providers.reverse();
         assert_eq!(
-            state_string(&c).as_str(),
+            state_string(&c, Origin::Template).as_str(),
             "apiVersion: apiserver.config.k8s.io/v1\nkind: EncryptionConfiguration\nresources:\n- resources:\n  - secrets\n  providers:\n  - identity: {}\n  - aescbc:\n      keys:\n      - name: k-fw5hn\n        secret: T0xE"
         );
-        assert_eq!(encryption::parse(&state_string(&c), "s").unwrap(), c);
+        assert_eq!(
+            encryption::parse(&state_string(&c, Origin::Template), "s").unwrap(),
+            c
+        );
     }
 
     fn custom() -> EncryptionConfiguration {
@@ -544,7 +577,7 @@ mod tests {
         let c = custom();
         assert_eq!(sigs_yaml(&c).as_str(), SIGS);
         assert_eq!(
-            state_string(&c).as_str(),
+            state_string(&c, Origin::Template).as_str(),
             format!("{RKE_CUSTOM_HEADER}{SIGS}\n")
         );
         // The node file is the sigs.k8s.io/yaml text alone: no duplicate apiVersion/kind for kube-apiserver.
@@ -552,7 +585,8 @@ mod tests {
         let mut back = encryption::parse(&node_file(&c), "n").unwrap();
         back.resources[0].providers[0].kms.as_mut().unwrap().timeout = Some("60s".into());
         assert_eq!(back, c);
-        let mut from_state = crate::config::render::parse_state_config(&state_string(&c)).unwrap();
+        let mut from_state =
+            crate::config::render::parse_state_config(&state_string(&c, Origin::Template)).unwrap();
         from_state.resources[0].providers[0]
             .kms
             .as_mut()

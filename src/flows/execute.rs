@@ -10,7 +10,7 @@ mod reload;
 
 use super::interrupt::{self, Interrupted};
 use super::session::Session;
-use super::targets::{file_bytes, state_yaml};
+use super::targets::file_bytes;
 use crate::config::encryption::EncryptionConfiguration;
 use crate::exec::docker::FlagChange;
 use crate::exec::health::HealthProbe;
@@ -113,10 +113,19 @@ impl<'a> Executor<'a> {
         Ok(())
     }
 
+    /// The text RKE would keep in its state for `config` with this cluster.yml ([`super::targets::state_yaml`]).
+    fn state_text(
+        &self,
+        config: Option<&EncryptionConfiguration>,
+    ) -> anyhow::Result<Option<String>> {
+        let desired = crate::config::desired(&self.session.cluster)?;
+        Ok(super::targets::state_yaml(&desired, config))
+    }
+
     /// Records `config` as deployed on every controlplane: in the records (what atrest last wrote) and in
     /// RKE's `currentState`, records first.
     fn set_deployed(&mut self, config: Option<&EncryptionConfiguration>) -> anyhow::Result<()> {
-        let yaml = state_yaml(config);
+        let yaml = self.state_text(config)?;
         self.set_rke_view(config, yaml.as_deref())?;
         let mut atrest = self.atrest()?;
         atrest.deployed = Some(DeployedRecord {
@@ -290,8 +299,8 @@ impl<'a> Executor<'a> {
         atrest.transition = Some(TransitionRecord {
             id: format!("{started_at}-{suffix:04x}"),
             kind: spec.kind.as_str().to_string(),
-            from: state_yaml(spec.from.as_ref()),
-            to: state_yaml(spec.to.as_ref()),
+            from: self.state_text(spec.from.as_ref())?,
+            to: self.state_text(spec.to.as_ref())?,
             stage: Stage::Start,
             done: Vec::new(),
             started_at: started_at.clone(),
@@ -311,7 +320,7 @@ impl<'a> Executor<'a> {
         stage: Stage,
         to: Option<&EncryptionConfiguration>,
     ) -> anyhow::Result<()> {
-        let yaml = state_yaml(to);
+        let yaml = self.state_text(to)?;
         self.set_rke_view(to, yaml.as_deref())?;
         let mut atrest = self.atrest()?;
         atrest.deployed = Some(DeployedRecord {

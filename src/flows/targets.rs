@@ -151,8 +151,9 @@ pub fn deployed_hash(config: Option<&EncryptionConfiguration>) -> Option<String>
 /// is drift, and atrest's repair puts back a file the server can read.
 pub fn equivalent_hashes(config: &EncryptionConfiguration, state: Option<&str>) -> Vec<String> {
     let mut hashes = vec![render::fingerprint(&render::to_yaml(config))];
-    let rke_files = std::iter::once(rke_render::rke_file(&rke_render::state_string(config)))
-        .chain(state.map(rke_render::rke_file));
+    let template = rke_render::state_string(config, rke_render::Origin::Template);
+    let rke_files =
+        std::iter::once(rke_render::rke_file(&template)).chain(state.map(rke_render::rke_file));
     for file in rke_files {
         if !repeats_rke_header(&file) {
             hashes.push(render::fingerprint(&file));
@@ -166,9 +167,20 @@ fn repeats_rke_header(file: &str) -> bool {
     render::strip_rke_custom_header(file).len() != file.len()
 }
 
-/// The text for RKE's encryptionConfig (and atrest's transition record): what RKE would keep for the config.
-pub fn state_yaml(config: Option<&EncryptionConfiguration>) -> Option<String> {
-    config.map(|c| rke_render::state_string(c).to_string())
+/// Where RKE would take `config` from when cluster.yml says `desired`: the custom_config, if it is that config;
+/// otherwise RKE's templates (any other config of a template's shape is RKE's own, and no other is rendered from
+/// a template anyway).
+pub fn origin(desired: &Desired, config: &EncryptionConfiguration) -> rke_render::Origin {
+    match desired {
+        Desired::Custom(c) if c == config => rke_render::Origin::CustomConfig,
+        _ => rke_render::Origin::Template,
+    }
+}
+
+/// The text for RKE's encryptionConfig (and atrest's transition record): what RKE would keep for the config
+/// when cluster.yml says `desired`.
+pub fn state_yaml(desired: &Desired, config: Option<&EncryptionConfiguration>) -> Option<String> {
+    config.map(|c| rke_render::state_string(c, origin(desired, c)).to_string())
 }
 
 #[cfg(test)]
@@ -179,13 +191,13 @@ mod tests {
     fn rkes_file_counts_as_deployed_only_when_kube_apiserver_can_start_with_it() {
         let key = fresh_key(None, &AtrestState::default()).unwrap();
         let managed = encryption::managed(vec![key]);
-        let state = rke_render::state_string(&managed);
+        let state = rke_render::state_string(&managed, rke_render::Origin::Template);
         let rke_file = render::fingerprint(&rke_render::rke_file(&state));
         assert!(equivalent_hashes(&managed, Some(&state)).contains(&rke_file));
 
         let mut custom = managed.clone();
         custom.resources[0].resources.push("configmaps".into());
-        let state = rke_render::state_string(&custom);
+        let state = rke_render::state_string(&custom, rke_render::Origin::Template);
         assert!(
             repeats_rke_header(&state),
             "RKE's custom layout repeats the header"
@@ -194,6 +206,29 @@ mod tests {
         let same = equivalent_hashes(&custom, Some(&state));
         assert!(!same.contains(&rke_file), "RKE's custom file is drift");
         assert!(same.contains(&render::fingerprint(&render::to_yaml(&custom))));
+    }
+
+    #[test]
+    fn the_custom_config_cluster_yml_names_is_kept_as_rke_renders_a_custom_config() {
+        let key = fresh_key(None, &AtrestState::default()).unwrap();
+        let managed = encryption::managed(vec![key]);
+        let template = rke_render::state_string(&managed, rke_render::Origin::Template);
+        assert_eq!(
+            state_yaml(&Desired::Managed, Some(&managed)).as_deref(),
+            Some(template.as_str())
+        );
+        // The same providers asked for as a custom_config: RKE renders them as one.
+        let as_custom =
+            state_yaml(&Desired::Custom(managed.clone()), Some(&managed)).expect("a config");
+        assert!(repeats_rke_header(&as_custom), "{}", as_custom.len());
+        // A deployed config cluster.yml does not ask for (e.g. a step on the way) keeps RKE's template text.
+        let mut other = managed.clone();
+        other.resources[0].resources.push("configmaps".into());
+        assert_eq!(
+            state_yaml(&Desired::Custom(other), Some(&managed)).as_deref(),
+            Some(template.as_str())
+        );
+        assert_eq!(state_yaml(&Desired::Disabled, None), None);
     }
 
     #[test]

@@ -9,6 +9,7 @@ pub mod kms;
 pub mod local;
 pub mod pki;
 pub mod procs;
+pub mod restore;
 pub mod rke_encrypted;
 pub mod seed;
 pub mod slot;
@@ -29,6 +30,21 @@ use procs::{ContainerRecord, Manifest, NodeRecord, ProcRecord};
 /// The cluster-wide prefix path in cluster.yml. Each node's sshd and dockerd see their own node tree there.
 pub const PREFIX_PATH: &str = "/opt/atrest-prefix";
 pub const APISERVER_PORT: u16 = 6443;
+/// RKE's `--initial-cluster-token` for its etcd members.
+pub const ETCD_CLUSTER_TOKEN: &str = "etcd-cluster-1";
+
+/// RKE's etcd member name for a node: `etcd-<address with dashes>`.
+pub fn etcd_member_name(ip: Ipv4Addr) -> String {
+    format!("etcd-{}", ip.to_string().replace('.', "-"))
+}
+
+/// `--initial-cluster` for members at `ips`: `etcd-<ip>=https://<ip>:2380,…`.
+pub fn etcd_initial_cluster(ips: &[Ipv4Addr]) -> String {
+    ips.iter()
+        .map(|ip| format!("{}=https://{ip}:2380", etcd_member_name(*ip)))
+        .collect::<Vec<_>>()
+        .join(",")
+}
 
 #[derive(Debug, Clone)]
 pub struct Options {
@@ -506,16 +522,7 @@ impl Testbed {
             let child = procs::spawn_daemon(&mut cmd, &n.dir.join("dockerd.log"))?;
             self.record(child, "dockerd", n.index, &n.dir.join("daemon.json"))?;
         }
-        let etcd_cluster: String = ips
-            .iter()
-            .map(|ip| {
-                format!(
-                    "etcd-{}=https://{ip}:2380",
-                    ip.to_string().replace('.', "-")
-                )
-            })
-            .collect::<Vec<_>>()
-            .join(",");
+        let etcd_cluster = etcd_initial_cluster(&ips);
         let upstream = match &self.apiserver {
             Apiserver::Upstream(u) => Some(u.clone()),
             _ => None,
@@ -814,7 +821,7 @@ impl Testbed {
             .arg("ETCDCTL_API=3")
             .arg(self.upstream_versions().map(|v| v.etcd_image()).unwrap_or_default())
             .arg("/usr/local/bin/etcd")
-            .arg(format!("--name=etcd-{}", ip.to_string().replace('.', "-")))
+            .arg(format!("--name={}", etcd_member_name(ip)))
             .arg("--data-dir=/var/lib/rancher/etcd/")
             .args(["--heartbeat-interval=50", "--election-timeout=500"])
             .arg(format!("--listen-client-urls=https://{ip}:2379"))
@@ -824,7 +831,7 @@ impl Testbed {
             .arg(format!("--initial-cluster={cluster}"))
             .args([
                 "--initial-cluster-state=new",
-                "--initial-cluster-token=etcd-cluster-1",
+                &format!("--initial-cluster-token={ETCD_CLUSTER_TOKEN}"),
                 "--client-cert-auth=true",
                 "--peer-client-cert-auth=true",
             ])

@@ -161,6 +161,13 @@ pub fn rke_binary() -> Result<PathBuf> {
     find("rke", &versions.rke, "ATREST_RKE_BIN")
 }
 
+/// Upstream's `etcdutl` at the etcd version (`ATREST_ETCDUTL_BIN` overrides): the testbed restores snapshots
+/// with it ([`super::restore`]).
+pub fn etcdutl_binary() -> Result<PathBuf> {
+    let versions = Versions::load()?;
+    find("etcdutl", &versions.etcd, "ATREST_ETCDUTL_BIN")
+}
+
 /// `rke-check` (testbed/upstream/rke/rkecheck): RKE's own code asked what the next `rke up` would do about
 /// encryption. Built by `scripts/build-upstream.sh` under a key of the RKE version and its source's hash
 /// (`ATREST_RKE_CHECK_BIN` overrides).
