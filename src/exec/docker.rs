@@ -7,7 +7,7 @@
 //! config plus the change, start it; the caller health-checks and then commits (remove old) or rolls back.
 
 mod root_shell;
-pub use root_shell::{SIDEKICK, root_shell_body};
+pub use root_shell::root_shell_body;
 
 use crate::exec::ssh::{Host, RootRoute, SshError, shell_quote};
 use bollard::models::{ContainerCreateBody, ContainerInspectResponse};

@@ -122,10 +122,8 @@ pub fn rke_view(
     let Some(config) = deployed else {
         return (false, None);
     };
-    let custom = match desired {
-        Desired::Custom(c) if c == config => true,
-        _ => !is_managed_shape(config),
-    };
+    let custom =
+        origin(desired, config) == rke_render::Origin::CustomConfig || !is_managed_shape(config);
     (
         true,
         custom.then(|| serde_json::to_value(config).unwrap_or_default()),
