@@ -1007,6 +1007,12 @@ async fn docker_group_user_without_sudo_gets_root_through_a_container() {
         .await
         .expect("root shell");
     assert_eq!((failed.status, failed.stderr_text().as_str()), (7, "why"));
+    // A script that stops before reading its input (as a write does when `mkdir` fails) is still heard.
+    let early =
+        atrest::exec::root::exec_with_stdin(h, "echo early >&2; exit 5", &vec![b'x'; 4 << 20])
+            .await
+            .expect("root shell");
+    assert_eq!((early.status, early.stderr_text().as_str()), (5, "early"));
 
     files_preflight_and_rollout(&bed, &c, &hosts).await;
     rke_log_link_is_there(&bed, 0);

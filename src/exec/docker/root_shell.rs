@@ -18,8 +18,11 @@ use bollard::query_parameters::{
     AttachContainerOptions, CreateContainerOptions, StartContainerOptions, WaitContainerOptions,
 };
 use futures::StreamExt;
+use std::time::Duration;
 use tokio::io::AsyncWriteExt;
 
+/// How long output may still arrive after the shell exited (frames already on their way).
+const OUTPUT_GRACE: Duration = Duration::from_secs(2);
 /// RKE's sidecar, created from the rke-tools image on every node and never started.
 pub const SIDEKICK: &str = "service-sidekick";
 /// Where the container sees the host's root.
@@ -128,7 +131,7 @@ impl NodeDocker {
             stream: true,
             ..Default::default()
         };
-        let mut attached = self
+        let attached = self
             .client()
             .attach_container(name, Some(attach))
             .await
@@ -137,39 +140,73 @@ impl NodeDocker {
             .start_container(name, None::<StartContainerOptions>)
             .await
             .map_err(|e| self.api("starting the root shell", e))?;
-        if !stdin.is_empty() {
-            attached
-                .input
-                .write_all(stdin)
-                .await
-                .map_err(|e| self.api("sending input to the root shell", e))?;
+        let bollard::container::AttachContainerResults {
+            mut output,
+            mut input,
+        } = attached;
+        // Input, output and the exit at once: a script that stops reading early (a write whose `mkdir` fails)
+        // must still be heard, and Docker keeps the attached output open while input is pending, so the exit
+        // (plus a short grace for the last frames) ends the run, not the end of the output.
+        let send = async {
+            if !stdin.is_empty() {
+                input.write_all(stdin).await?;
+            }
             // Closing our side closes the container's stdin (StdinOnce): the script's `cat` ends.
-            attached
-                .input
-                .shutdown()
-                .await
-                .map_err(|e| self.api("closing input of the root shell", e))?;
-        }
+            input.shutdown().await
+        };
+        let mut send = std::pin::pin!(send);
+        let mut exit = std::pin::pin!(self.exit_code(name));
         let mut out = Output::default();
-        while let Some(frame) = attached.output.next().await {
-            match frame.map_err(|e| self.api("reading the root shell's output", e))? {
-                bollard::container::LogOutput::StdErr { message } => {
-                    push_capped(&mut out.stderr, &message, STDERR_CAP);
-                }
-                bollard::container::LogOutput::StdOut { message }
-                | bollard::container::LogOutput::Console { message } => {
-                    if !push_capped(&mut out.stdout, &message, STDOUT_CAP) {
-                        return Err(self.api(
-                            "reading the root shell's output",
-                            format!("it exceeds {} MiB", STDOUT_CAP >> 20),
-                        ));
+        let (mut sending, mut reading) = (!stdin.is_empty(), true);
+        let mut status = None;
+        let grace = tokio::time::sleep(Duration::from_secs(3600));
+        let mut grace = std::pin::pin!(grace);
+        while reading || status.is_none() {
+            tokio::select! {
+                frame = output.next(), if reading => match frame {
+                    Some(frame) => self.take_frame(&mut out, frame)?,
+                    None => reading = false,
+                },
+                sent = &mut send, if sending => {
+                    sending = false;
+                    if let Err(e) = sent {
+                        // The exit code and stderr say why; a write script also checks what arrived.
+                        tracing::debug!("{}: the root shell took not all of its input: {e}", self.host().label());
                     }
                 }
-                bollard::container::LogOutput::StdIn { .. } => {}
+                code = &mut exit, if status.is_none() => {
+                    status = Some(code?);
+                    grace.as_mut().reset(tokio::time::Instant::now() + OUTPUT_GRACE);
+                }
+                () = &mut grace, if status.is_some() => reading = false,
             }
         }
-        out.status = self.exit_code(name).await?;
+        out.status = status.unwrap_or(255);
         Ok(out)
+    }
+
+    /// One frame of the shell's output into `out`, capped as on the SSH route.
+    fn take_frame(
+        &self,
+        out: &mut Output,
+        frame: Result<bollard::container::LogOutput, bollard::errors::Error>,
+    ) -> Result<(), DockerError> {
+        match frame.map_err(|e| self.api("reading the root shell's output", e))? {
+            bollard::container::LogOutput::StdErr { message } => {
+                push_capped(&mut out.stderr, &message, STDERR_CAP);
+            }
+            bollard::container::LogOutput::StdOut { message }
+            | bollard::container::LogOutput::Console { message } => {
+                if !push_capped(&mut out.stdout, &message, STDOUT_CAP) {
+                    return Err(self.api(
+                        "reading the root shell's output",
+                        format!("it exceeds {} MiB", STDOUT_CAP >> 20),
+                    ));
+                }
+            }
+            bollard::container::LogOutput::StdIn { .. } => {}
+        }
+        Ok(())
     }
 
     /// The container's exit code (a non-zero exit is an answer here, not an error).
