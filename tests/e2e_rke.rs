@@ -545,6 +545,8 @@ fn a_snapshot_from_before_a_rotation_is_restored_after_rke_rewrote_the_state() {
         &format!("aescbc:{rke_key}"),
         b.secrets,
     );
+    rke_sees_no_change(&b, true);
+    state_text_from_an_older_atrest_is_repaired(&b);
 
     // Step 3: restore the snapshot on every member, as `rke etcd snapshot-restore` does.
     let took =
@@ -570,4 +572,56 @@ fn a_snapshot_from_before_a_rotation_is_restored_after_rke_rewrote_the_state() {
     atrest_sees_no_change(&b, &format!("aescbc:{rke_key}"));
     rke_sees_no_change(&b, true);
     b.verify_seed();
+}
+
+/// This custom_config has the managed config's providers, which atrest until 86f19f8 kept in the state in RKE's
+/// template text (RKE renders it as a custom config: its next `rke up` would restart and rewrite everything).
+/// Put that text back as such an atrest left it; `plan` must name it as a change and `up` repair it alone.
+fn state_text_from_an_older_atrest_is_repaired(b: &Bench) {
+    use atrest::config::rke_render::{Origin, state_string};
+    let mut state = b.state();
+    let text = state["currentState"]["encryptionConfig"]
+        .as_str()
+        .expect("the state's config")
+        .to_string();
+    let config = atrest::config::render::parse_state_config(&text).expect("parses");
+    let template = state_string(&config, Origin::Template).to_string();
+    assert_ne!(
+        template, text,
+        "the test needs a custom_config of the managed shape"
+    );
+    for side in ["currentState", "desiredState"] {
+        state[side]["encryptionConfig"] = Value::String(template.clone());
+    }
+    std::fs::write(
+        b.tb.rkestate(),
+        serde_json::to_vec_pretty(&state).expect("json"),
+    )
+    .expect("write");
+    let mut records = b.records();
+    records["deployed"]["config"] = Value::String(template.clone());
+    std::fs::write(
+        b.records_path(),
+        serde_json::to_vec_pretty(&records).expect("json"),
+    )
+    .expect("write");
+    assert_eq!(
+        rke_check(b)["decision"],
+        "config-changed",
+        "what the old text made RKE do"
+    );
+
+    let plan = b.run(&["plan", "--detailed-exitcode"]);
+    assert_eq!(plan.status.code(), Some(2), "the repair is a change");
+    assert!(String::from_utf8_lossy(&plan.stdout).contains("template text"));
+    let files = node_file_hashes(b);
+    let before = started_at(b);
+    b.ok(&["up", "--yes"]);
+    assert_eq!(node_file_hashes(b), files, "no node file changed");
+    assert_eq!(started_at(b), before, "no server restarted");
+    assert_eq!(
+        b.state()["currentState"]["encryptionConfig"],
+        Value::String(text)
+    );
+    rke_sees_no_change(b, true);
 }

@@ -124,7 +124,10 @@ impl<'a> Executor<'a> {
 
     /// Records `config` as deployed on every controlplane: in the records (what atrest last wrote) and in
     /// RKE's `currentState`, records first.
-    fn set_deployed(&mut self, config: Option<&EncryptionConfiguration>) -> anyhow::Result<()> {
+    pub(super) fn set_deployed(
+        &mut self,
+        config: Option<&EncryptionConfiguration>,
+    ) -> anyhow::Result<()> {
         let yaml = self.state_text(config)?;
         self.set_rke_view(config, yaml.as_deref())?;
         let mut atrest = self.atrest()?;

@@ -372,6 +372,11 @@ async fn reconcile(
         .cloned()
         .collect();
         let deployed_config = deployed.clone();
+        let state_text_repair = targets::template_text_for_custom(
+            &desired,
+            deployed.as_ref(),
+            state.current_encryption_config(),
+        );
 
         let mut input = PlanInput::new(
             desired_target,
@@ -400,6 +405,9 @@ async fn reconcile(
         if !plan.is_noop() {
             plan.notes.push(backup_note(&inputs));
         }
+        if state_text_repair.is_some() {
+            plan.notes.push(STATE_TEXT_REPAIR_NOTE.to_string());
+        }
         // KMS: every plugin is checked before anything changes; with an unchanged config, objects still on an old
         // plugin key id are re-wrapped.
         if plan.is_noop() {
@@ -422,12 +430,24 @@ async fn reconcile(
             Mode::Show(output) | Mode::ShowOffline(output) => {
                 print_plan(&plan, output.format, matches!(mode, Mode::ShowOffline(_)));
                 session.close().await;
-                // A leftover of an interrupted recreate is a change `up` makes first.
-                Ok(output.code(!plan.is_noop() || !session.leftover_notes().is_empty()))
+                // A leftover of an interrupted recreate is a change `up` makes first; so is a state text repair.
+                Ok(output.code(
+                    !plan.is_noop()
+                        || !session.leftover_notes().is_empty()
+                        || state_text_repair.is_some(),
+                ))
             }
             Mode::Apply => {
                 let lock = lock.ok_or_else(|| anyhow!("the state lock is not held"))?;
-                apply(global, &mut session, &lock, &plan, started).await
+                apply(
+                    global,
+                    &mut session,
+                    &lock,
+                    &plan,
+                    started,
+                    state_text_repair,
+                )
+                .await
             }
         }
     }
@@ -515,7 +535,7 @@ async fn stepwise_verb(
             reload_wanted: session.cluster.reload_wanted(),
         };
         let plan = plan::stepwise(verb, &input)?;
-        apply(global, &mut session, &lock, &plan, started).await
+        apply(global, &mut session, &lock, &plan, started, None).await
     }
     .await;
     session.close().await;
@@ -542,16 +562,25 @@ async fn settle_leftovers(global: &GlobalOpts, session: &mut Session) -> anyhow:
     Ok(true)
 }
 
-/// Shows the plan, asks, runs it, and reports.
+/// What a no-op `up` still changes: RKE's text for the deployed custom_config
+/// ([`targets::template_text_for_custom`]).
+const STATE_TEXT_REPAIR_NOTE: &str = "cluster.rkestate keeps the custom_config in RKE's template text (an earlier \
+     atrest wrote it so); RKE renders a custom_config differently, so its next `rke up` would restart every \
+     kube-apiserver and rewrite every secret: `up` rewrites the text as RKE renders it (no node or stored object \
+     changes)";
+
+/// Shows the plan, asks, runs it, and reports. `state_text_repair`: with a no-op plan, the deployed config whose
+/// text in the state `up` rewrites.
 async fn apply(
     global: &GlobalOpts,
     session: &mut Session,
     lock: &inputs::Locked,
     plan: &Plan,
     started: Instant,
+    state_text_repair: Option<config::encryption::EncryptionConfiguration>,
 ) -> anyhow::Result<ExitCode> {
     print_plan(plan, PlanFormat::Text, false);
-    if plan.is_noop() {
+    if plan.is_noop() && state_text_repair.is_none() {
         session.close().await;
         return Ok(ExitCode::SUCCESS);
     }
@@ -574,7 +603,12 @@ async fn apply(
         census_repasses: 0,
     };
     interrupt::install();
-    let result = executor.run(plan).await;
+    let result = match &state_text_repair {
+        Some(config) if plan.is_noop() => executor.set_deployed(Some(config)).map(|()| {
+            say!("rewrote the custom_config's text in cluster.rkestate as RKE renders it");
+        }),
+        _ => executor.run(plan).await,
+    };
     if result.is_ok() {
         executor.sync_in_cluster_state().await;
     }

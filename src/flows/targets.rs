@@ -175,6 +175,25 @@ pub fn origin(desired: &Desired, config: &EncryptionConfiguration) -> rke_render
     }
 }
 
+/// `Some(config)` when the state holds the custom_config cluster.yml asks for, deployed, in RKE's *template*
+/// text: what atrest wrote for a custom_config with the managed config's providers until 86f19f8.
+/// RKE renders a custom_config as one, so its next `rke up` would see a changed config, restart every server
+/// and rewrite every secret; `up` rewrites the text ([`state_yaml`]). Only that exact mistake is repaired: a
+/// text RKE wrote is never replaced with atrest's rendering of it.
+pub fn template_text_for_custom(
+    desired: &Desired,
+    deployed: Option<&EncryptionConfiguration>,
+    state_text: Option<&str>,
+) -> Option<EncryptionConfiguration> {
+    let (Desired::Custom(asked), Some(config), Some(text)) = (desired, deployed, state_text) else {
+        return None;
+    };
+    let template = rke_render::state_string(config, rke_render::Origin::Template);
+    let custom = rke_render::state_string(config, rke_render::Origin::CustomConfig);
+    (asked == config && text == template.as_str() && text != custom.as_str())
+        .then(|| config.clone())
+}
+
 /// The text for RKE's encryptionConfig (and atrest's transition record): what RKE would keep for the config
 /// when cluster.yml says `desired`.
 pub fn state_yaml(desired: &Desired, config: Option<&EncryptionConfiguration>) -> Option<String> {
@@ -227,6 +246,35 @@ mod tests {
             Some(template.as_str())
         );
         assert_eq!(state_yaml(&Desired::Disabled, None), None);
+    }
+
+    #[test]
+    fn only_atrests_old_template_text_for_a_custom_config_is_repaired() {
+        let managed = encryption::managed(vec![fresh_key(None, &AtrestState::default()).unwrap()]);
+        let template = rke_render::state_string(&managed, rke_render::Origin::Template);
+        let custom = rke_render::state_string(&managed, rke_render::Origin::CustomConfig);
+        let asked = Desired::Custom(managed.clone());
+        assert_eq!(
+            template_text_for_custom(&asked, Some(&managed), Some(&template)),
+            Some(managed.clone())
+        );
+        // Already RKE's custom text, or the managed config cluster.yml asks for, or another custom_config (a
+        // change `up` plans anyway), or nothing deployed: nothing to repair.
+        assert_eq!(
+            template_text_for_custom(&asked, Some(&managed), Some(&custom)),
+            None
+        );
+        assert_eq!(
+            template_text_for_custom(&Desired::Managed, Some(&managed), Some(&template)),
+            None
+        );
+        let mut other = managed.clone();
+        other.resources[0].resources.push("configmaps".into());
+        assert_eq!(
+            template_text_for_custom(&Desired::Custom(other), Some(&managed), Some(&template)),
+            None
+        );
+        assert_eq!(template_text_for_custom(&asked, None, None), None);
     }
 
     #[test]
