@@ -11,6 +11,7 @@ pub mod exec;
 pub mod flows;
 pub mod gitcheck;
 pub mod gojson;
+pub mod kill_points;
 pub mod logging;
 pub mod plan;
 pub mod secret;

@@ -4,6 +4,8 @@ use std::process::ExitCode;
 fn main() -> ExitCode {
     // Usage errors exit 2 from here (clap; 1 with --detailed-exitcode); everything else is exit 1 below.
     let cli = parse();
+    // Test builds only: the kill points FAILPOINTS names (a no-op otherwise).
+    let _kill_points = atrest::kill_points::setup();
     init_logging(&cli.global);
     match run(&cli) {
         Ok(code) => code,

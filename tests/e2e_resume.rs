@@ -1,49 +1,158 @@
-//! `kill -9` of atrest at every stage of a transition, then a rerun: it resumes from the recorded stage and
-//! completes, with every object readable and verified in etcd. 3-node testbed, 1,000 secrets.
+//! atrest killed (SIGKILL) at every kill point of enable, rotate-key and disable (src/kill_points.rs: each step
+//! boundary, each node of a rolling deploy, each step of a container recreate, half-way through a rewrite), then
+//! a rerun: it resumes from what was saved and completes, with every object byte-identical and verified in etcd;
+//! at `-vvv` and `RUST_LOG=trace` no key or Secret value is printed. Also Ctrl-C, the stepwise verbs and two runs at
+//! once. 3-node testbed, 1,000 secrets.
 //!
-//!     cargo build -p testbed && cargo test --test e2e_resume -- --nocapture      (as root)
+//!     cargo test --features atrest/kill-points --test e2e_resume -- --nocapture      (as root; scripts/test does)
 
 mod flows_common;
 
 use flows_common::*;
 use std::time::{Duration, Instant};
 
-/// Starts `args`, waits until the state records `stage` (then `delay` more), and SIGKILLs it. Returns whether
-/// the kill happened before the run finished on its own.
-fn kill_at(b: &Bench, args: &[&str], stage: &str, delay: Duration) -> bool {
-    let mut child = b
-        .command(args)
-        .stdout(std::process::Stdio::null())
-        .stderr(std::process::Stdio::null())
-        .spawn()
-        .expect("spawn atrest");
-    let started = Instant::now();
-    loop {
-        if let Some(status) = child.try_wait().expect("wait") {
-            eprintln!(
-                "atrest {} ended ({status}) before stage {stage} was seen",
-                args.join(" ")
-            );
-            return false;
+/// One kill point of a run: its name (`kill_points`), and whether it comes right after a transition was recorded
+/// as complete (no record is left there).
+struct KillPoint {
+    name: String,
+    ends_transition: bool,
+}
+
+/// The kill points a run of `plan` passes, in order: inside every deploy (for the next node the rerun touches:
+/// each step of a container recreate, or the file written and the server ready for a restart, then the node
+/// recorded as done), half-way through every rewrite, and at the end of every step (`step:<phase>:<action>`).
+fn kill_points_of(plan: &serde_json::Value) -> Vec<KillPoint> {
+    let point = |name: String| KillPoint {
+        name,
+        ends_transition: false,
+    };
+    let mut points = Vec::new();
+    for step in plan["steps"].as_array().expect("plan steps") {
+        let phase = step["phase"].as_str().expect("phase");
+        let action = &step["action"];
+        let name = action["action"].as_str().expect("action");
+        match name {
+            "deploy" if action["reload"].as_array().is_some_and(|r| !r.is_empty()) => {
+                panic!("reload deploys have no kill points yet: {step}")
+            }
+            "deploy" => {
+                let inside: &[&str] = if action["flag"] == "keep" {
+                    &["node:file-written", "node:ready"]
+                } else {
+                    &[
+                        "recreate:renamed",
+                        "recreate:stopped",
+                        "recreate:created",
+                        "node:ready",
+                    ]
+                };
+                points.extend(inside.iter().map(|p| point(p.to_string())));
+                points.push(point(format!("deploy-node:{phase}")));
+            }
+            "rewrite" => {
+                for target in action["resources"].as_array().expect("rewrite resources") {
+                    let resource = target["resource"].as_str().expect("resource");
+                    points.push(point(format!("rewrite-object:{resource}")));
+                }
+            }
+            _ => {}
         }
-        if b.stage().as_deref() == Some(stage) {
-            std::thread::sleep(delay);
-            let finished = child.try_wait().expect("wait").is_some();
-            child.kill().expect("SIGKILL");
-            let _ = child.wait();
-            eprintln!(
-                "killed atrest {} at stage {stage} (+{delay:?}) after {:.1} s",
-                args.join(" "),
-                started.elapsed().as_secs_f64()
-            );
-            return !finished;
-        }
-        assert!(
-            started.elapsed() < Duration::from_secs(300),
-            "stage {stage} never came"
-        );
-        std::thread::sleep(Duration::from_millis(20));
+        points.push(KillPoint {
+            name: format!("step:{phase}:{name}"),
+            ends_transition: action["complete"] == true,
+        });
     }
+    points
+}
+
+/// Everything the runs of a test printed (for the check that no key or Secret value was among it).
+#[derive(Default)]
+struct Transcript(String);
+
+impl Transcript {
+    fn add(&mut self, out: &std::process::Output) {
+        self.0.push_str(&String::from_utf8_lossy(&out.stdout));
+        self.0.push_str(&String::from_utf8_lossy(&out.stderr));
+    }
+}
+
+/// `atrest -vvv <args>` with `RUST_LOG=trace` (every log line a user can turn on), killed at the
+/// `skip`+1-th pass through kill point `point`.
+fn run_killed(b: &Bench, args: &[&str], point: &str, skip: usize) -> std::process::Output {
+    use std::os::unix::process::ExitStatusExt;
+    let action = if skip == 0 {
+        "return".to_string()
+    } else {
+        format!("{skip}*off->return")
+    };
+    let verbose: Vec<&str> = std::iter::once("-vvv")
+        .chain(args.iter().copied())
+        .collect();
+    let started = Instant::now();
+    let out = b
+        .command(&verbose)
+        .env("RUST_LOG", "trace")
+        .env("FAILPOINTS", format!("{point}={action}"))
+        .output()
+        .expect("run atrest");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(
+        out.status.signal(),
+        Some(9), // SIGKILL
+        "atrest {} was to die at kill point {point} but ended with {} (a binary without kill points? build with \
+         --features atrest/kill-points, as scripts/test does):\n{}",
+        args.join(" "),
+        out.status,
+        last_lines(&stderr, 30)
+    );
+    assert!(
+        stderr.contains(&format!("kill point {point}: SIGKILL")),
+        "killed, but not at {point}"
+    );
+    eprintln!(
+        "killed atrest {} at {point} after {:.1} s",
+        args.join(" "),
+        started.elapsed().as_secs_f64()
+    );
+    out
+}
+
+/// The last `n` lines of `text`, in order.
+fn last_lines(text: &str, n: usize) -> String {
+    let lines: Vec<&str> = text.lines().collect();
+    lines[lines.len().saturating_sub(n)..].join("\n")
+}
+
+/// Kills `first` (a command that starts a transition) right after its snapshot, then reruns `up --yes` killed at
+/// every later kill point of the plan in turn, and finally lets `up` finish. After each kill the transition is
+/// still recorded (except after the one that records it complete). Returns the points hit.
+fn kill_through(b: &Bench, first: &[&str], transcript: &mut Transcript) -> Vec<String> {
+    transcript.add(&run_killed(b, first, "step:prepare:snapshot", 0));
+    let mut hit = vec!["step:prepare:snapshot".to_string()];
+    let out = b
+        .command(&["plan", "--detailed-exitcode", "-o", "json"])
+        .output()
+        .expect("plan");
+    assert_eq!(
+        out.status.code(),
+        Some(2),
+        "a resumed transition is pending"
+    );
+    let plan: serde_json::Value = serde_json::from_slice(&out.stdout).expect("plan JSON");
+    for point in kill_points_of(&plan["plan"]) {
+        transcript.add(&run_killed(b, &["up", "--yes"], &point.name, 0));
+        let recorded = !b.records()["transition"].is_null();
+        assert_eq!(
+            recorded, !point.ends_transition,
+            "after a kill at {}: a transition recorded: {recorded}",
+            point.name
+        );
+        hit.push(point.name);
+    }
+    let out = b.run(&["-vvv", "up", "--yes"]);
+    transcript.add(&out);
+    assert!(out.status.success(), "the last rerun finishes");
+    hit
 }
 
 /// The exit status of `atrest args`.
@@ -81,82 +190,198 @@ fn assert_complete_and_intact(b: &Bench) {
 }
 
 #[test]
-fn killed_runs_resume_from_their_stage_and_lose_nothing() {
+fn every_kill_point_of_enable_rotate_and_disable_resumes_and_loses_nothing() {
     let Some(b) = bench() else { return };
+    let mut transcript = Transcript::default();
+    let mut keys = std::collections::BTreeSet::new();
+    let mut hit = Vec::new();
 
-    // Enable, killed while the first node is being recreated with the flag; the rerun finishes or undoes
-    // that recreate and completes.
+    // Enable, then a rotation: each killed at every point of its plan, each kill followed by a rerun.
     b.set_encryption(true, None);
-    assert!(kill_at(
-        &b,
-        &["up", "--yes"],
-        "start",
-        Duration::from_millis(1500)
-    ));
-    let status = b.run(&["encrypt", "status"]);
-    assert!(String::from_utf8_lossy(&status.stdout).contains("Transition: enable"));
-    b.ok(&["up", "--yes"]);
+    hit.extend(kill_through(&b, &["up", "--yes"], &mut transcript));
     assert_complete_and_intact(&b);
-
-    // A rotation killed at each later stage, each time resumed by `up`.
-    let mut killed = Vec::new();
-    for (stage, delay) in [
-        ("prepare", Duration::from_millis(800)),
-        ("rotate", Duration::ZERO),
-        ("reencrypt_request", Duration::from_millis(1000)),
-        ("reencrypt_active", Duration::ZERO),
-        ("reencrypt_finished", Duration::from_millis(300)),
-    ] {
-        let before = b.state();
-        if kill_at(&b, &["encrypt", "rotate-key", "--yes"], stage, delay) {
-            killed.push(stage);
-            let after = b.records();
-            assert_eq!(
-                after["transition"]["kind"], "rotate-key",
-                "the interrupted rotation is recorded"
-            );
-            // The rerun says it resumes and generates no other key.
-            let plan = b.ok(&["plan"]);
-            assert!(plan.contains("resum"), "{plan}");
-            b.ok(&["up", "--yes"]);
-            let done = b.state();
-            assert_eq!(
-                done["currentState"]["encryptionConfig"], after["transition"]["to"],
-                "the resumed run finished the recorded rotation"
-            );
-        } else {
-            assert_ne!(before["currentState"], b.state()["currentState"]);
-        }
-        assert_complete_and_intact(&b);
-    }
-    eprintln!("killed at: {killed:?}");
-    // `rotate` and `reencrypt_active` are recorded for moments only (the next step starts at once), so a kill
-    // there is best effort; the long stages must all have been interrupted.
-    assert!(
-        ["prepare", "reencrypt_request"]
-            .iter()
-            .all(|s| killed.contains(s)),
-        "the long stages were all interrupted: {killed:?}"
-    );
-
-    // A different desire queued behind an unfinished rotation (killed during its rotate deploy, which runs
-    // while the recorded stage is still `prepare`): the rotation is finished first, then disable.
-    assert!(kill_at(
+    keys.extend(keys_of(&b));
+    hit.extend(kill_through(
         &b,
         &["encrypt", "rotate-key", "--yes"],
-        "prepare",
-        Duration::from_millis(800)
+        &mut transcript,
     ));
+    assert_complete_and_intact(&b);
+    keys.extend(keys_of(&b));
+
+    // A different desire queued behind an unfinished rotation (killed in its rotate deploy, while the recorded
+    // stage is still `prepare`): the rotation is finished first, then disabled, killed at every point of both.
+    transcript.add(&run_killed(
+        &b,
+        &["encrypt", "rotate-key", "--yes"],
+        "deploy-node:rotate",
+        0,
+    ));
+    keys.extend(keys_of(&b));
     b.set_encryption(false, None);
     let plan = b.ok(&["plan"]);
     assert!(plan.contains("finished first"), "{plan}");
     assert!(plan.contains("Transition 2 (disable)"), "{plan}");
-    b.ok(&["up", "--yes"]);
+    let out = b
+        .command(&["plan", "--detailed-exitcode", "-o", "json"])
+        .output()
+        .expect("plan");
+    let plan: serde_json::Value = serde_json::from_slice(&out.stdout).expect("plan JSON");
+    for point in kill_points_of(&plan["plan"]) {
+        transcript.add(&run_killed(&b, &["up", "--yes"], &point.name, 0));
+        hit.push(point.name);
+    }
+    let out = b.run(&["-vvv", "up", "--yes"]);
+    transcript.add(&out);
+    assert!(out.status.success(), "the last rerun finishes");
     let status = b.status();
     assert_eq!(status["encryptionStatus"], "Disabled");
     all_on(&b.census(), "secrets", "identity", SECRETS);
     b.ok(&["encrypt", "verify"]);
     b.verify_seed();
+    keys.extend(keys_of(&b));
+
+    let distinct: std::collections::BTreeSet<&String> = hit.iter().collect();
+    eprintln!(
+        "kill points hit: {} kills at {} distinct points: {distinct:?}",
+        hit.len(),
+        distinct.len()
+    );
+    // Every kind of kill point was hit at least once, in each of its phases.
+    for expected in [
+        "recreate:renamed",
+        "recreate:stopped",
+        "recreate:created",
+        "node:file-written",
+        "node:ready",
+        "deploy-node:prepare",
+        "deploy-node:rotate",
+        "deploy-node:finish",
+        "rewrite-object:secrets",
+        "step:prepare:snapshot",
+        "step:prepare:deploy",
+        "step:rotate:deploy",
+        "step:reencrypt:persist_stage",
+        "step:reencrypt:rewrite",
+        "step:verify:verify",
+        "step:finish:deploy",
+        "step:finish:archive",
+        "step:finish:persist_stage",
+    ] {
+        assert!(
+            hit.iter().any(|h| h == expected),
+            "kill point {expected} never hit: {distinct:?}"
+        );
+    }
+
+    // R6: at -vvv and RUST_LOG=trace, no key and no Secret value was printed, and atrest's files are private.
+    no_secret_printed(&b, &transcript, &keys);
+    files_are_private(&b);
+}
+
+/// Every key in the state (desired and current config) and the records (transition, archive): base64 as written.
+fn keys_of(b: &Bench) -> Vec<String> {
+    let mut keys = Vec::new();
+    let state = b.state();
+    let records = b.records();
+    let texts = [
+        &state["desiredState"]["encryptionConfig"],
+        &state["currentState"]["encryptionConfig"],
+        &records["transition"]["from"],
+        &records["transition"]["to"],
+    ];
+    for text in texts.into_iter().filter_map(|t| t.as_str()) {
+        for line in text.lines() {
+            if let Some(secret) = line.trim().strip_prefix("secret: ") {
+                keys.push(secret.trim_matches('"').to_string());
+            }
+        }
+    }
+    for kept in records["archive"].as_array().into_iter().flatten() {
+        if let Some(secret) = kept["secret"].as_str() {
+            keys.push(secret.to_string());
+        }
+    }
+    keys
+}
+
+/// No key (as base64 or as the hex of its bytes) and no seeded Secret value (as stored, or base64 as the API
+/// carries it) appears in `transcript`.
+fn no_secret_printed(
+    b: &Bench,
+    transcript: &Transcript,
+    keys: &std::collections::BTreeSet<String>,
+) {
+    use base64::Engine;
+    let text = &transcript.0;
+    assert!(
+        keys.len() >= 3,
+        "keys seen: {} (enable, rotation, the queued rotation)",
+        keys.len()
+    );
+    for key in keys {
+        let raw = base64::engine::general_purpose::STANDARD
+            .decode(key)
+            .expect("a key is base64");
+        assert!(!text.contains(key.as_str()), "a key was printed");
+        assert!(
+            !text.contains(&hex::encode(&raw)),
+            "a key was printed in hex"
+        );
+    }
+    let sampled: Vec<usize> = (0..b.secrets).step_by(25).collect();
+    for &i in &sampled {
+        let value = testbed::harness::seed::payload(&format!("seed-secret-{i:06}"), SIZE);
+        let encoded = base64::engine::general_purpose::STANDARD.encode(&value);
+        assert!(
+            !text.contains(&value[..48]),
+            "Secret seed-secret-{i:06}'s value was printed"
+        );
+        assert!(
+            !text.contains(&encoded[..48]),
+            "Secret seed-secret-{i:06}'s value was printed (base64)"
+        );
+    }
+    eprintln!(
+        "no key ({}) and no Secret value ({} checked) in {} bytes of output",
+        keys.len(),
+        sampled.len(),
+        text.len()
+    );
+}
+
+/// atrest's own files are 0600 (its snapshot directory 0700), the node files 0600 and root's.
+fn files_are_private(b: &Bench) {
+    use std::os::unix::fs::{MetadataExt, PermissionsExt};
+    let mode = |p: &std::path::Path| {
+        std::fs::metadata(p)
+            .unwrap_or_else(|e| panic!("{}: {e}", p.display()))
+            .permissions()
+            .mode()
+            & 0o777
+    };
+    let state = b.tb.rkestate();
+    for file in [state.clone(), b.records_path()] {
+        assert_eq!(mode(&file), 0o600, "{}", file.display());
+    }
+    let snapshots = state.with_extension("snapshots");
+    assert_eq!(mode(&snapshots), 0o700, "{}", snapshots.display());
+    for entry in std::fs::read_dir(&snapshots).expect("snapshots") {
+        let path = entry.expect("entry").path();
+        assert_eq!(mode(&path), 0o600, "{}", path.display());
+    }
+    for node in b.tb.nodes() {
+        let file = node.kubernetes_dir().join("ssl/encryption.yaml");
+        if let Ok(meta) = std::fs::metadata(&file) {
+            assert_eq!(
+                meta.permissions().mode() & 0o777,
+                0o600,
+                "{}",
+                file.display()
+            );
+            assert_eq!(meta.uid(), 0, "{} is root's", file.display());
+        }
+    }
 }
 
 #[test]
@@ -572,4 +797,98 @@ fn two_runs_never_interleave_and_a_node_file_written_meanwhile_is_never_overwrit
     all_on(&b.census(), "secrets", &write, b.secrets);
     b.ok(&["encrypt", "verify"]);
     b.verify_seed();
+}
+
+/// The PIDs of the SSH sessions node `index` (1-based) serves now: the children of its sshd listener.
+fn ssh_sessions_of(b: &Bench, index: usize) -> Vec<u32> {
+    let listener =
+        b.tb.manifest()
+            .procs
+            .iter()
+            .find(|p| p.kind == "sshd" && p.node == index)
+            .map(|p| p.pid)
+            .expect("the node's sshd");
+    let mut sessions = Vec::new();
+    for entry in std::fs::read_dir("/proc").expect("/proc").flatten() {
+        let Some(pid) = entry
+            .file_name()
+            .to_str()
+            .and_then(|s| s.parse::<u32>().ok())
+        else {
+            continue;
+        };
+        let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else {
+            continue;
+        };
+        // pid (comm) state ppid …: comm may hold spaces, so read after its closing parenthesis.
+        let ppid = stat
+            .rsplit_once(')')
+            .and_then(|(_, rest)| rest.split_whitespace().nth(1))
+            .and_then(|p| p.parse::<u32>().ok());
+        if ppid == Some(listener) {
+            sessions.push(pid);
+        }
+    }
+    sessions
+}
+
+/// R2 of docs/reliability.md: a controlplane's SSH connections are cut in the middle of a rolling deploy (every
+/// sshd session of node 2 killed while the run waits between node 1 and node 2). The run stops with an error
+/// naming that node, every object stays readable, and the rerun completes.
+#[test]
+fn a_node_cut_off_mid_deploy_stops_the_run_naming_it_and_the_rerun_completes() {
+    use std::io::{BufRead, BufReader};
+    let Some(b) = bench_seeded(200, 20) else {
+        return;
+    };
+    b.set_encryption(true, None);
+    let mut run = b
+        .command(&["up", "--yes"])
+        .env("FAILPOINTS", "deploy-node:prepare=return(5)")
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("spawn atrest");
+    let mut text = String::new();
+    let mut cut = 0;
+    for line in BufReader::new(run.stderr.take().expect("stderr")).lines() {
+        let line = line.expect("stderr line");
+        eprintln!("  | {line}");
+        if line.contains("kill point deploy-node:prepare: stalled") {
+            let sessions = ssh_sessions_of(&b, 2);
+            assert!(!sessions.is_empty(), "atrest holds a session to node 2");
+            for pid in &sessions {
+                let killed = std::process::Command::new("kill")
+                    .args(["-9", &pid.to_string()])
+                    .status()
+                    .expect("kill");
+                assert!(killed.success(), "kill -9 {pid}");
+            }
+            cut = sessions.len();
+            eprintln!("cut {cut} SSH session(s) of node 2");
+        }
+        text.push_str(&line);
+        text.push('\n');
+    }
+    let status = run.wait().expect("wait");
+    assert!(cut > 0, "the stall never came:\n{text}");
+    assert_eq!(status.code(), Some(1), "{text}");
+    let node2 = b.tb.nodes()[1].address.to_string();
+    let error: String = text
+        .lines()
+        .skip_while(|l| !l.starts_with("error: "))
+        .collect::<Vec<_>>()
+        .join("\n");
+    assert!(
+        error.contains(&format!(
+            "{node2} (node2): the SSH connection to it was lost"
+        )),
+        "the error does not say that node 2 ({node2}) was cut off:\n{error}"
+    );
+    // Nothing unreadable: node 1 already runs the new config, nodes 2 and 3 the old one, all serve every object.
+    b.verify_seed();
+    let records = b.records();
+    assert_eq!(records["transition"]["kind"], "enable", "{records}");
+    b.ok(&["up", "--yes"]);
+    assert_complete_and_intact(&b);
 }

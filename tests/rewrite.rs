@@ -319,6 +319,104 @@ async fn concurrent_writer(client: kube::Client, stop: Arc<AtomicBool>) -> HashM
     stored
 }
 
+/// R4 of docs/reliability.md: while the rewrite runs, one writer creates secrets and another deletes seeded ones,
+/// each at a steady rate. No create is lost, no delete is undone (a rewrite that PUT a listed object back after
+/// its delete would resurrect it), every other secret keeps its value, and everything ends on the new key.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn concurrent_creates_and_deletes_are_neither_lost_nor_resurrected() {
+    let mut cluster = Cluster::seeded(97, vec!["secrets"], 1000, 0).await;
+    cluster.rotate().await;
+    let stop = Arc::new(AtomicBool::new(false));
+    let creator = tokio::spawn(create_until(cluster.client.clone(), stop.clone()));
+    let deleter = tokio::spawn(delete_until(cluster.client.clone(), stop.clone()));
+    let report = rewrite::rewrite(&cluster.client, &[Target::secrets()], &quiet(16, 100)).await;
+    stop.store(true, Ordering::Relaxed);
+    let created = creator.await.unwrap();
+    let deleted = deleter.await.unwrap();
+    eprintln!(
+        "during the rewrite: {} created, {} deleted; {report}",
+        created.len(),
+        deleted.len()
+    );
+    assert!(report.is_success(), "{report}: {:?}", report.errors);
+    assert!(
+        created.len() >= 10 && deleted.len() >= 10,
+        "the writers did work: {} created, {} deleted",
+        created.len(),
+        deleted.len()
+    );
+
+    let api: Api<Secret> = Api::all(cluster.client.clone());
+    let listed = api.list(&Default::default()).await.unwrap();
+    let names: std::collections::BTreeSet<String> = listed
+        .items
+        .iter()
+        .map(|s| s.metadata.name.clone().unwrap())
+        .collect();
+    let resurrected: Vec<&String> = deleted.iter().filter(|n| names.contains(*n)).collect();
+    assert!(
+        resurrected.is_empty(),
+        "deleted, then back: {resurrected:?}"
+    );
+    let lost: Vec<&String> = created.iter().filter(|n| !names.contains(*n)).collect();
+    assert!(lost.is_empty(), "created, then gone: {lost:?}");
+    assert_eq!(names.len(), 1000 - deleted.len() + created.len());
+    for s in &listed.items {
+        let name = s.metadata.name.as_deref().unwrap();
+        let value = &s.data.as_ref().unwrap()["value"].0;
+        match name.strip_prefix("created-") {
+            Some(n) => assert_eq!(value, &created_value(n), "{name}"),
+            None => assert_eq!(value, &secret_value(secret_index(name)), "{name}"),
+        }
+    }
+    let after = cluster.census(&[core("secrets")]).await;
+    assert_eq!(
+        after.resources["secrets"].by_label,
+        BTreeMap::from([("aescbc:new".to_string(), names.len() as u64)])
+    );
+    drop(cluster.etcd_process);
+}
+
+fn created_value(n: &str) -> Vec<u8> {
+    format!("created during the rewrite {n}").into_bytes()
+}
+
+/// Creates `created-<n>` secrets one after another until stopped; returns the names created.
+async fn create_until(client: kube::Client, stop: Arc<AtomicBool>) -> Vec<String> {
+    let api: Api<Secret> = Api::namespaced(client, NAMESPACES[0]);
+    let mut created = Vec::new();
+    while !stop.load(Ordering::Relaxed) {
+        let n = created.len().to_string();
+        let name = format!("created-{n}");
+        let secret = Secret {
+            metadata: ObjectMeta {
+                name: Some(name.clone()),
+                ..Default::default()
+            },
+            data: Some([("value".to_string(), ByteString(created_value(&n)))].into()),
+            ..Default::default()
+        };
+        api.create(&PostParams::default(), &secret).await.unwrap();
+        created.push(name);
+    }
+    created
+}
+
+/// Deletes seeded secrets (every seventh, from the end of the list backwards) until stopped; returns their names.
+async fn delete_until(client: kube::Client, stop: Arc<AtomicBool>) -> Vec<String> {
+    let mut deleted = Vec::new();
+    let mut i = 999usize;
+    while !stop.load(Ordering::Relaxed) && i >= 7 {
+        let ns = NAMESPACES[i % NAMESPACES.len()];
+        let name = format!("s-{i:05}");
+        let api: Api<Secret> = Api::namespaced(client.clone(), ns);
+        api.delete(&name, &Default::default()).await.unwrap();
+        deleted.push(name);
+        i -= 7;
+    }
+    deleted
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn expired_continue_tokens_and_conflicts_are_handled() {
     let mut cluster = Cluster::seeded(92, vec!["secrets"], 1000, 0).await;

@@ -520,6 +520,7 @@ fn targets(bed: &Bed, hosts: &[Arc<Host>]) -> Vec<RolloutTarget> {
             config_path: format!("{}/ssl/encryption.yaml", bed.node_of(h).kdir_node),
             probe: bed.probe(h),
             expected_sha256: None,
+            resumes_interrupted: false,
         })
         .collect()
 }

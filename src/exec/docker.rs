@@ -10,6 +10,7 @@ mod root_shell;
 pub use root_shell::root_shell_body;
 
 use crate::exec::ssh::{Host, RootRoute, SshError, shell_quote};
+use crate::kill_points;
 use bollard::models::{ContainerCreateBody, ContainerInspectResponse};
 use bollard::query_parameters::{
     CreateContainerOptions, InspectContainerOptions, RemoveContainerOptions,
@@ -642,10 +643,19 @@ impl NodeDocker {
                 node: self.host.label().to_string(),
                 detail: format!("no {APISERVER} container found"),
             })?;
+        // A container that is not serving (exited, or restarting in a loop: the one an interrupted recreate put
+        // back may fail to start until the change is made) is stopped first: Docker cannot rename a container
+        // whose restart loop has no network sandbox ("sandbox … not found"), and stopping it costs no service.
+        if !serving(&template) {
+            self.stop(APISERVER).await?;
+        }
         self.rename(APISERVER, OLD_APISERVER).await?;
+        kill_points::here("recreate:renamed");
         let steps = async {
             self.stop(OLD_APISERVER).await?;
+            kill_points::here("recreate:stopped");
             self.create_from(&template, APISERVER, change).await?;
+            kill_points::here("recreate:created");
             self.start(APISERVER).await
         };
         if let Err(e) = steps.await {
@@ -762,6 +772,14 @@ impl NodeDocker {
         self.rename(OLD_APISERVER, APISERVER).await?;
         self.start(APISERVER).await
     }
+}
+
+/// Whether a container is running and not in a restart loop.
+fn serving(container: &ContainerInspectResponse) -> bool {
+    container
+        .state
+        .as_ref()
+        .is_some_and(|st| st.running == Some(true) && st.restarting != Some(true))
 }
 
 #[cfg(test)]

@@ -6,6 +6,7 @@ use crate::exec::docker::{ContainerChange, DockerError, FlagChange, NodeDocker, 
 use crate::exec::files::{self, FileError};
 use crate::exec::health::{HealthProbe, NotReady, wait_ready};
 use crate::exec::ssh::{Host, NodeLabel};
+use crate::kill_points;
 use std::sync::Arc;
 use std::time::Duration;
 use zeroize::Zeroizing;
@@ -47,6 +48,11 @@ pub struct RolloutTarget {
     /// otherwise just before the change was written to by someone else: it is left alone and the rollout stops.
     /// `None`: not checked.
     pub expected_sha256: Option<Option<String>>,
+    /// A run killed in the middle of this node's recreate left it half-changed, and its previous container was put
+    /// back ([`crate::flows`]' leftover recovery). That container may not start without the change (a disable
+    /// killed after the file was removed leaves one whose flag names a missing file), so the "healthy before the
+    /// change" gate is not asked of it: the change is what makes the node whole again.
+    pub resumes_interrupted: bool,
 }
 
 #[derive(Clone, Debug)]
@@ -146,6 +152,16 @@ pub enum RolloutError {
         found: Option<String>,
         changed: Vec<NodeOutcome>,
     },
+    /// The SSH connection to a node was lost before anything was done to it.
+    #[error(
+        "{node}: the SSH connection to it was lost; nothing was done to it. Rerun once the node answers SSH again. \
+         Nodes changed before it: {}",
+        names(.changed)
+    )]
+    Unreachable {
+        node: NodeLabel,
+        changed: Vec<NodeOutcome>,
+    },
     /// A node was not healthy before anything was done to it.
     #[error("{node}: kube-apiserver is not healthy before the change; nothing was done to it ({cause}). Nodes changed before it: {}", names(.changed))]
     UnhealthyBefore {
@@ -163,6 +179,7 @@ impl RolloutError {
             | RolloutError::RestoreFailed { changed, .. }
             | RolloutError::HookFailed { changed, .. }
             | RolloutError::UnhealthyBefore { changed, .. }
+            | RolloutError::Unreachable { changed, .. }
             | RolloutError::ChangedUnderfoot { changed, .. }
             | RolloutError::NotStarted { changed, .. } => changed,
         }
@@ -203,9 +220,21 @@ where
     let mut report = RolloutReport::default();
     for target in targets {
         let node = target.host.label().clone();
+        if target.host.is_closed() {
+            return Err(RolloutError::Unreachable {
+                node,
+                changed: report.changed,
+            });
+        }
         // Never start on a node that is already broken: its failure would be blamed on us and rolled "back" to
-        // a broken state.
-        if let Err(e) = wait_ready(&target.host, &target.probe, Duration::from_secs(20)).await {
+        // a broken state. A node an interrupted run of ours left half-changed is ours to finish.
+        if target.resumes_interrupted {
+            tracing::info!(
+                "{node}: finishing the change an interrupted run began here (no health gate before it)"
+            );
+        } else if let Err(e) =
+            wait_ready(&target.host, &target.probe, Duration::from_secs(20)).await
+        {
             return Err(RolloutError::UnhealthyBefore {
                 node,
                 cause: e.into(),
@@ -320,12 +349,14 @@ async fn apply_one(
             }
             None => files::remove_file(host, &target.config_path).await?,
         }
+        kill_points::here("node:file-written");
         if recreate {
             docker.begin_recreate(&container_change).await?;
         } else {
             docker.restart(crate::exec::docker::APISERVER).await?;
         }
         wait_ready(host, &target.probe, opts.ready_timeout).await?;
+        kill_points::here("node:ready");
         if recreate {
             docker.commit_recreate().await?;
         }

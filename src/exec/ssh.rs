@@ -661,6 +661,11 @@ impl Host {
         Ok(out)
     }
 
+    /// Whether the SSH connection is gone (the node's sshd ended it, or the network did).
+    pub fn is_closed(&self) -> bool {
+        self.handle.is_closed()
+    }
+
     /// Resolves once the SSH connection is gone.
     async fn closed(&self) {
         while !self.handle.is_closed() {

@@ -18,6 +18,7 @@ use crate::exec::restart::{
     ContainerAction, NodeChange, RolloutError, RolloutOptions, RolloutTarget, rolling_apply, short,
 };
 use crate::exec::rewrite::{self, RewriteOptions, RewriteReport};
+use crate::kill_points;
 use crate::plan::stage::{Phase, Stage};
 use crate::plan::units::{Unit, UnitId, units_dropped};
 use crate::plan::{Action, Flag, Plan, RewriteTarget, VerifyRule};
@@ -266,6 +267,7 @@ impl<'a> Executor<'a> {
                 Action::PersistStage { complete } => {
                     if *complete {
                         self.complete(step.stage, spec.to.as_ref())?;
+                        kill_points::here(&step_kill_point(step));
                         continue;
                     }
                 }
@@ -283,6 +285,7 @@ impl<'a> Executor<'a> {
                     r.done.push(phase);
                 }
             })?;
+            kill_points::here(&step_kill_point(step));
         }
         Ok(())
     }
@@ -416,6 +419,7 @@ impl<'a> Executor<'a> {
                     config_path,
                     probe,
                     expected_sha256: self.session.files_seen.get(name).cloned(),
+                    resumes_interrupted: self.session.put_back.contains(name),
                 },
             ));
         }
@@ -512,6 +516,7 @@ impl<'a> Executor<'a> {
                 }
             }
             records_file.save(atrest).map_err(|e| e.to_string())?;
+            kill_points::here(&format!("deploy-node:{phase}"));
             // Ctrl-C: stop between nodes; the record says which nodes are done, so a rerun continues with the rest.
             if interrupt::requested() && nodes_done < targets.len() {
                 return Err(INTERRUPTED_BETWEEN_NODES.to_string());
@@ -918,6 +923,12 @@ fn parse_node_file(name: &str, bytes: &[u8]) -> Option<EncryptionConfiguration> 
 }
 
 /// The (transition, phase) groups of a plan, in order.
+/// The kill point at the end of `step`, once its progress is saved: `step:<phase>:<action>` (tests only:
+/// [`kill_points`]).
+pub fn step_kill_point(step: &crate::plan::Step) -> String {
+    format!("step:{}:{}", step.phase, step.action.name())
+}
+
 pub fn phase_groups(plan: &Plan) -> Vec<(usize, Phase)> {
     let mut groups: Vec<(usize, Phase)> = Vec::new();
     for s in &plan.steps {

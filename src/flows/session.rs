@@ -61,6 +61,10 @@ pub struct Session {
     /// What interrupted recreates left, by node address (nodes with a leftover only): a changing run settles them
     /// first, once confirmed ([`Session::recover_leftovers`]); a plan shows them.
     leftovers: BTreeMap<String, Leftover>,
+    /// Nodes (by name) whose interrupted recreate [`Session::recover_leftovers`] undid by putting the previous
+    /// container back: the interrupted change is still to be made there, and until it is that container may not
+    /// start (see [`crate::exec::restart::RolloutTarget::resumes_interrupted`]).
+    pub put_back: std::collections::BTreeSet<String>,
     /// The cluster-wide lock, once a changing run took it ([`Session::lock_cluster`]); released by `close`.
     cluster_lock: std::sync::Mutex<Option<ClusterLock>>,
 }
@@ -134,6 +138,7 @@ impl Session {
             cluster_lock: std::sync::Mutex::new(None),
             files_seen: BTreeMap::new(),
             leftovers: BTreeMap::new(),
+            put_back: Default::default(),
         };
         if let Err(e) = session.prepare(access).await {
             session.close().await;
@@ -202,8 +207,10 @@ impl Session {
     /// again: from here on each has its `kube-apiserver`.
     pub async fn recover_leftovers(&mut self) -> anyhow::Result<()> {
         for host in &self.hosts {
-            if let Some(leftover) = self.leftover(host) {
-                recover_interrupted_recreate(host, &self.kubernetes_dir(host), leftover).await?;
+            if let Some(leftover) = self.leftover(host)
+                && recover_interrupted_recreate(host, &self.kubernetes_dir(host), leftover).await?
+            {
+                self.put_back.insert(node_name(host.node()));
             }
         }
         self.leftovers.clear();
@@ -729,15 +736,15 @@ pub async fn find_leftover(host: &Arc<Host>) -> anyhow::Result<Leftover> {
 /// A run killed in the middle of recreating kube-apiserver leaves `old-kube-apiserver` behind (and maybe no
 /// `kube-apiserver`). Finish or undo that recreate as the executor would have: keep the new container if it
 /// becomes ready, else put the old one back. A new container atrest did not create is another tool's half-done
-/// recreate: refused, nothing changed.
+/// recreate: refused, nothing changed. Returns whether the previous container was put back.
 async fn recover_interrupted_recreate(
     host: &Arc<Host>,
     kubernetes_dir: &str,
     leftover: &Leftover,
-) -> anyhow::Result<()> {
+) -> anyhow::Result<bool> {
     let node = host.label().to_string();
     match leftover {
-        Leftover::Nothing => return Ok(()),
+        Leftover::Nothing => return Ok(false),
         Leftover::NotOurs => bail!("{}", leftover.describe(&node).unwrap_or_default()),
         Leftover::PutBackOld | Leftover::FinishOurs => {}
     }
@@ -762,7 +769,7 @@ async fn recover_interrupted_recreate(
             "{node}: put back the previous {APISERVER} (the interrupted run had not finished replacing it)"
         );
     }
-    Ok(())
+    Ok(!new_ready)
 }
 
 #[cfg(test)]

@@ -256,6 +256,18 @@ pub enum DeployMode {
 }
 
 impl Action {
+    /// The action's name as the plan's JSON gives it (`deploy`, `persist_stage`, …).
+    pub fn name(&self) -> &'static str {
+        match self {
+            Action::Snapshot => "snapshot",
+            Action::Deploy { .. } => "deploy",
+            Action::Rewrite { .. } => "rewrite",
+            Action::Verify { .. } => "verify",
+            Action::Archive { .. } => "archive",
+            Action::PersistStage { .. } => "persist_stage",
+        }
+    }
+
     /// How `node` loads the file of a deploy (`None`: not a deploy, or not one of its nodes).
     pub fn deploy_mode(&self, node: &str) -> Option<DeployMode> {
         match self {

@@ -5,6 +5,7 @@ use super::RewriteOptions;
 use super::pace::{Answer, MAX_RETRY_AFTER, Pace, answer_of};
 use super::report::{ObjectError, Stats};
 use super::targets::Target;
+use crate::kill_points;
 use kube::api::{Api, DynamicObject, PostParams, TypeMeta};
 use std::sync::Arc;
 use std::time::Duration;
@@ -120,6 +121,7 @@ impl Writer {
     }
 
     pub(super) fn record(&self, object: String, outcome: Outcome) {
+        kill_points::here_lazy(|| format!("rewrite-object:{}", self.target.name()));
         let s = &self.stats;
         match outcome {
             Outcome::Rewritten => Stats::add(&s.rewritten),
