@@ -8,8 +8,9 @@
 //! container recreate and in the middle of a rewrite.
 //!
 //! The mechanism is the `fail` crate's failpoints, configured from `FAILPOINTS` (`name=return`, or
-//! `name=2*off->return` for the third hit; `name=return(10)` stalls there for 10 s instead of dying). It is compiled in only with the `kill-points` feature, which the
-//! test builds turn on; in any other build [`here`] is an empty inline function and `FAILPOINTS` means nothing.
+//! `name=2*off->return` for the third hit; `name=return(10)` stalls there for 10 s instead of dying). It is
+//! compiled in only with the `kill-points` feature, which the test builds turn on (`scripts/test`,
+//! `scripts/chaos`); in any other build [`here`] is an empty inline function and `FAILPOINTS` means nothing.
 
 /// Keeps the kill points `FAILPOINTS` configured for as long as it lives (holds nothing without the feature).
 pub struct Guard {
