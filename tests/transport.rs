@@ -834,16 +834,26 @@ async fn tls_readyz_checks_kube_ca_and_presents_client_cert() {
     anonymous.client_cert_pem = None;
     anonymous.client_key_pem = None;
     // Refused for the missing certificate (the server's TLS alert), not an HTTP status or a closed port. Under
-    // TLS 1.3 the alert races the request (CI once saw only "connection was not ready"): ask many times.
+    // TLS 1.3 the alert races the request (CI once saw only "connection was not ready"): ask many times. A
+    // connection through the tunnel has also been seen to stall with no byte and no close (CI, stop 26): the probe
+    // then ends at its deadline, saying so; such attempts are counted, and every answer that did arrive must name
+    // the alert.
+    let mut stalled = 0;
     for attempt in 0..25 {
         let err = probe_once(&hosts[0], &anonymous)
             .await
             .expect_err("server requires a client cert");
+        if err.contains("no answer within") {
+            stalled += 1;
+            eprintln!("attempt {attempt}: {err}");
+            continue;
+        }
         assert!(
             err.contains("CertificateRequired") || err.contains("HandshakeFailure"),
             "attempt {attempt}: {err}"
         );
     }
+    assert!(stalled < 5, "{stalled} of 25 attempts stalled");
 
     let mut wrong_ca = probe.clone();
     wrong_ca.ca_pem = Some(bed.other_ca_pem());

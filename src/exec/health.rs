@@ -139,9 +139,28 @@ fn failing_checks(body: &str) -> Vec<&str> {
         .collect()
 }
 
+/// Longest a [`get`] may take, from opening the tunnel to the last byte of the body. A connection through the
+/// SSH tunnel has been seen to stall with no byte and no close (a server that refused the client certificate,
+/// under load): without a deadline the caller would wait forever.
+pub const GET_DEADLINE: Duration = Duration::from_secs(15);
+
 /// `GET path` on the node's own apiserver, through the same channel and TLS as the probe: status and body
-/// (also what [`crate::exec::metrics`] reads `/metrics` with).
+/// (also what [`crate::exec::metrics`] reads `/metrics` with), within [`GET_DEADLINE`].
 pub async fn get(host: &Host, probe: &HealthProbe, path: &str) -> Result<(u16, String), String> {
+    match tokio::time::timeout(GET_DEADLINE, get_unbounded(host, probe, path)).await {
+        Ok(answer) => answer,
+        Err(_) => Err(format!(
+            "GET {path}: no answer within {} s (the connection through the SSH tunnel stalled)",
+            GET_DEADLINE.as_secs()
+        )),
+    }
+}
+
+async fn get_unbounded(
+    host: &Host,
+    probe: &HealthProbe,
+    path: &str,
+) -> Result<(u16, String), String> {
     let stream = open_stream(host, &probe.target, probe.port)
         .await
         .map_err(|e| e.to_string())?;
