@@ -123,22 +123,25 @@ fn last_lines(text: &str, n: usize) -> String {
     lines[lines.len().saturating_sub(n)..].join("\n")
 }
 
-/// Kills `first` (a command that starts a transition) right after its snapshot, then reruns `up --yes` killed at
-/// every later kill point of the plan in turn, and finally lets `up` finish. After each kill the transition is
-/// still recorded (except after the one that records it complete). Returns the points hit.
+/// Kills `first` (a command that starts a transition) right after its snapshot, then
+/// [`kill_at_every_point_of_the_plan`]. Returns the points hit.
 fn kill_through(b: &Bench, first: &[&str], transcript: &mut Transcript) -> Vec<String> {
     transcript.add(&run_killed(b, first, "step:prepare:snapshot", 0));
     let mut hit = vec!["step:prepare:snapshot".to_string()];
+    hit.extend(kill_at_every_point_of_the_plan(b, transcript));
+    hit
+}
+
+/// Reruns `up --yes` killed at every kill point of the pending plan in turn, then lets `up` finish. After each
+/// kill a transition is still recorded (except right after one was recorded complete). Returns the points hit.
+fn kill_at_every_point_of_the_plan(b: &Bench, transcript: &mut Transcript) -> Vec<String> {
     let out = b
         .command(&["plan", "--detailed-exitcode", "-o", "json"])
         .output()
         .expect("plan");
-    assert_eq!(
-        out.status.code(),
-        Some(2),
-        "a resumed transition is pending"
-    );
+    assert_eq!(out.status.code(), Some(2), "a transition is pending");
     let plan: serde_json::Value = serde_json::from_slice(&out.stdout).expect("plan JSON");
+    let mut hit = Vec::new();
     for point in kill_points_of(&plan["plan"]) {
         transcript.add(&run_killed(b, &["up", "--yes"], &point.name, 0));
         let recorded = !b.records()["transition"].is_null();
@@ -222,18 +225,7 @@ fn every_kill_point_of_enable_rotate_and_disable_resumes_and_loses_nothing() {
     let plan = b.ok(&["plan"]);
     assert!(plan.contains("finished first"), "{plan}");
     assert!(plan.contains("Transition 2 (disable)"), "{plan}");
-    let out = b
-        .command(&["plan", "--detailed-exitcode", "-o", "json"])
-        .output()
-        .expect("plan");
-    let plan: serde_json::Value = serde_json::from_slice(&out.stdout).expect("plan JSON");
-    for point in kill_points_of(&plan["plan"]) {
-        transcript.add(&run_killed(&b, &["up", "--yes"], &point.name, 0));
-        hit.push(point.name);
-    }
-    let out = b.run(&["-vvv", "up", "--yes"]);
-    transcript.add(&out);
-    assert!(out.status.success(), "the last rerun finishes");
+    hit.extend(kill_at_every_point_of_the_plan(&b, &mut transcript));
     let status = b.status();
     assert_eq!(status["encryptionStatus"], "Disabled");
     all_on(&b.census(), "secrets", "identity", SECRETS);
