@@ -34,6 +34,7 @@ protoc|protobuf-compiler|gRPC code generation (etcd-client, the KMS API)
 /usr/include/google/protobuf/descriptor.proto|libprotobuf-dev|well-known .proto includes for etcd-client
 unshare|util-linux|per-node mount namespaces
 nsenter|util-linux|joining a node namespace
+/usr/sbin/xtables-nft-multi|iptables|cutting a test node off the network (R2 of docs/reliability.md), run as iptables
 flock|util-linux|testbed slots
 sudo|sudo|the testbed optional non-root sudo user
 openssl|openssl|certificate checks in tests

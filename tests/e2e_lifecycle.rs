@@ -1,6 +1,7 @@
 //! The product as a whole on a 3-node testbed with 1,000 secrets and 200 configmaps: enable, rotate, managed →
 //! custom, custom edit, deploy-only edit, custom → managed, disable — each checked in etcd, through the API
-//! (every byte of every seeded object), on the nodes (hashes, flag) and in the state file.
+//! (every byte of every seeded object), on the nodes (hashes, flag) and in the state file. Also a server that
+//! cannot start again (R3 of docs/reliability.md).
 //!
 //!     cargo build -p testbed && cargo test --test e2e_lifecycle -- --nocapture      (as root)
 
@@ -238,4 +239,121 @@ fn every_transition_keeps_every_object_readable_and_verified() {
 fn hex_sha256(bytes: &[u8]) -> String {
     use sha2::Digest;
     hex::encode(sha2::Sha256::digest(bytes))
+}
+
+/// The kube-apiserver binary inside node `n`'s image, as its Docker stores it (the image's overlay2 layer).
+fn image_binary(b: &Bench, n: &testbed::harness::Node) -> std::path::PathBuf {
+    let docker = |args: &[&str]| {
+        let out = b.tb.docker(n).args(args).output().expect("docker");
+        assert!(out.status.success(), "docker {}", args.join(" "));
+        String::from_utf8_lossy(&out.stdout).trim().to_string()
+    };
+    let image = docker(&["inspect", "-f", "{{.Image}}", "kube-apiserver"]);
+    let layer = docker(&[
+        "image",
+        "inspect",
+        "-f",
+        "{{.GraphDriver.Data.UpperDir}}",
+        &image,
+    ]);
+    let binary = std::path::Path::new(&layer).join("usr/local/bin/kube-apiserver");
+    assert!(binary.is_file(), "{}", binary.display());
+    binary
+}
+
+/// Polls node `n`'s `/readyz` until it answers 200.
+fn wait_serving(b: &Bench, n: &testbed::harness::Node) {
+    let probe = b.tb.admin_probe().expect("admin probe");
+    let addr = std::net::SocketAddr::new(n.address.into(), 6443);
+    testbed::harness::health::wait_until(
+        &format!("kube-apiserver of {} to serve", n.name),
+        std::time::Duration::from_secs(120),
+        std::time::Duration::from_millis(250),
+        || {
+            Ok(probe
+                .get(addr, "/readyz")
+                .is_ok_and(|(code, _)| code == 200))
+        },
+    )
+    .expect("the repaired server serves");
+}
+
+/// R3 of docs/reliability.md: a server that does not come back for a reason outside its config. Node 1's server
+/// binary breaks in its container's filesystem (truncated, as a bad disk or a botched hand patch leaves it; the
+/// image itself stays whole), then a rotation restarts it: the run stops at node 1 with an error that names it and quotes the server's own reason
+/// (container state, exit code, last log line), nodes 2 and 3 are never touched, the cluster keeps serving every
+/// object through them, and once the image is repaired the rerun completes.
+#[test]
+fn a_server_that_cannot_start_again_is_named_with_its_reason_and_the_others_are_untouched() {
+    let Some(b) = bench_seeded(200, 20) else {
+        return;
+    };
+    b.set_encryption(true, None);
+    b.ok(&["up", "--yes"]);
+    let [n1, n2, n3] = b.tb.nodes() else {
+        panic!("three nodes")
+    };
+    let others = |lines: Vec<String>| -> Vec<String> {
+        lines
+            .into_iter()
+            .filter(|l| {
+                l.starts_with(&format!("{} ", n2.name)) || l.starts_with(&format!("{} ", n3.name))
+            })
+            .collect()
+    };
+    let before = others(b.fingerprint());
+
+    // Damaged in the container's own filesystem (renamed over, as the running server keeps its open copy): the
+    // next start of this container runs the first 64 KiB of the binary.
+    let broken = b
+        .tb
+        .docker(n1)
+        .args(["exec", "kube-apiserver", "/bin/busybox", "sh", "-c"])
+        .arg(
+            "busybox head -c 65536 /usr/local/bin/kube-apiserver > /tmp/broken && busybox chmod 755 /tmp/broken \
+             && busybox mv /tmp/broken /usr/local/bin/kube-apiserver",
+        )
+        .status()
+        .expect("docker exec");
+    assert!(broken.success(), "broke the binary");
+
+    let out = b.run(&["--ready-timeout", "20", "encrypt", "rotate-key", "--yes"]);
+    assert_eq!(out.status.code(), Some(1));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    let error = error_of(&stderr);
+    assert!(
+        error.contains(&format!("{} ({})", n1.address, n1.name)),
+        "the error names node 1:\n{error}"
+    );
+    assert!(error.contains("not ready after 20s"), "{error}");
+    assert!(
+        error.contains("last exit code")
+            && (error.contains("its last log lines since its last start: ")
+                || error.contains("it logged nothing since its last start")),
+        "the error quotes the server's reason:\n{error}"
+    );
+    assert_eq!(
+        before,
+        others(b.fingerprint()),
+        "nodes 2 and 3 were not touched"
+    );
+    b.tb.verify_seed_through(n2, b.secrets, b.configmaps, SIZE)
+        .expect("every object reads back through node 2");
+
+    // Repaired the way an operator would: the binary copied back from the image, the container restarted.
+    let good = image_binary(&b, n1);
+    for args in [
+        vec![
+            "cp".to_string(),
+            good.display().to_string(),
+            "kube-apiserver:/usr/local/bin/kube-apiserver".into(),
+        ],
+        vec!["restart".into(), "kube-apiserver".into()],
+    ] {
+        let status = b.tb.docker(n1).args(&args).status().expect("docker");
+        assert!(status.success(), "docker {}", args.join(" "));
+    }
+    wait_serving(&b, n1);
+    b.ok(&["up", "--yes"]);
+    assert_complete_and_intact(&b);
 }

@@ -173,25 +173,6 @@ fn reasons(status: &serde_json::Value) -> Vec<String> {
         .collect()
 }
 
-fn assert_complete_and_intact(b: &Bench) {
-    let state = b.state();
-    let records = b.records();
-    assert!(
-        records["transition"].is_null(),
-        "transition finished: {}",
-        records["transition"]
-    );
-    assert_eq!(
-        state["currentState"]["encryptionConfig"],
-        state["desiredState"]["encryptionConfig"]
-    );
-    let status = b.status();
-    assert_eq!(status["hashesMatch"], true);
-    assert_eq!(status["stage"], "start");
-    b.ok(&["encrypt", "verify"]);
-    b.verify_seed();
-}
-
 #[test]
 fn every_kill_point_of_enable_rotate_and_disable_resumes_and_loses_nothing() {
     let Some(b) = bench() else { return };
@@ -269,32 +250,6 @@ fn every_kill_point_of_enable_rotate_and_disable_resumes_and_loses_nothing() {
     // R6: at -vvv and RUST_LOG=trace, no key and no Secret value was printed, and atrest's files are private.
     no_secret_printed(&b, &transcript, &keys);
     files_are_private(&b);
-}
-
-/// Every key in the state (desired and current config) and the records (transition, archive): base64 as written.
-fn keys_of(b: &Bench) -> Vec<String> {
-    let mut keys = Vec::new();
-    let state = b.state();
-    let records = b.records();
-    let texts = [
-        &state["desiredState"]["encryptionConfig"],
-        &state["currentState"]["encryptionConfig"],
-        &records["transition"]["from"],
-        &records["transition"]["to"],
-    ];
-    for text in texts.into_iter().filter_map(|t| t.as_str()) {
-        for line in text.lines() {
-            if let Some(secret) = line.trim().strip_prefix("secret: ") {
-                keys.push(secret.trim_matches('"').to_string());
-            }
-        }
-    }
-    for kept in records["archive"].as_array().into_iter().flatten() {
-        if let Some(secret) = kept["secret"].as_str() {
-            keys.push(secret.to_string());
-        }
-    }
-    keys
 }
 
 /// No key (as base64 or as the hex of its bytes) and no seeded Secret value (as stored, or base64 as the API
@@ -791,39 +746,6 @@ fn two_runs_never_interleave_and_a_node_file_written_meanwhile_is_never_overwrit
     b.verify_seed();
 }
 
-/// The PIDs of the SSH sessions node `index` (1-based) serves now: the children of its sshd listener.
-fn ssh_sessions_of(b: &Bench, index: usize) -> Vec<u32> {
-    let listener =
-        b.tb.manifest()
-            .procs
-            .iter()
-            .find(|p| p.kind == "sshd" && p.node == index)
-            .map(|p| p.pid)
-            .expect("the node's sshd");
-    let mut sessions = Vec::new();
-    for entry in std::fs::read_dir("/proc").expect("/proc").flatten() {
-        let Some(pid) = entry
-            .file_name()
-            .to_str()
-            .and_then(|s| s.parse::<u32>().ok())
-        else {
-            continue;
-        };
-        let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else {
-            continue;
-        };
-        // pid (comm) state ppid …: comm may hold spaces, so read after its closing parenthesis.
-        let ppid = stat
-            .rsplit_once(')')
-            .and_then(|(_, rest)| rest.split_whitespace().nth(1))
-            .and_then(|p| p.parse::<u32>().ok());
-        if ppid == Some(listener) {
-            sessions.push(pid);
-        }
-    }
-    sessions
-}
-
 /// R2 of docs/reliability.md: a controlplane's SSH connections are cut in the middle of a rolling deploy (every
 /// sshd session of node 2 killed while the run waits between node 1 and node 2). The run stops with an error
 /// naming that node, every object stays readable, and the rerun completes.
@@ -847,7 +769,9 @@ fn a_node_cut_off_mid_deploy_stops_the_run_naming_it_and_the_rerun_completes() {
         let line = line.expect("stderr line");
         eprintln!("  | {line}");
         if line.contains("kill point deploy-node:prepare: stalled") {
-            let sessions = ssh_sessions_of(&b, 2);
+            let sessions =
+                b.tb.ssh_sessions(&b.tb.nodes()[1])
+                    .expect("node 2's sessions");
             assert!(!sessions.is_empty(), "atrest holds a session to node 2");
             for pid in &sessions {
                 let killed = std::process::Command::new("kill")
@@ -866,11 +790,7 @@ fn a_node_cut_off_mid_deploy_stops_the_run_naming_it_and_the_rerun_completes() {
     assert!(cut > 0, "the stall never came:\n{text}");
     assert_eq!(status.code(), Some(1), "{text}");
     let node2 = b.tb.nodes()[1].address.to_string();
-    let error: String = text
-        .lines()
-        .skip_while(|l| !l.starts_with("error: "))
-        .collect::<Vec<_>>()
-        .join("\n");
+    let error = error_of(&text);
     assert!(
         error.contains(&format!(
             "{node2} (node2): the SSH connection to it was lost"

@@ -6,6 +6,7 @@
 //! it (host networking: the new one cannot bind :6443 while the old one runs), create `kube-apiserver` with the old
 //! config plus the change, start it; the caller health-checks and then commits (remove old) or rolls back.
 
+pub mod diagnosis;
 mod root_shell;
 pub use root_shell::root_shell_body;
 
@@ -519,12 +520,33 @@ impl NodeDocker {
         since: i64,
         tail: usize,
     ) -> Result<String, DockerError> {
+        self.logs(name, since, tail, false).await
+    }
+
+    /// [`NodeDocker::logs_since`], each line prefixed with Docker's RFC 3339 timestamp and a space.
+    pub async fn timestamped_logs_since(
+        &self,
+        name: &str,
+        since: i64,
+        tail: usize,
+    ) -> Result<String, DockerError> {
+        self.logs(name, since, tail, true).await
+    }
+
+    async fn logs(
+        &self,
+        name: &str,
+        since: i64,
+        tail: usize,
+        timestamps: bool,
+    ) -> Result<String, DockerError> {
         use futures::StreamExt;
         let options = bollard::query_parameters::LogsOptions {
             stdout: true,
             stderr: true,
             since: i32::try_from(since).unwrap_or(0),
             tail: tail.to_string(),
+            timestamps,
             ..Default::default()
         };
         let mut stream = self.docker.logs(name, Some(options));

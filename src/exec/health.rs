@@ -105,13 +105,22 @@ impl HealthProbe {
 }
 
 #[derive(Debug, thiserror::Error)]
-#[error("{node}: kube-apiserver at {target}:{port} not ready after {secs}s (last: {last})")]
+#[error("{node}: kube-apiserver at {target}:{port} not ready after {secs}s (last: {last}){}", server_suffix(.server))]
 pub struct NotReady {
     pub node: String,
     pub target: String,
     pub port: u16,
     pub secs: u64,
     pub last: String,
+    /// Why, as the node's Docker tells it (`NodeDocker::why_not_serving`), when the caller could ask.
+    pub server: Option<String>,
+}
+
+fn server_suffix(server: &Option<String>) -> String {
+    server
+        .as_ref()
+        .map(|s| format!("; {s}"))
+        .unwrap_or_default()
 }
 
 /// One probe: `Ok(())` on HTTP 200, else a description of what was seen, naming the checks `/readyz` says
@@ -323,6 +332,11 @@ pub async fn wait_ready(
     // Two answers in a row: a container that starts and then crashes (e.g. a bad config read late) must not pass.
     let required_ok = 2;
     while start.elapsed() < timeout {
+        // A lost connection never comes back within this run: waiting on would only delay the error.
+        if host.is_closed() {
+            last = "the SSH connection to the node was lost".into();
+            break;
+        }
         let attempt = tokio::time::timeout(Duration::from_secs(5), probe_once(host, probe)).await;
         match attempt {
             Ok(Ok(())) => {
@@ -346,8 +360,9 @@ pub async fn wait_ready(
         node: host.label().to_string(),
         target: probe.target.clone(),
         port: probe.port,
-        secs: timeout.as_secs(),
+        secs: start.elapsed().as_secs().min(timeout.as_secs()),
         last,
+        server: None,
     })
 }
 

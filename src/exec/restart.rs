@@ -162,6 +162,19 @@ pub enum RolloutError {
         node: NodeLabel,
         changed: Vec<NodeOutcome>,
     },
+    /// The SSH connection to a node was lost in the middle of its change: it could not be restored.
+    #[error(
+        "{node}: the SSH connection to it was lost during its change ({cause}), so it could not be restored. It \
+         runs the new config or the previous one (each reads every stored object), or no kube-apiserver if the \
+         loss came in the middle of a container recreate. Rerun once the node answers SSH again: the rerun takes \
+         the node as it finds it and finishes the change. Nodes changed before it: {}",
+        names(.changed)
+    )]
+    LostMidChange {
+        node: NodeLabel,
+        cause: StepError,
+        changed: Vec<NodeOutcome>,
+    },
     /// A node was not healthy before anything was done to it.
     #[error("{node}: kube-apiserver is not healthy before the change; nothing was done to it ({cause}). Nodes changed before it: {}", names(.changed))]
     UnhealthyBefore {
@@ -180,6 +193,7 @@ impl RolloutError {
             | RolloutError::HookFailed { changed, .. }
             | RolloutError::UnhealthyBefore { changed, .. }
             | RolloutError::Unreachable { changed, .. }
+            | RolloutError::LostMidChange { changed, .. }
             | RolloutError::ChangedUnderfoot { changed, .. }
             | RolloutError::NotStarted { changed, .. } => changed,
         }
@@ -273,6 +287,8 @@ enum NodeFailure {
         cause: StepError,
         restore: StepError,
     },
+    /// The SSH connection was lost during the change; no restore was possible.
+    Lost(StepError),
 }
 
 impl NodeFailure {
@@ -291,6 +307,11 @@ impl NodeFailure {
                 changed,
             },
             NodeFailure::RolledBack(cause) => RolloutError::RolledBack {
+                node,
+                cause,
+                changed,
+            },
+            NodeFailure::Lost(cause) => RolloutError::LostMidChange {
                 node,
                 cause,
                 changed,
@@ -342,6 +363,7 @@ async fn apply_one(
             .map_err(|e| NodeFailure::NotStarted(e.into()))?;
     }
 
+    let changed_at = unix_now();
     let attempt = async {
         match &change.file {
             Some(bytes) => {
@@ -355,7 +377,7 @@ async fn apply_one(
         } else {
             docker.restart(crate::exec::docker::APISERVER).await?;
         }
-        wait_ready(host, &target.probe, opts.ready_timeout).await?;
+        ready_or_why(host, &docker, &target.probe, opts.ready_timeout, changed_at).await?;
         kill_points::here("node:ready");
         if recreate {
             docker.commit_recreate().await?;
@@ -372,6 +394,7 @@ async fn apply_one(
             },
             file_sha256: change.file.as_ref().map(|b| files::sha256_hex(b)),
         }),
+        Err(cause) if host.is_closed() => Err(NodeFailure::Lost(cause)),
         Err(cause) => {
             tracing::warn!(
                 "{}: {cause}; restoring the previous file and container",
@@ -409,13 +432,38 @@ async fn restore(
         .inspect(crate::exec::docker::OLD_APISERVER)
         .await?
         .is_some();
+    let restored_at = unix_now();
     if recreated && old_exists {
         docker.rollback_recreate().await?;
     } else {
         docker.restart(crate::exec::docker::APISERVER).await?;
     }
-    wait_ready(host, &target.probe, opts.ready_timeout).await?;
+    ready_or_why(host, docker, &target.probe, opts.ready_timeout, restored_at).await?;
     Ok(())
+}
+
+/// [`wait_ready`], and when the server never answers, why (its container's state and last log lines since
+/// `since`, Unix seconds), so the error names the server's reason and not only "connection refused".
+async fn ready_or_why(
+    host: &Host,
+    docker: &NodeDocker,
+    probe: &HealthProbe,
+    timeout: Duration,
+    since: i64,
+) -> Result<(), NotReady> {
+    match wait_ready(host, probe, timeout).await {
+        Ok(()) => Ok(()),
+        Err(mut not_ready) => {
+            not_ready.server = docker.why_not_serving(since).await;
+            Err(not_ready)
+        }
+    }
+}
+
+fn unix_now() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| i64::try_from(d.as_secs()).unwrap_or(i64::MAX))
 }
 
 #[cfg(test)]

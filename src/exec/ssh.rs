@@ -114,6 +114,11 @@ pub enum SshError {
     },
     #[error("{node}: invalid configuration: {detail}")]
     Config { node: NodeLabel, detail: String },
+    /// The connection itself is gone (the node's sshd ended it, or the network did).
+    #[error(
+        "{node}: the SSH connection to it was lost (while {what}); rerun once the node answers SSH again"
+    )]
+    Lost { node: NodeLabel, what: String },
 }
 
 impl SshError {
@@ -124,7 +129,8 @@ impl SshError {
             | SshError::Auth { node, .. }
             | SshError::Timeout { node, .. }
             | SshError::Channel { node, .. }
-            | SshError::Config { node, .. } => node,
+            | SshError::Config { node, .. }
+            | SshError::Lost { node, .. } => node,
         }
     }
 }
@@ -511,6 +517,12 @@ impl Host {
     }
 
     pub(crate) fn channel_error(&self, what: &str, e: impl fmt::Display) -> SshError {
+        if self.handle.is_closed() {
+            return SshError::Lost {
+                node: self.label.clone(),
+                what: what.to_string(),
+            };
+        }
         SshError::Channel {
             node: self.label.clone(),
             what: what.to_string(),

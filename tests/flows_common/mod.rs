@@ -568,3 +568,62 @@ impl ConcurrentReader {
         self.thread.join().expect("reader thread")
     }
 }
+
+/// The transition is closed, the state's current config is the desired one, every node's file matches it,
+/// `encrypt verify` passes and every seeded object reads back byte-identical.
+#[allow(dead_code)]
+pub fn assert_complete_and_intact(b: &Bench) {
+    let state = b.state();
+    let records = b.records();
+    assert!(
+        records["transition"].is_null(),
+        "transition finished: {}",
+        records["transition"]
+    );
+    assert_eq!(
+        state["currentState"]["encryptionConfig"],
+        state["desiredState"]["encryptionConfig"]
+    );
+    let status = b.status();
+    assert_eq!(status["hashesMatch"], true);
+    assert_eq!(status["stage"], "start");
+    b.ok(&["encrypt", "verify"]);
+    b.verify_seed();
+}
+
+/// Every key in the state (desired and current config) and the records (transition, archive): base64 as written.
+#[allow(dead_code)]
+pub fn keys_of(b: &Bench) -> Vec<String> {
+    let mut keys = Vec::new();
+    let state = b.state();
+    let records = b.records();
+    let texts = [
+        &state["desiredState"]["encryptionConfig"],
+        &state["currentState"]["encryptionConfig"],
+        &records["transition"]["from"],
+        &records["transition"]["to"],
+    ];
+    for text in texts.into_iter().filter_map(|t| t.as_str()) {
+        for line in text.lines() {
+            if let Some(secret) = line.trim().strip_prefix("secret: ") {
+                keys.push(secret.trim_matches('"').to_string());
+            }
+        }
+    }
+    for kept in records["archive"].as_array().into_iter().flatten() {
+        if let Some(secret) = kept["secret"].as_str() {
+            keys.push(secret.to_string());
+        }
+    }
+    keys
+}
+
+/// The error a run printed: from its `error: ` line to the end.
+#[allow(dead_code)]
+pub fn error_of(output: &str) -> String {
+    output
+        .lines()
+        .skip_while(|l| !l.starts_with("error: "))
+        .collect::<Vec<_>>()
+        .join("\n")
+}

@@ -2,6 +2,7 @@
 //! mount namespace in which `/opt/atrest-prefix` is that node's own tree), an etcd member (TLS), and a
 //! `kube-apiserver` container. See docs/testbed.md.
 
+pub mod faults;
 pub mod files;
 pub mod health;
 pub mod image;

@@ -71,8 +71,20 @@ fn meta(name: &str, ns: &str, size: usize) -> ObjectMeta {
 }
 
 pub async fn client(kubeconfig: &Path) -> Result<Client> {
-    let kc = kube::config::Kubeconfig::read_from(kubeconfig)
+    client_through(kubeconfig, None).await
+}
+
+/// [`client`], talking to `server` (a URL) instead of the kubeconfig's own server.
+pub async fn client_through(kubeconfig: &Path, server: Option<String>) -> Result<Client> {
+    let mut kc = kube::config::Kubeconfig::read_from(kubeconfig)
         .with_context(|| format!("reading kubeconfig {}", kubeconfig.display()))?;
+    if let Some(server) = server {
+        for named in &mut kc.clusters {
+            if let Some(cluster) = named.cluster.as_mut() {
+                cluster.server = Some(server.clone());
+            }
+        }
+    }
     let cfg = kube::Config::from_custom_kubeconfig(kc, &kube::config::KubeConfigOptions::default())
         .await
         .with_context(|| format!("loading kubeconfig {}", kubeconfig.display()))?;
@@ -288,6 +300,29 @@ impl super::Testbed {
         block_on(async move {
             seed(
                 &client(&kc).await?,
+                SeedSpec {
+                    secrets,
+                    configmaps,
+                    size_bytes,
+                },
+            )
+            .await
+        })
+    }
+
+    /// [`Testbed::verify_seed`] through node `n`'s kube-apiserver (another node's may be down).
+    pub fn verify_seed_through(
+        &self,
+        n: &super::Node,
+        secrets: usize,
+        configmaps: usize,
+        size_bytes: usize,
+    ) -> Result<SeedReport> {
+        let kc = self.kubeconfig();
+        let server = self.apiserver_url(n);
+        block_on(async move {
+            verify(
+                &client_through(&kc, Some(server)).await?,
                 SeedSpec {
                     secrets,
                     configmaps,

@@ -1,0 +1,147 @@
+//! Faults with a real cause, for the reliability suite (docs/reliability.md R2): a node's sshd killed for good
+//! (and started again later, in the node's own mount namespace, as a host coming back does), and a node's
+//! address cut off (every packet to it dropped by the kernel, as a network partition does: no reset, no error,
+//! only silence, so a client must notice by its own keepalives and deadlines).
+
+use std::process::Command;
+use std::time::Duration;
+
+use anyhow::{Context, Result, bail};
+
+use super::{Node, ProcRecord, Testbed, health, procs};
+
+/// The PIDs whose parent is `parent`.
+fn children_of(parent: u32) -> Vec<u32> {
+    let Ok(entries) = std::fs::read_dir("/proc") else {
+        return Vec::new();
+    };
+    entries
+        .flatten()
+        .filter_map(|e| e.file_name().to_str()?.parse::<u32>().ok())
+        .filter(|pid| {
+            std::fs::read_to_string(format!("/proc/{pid}/stat"))
+                .ok()
+                // pid (comm) state ppid …: comm may hold spaces, so read after its closing parenthesis.
+                .and_then(|stat| {
+                    let (_, rest) = stat.rsplit_once(')')?;
+                    rest.split_whitespace().nth(1)?.parse::<u32>().ok()
+                })
+                == Some(parent)
+        })
+        .collect()
+}
+
+fn sigkill(pid: u32) {
+    // SAFETY: kill(2) has no memory preconditions; a PID that is gone is an ESRCH we ignore.
+    unsafe {
+        libc::kill(pid as libc::pid_t, libc::SIGKILL);
+    }
+}
+
+/// Every packet to a node's address dropped until this is dropped (an `iptables` rule on INPUT).
+pub struct AddressCut {
+    address: std::net::Ipv4Addr,
+}
+
+impl AddressCut {
+    fn rule(&self, op: &str) -> Command {
+        let mut c = Command::new("iptables");
+        c.args([op, "INPUT", "-d", &self.address.to_string(), "-j", "DROP"]);
+        c
+    }
+}
+
+impl Drop for AddressCut {
+    fn drop(&mut self) {
+        let _ = self.rule("-D").status();
+    }
+}
+
+impl Testbed {
+    fn sshd_record(&self, n: &Node) -> Result<&ProcRecord> {
+        self.manifest
+            .procs
+            .iter()
+            .find(|p| p.kind == "sshd" && p.node == n.index)
+            .with_context(|| format!("no sshd recorded for {}", n.name))
+    }
+
+    /// The PIDs of the SSH sessions node `n`'s sshd serves now (the children of its listener).
+    pub fn ssh_sessions(&self, n: &Node) -> Result<Vec<u32>> {
+        Ok(children_of(self.sshd_record(n)?.pid))
+    }
+
+    /// Kills node `n`'s sshd with SIGKILL, listener and every session it serves; returns how many sessions were
+    /// cut. The node stays without SSH until [`Testbed::start_sshd`].
+    pub fn kill_sshd(&mut self, n: &Node) -> Result<usize> {
+        let listener = self.sshd_record(n)?.pid;
+        let sessions = self.ssh_sessions(n)?;
+        sigkill(listener);
+        for pid in &sessions {
+            sigkill(*pid);
+        }
+        health::wait_until(
+            &format!("sshd of {} to die", n.name),
+            Duration::from_secs(10),
+            Duration::from_millis(20),
+            || Ok(!procs::alive(listener, "")),
+        )?;
+        Ok(sessions.len())
+    }
+
+    /// Starts node `n`'s sshd again after [`Testbed::kill_sshd`], in the node's mount namespace (its dockerd's),
+    /// and waits until it accepts connections.
+    pub fn start_sshd(&mut self, n: &Node) -> Result<()> {
+        let dockerd = self
+            .manifest
+            .procs
+            .iter()
+            .find(|p| p.kind == "dockerd" && p.node == n.index)
+            .map(|p| p.pid)
+            .with_context(|| format!("no dockerd recorded for {}", n.name))?;
+        let cfg = n.dir.join("ssh/sshd_config");
+        let mut cmd = Command::new("nsenter");
+        cmd.arg(format!("--mount=/proc/{dockerd}/ns/mnt"))
+            .arg("--")
+            .arg("/usr/sbin/sshd")
+            .arg("-D")
+            .arg("-f")
+            .arg(&cfg)
+            .arg("-E")
+            .arg(n.dir.join("sshd.log"));
+        let child = procs::spawn_daemon(&mut cmd, &n.dir.join("sshd.stdio.log"))?;
+        self.manifest
+            .procs
+            .retain(|p| !(p.kind == "sshd" && p.node == n.index));
+        let pid = self.record(child, "sshd", n.index, &cfg)?;
+        let addr = std::net::SocketAddr::new(n.address.into(), n.ssh_port);
+        health::wait_until(
+            &format!("sshd of {} to listen again", n.name),
+            Duration::from_secs(10),
+            Duration::from_millis(20),
+            || {
+                if !procs::alive(pid, "") {
+                    bail!(
+                        "sshd exited; {}",
+                        health::log_tail(&n.dir.join("sshd.log"), 10)
+                    );
+                }
+                Ok(health::tcp_open(addr))
+            },
+        )?;
+        Ok(())
+    }
+
+    /// Drops every packet to node `n`'s address until the returned guard is dropped.
+    pub fn cut_address(&self, n: &Node) -> Result<AddressCut> {
+        let cut = AddressCut { address: n.address };
+        let status = cut
+            .rule("-I")
+            .status()
+            .context("running iptables (package iptables)")?;
+        if !status.success() {
+            bail!("iptables -I INPUT -d {} -j DROP: {status}", n.address);
+        }
+        Ok(cut)
+    }
+}
