@@ -26,6 +26,7 @@ fn opts(bed: &Bed) -> SshOptions {
         accept_new_host_keys: false,
         connect_timeout: Duration::from_secs(10),
         command_timeout: Duration::from_secs(60),
+        ..SshOptions::default()
     }
 }
 
@@ -115,11 +116,18 @@ async fn rsa_key_authenticates() {
 async fn agent_auth() {
     let bed = Bed::up();
     let agent = bed::Agent::start(&bed.key_ed25519);
-    // Only this test reads SSH_AUTH_SOCK; the library takes it from the environment like ssh does.
-    unsafe { std::env::set_var("SSH_AUTH_SOCK", &agent.socket) };
     let mut c = cluster(&bed, std::path::Path::new("/nonexistent/key"));
     c.ssh_agent_auth = true;
-    let hosts = connect_all(&c, &c.nodes[..1], &opts(&bed), 1)
+    let without = connect_all(&c, &c.nodes[..1], &opts(&bed), 1).await;
+    let Err(e) = without else {
+        panic!("connected with ssh_agent_auth and no agent socket")
+    };
+    assert!(e.to_string().contains("SSH_AUTH_SOCK is not set"), "{e}");
+    let with_agent = SshOptions {
+        agent_socket: Some(agent.socket.clone()),
+        ..opts(&bed)
+    };
+    let hosts = connect_all(&c, &c.nodes[..1], &with_agent, 1)
         .await
         .expect("agent connect");
     assert_eq!(
@@ -902,9 +910,11 @@ async fn certificate_and_encrypted_key_auth() {
     bed::keygen(&d.join("enc"), "ecdsa", "s3cret pass");
     bed.authorize(0, &d.join("enc.pub"));
     let c = cluster(&bed, &d.join("enc"));
-    // Only this test sets the variable; other tests use unencrypted keys, which ignore it.
-    unsafe { std::env::set_var(atrest::exec::auth::PASSPHRASE_ENV, "s3cret pass") };
-    let hosts = connect_all(&c, &c.nodes[..1], &opts(&bed), 1)
+    let with_passphrase = SshOptions {
+        key_passphrase: Some(atrest::secret::SecretString::new("s3cret pass".into())),
+        ..opts(&bed)
+    };
+    let hosts = connect_all(&c, &c.nodes[..1], &with_passphrase, 1)
         .await
         .expect("encrypted key with passphrase");
     assert_eq!(

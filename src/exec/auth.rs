@@ -7,8 +7,17 @@ use russh::keys::{Certificate, PrivateKey, PrivateKeyWithHashAlg};
 use std::path::PathBuf;
 use std::sync::Arc;
 
-/// Environment variable holding the passphrase of encrypted private keys.
+/// Environment variable holding the passphrase of encrypted private keys (read by the CLI, not here: the library
+/// takes what it needs from its callers, so no code path depends on the process environment).
 pub const PASSPHRASE_ENV: &str = "ATREST_SSH_PASSPHRASE";
+
+/// What authentication may need beyond a login's [`Credentials`]: where ssh-agent listens, and the passphrase of
+/// encrypted keys.
+#[derive(Clone, Copy, Default)]
+pub struct AuthSecrets<'a> {
+    pub agent_socket: Option<&'a std::path::Path>,
+    pub key_passphrase: Option<&'a SecretString>,
+}
 
 /// Where a private key comes from.
 #[derive(Clone, Debug)]
@@ -127,7 +136,10 @@ impl Credentials {
     }
 }
 
-fn load_private_key(source: &KeySource) -> Result<PrivateKey, AuthError> {
+fn load_private_key(
+    source: &KeySource,
+    passphrase: Option<&SecretString>,
+) -> Result<PrivateKey, AuthError> {
     let (text, what) = match source {
         KeySource::Inline(secret) => (
             zeroize::Zeroizing::new(secret.expose().to_string()),
@@ -142,10 +154,7 @@ fn load_private_key(source: &KeySource) -> Result<PrivateKey, AuthError> {
             (zeroize::Zeroizing::new(text), what)
         }
     };
-    let passphrase = std::env::var(PASSPHRASE_ENV)
-        .ok()
-        .map(zeroize::Zeroizing::new);
-    match russh::keys::decode_secret_key(&text, passphrase.as_deref().map(String::as_str)) {
+    match russh::keys::decode_secret_key(&text, passphrase.map(SecretString::expose)) {
         Ok(key) => Ok(key),
         Err(russh::keys::Error::KeyIsEncrypted) => Err(AuthError::NeedPassphrase { what }),
         Err(e) => Err(AuthError::Key {
@@ -176,13 +185,17 @@ fn load_certificate(source: &CertSource) -> Result<Certificate, AuthError> {
 pub async fn authenticate<H: russh::client::Handler>(
     handle: &mut Handle<H>,
     creds: &Credentials,
+    secrets: &AuthSecrets<'_>,
 ) -> Result<(), AuthError> {
     let user = creds.user.clone();
     let mut tried = Vec::new();
     if creds.use_agent {
-        let mut agent = russh::keys::agent::client::AgentClient::connect_env()
+        let socket = secrets.agent_socket.ok_or_else(|| {
+            AuthError::Agent("no agent socket: SSH_AUTH_SOCK is not set".to_string())
+        })?;
+        let mut agent = russh::keys::agent::client::AgentClient::connect_uds(socket)
             .await
-            .map_err(|e| AuthError::Agent(e.to_string()))?;
+            .map_err(|e| AuthError::Agent(format!("{}: {e}", socket.display())))?;
         let identities = agent
             .request_identities()
             .await
@@ -223,7 +236,7 @@ pub async fn authenticate<H: russh::client::Handler>(
             tried: "no key configured".into(),
         });
     };
-    let key = Arc::new(load_private_key(source)?);
+    let key = Arc::new(load_private_key(source, secrets.key_passphrase)?);
     if let Some(cert_source) = &creds.cert {
         let cert = load_certificate(cert_source)?;
         let result = handle
@@ -313,10 +326,6 @@ mod tests {
 
     #[test]
     fn encrypted_key_without_passphrase_is_a_clear_error() {
-        // Skip if someone exported the variable in this process.
-        if std::env::var_os(PASSPHRASE_ENV).is_some() {
-            return;
-        }
         let dir = tempfile::tempdir().expect("tempdir");
         let path = dir.path().join("k");
         let st = std::process::Command::new("ssh-keygen")
@@ -325,7 +334,8 @@ mod tests {
             .status()
             .expect("ssh-keygen runs");
         assert!(st.success());
-        let err = load_private_key(&KeySource::Path(path)).expect_err("must need a passphrase");
+        let err = load_private_key(&KeySource::Path(path.clone()), None)
+            .expect_err("must need a passphrase");
         assert!(matches!(err, AuthError::NeedPassphrase { .. }), "{err}");
         assert!(err.to_string().contains(PASSPHRASE_ENV));
     }

@@ -30,6 +30,10 @@ pub struct SshOptions {
     pub connect_timeout: Duration,
     /// Per remote command.
     pub command_timeout: Duration,
+    /// The ssh-agent's socket, for logins with `ssh_agent_auth` (the CLI reads `$SSH_AUTH_SOCK`).
+    pub agent_socket: Option<PathBuf>,
+    /// The passphrase of encrypted private keys (the CLI reads [`auth::PASSPHRASE_ENV`]).
+    pub key_passphrase: Option<crate::secret::SecretString>,
 }
 
 impl Default for SshOptions {
@@ -39,6 +43,8 @@ impl Default for SshOptions {
             accept_new_host_keys: false,
             connect_timeout: Duration::from_secs(20),
             command_timeout: Duration::from_secs(120),
+            agent_socket: None,
+            key_passphrase: None,
         }
     }
 }
@@ -370,7 +376,11 @@ where
             });
         }
     };
-    auth::authenticate(&mut handle, creds)
+    let secrets = auth::AuthSecrets {
+        agent_socket: opts.agent_socket.as_deref(),
+        key_passphrase: opts.key_passphrase.as_ref(),
+    };
+    auth::authenticate(&mut handle, creds, &secrets)
         .await
         .map_err(|source| SshError::Auth {
             node: label.clone(),

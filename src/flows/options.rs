@@ -35,6 +35,14 @@ pub struct GlobalOpts {
     #[arg(long, global = true)]
     pub ssh_agent_auth: bool,
 
+    /// The ssh-agent's socket.
+    #[arg(long, global = true, value_name = "PATH", env = "SSH_AUTH_SOCK")]
+    pub ssh_agent_socket: Option<PathBuf>,
+
+    /// The passphrase of encrypted SSH private keys: from the environment only (a flag would show in `ps`).
+    #[arg(skip = std::env::var(crate::exec::auth::PASSPHRASE_ENV).ok().map(crate::secret::SecretString::new))]
+    pub ssh_key_passphrase: Option<crate::secret::SecretString>,
+
     /// known_hosts file that SSH host keys are checked against [default: ~/.ssh/known_hosts].
     #[arg(long, global = true, value_name = "FILE")]
     pub known_hosts: Option<PathBuf>,

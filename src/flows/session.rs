@@ -647,6 +647,8 @@ pub fn ssh_options(global: &GlobalOpts) -> SshOptions {
     SshOptions {
         known_hosts: global.known_hosts.clone(),
         accept_new_host_keys: global.accept_new_host_keys,
+        agent_socket: global.ssh_agent_socket.clone(),
+        key_passphrase: global.ssh_key_passphrase.clone(),
         ..SshOptions::default()
     }
 }
