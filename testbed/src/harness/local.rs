@@ -7,6 +7,7 @@
 //! (`kubernetes`, `localhost` and the address) and one client certificate (`admin`, group `system:masters`) that
 //! both etcd and the API server accept. The API server's serving key also signs service-account tokens.
 
+use std::fs;
 use std::net::{IpAddr, Ipv4Addr, SocketAddr, TcpListener};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
@@ -33,14 +34,35 @@ pub const TEST_TOKEN: &str = "atrest-test-token-0123456789";
 pub const LIMITED_TOKEN: &str = "atrest-limited-token-9876543210";
 pub const LIMITED_USER: &str = "atrest-limited";
 
-/// A loopback address private to this process, so parallel tests and other agents do not collide.
+/// A loopback address private to this process, so test binaries running side by side (scripts/test-lanes) and
+/// other agents do not collide: `127.<third_octet>.x.y`, claimed by an exclusive lock on a file named after it
+/// (held until the process exits). The first candidate derives from the PID; a claimed one moves to the next.
 pub fn private_loopback(third_octet: u8) -> Ipv4Addr {
-    let id = std::process::id();
+    static CLAIMED: std::sync::Mutex<Vec<(Ipv4Addr, fs::File)>> = std::sync::Mutex::new(Vec::new());
+    let mut claimed = CLAIMED.lock().unwrap_or_else(|p| p.into_inner());
+    if let Some((ip, _)) = claimed.iter().find(|(ip, _)| ip.octets()[1] == third_octet) {
+        return *ip;
+    }
+    let dir = std::env::temp_dir().join("atrest-loopback");
+    let _ = fs::create_dir_all(&dir);
+    let start = std::process::id() % (250 * 250);
+    for step in 0..250 * 250 {
+        let n = (start + step) % (250 * 250);
+        let ip = Ipv4Addr::new(127, third_octet, (n / 250) as u8 + 2, (n % 250) as u8 + 2);
+        let Ok(file) = fs::File::create(dir.join(ip.to_string())) else {
+            break;
+        };
+        if file.try_lock().is_ok() {
+            claimed.push((ip, file));
+            return ip;
+        }
+    }
+    // No lock directory (or every address taken): the PID's address, as before locks.
     Ipv4Addr::new(
         127,
         third_octet,
-        ((id >> 8) % 250) as u8 + 2,
-        (id % 250) as u8 + 2,
+        ((start / 250) as u8) + 2,
+        ((start % 250) as u8) + 2,
     )
 }
 
@@ -498,5 +520,32 @@ impl LocalApiserver {
 impl Drop for LocalApiserver {
     fn drop(&mut self) {
         self.stop();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_loopback_address_another_process_claimed_is_never_handed_out() {
+        // What another test binary holds: the address this PID would try first, for octet 251.
+        let n = std::process::id() % (250 * 250);
+        let first = Ipv4Addr::new(127, 251, (n / 250) as u8 + 2, (n % 250) as u8 + 2);
+        let dir = std::env::temp_dir().join("atrest-loopback");
+        fs::create_dir_all(&dir).expect("lock dir");
+        let held = fs::File::create(dir.join(first.to_string())).expect("lock file");
+        held.try_lock()
+            .expect("the first candidate is free before the test");
+
+        let ip = private_loopback(251);
+        assert_ne!(ip, first, "a claimed address was handed out");
+        assert_eq!(ip.octets()[1], 251);
+        assert_eq!(
+            private_loopback(251),
+            ip,
+            "the same octet keeps its address"
+        );
+        assert_ne!(private_loopback(252).octets()[1], 251);
     }
 }
