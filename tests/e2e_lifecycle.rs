@@ -357,3 +357,134 @@ fn a_server_that_cannot_start_again_is_named_with_its_reason_and_the_others_are_
     b.ok(&["up", "--yes"]);
     assert_complete_and_intact(&b);
 }
+
+/// The user atrest runs as behind the bastion firewall (no account needed: files are chowned to it).
+const BEHIND_BASTION_UID: u32 = 2999;
+
+/// A private copy of the testbed's cluster files, owned by [`BEHIND_BASTION_UID`]: cluster.yml (with `bastion`
+/// as bastion_host when given, encryption on), cluster.rkestate, the kubeconfig, known_hosts, the SSH key and the
+/// atrest binary.
+fn files_behind_bastion(b: &Bench, bastion: Option<&testbed::harness::Node>) -> tempfile::TempDir {
+    use std::os::unix::fs::{PermissionsExt, chown};
+    let dir = tempfile::tempdir().expect("work dir");
+    let d = dir.path();
+    let tb_dir = b.tb.dir();
+    for name in ["cluster.rkestate", "kube_config_cluster.yml", "known_hosts"] {
+        std::fs::copy(tb_dir.join(name), d.join(name)).expect(name);
+    }
+    std::fs::copy(b.tb.client_key(), d.join("id")).expect("key");
+    std::fs::copy(&b.bin, d.join("atrest")).expect("binary");
+    let key = d.join("id").display().to_string();
+    let text = std::fs::read_to_string(b.tb.cluster_yml()).expect("cluster.yml");
+    let mut doc: serde_yaml_ng::Value = serde_yaml_ng::from_str(&text).expect("cluster.yml");
+    doc["ssh_key_path"] = key.clone().into();
+    for node in doc["nodes"].as_sequence_mut().expect("nodes") {
+        node["ssh_key_path"] = key.clone().into();
+    }
+    if let Some(n) = bastion {
+        doc["bastion_host"] = serde_yaml_ng::from_str(&format!(
+            "{{address: \"{}\", port: \"{}\", user: root, ssh_key_path: \"{key}\"}}",
+            n.address, n.ssh_port
+        ))
+        .expect("bastion_host");
+    }
+    doc["services"]["kube-api"]["secrets_encryption_config"] =
+        serde_yaml_ng::from_str("{enabled: true}").expect("yaml");
+    std::fs::write(
+        d.join("cluster.yml"),
+        serde_yaml_ng::to_string(&doc).expect("yaml"),
+    )
+    .expect("cluster.yml");
+    let uid = Some(BEHIND_BASTION_UID);
+    for entry in std::fs::read_dir(d).expect("ls") {
+        let path = entry.expect("entry").path();
+        chown(&path, uid, uid).expect("chown");
+    }
+    chown(d, uid, uid).expect("chown");
+    std::fs::set_permissions(d.join("id"), std::fs::Permissions::from_mode(0o600)).expect("chmod");
+    dir
+}
+
+/// `atrest <args>` as [`BEHIND_BASTION_UID`], on the files in `dir`.
+fn atrest_behind_bastion(dir: &std::path::Path, args: &[&str]) -> std::process::Output {
+    use std::os::unix::process::CommandExt;
+    let out = std::process::Command::new(dir.join("atrest"))
+        .arg("--config")
+        .arg(dir.join("cluster.yml"))
+        .arg("--known-hosts")
+        .arg(dir.join("known_hosts"))
+        .args(args)
+        .uid(BEHIND_BASTION_UID)
+        .gid(BEHIND_BASTION_UID)
+        .env("HOME", dir)
+        .env("RUST_LOG", "atrest=info,warn")
+        .env_remove("RKE_CONFIG")
+        .env_remove("SSH_AUTH_SOCK")
+        .stdin(std::process::Stdio::null())
+        .output()
+        .expect("run atrest");
+    eprintln!(
+        "$ atrest {} (uid {BEHIND_BASTION_UID}) → {}\n{}{}",
+        args.join(" "),
+        out.status,
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    out
+}
+
+/// RKE's bastion_host, end to end, where the direct path is impossible: atrest runs as a user the firewall cuts
+/// off every node address except the bastion's SSH port (node 1). Without bastion_host it cannot reach nodes 2
+/// and 3; with it, enable, rotate-key, status and verify all work — SSH to every node, Docker, the health probes,
+/// the etcd census and the API for the rewrite (the kubeconfig's server refused, so through a node's SSH tunnel),
+/// all through the bastion.
+#[test]
+fn every_flow_works_through_a_bastion_when_the_nodes_are_unreachable_directly() {
+    let Some(b) = bench_seeded(200, 20) else {
+        return;
+    };
+    let nodes = b.tb.nodes();
+    let _firewall =
+        b.tb.firewall_except_bastion(BEHIND_BASTION_UID, &nodes[0])
+            .expect("firewall");
+
+    // The firewall bites: without the bastion, nodes 2 and 3 cannot be reached.
+    let direct = files_behind_bastion(&b, None);
+    let out = atrest_behind_bastion(direct.path(), &["plan"]);
+    assert_eq!(out.status.code(), Some(1));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("cannot connect to 2 node(s)"), "{stderr}");
+    for n in &nodes[1..] {
+        assert!(stderr.contains(&n.name), "{} is named: {stderr}", n.name);
+    }
+
+    let dir = files_behind_bastion(&b, Some(&nodes[0]));
+    let d = dir.path();
+    let up = atrest_behind_bastion(d, &["up", "--yes"]);
+    assert!(up.status.success(), "enable through the bastion");
+    assert!(
+        String::from_utf8_lossy(&up.stderr).contains("through SSH instead"),
+        "the rewrite reached the API through a node's SSH tunnel"
+    );
+    let rotate = atrest_behind_bastion(d, &["encrypt", "rotate-key", "--yes"]);
+    assert!(rotate.status.success(), "rotate-key through the bastion");
+    let verify = atrest_behind_bastion(d, &["encrypt", "verify"]);
+    assert!(verify.status.success(), "verify through the bastion");
+    let status = atrest_behind_bastion(d, &["encrypt", "status", "-o", "json"]);
+    assert!(status.status.success());
+    let status: serde_json::Value = serde_json::from_slice(&status.stdout).expect("status JSON");
+    assert_eq!(status["encryptionStatus"], "Enabled");
+    assert_eq!(status["hashesMatch"], true, "{status}");
+    let census: std::collections::BTreeMap<String, std::collections::BTreeMap<String, u64>> =
+        serde_json::from_value(status["census"].clone()).expect("census");
+    let state: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(d.join("cluster.rkestate")).expect("state"))
+            .expect("state JSON");
+    all_on(
+        &census,
+        "secrets",
+        &format!("aescbc:{}", write_key_name(&state)),
+        b.secrets,
+    );
+    b.verify_seed();
+}

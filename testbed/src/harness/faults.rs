@@ -1,7 +1,8 @@
 //! Faults with a real cause, for the reliability suite (docs/reliability.md R2): a node's sshd killed for good
 //! (and started again later, in the node's own mount namespace, as a host coming back does), and a node's
 //! address cut off (every packet to it dropped by the kernel, as a network partition does: no reset, no error,
-//! only silence, so a client must notice by its own keepalives and deadlines).
+//! only silence, so a client must notice by its own keepalives and deadlines), and a firewall that lets one user
+//! reach the nodes only through a bastion (so a test can tell a jump from a direct connection).
 
 use std::process::Command;
 use std::time::Duration;
@@ -143,5 +144,65 @@ impl Testbed {
             bail!("iptables -I INPUT -d {} -j DROP: {status}", n.address);
         }
         Ok(cut)
+    }
+}
+
+/// A firewall between the processes of one user and the nodes (`iptables` rules on OUTPUT, removed on drop):
+/// that user reaches no node address, except one SSH port (a bastion's).
+pub struct Firewall {
+    rules: Vec<Vec<String>>,
+}
+
+impl Firewall {
+    fn apply(&self, op: &str, rule: &[String]) -> Result<()> {
+        let status = Command::new("iptables")
+            .args([op, "OUTPUT"])
+            .args(rule)
+            .status()
+            .context("running iptables (package iptables)")?;
+        if !status.success() {
+            bail!("iptables {op} OUTPUT {}: {status}", rule.join(" "));
+        }
+        Ok(())
+    }
+}
+
+impl Drop for Firewall {
+    fn drop(&mut self) {
+        for rule in &self.rules {
+            let _ = self.apply("-D", rule);
+        }
+    }
+}
+
+impl Testbed {
+    /// Cuts user `uid` off every node address (TCP reset on connect), except `bastion`'s SSH port: as a machine
+    /// that reaches the cluster only through a bastion host.
+    pub fn firewall_except_bastion(&self, uid: u32, bastion: &Node) -> Result<Firewall> {
+        let mut fw = Firewall { rules: Vec::new() };
+        for n in &self.nodes {
+            let mut rule: Vec<String> = ["-p", "tcp", "-d", &n.address.to_string()]
+                .map(String::from)
+                .to_vec();
+            if n.index == bastion.index {
+                rule.extend(["!".into(), "--dport".into(), n.ssh_port.to_string()]);
+            }
+            rule.extend(
+                [
+                    "-m",
+                    "owner",
+                    "--uid-owner",
+                    &uid.to_string(),
+                    "-j",
+                    "REJECT",
+                    "--reject-with",
+                    "tcp-reset",
+                ]
+                .map(String::from),
+            );
+            fw.apply("-I", &rule)?;
+            fw.rules.push(rule);
+        }
+        Ok(fw)
     }
 }
