@@ -206,3 +206,72 @@ impl Testbed {
         Ok(fw)
     }
 }
+
+/// Deletes every iptables rule (INPUT, OUTPUT) that names one of `addresses`: what a test killed mid-fault left.
+/// Best effort: without iptables there is nothing to remove.
+pub fn remove_stale_rules(addresses: &[std::net::Ipv4Addr]) {
+    let Ok(out) = Command::new("iptables").arg("-S").output() else {
+        return;
+    };
+    for line in String::from_utf8_lossy(&out.stdout).lines() {
+        let Some(rule) = line.strip_prefix("-A ") else {
+            continue;
+        };
+        let named = addresses
+            .iter()
+            .any(|a| rule.contains(&format!(" {a}/32 ")));
+        if named {
+            let _ = Command::new("iptables")
+                .arg("-D")
+                .args(rule.split_whitespace())
+                .status();
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn rules_naming(address: &str) -> usize {
+        let out = Command::new("iptables")
+            .arg("-S")
+            .output()
+            .expect("iptables -S");
+        String::from_utf8_lossy(&out.stdout)
+            .lines()
+            .filter(|l| l.contains(address))
+            .count()
+    }
+
+    #[test]
+    fn a_stale_rule_for_a_slot_address_is_removed_and_others_kept() {
+        if !crate::skip::may_run("a_stale_rule_for_a_slot_address_is_removed_and_others_kept") {
+            return;
+        }
+        let add = |rule: &str| {
+            let status = Command::new("iptables")
+                .args(rule.split_whitespace())
+                .status()
+                .expect("iptables");
+            assert!(status.success(), "iptables {rule}");
+        };
+        let ours: std::net::Ipv4Addr = "127.0.99.9".parse().expect("address");
+        let other: std::net::Ipv4Addr = "127.0.99.10".parse().expect("address");
+        remove_stale_rules(&[ours, other]); // what an earlier run killed mid-test left
+        add("-I INPUT -d 127.0.99.9 -j DROP");
+        add(
+            "-I OUTPUT -p tcp -d 127.0.99.9 -m owner --uid-owner 2999 -j REJECT --reject-with tcp-reset",
+        );
+        add("-I INPUT -d 127.0.99.10 -j DROP");
+        assert_eq!(rules_naming("127.0.99.9/32"), 2);
+        remove_stale_rules(&[ours]);
+        assert_eq!(rules_naming("127.0.99.9/32"), 0);
+        assert_eq!(
+            rules_naming("127.0.99.10/32"),
+            1,
+            "another address's rule stays"
+        );
+        add("-D INPUT -d 127.0.99.10 -j DROP");
+    }
+}

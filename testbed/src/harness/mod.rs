@@ -322,6 +322,10 @@ impl Testbed {
 
     fn bring_up(&mut self, t0: Instant) -> Result<()> {
         self.mark(t0, "slot acquired");
+        // A test killed while it cut a node off (faults.rs) leaves its firewall rule: this slot's addresses are
+        // ours again now.
+        let addresses: Vec<Ipv4Addr> = self.nodes.iter().map(|n| n.address).collect();
+        faults::remove_stale_rules(&addresses);
         let dir = self.manifest.dir.clone();
         mkdir(Path::new("/run/sshd"))?;
         mkdir(Path::new(PREFIX_PATH))?;
