@@ -50,7 +50,10 @@ pub fn plan(input: &PlanInput) -> Result<Plan, PlanError> {
     // Configs a node may legitimately have right now, and the one to put back on a drifted node.
     let mut base: Config = input.current.config().cloned();
     let mut base_source = input.current.source();
-    let mut expected_now: Vec<Config> = vec![base.clone()];
+    let mut expected = Expected {
+        now: vec![base.clone()],
+        restore: base.clone(),
+    };
     let mut current_stage = Stage::Start;
     let mut drift_phase = Phase::Finish;
 
@@ -84,8 +87,15 @@ pub fn plan(input: &PlanInput) -> Result<Plan, PlanError> {
             .find_map(deploy_config)
             .unwrap_or_else(|| record.from.clone());
         let next_deploy = remaining.iter().find_map(deploy_config);
-        expected_now = vec![last_deployed.clone()];
-        expected_now.extend(next_deploy);
+        // When the next step is a rolling deploy, it may already have reached the drifted node, which may have
+        // written with its writer (on one node, nothing before it can read that): that deploy's config, put on the
+        // node first, is only a reordering of it. Otherwise (a rewrite comes first, say) the config deployed.
+        expected.restore = match remaining.first().and_then(deploy_config) {
+            Some(under_way) => under_way,
+            None => last_deployed.clone(),
+        };
+        expected.now = vec![last_deployed.clone()];
+        expected.now.extend(next_deploy);
         current_stage = record.stage;
         if let Some(first) = remaining.first() {
             drift_phase = first.phase;
@@ -102,6 +112,25 @@ pub fn plan(input: &PlanInput) -> Result<Plan, PlanError> {
                 resumed_at: Some(record.stage),
             });
             steps.extend(remaining);
+        } else if !done.contains(&Phase::Finish) {
+            // Nothing left to do, yet never recorded complete: a drift repair (its config is its `from`, so it
+            // has no phases of its own) stopped after its deploy. Close it, or it would stay recorded for good.
+            notes.push(format!(
+                "the recorded {} transition has nothing left to do: it is recorded as complete",
+                record.kind
+            ));
+            transitions.push(TransitionSpec {
+                kind: kind_from_record(&record.kind),
+                from: record.from.clone(),
+                to: record.to.clone(),
+                resumed_at: Some(record.stage),
+            });
+            steps.push(Step {
+                transition: 0,
+                phase: Phase::Finish,
+                stage: Stage::Start,
+                action: Action::PersistStage { complete: true },
+            });
         }
         base = record.to.clone();
         base_source = record.to_source().or_else(|| {
@@ -158,7 +187,7 @@ pub fn plan(input: &PlanInput) -> Result<Plan, PlanError> {
 
     add_drift_repair(
         input,
-        &expected_now,
+        &expected,
         current_stage,
         drift_phase,
         &mut transitions,
@@ -319,10 +348,17 @@ fn classify(
     }
 }
 
-/// Drifted nodes (observed hash not among the expected ones) get the expected config back before anything else.
+/// The configs a node may legitimately have right now, and the one a drifted node gets back: the config deployed,
+/// or the deploy about to run.
+struct Expected {
+    now: Vec<Config>,
+    restore: Config,
+}
+
+/// Drifted nodes (observed hash not among the expected ones) get an expected config back before anything else.
 fn add_drift_repair(
     input: &PlanInput,
-    expected_now: &[Config],
+    expected: &Expected,
     stage: Stage,
     phase: Phase,
     transitions: &mut Vec<TransitionSpec>,
@@ -335,7 +371,8 @@ fn add_drift_repair(
     if input.observed.nodes.is_empty() {
         return;
     }
-    let expected: Vec<Option<String>> = expected_now.iter().map(|c| hash(c.as_ref())).collect();
+    let restore = expected.restore.clone();
+    let expected: Vec<Option<String>> = expected.now.iter().map(|c| hash(c.as_ref())).collect();
     let drifted: Vec<String> = input
         .observed
         .nodes
@@ -346,7 +383,6 @@ fn add_drift_repair(
     if drifted.is_empty() {
         return;
     }
-    let restore = expected_now[0].clone();
     notes.push(format!(
         "node(s) {} have an encryption config that differs from what the state says is deployed; it is \
          redeployed on them first (data a drifted server wrote with a unit atrest does not know would need a \

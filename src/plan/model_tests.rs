@@ -1,7 +1,12 @@
-//! The model check: random config changes and interruptions on a simulated cluster of k API servers.
+//! The model check: random config changes and interruptions on a simulated cluster of k API servers, with
+//! clients writing, updating and deleting objects between any two moments, servers that reload their file on
+//! their own schedule, nodes that fail their health gate (rolled back, the run stops), crashes after a node's
+//! change but before its record, and files edited by someone else between runs (drift).
 //!
 //! Invariant at every moment: every server can read every stored object. At the end of a completed plan:
-//! every server has exactly N and every object is on N's write unit. A second test proves the checker bites.
+//! every server has exactly N, every object is on N's write unit, no transition is left recorded, and planning
+//! again is a no-op. The `the_checker_bites_*` tests prove the checker catches a dropped, swapped or early phase,
+//! a reload deploy that does not wait, and a drift repair that puts back the wrong config.
 
 use super::sim::{Chaos, Cluster, Outcome, Rng};
 use super::stage::Phase;
@@ -76,14 +81,14 @@ fn random_target(rng: &mut Rng) -> Target {
     }
 }
 
-fn input(cluster: &Cluster, desired: &Target, rng: &mut Rng) -> PlanInput {
+fn input(cluster: &Cluster, desired: &Target, rng: &mut Rng, observe_nodes: bool) -> PlanInput {
     let mut input = PlanInput::new(desired.clone(), cluster.current.clone(), cluster.names());
     input.transition = cluster.record.clone();
     if rng.chance(50) {
         input.observed.census = Some(cluster.census());
     }
-    // Observed node configs let a resumed deploy skip the nodes it finished.
-    if rng.chance(50) {
+    // Observed node configs let a resumed deploy skip the nodes it finished, and show drift.
+    if observe_nodes || rng.chance(50) {
         input.config_hash = Some(json_config_hash);
         input.observed.nodes = cluster
             .servers
@@ -106,6 +111,8 @@ fn scenario(seed: u64, servers: usize, rounds: usize) -> Result<(), String> {
     let mut rng = Rng::new(seed);
     let mut chaos = Chaos::Random(Rng::new(seed.rotate_left(17)));
     let mut cluster = Cluster::new(servers, random_target(&mut rng));
+    cluster.faults = Some(Rng::new(seed.rotate_left(29)));
+    let mut drifted = false;
     // Some servers already reload (only possible with a config); cluster.yml may ask for reload or not.
     let has_config = cluster.current.config().is_some();
     for server in &mut cluster.servers {
@@ -117,7 +124,13 @@ fn scenario(seed: u64, servers: usize, rounds: usize) -> Result<(), String> {
         if round > 0 && rng.chance(60) {
             desired = random_target(&mut rng);
         }
-        let mut attempt = plan(&input(&cluster, &desired, &mut rng));
+        // Someone edits a server's file between runs (the executor always observes the nodes then).
+        if rng.chance(15) {
+            let server = rng.below(cluster.servers.len());
+            cluster.drift(server);
+            drifted = true;
+        }
+        let mut attempt = plan(&input(&cluster, &desired, &mut rng, drifted));
         // A change that would need one kms provider in two entries is refused by design: pick another.
         for _ in 0..50 {
             let Err(PlanError::Unsupported(why)) = &attempt else {
@@ -127,7 +140,7 @@ fn scenario(seed: u64, servers: usize, rounds: usize) -> Result<(), String> {
                 break;
             }
             desired = random_target(&mut rng);
-            attempt = plan(&input(&cluster, &desired, &mut rng));
+            attempt = plan(&input(&cluster, &desired, &mut rng, drifted));
         }
         let p = attempt.map_err(|e| format!("round {round}: refused: {e}"))?;
         let last = round == rounds;
@@ -138,6 +151,7 @@ fn scenario(seed: u64, servers: usize, rounds: usize) -> Result<(), String> {
         };
         match cluster.run(&p, &desired, stop, &mut chaos) {
             Outcome::Completed => {
+                drifted = false;
                 cluster
                     .check_final(&desired.config().cloned())
                     .map_err(|e| format!("round {round}: {e}"))?;
@@ -147,7 +161,7 @@ fn scenario(seed: u64, servers: usize, rounds: usize) -> Result<(), String> {
                     ));
                 }
                 let again =
-                    plan(&input(&cluster, &desired, &mut rng)).map_err(|e| e.to_string())?;
+                    plan(&input(&cluster, &desired, &mut rng, true)).map_err(|e| e.to_string())?;
                 if !again.is_noop() {
                     return Err(format!(
                         "round {round}: replanning after completion is not a noop: {again:?}"
@@ -337,8 +351,52 @@ fn the_checker_bites_when_a_reload_deploy_does_not_wait() {
     );
 }
 
+/// Found by the wider model (drift between runs): a drift repair interrupted after its deploy, before it was
+/// recorded complete. Its config is its `from`, so it has no phase of its own left: the next plan used to be a
+/// no-op that left it recorded for good; now it closes it.
 #[test]
-fn tmp_repro() {
-    let r = scenario(4573551652452764198, 3, 1);
-    assert!(r.is_ok(), "{r:?}");
+fn an_interrupted_drift_repair_is_closed_by_the_next_run() {
+    assert_eq!(scenario(4_772_735_131_560_617_008, 3, 2), Ok(()));
+}
+
+/// Drift repair mid-transition: an enable on one server stops right after its deploy (the server now writes with
+/// the new key), then someone edits its file. The plan puts the config of the deploy under way back on it; a
+/// plan that put back the last completed config (none) would make what the server wrote unreadable.
+#[test]
+fn the_checker_bites_when_a_drift_repair_puts_back_the_last_completed_config() {
+    let (o, n) = transitions_that_change_the_writer().remove(0);
+    let run = |mutate: bool| {
+        let mut cluster = Cluster::new(1, o.clone());
+        let first = plan(&PlanInput::new(n.clone(), o.clone(), cluster.names())).expect("plan");
+        // Snapshot, the deploy to the one server, then interrupted.
+        assert_eq!(
+            cluster.run(&first, &n, Some(2), &mut Chaos::EveryServerWrites),
+            Outcome::Interrupted
+        );
+        cluster.drift(0);
+        let mut input = PlanInput::new(n.clone(), cluster.current.clone(), cluster.names());
+        input.transition = cluster.record.clone();
+        input.config_hash = Some(json_config_hash);
+        input.observed.nodes = vec![NodeObservation {
+            node: "cp1".into(),
+            config_sha256: json_config_hash(cluster.servers[0].config.as_ref()),
+        }];
+        let mut p = plan(&input).expect("plan");
+        assert!(
+            p.notes.iter().any(|note| note.contains("differs")),
+            "{:?}",
+            p.notes
+        );
+        if mutate
+            && let Some(Action::Deploy { config, .. }) = p.steps.first_mut().map(|s| &mut s.action)
+        {
+            *config = o.config().cloned();
+        }
+        cluster.run(&p, &n, None, &mut Chaos::EveryServerWrites)
+    };
+    assert_eq!(run(false), Outcome::Completed);
+    assert!(
+        matches!(run(true), Outcome::Violation(ref e) if e.contains("cannot read")),
+        "putting back the last completed config went unnoticed"
+    );
 }

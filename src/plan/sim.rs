@@ -71,6 +71,9 @@ pub struct Server {
 
 #[derive(Clone, Debug, PartialEq)]
 pub struct Object {
+    /// Stable across deletes of other objects (a rewrite walks a snapshot of these, as the real one walks a
+    /// list: an object deleted meanwhile is gone, never a reason to skip another).
+    pub id: u64,
     pub resource: String,
     pub unit: UnitId,
 }
@@ -96,6 +99,13 @@ pub struct Cluster {
     /// Mutation for the model check: a reload deploy does not wait for the servers to load the file; the first
     /// node loads at once, the others only much later (a fast and a slow poller).
     pub reload_without_wait: bool,
+    /// Failures of the executor's own steps, drawn from this RNG when set: a node that fails its health gate
+    /// after its change (rolled back: its old config, the run stops), and a crash after a node's change but
+    /// before the executor recorded it (the node runs the new config, the record does not say so). A crash in
+    /// the middle of a container recreate ends as one of those: the next run puts the old container back
+    /// (old config) or keeps the new one if it serves (new config, unrecorded).
+    pub faults: Option<Rng>,
+    next_id: u64,
 }
 
 fn units_for(config: &Option<EncryptionConfiguration>, resource: &str) -> Vec<UnitId> {
@@ -122,6 +132,8 @@ impl Cluster {
             record: None,
             reload_wanted: false,
             reload_without_wait: false,
+            faults: None,
+            next_id: 0,
         };
         for resource in RESOURCES {
             for _ in 0..2 {
@@ -150,10 +162,35 @@ impl Cluster {
 
     fn write_new(&mut self, server: usize, resource: &str) {
         let unit = self.write_unit(server, resource);
+        self.next_id += 1;
         self.objects.push(Object {
+            id: self.next_id,
             resource: resource.to_string(),
             unit,
         });
+    }
+
+    /// Whether the executor's next node change meets fault `percent` (never without [`Cluster::faults`]).
+    fn fault(&mut self, percent: u64) -> bool {
+        self.faults.as_mut().is_some_and(|rng| rng.chance(percent))
+    }
+
+    /// Drift between runs: `server` gets an extra read-only key (unknown to atrest) after the providers of
+    /// every resource of its config. It still reads and writes everything as before; the plan must put the
+    /// expected config back.
+    pub fn drift(&mut self, server: usize) {
+        let Some(config) = &self.servers[server].config else {
+            return;
+        };
+        let mut rules = Rules::from_config(config);
+        for units in rules.0.values_mut() {
+            units.push(super::units::key_unit(
+                super::units::KeyProvider::Aescbc,
+                "drift",
+                "ZHJpZnQ=",
+            ));
+        }
+        self.servers[server].config = Some(rules.to_config());
     }
 
     /// An update through `server`: it must read the object, then stores it with its write unit.
@@ -218,7 +255,10 @@ impl Cluster {
                 }
                 for _ in 0..rng.below(4) {
                     let server = rng.below(self.servers.len());
-                    if rng.chance(50) || self.objects.is_empty() {
+                    if rng.chance(10) && !self.objects.is_empty() {
+                        let object = rng.below(self.objects.len());
+                        self.objects.remove(object);
+                    } else if rng.chance(50) || self.objects.is_empty() {
                         let resource = RESOURCES[rng.below(RESOURCES.len())];
                         self.write_new(server, resource);
                     } else {
@@ -335,7 +375,14 @@ impl Cluster {
                         }
                     }
                     for node in nodes.iter().filter(|n| !reload.contains(n)) {
+                        // Its health gate fails after the change: the executor restores its file and container
+                        // (the node is down meanwhile, then on its old config) and stops.
+                        if self.fault(3) {
+                            moment!();
+                            return Outcome::Interrupted;
+                        }
                         let wanted = self.reload_wanted;
+                        let crash_before_record = self.fault(3);
                         let Some(server) = self.servers.iter_mut().find(|s| &s.name == node) else {
                             return Outcome::Violation(format!("deploy to unknown node {node}"));
                         };
@@ -347,6 +394,12 @@ impl Cluster {
                             Flag::Remove => server.reload = false,
                             Flag::Add | Flag::Keep => server.reload |= wanted,
                         }
+                        if crash_before_record {
+                            if let Err(e) = self.moment(chaos) {
+                                return Outcome::Violation(e);
+                            }
+                            return Outcome::Interrupted;
+                        }
                         self.record_progress(step, config, node);
                         moment!();
                     }
@@ -355,7 +408,12 @@ impl Cluster {
                     resources,
                     targeted,
                 } => {
-                    for object in 0..self.objects.len() {
+                    let snapshot: Vec<u64> = self.objects.iter().map(|o| o.id).collect();
+                    for id in snapshot {
+                        // Deleted since the list: gone, nothing to rewrite.
+                        let Some(object) = self.objects.iter().position(|o| o.id == id) else {
+                            continue;
+                        };
                         let target = resources.iter().find(|t| {
                             RuleKey::parse(&t.resource)
                                 .covers(&RuleKey::parse(&self.objects[object].resource))

@@ -843,6 +843,34 @@ fn a_drifted_node_gets_the_expected_config_back_first() {
     );
 }
 
+/// Found by the model check: an enable on one node stopped after its deploy (the server wrote with the new key),
+/// then someone edited the node's file. Putting back the last completed config (none) would make that data
+/// unreadable; the node gets the config of the deploy under way.
+#[test]
+fn a_node_drifted_mid_rollout_gets_the_config_of_the_deploy_under_way() {
+    let (o, n) = (Target::Disabled, managed(&["new"]));
+    let hash = json_config_hash;
+    let mut input = PlanInput::new(n.clone(), o.clone(), nodes(1));
+    input.config_hash = Some(hash);
+    input.transition = Some(record(&o, &n, Stage::Start, &[]));
+    input.observed.nodes = vec![NodeObservation {
+        node: "cp1".into(),
+        config_sha256: Some("deadbeef".into()),
+    }];
+    let p = plan(&input).expect("plan");
+    assert!(p.notes.iter().any(|n| n.contains("cp1")), "{:?}", p.notes);
+    // The repair (to the deploy under way), then that deploy itself (it was never recorded done on cp1).
+    assert_eq!(
+        summary(&p)[..2],
+        [
+            "rotate/start: deploy:Add:secrets=[aescbc:new,identity]",
+            "rotate/rotate: deploy:Add:secrets=[aescbc:new,identity]"
+        ],
+        "{:?}",
+        summary(&p)
+    );
+}
+
 fn stepwise_input(current: Target, transition: Option<InProgress>) -> StepwiseInput {
     StepwiseInput {
         current,
