@@ -384,6 +384,11 @@ impl NodeDocker {
                     .channel_open_direct_streamlocal(socket.clone())
                     .await
                     .map_err(|e| {
+                        if host.is_closed() {
+                            return std::io::Error::other(
+                                host.channel_error(&format!("opening the Docker socket {socket}"), e),
+                            );
+                        }
                         std::io::Error::other(format!(
                             "{}: cannot open the Docker socket {socket} over SSH ({e}); the SSH user needs \
                              access to it and sshd needs AllowStreamLocalForwarding",
