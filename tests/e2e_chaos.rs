@@ -322,23 +322,6 @@ enum Lost {
     Cut(testbed::harness::faults::AddressCut),
 }
 
-/// Polls node `n`'s `/readyz` until it answers 200.
-fn wait_serving(b: &Bench, n: &testbed::harness::Node) {
-    let probe = b.tb.admin_probe().expect("admin probe");
-    let addr = std::net::SocketAddr::new(n.address.into(), 6443);
-    testbed::harness::health::wait_until(
-        &format!("kube-apiserver of {} to serve", n.name),
-        Duration::from_secs(180),
-        Duration::from_millis(250),
-        || {
-            Ok(probe
-                .get(addr, "/readyz")
-                .is_ok_and(|(code, _)| code == 200))
-        },
-    )
-    .expect("the node serves again");
-}
-
 /// Whether node `n` has a running `kube-apiserver` and no `old-kube-apiserver` (an interrupted recreate's).
 fn serves_unless_mid_recreate(b: &Bench, n: &testbed::harness::Node) -> bool {
     let out =
@@ -489,7 +472,7 @@ fn a_node_lost_at_a_random_moment_stops_the_run_naming_it_and_the_rerun_complete
             // renamed, or stopped): putting it back is the rerun's job (and the error says so). Otherwise the
             // rerun's health gate wants node 2 serving first.
             if serves_unless_mid_recreate(&b, &node2) {
-                wait_serving(&b, &node2);
+                b.wait_serving(&node2);
             }
             b.ok(&["up", "--yes"]);
             assert_complete_and_intact(&b);

@@ -261,23 +261,6 @@ fn image_binary(b: &Bench, n: &testbed::harness::Node) -> std::path::PathBuf {
     binary
 }
 
-/// Polls node `n`'s `/readyz` until it answers 200.
-fn wait_serving(b: &Bench, n: &testbed::harness::Node) {
-    let probe = b.tb.admin_probe().expect("admin probe");
-    let addr = std::net::SocketAddr::new(n.address.into(), 6443);
-    testbed::harness::health::wait_until(
-        &format!("kube-apiserver of {} to serve", n.name),
-        std::time::Duration::from_secs(120),
-        std::time::Duration::from_millis(250),
-        || {
-            Ok(probe
-                .get(addr, "/readyz")
-                .is_ok_and(|(code, _)| code == 200))
-        },
-    )
-    .expect("the repaired server serves");
-}
-
 /// R3 of docs/reliability.md: a server that does not come back for a reason outside its config. Node 1's server
 /// binary breaks in its container's filesystem (truncated, as a bad disk or a botched hand patch leaves it; the
 /// image itself stays whole), then a rotation restarts it: the run stops at node 1 with an error that names it and quotes the server's own reason
@@ -353,7 +336,7 @@ fn a_server_that_cannot_start_again_is_named_with_its_reason_and_the_others_are_
         let status = b.tb.docker(n1).args(&args).status().expect("docker");
         assert!(status.success(), "docker {}", args.join(" "));
     }
-    wait_serving(&b, n1);
+    b.wait_serving(n1);
     b.ok(&["up", "--yes"]);
     assert_complete_and_intact(&b);
 }

@@ -197,6 +197,24 @@ impl Bench {
         out
     }
 
+    /// Polls node `n`'s `/readyz` (the admin certificate, directly) until it answers 200, for up to 3 min.
+    #[allow(dead_code)]
+    pub fn wait_serving(&self, n: &testbed::harness::Node) {
+        let probe = self.tb.admin_probe().expect("admin probe");
+        let addr = std::net::SocketAddr::new(n.address.into(), 6443);
+        testbed::harness::health::wait_until(
+            &format!("kube-apiserver of {} to serve", n.name),
+            std::time::Duration::from_secs(180),
+            std::time::Duration::from_millis(250),
+            || {
+                Ok(probe
+                    .get(addr, "/readyz")
+                    .is_ok_and(|(code, _)| code == 200))
+            },
+        )
+        .expect("the node's kube-apiserver serves");
+    }
+
     /// Runs atrest and requires exit 0.
     pub fn ok(&self, args: &[&str]) -> String {
         let out = self.run(args);
