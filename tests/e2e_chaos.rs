@@ -343,19 +343,27 @@ fn serves_unless_mid_recreate(b: &Bench, n: &testbed::harness::Node) -> bool {
 
 /// Every seeded object reads back byte-identical through node `n`'s kube-apiserver. While an address is cut off,
 /// that server's etcd client may still be on the lost member until its gRPC keepalive gives up (then it moves to
-/// another): an answer "Unavailable" is waited out (up to 2 min), any other failure fails at once.
+/// another), and etcd settles when it comes back: such answers ([`transient`]) are waited out (up to 2 min), any
+/// other failure fails at once.
 fn reads_back_through(b: &Bench, n: &testbed::harness::Node) {
     let deadline = Instant::now() + Duration::from_secs(120);
     loop {
         match b.tb.verify_seed_through(n, b.secrets, b.configmaps, SIZE) {
             Ok(_) => return,
-            Err(e) if format!("{e:#}").contains("Unavailable") && Instant::now() < deadline => {
+            Err(e) if transient(&format!("{e:#}")) && Instant::now() < deadline => {
                 eprintln!("reading through {}: {e:#}; again", n.name);
                 std::thread::sleep(Duration::from_secs(2));
             }
             Err(e) => panic!("every object reads back through {}: {e:#}", n.name),
         }
     }
+}
+
+/// An answer of a server whose etcd is moving off a lost member, or settling once it is back: `Unavailable`
+/// from its etcd client, or etcd's own "request timed out" (seen once the cut was healed, while the member
+/// rejoined).
+fn transient(error: &str) -> bool {
+    error.contains("Unavailable") || error.contains("etcdserver: request timed out")
 }
 
 /// How long a run may take to end once its node is lost: the SSH keepalives (4 × 15 s) plus a deploy's
@@ -474,6 +482,8 @@ fn a_node_lost_at_a_random_moment_stops_the_run_naming_it_and_the_rerun_complete
             if serves_unless_mid_recreate(&b, &node2) {
                 b.wait_serving(&node2);
             }
+            // etcd settles once node 2's member is back; reads wait that out before the checks.
+            reads_back_through(&b, &node1);
             b.ok(&["up", "--yes"]);
             assert_complete_and_intact(&b);
         }
