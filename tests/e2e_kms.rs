@@ -119,19 +119,7 @@ fn set_cluster(tb: &Testbed, custom: Value, bind: bool) {
 
 fn atrest(tb: &Testbed, args: &[&str]) -> (bool, String) {
     let started = Instant::now();
-    // ATREST_BIN: a private copy, since the shared target dir's binary may be another branch's build.
-    let bin = std::env::var_os("ATREST_BIN")
-        .map(std::path::PathBuf::from)
-        .unwrap_or_else(|| env!("CARGO_BIN_EXE_atrest").into());
-    let out = Command::new(bin)
-        .arg("--config")
-        .arg(tb.cluster_yml())
-        .arg("--known-hosts")
-        .arg(tb.known_hosts())
-        .args(["--yes", "--no-snapshot"])
-        .args(args)
-        .output()
-        .expect("running atrest");
+    let out = atrest_output(tb, args);
     let text = format!(
         "{}{}",
         String::from_utf8_lossy(&out.stdout),
@@ -149,6 +137,23 @@ fn atrest(tb: &Testbed, args: &[&str]) -> (bool, String) {
         "the rewrite left objects behind and the census had to rewrite them again"
     );
     (out.status.success(), text)
+}
+
+/// Runs atrest on the testbed with `--yes --no-snapshot` and `args`.
+fn atrest_output(tb: &Testbed, args: &[&str]) -> std::process::Output {
+    // ATREST_BIN: a private copy, since the shared target dir's binary may be another branch's build.
+    let bin = std::env::var_os("ATREST_BIN")
+        .map(std::path::PathBuf::from)
+        .unwrap_or_else(|| env!("CARGO_BIN_EXE_atrest").into());
+    Command::new(bin)
+        .arg("--config")
+        .arg(tb.cluster_yml())
+        .arg("--known-hosts")
+        .arg(tb.known_hosts())
+        .args(["--yes", "--no-snapshot"])
+        .args(args)
+        .output()
+        .expect("running atrest")
 }
 
 /// Census of `/registry/secrets/` straight from etcd: label → count (atrest's classifier).
@@ -350,6 +355,22 @@ fn aescbc_to_kms_v2_rotate_plugin_key_and_back_to_aescbc() {
     let (ok, plan) = atrest(&tb, &["plan"]);
     assert!(ok, "{plan}");
     assert!(plan.contains("kms-rewrap"), "{plan}");
+    // What a pipeline reads: the same plan as one JSON document on stdout, and exit 2 for "changes".
+    let out = atrest_output(&tb, &["plan", "-o", "json", "--detailed-exitcode"]);
+    assert_eq!(out.status.code(), Some(2), "{out:?}");
+    let doc: serde_json::Value = serde_json::from_slice(&out.stdout).expect("plan -o json is JSON");
+    assert_eq!(doc["hasChanges"], true, "{doc:#}");
+    assert_eq!(doc["plan"]["kind"], "kms-rewrap", "{doc:#}");
+    let label1 = format!("kms:v2:{PROVIDER}:{key1}");
+    let rewrap = &doc["plan"]["rewrap"][0];
+    assert_eq!(rewrap["resource"], "secrets", "{doc:#}");
+    assert_eq!(
+        rewrap["target"],
+        format!("kms:v2:{PROVIDER}:{key2}"),
+        "{doc:#}"
+    );
+    assert!(rewrap["objects"].as_u64().is_some_and(|n| n > 0), "{doc:#}");
+    assert_eq!(rewrap["stored"][&label1], rewrap["objects"], "{doc:#}");
     let (ok, out) = atrest(&tb, &["up"]);
     assert!(ok, "kms re-wrap failed:\n{out}");
     let c = census(&tb);

@@ -90,6 +90,31 @@ fn reformatting_matches_rke_go_output_exactly() {
     }
 }
 
+/// What a deploy recorded ahead of its nodes is put back byte for byte when its first node is rolled back: the
+/// config texts and RKE's `secretsEncryptionConfig` in both states, whatever a re-rendering would give.
+#[test]
+fn an_encryption_view_put_back_restores_the_state_byte_for_byte() {
+    for name in ["rke-with-unknown-keys.rkestate", "rke-v1.5.rkestate"] {
+        let (path, bytes) = fixture(name);
+        let mut state = RkeState::parse(&bytes, &path).unwrap();
+        let view = state.encryption_view();
+        state.set_current_encryption_config(Some("apiVersion: x\n"));
+        state.set_desired_encryption_config(None);
+        state.set_rke_secrets_encryption(true, Some(&serde_json::json!({"resources": []})));
+        assert_ne!(
+            state.to_bytes().unwrap().to_vec(),
+            bytes,
+            "{name}: nothing changed"
+        );
+        state.restore_encryption_view(&view);
+        assert_eq!(
+            String::from_utf8_lossy(&state.to_bytes().unwrap()),
+            String::from_utf8_lossy(&bytes),
+            "{name}"
+        );
+    }
+}
+
 #[test]
 fn changing_encryption_config_keeps_every_other_key_and_its_order() {
     let (path, bytes) = fixture("rke-with-unknown-keys.rkestate");

@@ -137,6 +137,25 @@ impl ProviderConfiguration {
     }
 }
 
+/// RKE's managed shape: one entry for `secrets` only, `[aescbc{keys}, identity{}]`.
+pub fn is_managed_shape(config: &EncryptionConfiguration) -> bool {
+    let [entry] = config.resources.as_slice() else {
+        return false;
+    };
+    let [first, second] = entry.providers.as_slice() else {
+        return false;
+    };
+    entry.resources == ["secrets"]
+        && first.aescbc.as_ref().is_some_and(|k| !k.keys.is_empty())
+        && first.aesgcm.is_none()
+        && first.secretbox.is_none()
+        && first.identity.is_none()
+        && first.kms.is_none()
+        && second.identity.is_some()
+        && second.aescbc.is_none()
+        && second.kms.is_none()
+}
+
 /// RKE's managed shape: `secrets` only, `[aescbc{keys}, identity{}]`. The first key writes.
 pub fn managed(keys: Vec<Key>) -> EncryptionConfiguration {
     EncryptionConfiguration {

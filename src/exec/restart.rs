@@ -185,6 +185,20 @@ pub enum RolloutError {
 }
 
 impl RolloutError {
+    /// Whether the node the rollout stopped at runs its previous config for certain: it was put back, or nothing
+    /// was done to it. Not so when its restore failed, the connection was lost mid-change, or it was changed
+    /// and only the record after it failed.
+    pub fn failed_node_unchanged(&self) -> bool {
+        matches!(
+            self,
+            RolloutError::RolledBack { .. }
+                | RolloutError::NotStarted { .. }
+                | RolloutError::ChangedUnderfoot { .. }
+                | RolloutError::Unreachable { .. }
+                | RolloutError::UnhealthyBefore { .. }
+        )
+    }
+
     /// Nodes that were changed successfully before the failure.
     pub fn changed(&self) -> &[NodeOutcome] {
         match self {

@@ -66,6 +66,12 @@ pub fn now() -> String {
 }
 
 /// Progress goes to stderr so stdout stays for plans and reports.
+/// RKE's view and atrest's record of what was deployed before a deploy recorded its config ahead.
+struct RecordedBefore {
+    rke: crate::state::rkestate::EncryptionView,
+    deployed: Option<DeployedRecord>,
+}
+
 macro_rules! say {
     ($($arg:tt)*) => { eprintln!($($arg)*) };
 }
@@ -136,6 +142,37 @@ impl<'a> Executor<'a> {
             config: yaml.map(crate::secret::SecretString::new),
             recorded_at: now(),
         });
+        self.save_atrest(&atrest)
+    }
+
+    /// Before the first node of a deploy changes: a config that reads everything the deployed one reads is
+    /// recorded as deployed at once, not only once every node has it. RKE's state then never names a config
+    /// that cannot read what a changed node writes, even when atrest stops between a node's change and its
+    /// record; `rke up` starts a new controlplane with the state's config (the model check found this). A
+    /// config that drops a key (finish) is still recorded after: until then the state keeps the wider one.
+    /// Returns what was recorded before, when it recorded this one ([`Executor::record_back`] puts it back).
+    fn record_ahead(
+        &mut self,
+        config: Option<&EncryptionConfiguration>,
+    ) -> anyhow::Result<Option<RecordedBefore>> {
+        let deployed = super::targets::deployed(&self.state)?;
+        let config = config.cloned();
+        if deployed == config || !crate::plan::reads_all(&config, &deployed) {
+            return Ok(None);
+        }
+        let before = RecordedBefore {
+            rke: self.state.encryption_view(),
+            deployed: self.records.deployed.clone(),
+        };
+        self.set_deployed(config.as_ref())?;
+        Ok(Some(before))
+    }
+
+    /// Puts back, verbatim, what [`Executor::record_ahead`] replaced.
+    fn record_back(&mut self, before: RecordedBefore) -> anyhow::Result<()> {
+        self.state.restore_encryption_view(&before.rke);
+        let mut atrest = self.atrest()?;
+        atrest.deployed = before.deployed.clone();
         self.save_atrest(&atrest)
     }
 
@@ -424,6 +461,7 @@ impl<'a> Executor<'a> {
             ));
         }
         self.guard_node_files(label, &all_targets, config).await?;
+        let recorded_before = self.record_ahead(config)?;
         let change = NodeChange {
             file: config.map(|c| Zeroizing::new(file_bytes(c).as_bytes().to_vec())),
             flag: match flag {
@@ -540,6 +578,16 @@ impl<'a> Executor<'a> {
             &result,
             Err(RolloutError::HookFailed { error, .. }) if error == INTERRUPTED_BETWEEN_NODES
         );
+        // Stopped before any node of this deploy changed (none reloads it either), each on its previous config
+        // for certain (a rollback, say): RKE's state names what they run again, so an unchanged transition can
+        // still be dropped.
+        if let (Err(e), Some(before)) = (&result, recorded_before)
+            && reload.is_empty()
+            && e.changed().is_empty()
+            && e.failed_node_unchanged()
+        {
+            self.record_back(before)?;
+        }
         if stopped_for_ctrl_c {
             return Err(Interrupted {
                 at: format!(

@@ -155,20 +155,27 @@ pub fn kms_v2_writers(config: &EncryptionConfiguration) -> Vec<(String, String)>
 const REWRAP_DEADLINE: std::time::Duration = std::time::Duration::from_secs(240);
 const REWRAP_PAUSE: std::time::Duration = std::time::Duration::from_secs(5);
 
+/// Objects of one resource a kms-rewrap re-wraps: those not on `target` (`kms:v2:<name>:<current key id>`).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Rewrap {
+    pub resource: String,
+    pub target: String,
+    pub objects: u64,
+    /// What the census found on other labels: label → objects.
+    pub stored: Vec<(String, u64)>,
+}
+
 /// After a plugin-side key rotation the config is unchanged but stored objects still name the old key id: this
-/// counts them (census label `kms:v2:<name>:<key id>`) and, when `apply`, rewrites exactly those until the census
-/// shows only the plugins' current key id. `None`: nothing to do (the caller goes on with its no-op plan).
-pub async fn rewrap_stale_key_ids(
-    global: &super::options::GlobalOpts,
+/// counts them (census label `kms:v2:<name>:<key id>`) per resource whose writer is a KMS v2 provider. Empty:
+/// nothing to do (the caller goes on with its no-op plan).
+pub async fn stale_key_ids(
     session: &mut Session,
     state: &crate::state::RkeState,
     config: &EncryptionConfiguration,
-    apply: bool,
-) -> anyhow::Result<Option<std::process::ExitCode>> {
-    use super::execute::say;
+) -> anyhow::Result<Vec<Rewrap>> {
     let writers = kms_v2_writers(config);
     if writers.is_empty() {
-        return Ok(None);
+        return Ok(Vec::new());
     }
     let statuses = preflight(session, &[config]).await?;
     let current = current_key_ids(&statuses);
@@ -186,39 +193,64 @@ pub async fn rewrap_stale_key_ids(
             .await?;
         let off: u64 = census.resources.values().map(|r| r.off_target_count).sum();
         if off > 0 {
-            let olds: Vec<String> = census
+            let stored = census
                 .resources
                 .values()
                 .flat_map(|r| r.by_label.iter())
                 .filter(|(l, n)| **n > 0 && l.as_str() != label)
-                .map(|(l, n)| format!("{l}: {n}"))
+                .map(|(l, n)| (l.clone(), *n))
                 .collect();
-            work.push((resource.clone(), label, off, olds));
+            work.push(Rewrap {
+                resource: resource.clone(),
+                target: label,
+                objects: off,
+                stored,
+            });
         }
     }
-    if work.is_empty() {
-        return Ok(None);
+    Ok(work)
+}
+
+/// The kms-rewrap plan as text.
+pub fn rewrap_text(work: &[Rewrap]) -> String {
+    let mut out =
+        "Plan: kms-rewrap (the config is unchanged; the KMS plugins' key id changed)\n".to_string();
+    for w in work {
+        let stored: Vec<String> = w.stored.iter().map(|(l, n)| format!("{l}: {n}")).collect();
+        out.push_str(&format!(
+            "  rewrite {}: {} object(s) not on {} ({}) — targeted\n",
+            w.resource,
+            w.objects,
+            w.target,
+            stored.join(", ")
+        ));
     }
-    println!("Plan: kms-rewrap (the config is unchanged; the KMS plugins' key id changed)");
-    for (resource, label, off, olds) in &work {
-        println!(
-            "  rewrite {resource}: {off} object(s) not on {label} ({}) — targeted",
-            olds.join(", ")
-        );
-    }
-    if !apply {
-        session.close().await;
-        return Ok(Some(std::process::ExitCode::SUCCESS));
-    }
+    out
+}
+
+/// Rewrites exactly the objects `work` names until the census shows only the plugins' current key id, after
+/// the user's yes.
+pub async fn apply_rewrap(
+    global: &super::options::GlobalOpts,
+    session: &mut Session,
+    state: &crate::state::RkeState,
+    work: &[Rewrap],
+) -> anyhow::Result<std::process::ExitCode> {
+    use super::execute::say;
     if !super::confirm(global)? {
         eprintln!("Cancelled; nothing was changed.");
         session.close().await;
-        return Ok(Some(std::process::ExitCode::FAILURE));
+        return Ok(std::process::ExitCode::FAILURE);
     }
     super::interrupt::install();
     let started = std::time::Instant::now();
     let mut total = 0u64;
-    for (resource, label, _, _) in &work {
+    for Rewrap {
+        resource,
+        target: label,
+        ..
+    } in work
+    {
         loop {
             let (targets, census) = session
                 .census(state, std::slice::from_ref(resource), Some(label))
@@ -294,7 +326,7 @@ pub async fn rewrap_stale_key_ids(
         "done: kms-rewrap in {:.1} s ({total} objects rewritten)",
         started.elapsed().as_secs_f64()
     );
-    Ok(Some(std::process::ExitCode::SUCCESS))
+    Ok(std::process::ExitCode::SUCCESS)
 }
 
 /// `GET /readyz/kms-providers`: runs kube-apiserver's KMS v2 probe, which picks up a changed plugin key id. The

@@ -14,9 +14,9 @@ mod report;
 mod session;
 mod targets;
 
+pub use crate::config::encryption::is_managed_shape;
 pub use execute::snapshot_dir;
 pub use inputs::{Inputs, load_cluster_config};
-pub use targets::is_managed_shape;
 
 use crate::config::{self, Desired};
 use crate::plan::stage::Stage;
@@ -229,7 +229,7 @@ async fn reconcile(
                 );
                 Intent::Reconcile
             }
-            (Desired::Managed, Some(b)) if targets::is_managed_shape(b) => {
+            (Desired::Managed, Some(b)) if is_managed_shape(b) => {
                 extra_notes.push(
                     "rotate_encryption_key: true in cluster.yml: the managed key is replaced (on every run while \
                      it is set, as `rke up` does; set it back to false once rotated)"
@@ -272,7 +272,7 @@ async fn reconcile(
                 )
             }
             _ => match &base {
-                Some(b) if targets::is_managed_shape(b) => {
+                Some(b) if is_managed_shape(b) => {
                     Target::Managed(targets::rotated(Some(b), &atrest)?)
                 }
                 _ => bail!(
@@ -290,11 +290,7 @@ async fn reconcile(
             .into_iter()
             .map(session::node_name)
             .collect();
-        let mut input = PlanInput::new(
-            desired_target,
-            targets::current_target(deployed),
-            controlplanes,
-        );
+        let mut input = PlanInput::new(desired_target, Target::deployed(deployed), controlplanes);
         input.transition = record;
         input.intent = intent;
         input.options = PlanOptions {
@@ -380,7 +376,7 @@ async fn reconcile(
 
         let mut input = PlanInput::new(
             desired_target,
-            targets::current_target(deployed),
+            Target::deployed(deployed),
             session.node_names(),
         );
         input.transition = record;
@@ -411,16 +407,32 @@ async fn reconcile(
         // KMS: every plugin is checked before anything changes; with an unchanged config, objects still on an old
         // plugin key id are re-wrapped.
         if plan.is_noop() {
-            if let Some(c) = &deployed_config
-                && let Some(code) =
-                    kms::rewrap_stale_key_ids(global, &mut session, &state, c, mode == Mode::Apply)
-                        .await?
-            {
-                // Shown, not applied: objects to re-wrap are changes a pipeline must see.
-                return Ok(match mode {
-                    Mode::Show(output) | Mode::ShowOffline(output) => output.code(true),
-                    Mode::Apply => code,
-                });
+            let work = match &deployed_config {
+                Some(c) => kms::stale_key_ids(&mut session, &state, c).await?,
+                None => Vec::new(),
+            };
+            if !work.is_empty() {
+                return match mode {
+                    // Shown, not applied: objects to re-wrap are changes a pipeline must see.
+                    Mode::Show(output) | Mode::ShowOffline(output) => {
+                        match output.format {
+                            PlanFormat::Text => print!("{}", kms::rewrap_text(&work)),
+                            PlanFormat::Json => println!(
+                                "{}",
+                                serde_json::to_string_pretty(&report::rewrap_plan_json(
+                                    &plan, &work
+                                ))
+                                .unwrap_or_default()
+                            ),
+                        }
+                        session.close().await;
+                        Ok(output.code(true))
+                    }
+                    Mode::Apply => {
+                        print!("{}", kms::rewrap_text(&work));
+                        kms::apply_rewrap(global, &mut session, &state, &work).await
+                    }
+                };
             }
         } else if mode == Mode::Apply {
             kms::preflight(&session, &kms_configs.iter().collect::<Vec<_>>()).await?;
@@ -524,7 +536,7 @@ async fn stepwise_verb(
             .map(|v| v.name)
             .collect();
         let input = StepwiseInput {
-            current: targets::current_target(deployed),
+            current: Target::deployed(deployed),
             transition: record,
             controlplanes: session.node_names(),
             new_key,

@@ -38,6 +38,26 @@ pub fn plan_json(plan: &Plan, offline: bool) -> Value {
     })
 }
 
+/// A kms-rewrap as a plan document: the no-op `plan` (the config is unchanged) with `kind: kms-rewrap`, the
+/// objects to re-wrap per resource in `rewrap`, and `hasChanges` true.
+pub fn rewrap_plan_json(plan: &Plan, work: &[super::kms::Rewrap]) -> Value {
+    let mut doc = plan_json(plan, false);
+    doc["hasChanges"] = json!(true);
+    doc["plan"]["kind"] = json!("kms-rewrap");
+    doc["plan"]["rewrap"] = work
+        .iter()
+        .map(|w| {
+            json!({
+                "resource": w.resource,
+                "target": w.target,
+                "objects": w.objects,
+                "stored": w.stored.iter().cloned().collect::<BTreeMap<String, u64>>(),
+            })
+        })
+        .collect();
+    doc
+}
+
 /// Something `encrypt status` found that a pipeline should look at.
 #[derive(Clone, Debug, PartialEq, Eq, serde::Serialize)]
 pub struct Finding {
@@ -781,6 +801,35 @@ mod tests {
             reload: false,
             unobserved: None,
         }
+    }
+
+    #[test]
+    fn a_kms_rewrap_is_a_plan_document_with_changes_and_the_objects_to_rewrap() {
+        let noop = crate::plan::plan(&crate::plan::PlanInput::new(
+            crate::plan::Target::Disabled,
+            crate::plan::Target::Disabled,
+            vec!["cp1".into()],
+        ))
+        .expect("plan");
+        let work = vec![crate::flows::kms::Rewrap {
+            resource: "secrets".into(),
+            target: "kms:v2:vault:k2".into(),
+            objects: 3,
+            stored: vec![("kms:v2:vault:k1".into(), 3)],
+        }];
+        let doc = rewrap_plan_json(&noop, &work);
+        assert_eq!(doc["kind"], "Plan");
+        assert_eq!(doc["hasChanges"], true);
+        assert_eq!(doc["plan"]["kind"], "kms-rewrap");
+        assert_eq!(doc["plan"]["steps"], json!([]));
+        assert_eq!(doc["plan"]["rewrap"][0]["target"], "kms:v2:vault:k2");
+        assert_eq!(doc["plan"]["rewrap"][0]["stored"]["kms:v2:vault:k1"], 3);
+        let text = crate::flows::kms::rewrap_text(&work);
+        assert!(text.starts_with("Plan: kms-rewrap"), "{text}");
+        assert!(
+            text.contains("rewrite secrets: 3 object(s) not on kms:v2:vault:k2 (kms:v2:vault:k1: 3) — targeted"),
+            "{text}"
+        );
     }
 
     #[test]

@@ -2,7 +2,7 @@
 //! (a managed config keeps its keys; a fresh key only when there is no managed config to keep), and the
 //! hash a deployed config has on the nodes.
 
-use crate::config::encryption::{self, EncryptionConfiguration, Key};
+use crate::config::encryption::{self, EncryptionConfiguration, Key, is_managed_shape};
 use crate::config::keys::{self, KeyKind};
 use crate::config::{Desired, render, rke_render};
 use crate::plan::{InProgress, Target};
@@ -30,34 +30,6 @@ pub fn deployed(state: &RkeState) -> anyhow::Result<Option<EncryptionConfigurati
         Some(text) => render::parse_state_config(text)
             .map(Some)
             .with_context(|| format!("cannot read {CURRENT_ORIGIN}")),
-    }
-}
-
-/// RKE's managed shape: one entry for `secrets` only, `[aescbc{keys}, identity{}]`.
-pub fn is_managed_shape(config: &EncryptionConfiguration) -> bool {
-    let [entry] = config.resources.as_slice() else {
-        return false;
-    };
-    let [first, second] = entry.providers.as_slice() else {
-        return false;
-    };
-    entry.resources == ["secrets"]
-        && first.aescbc.as_ref().is_some_and(|k| !k.keys.is_empty())
-        && first.aesgcm.is_none()
-        && first.secretbox.is_none()
-        && first.identity.is_none()
-        && first.kms.is_none()
-        && second.identity.is_some()
-        && second.aescbc.is_none()
-        && second.kms.is_none()
-}
-
-/// The deployed config as a planner target (managed when it has RKE's managed shape).
-pub fn current_target(config: Option<EncryptionConfiguration>) -> Target {
-    match config {
-        None => Target::Disabled,
-        Some(c) if is_managed_shape(&c) => Target::Managed(c),
-        Some(c) => Target::Custom(c),
     }
 }
 
@@ -285,7 +257,7 @@ mod tests {
         let mut custom = managed.clone();
         custom.resources[0].resources.push("configmaps".into());
         assert!(!is_managed_shape(&custom));
-        assert!(matches!(current_target(Some(custom)), Target::Custom(_)));
+        assert!(matches!(Target::deployed(Some(custom)), Target::Custom(_)));
     }
 
     #[test]

@@ -19,6 +19,7 @@ pub(crate) mod sim;
 #[cfg(test)]
 mod tests;
 
+pub use sequence::reads_all;
 pub use stepwise::{StepwiseInput, StepwiseVerb, stepwise};
 pub use types::*;
 
@@ -239,6 +240,18 @@ fn changed_nothing(input: &PlanInput, record: &InProgress) -> bool {
         && !input.observed.nodes.is_empty()
         && input.observed.nodes.iter().all(|n| n.config_sha256 == from)
         && input.current.config() == record.from.as_ref()
+        && stored_data_reads_with(input, &record.from)
+}
+
+/// Whether a census was taken and `config` alone reads everything it found. A node that ran the transition's
+/// config may be gone since (a controlplane removed from cluster.yml), so the nodes alone cannot show that
+/// nothing was written with the transition's keys: dropping the record then would drop the only copy of them.
+fn stored_data_reads_with(input: &PlanInput, config: &Config) -> bool {
+    input
+        .observed
+        .census
+        .as_ref()
+        .is_some_and(|census| check_census(census, &[config]).is_ok())
 }
 
 /// An interrupted rolling deploy: nodes it finished (recorded) that still hold its config (observed) are not

@@ -37,6 +37,19 @@ fn union_keys(a: &Option<Rules>, b: &Option<Rules>) -> Vec<RuleKey> {
     keys.into_iter().collect()
 }
 
+/// Whether `wider` reads everything `narrower` reads, for every resource (a config that adds keys, or a
+/// prepare/rotate config over the one before it; not a finish config, which drops keys).
+pub fn reads_all(wider: &Config, narrower: &Config) -> bool {
+    let (w, n) = (rules_of(wider), rules_of(narrower));
+    union_keys(&w, &n).iter().all(|key| {
+        let readable: BTreeSet<UnitId> =
+            effective(w.as_ref(), key).iter().map(|u| u.id()).collect();
+        effective(n.as_ref(), key)
+            .iter()
+            .all(|u| readable.contains(&u.id()))
+    })
+}
+
 /// The effective unit list of every key: two configs with equal semantics read and write alike.
 fn semantics(rules: Option<&Rules>, keys: &[RuleKey]) -> Vec<Vec<Unit>> {
     keys.iter().map(|k| effective(rules, k)).collect()

@@ -105,7 +105,13 @@ pub struct Cluster {
     /// the middle of a container recreate ends as one of those: the next run puts the old container back
     /// (old config) or keeps the new one if it serves (new config, unrecorded).
     pub faults: Option<Rng>,
+    /// Mutation for the model check: a deploy's config is recorded as deployed only once every node has it
+    /// (without the executor's `record_ahead`).
+    pub record_deploys_late: bool,
     next_id: u64,
+    /// Servers ever added (names are never reused) and keys `rke encrypt rotate-key` ever generated.
+    servers_added: usize,
+    rke_rotations: usize,
 }
 
 fn units_for(config: &Option<EncryptionConfiguration>, resource: &str) -> Vec<UnitId> {
@@ -133,7 +139,10 @@ impl Cluster {
             reload_wanted: false,
             reload_without_wait: false,
             faults: None,
+            record_deploys_late: false,
             next_id: 0,
+            servers_added: k,
+            rke_rotations: 0,
         };
         for resource in RESOURCES {
             for _ in 0..2 {
@@ -191,6 +200,58 @@ impl Cluster {
             ));
         }
         self.servers[server].config = Some(rules.to_config());
+    }
+
+    /// `rke up` with one more controlplane in cluster.yml, between runs: RKE starts its kube-apiserver with the
+    /// config its state names as deployed (what the executor last recorded as deployed), with the reload flag
+    /// when cluster.yml asks for it.
+    pub fn add_controlplane(&mut self) {
+        self.servers_added += 1;
+        let config = self.current.config().cloned();
+        self.servers.push(Server {
+            name: format!("cp{}", self.servers_added),
+            reload: self.reload_wanted && config.is_some(),
+            config,
+            pending: None,
+        });
+    }
+
+    /// `rke up` with a controlplane gone from cluster.yml, between runs: its kube-apiserver is removed; what it
+    /// stored stays in etcd. The last controlplane is never removed.
+    pub fn remove_controlplane(&mut self, server: usize) {
+        if self.servers.len() > 1 {
+            self.servers.remove(server % self.servers.len());
+        }
+    }
+
+    /// `rke encrypt rotate-key` between runs, when the deployed config is RKE's managed one and atrest has no
+    /// transition recorded (RKE refuses anything else, or the operator ran one tool at a time): RKE ends with
+    /// a fresh key alone on every server, every secret rewritten with it, and its state naming that config.
+    /// Returns whether it ran.
+    pub fn rke_rotate_key(&mut self) -> bool {
+        if self.record.is_some() || !matches!(self.current, Target::Managed(_)) {
+            return false;
+        }
+        self.rke_rotations += 1;
+        let name = format!("rke{}", self.rke_rotations);
+        let secret = format!("{name:0<16}");
+        let key = super::units::key_unit(super::units::KeyProvider::Aescbc, &name, &secret);
+        let mut rules = BTreeMap::new();
+        rules.insert(
+            RuleKey::parse("secrets"),
+            vec![key, super::units::Unit::Identity],
+        );
+        let config = Rules(rules).to_config();
+        for server in &mut self.servers {
+            server.config = Some(config.clone());
+            server.pending = None;
+        }
+        let write = units_for(&Some(config.clone()), "secrets").remove(0);
+        for object in self.objects.iter_mut().filter(|o| o.resource == "secrets") {
+            object.unit = write.clone();
+        }
+        self.current = Target::deployed(Some(config));
+        true
     }
 
     /// An update through `server`: it must read the object, then stores it with its write unit.
@@ -280,13 +341,7 @@ impl Cluster {
 
     /// Runs `plan` like the executor, stopping after `stop_after` moments (a moment = one node restarted, or
     /// one other step, or one object rewritten) if given.
-    pub fn run(
-        &mut self,
-        plan: &Plan,
-        desired: &Target,
-        stop_after: Option<usize>,
-        chaos: &mut Chaos,
-    ) -> Outcome {
+    pub fn run(&mut self, plan: &Plan, stop_after: Option<usize>, chaos: &mut Chaos) -> Outcome {
         let mut moments = 0usize;
         let mut active: Option<usize> = None;
         macro_rules! moment {
@@ -339,6 +394,15 @@ impl Cluster {
                             return Outcome::Violation(format!("deploy to unknown node {node}"));
                         }
                     }
+                    // As the executor does before the first node changes (`record_ahead`), and puts back when
+                    // the first node is rolled back.
+                    let recorded_before = self.current.clone();
+                    let mut restarted = 0usize;
+                    if !self.record_deploys_late
+                        && super::reads_all(config, &self.current.config().cloned())
+                    {
+                        self.current = Target::deployed(config.clone());
+                    }
                     // Reloading nodes: the file goes to all of them, then the wait until each has loaded it.
                     for (i, node) in reload.iter().enumerate() {
                         let Some(server) = self.servers.iter_mut().find(|s| &s.name == node) else {
@@ -378,9 +442,13 @@ impl Cluster {
                         // Its health gate fails after the change: the executor restores its file and container
                         // (the node is down meanwhile, then on its old config) and stops.
                         if self.fault(3) {
+                            if restarted == 0 && reload.is_empty() {
+                                self.current = recorded_before;
+                            }
                             moment!();
                             return Outcome::Interrupted;
                         }
+                        restarted += 1;
                         let wanted = self.reload_wanted;
                         let crash_before_record = self.fault(3);
                         let Some(server) = self.servers.iter_mut().find(|s| &s.name == node) else {
@@ -403,25 +471,33 @@ impl Cluster {
                         self.record_progress(step, config, node);
                         moment!();
                     }
+                    // As the executor does once a deploy's nodes are done: RKE's state names its config as
+                    // deployed, which is what the next run reads as current.
+                    self.current = Target::deployed(config.clone());
                 }
                 Action::Rewrite {
                     resources,
                     targeted,
                 } => {
-                    let snapshot: Vec<u64> = self.objects.iter().map(|o| o.id).collect();
-                    for id in snapshot {
+                    // What the rewrite walks is fixed when it starts, as the executor's is: a list (every
+                    // object of a covered resource) or, targeted, a census of the keys off the write unit.
+                    // Objects written or moved after that are not looked at again; verify then counts.
+                    let covered = |object: &Object| {
+                        resources.iter().find(|t| {
+                            RuleKey::parse(&t.resource).covers(&RuleKey::parse(&object.resource))
+                        })
+                    };
+                    let walk: Vec<u64> = self
+                        .objects
+                        .iter()
+                        .filter(|o| covered(o).is_some_and(|t| !*targeted || o.unit != t.write))
+                        .map(|o| o.id)
+                        .collect();
+                    for id in walk {
                         // Deleted since the list: gone, nothing to rewrite.
                         let Some(object) = self.objects.iter().position(|o| o.id == id) else {
                             continue;
                         };
-                        let target = resources.iter().find(|t| {
-                            RuleKey::parse(&t.resource)
-                                .covers(&RuleKey::parse(&self.objects[object].resource))
-                        });
-                        let Some(target) = target else { continue };
-                        if *targeted && self.objects[object].unit == target.write {
-                            continue;
-                        }
                         let server = self.pick_server(chaos, object);
                         if let Err(e) = self.update(server, object) {
                             return Outcome::Violation(e);
@@ -448,11 +524,7 @@ impl Cluster {
                 }
                 Action::PersistStage { complete: true } => {
                     let spec = &plan.transitions[step.transition];
-                    self.current = if spec.to.as_ref() == desired.config() {
-                        desired.clone()
-                    } else {
-                        Target::from_parts(spec.to.clone(), Some(ConfigSource::Custom))
-                    };
+                    self.current = Target::deployed(spec.to.clone());
                     if step.stage == Stage::Start {
                         self.record = None;
                     } else if let Some(record) = &mut self.record {

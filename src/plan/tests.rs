@@ -104,7 +104,7 @@ fn run_plan(desired: Target, current: Target, cps: usize) -> Plan {
 fn simulate(plan: &Plan, desired: &Target, current: &Target, cps: usize) {
     let mut cluster = Cluster::new(cps, current.clone());
     assert_eq!(
-        cluster.run(plan, desired, None, &mut Chaos::EveryServerWrites),
+        cluster.run(plan, None, &mut Chaos::EveryServerWrites),
         Outcome::Completed
     );
     cluster
@@ -478,21 +478,27 @@ fn a_key_name_reused_with_another_secret_is_refused() {
     assert!(err.to_string().contains("new name"));
 }
 
+/// A census from (resource, label, count) rows.
+fn census(rows: &[(&str, &str, u64)]) -> BTreeMap<String, BTreeMap<String, u64>> {
+    let mut census: BTreeMap<String, BTreeMap<String, u64>> = BTreeMap::new();
+    for (resource, label, count) in rows {
+        census
+            .entry(resource.to_string())
+            .or_default()
+            .insert(label.to_string(), *count);
+    }
+    census
+}
+
 #[test]
 fn a_census_with_data_nobody_can_read_is_refused() {
     let mut input = PlanInput::new(managed(&["new"]), managed(&["old"]), nodes(3));
-    let mut census = BTreeMap::new();
-    census.insert(
-        "secrets".to_string(),
-        BTreeMap::from([
-            ("aescbc:old".to_string(), 5),
-            ("aescbc:lost".to_string(), 2),
-        ]),
-    );
-    census.insert(
-        "configmaps".to_string(),
-        BTreeMap::from([("identity".to_string(), 9), ("rot13:x".to_string(), 1)]),
-    );
+    let mut census = census(&[
+        ("secrets", "aescbc:old", 5),
+        ("secrets", "aescbc:lost", 2),
+        ("configmaps", "identity", 9),
+        ("configmaps", "rot13:x", 1),
+    ]);
     input.observed.census = Some(census.clone());
     let Err(PlanError::StoredDataUnreadable { findings }) = plan(&input) else {
         panic!("refused")
@@ -727,6 +733,10 @@ fn a_transition_that_changed_nothing_is_dropped_when_the_desired_config_moved_on
         let mut input = PlanInput::new(desired.clone(), o.clone(), nodes(3));
         input.config_hash = Some(hash);
         input.observed.nodes = on(&o);
+        input.observed.census = Some(census(&[
+            ("secrets", "aescbc:old", 10),
+            ("secrets", "identity", 2),
+        ]));
         input.transition = Some(record(&o, &n, Stage::Start, &[]));
         input
     };
@@ -763,6 +773,14 @@ fn a_transition_that_changed_nothing_is_dropped_when_the_desired_config_moved_on
     not_hashable.config_hash = None;
     let mut nothing_observed = stopped(&newer);
     nothing_observed.observed.nodes.clear();
+    // The node that ran the new config may be gone (a controlplane removed): what it wrote is in etcd.
+    let mut written_with_the_new_key = stopped(&newer);
+    written_with_the_new_key.observed.census = Some(census(&[
+        ("secrets", "aescbc:old", 10),
+        ("secrets", "aescbc:new", 1),
+    ]));
+    let mut no_census = stopped(&newer);
+    no_census.observed.census = None;
     // A node recorded as done with the deploy counts even if it is seen on the old config now (put back by hand).
     let mut a_node_recorded = stopped(&newer);
     if let Some(record) = a_node_recorded.transition.as_mut() {
@@ -777,6 +795,8 @@ fn a_transition_that_changed_nothing_is_dropped_when_the_desired_config_moved_on
         ("a phase is done", a_phase_done),
         ("hashes unknown", not_hashable),
         ("no node observed", nothing_observed),
+        ("data written with the new key", written_with_the_new_key),
+        ("no census", no_census),
         ("a node is recorded as deployed", a_node_recorded),
         ("the target is still desired", stopped(&n)),
     ] {
@@ -1028,9 +1048,8 @@ fn stepwise_rotation_end_to_end_in_the_simulator() {
         },
     ] {
         let p = stepwise(verb, &input(&cluster)).expect("verb");
-        let target = Target::from_parts(p.to.clone(), Some(ConfigSource::Managed));
         assert_eq!(
-            cluster.run(&p, &target, None, &mut chaos),
+            cluster.run(&p, None, &mut chaos),
             Outcome::Completed,
             "{verb:?}"
         );
@@ -1177,7 +1196,7 @@ fn interrupting_at_every_moment_and_resuming_is_safe() {
                 let mut chaos = Chaos::Random(super::sim::Rng::new(stop as u64));
                 let first =
                     plan(&PlanInput::new(n.clone(), o.clone(), cluster.names())).expect("plan");
-                match cluster.run(&first, &n, Some(stop), &mut chaos) {
+                match cluster.run(&first, Some(stop), &mut chaos) {
                     Outcome::Interrupted | Outcome::Completed => {}
                     other => panic!("{cps} cp(s), stop {stop}: {other:?}"),
                 }
@@ -1187,7 +1206,7 @@ fn interrupting_at_every_moment_and_resuming_is_safe() {
                 input.observed.census = Some(cluster.census());
                 let second = plan(&input).expect("resume plan");
                 assert_eq!(
-                    cluster.run(&second, &then, None, &mut chaos),
+                    cluster.run(&second, None, &mut chaos),
                     Outcome::Completed,
                     "{cps} cp(s), stop {stop}"
                 );
@@ -1254,7 +1273,7 @@ fn servers_with_automatic_reload_reload_every_deploy_that_keeps_the_flag() {
         server.reload = server.name != "cp2";
     }
     assert_eq!(
-        cluster.run(&p, &n, None, &mut Chaos::EveryServerWrites),
+        cluster.run(&p, None, &mut Chaos::EveryServerWrites),
         Outcome::Completed
     );
     cluster

@@ -29,6 +29,17 @@ pub enum Target {
 }
 
 impl Target {
+    /// What a deployed config (RKE's `currentState`) is as a target: managed when it has RKE's managed shape.
+    /// The executor reads the deployed config back this way at the start of every run, and the model check's
+    /// simulator records it the same way.
+    pub fn deployed(config: Option<EncryptionConfiguration>) -> Target {
+        match config {
+            None => Target::Disabled,
+            Some(c) if crate::config::encryption::is_managed_shape(&c) => Target::Managed(c),
+            Some(c) => Target::Custom(c),
+        }
+    }
+
     pub fn config(&self) -> Option<&EncryptionConfiguration> {
         match self {
             Target::Disabled => None,

@@ -215,6 +215,50 @@ impl RkeState {
         }
     }
 
+    /// RKE's record of encryption in both states, to be put back verbatim by
+    /// [`RkeState::restore_encryption_view`] (a re-rendering could differ in text from what RKE compares).
+    pub fn encryption_view(&self) -> EncryptionView {
+        let sections = [DESIRED_STATE, CURRENT_STATE].map(|section| {
+            let map = self.section(section);
+            let config = map.and_then(|m| m.get(ENCRYPTION_CONFIG)).cloned();
+            let secrets = map
+                .and_then(|m| m.get(RKE_CONFIG))
+                .and_then(|r| r.get("services"))
+                .and_then(|s| s.get("kubeApi"))
+                .and_then(|k| k.get(SECRETS_ENCRYPTION_CONFIG))
+                .cloned();
+            (section, config, secrets)
+        });
+        EncryptionView(sections)
+    }
+
+    /// Puts back what [`RkeState::encryption_view`] took; a section without an rkeConfig keeps none.
+    pub fn restore_encryption_view(&mut self, view: &EncryptionView) {
+        for (section, config, secrets) in &view.0 {
+            self.set_encryption_config(section, config.as_ref().and_then(Value::as_str));
+            let Some(rke) = self
+                .root_mut()
+                .get_mut(*section)
+                .and_then(|s| s.get_mut(RKE_CONFIG))
+                .and_then(Value::as_object_mut)
+            else {
+                continue;
+            };
+            let kube_api = object_entry(object_entry(rke, "services"), "kubeApi");
+            if kube_api.get(SECRETS_ENCRYPTION_CONFIG) == secrets.as_ref() {
+                continue;
+            }
+            let old = match secrets {
+                Some(v) => kube_api.insert(SECRETS_ENCRYPTION_CONFIG.to_string(), v.clone()),
+                None => kube_api.shift_remove(SECRETS_ENCRYPTION_CONFIG),
+            };
+            if let Some(mut old) = old {
+                zeroize_strings(&mut old);
+            }
+            self.changed = true;
+        }
+    }
+
     /// `currentState.rkeConfig`: the cluster config RKE last applied, in its camelCase JSON form.
     pub fn current_rke_config(&self) -> Option<&Value> {
         self.section(CURRENT_STATE)?
@@ -361,6 +405,20 @@ fn object_entry<'a>(map: &'a mut Map<String, Value>, key: &str) -> &'a mut Map<S
 }
 
 /// Zeroes every string in a JSON tree: the state holds private keys and encryption keys.
+/// Both states' `encryptionConfig` and `secretsEncryptionConfig` as they were (key material: zeroed on drop,
+/// never printed).
+pub struct EncryptionView([(&'static str, Option<Value>, Option<Value>); 2]);
+
+impl Drop for EncryptionView {
+    fn drop(&mut self) {
+        for (_, config, secrets) in &mut self.0 {
+            for value in [config, secrets].into_iter().flatten() {
+                zeroize_strings(value);
+            }
+        }
+    }
+}
+
 fn zeroize_strings(value: &mut Value) {
     match value {
         Value::String(s) => s.zeroize(),
