@@ -199,29 +199,16 @@ fn a_server_that_cannot_report_its_reload_is_restarted_instead() {
     assert!(out.status.success(), "up failed");
     // A server that reported a reload must have exported its reload metrics: show with what flags each runs.
     // (One loaded run saw all three report: kept to find out why, should it happen again.)
-    let flags: Vec<String> =
-        b.tb.nodes()
-            .iter()
-            .map(|n| {
-                let out =
-                    b.tb.docker(n)
-                        .args([
-                            "inspect",
-                            "-f",
-                            "{{json .Config.Entrypoint}} {{json .Args}}",
-                            "kube-apiserver",
-                        ])
-                        .output()
-                        .expect("docker inspect");
-                let text = String::from_utf8_lossy(&out.stdout).into_owned();
-                let wanted = text
-                    .split(['"', ' '])
-                    .filter(|a| a.contains("disabled-metrics") || a.contains("automatic-reload"))
-                    .collect::<Vec<_>>()
-                    .join(" ");
-                format!("{}: {wanted}", n.name)
-            })
-            .collect();
+    let flags: Vec<String> = containers(&b)
+        .into_iter()
+        .map(|(_, _, command)| {
+            command
+                .split(['"', ','])
+                .filter(|a| a.contains("disabled-metrics") || a.contains("automatic-reload"))
+                .collect::<Vec<_>>()
+                .join(" ")
+        })
+        .collect();
     assert_eq!(
         stderr
             .matches("did not report a reload within 20 s; restarting it instead")
