@@ -165,9 +165,14 @@ apiserver_encryption_config_controller_automatic_reload_success_total,\
 apiserver_encryption_config_controller_automatic_reload_failures_total";
 
 /// A server that reloads but cannot say so: its reload metrics are switched off (`--disabled-metrics`, a flag an
-/// operator may set through `extra_args`, as this cluster.yml does). Each node's reload goes unconfirmed, so after
-/// the reload timeout atrest puts the previous file back and restarts that server instead, saying so; the run
+/// operator may set through `extra_args`, as this cluster.yml does). Its reload goes unconfirmed, so after the
+/// reload timeout atrest puts the previous file back and restarts that server instead, saying so; the run
 /// completes, verified.
+///
+/// kube-apiserver v1.32 does not always hide these metrics: in three runs of stop 28, with the flag on every
+/// server's command line, one to three servers of a run still counted their reload (0.3–21 s after the write).
+/// Such a server is rightly taken as reloaded. So the timeout is 1 s (a server's own poll comes once a
+/// minute), which leaves at least one server unconfirmed, and each server must end either reloaded or restarted.
 #[test]
 fn a_server_that_cannot_report_its_reload_is_restarted_instead() {
     let disabled = format!("--disabled-metrics={RELOAD_METRICS}");
@@ -191,30 +196,31 @@ fn a_server_that_cannot_report_its_reload_is_restarted_instead() {
     );
     let out = b
         .command(&["up", "--yes"])
-        .env("ATREST_RELOAD_TIMEOUT", "20")
+        .env("ATREST_RELOAD_TIMEOUT", "1")
         .output()
         .expect("running atrest");
     let stderr = String::from_utf8_lossy(&out.stderr);
     eprintln!("{stderr}");
     assert!(out.status.success(), "up failed");
-    // A server that reported a reload must have exported its reload metrics: show with what flags each runs.
-    // (One loaded run saw all three report: kept to find out why, should it happen again.)
+    // A server that reported a reload exported its reload metrics: the failure shows with what flags each runs.
     let flags: Vec<String> = containers(&b)
         .into_iter()
         .map(|(_, _, command)| {
             command
-                .split(['"', ','])
+                .split('"')
                 .filter(|a| a.contains("disabled-metrics") || a.contains("automatic-reload"))
                 .collect::<Vec<_>>()
                 .join(" ")
         })
         .collect();
-    assert_eq!(
-        stderr
-            .matches("did not report a reload within 20 s; restarting it instead")
-            .count(),
-        3,
-        "every node falls back to a restart; the servers' flags now: {flags:#?}"
+    let restarted = stderr
+        .matches("did not report a reload within 1 s; restarting it instead")
+        .count();
+    let reloaded = stderr.matches("reloaded the new config after").count();
+    assert!(
+        restarted >= 1 && restarted + reloaded == 3,
+        "{restarted} server(s) restarted instead and {reloaded} reported a reload, of 3; the servers' flags: \
+         {flags:#?}"
     );
     assert!(stderr.contains("restarted,"), "no restart reported");
     b.ok(&["encrypt", "verify"]);

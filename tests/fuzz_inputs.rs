@@ -41,8 +41,11 @@ unsafe impl GlobalAlloc for Counting {
 #[global_allocator]
 static ALLOCATOR: Counting = Counting;
 
-/// Most a parse may take before it counts as a hang (the slowest corpus file parses in milliseconds).
+/// Most a parse may take before it counts as a hang (the slowest corpus file parses in milliseconds), plus
+/// [`DEADLINE_PER_MB`] for each MB of input: the hostile shapes are up to 200 MB, which a linear parse takes
+/// seconds over on a busy 2-core machine (6.6 s once in CI beside a testbed), while a hang never ends.
 const DEADLINE: Duration = Duration::from_secs(5);
+const DEADLINE_PER_MB: Duration = Duration::from_millis(100);
 /// Most heap one parse may add (the largest corpus file is a few KB; the alias bound allows a few MB).
 const HEAP_BOUND: usize = 64 << 20;
 
@@ -57,8 +60,9 @@ fn measured(what: &str, input: &[u8], parse: impl FnOnce(&[u8]) -> Parsed) -> Pa
     let verdict = parse(input);
     let took = started.elapsed();
     let grew = PEAK.load(Ordering::Relaxed).saturating_sub(base);
+    let megabytes = u32::try_from(input.len() >> 20).unwrap_or(u32::MAX);
     assert!(
-        took < DEADLINE,
+        took < DEADLINE + DEADLINE_PER_MB * megabytes,
         "{what}: {took:?} for {} bytes",
         input.len()
     );
