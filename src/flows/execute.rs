@@ -65,13 +65,13 @@ pub fn now() -> String {
         .unwrap_or_default()
 }
 
-/// Progress goes to stderr so stdout stays for plans and reports.
 /// RKE's view and atrest's record of what was deployed before a deploy recorded its config ahead.
 struct RecordedBefore {
     rke: crate::state::rkestate::EncryptionView,
     deployed: Option<DeployedRecord>,
 }
 
+/// Progress goes to stderr so stdout stays for plans and reports.
 macro_rules! say {
     ($($arg:tt)*) => { eprintln!($($arg)*) };
 }
@@ -172,7 +172,7 @@ impl<'a> Executor<'a> {
     fn record_back(&mut self, before: RecordedBefore) -> anyhow::Result<()> {
         self.state.restore_encryption_view(&before.rke);
         let mut atrest = self.atrest()?;
-        atrest.deployed = before.deployed.clone();
+        atrest.deployed = before.deployed;
         self.save_atrest(&atrest)
     }
 
