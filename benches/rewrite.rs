@@ -277,7 +277,7 @@ async fn run() -> Result<()> {
             ("etcd", etcd_pid),
         ]);
         let options = RewriteOptions {
-            concurrency,
+            concurrency: rewrite::Concurrency::Pinned(concurrency),
             progress: ProgressMode::Quiet,
             ..Default::default()
         };

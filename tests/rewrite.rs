@@ -7,8 +7,8 @@ mod common;
 
 use atrest::exec::etcd::{CensusOptions, Etcd, EtcdResource};
 use atrest::exec::rewrite::{
-    self, Outcome, ProgressMode, ResourceSelector, RewriteOptions, RewriteReport, Target,
-    rewrite_keys, rewrite_object,
+    self, Concurrency, Outcome, ProgressMode, ResourceSelector, RewriteOptions, RewriteReport,
+    Target, rewrite_keys, rewrite_object,
 };
 use common::{LocalApiserver, LocalEtcd, aescbc_config, private_loopback, random_key};
 use futures::StreamExt;
@@ -167,7 +167,7 @@ fn secret_index(name: &str) -> usize {
 
 fn quiet(concurrency: usize, page_size: u32) -> RewriteOptions {
     RewriteOptions {
-        concurrency,
+        concurrency: Concurrency::Pinned(concurrency),
         page_size,
         progress: ProgressMode::Quiet,
         ..Default::default()

@@ -17,7 +17,7 @@ use crate::exec::health::HealthProbe;
 use crate::exec::restart::{
     ContainerAction, NodeChange, RolloutError, RolloutOptions, RolloutTarget, rolling_apply, short,
 };
-use crate::exec::rewrite::{self, RewriteOptions, RewriteReport};
+use crate::exec::rewrite::{self, Concurrency, RewriteOptions, RewriteReport, Servers};
 use crate::kill_points;
 use crate::plan::stage::{Phase, Stage};
 use crate::plan::units::{Unit, UnitId, units_dropped};
@@ -31,6 +31,7 @@ use crate::state::{RkeState, StateFile};
 use anyhow::{Context, anyhow, bail};
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use std::time::Instant;
 use zeroize::Zeroizing;
 
@@ -46,8 +47,8 @@ pub struct Executor<'a> {
     pub records: AtrestState,
     /// Steps carried out, for the summary.
     pub rewritten: Vec<RewriteReport>,
-    /// Writes in flight during a rewrite (`--rewrite-concurrency`).
-    pub rewrite_concurrency: usize,
+    /// Writes in flight during a rewrite: adaptive, or pinned by `--rewrite-concurrency`.
+    pub rewrite_concurrency: Concurrency,
     /// How each node's change waits for its server (`--ready-timeout`).
     pub rollout: RolloutOptions,
     /// Second (and later) census passes: leftovers a census found and rewrote again, for the summary. Without
@@ -700,6 +701,12 @@ impl<'a> Executor<'a> {
                     report.elapsed.as_secs_f64(),
                     report.objects_per_second()
                 );
+                say!(
+                    "{label}: {} → {}: {}",
+                    rt.resource,
+                    rt.write,
+                    spread(&report)
+                );
                 check_report(&rt.resource, &report)?;
                 self.rewritten.push(report);
             } else {
@@ -770,43 +777,44 @@ impl<'a> Executor<'a> {
                 if keys.is_empty() {
                     return Ok(None);
                 }
-                let kube = self.session.kube().await?.clone();
+                let servers = self.session.api_servers().await?;
                 let etcd_prefix = self.session.etcd_prefix();
                 return Ok(Some(
                     interruptible(
                         self.rewrite_concurrency,
-                        kube.clone(),
+                        servers.clone(),
                         |options| async move {
-                            rewrite::rewrite_keys(&kube, &targets, &etcd_prefix, &keys, &options)
-                                .await
+                            rewrite::rewrite_keys_through(
+                                &servers,
+                                &targets,
+                                &etcd_prefix,
+                                &keys,
+                                &options,
+                            )
+                            .await
                         },
                     )
                     .await,
                 ));
             }
-            let kube = self.session.kube().await?.clone();
-            return Ok(Some(
-                interruptible(
-                    self.rewrite_concurrency,
-                    kube.clone(),
-                    |options| async move { rewrite::rewrite(&kube, &targets, &options).await },
-                )
-                .await,
-            ));
+            return self.rewrite_all(targets).await.map(Some);
         }
         let targets = self.session.resolve(&resources).await?;
         if targets.is_empty() {
             return Ok(None);
         }
-        let kube = self.session.kube().await?.clone();
-        Ok(Some(
-            interruptible(
-                self.rewrite_concurrency,
-                kube.clone(),
-                |options| async move { rewrite::rewrite(&kube, &targets, &options).await },
-            )
-            .await,
-        ))
+        self.rewrite_all(targets).await.map(Some)
+    }
+
+    /// Every object of `targets`, through every API server that answers.
+    async fn rewrite_all(&mut self, targets: Vec<rewrite::Target>) -> anyhow::Result<Watched> {
+        let servers = self.session.api_servers().await?;
+        Ok(interruptible(
+            self.rewrite_concurrency,
+            servers.clone(),
+            |options| async move { rewrite::rewrite_through(&servers, &targets, &options).await },
+        )
+        .await)
     }
 
     /// Census; anything on a unit its rule does not allow is rewritten (targeted) and counted again.
@@ -1056,43 +1064,51 @@ struct Watched {
     server_lost: bool,
 }
 
-/// How often a rewrite checks that its API server still answers, and how many failed checks in a row mean lost.
-const SERVER_WATCH_INTERVAL: std::time::Duration = std::time::Duration::from_secs(2);
-const SERVER_WATCH_FAILURES: u32 = 2;
+/// Where a rewrite's requests went and how many it ended with in flight, for the operator:
+/// `through 3 API servers (a 3340, b 3330, c 3330); 96 writes in flight at the end`.
+fn spread(report: &RewriteReport) -> String {
+    let servers: Vec<String> = report
+        .servers
+        .iter()
+        .map(|(name, answered)| format!("{name} {answered}"))
+        .collect();
+    let backed_off = match report.saturations {
+        0 => String::new(),
+        n => format!(", backed off {n}× when more only raised latency"),
+    };
+    format!(
+        "through {} API server{} ({}); {} writes in flight at the end{backed_off}",
+        servers.len(),
+        if servers.len() == 1 { "" } else { "s" },
+        servers.join(", "),
+        report.final_concurrency
+    )
+}
 
 /// Runs a rewrite that Ctrl-C cancels (writes in flight finish, the report says it was interrupted, and the
-/// recorded stage lets the next run finish the job), and that stops the same way when `server` stops answering
-/// its readiness probe, so that the caller can go on through another API server instead of letting every write
-/// in the queue exhaust its retries against a server that is gone.
-async fn interruptible<F, Fut>(concurrency: usize, server: kube::Client, rewrite: F) -> Watched
+/// recorded stage lets the next run finish the job), and that stops the same way when the last of its API
+/// servers stops answering its readiness probe ([`Servers::watch`]; the others are dropped from the rotation on
+/// the way), so that the caller can find a server again instead of letting every write in the queue exhaust
+/// its retries against servers that are gone.
+async fn interruptible<F, Fut>(
+    concurrency: Concurrency,
+    servers: Arc<Servers>,
+    rewrite: F,
+) -> Watched
 where
     F: FnOnce(RewriteOptions) -> Fut,
     Fut: std::future::Future<Output = RewriteReport>,
 {
     let cancel = interrupt::token().child_token();
-    let lost = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let lost = Arc::new(std::sync::atomic::AtomicBool::new(false));
     let watchdog = tokio::spawn({
         let cancel = cancel.clone();
         let lost = lost.clone();
         async move {
-            let mut failures = 0;
-            loop {
-                tokio::time::sleep(SERVER_WATCH_INTERVAL).await;
-                match crate::exec::kube::probe(&server).await {
-                    Ok(()) => failures = 0,
-                    Err(e) => {
-                        failures += 1;
-                        if failures >= SERVER_WATCH_FAILURES {
-                            tracing::warn!(
-                                "the API server stopped answering during the rewrite ({e})"
-                            );
-                            lost.store(true, std::sync::atomic::Ordering::SeqCst);
-                            cancel.cancel();
-                            return;
-                        }
-                    }
-                }
-            }
+            let why = servers.watch().await;
+            tracing::warn!("the API servers stopped answering during the rewrite ({why})");
+            lost.store(true, std::sync::atomic::Ordering::SeqCst);
+            cancel.cancel();
         }
     });
     let report = rewrite(RewriteOptions {

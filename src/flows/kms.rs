@@ -282,7 +282,9 @@ pub async fn apply_rewrap(
                 &session.etcd_prefix(),
                 &keys,
                 &crate::exec::rewrite::RewriteOptions {
-                    concurrency: usize::from(global.rewrite_concurrency),
+                    concurrency: crate::exec::rewrite::Concurrency::from_flag(
+                        global.rewrite_concurrency,
+                    ),
                     cancel: super::interrupt::token(),
                     ..Default::default()
                 },

@@ -581,8 +581,8 @@ const STATE_TEXT_REPAIR_NOTE: &str = "cluster.rkestate keeps the custom_config i
      kube-apiserver and rewrite every secret: `up` rewrites the text as RKE renders it (no node or stored object \
      changes)";
 
-/// Shows the plan, asks, runs it, and reports. `state_text_repair`: with a no-op plan, the deployed config whose
-/// text in the state `up` rewrites.
+/// Shows the plan, asks, runs it, and reports. `state_text_repair`: the deployed config whose text in the state
+/// `up` rewrites as RKE renders it, when the plan changes no node (a no-op, or one that only drops a record).
 async fn apply(
     global: &GlobalOpts,
     session: &mut Session,
@@ -608,19 +608,26 @@ async fn apply(
         state: lock.state.clone(),
         records: lock.records.clone(),
         rewritten: Vec::new(),
-        rewrite_concurrency: usize::from(global.rewrite_concurrency),
+        rewrite_concurrency: crate::exec::rewrite::Concurrency::from_flag(
+            global.rewrite_concurrency,
+        ),
         rollout: crate::exec::restart::RolloutOptions {
             ready_timeout: std::time::Duration::from_secs(u64::from(global.ready_timeout)),
         },
         census_repasses: 0,
     };
     interrupt::install();
-    let result = match &state_text_repair {
-        Some(config) if plan.is_noop() => executor.set_deployed(Some(config)).map(|()| {
-            say!("rewrote the custom_config's text in cluster.rkestate as RKE renders it");
-        }),
+    // The text repair goes with a plan that changes no node: a no-op, or one that only drops a record.
+    let repair = state_text_repair.filter(|_| plan.steps.is_empty());
+    let mut result = match &repair {
+        Some(_) if plan.is_noop() => Ok(()),
         _ => executor.run(plan).await,
     };
+    if let (Ok(()), Some(config)) = (&result, &repair) {
+        result = executor.set_deployed(Some(config)).map(|()| {
+            say!("rewrote the custom_config's text in cluster.rkestate as RKE renders it");
+        });
+    }
     if result.is_ok() {
         executor.sync_in_cluster_state().await;
     }

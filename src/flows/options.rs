@@ -55,11 +55,12 @@ pub struct GlobalOpts {
     #[arg(long, global = true)]
     pub no_snapshot: bool,
 
-    /// Writes in flight while rewriting stored objects (1–1024). More is faster until the API servers or etcd
-    /// are saturated; fewer goes easier on a busy cluster.
-    #[arg(long, global = true, value_name = "N", default_value_t = 32,
+    /// Pin the writes in flight while rewriting stored objects (1–1024). Unset, the rewrite finds the number
+    /// itself: it grows while throughput rises (up to 256) and backs off when the API servers answer 429/5xx
+    /// or only get slower. Pin a low number to go easier on a busy cluster.
+    #[arg(long, global = true, value_name = "N",
           value_parser = clap::value_parser!(u16).range(1..=1024))]
-    pub rewrite_concurrency: u16,
+    pub rewrite_concurrency: Option<u16>,
 
     /// How long each restarted or recreated kube-apiserver may take to answer `/readyz` 200 before the node is
     /// put back as it was and the run stops (10–3600). Raise it for servers that start slowly (many CRDs, a large

@@ -51,6 +51,8 @@ pub struct Session {
     prefixes: BTreeMap<String, String>,
     etcd: Option<(Etcd, Tunnel)>,
     kube: Option<ApiConnection>,
+    /// The other controlplanes' API servers that answered, once a rewrite asked for them ([`Session::api_servers`]).
+    other_apis: Option<Vec<ApiConnection>>,
     /// Why no API server answered, once that is known (so later calls do not probe every server again).
     kube_unreachable: Option<String>,
     /// atrest's records as the run last saved them: the census needs the archived and in-transition key names.
@@ -95,6 +97,10 @@ pub struct LockRequest<'a> {
 struct ApiConnection {
     client: kube::Client,
     _tunnel: Option<Tunnel>,
+    /// For messages: the kubeconfig's server, or the node whose server this is.
+    name: String,
+    /// The host this server runs on (the kubeconfig's server host, or the node's address).
+    host: String,
 }
 
 /// The port RKE's kube-apiserver serves on, on every controlplane (`--secure-port=6443`).
@@ -133,6 +139,7 @@ impl Session {
             prefixes,
             etcd: None,
             kube: None,
+            other_apis: None,
             kube_unreachable: None,
             records: AtrestState::default(),
             cluster_lock: std::sync::Mutex::new(None),
@@ -475,7 +482,74 @@ impl Session {
     /// Drops the API server in use (it stopped answering), so the next [`Session::kube`] probes them again.
     pub fn forget_api(&mut self) {
         self.kube = None;
+        self.other_apis = None;
         self.kube_unreachable = None;
+    }
+
+    /// Every controlplane's API server that answers, for a rewrite to spread its writes over: the one
+    /// [`Session::kube`] uses first, then the other controlplanes' through SSH tunnels (same credentials and
+    /// certificate checks). One that does not answer is left out: the rewrite has fewer servers, nothing else.
+    pub async fn api_servers(&mut self) -> anyhow::Result<Arc<rewrite::Servers>> {
+        self.kube().await?;
+        let Some(first) = &self.kube else {
+            bail!("no Kubernetes client");
+        };
+        let (first_server, first_host) = (server_of(first), first.host.clone());
+        if self.other_apis.is_none() {
+            let kubeconfig_host = kube_client::server_url(&self.global.kubeconfig_path())
+                .await?
+                .host()
+                .unwrap_or_default()
+                .to_string();
+            let others = self
+                .hosts
+                .iter()
+                .filter(|host| {
+                    let node = host.node();
+                    let address = node_internal_address(node);
+                    ![&kubeconfig_host, &first_host]
+                        .iter()
+                        .any(|h| **h == address || **h == node.address)
+                })
+                .map(|host| self.node_api(host));
+            let answered = futures::future::join_all(others).await;
+            self.other_apis = Some(
+                answered
+                    .into_iter()
+                    .filter_map(|reached| {
+                        reached
+                            .map_err(|e| tracing::info!("not rewriting through it: {e:#}"))
+                            .ok()
+                    })
+                    .collect(),
+            );
+        }
+        let others = self.other_apis.iter().flatten().map(server_of).collect();
+        Ok(Arc::new(rewrite::Servers::new(first_server, others)))
+    }
+
+    /// A node's kube-apiserver through an SSH tunnel, if it answers its readiness probe.
+    async fn node_api(&self, host: &Arc<Host>) -> anyhow::Result<ApiConnection> {
+        let node = host.node();
+        let address = node_internal_address(node);
+        let name = format!("{}'s kube-apiserver", node_name(node));
+        let tunnel = Tunnel::open(host.clone(), &address, APISERVER_PORT)
+            .await
+            .with_context(|| format!("{name} through SSH"))?;
+        let options = kube_client::ClientOptions {
+            server_override: Some(format!("https://{}", tunnel.local_addr())),
+            ..Default::default()
+        };
+        let client = kube_client::client_with(&self.global.kubeconfig_path(), &options).await?;
+        kube_client::probe(&client)
+            .await
+            .map_err(|e| anyhow!("{name} through SSH: {e}"))?;
+        Ok(ApiConnection {
+            client,
+            _tunnel: Some(tunnel),
+            name,
+            host: address,
+        })
     }
 
     async fn reach_api(&self) -> anyhow::Result<ApiConnection> {
@@ -488,6 +562,8 @@ impl Session {
                 return Ok(ApiConnection {
                     client: direct,
                     _tunnel: None,
+                    name: format!("the kubeconfig's server {url}"),
+                    host: url.host().unwrap_or_default().to_string(),
                 });
             }
             Err(e) => failures.push(format!("the kubeconfig's server {url}: {e}")),
@@ -495,38 +571,20 @@ impl Session {
         let kubeconfig_host = url.host().unwrap_or_default().to_string();
         for host in &self.hosts {
             let node = host.node();
-            let address = node_internal_address(node);
-            if address == kubeconfig_host || node.address == kubeconfig_host {
+            if node_internal_address(node) == kubeconfig_host || node.address == kubeconfig_host {
                 continue;
             }
-            let tunnel = match Tunnel::open(host.clone(), &address, APISERVER_PORT).await {
-                Ok(t) => t,
-                Err(e) => {
-                    failures.push(format!("{}: {e}", node_name(node)));
-                    continue;
-                }
-            };
-            let options = kube_client::ClientOptions {
-                server_override: Some(format!("https://{}", tunnel.local_addr())),
-                ..Default::default()
-            };
-            let client = kube_client::client_with(&path, &options).await?;
-            match kube_client::probe(&client).await {
-                Ok(()) => {
+            match self.node_api(host).await {
+                Ok(connection) => {
                     tracing::warn!(
-                        "{}; using {}'s kube-apiserver ({address}:{APISERVER_PORT}) through SSH instead",
+                        "{}; using {} ({}:{APISERVER_PORT}) through SSH instead",
                         failures.join("; "),
-                        node_name(node)
+                        connection.name,
+                        connection.host
                     );
-                    return Ok(ApiConnection {
-                        client,
-                        _tunnel: Some(tunnel),
-                    });
+                    return Ok(connection);
                 }
-                Err(e) => failures.push(format!(
-                    "{}'s kube-apiserver through SSH: {e}",
-                    node_name(node)
-                )),
+                Err(e) => failures.push(format!("{e:#}")),
             }
         }
         Err(anyhow!("no API server answers: {}", failures.join("; ")))
@@ -633,6 +691,13 @@ fn known_key_names(
     names.sort();
     names.dedup();
     names
+}
+
+fn server_of(connection: &ApiConnection) -> rewrite::ApiServer {
+    rewrite::ApiServer {
+        name: connection.name.clone(),
+        client: connection.client.clone(),
+    }
 }
 
 /// The address a node's services listen on for the other nodes: RKE's `internal_address`, else `address`.

@@ -10,19 +10,25 @@
 //! Memory is bounded in bytes, not objects (a Helm release Secret is up to 1 MiB): a lister task holds one
 //! page of about `page_bytes`, and the objects it has queued or the writers are writing hold at most
 //! `queue_bytes` together (see [`budget`]). A fixed pool of writers works through the queue while the next
-//! page is fetched; how many of them have a request in flight is up to [`pace`], which backs off when the
-//! servers say they are overloaded (429, 5xx) and grows again while they keep up. Only a compact set of object ids (16 bytes each) is kept, to skip finished objects if an
-//! expired continue token (410) forces a fresh list.
+//! page is fetched; how many of them have a request in flight is up to [`pace`], which grows it while
+//! throughput rises and backs off when the servers are overloaded (429, 5xx) or only slower. The writes are
+//! spread over every controlplane's API server ([`servers`]). Only a compact set of object ids (16 bytes each)
+//! is kept, to skip finished objects if an expired continue token (410) forces a fresh list.
 //!
 //! Split by concept: [`targets`] (which resources), [`budget`] (memory), [`writer`] (one object's write),
-//! [`pace`] (requests in flight), [`report`] (counters and the report), [`progress`] (what the user sees).
+//! [`pace`] (requests in flight), [`servers`] (which API server), [`report`] (counters and the report),
+//! [`progress`] (what the user sees).
 
 mod budget;
 mod pace;
 mod progress;
 mod report;
+mod servers;
 mod targets;
 mod writer;
+
+pub use pace::{ADAPTIVE_CEILING, Concurrency};
+pub use servers::{ApiServer, Servers};
 
 pub use report::{ObjectError, RewriteReport};
 pub use targets::{
@@ -53,8 +59,8 @@ pub struct RewriteOptions {
     pub page_bytes: usize,
     /// Most bytes of objects listed but not yet written (queued or being written); the lister waits for room.
     pub queue_bytes: usize,
-    /// Most writes in flight; the rewrite starts lower and backs off when the server is overloaded ([`pace`]).
-    pub concurrency: usize,
+    /// Writes in flight: adaptive (the default) or pinned ([`pace`]).
+    pub concurrency: Concurrency,
     /// Retries of one request after a 5xx or a transport error, with exponential backoff.
     pub max_retries: u32,
     /// 429s are retried (after the server's `Retry-After`) until no request at all has succeeded for this long.
@@ -73,7 +79,7 @@ impl Default for RewriteOptions {
             page_size: 500,
             page_bytes: 8 << 20,
             queue_bytes: 32 << 20,
-            concurrency: 32,
+            concurrency: Concurrency::Adaptive,
             max_retries: 8,
             throttle_patience: Duration::from_secs(300),
             initial_backoff: Duration::from_millis(100),
@@ -94,9 +100,18 @@ pub enum ProgressMode {
     Quiet,
 }
 
-/// Rewrite every object of every target, one resource after another.
+/// Rewrite every object of every target through one API server, one resource after another.
 pub async fn rewrite(
     client: &kube::Client,
+    targets: &[Target],
+    options: &RewriteOptions,
+) -> RewriteReport {
+    rewrite_through(&Arc::new(Servers::one(client)), targets, options).await
+}
+
+/// Rewrite every object of every target, one resource after another, writing through all of `servers`.
+pub async fn rewrite_through(
+    servers: &Arc<Servers>,
     targets: &[Target],
     options: &RewriteOptions,
 ) -> RewriteReport {
@@ -109,11 +124,26 @@ pub async fn rewrite(
             break;
         }
         progress.resource(&target.name());
-        rewrite_resource(client, target, options, &stats, &pace).await;
+        rewrite_resource(servers, target, options, &stats, &pace).await;
     }
     progress.finish();
-    let report = stats.report(started.elapsed(), options.cancel.is_cancelled());
+    let report = finish(&stats, &pace, servers, started, options);
     tracing::info!("rewrite finished: {report}");
+    report
+}
+
+/// The report, with how the pace and the servers ended.
+fn finish(
+    stats: &Stats,
+    pace: &Pace,
+    servers: &Servers,
+    started: Instant,
+    options: &RewriteOptions,
+) -> RewriteReport {
+    let mut report = stats.report(started.elapsed(), options.cancel.is_cancelled());
+    report.final_concurrency = pace.limit();
+    report.saturations = pace.saturations();
+    report.servers = servers.answered();
     report
 }
 
@@ -145,17 +175,17 @@ mod async_channel_like {
 }
 
 async fn rewrite_resource(
-    client: &kube::Client,
+    servers: &Arc<Servers>,
     target: &Target,
     options: &RewriteOptions,
     stats: &Arc<Stats>,
     pace: &Arc<Pace>,
 ) {
     let (sender, queue): (_, WorkQueue) = async_channel_like::bounded(options.page_size as usize);
-    let writers: Vec<_> = (0..options.concurrency.max(1))
+    let writers: Vec<_> = (0..options.concurrency.ceiling())
         .map(|_| {
             let queue = queue.clone();
-            let writer = Writer::new(client, target, options, stats.clone(), pace.clone());
+            let writer = Writer::new(servers, target, options, stats.clone(), pace.clone());
             tokio::spawn(async move {
                 while let Some((object, share)) = queue.recv().await {
                     // Cancelled: leave queued objects alone, only in-flight writes finish.
@@ -170,7 +200,7 @@ async fn rewrite_resource(
         .collect();
     drop(queue);
     let budget = ByteBudget::new(options.queue_bytes);
-    list_into(client, target, options, stats, pace, sender, &budget).await;
+    list_into(servers, target, options, stats, pace, sender, &budget).await;
     for writer in writers {
         if let Err(e) = writer.await {
             tracing::error!("rewrite writer task failed: {e}");
@@ -183,7 +213,7 @@ const MAX_STALLED_RESTARTS: u32 = 5;
 
 /// Page through the resource and queue every object not yet handed out, starting again on a 410.
 async fn list_into(
-    client: &kube::Client,
+    servers: &Servers,
     target: &Target,
     options: &RewriteOptions,
     stats: &Stats,
@@ -191,7 +221,6 @@ async fn list_into(
     sender: tokio::sync::mpsc::Sender<Queued>,
     budget: &ByteBudget,
 ) {
-    let api: Api<DynamicObject> = Api::all_with(client.clone(), &target.api);
     let mut dispatched: HashSet<u128> = HashSet::new();
     let mut continue_token: Option<String> = None;
     let mut first_page = true;
@@ -209,6 +238,7 @@ async fn list_into(
         if let Some(token) = &continue_token {
             params = params.continue_token(token);
         }
+        let api: Api<DynamicObject> = Api::all_with(servers.lister().clone(), &target.api);
         let page = tokio::select! {
             page = paced(pace, api.list(&params)) => page,
             () = options.cancel.cancelled() => return,
@@ -328,7 +358,8 @@ pub async fn rewrite_object(
     let started = Instant::now();
     let stats = Arc::new(Stats::default());
     let pace = Arc::new(Pace::new(options.concurrency));
-    let writer = Writer::new(client, target, options, stats.clone(), pace);
+    let servers = Arc::new(Servers::one(client));
+    let writer = Writer::new(&servers, target, options, stats.clone(), pace);
     let outcome = writer.put_back(writer.with_types(object)).await;
     writer.record(String::new(), outcome.clone());
     (outcome, stats.report(started.elapsed(), false))
@@ -348,6 +379,18 @@ pub async fn rewrite_keys(
     etcd_keys: &[String],
     options: &RewriteOptions,
 ) -> RewriteReport {
+    let servers = Arc::new(Servers::one(client));
+    rewrite_keys_through(&servers, targets, etcd_prefix, etcd_keys, options).await
+}
+
+/// [`rewrite_keys`], writing through all of `servers`.
+pub async fn rewrite_keys_through(
+    servers: &Arc<Servers>,
+    targets: &[Target],
+    etcd_prefix: &str,
+    etcd_keys: &[String],
+    options: &RewriteOptions,
+) -> RewriteReport {
     let started = Instant::now();
     let stats = Arc::new(Stats::default());
     stats
@@ -361,7 +404,13 @@ pub async fn rewrite_keys(
         .map(|t| {
             (
                 t.etcd(etcd_prefix).key_prefix,
-                Arc::new(Writer::new(client, t, options, stats.clone(), pace.clone())),
+                Arc::new(Writer::new(
+                    servers,
+                    t,
+                    options,
+                    stats.clone(),
+                    pace.clone(),
+                )),
             )
         })
         .collect();
@@ -369,7 +418,7 @@ pub async fn rewrite_keys(
     progress.resource("targeted");
     futures::stream::iter(etcd_keys)
         .take_while(|_| std::future::ready(!options.cancel.is_cancelled()))
-        .for_each_concurrent(options.concurrency.max(1), |key| {
+        .for_each_concurrent(options.concurrency.ceiling(), |key| {
             let by_prefix = &by_prefix;
             let stats = &stats;
             async move {
@@ -402,7 +451,7 @@ pub async fn rewrite_keys(
         })
         .await;
     progress.finish();
-    let report = stats.report(started.elapsed(), options.cancel.is_cancelled());
+    let report = finish(&stats, &pace, servers, started, options);
     tracing::info!("targeted rewrite finished: {report}");
     report
 }

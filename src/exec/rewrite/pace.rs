@@ -1,21 +1,31 @@
 //! How many requests a rewrite keeps in flight, and when it must wait.
 //!
-//! A rewrite shares the API servers with the cluster's own clients. When a server is overloaded it says so: API
-//! Priority and Fairness (and `--max-requests-inflight`) answer 429 with a `Retry-After`, an overloaded server
-//! answers 5xx. Retrying each such request on its own timer, as if it were a lost packet, keeps the same number
-//! of requests knocking, so the server keeps refusing and an unlucky object runs out of attempts (this is how a
-//! one-seat priority level once failed a rewrite). So the writers share one [`Pace`]: an additive-increase,
-//! multiplicative-decrease limit on requests in flight, the way TCP shares a link.
+//! A rewrite shares the API servers with the cluster's own clients, and how many writes they can take at once
+//! depends on the cluster: its CPUs, its etcd, how many API servers share the work, what else runs. No fixed
+//! number is right for all of them: 32 leaves a large cluster idle, 256 queues on a small one. So by default
+//! ([`Concurrency::Adaptive`]) the writers share one [`Pace`] that finds the number as TCP finds a link's rate:
 //!
-//! - It starts at [`START`] (or the ceiling if lower) and grows by one per success until the first sign of
-//!   overload (slow start), then by one per `limit` successes, never above the ceiling (`--rewrite-concurrency`).
-//! - An overload answer halves the limit (once per [`Pace::cut_spacing`], so a burst of refusals from one moment
-//!   counts once). The refused request itself waits its `Retry-After` before it is sent again (as client-go
-//!   does); the others go on under the lower limit. (Holding every request for the `Retry-After` was tried
-//!   first: on a one-seat priority level each refusal stopped the whole rewrite for a second.)
+//! - It starts at [`START`] and grows by one per success (slow start: doubling every round trip), up to
+//!   [`ADAPTIVE_CEILING`].
+//! - It measures what the growth buys: answers are counted in windows of at least `limit` answers and
+//!   [`WINDOW`]. A window whose throughput is [`GAIN`] above the reference's becomes the reference. A window at
+//!   a limit [`GROWTH`] above the reference's, with no such gain while the mean latency rose by [`CLIMB`], shows
+//!   the servers saturated: more writes only queue. The limit goes back to the reference's, slow start ends,
+//!   and from there it grows by one per `limit` successes (so it keeps probing, and is pushed back again when the
+//!   probe buys nothing).
+//! - Overload answers: API Priority and Fairness (and `--max-requests-inflight`) answer 429 with a
+//!   `Retry-After`, an overloaded server answers 5xx. Each halves the limit (once per [`Pace::cut_spacing`], so a
+//!   burst of refusals from one moment counts once) and ends slow start. The refused request itself waits its
+//!   `Retry-After` before it is sent again (as client-go does); the others go on under the lower limit. (Holding
+//!   every request for the `Retry-After` was tried first: on a one-seat priority level each refusal stopped the
+//!   whole rewrite for a second. Retrying each on its own timer, as if it were a lost packet, kept the same number
+//!   knocking until an unlucky object ran out of attempts, as a one-seat priority level once showed.)
 //! - A 429 means the server did not run the request, so retrying it is always safe and it does not use up the
 //!   per-request retry budget; what ends the retries is [`Pace::stalled`]: no request at all has succeeded for
 //!   the rewrite's patience.
+//!
+//! `--rewrite-concurrency N` pins it instead ([`Concurrency::Pinned`]): N from the first request, no growth
+//! probing; only the servers' own overload answers lower it, since a refused request was not run anyway.
 
 use std::sync::Mutex;
 use std::time::Duration;
@@ -26,6 +36,45 @@ use tokio::time::Instant;
 /// Requests in flight before the first answer (slow start doubles it each round trip).
 pub(super) const START: usize = 4;
 
+/// The most requests an adaptive rewrite keeps in flight (and so the number of writer tasks).
+pub const ADAPTIVE_CEILING: usize = 256;
+
+/// A measuring window lasts at least this long (and at least `limit` answers).
+pub(super) const WINDOW: Duration = Duration::from_millis(250);
+
+/// A window's throughput this far above the reference's is a gain (5 %).
+const GAIN: f64 = 1.05;
+
+/// A limit this far above the reference's has grown enough to judge (25 %).
+const GROWTH: f64 = 1.25;
+
+/// Mean latency this far above the reference's has climbed (20 %).
+const CLIMB: f64 = 1.2;
+
+/// How many writes a rewrite keeps in flight.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Concurrency {
+    /// Grow while throughput rises, back off on overload and when latency climbs without gain.
+    Adaptive,
+    /// At most this many, from the start (`--rewrite-concurrency`); only overload answers lower it.
+    Pinned(usize),
+}
+
+impl Concurrency {
+    /// `--rewrite-concurrency`: pinned when given, adaptive when not.
+    pub fn from_flag(flag: Option<u16>) -> Self {
+        flag.map_or(Self::Adaptive, |n| Self::Pinned(usize::from(n)))
+    }
+
+    /// The most requests ever in flight.
+    pub fn ceiling(self) -> usize {
+        match self {
+            Self::Adaptive => ADAPTIVE_CEILING,
+            Self::Pinned(n) => n.max(1),
+        }
+    }
+}
+
 /// The wait after a 429 that names none; upstream's API Priority and Fairness asks for 1 s.
 pub(super) const DEFAULT_RETRY_AFTER: Duration = Duration::from_secs(1);
 
@@ -34,6 +83,7 @@ pub(super) const MAX_RETRY_AFTER: Duration = Duration::from_secs(30);
 
 pub(super) struct Pace {
     ceiling: usize,
+    adaptive: bool,
     state: Mutex<State>,
     room: Notify,
 }
@@ -43,9 +93,47 @@ struct State {
     limit: usize,
     in_flight: usize,
     slow_start: bool,
-    successes_at_limit: usize,
+    /// The limit changed during the current window: its answers mix two limits, so it is not judged.
+    settling: bool,
     last_cut: Option<Instant>,
     last_success: Instant,
+    window: Window,
+    reference: Option<Sample>,
+    saturations: u64,
+}
+
+/// Answers counted since the window opened.
+#[derive(Debug)]
+struct Window {
+    opened: Instant,
+    served: u32,
+    latency: Duration,
+}
+
+impl Window {
+    fn open(now: Instant) -> Self {
+        Self {
+            opened: now,
+            served: 0,
+            latency: Duration::ZERO,
+        }
+    }
+}
+
+/// What one closed window measured.
+#[derive(Debug, Clone, Copy)]
+struct Sample {
+    limit: usize,
+    rate: f64,
+    latency: Duration,
+}
+
+impl Sample {
+    /// Requests actually in flight on average (Little's law: rate × latency). Lower than the limit when the
+    /// writers have nothing to send, higher for a while after the limit went down.
+    fn load(&self) -> f64 {
+        self.rate * self.latency.as_secs_f64()
+    }
 }
 
 /// What the server said to one request, as far as pacing cares.
@@ -62,17 +150,30 @@ pub(super) enum Answer {
 }
 
 impl Pace {
-    pub(super) fn new(ceiling: usize) -> Self {
+    pub(super) fn new(concurrency: Concurrency) -> Self {
+        Self::build(concurrency.ceiling(), concurrency == Concurrency::Adaptive)
+    }
+
+    fn build(ceiling: usize, adaptive: bool) -> Self {
         let ceiling = ceiling.max(1);
+        let now = Instant::now();
         Self {
             ceiling,
+            adaptive,
             state: Mutex::new(State {
-                limit: START.min(ceiling),
+                limit: if adaptive {
+                    START.min(ceiling)
+                } else {
+                    ceiling
+                },
                 in_flight: 0,
-                slow_start: true,
-                successes_at_limit: 0,
+                slow_start: adaptive,
+                settling: false,
                 last_cut: None,
-                last_success: Instant::now(),
+                last_success: now,
+                window: Window::open(now),
+                reference: None,
+                saturations: 0,
             }),
             room: Notify::new(),
         }
@@ -87,6 +188,11 @@ impl Pace {
         self.lock().limit
     }
 
+    /// How often latency climbed without a throughput gain and the limit went back (for the report).
+    pub(super) fn saturations(&self) -> u64 {
+        self.lock().saturations
+    }
+
     /// Wait for room under the limit; the slot is given back on drop.
     pub(super) async fn slot(&self) -> Slot<'_> {
         loop {
@@ -97,6 +203,7 @@ impl Pace {
                     state.in_flight += 1;
                     return Slot {
                         pace: self,
+                        sent: Instant::now(),
                         answered: false,
                     };
                 }
@@ -115,23 +222,24 @@ impl Pace {
         hold.max(Duration::from_millis(500))
     }
 
-    fn answer(&self, answer: Answer) {
+    fn answer(&self, answer: Answer, latency: Duration) {
         let mut state = self.lock();
         state.in_flight = state.in_flight.saturating_sub(1);
         let now = Instant::now();
         match answer {
             Answer::Served => {
                 state.last_success = now;
-                if state.slow_start {
-                    state.limit += 1;
-                } else {
-                    state.successes_at_limit += 1;
-                    if state.successes_at_limit >= state.limit {
-                        state.limit += 1;
-                        state.successes_at_limit = 0;
+                if let Some(sample) = measure(&mut state, now, latency)
+                    && !std::mem::take(&mut state.settling)
+                {
+                    let before = state.limit;
+                    let took_back = self.adaptive && judge(&mut state, sample);
+                    if !took_back {
+                        grow(&mut state);
                     }
+                    state.limit = state.limit.min(self.ceiling);
+                    state.settling = state.limit != before;
                 }
-                state.limit = state.limit.min(self.ceiling);
             }
             Answer::Throttled(retry_after) => {
                 cut(
@@ -148,34 +256,92 @@ impl Pace {
     }
 }
 
+/// Counts one served answer in the window; when the window is full, closes it and returns what it measured.
+fn measure(state: &mut State, now: Instant, latency: Duration) -> Option<Sample> {
+    let window = &mut state.window;
+    window.served += 1;
+    window.latency += latency;
+    let elapsed = now.saturating_duration_since(window.opened);
+    if (window.served as usize) < state.limit || elapsed < WINDOW {
+        return None;
+    }
+    let sample = Sample {
+        limit: state.limit,
+        rate: f64::from(window.served) / elapsed.as_secs_f64(),
+        latency: window.latency / window.served,
+    };
+    state.window = Window::open(now);
+    Some(sample)
+}
+
+/// After a full window: double in slow start, else one sixteenth more (at least one).
+fn grow(state: &mut State) {
+    state.limit += if state.slow_start {
+        state.limit
+    } else {
+        (state.limit / 16).max(1)
+    };
+}
+
+/// Keeps growth that raised throughput; takes back growth that only raised latency (and says so).
+fn judge(state: &mut State, sample: Sample) -> bool {
+    let Some(reference) = state.reference else {
+        state.reference = Some(sample);
+        return false;
+    };
+    let gained = sample.rate >= reference.rate * GAIN;
+    let grown = sample.load() >= reference.load() * GROWTH;
+    let climbed = sample.latency.as_secs_f64() >= reference.latency.as_secs_f64() * CLIMB;
+    if gained || sample.load() <= reference.load() {
+        // Growth paid off, or the limit is back where it was measured (after a cut): measure from here.
+        state.reference = Some(sample);
+        return false;
+    }
+    if !(grown && climbed) {
+        return false;
+    }
+    state.limit = reference.limit;
+    state.slow_start = false;
+    state.saturations += 1;
+    state.reference = None;
+    tracing::debug!(
+        limit = reference.limit,
+        reference_rate = format_args!("{:.0}/s", reference.rate),
+        rate = format_args!("{:.0}/s at {}", sample.rate, sample.limit),
+        "more writes in flight only raised latency; back to the reference"
+    );
+    true
+}
+
 fn cut(state: &mut State, now: Instant, spacing: Duration) {
     state.slow_start = false;
-    state.successes_at_limit = 0;
     if state.last_cut.is_some_and(|last| now < last + spacing) {
         return;
     }
     state.last_cut = Some(now);
     state.limit = (state.limit / 2).max(1);
+    state.settling = true;
 }
 
 /// Room for one request. Report how it went with [`Slot::answered`]; dropped unanswered (cancelled) it only
 /// gives the room back.
 pub(super) struct Slot<'a> {
     pace: &'a Pace,
+    sent: Instant,
     answered: bool,
 }
 
 impl Slot<'_> {
     pub(super) fn answered(mut self, answer: Answer) {
         self.answered = true;
-        self.pace.answer(answer);
+        self.pace.answer(answer, self.sent.elapsed());
     }
 }
 
 impl Drop for Slot<'_> {
     fn drop(&mut self) {
         if !self.answered {
-            self.pace.answer(Answer::Lost);
+            self.pace.answer(Answer::Lost, self.sent.elapsed());
         }
     }
 }
@@ -205,29 +371,48 @@ mod tests {
         pace.slot().await.answered(answer);
     }
 
-    #[tokio::test]
-    async fn slow_start_grows_by_one_per_success_up_to_the_ceiling() {
-        let pace = Pace::new(10);
-        assert_eq!(pace.limit(), START);
-        for expected in START + 1..=10 {
-            serve(&pace, Answer::Served).await;
-            assert_eq!(pace.limit(), expected);
+    /// One full measuring window: [`WINDOW`] passes, then `limit` answers arrive at once.
+    async fn full_window(pace: &Pace) {
+        tokio::time::advance(WINDOW).await;
+        for _ in 0..pace.limit() {
+            serve(pace, Answer::Served).await;
         }
-        serve(&pace, Answer::Served).await;
-        assert_eq!(pace.limit(), 10, "never above the ceiling");
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn slow_start_doubles_per_window_up_to_the_ceiling() {
+        let pace = Pace::build(40, true);
+        assert_eq!(pace.limit(), START);
+        // The window after each change mixes two limits and is not judged.
+        for expected in [8, 8, 16, 16, 32, 32, 40, 40, 40] {
+            full_window(&pace).await;
+            assert_eq!(pace.limit(), expected, "never above the ceiling");
+        }
         assert_eq!(
-            Pace::new(2).limit(),
+            Pace::build(2, true).limit(),
             2,
             "starts at the ceiling when it is lower"
         );
-        assert_eq!(Pace::new(0).limit(), 1, "at least one request");
+        assert_eq!(Pace::build(0, true).limit(), 1, "at least one request");
     }
 
-    #[tokio::test]
-    async fn overload_halves_once_per_event_then_growth_is_additive() {
-        let pace = Pace::new(64);
-        for _ in 0..12 {
+    #[tokio::test(start_paused = true)]
+    async fn a_window_is_at_least_its_limit_of_answers_and_its_duration() {
+        let pace = Pace::build(64, true);
+        for _ in 0..100 {
             serve(&pace, Answer::Served).await;
+        }
+        assert_eq!(pace.limit(), START, "answers alone do not close a window");
+        tokio::time::advance(WINDOW).await;
+        serve(&pace, Answer::Served).await;
+        assert_eq!(pace.limit(), 2 * START);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn overload_halves_once_per_event_then_growth_is_a_sixteenth_per_window() {
+        let pace = Pace::build(64, true);
+        for _ in 0..4 {
+            full_window(&pace).await;
         }
         assert_eq!(pace.limit(), 16);
         serve(&pace, Answer::Overloaded).await;
@@ -238,21 +423,18 @@ mod tests {
             8,
             "a second 5xx of the same moment is the same event"
         );
-        for _ in 0..7 {
-            serve(&pace, Answer::Served).await;
-        }
-        assert_eq!(
-            pace.limit(),
-            8,
-            "after a cut, one more per `limit` successes"
-        );
-        serve(&pace, Answer::Served).await;
-        assert_eq!(pace.limit(), 9);
+        full_window(&pace).await;
+        assert_eq!(pace.limit(), 8, "the window after the cut is not judged");
+        full_window(&pace).await;
+        assert_eq!(pace.limit(), 9, "after a cut, at least one more per window");
+        tokio::time::advance(Duration::from_secs(1)).await;
+        serve(&pace, Answer::Overloaded).await;
+        assert_eq!(pace.limit(), 4, "a later 5xx is a new event");
     }
 
     #[tokio::test]
     async fn lost_answers_and_404s_say_nothing_about_load() {
-        let pace = Pace::new(8);
+        let pace = Pace::build(8, true);
         serve(&pace, Answer::Lost).await;
         assert_eq!(pace.limit(), START);
         let not_found = kube::Error::Api(
@@ -265,7 +447,7 @@ mod tests {
 
     #[tokio::test(start_paused = true)]
     async fn a_429_cuts_once_per_retry_after_and_other_requests_go_on() {
-        let pace = Pace::new(8);
+        let pace = Pace::build(8, true);
         serve(&pace, Answer::Throttled(Duration::from_secs(3))).await;
         assert_eq!(pace.limit(), START / 2);
         let before = Instant::now();
@@ -284,7 +466,7 @@ mod tests {
 
     #[tokio::test]
     async fn the_limit_bounds_requests_in_flight() {
-        let pace = Pace::new(2);
+        let pace = Pace::build(2, true);
         let first = pace.slot().await;
         let _second = pace.slot().await;
         let third = tokio::time::timeout(Duration::from_millis(50), pace.slot()).await;
@@ -318,9 +500,100 @@ mod tests {
         );
     }
 
+    /// A server that runs `capacity` requests at once in `service` each; more share it, so a request sent
+    /// while `n` are in flight takes `service × max(1, n / capacity)`. Its best rate is
+    /// `capacity / service`, reached at `capacity` in flight.
+    async fn drive(pace: Arc<Pace>, capacity: usize, service: Duration, run: Duration) -> f64 {
+        let in_flight = Arc::new(AtomicUsize::new(0));
+        let served = Arc::new(AtomicUsize::new(0));
+        let started = Instant::now();
+        let writers: Vec<_> = (0..pace.ceiling)
+            .map(|_| {
+                let (pace, in_flight, served) = (pace.clone(), in_flight.clone(), served.clone());
+                tokio::spawn(async move {
+                    while started.elapsed() < run {
+                        let slot = pace.slot().await;
+                        let n = in_flight.fetch_add(1, Ordering::SeqCst) + 1;
+                        let queued = (n as f64 / capacity as f64).max(1.0);
+                        tokio::time::sleep(service.mul_f64(queued)).await;
+                        in_flight.fetch_sub(1, Ordering::SeqCst);
+                        served.fetch_add(1, Ordering::SeqCst);
+                        slot.answered(Answer::Served);
+                    }
+                })
+            })
+            .collect();
+        for writer in writers {
+            writer.await.expect("writer");
+        }
+        served.load(Ordering::SeqCst) as f64 / started.elapsed().as_secs_f64()
+    }
+
+    use std::sync::Arc;
+    use std::sync::atomic::{AtomicUsize, Ordering};
+
+    #[tokio::test(start_paused = true)]
+    async fn adaptive_settles_near_the_servers_capacity_instead_of_the_ceiling() {
+        for (capacity, service_ms) in [(8, 10), (40, 50), (120, 20)] {
+            let pace = Arc::new(Pace::new(Concurrency::Adaptive));
+            let service = Duration::from_millis(service_ms);
+            let best = capacity as f64 / service.as_secs_f64();
+            let rate = drive(pace.clone(), capacity, service, Duration::from_secs(60)).await;
+            let limit = pace.limit();
+            eprintln!("capacity {capacity}: limit {limit}, {rate:.0}/s of {best:.0}/s");
+            assert!(
+                (capacity..=capacity * 5 / 2).contains(&limit),
+                "limit {limit}: should stay near the {capacity} the server runs at once"
+            );
+            assert!(pace.saturations() >= 1, "saturation was never seen");
+            assert!(
+                rate >= 0.9 * best,
+                "{rate:.0}/s is under 90 % of the best {best:.0}/s"
+            );
+        }
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn adaptive_grows_to_the_ceiling_while_throughput_keeps_rising() {
+        let pace = Arc::new(Pace::new(Concurrency::Adaptive));
+        drive(
+            pace.clone(),
+            10_000,
+            Duration::from_millis(20),
+            Duration::from_secs(20),
+        )
+        .await;
+        assert_eq!(pace.limit(), ADAPTIVE_CEILING);
+        assert_eq!(pace.saturations(), 0);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn pinned_starts_at_its_number_never_probes_and_still_yields_to_overload() {
+        let pace = Arc::new(Pace::new(Concurrency::Pinned(64)));
+        assert_eq!(pace.limit(), 64, "no slow start");
+        drive(
+            pace.clone(),
+            8,
+            Duration::from_millis(20),
+            Duration::from_secs(20),
+        )
+        .await;
+        assert_eq!(
+            pace.limit(),
+            64,
+            "latency alone does not move a pinned limit"
+        );
+        assert_eq!(pace.saturations(), 0);
+        serve(&pace, Answer::Throttled(Duration::from_secs(1))).await;
+        assert_eq!(pace.limit(), 32, "a 429 still halves it");
+        assert_eq!(Concurrency::from_flag(None), Concurrency::Adaptive);
+        assert_eq!(Concurrency::from_flag(Some(5)), Concurrency::Pinned(5));
+        assert_eq!(Concurrency::Pinned(0).ceiling(), 1);
+    }
+
     #[tokio::test]
     async fn stalled_counts_from_the_last_success() {
-        let pace = Pace::new(4);
+        let pace = Pace::build(4, true);
         assert!(!pace.stalled(Duration::from_secs(60)));
         assert!(pace.stalled(Duration::ZERO));
         serve(&pace, Answer::Served).await;

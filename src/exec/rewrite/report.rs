@@ -42,6 +42,12 @@ pub struct RewriteReport {
     pub interrupted: bool,
     /// The largest list page, in bytes of JSON (bounded by `page_bytes`, see [`super::budget`]).
     pub largest_page_bytes: u64,
+    /// The limit on writes in flight when the rewrite ended (see [`super::pace`]).
+    pub final_concurrency: usize,
+    /// How often more writes in flight only raised latency and the limit went back.
+    pub saturations: u64,
+    /// Successful requests per API server, in the rotation's order (see [`super::servers`]).
+    pub servers: Vec<(String, u64)>,
 }
 
 impl RewriteReport {
@@ -167,6 +173,7 @@ impl Stats {
             elapsed,
             interrupted,
             largest_page_bytes: get(&self.largest_page_bytes),
+            ..RewriteReport::default()
         }
     }
 }

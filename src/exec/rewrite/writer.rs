@@ -4,6 +4,7 @@
 use super::RewriteOptions;
 use super::pace::{Answer, MAX_RETRY_AFTER, Pace, answer_of};
 use super::report::{ObjectError, Stats};
+use super::servers::Servers;
 use super::targets::Target;
 use crate::kill_points;
 use kube::api::{Api, DynamicObject, PostParams, TypeMeta};
@@ -83,7 +84,7 @@ pub enum Outcome {
 }
 
 pub(super) struct Writer {
-    client: kube::Client,
+    servers: Arc<Servers>,
     pub(super) target: Target,
     pub(super) options: RewriteOptions,
     stats: Arc<Stats>,
@@ -92,14 +93,14 @@ pub(super) struct Writer {
 
 impl Writer {
     pub(super) fn new(
-        client: &kube::Client,
+        servers: &Arc<Servers>,
         target: &Target,
         options: &RewriteOptions,
         stats: Arc<Stats>,
         pace: Arc<Pace>,
     ) -> Self {
         Self {
-            client: client.clone(),
+            servers: servers.clone(),
             target: target.clone(),
             options: options.clone(),
             stats,
@@ -107,11 +108,23 @@ impl Writer {
         }
     }
 
-    fn api(&self, namespace: Option<&str>) -> Api<DynamicObject> {
-        match (self.target.namespaced, namespace) {
-            (true, Some(ns)) => Api::namespaced_with(self.client.clone(), ns, &self.target.api),
-            _ => Api::all_with(self.client.clone(), &self.target.api),
+    /// Sends one request through the next API server in the rotation, under the pace's limit.
+    async fn send<T>(
+        &self,
+        namespace: Option<&str>,
+        request: impl AsyncFnOnce(Api<DynamicObject>) -> Result<T, kube::Error>,
+    ) -> Result<T, kube::Error> {
+        let pick = self.servers.pick();
+        let client = pick.client().clone();
+        let api = match (self.target.namespaced, namespace) {
+            (true, Some(ns)) => Api::namespaced_with(client, ns, &self.target.api),
+            _ => Api::all_with(client, &self.target.api),
+        };
+        let result = paced(&self.pace, request(api)).await;
+        if result.is_ok() {
+            pick.served();
         }
+        result
     }
 
     pub(super) async fn rewrite_listed(&self, object: DynamicObject) {
@@ -145,7 +158,7 @@ impl Writer {
         let Some(name) = object.metadata.name.clone() else {
             return Outcome::Failed("object has no name".into());
         };
-        let api = self.api(object.metadata.namespace.as_deref());
+        let namespace = object.metadata.namespace.clone();
         let read_rv = object.metadata.resource_version.clone();
         if read_rv.is_none() {
             // Without a precondition a PUT could overwrite a concurrent write.
@@ -156,11 +169,11 @@ impl Writer {
         let mut conflicts = 0u32;
         let mut attempt = 0u32;
         loop {
-            let written = paced(
-                &self.pace,
-                api.replace(&name, &PostParams::default(), &object),
-            )
-            .await;
+            let written = self
+                .send(namespace.as_deref(), async |api| {
+                    api.replace(&name, &PostParams::default(), &object).await
+                })
+                .await;
             match written {
                 Ok(written) => {
                     return if written.metadata.resource_version == read_rv {
@@ -173,7 +186,7 @@ impl Writer {
                 Err(kube::Error::Api(status)) if status.code == 409 => {
                     Stats::add(&self.stats.conflicts);
                     conflicts += 1;
-                    match self.get_retrying(&api, &name).await {
+                    match self.get_retrying(namespace.as_deref(), &name).await {
                         Ok(None) => return Outcome::Gone,
                         Ok(Some(current)) if current.metadata.resource_version != read_rv => {
                             return Outcome::SkippedNewer;
@@ -214,12 +227,12 @@ impl Writer {
     /// GET with retries on transient errors; `None` if the object is gone.
     async fn get_retrying(
         &self,
-        api: &Api<DynamicObject>,
+        namespace: Option<&str>,
         name: &str,
     ) -> Result<Option<DynamicObject>, kube::Error> {
         let mut attempt = 0u32;
         loop {
-            match paced(&self.pace, api.get(name)).await {
+            match self.send(namespace, async |api| api.get(name).await).await {
                 Ok(object) => return Ok(Some(object)),
                 Err(kube::Error::Api(status)) if status.code == 404 => return Ok(None),
                 Err(e) => {
@@ -237,8 +250,7 @@ impl Writer {
             Some(ns) => format!("{ns}/{name}"),
             None => name.to_string(),
         };
-        let api = self.api(namespace);
-        let outcome = match self.get_retrying(&api, name).await {
+        let outcome = match self.get_retrying(namespace, name).await {
             Ok(None) => Outcome::Gone,
             Ok(Some(object)) => self.put_back(self.with_types(object)).await,
             Err(e) => Outcome::Failed(format!("read failed: {e}")),
@@ -270,7 +282,10 @@ mod tests {
     #[tokio::test(start_paused = true)]
     async fn a_429_waits_its_retry_after_without_using_the_retry_budget() {
         let options = RewriteOptions::default();
-        let (stats, pace) = (Stats::default(), Pace::new(8));
+        let (stats, pace) = (
+            Stats::default(),
+            Pace::new(super::super::Concurrency::Pinned(8)),
+        );
         let mut attempt = 0;
         let before = tokio::time::Instant::now();
         let refused = too_many_requests(3);
@@ -297,7 +312,10 @@ mod tests {
             throttle_patience: Duration::from_secs(10),
             ..Default::default()
         };
-        let (stats, pace) = (Stats::default(), Pace::new(8));
+        let (stats, pace) = (
+            Stats::default(),
+            Pace::new(super::super::Concurrency::Pinned(8)),
+        );
         let mut attempt = 0;
         let mut waits = 0;
         while retry_after_error(&too_many_requests(1), &mut attempt, &options, &stats, &pace).await
@@ -311,7 +329,10 @@ mod tests {
     #[tokio::test(start_paused = true)]
     async fn server_errors_use_the_retry_budget_and_a_client_error_is_final() {
         let options = RewriteOptions::default();
-        let (stats, pace) = (Stats::default(), Pace::new(8));
+        let (stats, pace) = (
+            Stats::default(),
+            Pace::new(super::super::Concurrency::Pinned(8)),
+        );
         let unavailable = kube::Error::Api(
             kube::core::Status::failure("down", "")
                 .with_code(503)
