@@ -2,7 +2,9 @@
 //! the peak RSS of a large rewrite. Run: `scripts/build-upstream.sh && cargo bench --bench rewrite`
 //! (the real etcd and kube-apiserver as host processes) (see docs/benchmarks.md). Environment knobs:
 //! `ATREST_BENCH_OBJECTS` (10000), `ATREST_BENCH_RSS_OBJECTS` (100000, 0 to skip),
-//! `ATREST_BENCH_CONCURRENCY` (16,32,64,128), `ATREST_BENCH_SKIP_KUBECTL` (unset).
+//! `ATREST_BENCH_LARGE_OBJECTS` (2000 secrets of 1 MiB on a second etcd and server, 0 to skip),
+//! `ATREST_BENCH_CONCURRENCY` (adaptive,16,32,64,128,256: `adaptive` is the default setting, a number pins it),
+//! `ATREST_BENCH_SKIP_KUBECTL` (unset).
 
 #[path = "../tests/common/mod.rs"]
 mod common;
@@ -11,7 +13,7 @@ mod etcd_rates;
 
 use anyhow::{Context, Result, bail, ensure};
 use atrest::exec::etcd::{CensusOptions, Etcd, EtcdResource};
-use atrest::exec::rewrite::{self, ProgressMode, RewriteOptions, Target};
+use atrest::exec::rewrite::{self, Concurrency, ProgressMode, RewriteOptions, Target};
 use common::{LocalApiserver, LocalEtcd, aescbc_config, private_loopback, random_key};
 use etcd_rates::{put_rate, read_then_put_rate};
 use futures::StreamExt;
@@ -24,6 +26,9 @@ use std::time::{Duration, Instant};
 
 const CHILD_ENV: &str = "ATREST_BENCH_CHILD_KUBECONFIG";
 const NAMESPACES: usize = 10;
+/// The payload of a seeded secret: ~2 KiB, or a Helm-release-sized 1 MiB in the large-object run.
+const SMALL: usize = 2048;
+const LARGE: usize = 1 << 20;
 
 fn env_usize(name: &str, default: usize) -> usize {
     std::env::var(name)
@@ -132,7 +137,7 @@ impl Bench {
         Ok(())
     }
 
-    async fn seed(&self, count: usize, start: usize) -> Result<Duration> {
+    async fn seed(&self, count: usize, start: usize, size: usize) -> Result<Duration> {
         let started = Instant::now();
         if start == 0 {
             let namespaces: Api<Namespace> = Api::all(self.client.clone());
@@ -156,16 +161,15 @@ impl Bench {
                         name: Some(format!("s-{i:07}")),
                         ..Default::default()
                     },
-                    // ~2 KiB of data per secret.
                     data: Some(BTreeMap::from([(
                         "payload".to_string(),
-                        ByteString(vec![b'a' + (i % 26) as u8; 2048]),
+                        ByteString(vec![b'a' + (i % 26) as u8; size]),
                     )])),
                     ..Default::default()
                 };
                 api.create(&PostParams::default(), &secret).await.is_err()
             })
-            .buffer_unordered(64)
+            .buffer_unordered(if size > SMALL { 16 } else { 64 })
             .filter(|failed| std::future::ready(*failed))
             .count()
             .await;
@@ -239,10 +243,14 @@ impl CpuProbe {
 async fn run() -> Result<()> {
     let objects = env_usize("ATREST_BENCH_OBJECTS", 10_000);
     let rss_objects = env_usize("ATREST_BENCH_RSS_OBJECTS", 100_000);
-    let concurrencies: Vec<usize> = std::env::var("ATREST_BENCH_CONCURRENCY")
-        .unwrap_or_else(|_| "16,32,64,128".into())
+    let large_objects = env_usize("ATREST_BENCH_LARGE_OBJECTS", 2_000);
+    let concurrencies: Vec<Concurrency> = std::env::var("ATREST_BENCH_CONCURRENCY")
+        .unwrap_or_else(|_| "adaptive,16,32,64,128,256".into())
         .split(',')
-        .filter_map(|c| c.trim().parse().ok())
+        .filter_map(|c| match c.trim() {
+            "adaptive" => Some(Concurrency::Adaptive),
+            n => n.parse().ok().map(Concurrency::Pinned),
+        })
         .collect();
     println!(
         "# atrest rewrite benchmark ({} cores, {objects} secrets of ~2 KiB)",
@@ -254,7 +262,7 @@ async fn run() -> Result<()> {
     );
 
     let mut bench = Bench::up(89).await?;
-    let seeded = bench.seed(objects, 0).await?;
+    let seeded = bench.seed(objects, 0, SMALL).await?;
     println!(
         "seeded {objects} secrets in {:.1}s ({:.0}/s)",
         seeded.as_secs_f64(),
@@ -277,14 +285,12 @@ async fn run() -> Result<()> {
             ("etcd", etcd_pid),
         ]);
         let options = RewriteOptions {
-            concurrency: rewrite::Concurrency::Pinned(concurrency),
+            concurrency,
             progress: ProgressMode::Quiet,
             ..Default::default()
         };
-        let perf = perf_record(
-            &format!("c{concurrency}"),
-            &[apiserver_pid, etcd_pid, std::process::id()],
-        )?;
+        let name = setting_name(concurrency);
+        let perf = perf_record(&name, &[apiserver_pid, etcd_pid, std::process::id()])?;
         let report = rewrite::rewrite(&bench.client, &[Target::secrets()], &options).await;
         perf_finish(perf)?;
         ensure!(
@@ -292,10 +298,13 @@ async fn run() -> Result<()> {
             "atrest rewrite: {report}"
         );
         bench.assert_all_on_write_key(objects as u64).await?;
-        println!("atrest rewrite (concurrency {concurrency}, pages of 500): {report}");
+        println!(
+            "atrest rewrite ({name}, pages of 500): {report}; {} in flight at the end, {} back-offs",
+            report.final_concurrency, report.saturations
+        );
         println!("  CPU during the rewrite: {}", probe.finish());
         atrest_rate = atrest_rate.max(report.objects_per_second());
-        atrest_runs.push((concurrency, report.objects_per_second()));
+        atrest_runs.push((name, report.objects_per_second()));
     }
 
     // 2. The Kubernetes docs' pipeline on the same data.
@@ -357,8 +366,22 @@ async fn run() -> Result<()> {
     }
 
     println!("\n| measure | value |\n|---|---|");
-    for (c, rate) in &atrest_runs {
-        println!("| atrest rewrite, concurrency {c} | {rate:.0} objects/s |");
+    for (name, rate) in &atrest_runs {
+        println!("| atrest rewrite, {name} | {rate:.0} objects/s |");
+    }
+    let best_pinned = atrest_runs
+        .iter()
+        .filter(|(name, _)| name.starts_with("--"))
+        .map(|(_, rate)| *rate)
+        .fold(0f64, f64::max);
+    if let Some((_, adaptive)) = atrest_runs
+        .iter()
+        .find(|(name, _)| name.starts_with("adaptive"))
+    {
+        println!(
+            "| adaptive / best pinned | {:.0} % (target ≥ 90 %) |",
+            100.0 * adaptive / best_pinned.max(f64::MIN_POSITIVE)
+        );
     }
     if let Some(k) = kubectl_rate {
         println!("| kubectl get \\| replace | {k:.0} objects/s |");
@@ -395,36 +418,62 @@ async fn run() -> Result<()> {
     // 4. Peak RSS of a large rewrite in a separate process.
     if rss_objects > 0 {
         let extra = rss_objects.saturating_sub(objects);
-        let seeded = bench.seed(extra, objects).await?;
+        let seeded = bench.seed(extra, objects, SMALL).await?;
         println!(
             "\nseeded {extra} more secrets in {:.1}s",
             seeded.as_secs_f64()
         );
         bench.rotate().await?;
-        let output = std::process::Command::new(std::env::current_exe()?)
-            .env(CHILD_ENV, &bench.apiserver.kubeconfig)
-            .output()?;
-        ensure!(
-            output.status.success(),
-            "RSS child failed: {}",
-            String::from_utf8_lossy(&output.stderr)
-        );
-        let line = String::from_utf8_lossy(&output.stdout);
-        let result: serde_json::Value = serde_json::from_str(line.trim())?;
-        bench.assert_all_on_write_key(rss_objects as u64).await?;
-        let mib = result["vmhwm_kib"].as_f64().unwrap_or_default() / 1024.0;
+        peak_rss(&bench, rss_objects, "secrets of ~2 KiB").await?;
+    }
+
+    // 5. The same with Helm-release-sized secrets, on a second etcd and server (the first holds the small ones).
+    if large_objects > 0 {
+        drop(bench);
+        let mut large = Bench::up(90).await?;
+        let seeded = large.seed(large_objects, 0, LARGE).await?;
         println!(
-            "| peak RSS (VmHWM), rewrite of {} secrets | {mib:.1} MiB (target < 100 MiB); {:.0} objects/s |",
-            result["processed"],
-            result["processed"].as_f64().unwrap_or_default()
-                / result["seconds"].as_f64().unwrap_or(1.0)
+            "\nseeded {large_objects} secrets of 1 MiB in {:.1}s",
+            seeded.as_secs_f64()
         );
+        large.rotate().await?;
+        peak_rss(&large, large_objects, "secrets of 1 MiB").await?;
     }
     println!(
         "load average at end: {}",
         std::fs::read_to_string("/proc/loadavg")?.trim()
     );
     Ok(())
+}
+
+/// A rewrite of every secret with the default settings, in a child process: its peak RSS and rate.
+async fn peak_rss(bench: &Bench, expected: usize, what: &str) -> Result<()> {
+    let output = std::process::Command::new(std::env::current_exe()?)
+        .env(CHILD_ENV, &bench.apiserver.kubeconfig)
+        .output()?;
+    ensure!(
+        output.status.success(),
+        "RSS child failed: {}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    let line = String::from_utf8_lossy(&output.stdout);
+    let result: serde_json::Value = serde_json::from_str(line.trim())?;
+    bench.assert_all_on_write_key(expected as u64).await?;
+    let mib = result["vmhwm_kib"].as_f64().unwrap_or_default() / 1024.0;
+    println!(
+        "| peak RSS (VmHWM), rewrite of {} {what} (default settings) | {mib:.1} MiB (target < 100 MiB); {:.0} objects/s |",
+        result["processed"],
+        result["processed"].as_f64().unwrap_or_default()
+            / result["seconds"].as_f64().unwrap_or(1.0)
+    );
+    Ok(())
+}
+
+fn setting_name(concurrency: Concurrency) -> String {
+    match concurrency {
+        Concurrency::Adaptive => "adaptive (default)".into(),
+        Concurrency::Pinned(n) => format!("--rewrite-concurrency {n}"),
+    }
 }
 
 fn num_cpus() -> usize {

@@ -2,17 +2,47 @@
 //! kube-apiserver in an RKE-shaped container per node), the shape of a real HA cluster: the `atrest` binary does
 //! the whole job (deploys, rolling restarts, rewrite, census), and each rate is measured on stale data.
 //!
-//! Run: `scripts/build-upstream.sh && cargo bench --bench testbed` (as root; see
-//! docs/benchmarks.md). Knobs: `ATREST_BENCH_OBJECTS` (10000), `ATREST_BENCH_CONCURRENCY` (32,64,128: one
-//! rotate-key per value), `ATREST_BENCH_SKIP_KUBECTL` (unset), `ATREST_BENCH_SKIP_RELOAD` (unset: after the
-//! restart-path rotations, cluster.yml asks for automatic reload, one rotate-key brings the flag and the next is
-//! timed on the reload path).
+//! Run: `scripts/build-upstream.sh && cargo bench --bench testbed` (as root; see docs/benchmarks.md).
+//!
+//! Knobs:
+//! - `ATREST_BENCH_OBJECTS` (10000): secrets of ~2 KiB.
+//! - `ATREST_BENCH_CONCURRENCY` (32,64,128,256): the fixed sweep, one rotate-key with `--rewrite-concurrency N`
+//!   per value, after the rotate-key with default settings.
+//! - `ATREST_BENCH_SKIP_KUBECTL` (unset): skip both kubectl runs.
+//! - `ATREST_BENCH_SKIP_RELOAD` (unset: after the restart-path rotations, cluster.yml asks for automatic reload,
+//!   one rotate-key brings the flag and the next is timed on the reload path).
+//! - `ATREST_BENCH_STATUS_NODES` (1,7; empty skips): after the rest, one testbed per count, encrypted by
+//!   `atrest up`, on which `atrest encrypt status` is timed [`STATUS_RUNS`] times.
+//!
+//! Rows of the final table, in order:
+//! - atrest's rewrite rate during `up` (enable), default settings.
+//! - rotate-key with default settings (adaptive concurrency: no `--rewrite-concurrency`), then one per fixed
+//!   concurrency of the sweep; the default's rate as a share of the sweep's best (target ≥ 90 %).
+//! - CPU during the default rotate-key, the whole command (restarts and census included, not only the rewrite):
+//!   atrest (its `/proc/self/stat` cutime + cstime, what `getrusage(RUSAGE_CHILDREN)` gives) / this testbed's
+//!   kube-apiservers / its etcd members (`/proc/<pid>/stat` utime + stime, polled while the command runs, so a
+//!   server restarted mid-way counts up to its last poll); atrest's CPU per object; atrest / (servers + etcd)
+//!   (target ≤ 10 %).
+//! - The reload-path rotate-key and the one that brings the reload flag (unless skipped).
+//! - kubectl on the same stale data (unless skipped): the documentation's `kubectl get | kubectl replace`, and
+//!   what a practised operator scripts: one list, split into 16 shards, 16 `kubectl replace` in parallel; atrest
+//!   default / 16 shards (target ≥ 1.5×), atrest default / documentation pipeline (target ≥ 5×), atrest best /
+//!   pipeline (target ≥ 20×).
+//! - The ceilings on the same 3-member etcd: raw puts, raw get + conditional put, and atrest's best against them.
+//! - `atrest encrypt status` on 1 and on 7 nodes: median, least and most of [`STATUS_RUNS`] runs, and the ratio
+//!   (target: 7 nodes within 1.5× of 1).
 
-use anyhow::{Context, Result, bail, ensure};
+use anyhow::{Context, Result, anyhow, bail, ensure};
 use etcd_client::{Certificate, Client, ConnectOptions, Identity, TlsOptions};
-use std::path::Path;
+use serde_json::Value;
+use std::collections::HashMap;
+use std::collections::hash_map::Entry;
+use std::io::Write;
+use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
-use std::time::Instant;
+use std::sync::OnceLock;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant};
 use testbed::harness::{Apiserver, Options, Testbed};
 
 #[path = "shared/etcd_rates.rs"]
@@ -20,6 +50,15 @@ mod etcd_rates;
 use etcd_rates::{put_rate, read_then_put_rate};
 
 const SIZE: usize = 2048;
+
+/// Parallel `kubectl replace` processes of the sharded kubectl run.
+const SHARDS: usize = 16;
+
+/// Timed `atrest encrypt status` runs per node count.
+const STATUS_RUNS: usize = 5;
+
+/// How often /proc is read for the servers' CPU while a command runs.
+const CPU_POLL: Duration = Duration::from_millis(250);
 
 fn main() -> Result<()> {
     // `cargo test --all-targets` builds and runs bench targets without `--bench`: skip, it takes minutes.
@@ -32,15 +71,63 @@ fn main() -> Result<()> {
         .and_then(|v| v.parse().ok())
         .unwrap_or(10_000);
     let concurrencies: Vec<usize> = std::env::var("ATREST_BENCH_CONCURRENCY")
-        .unwrap_or_else(|_| "32,64,128".into())
+        .unwrap_or_else(|_| "32,64,128,256".into())
         .split(',')
         .filter_map(|c| c.trim().parse().ok())
         .collect();
     println!("# atrest rewrite benchmark on the 3-node testbed ({objects} secrets of ~2 KiB)");
-    println!(
-        "load average at start: {}",
-        std::fs::read_to_string("/proc/loadavg")?.trim()
+    println!("load average at start: {}", load_average()?);
+    // Asked now: `getconf` is a child, and children's CPU is measured around the default rotate-key.
+    println!("clock ticks per second: {}", ticks_per_second());
+    let tb = seeded_testbed(objects)?;
+    let atrest = Atrest { tb: &tb };
+
+    // Enable (identity → aescbc): prepare, recreate with the flag, rewrite, verify, finish.
+    set_encryption(&tb.cluster_yml(), true)?;
+    let (out, enable_seconds) = atrest.timed(&["up", "--yes"])?;
+    let enable = rewrite_rate(&out)?;
+    println!("atrest up (enable): {}", enable.line);
+    ensure!(
+        enable.rewritten == objects as u64,
+        "enable rewrote {}",
+        enable.rewritten
     );
+
+    let rotations = rotations(&tb, &atrest, objects, &concurrencies)?;
+    let reload = if std::env::var_os("ATREST_BENCH_SKIP_RELOAD").is_some() {
+        None
+    } else {
+        Some(reload_rotation(&tb, &atrest, objects)?)
+    };
+    let kubectl = if std::env::var_os("ATREST_BENCH_SKIP_KUBECTL").is_some() {
+        None
+    } else {
+        Some(kubectl_runs(&tb, &atrest, objects)?)
+    };
+    let ceilings = etcd_ceilings(&tb, objects)?;
+
+    drop(tb);
+    let status = status_times()?;
+    print_table(&Report {
+        objects,
+        enable_seconds,
+        status,
+        enable_rate: enable.rate,
+        rotations,
+        reload,
+        kubectl,
+        ceilings,
+    });
+    println!("load average at end: {}", load_average()?);
+    Ok(())
+}
+
+fn load_average() -> Result<String> {
+    Ok(std::fs::read_to_string("/proc/loadavg")?.trim().to_string())
+}
+
+/// Brings the testbed up with the real kube-apiserver and creates `objects` secrets of [`SIZE`] bytes.
+fn seeded_testbed(objects: usize) -> Result<Testbed> {
     let apiserver = Apiserver::upstream()?;
     println!("servers: {apiserver:?}");
     let started = Instant::now();
@@ -60,140 +147,107 @@ fn main() -> Result<()> {
         "seeded {objects} secrets in {:.1} s",
         started.elapsed().as_secs_f64()
     );
-    let atrest = Atrest { tb: &tb };
+    Ok(tb)
+}
 
-    // Enable (identity → aescbc): prepare, recreate with the flag, rewrite, verify, finish.
-    set_encryption(&tb.cluster_yml(), true)?;
-    let out = atrest.run(&["up", "--yes"])?;
-    let enable = rewrite_rate(&out)?;
-    println!("atrest up (enable): {}", enable.line);
+/// Everything the final table shows.
+struct Report {
+    objects: usize,
+    /// Wall time of the `atrest up` that enables encryption.
+    enable_seconds: f64,
+    /// Per node count: `atrest encrypt status` wall times, sorted.
+    status: Vec<(usize, Vec<f64>)>,
+    enable_rate: f64,
+    rotations: Rotations,
+    reload: Option<ReloadRotation>,
+    kubectl: Option<KubectlRates>,
+    ceilings: Ceilings,
+}
 
-    ensure!(
-        enable.rewritten == objects as u64,
-        "enable rewrote {}",
-        enable.rewritten
+/// One timed restart-path rotate-key.
+struct Rotation {
+    /// The rewrite phase's own rate (objects/s).
+    rate: f64,
+    /// The whole command's wall time.
+    seconds: f64,
+}
+
+/// The restart-path rotate-keys: default settings first (with the CPU split), then the fixed sweep.
+struct Rotations {
+    default: Rotation,
+    cpu: CpuSplit,
+    fixed: Vec<(usize, Rotation)>,
+}
+
+impl Rotations {
+    /// The best fixed-concurrency run of the sweep, if any.
+    fn best_fixed(&self) -> Option<(usize, f64)> {
+        self.fixed
+            .iter()
+            .map(|(c, r)| (*c, r.rate))
+            .max_by(|a, b| a.1.total_cmp(&b.1))
+    }
+}
+
+/// Full key rotations with atrest: default settings (CPU measured around it), then each fixed concurrency.
+fn rotations(
+    tb: &Testbed,
+    atrest: &Atrest,
+    objects: usize,
+    concurrencies: &[usize],
+) -> Result<Rotations> {
+    let ((default, atrest_cpu), servers) = ServerCpu::during(tb, || {
+        let before = children_cpu_seconds()?;
+        let rotation = rotate_key(atrest, objects, None)?;
+        Ok((rotation, children_cpu_seconds()? - before))
+    })?;
+    let cpu = CpuSplit {
+        atrest: atrest_cpu,
+        apiservers: servers.apiservers,
+        etcd: servers.etcd,
+    };
+    println!(
+        "CPU during the default rotate-key: atrest {:.1} s, kube-apiservers {:.1} s, etcd {:.1} s",
+        cpu.atrest, cpu.apiservers, cpu.etcd
     );
-
-    // Full key rotations with atrest, at a few rewrite concurrencies.
-    let mut rotations = Vec::new();
-    for concurrency in concurrencies {
-        let c = concurrency.to_string();
-        let (out, seconds) = atrest.timed(&[
-            "encrypt",
-            "rotate-key",
-            "--yes",
-            "--rewrite-concurrency",
-            &c,
-        ])?;
-        let rotate = rewrite_rate(&out)?;
-        ensure!(
-            rotate.rewritten == objects as u64,
-            "rotate-key rewrote {}",
-            rotate.rewritten
-        );
-        println!(
-            "atrest encrypt rotate-key --rewrite-concurrency {c}: {}",
-            rotate.line
-        );
-        rotations.push((concurrency, rotate.rate, seconds));
-    }
-    let reload = if std::env::var_os("ATREST_BENCH_SKIP_RELOAD").is_some() {
-        None
-    } else {
-        Some(reload_rotation(&tb, &atrest, objects)?)
-    };
-
-    // The kubectl pipeline on the same kind of data: the stepwise verbs make every secret stale (prepare +
-    // rotate), kubectl rewrites them, and `reencrypt` finishes the stage (its census then finds nothing left).
-    let skip_kubectl = std::env::var_os("ATREST_BENCH_SKIP_KUBECTL").is_some();
-    let kubectl_rate = if skip_kubectl {
-        None
-    } else {
-        atrest.run(&["encrypt", "prepare", "--yes"])?;
-        atrest.run(&["encrypt", "rotate", "--yes"])?;
-        let kubeconfig = tb.kubeconfig().display().to_string();
-        let started = Instant::now();
-        let status = Command::new("bash")
-            .arg("-c")
-            .arg(format!(
-                "set -o pipefail; kubectl --kubeconfig {kubeconfig} get secrets -A -o json | \
-                 kubectl --kubeconfig {kubeconfig} replace -f - > /dev/null"
-            ))
-            .status()?;
-        let seconds = started.elapsed().as_secs_f64();
-        ensure!(status.success(), "kubectl pipeline failed: {status}");
-        // kubectl must have done the job: the census before reencrypt's rewrite finds nothing stale.
-        let out = atrest.run(&["encrypt", "reencrypt", "--yes"])?;
-        ensure!(
-            out.contains("secrets → ") && out.contains(": nothing to rewrite"),
-            "kubectl left secrets stale:\n{out}"
-        );
-        let rate = objects as f64 / seconds;
-        println!(
-            "kubectl get | kubectl replace: {objects} in {seconds:.1} s ({rate:.0} objects/s)"
-        );
-        Some(rate)
-    };
-
-    // The ceilings on the same 3-member etcd.
-    let runtime = tokio::runtime::Runtime::new()?;
-    let etcd = runtime.block_on(etcd_client(&tb))?;
-    let mut best_put = 0f64;
-    let mut best_pair = 0f64;
-    for c in [32usize, 64, 128] {
-        let rate = runtime.block_on(put_rate(&etcd, objects, c))?;
-        best_put = best_put.max(rate);
-        println!("raw etcd put, concurrency {c}: {rate:.0} puts/s");
-    }
-    for c in [64usize, 128, 256] {
-        let rate = runtime.block_on(read_then_put_rate(&etcd, objects, c))?;
-        best_pair = best_pair.max(rate);
-        println!("raw etcd get + conditional put, concurrency {c}: {rate:.0} objects/s");
-    }
-
-    let best = rotations
+    let fixed = concurrencies
         .iter()
-        .map(|(_, rate, _)| *rate)
-        .fold(enable.rate, f64::max);
-    println!("\n| measure (3-node testbed) | value |\n|---|---|");
-    println!(
-        "| atrest rewrite during enable (32 writers) | {:.0} objects/s |",
-        enable.rate
-    );
-    for (c, rate, seconds) in &rotations {
-        println!(
-            "| atrest rewrite during rotate-key, {c} writers | {rate:.0} objects/s (command: {seconds:.1} s, restart path) |"
-        );
+        .map(|&c| Ok((c, rotate_key(atrest, objects, Some(c))?)))
+        .collect::<Result<_>>()?;
+    Ok(Rotations {
+        default,
+        cpu,
+        fixed,
+    })
+}
+
+/// One `encrypt rotate-key` on the restart path; `concurrency`: `--rewrite-concurrency`, none for the default.
+fn rotate_key(atrest: &Atrest, objects: usize, concurrency: Option<usize>) -> Result<Rotation> {
+    let c = concurrency.map(|c| c.to_string());
+    let mut args = vec!["encrypt", "rotate-key", "--yes"];
+    if let Some(c) = &c {
+        args.extend(["--rewrite-concurrency", c.as_str()]);
     }
-    if let Some(r) = &reload {
-        println!(
-            "| atrest encrypt rotate-key with automatic reload | {:.1} s (rewrite {:.0} objects/s) |",
-            r.rotate_seconds, r.rate
-        );
-        println!(
-            "| the rotate-key that brings the reload flag (phase 1 recreates) | {:.1} s |",
-            r.switch_seconds
-        );
+    let (out, seconds) = atrest.timed(&args)?;
+    let rotate = rewrite_rate(&out)?;
+    ensure!(
+        rotate.rewritten == objects as u64,
+        "{} rewrote {}",
+        args.join(" "),
+        rotate.rewritten
+    );
+    println!("atrest {}: {}", args.join(" "), rotate.line);
+    // The line after it: which API servers took the writes, how many were in flight at the end.
+    if let Some(spread) = out
+        .lines()
+        .rfind(|l| l.contains("secrets → ") && l.contains("writes in flight"))
+    {
+        println!("  {}", spread.trim());
     }
-    if let Some(k) = kubectl_rate {
-        println!("| kubectl get \\| replace | {k:.0} objects/s |");
-        println!("| atrest / kubectl | {:.1}× (target ≥ 20×) |", best / k);
-    }
-    println!("| best raw etcd put | {best_put:.0} puts/s |");
-    println!(
-        "| atrest / raw put | {:.0} % (target ≥ 50 %) |",
-        100.0 * best / best_put
-    );
-    println!("| best raw etcd get + conditional put | {best_pair:.0} objects/s |");
-    println!(
-        "| atrest / raw get + conditional put | {:.0} % |",
-        100.0 * best / best_pair
-    );
-    println!(
-        "load average at end: {}",
-        std::fs::read_to_string("/proc/loadavg")?.trim()
-    );
-    Ok(())
+    Ok(Rotation {
+        rate: rotate.rate,
+        seconds,
+    })
 }
 
 /// rotate-key on the reload path, after the restart-path rotations on the same data.
@@ -233,6 +287,496 @@ fn reload_rotation(tb: &Testbed, atrest: &Atrest, objects: usize) -> Result<Relo
         rotate_seconds,
         rate: rotate.rate,
     })
+}
+
+/// The kubectl rates (objects/s) on the same kind of data.
+struct KubectlRates {
+    /// The Kubernetes documentation's `kubectl get | kubectl replace`.
+    pipeline: f64,
+    /// One list, [`SHARDS`] `kubectl replace` in parallel.
+    shards: f64,
+}
+
+/// The documentation's pipeline, then the sharded run; each on its own stale data (through node 1).
+fn kubectl_runs(tb: &Testbed, atrest: &Atrest, objects: usize) -> Result<KubectlRates> {
+    let kubeconfig = tb.kubeconfig();
+    let pipeline = on_stale_data(atrest, "kubectl get | kubectl replace", || {
+        documentation_pipeline(&kubeconfig, objects)
+    })?;
+    let shards = on_stale_data(
+        atrest,
+        &format!("kubectl get, {SHARDS} parallel kubectl replace"),
+        || sharded_replace(&kubeconfig),
+    )?;
+    Ok(KubectlRates { pipeline, shards })
+}
+
+/// The stepwise verbs make every secret stale (prepare + rotate), `rewrite` rewrites them (it returns how many
+/// objects it wrote and its seconds), and `reencrypt` finishes the stage: its census must find nothing left, so
+/// `rewrite` did the whole job. Returns `rewrite`'s rate.
+fn on_stale_data(
+    atrest: &Atrest,
+    what: &str,
+    rewrite: impl FnOnce() -> Result<(usize, f64)>,
+) -> Result<f64> {
+    atrest.run(&["encrypt", "prepare", "--yes"])?;
+    atrest.run(&["encrypt", "rotate", "--yes"])?;
+    let (count, seconds) = rewrite()?;
+    let out = atrest.run(&["encrypt", "reencrypt", "--yes"])?;
+    ensure!(
+        out.contains("secrets → ") && out.contains(": nothing to rewrite"),
+        "{what} left secrets stale:\n{out}"
+    );
+    let rate = count as f64 / seconds;
+    println!("{what}: {count} in {seconds:.1} s ({rate:.0} objects/s)");
+    Ok(rate)
+}
+
+/// `kubectl get secrets -A -o json | kubectl replace -f -`, timed; `objects` and its seconds.
+fn documentation_pipeline(kubeconfig: &Path, objects: usize) -> Result<(usize, f64)> {
+    let kubeconfig = kubeconfig.display();
+    let started = Instant::now();
+    let status = Command::new("bash")
+        .arg("-c")
+        .arg(format!(
+            "set -o pipefail; kubectl --kubeconfig {kubeconfig} get secrets -A -o json | \
+             kubectl --kubeconfig {kubeconfig} replace -f - > /dev/null"
+        ))
+        .stdin(Stdio::null())
+        .status()
+        .context("running the kubectl pipeline")?;
+    let seconds = started.elapsed().as_secs_f64();
+    ensure!(status.success(), "kubectl pipeline failed: {status}");
+    Ok((objects, seconds))
+}
+
+/// What a practised operator scripts: list every secret once, split the list into [`SHARDS`] files, run one
+/// `kubectl replace` per file in parallel. Timed from the start of the list to the end of the last replace.
+fn sharded_replace(kubeconfig: &Path) -> Result<(usize, f64)> {
+    let dir = tempfile::tempdir()?;
+    let list = dir.path().join("secrets.json");
+    let started = Instant::now();
+    let status = Command::new("kubectl")
+        .arg("--kubeconfig")
+        .arg(kubeconfig)
+        .args(["get", "secrets", "-A", "-o", "json"])
+        .stdin(Stdio::null())
+        .stdout(std::fs::File::create(&list)?)
+        .status()
+        .context("running kubectl get")?;
+    ensure!(status.success(), "kubectl get secrets failed: {status}");
+    let (count, shards) = write_shards(&list, dir.path())?;
+    let children = shards
+        .iter()
+        .map(|shard| {
+            Command::new("kubectl")
+                .arg("--kubeconfig")
+                .arg(kubeconfig)
+                .arg("replace")
+                .arg("-f")
+                .arg(shard)
+                .stdin(Stdio::null())
+                .stdout(Stdio::null())
+                .spawn()
+                .context("running kubectl replace")
+        })
+        .collect::<Result<Vec<_>>>()?;
+    let statuses = children
+        .into_iter()
+        .map(|mut child| child.wait())
+        .collect::<std::io::Result<Vec<_>>>()?;
+    let seconds = started.elapsed().as_secs_f64();
+    for (shard, status) in shards.iter().zip(statuses) {
+        ensure!(
+            status.success(),
+            "kubectl replace -f {} failed: {status}",
+            shard.display()
+        );
+    }
+    Ok((count, seconds))
+}
+
+/// Splits the `kubectl get -o json` list at `list` into up to [`SHARDS`] `v1 List` files of consecutive items in
+/// `dir`; the number of items and the files.
+fn write_shards(list: &Path, dir: &Path) -> Result<(usize, Vec<PathBuf>)> {
+    let mut doc: Value = serde_json::from_slice(&std::fs::read(list)?)
+        .context("parsing the output of kubectl get secrets")?;
+    let items = doc
+        .get_mut("items")
+        .and_then(Value::as_array_mut)
+        .map(std::mem::take)
+        .context("no items in the output of kubectl get secrets")?;
+    ensure!(!items.is_empty(), "kubectl get secrets listed none");
+    let count = items.len();
+    let per_shard = count.div_ceil(SHARDS);
+    let mut shards: Vec<Vec<Value>> = vec![Vec::new(); SHARDS];
+    for (i, item) in items.into_iter().enumerate() {
+        shards[i / per_shard].push(item);
+    }
+    let files = shards
+        .into_iter()
+        .filter(|items| !items.is_empty())
+        .enumerate()
+        .map(|(i, items)| {
+            let path = dir.join(format!("shard{i}.json"));
+            let mut out = std::io::BufWriter::new(std::fs::File::create(&path)?);
+            let shard = serde_json::json!({"apiVersion": "v1", "kind": "List", "items": items});
+            serde_json::to_writer(&mut out, &shard)?;
+            out.flush()?;
+            Ok(path)
+        })
+        .collect::<Result<_>>()?;
+    Ok((count, files))
+}
+
+/// The etcd ceilings on the same 3-member cluster.
+struct Ceilings {
+    /// Best raw put rate (puts/s).
+    put: f64,
+    /// Best raw get + conditional put rate (objects/s).
+    read_then_put: f64,
+}
+
+fn etcd_ceilings(tb: &Testbed, objects: usize) -> Result<Ceilings> {
+    let runtime = tokio::runtime::Runtime::new()?;
+    let etcd = runtime.block_on(etcd_client(tb))?;
+    let mut ceilings = Ceilings {
+        put: 0.0,
+        read_then_put: 0.0,
+    };
+    for c in [32usize, 64, 128] {
+        let rate = runtime.block_on(put_rate(&etcd, objects, c))?;
+        ceilings.put = ceilings.put.max(rate);
+        println!("raw etcd put, concurrency {c}: {rate:.0} puts/s");
+    }
+    for c in [64usize, 128, 256] {
+        let rate = runtime.block_on(read_then_put_rate(&etcd, objects, c))?;
+        ceilings.read_then_put = ceilings.read_then_put.max(rate);
+        println!("raw etcd get + conditional put, concurrency {c}: {rate:.0} objects/s");
+    }
+    Ok(ceilings)
+}
+
+/// One testbed per node count of `ATREST_BENCH_STATUS_NODES`, encrypted by `atrest up` (a census then has keys
+/// to name), and [`STATUS_RUNS`] timed `atrest encrypt status` runs on it.
+fn status_times() -> Result<Vec<(usize, Vec<f64>)>> {
+    let counts: Vec<usize> = std::env::var("ATREST_BENCH_STATUS_NODES")
+        .unwrap_or_else(|_| "1,7".into())
+        .split(',')
+        .filter_map(|c| c.trim().parse().ok())
+        .collect();
+    let mut times = Vec::new();
+    for nodes in counts {
+        let started = Instant::now();
+        let tb = Testbed::up(Options {
+            nodes,
+            apiserver: Apiserver::upstream()?,
+            ..Options::default()
+        })?;
+        println!(
+            "{nodes}-node testbed up in {:.1} s",
+            started.elapsed().as_secs_f64()
+        );
+        tb.seed(100, 0, SIZE)?;
+        set_encryption(&tb.cluster_yml(), true)?;
+        let atrest = Atrest { tb: &tb };
+        atrest.run(&["up", "--yes"])?;
+        let mut runs = Vec::new();
+        for _ in 0..STATUS_RUNS {
+            let (_, seconds) = atrest.timed(&["encrypt", "status"])?;
+            runs.push(seconds);
+        }
+        runs.sort_by(f64::total_cmp);
+        times.push((nodes, runs));
+    }
+    Ok(times)
+}
+
+fn print_status(status: &[(usize, Vec<f64>)]) {
+    let median = |runs: &[f64]| runs.get(runs.len() / 2).copied().unwrap_or(f64::NAN);
+    for (nodes, runs) in status {
+        println!(
+            "| `atrest encrypt status`, {nodes} node(s) | median {:.2} s (least {:.2}, most {:.2}; {} runs) |",
+            median(runs),
+            runs.first().copied().unwrap_or(f64::NAN),
+            runs.last().copied().unwrap_or(f64::NAN),
+            runs.len()
+        );
+    }
+    if let (Some((1, one)), Some((7, seven))) = (status.first(), status.last()) {
+        println!(
+            "| status on 7 nodes / on 1 | {:.2}× (target ≤ 1.5×) |",
+            median(seven) / median(one)
+        );
+    }
+}
+
+fn print_table(r: &Report) {
+    println!("\n| measure (3-node testbed) | value |\n|---|---|");
+    println!(
+        "| atrest up (enable), whole command | {:.1} s; rewrite {:.0} objects/s (default settings) |",
+        r.enable_seconds, r.enable_rate
+    );
+    print_rotations(&r.rotations, r.objects);
+    if let Some(reload) = &r.reload {
+        println!(
+            "| atrest encrypt rotate-key with automatic reload | {:.1} s (rewrite {:.0} objects/s) |",
+            reload.rotate_seconds, reload.rate
+        );
+        println!(
+            "| the rotate-key that brings the reload flag (phase 1 recreates) | {:.1} s |",
+            reload.switch_seconds
+        );
+    }
+    let best = r
+        .rotations
+        .fixed
+        .iter()
+        .map(|(_, rotation)| rotation.rate)
+        .fold(r.enable_rate.max(r.rotations.default.rate), f64::max);
+    if let Some(k) = &r.kubectl {
+        let default = r.rotations.default.rate;
+        println!(
+            "| kubectl get \\| replace (documentation pipeline) | {:.0} objects/s |",
+            k.pipeline
+        );
+        println!(
+            "| kubectl get, {SHARDS} parallel kubectl replace | {:.0} objects/s |",
+            k.shards
+        );
+        println!(
+            "| atrest default / {SHARDS}-shard kubectl | {:.1}× (target ≥ 1.5×) |",
+            default / k.shards
+        );
+        println!(
+            "| atrest default / documentation pipeline | {:.1}× (target ≥ 5×) |",
+            default / k.pipeline
+        );
+        println!(
+            "| atrest best / documentation pipeline | {:.1}× (target ≥ 20×) |",
+            best / k.pipeline
+        );
+    }
+    let c = &r.ceilings;
+    println!("| best raw etcd put | {:.0} puts/s |", c.put);
+    println!(
+        "| atrest / raw put | {:.0} % (target ≥ 50 %) |",
+        100.0 * best / c.put
+    );
+    println!(
+        "| best raw etcd get + conditional put | {:.0} objects/s |",
+        c.read_then_put
+    );
+    println!(
+        "| atrest / raw get + conditional put | {:.0} % |",
+        100.0 * best / c.read_then_put
+    );
+    print_status(&r.status);
+}
+
+/// The restart-path rotate-key rows: default settings, the fixed sweep, the default against the sweep's best,
+/// and the default run's CPU split.
+fn print_rotations(rotations: &Rotations, objects: usize) {
+    let default = &rotations.default;
+    println!(
+        "| atrest rewrite during rotate-key, default (adaptive) | {:.0} objects/s (command: {:.1} s, restart path) |",
+        default.rate, default.seconds
+    );
+    for (c, rotation) in &rotations.fixed {
+        println!(
+            "| atrest rewrite during rotate-key, {c} writers | {:.0} objects/s (command: {:.1} s, restart path) |",
+            rotation.rate, rotation.seconds
+        );
+    }
+    if let Some((c, best)) = rotations.best_fixed() {
+        println!(
+            "| atrest default / best fixed ({c} writers) | {:.0} % (target ≥ 90 %) |",
+            100.0 * default.rate / best
+        );
+    }
+    let cpu = &rotations.cpu;
+    println!(
+        "| CPU during the default rotate-key, whole command incl. restarts and census (atrest / kube-apiservers / etcd) | {:.1} s / {:.1} s / {:.1} s |",
+        cpu.atrest, cpu.apiservers, cpu.etcd
+    );
+    println!(
+        "| atrest CPU per object (whole default rotate-key incl. restarts and census) | {:.2} ms |",
+        1000.0 * cpu.atrest / objects as f64
+    );
+    let servers = cpu.apiservers + cpu.etcd;
+    let share = if servers > 0.0 {
+        format!("{:.0} %", 100.0 * cpu.atrest / servers)
+    } else {
+        "n/a (no kube-apiserver or etcd process of this testbed found in /proc)".into()
+    };
+    println!(
+        "| atrest CPU / (kube-apiservers + etcd), whole default rotate-key | {share} (target ≤ 10 %) |"
+    );
+}
+
+/// CPU seconds during one command.
+struct CpuSplit {
+    atrest: f64,
+    apiservers: f64,
+    etcd: f64,
+}
+
+/// Clock ticks per second of `/proc/<pid>/stat` (`getconf CLK_TCK`; 100 if that fails).
+fn ticks_per_second() -> f64 {
+    static TICKS: OnceLock<f64> = OnceLock::new();
+    *TICKS.get_or_init(|| {
+        Command::new("getconf")
+            .arg("CLK_TCK")
+            .output()
+            .ok()
+            .and_then(|out| String::from_utf8(out.stdout).ok())
+            .and_then(|s| s.trim().parse::<f64>().ok())
+            .filter(|t| *t > 0.0)
+            .unwrap_or(100.0)
+    })
+}
+
+/// The fields of `/proc/<pid>/stat` used here (clock ticks; `starttime` tells a reused pid apart).
+struct Stat {
+    comm: String,
+    utime: u64,
+    stime: u64,
+    cutime: u64,
+    cstime: u64,
+    starttime: u64,
+}
+
+/// Parses a `/proc/<pid>/stat` file; `None` if it is gone or malformed (a process may exit while it is read).
+fn read_stat(path: &str) -> Option<Stat> {
+    let text = std::fs::read_to_string(path).ok()?;
+    let (head, rest) = text.rsplit_once(')')?;
+    let comm = head.split_once('(')?.1.to_string();
+    // After `comm`: state is field 0, utime 11, stime 12, cutime 13, cstime 14, starttime 19 (proc(5)).
+    let fields: Vec<&str> = rest.split_whitespace().collect();
+    let field = |i: usize| fields.get(i).and_then(|v| v.parse::<u64>().ok());
+    Some(Stat {
+        comm,
+        utime: field(11)?,
+        stime: field(12)?,
+        cutime: field(13)?,
+        cstime: field(14)?,
+        starttime: field(19)?,
+    })
+}
+
+/// CPU seconds of this process's waited-for children (cutime + cstime: what `getrusage(RUSAGE_CHILDREN)` sums).
+fn children_cpu_seconds() -> Result<f64> {
+    let stat = read_stat("/proc/self/stat").context("reading /proc/self/stat")?;
+    Ok((stat.cutime + stat.cstime) as f64 / ticks_per_second())
+}
+
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Server {
+    Apiserver,
+    Etcd,
+}
+
+/// A process seen by [`ServerCpu::poll`]: which server it is (`None`: another testbed's), its CPU ticks when it
+/// was first seen (0 if it started during the command) and at the last poll.
+struct Seen {
+    server: Option<Server>,
+    first: u64,
+    last: u64,
+}
+
+/// CPU seconds of this testbed's kube-apiservers and etcd members.
+#[derive(Default)]
+struct ServerCpu {
+    /// By (pid, starttime).
+    seen: HashMap<(u32, u64), Seen>,
+    apiservers: f64,
+    etcd: f64,
+}
+
+impl ServerCpu {
+    /// Runs `f`, polling /proc every [`CPU_POLL`] meanwhile: a server restarted during `f` counts up to its last
+    /// poll, a server started during `f` counts all its CPU. Servers are the processes whose comm is
+    /// `kube-apiserver` or `etcd` and whose command line names `//<address>:` of one of this testbed's nodes
+    /// (other testbeds may run on the same machine).
+    fn during<T>(tb: &Testbed, f: impl FnOnce() -> Result<T>) -> Result<(T, ServerCpu)> {
+        let markers: Vec<String> = tb
+            .nodes()
+            .iter()
+            .map(|n| format!("//{}:", n.address))
+            .collect();
+        let mut cpu = ServerCpu::default();
+        cpu.poll(&markers, true)?;
+        let done = AtomicBool::new(false);
+        let (out, polled) = std::thread::scope(|scope| {
+            let (markers, done) = (&markers, &done);
+            let poller = scope.spawn(move || -> Result<ServerCpu> {
+                while !done.load(Ordering::Relaxed) {
+                    std::thread::sleep(CPU_POLL);
+                    cpu.poll(markers, false)?;
+                }
+                Ok(cpu)
+            });
+            let out = f();
+            done.store(true, Ordering::Relaxed);
+            (out, poller.join())
+        });
+        let out = out?;
+        let mut cpu = polled.map_err(|_| anyhow!("the CPU poller panicked"))??;
+        cpu.poll(&markers, false)?;
+        cpu.sum();
+        Ok((out, cpu))
+    }
+
+    /// Reads the CPU of every server process now; `baseline`: the CPU it has used so far is not counted.
+    fn poll(&mut self, markers: &[String], baseline: bool) -> Result<()> {
+        for entry in std::fs::read_dir("/proc").context("listing /proc")? {
+            // A process that exits while /proc is listed may leave an entry that cannot be read: skip it.
+            let Some(pid) = entry
+                .ok()
+                .and_then(|e| e.file_name().to_str()?.parse::<u32>().ok())
+            else {
+                continue;
+            };
+            let Some(stat) = read_stat(&format!("/proc/{pid}/stat")) else {
+                continue;
+            };
+            let server = match stat.comm.as_str() {
+                "kube-apiserver" => Server::Apiserver,
+                "etcd" => Server::Etcd,
+                _ => continue,
+            };
+            let ticks = stat.utime + stat.stime;
+            match self.seen.entry((pid, stat.starttime)) {
+                Entry::Occupied(mut seen) => seen.get_mut().last = ticks,
+                Entry::Vacant(slot) => {
+                    let Ok(cmdline) = std::fs::read(format!("/proc/{pid}/cmdline")) else {
+                        continue;
+                    };
+                    let cmdline = String::from_utf8_lossy(&cmdline);
+                    let ours = markers.iter().any(|m| cmdline.contains(m.as_str()));
+                    slot.insert(Seen {
+                        server: ours.then_some(server),
+                        first: if baseline { ticks } else { 0 },
+                        last: ticks,
+                    });
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Totals the polled processes into `apiservers` and `etcd` (seconds).
+    fn sum(&mut self) {
+        let ticks = ticks_per_second();
+        for seen in self.seen.values() {
+            let used = seen.last.saturating_sub(seen.first) as f64 / ticks;
+            match seen.server {
+                Some(Server::Apiserver) => self.apiservers += used,
+                Some(Server::Etcd) => self.etcd += used,
+                None => {}
+            }
+        }
+    }
 }
 
 /// Sets `services.kube-api.extra_args.<flag>: <value>` in cluster.yml.
@@ -292,27 +836,31 @@ struct RewriteLine {
     rate: f64,
 }
 
-/// The executor's summary line for secrets: `…: secrets → <unit>: N objects (R rewritten, …) in S s, X objects/s`.
+/// The executor's summary line for secrets: `…: secrets → <unit>: N objects (R rewritten, …) in S s, X objects/s`,
+/// possibly followed by more (the adaptive default may say how many writes it kept in flight): the count is the
+/// number before the first ` rewritten`, the rate the number before the first ` objects/s`.
 fn rewrite_rate(stderr: &str) -> Result<RewriteLine> {
     let line = stderr
         .lines()
-        .rfind(|l| l.contains("secrets → ") && l.ends_with("objects/s"))
+        .rfind(|l| l.contains("secrets → ") && l.contains(" objects/s"))
         .with_context(|| format!("no rewrite summary in:\n{stderr}"))?;
-    let rewritten = line
-        .split_once(" objects (")
-        .and_then(|(_, rest)| rest.split_once(' '))
-        .and_then(|(n, _)| n.parse().ok())
+    let rewritten = number_before(line, " rewritten")
         .with_context(|| format!("no rewritten count in {line:?}"))?;
-    let rate = line
-        .rsplit_once(", ")
-        .and_then(|(_, rest)| rest.strip_suffix(" objects/s"))
-        .and_then(|n| n.parse().ok())
-        .with_context(|| format!("no rate in {line:?}"))?;
+    let rate = number_before(line, " objects/s").with_context(|| format!("no rate in {line:?}"))?;
     Ok(RewriteLine {
         line: line.trim().to_string(),
         rewritten,
         rate,
     })
+}
+
+/// The number just before the first `marker` in `line`: `(10000 rewritten` → 10000, `, 312 objects/s` → 312.
+fn number_before<T: std::str::FromStr>(line: &str, marker: &str) -> Option<T> {
+    let (head, _) = line.split_once(marker)?;
+    head.rsplit(|c: char| c.is_whitespace() || matches!(c, '(' | ',' | ':'))
+        .next()?
+        .parse()
+        .ok()
 }
 
 /// Edits `services.kube-api` of the cluster.yml at `path` with `edit`.
