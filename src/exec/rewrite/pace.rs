@@ -5,14 +5,16 @@
 //! number is right for all of them: 32 leaves a large cluster idle, 256 queues on a small one. So by default
 //! ([`Concurrency::Adaptive`]) the writers share one [`Pace`] that finds the number as TCP finds a link's rate:
 //!
-//! - It starts at [`START`] and grows by one per success (slow start: doubling every round trip), up to
-//!   [`ADAPTIVE_CEILING`].
-//! - It measures what the growth buys: answers are counted in windows of at least `limit` answers and
-//!   [`WINDOW`]. A window whose throughput is [`GAIN`] above the reference's becomes the reference. A window at
-//!   a limit [`GROWTH`] above the reference's, with no such gain while the mean latency rose by [`CLIMB`], shows
-//!   the servers saturated: more writes only queue. The limit goes back to the reference's, slow start ends,
-//!   and from there it grows by one per `limit` successes (so it keeps probing, and is pushed back again when the
-//!   probe buys nothing).
+//! - It starts at [`START`] and doubles per measuring window (slow start), up to [`ADAPTIVE_CEILING`].
+//! - It measures what the growth buys. A measuring window is two rounds of answers (`2 × limit`) and at least
+//!   [`WINDOW`] ([`SLOW_START_WINDOW`] in slow start, where each step doubles the load and stands out of the
+//!   noise); the round after a change mixes two limits and is not judged. Each window gives a rate, a mean
+//!   latency and a load (rate × latency: requests really in flight, Little's law). Once the load is [`GROWTH`]
+//!   above the reference window's, the growth is judged by its efficiency, `ln(rate ratio) / ln(load ratio)`:
+//!   about 1 while the servers have room, about 0 once more writes only queue (the same rate, the latency up
+//!   as much as the load). At [`EFFICIENT`] or more the window becomes the reference; below, the limit goes
+//!   back to the reference's, slow start ends, and from there it grows by an eighth per window, so it keeps
+//!   probing and is pushed back when the probe buys nothing.
 //! - Overload answers: API Priority and Fairness (and `--max-requests-inflight`) answer 429 with a
 //!   `Retry-After`, an overloaded server answers 5xx. Each halves the limit (once per [`Pace::cut_spacing`], so a
 //!   burst of refusals from one moment counts once) and ends slow start. The refused request itself waits its
@@ -39,17 +41,18 @@ pub(super) const START: usize = 4;
 /// The most requests an adaptive rewrite keeps in flight (and so the number of writer tasks).
 pub const ADAPTIVE_CEILING: usize = 256;
 
-/// A measuring window lasts at least this long (and at least `limit` answers).
-pub(super) const WINDOW: Duration = Duration::from_millis(250);
+/// A measuring window lasts at least this long (and at least two rounds: `2 × limit` answers); a settling
+/// window, one round (`limit` answers). In slow start, where each step doubles the load and so its effect
+/// stands out of the noise, [`SLOW_START_WINDOW`].
+pub(super) const WINDOW: Duration = Duration::from_secs(1);
+pub(super) const SLOW_START_WINDOW: Duration = Duration::from_millis(250);
 
-/// A window's throughput this far above the reference's is a gain (5 %).
-const GAIN: f64 = 1.05;
+/// Load this far above the reference's has grown enough to judge what it bought (40 %).
+const GROWTH: f64 = 1.4;
 
-/// A limit this far above the reference's has grown enough to judge (25 %).
-const GROWTH: f64 = 1.25;
-
-/// Mean latency this far above the reference's has climbed (20 %).
-const CLIMB: f64 = 1.2;
+/// Growth that raised throughput by at least this share of what it raised the load (in log terms: rate
+/// ×1.18 for load ×1.4, ×1.41 for load ×2) paid off; below it, it mostly raised latency.
+const EFFICIENT: f64 = 0.5;
 
 /// How many writes a rewrite keeps in flight.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -262,7 +265,17 @@ fn measure(state: &mut State, now: Instant, latency: Duration) -> Option<Sample>
     window.served += 1;
     window.latency += latency;
     let elapsed = now.saturating_duration_since(window.opened);
-    if (window.served as usize) < state.limit || elapsed < WINDOW {
+    let full = if state.settling {
+        window.served as usize >= state.limit
+    } else {
+        let least = if state.slow_start {
+            SLOW_START_WINDOW
+        } else {
+            WINDOW
+        };
+        window.served as usize >= 2 * state.limit && elapsed >= least
+    };
+    if !full {
         return None;
     }
     let sample = Sample {
@@ -274,30 +287,38 @@ fn measure(state: &mut State, now: Instant, latency: Duration) -> Option<Sample>
     Some(sample)
 }
 
-/// After a full window: double in slow start, else one sixteenth more (at least one).
+/// After a full window: double in slow start, else one eighth more (at least one).
 fn grow(state: &mut State) {
     state.limit += if state.slow_start {
         state.limit
     } else {
-        (state.limit / 16).max(1)
+        (state.limit / 8).max(1)
     };
 }
 
 /// Keeps growth that raised throughput; takes back growth that only raised latency (and says so).
+///
+/// Judged only once the load has grown by [`GROWTH`] over the reference's, so that one noisy window between
+/// small steps decides nothing; and by the efficiency `ln(rate ratio) / ln(load ratio)`: about 1 while the
+/// servers have room (twice the load, twice the rate), about 0 once they are saturated (twice the load, the
+/// same rate, twice the latency: Little's law).
 fn judge(state: &mut State, sample: Sample) -> bool {
     let Some(reference) = state.reference else {
         state.reference = Some(sample);
         return false;
     };
-    let gained = sample.rate >= reference.rate * GAIN;
-    let grown = sample.load() >= reference.load() * GROWTH;
-    let climbed = sample.latency.as_secs_f64() >= reference.latency.as_secs_f64() * CLIMB;
-    if gained || sample.load() <= reference.load() {
-        // Growth paid off, or the limit is back where it was measured (after a cut): measure from here.
+    let load_ratio = sample.load() / reference.load();
+    if sample.limit <= reference.limit || !load_ratio.is_finite() {
+        // The limit is back at or below the reference's (after a cut or a take-back): measure from here.
         state.reference = Some(sample);
         return false;
     }
-    if !(grown && climbed) {
+    if load_ratio < GROWTH {
+        return false;
+    }
+    let efficiency = (sample.rate / reference.rate).ln() / load_ratio.ln();
+    if efficiency >= EFFICIENT || efficiency.is_nan() {
+        state.reference = Some(sample);
         return false;
     }
     state.limit = reference.limit;
@@ -371,10 +392,16 @@ mod tests {
         pace.slot().await.answered(answer);
     }
 
-    /// One full measuring window: [`WINDOW`] passes, then `limit` answers arrive at once.
+    /// One full window: a settling one is a round of `limit` answers; a measuring one is [`WINDOW`], then
+    /// two rounds of answers at once.
     async fn full_window(pace: &Pace) {
-        tokio::time::advance(WINDOW).await;
-        for _ in 0..pace.limit() {
+        let rounds = if pace.lock().settling {
+            1
+        } else {
+            tokio::time::advance(WINDOW).await;
+            2
+        };
+        for _ in 0..rounds * pace.limit() {
             serve(pace, Answer::Served).await;
         }
     }
@@ -397,7 +424,7 @@ mod tests {
     }
 
     #[tokio::test(start_paused = true)]
-    async fn a_window_is_at_least_its_limit_of_answers_and_its_duration() {
+    async fn a_measuring_window_is_two_rounds_and_its_duration_a_settling_one_one_round() {
         let pace = Pace::build(64, true);
         for _ in 0..100 {
             serve(&pace, Answer::Served).await;
@@ -406,10 +433,24 @@ mod tests {
         tokio::time::advance(WINDOW).await;
         serve(&pace, Answer::Served).await;
         assert_eq!(pace.limit(), 2 * START);
+        for _ in 0..2 * START - 1 {
+            serve(&pace, Answer::Served).await;
+        }
+        assert!(pace.lock().settling, "one answer short of a round");
+        serve(&pace, Answer::Served).await;
+        assert!(!pace.lock().settling, "a round settles, without waiting");
+        assert_eq!(pace.limit(), 2 * START, "a settling window is not judged");
+        tokio::time::advance(WINDOW).await;
+        for _ in 0..2 * 2 * START - 1 {
+            serve(&pace, Answer::Served).await;
+        }
+        assert_eq!(pace.limit(), 2 * START, "one answer short of two rounds");
+        serve(&pace, Answer::Served).await;
+        assert_eq!(pace.limit(), 4 * START);
     }
 
     #[tokio::test(start_paused = true)]
-    async fn overload_halves_once_per_event_then_growth_is_a_sixteenth_per_window() {
+    async fn overload_halves_once_per_event_then_growth_is_an_eighth_per_window() {
         let pace = Pace::build(64, true);
         for _ in 0..4 {
             full_window(&pace).await;
@@ -500,10 +541,37 @@ mod tests {
         );
     }
 
-    /// A server that runs `capacity` requests at once in `service` each; more share it, so a request sent
-    /// while `n` are in flight takes `service × max(1, n / capacity)`. Its best rate is
-    /// `capacity / service`, reached at `capacity` in flight.
-    async fn drive(pace: Arc<Pace>, capacity: usize, service: Duration, run: Duration) -> f64 {
+    /// A simulated server: it runs `capacity` requests at once in `service` each; more share it, so a request
+    /// sent while `n` are in flight takes `service × max(1, n / capacity)`. Its best rate is
+    /// `capacity / service`, reached at `capacity` in flight. With `jitter`, its speed changes every 100 ms by
+    /// a pseudo-random factor in `1 ± jitter` (garbage collection, a neighbour taking the CPU).
+    #[derive(Clone, Copy)]
+    struct Server {
+        capacity: usize,
+        service: Duration,
+        jitter: f64,
+    }
+
+    impl Server {
+        fn best_rate(&self) -> f64 {
+            self.capacity as f64 / self.service.as_secs_f64()
+        }
+
+        fn latency(&self, in_flight: usize, since_start: Duration) -> Duration {
+            let queued = (in_flight as f64 / self.capacity as f64).max(1.0);
+            let slot = since_start.as_millis() as u64 / 100;
+            // splitmix64 of the 100 ms slot: the same noise for every request sent in it.
+            let mut z = slot.wrapping_add(0x9E37_79B9_7F4A_7C15);
+            z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+            z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+            let unit = (z ^ (z >> 31)) as f64 / u64::MAX as f64;
+            let noise = 1.0 + self.jitter * (2.0 * unit - 1.0);
+            self.service.mul_f64(queued * noise)
+        }
+    }
+
+    /// Writers as many as the pace's ceiling send requests to `server` for `run`; the rate it served.
+    async fn drive(pace: Arc<Pace>, server: Server, run: Duration) -> f64 {
         let in_flight = Arc::new(AtomicUsize::new(0));
         let served = Arc::new(AtomicUsize::new(0));
         let started = Instant::now();
@@ -514,8 +582,7 @@ mod tests {
                     while started.elapsed() < run {
                         let slot = pace.slot().await;
                         let n = in_flight.fetch_add(1, Ordering::SeqCst) + 1;
-                        let queued = (n as f64 / capacity as f64).max(1.0);
-                        tokio::time::sleep(service.mul_f64(queued)).await;
+                        tokio::time::sleep(server.latency(n, started.elapsed())).await;
                         in_flight.fetch_sub(1, Ordering::SeqCst);
                         served.fetch_add(1, Ordering::SeqCst);
                         slot.answered(Answer::Served);
@@ -534,13 +601,25 @@ mod tests {
 
     #[tokio::test(start_paused = true)]
     async fn adaptive_settles_near_the_servers_capacity_instead_of_the_ceiling() {
-        for (capacity, service_ms) in [(8, 10), (40, 50), (120, 20)] {
+        for (capacity, service_ms, jitter) in [
+            (8, 10, 0.0),
+            (40, 50, 0.0),
+            (120, 20, 0.0),
+            (8, 10, 0.3),
+            (40, 50, 0.3),
+            (120, 20, 0.3),
+        ] {
+            let server = Server {
+                capacity,
+                service: Duration::from_millis(service_ms),
+                jitter,
+            };
             let pace = Arc::new(Pace::new(Concurrency::Adaptive));
-            let service = Duration::from_millis(service_ms);
-            let best = capacity as f64 / service.as_secs_f64();
-            let rate = drive(pace.clone(), capacity, service, Duration::from_secs(60)).await;
-            let limit = pace.limit();
-            eprintln!("capacity {capacity}: limit {limit}, {rate:.0}/s of {best:.0}/s");
+            let rate = drive(pace.clone(), server, Duration::from_secs(60)).await;
+            let (limit, best) = (pace.limit(), server.best_rate());
+            eprintln!(
+                "capacity {capacity}, jitter {jitter}: limit {limit}, {rate:.0}/s of {best:.0}/s"
+            );
             assert!(
                 (capacity..=capacity * 5 / 2).contains(&limit),
                 "limit {limit}: should stay near the {capacity} the server runs at once"
@@ -556,13 +635,12 @@ mod tests {
     #[tokio::test(start_paused = true)]
     async fn adaptive_grows_to_the_ceiling_while_throughput_keeps_rising() {
         let pace = Arc::new(Pace::new(Concurrency::Adaptive));
-        drive(
-            pace.clone(),
-            10_000,
-            Duration::from_millis(20),
-            Duration::from_secs(20),
-        )
-        .await;
+        let server = Server {
+            capacity: 10_000,
+            service: Duration::from_millis(20),
+            jitter: 0.0,
+        };
+        drive(pace.clone(), server, Duration::from_secs(20)).await;
         assert_eq!(pace.limit(), ADAPTIVE_CEILING);
         assert_eq!(pace.saturations(), 0);
     }
@@ -571,13 +649,12 @@ mod tests {
     async fn pinned_starts_at_its_number_never_probes_and_still_yields_to_overload() {
         let pace = Arc::new(Pace::new(Concurrency::Pinned(64)));
         assert_eq!(pace.limit(), 64, "no slow start");
-        drive(
-            pace.clone(),
-            8,
-            Duration::from_millis(20),
-            Duration::from_secs(20),
-        )
-        .await;
+        let server = Server {
+            capacity: 8,
+            service: Duration::from_millis(20),
+            jitter: 0.0,
+        };
+        drive(pace.clone(), server, Duration::from_secs(20)).await;
         assert_eq!(
             pace.limit(),
             64,
