@@ -16,8 +16,9 @@
 //!
 //! Rows of the final table, in order:
 //! - atrest's rewrite rate during `up` (enable), default settings.
-//! - rotate-key with default settings (adaptive concurrency: no `--rewrite-concurrency`), then one per fixed
-//!   concurrency of the sweep; the default's rate as a share of the sweep's best (target ≥ 90 %).
+//! - rotate-key with default settings (adaptive concurrency: no `--rewrite-concurrency`; writes through every
+//!   controlplane's API server), the same with `--rewrite-servers one`, then one per fixed concurrency of the
+//!   sweep; the default's rate as a share of the sweep's best (target ≥ 90 %).
 //! - CPU during the default rotate-key, the whole command (restarts and census included, not only the rewrite):
 //!   atrest (its `/proc/self/stat` cutime + cstime, what `getrusage(RUSAGE_CHILDREN)` gives) / this testbed's
 //!   kube-apiservers / its etcd members (`/proc/<pid>/stat` utime + stime, polled while the command runs, so a
@@ -176,6 +177,8 @@ struct Rotation {
 struct Rotations {
     default: Rotation,
     cpu: CpuSplit,
+    /// The default settings but `--rewrite-servers one`: the writes through the kubeconfig's server alone.
+    one_server: Rotation,
     fixed: Vec<(usize, Rotation)>,
 }
 
@@ -198,7 +201,7 @@ fn rotations(
 ) -> Result<Rotations> {
     let ((default, atrest_cpu), servers) = ServerCpu::during(tb, || {
         let before = children_cpu_seconds()?;
-        let rotation = rotate_key(atrest, objects, None)?;
+        let rotation = rotate_key(atrest, objects, None, &[])?;
         Ok((rotation, children_cpu_seconds()? - before))
     })?;
     let cpu = CpuSplit {
@@ -210,21 +213,30 @@ fn rotations(
         "CPU during the default rotate-key: atrest {:.1} s, kube-apiservers {:.1} s, etcd {:.1} s",
         cpu.atrest, cpu.apiservers, cpu.etcd
     );
+    let one_server = rotate_key(atrest, objects, None, &["--rewrite-servers", "one"])?;
     let fixed = concurrencies
         .iter()
-        .map(|&c| Ok((c, rotate_key(atrest, objects, Some(c))?)))
+        .map(|&c| Ok((c, rotate_key(atrest, objects, Some(c), &[])?)))
         .collect::<Result<_>>()?;
     Ok(Rotations {
         default,
         cpu,
+        one_server,
         fixed,
     })
 }
 
-/// One `encrypt rotate-key` on the restart path; `concurrency`: `--rewrite-concurrency`, none for the default.
-fn rotate_key(atrest: &Atrest, objects: usize, concurrency: Option<usize>) -> Result<Rotation> {
+/// One `encrypt rotate-key` on the restart path; `concurrency`: `--rewrite-concurrency`, none for the default;
+/// `extra`: more flags.
+fn rotate_key(
+    atrest: &Atrest,
+    objects: usize,
+    concurrency: Option<usize>,
+    extra: &[&str],
+) -> Result<Rotation> {
     let c = concurrency.map(|c| c.to_string());
     let mut args = vec!["encrypt", "rotate-key", "--yes"];
+    args.extend(extra);
     if let Some(c) = &c {
         args.extend(["--rewrite-concurrency", c.as_str()]);
     }
@@ -581,6 +593,12 @@ fn print_rotations(rotations: &Rotations, objects: usize) {
     println!(
         "| atrest rewrite during rotate-key, default (adaptive) | {:.0} objects/s (command: {:.1} s, restart path) |",
         default.rate, default.seconds
+    );
+    println!(
+        "| atrest rewrite during rotate-key, default but `--rewrite-servers one` | {:.0} objects/s (command: {:.1} s); all servers / one: {:.2}× |",
+        rotations.one_server.rate,
+        rotations.one_server.seconds,
+        default.rate / rotations.one_server.rate
     );
     for (c, rotation) in &rotations.fixed {
         println!(

@@ -1065,7 +1065,7 @@ struct Watched {
 }
 
 /// Where a rewrite's requests went and how many it ended with in flight, for the operator:
-/// `through 3 API servers (a 3340, b 3330, c 3330); 96 writes in flight at the end`.
+/// `through 3 API servers (requests: a 3340, b 3330, c 3330); 96 writes in flight at the end`.
 fn spread(report: &RewriteReport) -> String {
     let servers: Vec<String> = report
         .servers
@@ -1077,7 +1077,7 @@ fn spread(report: &RewriteReport) -> String {
         n => format!(", backed off {n}× when more only raised latency"),
     };
     format!(
-        "through {} API server{} ({}); {} writes in flight at the end{backed_off}",
+        "through {} API server{} (requests: {}); {} writes in flight at the end{backed_off}",
         servers.len(),
         if servers.len() == 1 { "" } else { "s" },
         servers.join(", "),

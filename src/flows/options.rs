@@ -62,6 +62,12 @@ pub struct GlobalOpts {
           value_parser = clap::value_parser!(u16).range(1..=1024))]
     pub rewrite_concurrency: Option<u16>,
 
+    /// Which API servers a rewrite writes through: every controlplane's that answers (the others through SSH
+    /// tunnels), or only the one the run talks to (the kubeconfig's, or the one it fell back to), e.g. when the
+    /// kubeconfig names a load balancer that spreads the requests already.
+    #[arg(long, global = true, value_enum, value_name = "WHICH", default_value_t = RewriteServers::All)]
+    pub rewrite_servers: RewriteServers,
+
     /// How long each restarted or recreated kube-apiserver may take to answer `/readyz` 200 before the node is
     /// put back as it was and the run stops (10–3600). Raise it for servers that start slowly (many CRDs, a large
     /// etcd); lower it to give up sooner on a config a server cannot load.
@@ -133,4 +139,12 @@ pub enum VerifyFormat {
     Text,
     /// Machine-readable JSON.
     Json,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub enum RewriteServers {
+    /// Every controlplane's kube-apiserver that answers.
+    All,
+    /// Only the API server the run talks to.
+    One,
 }

@@ -1,7 +1,7 @@
 //! One run's connections and observations: SSH to every controlplane (pre-flight checked), an etcd client
 //! through an SSH tunnel, a Kubernetes API client, and what they show (config hashes, a census).
 
-use super::options::GlobalOpts;
+use super::options::{GlobalOpts, RewriteServers};
 use crate::config::cluster::{ClusterConfig, Node};
 use crate::exec::cluster_lock::{ClusterLock, LockOwner, lock_key};
 use crate::exec::docker::{APISERVER, OLD_APISERVER};
@@ -489,12 +489,16 @@ impl Session {
     /// Every controlplane's API server that answers, for a rewrite to spread its writes over: the one
     /// [`Session::kube`] uses first, then the other controlplanes' through SSH tunnels (same credentials and
     /// certificate checks). One that does not answer is left out: the rewrite has fewer servers, nothing else.
+    /// With `--rewrite-servers one`, only the first.
     pub async fn api_servers(&mut self) -> anyhow::Result<Arc<rewrite::Servers>> {
         self.kube().await?;
         let Some(first) = &self.kube else {
             bail!("no Kubernetes client");
         };
         let (first_server, first_host) = (server_of(first), first.host.clone());
+        if self.global.rewrite_servers == RewriteServers::One {
+            return Ok(Arc::new(rewrite::Servers::new(first_server, Vec::new())));
+        }
         if self.other_apis.is_none() {
             let kubeconfig_host = kube_client::server_url(&self.global.kubeconfig_path())
                 .await?

@@ -54,10 +54,13 @@ const GROWTH: f64 = 1.4;
 /// ×1.11 for load ×1.4, ×1.23 for load ×2) paid off; below it, it mostly raised latency.
 const EFFICIENT: f64 = 0.3;
 
-/// Growth is never taken back below this many in flight (only overload answers go lower). Below it an update's
-/// latency is mostly etcd's commit, not queueing, and a window's rate is too noisy to judge small steps by: on
-/// the real kube-apiserver, judging from 4 up took the limit back to 6 at 60 % of the rate of 32.
-pub(super) const FLOOR: usize = 32;
+/// Growth is never taken back below this many in flight (only overload answers go lower). etcd commits the
+/// proposals that arrive together with one fsync, so below a few dozen in flight more writes buy throughput in
+/// steps a window's noise hides: on the 3-node testbed 32 → 64 writers bought nothing and 64 → 128 bought 50 %;
+/// on the real kube-apiserver alone, judging from 4 up took the limit back to 6 at 60 % of the rate of 32.
+/// 64 is far below kube-apiserver's own `--max-requests-inflight` (400) and `--max-mutating-requests-inflight`
+/// (200), and a server with fewer seats says so with 429s, which do go lower.
+pub(super) const FLOOR: usize = 64;
 
 /// How many writes a rewrite keeps in flight.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -625,7 +628,9 @@ mod tests {
             eprintln!(
                 "capacity {capacity}, jitter {jitter}: limit {limit}, {rate:.0}/s of {best:.0}/s"
             );
-            let near = capacity.max(FLOOR)..=capacity.max(FLOOR) * 5 / 2;
+            // A snapshot of a sawtooth: with noise the probes get pushed back later, so it ends higher.
+            let least = capacity.max(FLOOR);
+            let near = least..=least * if jitter > 0.0 { 3 } else { 2 };
             assert!(
                 near.contains(&limit),
                 "limit {limit}: should stay near the {capacity} the server runs at once ({near:?})"
