@@ -3,6 +3,7 @@
 //! (the real etcd and kube-apiserver as host processes) (see docs/benchmarks.md). Environment knobs:
 //! `ATREST_BENCH_OBJECTS` (10000), `ATREST_BENCH_RSS_OBJECTS` (100000, 0 to skip),
 //! `ATREST_BENCH_LARGE_OBJECTS` (2000 secrets of 1 MiB on a second etcd and server, 0 to skip),
+//! `ATREST_BENCH_MIXED_SMALL` (10000 secrets of ~2 KiB added among the large ones for the mixed row, 0 to skip),
 //! `ATREST_BENCH_CONCURRENCY` (adaptive,16,32,64,128,256: `adaptive` is the default setting, a number pins it),
 //! `ATREST_BENCH_SKIP_KUBECTL` (unset).
 
@@ -424,7 +425,13 @@ async fn run() -> Result<()> {
             seeded.as_secs_f64()
         );
         bench.rotate().await?;
-        peak_rss(&bench, rss_objects, "secrets of ~2 KiB").await?;
+        peak_rss(
+            &bench,
+            rss_objects,
+            rss_objects * SMALL,
+            "secrets of ~2 KiB",
+        )
+        .await?;
     }
 
     // 5. The same with Helm-release-sized secrets, on a second etcd and server (the first holds the small ones).
@@ -437,7 +444,17 @@ async fn run() -> Result<()> {
             seeded.as_secs_f64()
         );
         large.rotate().await?;
-        peak_rss(&large, large_objects, "secrets of 1 MiB").await?;
+        let large_bytes = large_objects * LARGE;
+        peak_rss(&large, large_objects, large_bytes, "secrets of 1 MiB").await?;
+        // 6. The mix: the same large secrets among many small ones (a cluster with Helm releases).
+        let mixed_small = env_usize("ATREST_BENCH_MIXED_SMALL", 10_000);
+        if mixed_small > 0 {
+            large.seed(mixed_small, large_objects, SMALL).await?;
+            large.rotate().await?;
+            let what = format!("secrets: {mixed_small} of ~2 KiB and {large_objects} of 1 MiB");
+            let bytes = large_bytes + mixed_small * SMALL;
+            peak_rss(&large, large_objects + mixed_small, bytes, &what).await?;
+        }
     }
     println!(
         "load average at end: {}",
@@ -446,8 +463,9 @@ async fn run() -> Result<()> {
     Ok(())
 }
 
-/// A rewrite of every secret with the default settings, in a child process: its peak RSS and rate.
-async fn peak_rss(bench: &Bench, expected: usize, what: &str) -> Result<()> {
+/// A rewrite of every secret with the default settings, in a child process: its peak RSS and rate (objects/s,
+/// and MiB/s of payload: `bytes` in all).
+async fn peak_rss(bench: &Bench, expected: usize, bytes: usize, what: &str) -> Result<()> {
     let output = std::process::Command::new(std::env::current_exe()?)
         .env(CHILD_ENV, &bench.apiserver.kubeconfig)
         .output()?;
@@ -460,11 +478,12 @@ async fn peak_rss(bench: &Bench, expected: usize, what: &str) -> Result<()> {
     let result: serde_json::Value = serde_json::from_str(line.trim())?;
     bench.assert_all_on_write_key(expected as u64).await?;
     let mib = result["vmhwm_kib"].as_f64().unwrap_or_default() / 1024.0;
+    let seconds = result["seconds"].as_f64().unwrap_or(1.0);
     println!(
-        "| peak RSS (VmHWM), rewrite of {} {what} (default settings) | {mib:.1} MiB (target < 100 MiB); {:.0} objects/s |",
+        "| peak RSS (VmHWM), rewrite of {} {what} (default settings) | {mib:.1} MiB (target < 100 MiB); {:.0} objects/s, {:.1} MiB/s of payload in {seconds:.1} s |",
         result["processed"],
-        result["processed"].as_f64().unwrap_or_default()
-            / result["seconds"].as_f64().unwrap_or(1.0)
+        result["processed"].as_f64().unwrap_or_default() / seconds,
+        bytes as f64 / (1024.0 * 1024.0) / seconds
     );
     Ok(())
 }

@@ -6,8 +6,12 @@
 //!
 //! Knobs:
 //! - `ATREST_BENCH_OBJECTS` (10000): secrets of ~2 KiB.
-//! - `ATREST_BENCH_CONCURRENCY` (32,64,128,256): the fixed sweep, one rotate-key with `--rewrite-concurrency N`
-//!   per value, after the rotate-key with default settings.
+//! - `ATREST_BENCH_CONCURRENCY` (64,128,256): the fixed sweep, one rotate-key with `--rewrite-concurrency N`
+//!   per value and round.
+//! - `ATREST_BENCH_ROUNDS` (2): every rotate-key setting (default, `--rewrite-servers one`, the sweep) runs once
+//!   per round; each round runs them in the reverse order of the one before, and the rows show the means.
+//! - `ATREST_BENCH_SKIP_RKE` (unset): skip the sample of the real `rke encrypt rotate-key` (it needs `rke` from
+//!   `scripts/build-upstream.sh`).
 //! - `ATREST_BENCH_SKIP_KUBECTL` (unset): skip both kubectl runs.
 //! - `ATREST_BENCH_SKIP_RELOAD` (unset: after the restart-path rotations, cluster.yml asks for automatic reload,
 //!   one rotate-key brings the flag and the next is timed on the reload path).
@@ -18,8 +22,9 @@
 //! - atrest's rewrite rate during `up` (enable), default settings.
 //! - rotate-key with default settings (adaptive concurrency: no `--rewrite-concurrency`; writes through every
 //!   controlplane's API server), the same with `--rewrite-servers one`, then one per fixed concurrency of the
-//!   sweep; the default's rate as a share of the sweep's best (target ≥ 90 %).
-//! - CPU during the default rotate-key, the whole command (restarts and census included, not only the rewrite):
+//!   sweep, each with its rate per round and their mean; the default's mean as a share of the sweep's best mean
+//!   (target ≥ 90 %).
+//! - CPU during the first default rotate-key, the whole command (restarts and census included, not only the rewrite):
 //!   atrest (its `/proc/self/stat` cutime + cstime, what `getrusage(RUSAGE_CHILDREN)` gives) / this testbed's
 //!   kube-apiservers / its etcd members (`/proc/<pid>/stat` utime + stime, polled while the command runs, so a
 //!   server restarted mid-way counts up to its last poll); atrest's CPU per object; atrest / (servers + etcd)
@@ -30,11 +35,13 @@
 //!   default / 16 shards (target ≥ 1.5×), atrest default / documentation pipeline (target ≥ 5×), atrest best /
 //!   pipeline (target ≥ 20×).
 //! - The ceilings on the same 3-member etcd: raw puts, raw get + conditional put, and atrest's best against them.
+//! - The real `rke encrypt rotate-key` on the same cluster (unless skipped), sampled: its rewrite's rate over
+//!   [`RKE_SAMPLE`], counted in etcd, and atrest's default against it. `rke` is stopped after the sample.
 //! - `atrest encrypt status` on 1 and on 7 nodes: median, least and most of [`STATUS_RUNS`] runs, and the ratio
 //!   (target: 7 nodes within 1.5× of 1).
 
 use anyhow::{Context, Result, anyhow, bail, ensure};
-use etcd_client::{Certificate, Client, ConnectOptions, Identity, TlsOptions};
+use etcd_client::{Certificate, Client, ConnectOptions, GetOptions, Identity, TlsOptions};
 use serde_json::Value;
 use std::collections::HashMap;
 use std::collections::hash_map::Entry;
@@ -72,7 +79,7 @@ fn main() -> Result<()> {
         .and_then(|v| v.parse().ok())
         .unwrap_or(10_000);
     let concurrencies: Vec<usize> = std::env::var("ATREST_BENCH_CONCURRENCY")
-        .unwrap_or_else(|_| "32,64,128,256".into())
+        .unwrap_or_else(|_| "64,128,256".into())
         .split(',')
         .filter_map(|c| c.trim().parse().ok())
         .collect();
@@ -94,7 +101,11 @@ fn main() -> Result<()> {
         enable.rewritten
     );
 
-    let rotations = rotations(&tb, &atrest, objects, &concurrencies)?;
+    let rounds: usize = std::env::var("ATREST_BENCH_ROUNDS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(2);
+    let rotations = rotations(&tb, &atrest, objects, &concurrencies, rounds)?;
     let reload = if std::env::var_os("ATREST_BENCH_SKIP_RELOAD").is_some() {
         None
     } else {
@@ -106,6 +117,12 @@ fn main() -> Result<()> {
         Some(kubectl_runs(&tb, &atrest, objects)?)
     };
     let ceilings = etcd_ceilings(&tb, objects)?;
+    // Last on this testbed: the sample stops `rke` half-way through its rewrite.
+    let rke = if std::env::var_os("ATREST_BENCH_SKIP_RKE").is_some() {
+        None
+    } else {
+        Some(rke_rewrite(&tb)?)
+    };
 
     drop(tb);
     let status = status_times()?;
@@ -118,6 +135,7 @@ fn main() -> Result<()> {
         reload,
         kubectl,
         ceilings,
+        rke,
     });
     println!("load average at end: {}", load_average()?);
     Ok(())
@@ -156,13 +174,14 @@ struct Report {
     objects: usize,
     /// Wall time of the `atrest up` that enables encryption.
     enable_seconds: f64,
-    /// Per node count: `atrest encrypt status` wall times, sorted.
-    status: Vec<(usize, Vec<f64>)>,
+    /// Per node count: `atrest encrypt status` runs, by wall time.
+    status: Vec<(usize, Vec<StatusRun>)>,
     enable_rate: f64,
     rotations: Rotations,
     reload: Option<ReloadRotation>,
     kubectl: Option<KubectlRates>,
     ceilings: Ceilings,
+    rke: Option<RkeSample>,
 }
 
 /// One timed restart-path rotate-key.
@@ -173,35 +192,103 @@ struct Rotation {
     seconds: f64,
 }
 
-/// The restart-path rotate-keys: default settings first (with the CPU split), then the fixed sweep.
+/// One setting of the restart-path rotate-key rows.
+#[derive(Clone, Copy, PartialEq)]
+enum Setting {
+    /// No flag: adaptive concurrency, writes through every controlplane's API server.
+    Default,
+    /// The default but `--rewrite-servers one`: the writes through the kubeconfig's server alone.
+    OneServer,
+    /// `--rewrite-concurrency N`.
+    Fixed(usize),
+}
+
+impl Setting {
+    fn label(self) -> String {
+        match self {
+            Setting::Default => "default (adaptive)".into(),
+            Setting::OneServer => "default but `--rewrite-servers one`".into(),
+            Setting::Fixed(c) => format!("{c} writers"),
+        }
+    }
+}
+
+/// The restart-path rotate-keys: every setting once per round, each round in the reverse order of the one
+/// before (default first, then last, …), so that neither order nor drift favours a setting.
 struct Rotations {
-    default: Rotation,
+    /// Per setting, its runs in round order.
+    runs: Vec<(Setting, Vec<Rotation>)>,
+    /// Around the first round's default run.
     cpu: CpuSplit,
-    /// The default settings but `--rewrite-servers one`: the writes through the kubeconfig's server alone.
-    one_server: Rotation,
-    fixed: Vec<(usize, Rotation)>,
 }
 
 impl Rotations {
-    /// The best fixed-concurrency run of the sweep, if any.
-    fn best_fixed(&self) -> Option<(usize, f64)> {
-        self.fixed
+    fn runs_of(&self, setting: Setting) -> &[Rotation] {
+        self.runs
             .iter()
-            .map(|(c, r)| (*c, r.rate))
+            .find(|(s, _)| *s == setting)
+            .map_or(&[], |(_, runs)| runs.as_slice())
+    }
+
+    /// The mean rewrite rate of a setting over its rounds.
+    fn mean_rate(&self, setting: Setting) -> f64 {
+        let runs = self.runs_of(setting);
+        runs.iter().map(|r| r.rate).sum::<f64>() / runs.len().max(1) as f64
+    }
+
+    /// The fixed concurrency with the best mean rate, if any.
+    fn best_fixed(&self) -> Option<(usize, f64)> {
+        self.runs
+            .iter()
+            .filter_map(|(s, _)| match s {
+                Setting::Fixed(c) => Some((*c, self.mean_rate(*s))),
+                _ => None,
+            })
             .max_by(|a, b| a.1.total_cmp(&b.1))
     }
 }
 
-/// Full key rotations with atrest: default settings (CPU measured around it), then each fixed concurrency.
+/// `rounds` rounds of key rotations with atrest over every setting; the CPU split around the first default.
 fn rotations(
     tb: &Testbed,
     atrest: &Atrest,
     objects: usize,
     concurrencies: &[usize],
+    rounds: usize,
 ) -> Result<Rotations> {
-    let ((default, atrest_cpu), servers) = ServerCpu::during(tb, || {
+    let mut order = vec![Setting::Default, Setting::OneServer];
+    order.extend(concurrencies.iter().map(|&c| Setting::Fixed(c)));
+    let mut runs: Vec<(Setting, Vec<Rotation>)> = order.iter().map(|&s| (s, Vec::new())).collect();
+    let mut cpu = None;
+    for round in 0..rounds {
+        println!("round {} of {rounds}", round + 1);
+        for &setting in &order {
+            let rotation = if cpu.is_none() && setting == Setting::Default {
+                let (rotation, split) = measured_rotation(tb, atrest, objects)?;
+                cpu = Some(split);
+                rotation
+            } else {
+                rotate_key(atrest, objects, setting)?
+            };
+            if let Some((_, list)) = runs.iter_mut().find(|(s, _)| *s == setting) {
+                list.push(rotation);
+            }
+        }
+        order.reverse();
+    }
+    let cpu = cpu.context("no default rotate-key ran (ATREST_BENCH_ROUNDS=0?)")?;
+    Ok(Rotations { runs, cpu })
+}
+
+/// A default rotate-key with the CPU split around it.
+fn measured_rotation(
+    tb: &Testbed,
+    atrest: &Atrest,
+    objects: usize,
+) -> Result<(Rotation, CpuSplit)> {
+    let ((rotation, atrest_cpu), servers) = ServerCpu::during(tb, || {
         let before = children_cpu_seconds()?;
-        let rotation = rotate_key(atrest, objects, None, &[])?;
+        let rotation = rotate_key(atrest, objects, Setting::Default)?;
         Ok((rotation, children_cpu_seconds()? - before))
     })?;
     let cpu = CpuSplit {
@@ -213,32 +300,20 @@ fn rotations(
         "CPU during the default rotate-key: atrest {:.1} s, kube-apiservers {:.1} s, etcd {:.1} s",
         cpu.atrest, cpu.apiservers, cpu.etcd
     );
-    let one_server = rotate_key(atrest, objects, None, &["--rewrite-servers", "one"])?;
-    let fixed = concurrencies
-        .iter()
-        .map(|&c| Ok((c, rotate_key(atrest, objects, Some(c), &[])?)))
-        .collect::<Result<_>>()?;
-    Ok(Rotations {
-        default,
-        cpu,
-        one_server,
-        fixed,
-    })
+    Ok((rotation, cpu))
 }
 
-/// One `encrypt rotate-key` on the restart path; `concurrency`: `--rewrite-concurrency`, none for the default;
-/// `extra`: more flags.
-fn rotate_key(
-    atrest: &Atrest,
-    objects: usize,
-    concurrency: Option<usize>,
-    extra: &[&str],
-) -> Result<Rotation> {
-    let c = concurrency.map(|c| c.to_string());
+/// One `encrypt rotate-key` on the restart path with `setting`'s flags.
+fn rotate_key(atrest: &Atrest, objects: usize, setting: Setting) -> Result<Rotation> {
+    let concurrency;
     let mut args = vec!["encrypt", "rotate-key", "--yes"];
-    args.extend(extra);
-    if let Some(c) = &c {
-        args.extend(["--rewrite-concurrency", c.as_str()]);
+    match setting {
+        Setting::Default => {}
+        Setting::OneServer => args.extend(["--rewrite-servers", "one"]),
+        Setting::Fixed(c) => {
+            concurrency = c.to_string();
+            args.extend(["--rewrite-concurrency", concurrency.as_str()]);
+        }
     }
     let (out, seconds) = atrest.timed(&args)?;
     let rotate = rewrite_rate(&out)?;
@@ -441,6 +516,140 @@ fn write_shards(list: &Path, dir: &Path) -> Result<(usize, Vec<PathBuf>)> {
     Ok((count, files))
 }
 
+/// Row 4: the real `rke encrypt rotate-key`'s rewrite, sampled.
+struct RkeSample {
+    /// Secrets moved off the key atrest left per second, over the sample.
+    rate: f64,
+    /// Secrets moved during the sample, and its seconds.
+    moved: usize,
+    seconds: f64,
+}
+
+/// How long `rke`'s rewrite is watched once it has started. Its client is throttled to a fixed rate (client-go's
+/// default 5 requests/s), so a sample gives the rate that 10 000 objects would take over half an hour to show.
+const RKE_SAMPLE: Duration = Duration::from_secs(120);
+
+/// How often etcd is read while `rke` runs.
+const RKE_POLL: Duration = Duration::from_secs(5);
+
+/// How long `rke` may take to deploy its new key to every server before its rewrite starts.
+const RKE_DEPLOY_LIMIT: Duration = Duration::from_secs(600);
+
+/// Runs the real `rke encrypt rotate-key` on the testbed (it deploys a new key first on every server, then
+/// rewrites every secret with RKE's client), counts in etcd the secrets no longer on the key atrest left, and
+/// stops `rke` once [`RKE_SAMPLE`] of its rewrite has been seen. Its log is `rke-rotate-key.log` in the testbed.
+fn rke_rewrite(tb: &Testbed) -> Result<RkeSample> {
+    let bin = testbed::harness::upstream::rke_binary()
+        .context("rke (built by scripts/build-upstream.sh; ATREST_BENCH_SKIP_RKE=1 skips row 4)")?;
+    let runtime = tokio::runtime::Runtime::new()?;
+    let mut etcd = runtime.block_on(etcd_client(tb))?;
+    let before = runtime.block_on(secret_labels(&mut etcd))?;
+    let (old, total) = before
+        .iter()
+        .max_by_key(|(_, n)| **n)
+        .map(|(label, n)| (label.clone(), *n))
+        .context("no secret in etcd")?;
+    println!("rke encrypt rotate-key: {total} secrets on {old} before");
+    let log_path = tb.dir().join("rke-rotate-key.log");
+    let log = std::fs::File::create(&log_path)?;
+    let mut child = Command::new(bin)
+        .args(["encrypt", "rotate-key", "--config"])
+        .arg(tb.cluster_yml())
+        .current_dir(tb.dir())
+        .stdin(Stdio::null())
+        .stdout(log.try_clone()?)
+        .stderr(log)
+        .spawn()
+        .context("starting rke")?;
+    let sampled = sample_rke(&runtime, &mut etcd, &mut child, &old);
+    if child.try_wait()?.is_none() {
+        child.kill()?;
+        child.wait()?;
+    }
+    let (moved, seconds) =
+        sampled.with_context(|| format!("rke's rewrite (its log: {})", log_path.display()))?;
+    let rate = moved as f64 / seconds;
+    println!(
+        "rke encrypt rotate-key: {moved} secrets rewritten in {seconds:.1} s ({rate:.1} objects/s)"
+    );
+    Ok(RkeSample {
+        rate,
+        moved,
+        seconds,
+    })
+}
+
+/// Polls etcd until `rke` has rewritten its first secrets, then for [`RKE_SAMPLE`] (or until `rke` exits):
+/// the secrets moved off `old` in between and the seconds.
+fn sample_rke(
+    runtime: &tokio::runtime::Runtime,
+    etcd: &mut Client,
+    child: &mut std::process::Child,
+    old: &str,
+) -> Result<(usize, f64)> {
+    let started = Instant::now();
+    let mut first: Option<(Instant, usize)> = None;
+    loop {
+        std::thread::sleep(RKE_POLL);
+        let exited = child.try_wait()?;
+        let labels = runtime.block_on(secret_labels(etcd))?;
+        let now = Instant::now();
+        let moved: usize = labels
+            .iter()
+            .filter(|(label, _)| label.as_str() != old)
+            .map(|(_, n)| n)
+            .sum();
+        match first {
+            None if moved > 0 => first = Some((now, moved)),
+            None if exited.is_some() || started.elapsed() > RKE_DEPLOY_LIMIT => {
+                bail!(
+                    "rke rewrote nothing in {:.0} s (exit: {exited:?})",
+                    started.elapsed().as_secs_f64()
+                )
+            }
+            Some((since, at_first)) if exited.is_some() || now - since >= RKE_SAMPLE => {
+                ensure!(
+                    moved > at_first,
+                    "rke rewrote nothing during the sample (exit: {exited:?})"
+                );
+                return Ok((moved - at_first, (now - since).as_secs_f64()));
+            }
+            _ => {}
+        }
+    }
+}
+
+/// Secrets per storage label in etcd (`aescbc:v1:<key>`, or `identity` for plain data), read in pages.
+async fn secret_labels(etcd: &mut Client) -> Result<HashMap<String, usize>> {
+    const PREFIX: &[u8] = b"/registry/secrets/";
+    const END: &[u8] = b"/registry/secrets0";
+    let mut labels = HashMap::new();
+    let mut start = PREFIX.to_vec();
+    loop {
+        let options = GetOptions::new().with_range(END).with_limit(500);
+        let page = etcd.get(start.clone(), Some(options)).await?;
+        for kv in page.kvs() {
+            *labels.entry(storage_label(kv.value())).or_insert(0) += 1;
+        }
+        match page.kvs().last() {
+            Some(kv) if page.more() => {
+                start = kv.key().to_vec();
+                start.push(0);
+            }
+            _ => return Ok(labels),
+        }
+    }
+}
+
+/// `k8s:enc:aescbc:v1:<key>:…` → `aescbc:v1:<key>`; anything else is plain (`identity`).
+fn storage_label(value: &[u8]) -> String {
+    let Some(rest) = value.strip_prefix(b"k8s:enc:") else {
+        return "identity".into();
+    };
+    let fields: Vec<&[u8]> = rest.splitn(4, |b| *b == b':').take(3).collect();
+    String::from_utf8_lossy(&fields.join(&b':')).into_owned()
+}
+
 /// The etcd ceilings on the same 3-member cluster.
 struct Ceilings {
     /// Best raw put rate (puts/s).
@@ -471,7 +680,7 @@ fn etcd_ceilings(tb: &Testbed, objects: usize) -> Result<Ceilings> {
 
 /// One testbed per node count of `ATREST_BENCH_STATUS_NODES`, encrypted by `atrest up` (a census then has keys
 /// to name), and [`STATUS_RUNS`] timed `atrest encrypt status` runs on it.
-fn status_times() -> Result<Vec<(usize, Vec<f64>)>> {
+fn status_times() -> Result<Vec<(usize, Vec<StatusRun>)>> {
     let counts: Vec<usize> = std::env::var("ATREST_BENCH_STATUS_NODES")
         .unwrap_or_else(|_| "1,7".into())
         .split(',')
@@ -495,24 +704,66 @@ fn status_times() -> Result<Vec<(usize, Vec<f64>)>> {
         atrest.run(&["up", "--yes"])?;
         let mut runs = Vec::new();
         for _ in 0..STATUS_RUNS {
+            let (busy_before, atrest_before) = (machine_busy_seconds()?, children_cpu_seconds()?);
             let (_, seconds) = atrest.timed(&["encrypt", "status"])?;
-            runs.push(seconds);
+            let busy = machine_busy_seconds()? - busy_before;
+            let own = children_cpu_seconds()? - atrest_before;
+            println!(
+                "  CPU: atrest {own:.2} s; the whole machine {busy:.2} s busy of {:.2} s ({:.0} % of its cores)",
+                seconds * cores() as f64,
+                100.0 * busy / (seconds * cores() as f64)
+            );
+            runs.push(StatusRun { seconds, own, busy });
         }
-        runs.sort_by(f64::total_cmp);
+        runs.sort_by(|a, b| a.seconds.total_cmp(&b.seconds));
         times.push((nodes, runs));
     }
     Ok(times)
 }
 
-fn print_status(status: &[(usize, Vec<f64>)]) {
-    let median = |runs: &[f64]| runs.get(runs.len() / 2).copied().unwrap_or(f64::NAN);
+/// One timed `atrest encrypt status`: wall seconds, atrest's own CPU seconds and the whole machine's busy CPU
+/// seconds (every process: the nodes' sshd sessions and login shells, Docker, the API servers, etcd).
+struct StatusRun {
+    seconds: f64,
+    own: f64,
+    busy: f64,
+}
+
+/// CPU seconds the machine has spent busy since boot, over all cores (`/proc/stat`'s `cpu` line less idle and
+/// iowait).
+fn machine_busy_seconds() -> Result<f64> {
+    let stat = std::fs::read_to_string("/proc/stat")?;
+    let fields: Vec<u64> = stat
+        .lines()
+        .next()
+        .and_then(|l| l.strip_prefix("cpu "))
+        .context("no cpu line in /proc/stat")?
+        .split_whitespace()
+        .filter_map(|f| f.parse().ok())
+        .collect();
+    ensure!(fields.len() >= 5, "short cpu line in /proc/stat");
+    let idle = fields[3] + fields[4];
+    Ok((fields.iter().sum::<u64>() - idle) as f64 / ticks_per_second())
+}
+
+fn cores() -> usize {
+    std::thread::available_parallelism().map_or(1, |n| n.get())
+}
+
+fn print_status(status: &[(usize, Vec<StatusRun>)]) {
+    let median = |runs: &[StatusRun]| runs.get(runs.len() / 2).map_or(f64::NAN, |r| r.seconds);
     for (nodes, runs) in status {
+        let mean =
+            |f: fn(&StatusRun) -> f64| runs.iter().map(f).sum::<f64>() / runs.len().max(1) as f64;
         println!(
-            "| `atrest encrypt status`, {nodes} node(s) | median {:.2} s (least {:.2}, most {:.2}; {} runs) |",
+            "| `atrest encrypt status`, {nodes} node(s) | median {:.2} s (least {:.2}, most {:.2}; {} runs); CPU per run: atrest {:.2} s, whole machine {:.2} s busy of {} cores |",
             median(runs),
-            runs.first().copied().unwrap_or(f64::NAN),
-            runs.last().copied().unwrap_or(f64::NAN),
-            runs.len()
+            runs.first().map_or(f64::NAN, |r| r.seconds),
+            runs.last().map_or(f64::NAN, |r| r.seconds),
+            runs.len(),
+            mean(|r| r.own),
+            mean(|r| r.busy),
+            cores()
         );
     }
     if let (Some((1, one)), Some((7, seven))) = (status.first(), status.last()) {
@@ -542,12 +793,12 @@ fn print_table(r: &Report) {
     }
     let best = r
         .rotations
-        .fixed
+        .runs
         .iter()
-        .map(|(_, rotation)| rotation.rate)
-        .fold(r.enable_rate.max(r.rotations.default.rate), f64::max);
+        .map(|(setting, _)| r.rotations.mean_rate(*setting))
+        .fold(r.enable_rate, f64::max);
     if let Some(k) = &r.kubectl {
-        let default = r.rotations.default.rate;
+        let default = r.rotations.mean_rate(Setting::Default);
         println!(
             "| kubectl get \\| replace (documentation pipeline) | {:.0} objects/s |",
             k.pipeline
@@ -583,33 +834,41 @@ fn print_table(r: &Report) {
         "| atrest / raw get + conditional put | {:.0} % |",
         100.0 * best / c.read_then_put
     );
+    if let Some(rke) = &r.rke {
+        println!(
+            "| real `rke encrypt rotate-key` rewrite (sampled: {} secrets in {:.0} s) | {:.1} objects/s; atrest default / rke: {:.0}× |",
+            rke.moved,
+            rke.seconds,
+            rke.rate,
+            r.rotations.mean_rate(Setting::Default) / rke.rate
+        );
+    }
     print_status(&r.status);
 }
 
 /// The restart-path rotate-key rows: default settings, the fixed sweep, the default against the sweep's best,
 /// and the default run's CPU split.
 fn print_rotations(rotations: &Rotations, objects: usize) {
-    let default = &rotations.default;
-    println!(
-        "| atrest rewrite during rotate-key, default (adaptive) | {:.0} objects/s (command: {:.1} s, restart path) |",
-        default.rate, default.seconds
-    );
-    println!(
-        "| atrest rewrite during rotate-key, default but `--rewrite-servers one` | {:.0} objects/s (command: {:.1} s); all servers / one: {:.2}× |",
-        rotations.one_server.rate,
-        rotations.one_server.seconds,
-        default.rate / rotations.one_server.rate
-    );
-    for (c, rotation) in &rotations.fixed {
+    for (setting, runs) in &rotations.runs {
+        let rates: Vec<String> = runs.iter().map(|r| format!("{:.0}", r.rate)).collect();
+        let seconds: Vec<String> = runs.iter().map(|r| format!("{:.1}", r.seconds)).collect();
         println!(
-            "| atrest rewrite during rotate-key, {c} writers | {:.0} objects/s (command: {:.1} s, restart path) |",
-            rotation.rate, rotation.seconds
+            "| atrest rewrite during rotate-key, {} | mean {:.0} objects/s (rounds: {}; command: {} s) |",
+            setting.label(),
+            rotations.mean_rate(*setting),
+            rates.join(" / "),
+            seconds.join(" / ")
         );
     }
+    let default = rotations.mean_rate(Setting::Default);
+    println!(
+        "| all servers / one (means) | {:.2}× |",
+        default / rotations.mean_rate(Setting::OneServer)
+    );
     if let Some((c, best)) = rotations.best_fixed() {
         println!(
-            "| atrest default / best fixed ({c} writers) | {:.0} % (target ≥ 90 %) |",
-            100.0 * default.rate / best
+            "| atrest default / best fixed ({c} writers), means | {:.0} % (target ≥ 90 %) |",
+            100.0 * default / best
         );
     }
     let cpu = &rotations.cpu;

@@ -155,6 +155,55 @@ pub async fn read_file(
     }
 }
 
+/// Several (possibly secret) files from the node in one command: each `None` when it does not exist. One
+/// command rather than one per file, since each costs the node a login shell (and whatever its rc files run).
+/// Each file comes back as its length on a line, then that many bytes; a file that changes size while it is
+/// read breaks the framing and is an error (read again).
+pub async fn read_files(
+    host: &Arc<Host>,
+    paths: &[&str],
+) -> Result<Vec<Option<Zeroizing<Vec<u8>>>>, FileError> {
+    let quoted: Vec<String> = paths.iter().map(|p| shell_quote(p)).collect();
+    let script = format!(
+        "for f in {}; do if [ -e \"$f\" ]; then n=$(wc -c < \"$f\") || exit 1; echo $n; \
+         head -c \"$n\" \"$f\" || exit 1; else echo -; fi; done",
+        quoted.join(" ")
+    );
+    let out = root::exec(host, &script).await?;
+    let joined = paths.join(", ");
+    if !out.success() {
+        return Err(other(host, "reading", &joined, &out));
+    }
+    let stdout = Zeroizing::new(out.stdout);
+    split_framed(&stdout, paths.len()).ok_or_else(|| FileError::Other {
+        node: host.label().to_string(),
+        what: "reading",
+        path: joined,
+        status: out.status,
+        stderr: "the output does not frame the files (did one change while it was read?)".into(),
+    })
+}
+
+/// [`read_files`]' output back into `count` files: per file a line with its length and that many bytes, or a
+/// line `-` for a missing file; `None` unless it frames exactly `count` files with nothing left over.
+fn split_framed(mut rest: &[u8], count: usize) -> Option<Vec<Option<Zeroizing<Vec<u8>>>>> {
+    let mut files = Vec::with_capacity(count);
+    for _ in 0..count {
+        let newline = rest.iter().position(|b| *b == b'\n')?;
+        let header = std::str::from_utf8(&rest[..newline]).ok()?.trim();
+        rest = &rest[newline + 1..];
+        if header == "-" {
+            files.push(None);
+            continue;
+        }
+        let len: usize = header.parse().ok()?;
+        let body = rest.get(..len)?;
+        files.push(Some(Zeroizing::new(body.to_vec())));
+        rest = &rest[len..];
+    }
+    rest.is_empty().then_some(files)
+}
+
 /// Remove a file (no error when it is already gone), then fsync its directory.
 pub async fn remove_file(host: &Arc<Host>, path: &str) -> Result<(), FileError> {
     let d = shell_quote(parent_dir(path));
@@ -184,6 +233,33 @@ fn other(host: &Host, what: &'static str, path: &str, out: &crate::exec::ssh::Ou
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn framed_files_split_back_with_missing_ones_and_binary_bytes() {
+        let out = b"3\nab\n-\n0\n4\n\x00\n9\xff";
+        let files = split_framed(out, 4).expect("frames");
+        let got: Vec<Option<Vec<u8>>> = files.into_iter().map(|f| f.map(|z| z.to_vec())).collect();
+        assert_eq!(
+            got,
+            vec![
+                Some(b"ab\n".to_vec()),
+                None,
+                Some(Vec::new()),
+                Some(b"\x00\n9\xff".to_vec())
+            ]
+        );
+    }
+
+    #[test]
+    fn framing_that_does_not_add_up_is_refused() {
+        // A file that grew after its length was taken: bytes left over.
+        assert!(split_framed(b"2\nabc", 1).is_none());
+        // One that shrank: fewer bytes than announced.
+        assert!(split_framed(b"5\nabc", 1).is_none());
+        // Fewer files than asked for, and a header that is not a length.
+        assert!(split_framed(b"-\n", 2).is_none());
+        assert!(split_framed(b"x\nabc", 1).is_none());
+    }
 
     fn run(script: &str, stdin: &[u8]) -> std::process::Output {
         use std::io::Write;

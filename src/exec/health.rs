@@ -7,7 +7,7 @@
 //! `/readyz` gets 401). [`HealthProbe::from_node_certs`] takes both from the node's own `ssl/` dir. Without a CA, the certificate is not checked — the channel itself is already authenticated by
 //! SSH host-key verification and ends on the node, so this only trusts "whatever listens on the node's :6443".
 
-use crate::exec::files::{FileError, read_file};
+use crate::exec::files::{FileError, read_files};
 use crate::exec::ssh::Host;
 use crate::exec::tunnel::open_stream;
 use http_body_util::{BodyExt, Empty};
@@ -88,15 +88,15 @@ impl HealthProbe {
             status: 1,
             stderr: "file not found".into(),
         };
-        let ca = read_file(host, &format!("{ssl}/kube-ca.pem"))
-            .await?
-            .ok_or_else(|| missing("kube-ca.pem"))?;
-        let cert = read_file(host, &format!("{ssl}/kube-node.pem"))
-            .await?
-            .ok_or_else(|| missing("kube-node.pem"))?;
-        let key = read_file(host, &format!("{ssl}/kube-node-key.pem"))
-            .await?
-            .ok_or_else(|| missing("kube-node-key.pem"))?;
+        let names = ["kube-ca.pem", "kube-node.pem", "kube-node-key.pem"];
+        let paths = names.map(|name| format!("{ssl}/{name}"));
+        let files = read_files(host, &paths.each_ref().map(String::as_str)).await?;
+        let [ca, cert, key]: [_; 3] = files
+            .try_into()
+            .map_err(|_| missing("kube-ca.pem, kube-node.pem, kube-node-key.pem"))?;
+        let ca = ca.ok_or_else(|| missing(names[0]))?;
+        let cert = cert.ok_or_else(|| missing(names[1]))?;
+        let key = key.ok_or_else(|| missing(names[2]))?;
         let mut probe = Self::for_host(host, Some(ca.to_vec()));
         probe.client_cert_pem = Some(cert.to_vec());
         probe.client_key_pem = Some(key);

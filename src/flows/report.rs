@@ -12,6 +12,7 @@ use super::session::{Access, NodeView, Session};
 use super::targets;
 use crate::config::encryption::EncryptionConfiguration;
 use crate::exec::cluster_lock::LockView;
+use crate::exec::health::HealthProbe;
 use crate::plan::Plan;
 use crate::plan::stage::Stage;
 use crate::plan::units::{Rules, Unit};
@@ -602,26 +603,21 @@ async fn loaded_configs(
     raw: &[Option<String>],
 ) -> Vec<ServerLoaded> {
     let admin = state.certificate("kube-admin").ok().flatten();
+    let ca = state.certificate("kube-ca").ok().flatten();
     let reads = session.hosts.iter().enumerate().map(|(i, host)| {
         let admin = admin.clone();
+        let ca = ca.clone();
         let dir = session.kubernetes_dir(host);
         async move {
-            let mut probe =
-                match crate::exec::health::HealthProbe::from_node_certs(host, &dir).await {
-                    Ok(p) => p,
-                    Err(e) => {
-                        return ServerLoaded {
-                            error: Some(e.to_string()),
-                            ..Default::default()
-                        };
-                    }
-                };
-            if let Some(a) = &admin {
-                probe.client_cert_pem = Some(a.cert_pem.as_bytes().to_vec());
-                probe.client_key_pem = Some(zeroize::Zeroizing::new(
-                    a.key_pem.expose().as_bytes().to_vec(),
-                ));
-            }
+            let probe = match server_probe(host, &dir, ca.as_ref(), admin.as_ref()).await {
+                Ok(p) => p,
+                Err(e) => {
+                    return ServerLoaded {
+                        error: Some(e.to_string()),
+                        ..Default::default()
+                    };
+                }
+            };
             match crate::exec::metrics::read_reload_status(host, &probe).await {
                 Ok(status) => ServerLoaded {
                     matches_file: status.loaded_hash.as_ref().map(|h| {
@@ -642,6 +638,30 @@ async fn loaded_configs(
         }
     });
     futures::future::join_all(reads).await
+}
+
+/// How status reaches one node's server: with RKE's `kube-ca` and `kube-admin` from the state when it has both
+/// (nothing to read on the node: each command there costs a login shell), else with the node's own `ssl/`
+/// files, presenting `kube-admin` when the state has it.
+async fn server_probe(
+    host: &std::sync::Arc<crate::exec::ssh::Host>,
+    kubernetes_dir: &str,
+    ca: Option<&crate::state::CertificatePem>,
+    admin: Option<&crate::state::CertificatePem>,
+) -> Result<HealthProbe, crate::exec::files::FileError> {
+    let mut probe = match ca {
+        Some(ca) if admin.is_some() => {
+            HealthProbe::for_host(host, Some(ca.cert_pem.as_bytes().to_vec()))
+        }
+        _ => HealthProbe::from_node_certs(host, kubernetes_dir).await?,
+    };
+    if let Some(a) = admin {
+        probe.client_cert_pem = Some(a.cert_pem.as_bytes().to_vec());
+        probe.client_key_pem = Some(zeroize::Zeroizing::new(
+            a.key_pem.expose().as_bytes().to_vec(),
+        ));
+    }
+    Ok(probe)
 }
 
 /// `encrypt status -o json` (kind `EncryptionStatus`). No key material: keys by provider and name only.
