@@ -165,7 +165,7 @@ pub async fn read_files(
 ) -> Result<Vec<Option<Zeroizing<Vec<u8>>>>, FileError> {
     let quoted: Vec<String> = paths.iter().map(|p| shell_quote(p)).collect();
     let script = format!(
-        "for f in {}; do if [ -e \"$f\" ]; then n=$(wc -c < \"$f\") || exit 1; echo $n; \
+        "for f in {}; do if [ -e \"$f\" ]; then n=$(wc -c < \"$f\") || exit 1; n=$((n)); echo $n; \
          head -c \"$n\" \"$f\" || exit 1; else echo -; fi; done",
         quoted.join(" ")
     );

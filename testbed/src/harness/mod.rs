@@ -152,6 +152,25 @@ fn mkdir(p: &Path) -> Result<()> {
     fs::create_dir_all(p).with_context(|| format!("creating {}", p.display()))
 }
 
+/// Where root's shell start-up file is, and what a node has there instead: sshd runs each command through
+/// root's login shell, and Debian's bash reads `~/.bashrc` for it. The build machine's may run tools no node has
+/// (a `pyenv init` hook: some 170 processes and 0.15 s of CPU per command), which would make every remote
+/// command on the testbed cost what it does on no RKE node. Each node's sshd gets a Debian root's plain file in
+/// its mount namespace; none when the machine has no `/root/.bashrc` (there is nothing to shadow).
+fn node_root_bashrc(node_dir: &Path) -> Result<Option<(PathBuf, PathBuf)>> {
+    let machine = PathBuf::from("/root/.bashrc");
+    if !machine.exists() {
+        return Ok(None);
+    }
+    let plain = node_dir.join("root.bashrc");
+    files::write_mode(
+        &plain,
+        b"# ~/.bashrc of a testbed node's root: nothing runs here (the build machine's file is not the node's)\n",
+        0o644,
+    )?;
+    Ok(Some((plain, machine)))
+}
+
 /// The mount namespace of `pid`, as `readlink /proc/PID/ns/mnt` names it.
 fn mnt_ns(pid: u32) -> Option<PathBuf> {
     fs::read_link(format!("/proc/{pid}/ns/mnt")).ok()
@@ -450,6 +469,7 @@ impl Testbed {
                 (node_hosts_file(n)?, PathBuf::from("/etc/hosts")),
             ];
             binds.extend(kms_binds.get(i).cloned());
+            binds.extend(node_root_bashrc(&n.dir)?);
             if self.user != users::NodeUser::Root {
                 binds.extend(users::prepare(&n.dir, &client_pub, self.user)?);
             }
