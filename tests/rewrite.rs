@@ -582,6 +582,59 @@ async fn wildcards_resolve_and_targeted_rewrite_uses_census_keys() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn listed_targeted_rewrite_writes_only_the_census_keys() {
+    let mut cluster = Cluster::seeded(98, vec!["secrets", "configmaps"], 400, 60).await;
+    let resources = [core("secrets"), core("configmaps")];
+    cluster.rotate().await;
+    let off = cluster.census(&resources).await;
+    let secrets = &off.resources["secrets"].off_target;
+    assert_eq!(secrets.len(), 400);
+    // Every other secret and every configmap; three of the chosen secrets are deleted after the census.
+    let mut chosen: Vec<String> = secrets.iter().step_by(2).cloned().collect();
+    chosen.extend(off.resources["configmaps"].off_target.iter().cloned());
+    let deleted: Vec<&String> = chosen.iter().take(3).collect();
+    for key in &deleted {
+        let (ns, name) = key
+            .trim_start_matches("/registry/secrets/")
+            .split_once('/')
+            .unwrap();
+        let api: Api<Secret> = Api::namespaced(cluster.client.clone(), ns);
+        api.delete(name, &Default::default()).await.unwrap();
+    }
+    let mut with_stray = chosen.clone();
+    with_stray.push("/registry/widgets.example.com/default/w".into());
+    let targets = vec![Target::secrets(), Target::configmaps()];
+    let servers = Arc::new(rewrite::Servers::one(&cluster.client));
+    let report = rewrite::rewrite_listed_keys_through(
+        &servers,
+        &targets,
+        "/registry",
+        &with_stray,
+        &quiet(8, 50),
+    )
+    .await;
+    assert_eq!(report.rewritten, chosen.len() as u64 - 3, "{report}");
+    assert_eq!(report.gone, 3, "{report}");
+    assert_eq!(report.expected, with_stray.len() as u64, "{report}");
+    assert_eq!(
+        report.errors_total, 1,
+        "the stray key is reported: {report}"
+    );
+    assert!(report.errors[0].object.contains("/registry/widgets"));
+
+    let after = cluster.census(&resources).await;
+    let left = &after.resources["secrets"];
+    assert_eq!(left.by_label["aescbc:new"], 200 - 3, "{:?}", left.by_label);
+    assert_eq!(left.by_label["aescbc:old"], 200, "{:?}", left.by_label);
+    assert!(
+        left.off_target.iter().all(|key| !chosen.contains(key)),
+        "a chosen secret was left on the old key"
+    );
+    assert_eq!(after.resources["configmaps"].off_target_count, 0);
+    assert_secrets_intact(&cluster.client, 400 - 3, &HashMap::new()).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn cancellation_stops_early_and_a_rerun_finishes() {
     let mut cluster = Cluster::seeded(94, vec!["secrets"], 1000, 0).await;
     cluster.rotate().await;

@@ -142,17 +142,7 @@ pub async fn read_file(
     host: &Arc<Host>,
     path: &str,
 ) -> Result<Option<Zeroizing<Vec<u8>>>, FileError> {
-    let p = shell_quote(path);
-    let out = root::exec(
-        host,
-        &format!("if [ -e {p} ]; then cat {p}; else exit 44; fi"),
-    )
-    .await?;
-    match out.status {
-        0 => Ok(Some(Zeroizing::new(out.stdout))),
-        44 => Ok(None),
-        _ => Err(other(host, "reading", path, &out)),
-    }
+    Ok(read_files(host, &[path]).await?.pop().flatten())
 }
 
 /// Several (possibly secret) files from the node in one command: each `None` when it does not exist. One

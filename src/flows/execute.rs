@@ -777,25 +777,8 @@ impl<'a> Executor<'a> {
                 if keys.is_empty() {
                     return Ok(None);
                 }
-                let servers = self.session.api_servers().await?;
-                let etcd_prefix = self.session.etcd_prefix();
-                return Ok(Some(
-                    interruptible(
-                        self.rewrite_concurrency,
-                        servers.clone(),
-                        |options| async move {
-                            rewrite::rewrite_keys_through(
-                                &servers,
-                                &targets,
-                                &etcd_prefix,
-                                &keys,
-                                &options,
-                            )
-                            .await
-                        },
-                    )
-                    .await,
-                ));
+                let total = census.resources.values().map(|r| r.total).sum();
+                return self.rewrite_keys(targets, keys, total).await.map(Some);
             }
             return self.rewrite_all(targets).await.map(Some);
         }
@@ -804,6 +787,50 @@ impl<'a> Executor<'a> {
             return Ok(None);
         }
         self.rewrite_all(targets).await.map(Some)
+    }
+
+    /// The objects stored at `keys` (a census found them off the write key, `total` objects counted), through
+    /// every API server that answers: found by listing when many are stale, else read one by one.
+    async fn rewrite_keys(
+        &mut self,
+        targets: Vec<rewrite::Target>,
+        keys: Vec<String>,
+        total: u64,
+    ) -> anyhow::Result<Watched> {
+        let servers = self.session.api_servers().await?;
+        let etcd_prefix = self.session.etcd_prefix();
+        let listing = rewrite::prefer_listing(keys.len() as u64, total);
+        tracing::info!(
+            stale = keys.len(),
+            total,
+            listing,
+            "targeted rewrite: {}",
+            if listing {
+                "listing, one PUT per stale object"
+            } else {
+                "a GET and a PUT per stale object"
+            }
+        );
+        Ok(interruptible(
+            self.rewrite_concurrency,
+            servers.clone(),
+            |options| async move {
+                if listing {
+                    rewrite::rewrite_listed_keys_through(
+                        &servers,
+                        &targets,
+                        &etcd_prefix,
+                        &keys,
+                        &options,
+                    )
+                    .await
+                } else {
+                    rewrite::rewrite_keys_through(&servers, &targets, &etcd_prefix, &keys, &options)
+                        .await
+                }
+            },
+        )
+        .await)
     }
 
     /// Every object of `targets`, through every API server that answers.

@@ -124,7 +124,15 @@ pub async fn rewrite_through(
             break;
         }
         progress.resource(&target.name());
-        rewrite_resource(servers, target, options, &stats, &pace).await;
+        let run = ResourceRun {
+            servers,
+            target,
+            options,
+            stats: &stats,
+            pace: &pace,
+            wanted: None,
+        };
+        run.rewrite().await;
     }
     progress.finish();
     let report = finish(&stats, &pace, servers, started, options);
@@ -174,36 +182,50 @@ mod async_channel_like {
     }
 }
 
-async fn rewrite_resource(
-    servers: &Arc<Servers>,
-    target: &Target,
-    options: &RewriteOptions,
-    stats: &Arc<Stats>,
-    pace: &Arc<Pace>,
-) {
-    let (sender, queue): (_, WorkQueue) = async_channel_like::bounded(options.page_size as usize);
-    let writers: Vec<_> = (0..options.concurrency.ceiling())
-        .map(|_| {
-            let queue = queue.clone();
-            let writer = Writer::new(servers, target, options, stats.clone(), pace.clone());
-            tokio::spawn(async move {
-                while let Some((object, share)) = queue.recv().await {
-                    // Cancelled: leave queued objects alone, only in-flight writes finish.
-                    if writer.options.cancel.is_cancelled() {
-                        break;
+/// One resource's rewrite: a lister task paging through it and a pool of writers behind a bounded queue.
+struct ResourceRun<'a> {
+    servers: &'a Arc<Servers>,
+    target: &'a Target,
+    options: &'a RewriteOptions,
+    stats: &'a Arc<Stats>,
+    pace: &'a Arc<Pace>,
+    /// `None`: every listed object is written back. `Some`: only those stored at these etcd keys.
+    wanted: Option<&'a Wanted>,
+}
+
+impl ResourceRun<'_> {
+    async fn rewrite(&self) {
+        let (sender, queue): (_, WorkQueue) =
+            async_channel_like::bounded(self.options.page_size as usize);
+        let writers: Vec<_> = (0..self.options.concurrency.ceiling())
+            .map(|_| {
+                let queue = queue.clone();
+                let writer = Writer::new(
+                    self.servers,
+                    self.target,
+                    self.options,
+                    self.stats.clone(),
+                    self.pace.clone(),
+                );
+                tokio::spawn(async move {
+                    while let Some((object, share)) = queue.recv().await {
+                        // Cancelled: leave queued objects alone, only in-flight writes finish.
+                        if writer.options.cancel.is_cancelled() {
+                            break;
+                        }
+                        writer.rewrite_listed(object).await;
+                        drop(share);
                     }
-                    writer.rewrite_listed(object).await;
-                    drop(share);
-                }
+                })
             })
-        })
-        .collect();
-    drop(queue);
-    let budget = ByteBudget::new(options.queue_bytes);
-    list_into(servers, target, options, stats, pace, sender, &budget).await;
-    for writer in writers {
-        if let Err(e) = writer.await {
-            tracing::error!("rewrite writer task failed: {e}");
+            .collect();
+        drop(queue);
+        let budget = ByteBudget::new(self.options.queue_bytes);
+        self.list_into(sender, &budget).await;
+        for writer in writers {
+            if let Err(e) = writer.await {
+                tracing::error!("rewrite writer task failed: {e}");
+            }
         }
     }
 }
@@ -211,121 +233,153 @@ async fn rewrite_resource(
 /// Give up on a resource after this many expired-token restarts in a row that listed nothing new.
 const MAX_STALLED_RESTARTS: u32 = 5;
 
-/// Page through the resource and queue every object not yet handed out, starting again on a 410.
-async fn list_into(
-    servers: &Servers,
-    target: &Target,
-    options: &RewriteOptions,
-    stats: &Stats,
-    pace: &Pace,
-    sender: tokio::sync::mpsc::Sender<Queued>,
-    budget: &ByteBudget,
-) {
-    let mut dispatched: HashSet<u128> = HashSet::new();
-    let mut continue_token: Option<String> = None;
-    let mut first_page = true;
-    let mut restarted = false;
-    let mut stalled_restarts = 0u32;
-    let mut dispatched_at_last_restart = 0usize;
-    let mut attempt = 0u32;
-    let max_limit = budget::max_limit(options.page_size, options.page_bytes);
-    let mut limit = budget::first_limit(max_limit);
-    loop {
-        if options.cancel.is_cancelled() {
-            return;
-        }
-        let mut params = ListParams::default().limit(limit);
-        if let Some(token) = &continue_token {
-            params = params.continue_token(token);
-        }
-        let api: Api<DynamicObject> = Api::all_with(servers.lister().clone(), &target.api);
-        let page = tokio::select! {
-            page = paced(pace, api.list(&params)) => page,
-            () = options.cancel.cancelled() => return,
-        };
-        let page = match page {
-            Ok(page) => {
-                attempt = 0;
-                page
-            }
-            Err(kube::Error::Api(status))
-                if status.code == 410 && stalled_restarts < MAX_STALLED_RESTARTS =>
-            {
-                // The continue token expired (etcd compacted the list's revision). Upstream hands back a fresh
-                // token that continues after the same key at the latest revision: every object not yet listed
-                // is still ahead of it. Without one, list again from the start and skip what was handed out.
-                Stats::add(&stats.list_restarts);
-                if dispatched.len() == dispatched_at_last_restart {
-                    stalled_restarts += 1;
-                } else {
-                    stalled_restarts = 0;
-                }
-                dispatched_at_last_restart = dispatched.len();
-                continue_token = status
-                    .metadata
-                    .as_ref()
-                    .and_then(|m| m.continue_.clone())
-                    .filter(|t| !t.is_empty());
-                tracing::info!(
-                    resource = %target.name(),
-                    resumed = continue_token.is_some(),
-                    "continue token expired, listing again"
-                );
-                first_page = continue_token.is_none();
-                restarted = true;
-                continue;
-            }
-            Err(e) if retry_after_error(&e, &mut attempt, options, stats, pace).await => continue,
-            Err(e) => {
-                stats
-                    .failed_resources
-                    .lock()
-                    .unwrap_or_else(|p| p.into_inner())
-                    .push(ObjectError {
-                        resource: target.name(),
-                        object: String::new(),
-                        error: format!("list failed: {e}"),
-                    });
+impl ResourceRun<'_> {
+    /// Page through the resource and queue every object not yet handed out (and wanted), starting again on a 410.
+    async fn list_into(&self, sender: tokio::sync::mpsc::Sender<Queued>, budget: &ByteBudget) {
+        let Self {
+            servers,
+            target,
+            options,
+            stats,
+            pace,
+            wanted,
+        } = *self;
+        let mut matched = 0usize;
+        let mut dispatched: HashSet<u128> = HashSet::new();
+        let mut continue_token: Option<String> = None;
+        let mut first_page = true;
+        let mut restarted = false;
+        let mut stalled_restarts = 0u32;
+        let mut dispatched_at_last_restart = 0usize;
+        let mut attempt = 0u32;
+        let max_limit = budget::max_limit(options.page_size, options.page_bytes);
+        let mut limit = budget::first_limit(max_limit);
+        loop {
+            if options.cancel.is_cancelled() {
                 return;
             }
-        };
-        if first_page && !restarted {
-            let remaining = page.metadata.remaining_item_count.unwrap_or(0).max(0) as u64;
-            stats
-                .expected
-                .fetch_add(page.items.len() as u64 + remaining, Ordering::Relaxed);
-        }
-        first_page = false;
-        continue_token = page.metadata.continue_.clone().filter(|t| !t.is_empty());
-        let sizes: Vec<usize> = page.items.iter().map(budget::json_size).collect();
-        let page_bytes: usize = sizes.iter().sum();
-        stats.saw_page(page_bytes);
-        limit = budget::next_limit(
-            limit,
-            max_limit,
-            page_bytes,
-            sizes.len(),
-            options.page_bytes,
-        );
-        for (mut object, size) in page.items.into_iter().zip(sizes) {
-            if !dispatched.insert(object_id(&object)) {
-                continue;
+            let mut params = ListParams::default().limit(limit);
+            if let Some(token) = &continue_token {
+                params = params.continue_token(token);
             }
-            object.types = Some(TypeMeta {
-                api_version: target.api.api_version.clone(),
-                kind: target.api.kind.clone(),
-            });
-            let share = tokio::select! {
-                share = budget.take(size) => share,
+            let api: Api<DynamicObject> = Api::all_with(servers.lister().clone(), &target.api);
+            let page = tokio::select! {
+                page = paced(pace, api.list(&params)) => page,
                 () = options.cancel.cancelled() => return,
             };
-            if sender.send((object, share)).await.is_err() {
-                return; // writers stopped (cancelled)
+            let page = match page {
+                Ok(page) => {
+                    attempt = 0;
+                    page
+                }
+                Err(kube::Error::Api(status))
+                    if status.code == 410 && stalled_restarts < MAX_STALLED_RESTARTS =>
+                {
+                    // The continue token expired (etcd compacted the list's revision). Upstream hands back a fresh
+                    // token that continues after the same key at the latest revision: every object not yet listed
+                    // is still ahead of it. Without one, list again from the start and skip what was handed out.
+                    Stats::add(&stats.list_restarts);
+                    if dispatched.len() == dispatched_at_last_restart {
+                        stalled_restarts += 1;
+                    } else {
+                        stalled_restarts = 0;
+                    }
+                    dispatched_at_last_restart = dispatched.len();
+                    continue_token = status
+                        .metadata
+                        .as_ref()
+                        .and_then(|m| m.continue_.clone())
+                        .filter(|t| !t.is_empty());
+                    tracing::info!(
+                        resource = %target.name(),
+                        resumed = continue_token.is_some(),
+                        "continue token expired, listing again"
+                    );
+                    first_page = continue_token.is_none();
+                    restarted = true;
+                    continue;
+                }
+                Err(e) if retry_after_error(&e, &mut attempt, options, stats, pace).await => {
+                    continue;
+                }
+                Err(e) => {
+                    stats
+                        .failed_resources
+                        .lock()
+                        .unwrap_or_else(|p| p.into_inner())
+                        .push(ObjectError {
+                            resource: target.name(),
+                            object: String::new(),
+                            error: format!("list failed: {e}"),
+                        });
+                    return;
+                }
+            };
+            if first_page && !restarted && wanted.is_none() {
+                let remaining = page.metadata.remaining_item_count.unwrap_or(0).max(0) as u64;
+                stats
+                    .expected
+                    .fetch_add(page.items.len() as u64 + remaining, Ordering::Relaxed);
+            }
+            first_page = false;
+            continue_token = page.metadata.continue_.clone().filter(|t| !t.is_empty());
+            let sizes: Vec<usize> = page.items.iter().map(budget::json_size).collect();
+            let page_bytes: usize = sizes.iter().sum();
+            stats.saw_page(page_bytes);
+            limit = budget::next_limit(
+                limit,
+                max_limit,
+                page_bytes,
+                sizes.len(),
+                options.page_bytes,
+            );
+            for (mut object, size) in page.items.into_iter().zip(sizes) {
+                if wanted.is_some_and(|w| !w.wants(&object))
+                    || !dispatched.insert(object_id(&object))
+                {
+                    continue;
+                }
+                matched += 1;
+                object.types = Some(TypeMeta {
+                    api_version: target.api.api_version.clone(),
+                    kind: target.api.kind.clone(),
+                });
+                let share = tokio::select! {
+                    share = budget.take(size) => share,
+                    () = options.cancel.cancelled() => return,
+                };
+                if sender.send((object, share)).await.is_err() {
+                    return; // writers stopped (cancelled)
+                }
+            }
+            if continue_token.is_none() {
+                if let Some(wanted) = wanted {
+                    // Stored when the census counted them, no longer listed: deleted since.
+                    let gone = wanted.keys.len().saturating_sub(matched) as u64;
+                    stats.gone.fetch_add(gone, Ordering::Relaxed);
+                }
+                return;
             }
         }
-        if continue_token.is_none() {
-            return;
-        }
+    }
+}
+
+/// The objects of one resource a census found off the write key, by etcd key.
+struct Wanted {
+    /// The resource's etcd key prefix, ending in `/`.
+    key_prefix: String,
+    keys: HashSet<String>,
+}
+
+impl Wanted {
+    fn wants(&self, object: &DynamicObject) -> bool {
+        let meta = &object.metadata;
+        let name = meta.name.as_deref().unwrap_or_default();
+        let key = match meta.namespace.as_deref() {
+            Some(namespace) => format!("{}{namespace}/{name}", self.key_prefix),
+            None => format!("{}{name}", self.key_prefix),
+        };
+        self.keys.contains(&key)
     }
 }
 
@@ -456,6 +510,96 @@ pub async fn rewrite_keys_through(
     report
 }
 
+/// Whether to find `off_target` stale objects among `total` by listing the resource (one request per page, then
+/// a PUT per stale object) rather than a GET per object (two requests per object). A page of 500 costs the
+/// server about what a few dozen GETs do, so listing wins as soon as a fair share of the objects is stale; a
+/// GET per object wins when only a few are, above all among large objects.
+pub fn prefer_listing(off_target: u64, total: u64) -> bool {
+    off_target > 0 && off_target.saturating_mul(4) >= total
+}
+
+/// Rewrite only the objects stored at `etcd_keys` (from a census), found by listing each target and skipping
+/// every object not among them: one request per object plus the pages (see [`prefer_listing`]). A key that
+/// belongs to no target is an error in the report, as in [`rewrite_keys_through`]; a key no longer listed
+/// (deleted since the census) counts as gone.
+pub async fn rewrite_listed_keys_through(
+    servers: &Arc<Servers>,
+    targets: &[Target],
+    etcd_prefix: &str,
+    etcd_keys: &[String],
+    options: &RewriteOptions,
+) -> RewriteReport {
+    let started = Instant::now();
+    let stats = Arc::new(Stats::default());
+    stats
+        .expected
+        .store(etcd_keys.len() as u64, Ordering::Relaxed);
+    let pace = Arc::new(Pace::new(options.concurrency));
+    let progress = Progress::start(options.progress, stats.clone(), pace.clone(), started);
+    let (wanted, strays) = wanted_by_target(targets, etcd_prefix, etcd_keys);
+    for key in strays {
+        stats.error(
+            options.max_reported_errors,
+            ObjectError {
+                resource: String::new(),
+                object: key.clone(),
+                error: "etcd key belongs to no resource being rewritten".into(),
+            },
+        );
+    }
+    for (target, wanted) in targets.iter().zip(&wanted) {
+        if options.cancel.is_cancelled() {
+            break;
+        }
+        if wanted.keys.is_empty() {
+            continue;
+        }
+        progress.resource(&target.name());
+        let run = ResourceRun {
+            servers,
+            target,
+            options,
+            stats: &stats,
+            pace: &pace,
+            wanted: Some(wanted),
+        };
+        run.rewrite().await;
+    }
+    progress.finish();
+    let report = finish(&stats, &pace, servers, started, options);
+    tracing::info!("listed targeted rewrite finished: {report}");
+    report
+}
+
+/// Each target's share of `etcd_keys` (the longest matching prefix wins), and the keys no target holds.
+fn wanted_by_target<'k>(
+    targets: &[Target],
+    etcd_prefix: &str,
+    etcd_keys: &'k [String],
+) -> (Vec<Wanted>, Vec<&'k String>) {
+    let mut wanted: Vec<Wanted> = targets
+        .iter()
+        .map(|t| Wanted {
+            key_prefix: t.etcd(etcd_prefix).key_prefix,
+            keys: HashSet::new(),
+        })
+        .collect();
+    let mut strays = Vec::new();
+    for key in etcd_keys {
+        let owner = wanted
+            .iter_mut()
+            .filter(|w| key.starts_with(w.key_prefix.as_str()))
+            .max_by_key(|w| w.key_prefix.len());
+        match owner {
+            Some(w) => {
+                w.keys.insert(key.clone());
+            }
+            None => strays.push(key),
+        }
+    }
+    (wanted, strays)
+}
+
 /// `ns/name` (namespaced) or `name` (cluster-scoped) after the resource's etcd prefix.
 fn split_object_path(namespaced: bool, rest: &str) -> Option<(Option<&str>, &str)> {
     if namespaced {
@@ -483,5 +627,44 @@ mod tests {
             Some((None, "cluster-admin"))
         );
         assert_eq!(split_object_path(false, "a/b"), None);
+    }
+
+    #[test]
+    fn listing_is_preferred_once_a_quarter_is_stale() {
+        assert!(!prefer_listing(0, 0));
+        assert!(!prefer_listing(0, 100));
+        assert!(!prefer_listing(24, 100));
+        assert!(prefer_listing(25, 100));
+        assert!(prefer_listing(100, 100));
+        assert!(prefer_listing(1, 1));
+        assert!(!prefer_listing(1, 10_000));
+    }
+
+    fn object(namespace: Option<&str>, name: &str) -> DynamicObject {
+        let mut object = DynamicObject::new(name, &Target::secrets().api);
+        object.metadata.namespace = namespace.map(str::to_string);
+        object
+    }
+
+    #[test]
+    fn census_keys_go_to_the_longest_matching_target_and_strays_are_kept() {
+        let targets = vec![Target::secrets(), Target::configmaps()];
+        let keys: Vec<String> = [
+            "/registry/secrets/default/a",
+            "/registry/configmaps/kube-system/b",
+            "/registry/secrets/x/c",
+            "/registry/pods/default/d",
+        ]
+        .map(String::from)
+        .to_vec();
+        let (wanted, strays) = wanted_by_target(&targets, "/registry", &keys);
+        assert_eq!(wanted[0].keys.len(), 2);
+        assert_eq!(wanted[1].keys.len(), 1);
+        assert_eq!(strays, vec![&keys[3]]);
+        assert!(wanted[0].wants(&object(Some("default"), "a")));
+        assert!(wanted[0].wants(&object(Some("x"), "c")));
+        assert!(!wanted[0].wants(&object(Some("x"), "a")));
+        assert!(!wanted[0].wants(&object(Some("default"), "b")));
+        assert!(wanted[1].wants(&object(Some("kube-system"), "b")));
     }
 }
