@@ -605,11 +605,12 @@ async fn listed_targeted_rewrite_writes_only_the_census_keys() {
     with_stray.push("/registry/widgets.example.com/default/w".into());
     let targets = vec![Target::secrets(), Target::configmaps()];
     let servers = Arc::new(rewrite::Servers::one(&cluster.client));
-    let report = rewrite::rewrite_listed_keys_through(
+    let report = rewrite::rewrite_keys_through(
         &servers,
         &targets,
         "/registry",
         &with_stray,
+        rewrite::Lookup::Listing,
         &quiet(8, 50),
     )
     .await;

@@ -799,35 +799,21 @@ impl<'a> Executor<'a> {
     ) -> anyhow::Result<Watched> {
         let servers = self.session.api_servers().await?;
         let etcd_prefix = self.session.etcd_prefix();
-        let listing = rewrite::prefer_listing(keys.len() as u64, total);
-        tracing::info!(
-            stale = keys.len(),
-            total,
-            listing,
-            "targeted rewrite: {}",
-            if listing {
-                "listing, one PUT per stale object"
-            } else {
-                "a GET and a PUT per stale object"
-            }
-        );
+        let lookup = rewrite::Lookup::for_census(keys.len() as u64, total);
+        tracing::info!(stale = keys.len(), total, ?lookup, "targeted rewrite");
         Ok(interruptible(
             self.rewrite_concurrency,
             servers.clone(),
             |options| async move {
-                if listing {
-                    rewrite::rewrite_listed_keys_through(
-                        &servers,
-                        &targets,
-                        &etcd_prefix,
-                        &keys,
-                        &options,
-                    )
-                    .await
-                } else {
-                    rewrite::rewrite_keys_through(&servers, &targets, &etcd_prefix, &keys, &options)
-                        .await
-                }
+                rewrite::rewrite_keys_through(
+                    &servers,
+                    &targets,
+                    &etcd_prefix,
+                    &keys,
+                    lookup,
+                    &options,
+                )
+                .await
             },
         )
         .await)

@@ -15,15 +15,16 @@
 //! spread over every controlplane's API server ([`servers`]). Only a compact set of object ids (16 bytes each)
 //! is kept, to skip finished objects if an expired continue token (410) forces a fresh list.
 //!
-//! Split by concept: [`targets`] (which resources), [`budget`] (memory), [`writer`] (one object's write),
-//! [`pace`] (requests in flight), [`servers`] (which API server), [`report`] (counters and the report),
-//! [`progress`] (what the user sees).
+//! Split by concept: [`targets`] (which resources), [`targeted`] (only the objects a census found stale),
+//! [`budget`] (memory), [`writer`] (one object's write), [`pace`] (requests in flight), [`servers`] (which API
+//! server), [`report`] (counters and the report), [`progress`] (what the user sees).
 
 mod budget;
 mod pace;
 mod progress;
 mod report;
 mod servers;
+mod targeted;
 mod targets;
 mod writer;
 
@@ -31,13 +32,13 @@ pub use pace::{ADAPTIVE_CEILING, Concurrency};
 pub use servers::{ApiServer, Servers};
 
 pub use report::{ObjectError, RewriteReport};
+pub use targeted::{Lookup, rewrite_keys, rewrite_keys_through};
 pub use targets::{
     Resolution, ResourceSelector, RewriteError, Target, Unusable, resolve, resolve_without_api,
 };
 pub use writer::Outcome;
 
 use budget::{ByteBudget, Share};
-use futures::StreamExt;
 use kube::api::{Api, DynamicObject, ListParams, TypeMeta};
 use pace::Pace;
 use progress::Progress;
@@ -47,6 +48,7 @@ use std::collections::HashSet;
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
+use targeted::Wanted;
 use tokio_util::sync::CancellationToken;
 use writer::{Writer, paced, retry_after_error};
 
@@ -115,44 +117,73 @@ pub async fn rewrite_through(
     targets: &[Target],
     options: &RewriteOptions,
 ) -> RewriteReport {
-    let started = Instant::now();
-    let stats = Arc::new(Stats::default());
-    let pace = Arc::new(Pace::new(options.concurrency));
-    let progress = Progress::start(options.progress, stats.clone(), pace.clone(), started);
+    let pass = Pass::begin(options, 0);
     for target in targets {
         if options.cancel.is_cancelled() {
             break;
         }
-        progress.resource(&target.name());
-        let run = ResourceRun {
+        pass.resource(servers, target, options, None)
+            .rewrite()
+            .await;
+    }
+    pass.end(servers, options, "rewrite")
+}
+
+/// What one rewrite call shares across its resources: the counters, the pace and the progress shown.
+struct Pass {
+    started: Instant,
+    stats: Arc<Stats>,
+    pace: Arc<Pace>,
+    progress: Progress,
+}
+
+impl Pass {
+    /// `expected`: objects known to be coming (0: counted from the first list page of each resource).
+    fn begin(options: &RewriteOptions, expected: u64) -> Self {
+        let started = Instant::now();
+        let stats = Arc::new(Stats::default());
+        stats.expected.store(expected, Ordering::Relaxed);
+        let pace = Arc::new(Pace::new(options.concurrency));
+        let progress = Progress::start(options.progress, stats.clone(), pace.clone(), started);
+        Self {
+            started,
+            stats,
+            pace,
+            progress,
+        }
+    }
+
+    /// The next resource's run, shown in the progress.
+    fn resource<'a>(
+        &'a self,
+        servers: &'a Arc<Servers>,
+        target: &'a Target,
+        options: &'a RewriteOptions,
+        wanted: Option<&'a Wanted>,
+    ) -> ResourceRun<'a> {
+        self.progress.resource(&target.name());
+        ResourceRun {
             servers,
             target,
             options,
-            stats: &stats,
-            pace: &pace,
-            wanted: None,
-        };
-        run.rewrite().await;
+            stats: &self.stats,
+            pace: &self.pace,
+            wanted,
+        }
     }
-    progress.finish();
-    let report = finish(&stats, &pace, servers, started, options);
-    tracing::info!("rewrite finished: {report}");
-    report
-}
 
-/// The report, with how the pace and the servers ended.
-fn finish(
-    stats: &Stats,
-    pace: &Pace,
-    servers: &Servers,
-    started: Instant,
-    options: &RewriteOptions,
-) -> RewriteReport {
-    let mut report = stats.report(started.elapsed(), options.cancel.is_cancelled());
-    report.final_concurrency = pace.limit();
-    report.saturations = pace.saturations();
-    report.servers = servers.answered();
-    report
+    /// The report, with how the pace and the servers ended; `what` names the rewrite in the log.
+    fn end(self, servers: &Servers, options: &RewriteOptions, what: &str) -> RewriteReport {
+        self.progress.finish();
+        let mut report = self
+            .stats
+            .report(self.started.elapsed(), options.cancel.is_cancelled());
+        report.final_concurrency = self.pace.limit();
+        report.saturations = self.pace.saturations();
+        report.servers = servers.answered();
+        tracing::info!("{what} finished: {report}");
+        report
+    }
 }
 
 /// Objects handed from the lister to the writers, each with its share of the byte budget (given back when the
@@ -194,19 +225,24 @@ struct ResourceRun<'a> {
 }
 
 impl ResourceRun<'_> {
+    fn writer(&self) -> Writer {
+        Writer::new(
+            self.servers,
+            self.target,
+            self.options,
+            self.stats.clone(),
+            self.pace.clone(),
+        )
+    }
+
+    /// List the resource and write back every listed object (or every wanted one).
     async fn rewrite(&self) {
         let (sender, queue): (_, WorkQueue) =
             async_channel_like::bounded(self.options.page_size as usize);
         let writers: Vec<_> = (0..self.options.concurrency.ceiling())
             .map(|_| {
                 let queue = queue.clone();
-                let writer = Writer::new(
-                    self.servers,
-                    self.target,
-                    self.options,
-                    self.stats.clone(),
-                    self.pace.clone(),
-                );
+                let writer = self.writer();
                 tokio::spawn(async move {
                     while let Some((object, share)) = queue.recv().await {
                         // Cancelled: leave queued objects alone, only in-flight writes finish.
@@ -364,25 +400,6 @@ impl ResourceRun<'_> {
     }
 }
 
-/// The objects of one resource a census found off the write key, by etcd key.
-struct Wanted {
-    /// The resource's etcd key prefix, ending in `/`.
-    key_prefix: String,
-    keys: HashSet<String>,
-}
-
-impl Wanted {
-    fn wants(&self, object: &DynamicObject) -> bool {
-        let meta = &object.metadata;
-        let name = meta.name.as_deref().unwrap_or_default();
-        let key = match meta.namespace.as_deref() {
-            Some(namespace) => format!("{}{namespace}/{name}", self.key_prefix),
-            None => format!("{}{name}", self.key_prefix),
-        };
-        self.keys.contains(&key)
-    }
-}
-
 /// 16 bytes per object: the uid if there is one (else namespace/name), hashed so every id has one size.
 fn object_id(object: &DynamicObject) -> u128 {
     let meta = &object.metadata;
@@ -417,254 +434,4 @@ pub async fn rewrite_object(
     let outcome = writer.put_back(writer.with_types(object)).await;
     writer.record(String::new(), outcome.clone());
     (outcome, stats.report(started.elapsed(), false))
-}
-
-// ---------------------------------------------------------------------------------------------------------
-// Targeted rewrite
-
-/// Rewrite only the objects stored at `etcd_keys` (from a census: keys not on the write key), GET + PUT each.
-///
-/// Each key is matched to the target whose etcd prefix it starts with; a key that matches none is an error
-/// in the report (it would otherwise stay on an old key unnoticed).
-pub async fn rewrite_keys(
-    client: &kube::Client,
-    targets: &[Target],
-    etcd_prefix: &str,
-    etcd_keys: &[String],
-    options: &RewriteOptions,
-) -> RewriteReport {
-    let servers = Arc::new(Servers::one(client));
-    rewrite_keys_through(&servers, targets, etcd_prefix, etcd_keys, options).await
-}
-
-/// [`rewrite_keys`], writing through all of `servers`.
-pub async fn rewrite_keys_through(
-    servers: &Arc<Servers>,
-    targets: &[Target],
-    etcd_prefix: &str,
-    etcd_keys: &[String],
-    options: &RewriteOptions,
-) -> RewriteReport {
-    let started = Instant::now();
-    let stats = Arc::new(Stats::default());
-    stats
-        .expected
-        .store(etcd_keys.len() as u64, Ordering::Relaxed);
-    let pace = Arc::new(Pace::new(options.concurrency));
-    let progress = Progress::start(options.progress, stats.clone(), pace.clone(), started);
-    // Longest prefix first so `/registry/services/endpoints/` wins over a hypothetical `/registry/services/`.
-    let mut by_prefix: Vec<(String, Arc<Writer>)> = targets
-        .iter()
-        .map(|t| {
-            (
-                t.etcd(etcd_prefix).key_prefix,
-                Arc::new(Writer::new(
-                    servers,
-                    t,
-                    options,
-                    stats.clone(),
-                    pace.clone(),
-                )),
-            )
-        })
-        .collect();
-    by_prefix.sort_by_key(|(prefix, _)| std::cmp::Reverse(prefix.len()));
-    progress.resource("targeted");
-    futures::stream::iter(etcd_keys)
-        .take_while(|_| std::future::ready(!options.cancel.is_cancelled()))
-        .for_each_concurrent(options.concurrency.ceiling(), |key| {
-            let by_prefix = &by_prefix;
-            let stats = &stats;
-            async move {
-                let found = by_prefix.iter().find_map(|(prefix, writer)| {
-                    key.strip_prefix(prefix.as_str()).map(|rest| (writer, rest))
-                });
-                let Some((writer, rest)) = found else {
-                    stats.error(
-                        options.max_reported_errors,
-                        ObjectError {
-                            resource: String::new(),
-                            object: key.clone(),
-                            error: "etcd key belongs to no resource being rewritten".into(),
-                        },
-                    );
-                    return;
-                };
-                match split_object_path(writer.target.namespaced, rest) {
-                    Some((namespace, name)) => writer.rewrite_named(namespace, name).await,
-                    None => stats.error(
-                        options.max_reported_errors,
-                        ObjectError {
-                            resource: writer.target.name(),
-                            object: key.clone(),
-                            error: "cannot tell namespace and name from the etcd key".into(),
-                        },
-                    ),
-                }
-            }
-        })
-        .await;
-    progress.finish();
-    let report = finish(&stats, &pace, servers, started, options);
-    tracing::info!("targeted rewrite finished: {report}");
-    report
-}
-
-/// Whether to find `off_target` stale objects among `total` by listing the resource (one request per page, then
-/// a PUT per stale object) rather than a GET per object (two requests per object). A page of 500 costs the
-/// server about what a few dozen GETs do, so listing wins as soon as a fair share of the objects is stale; a
-/// GET per object wins when only a few are, above all among large objects.
-pub fn prefer_listing(off_target: u64, total: u64) -> bool {
-    off_target > 0 && off_target.saturating_mul(4) >= total
-}
-
-/// Rewrite only the objects stored at `etcd_keys` (from a census), found by listing each target and skipping
-/// every object not among them: one request per object plus the pages (see [`prefer_listing`]). A key that
-/// belongs to no target is an error in the report, as in [`rewrite_keys_through`]; a key no longer listed
-/// (deleted since the census) counts as gone.
-pub async fn rewrite_listed_keys_through(
-    servers: &Arc<Servers>,
-    targets: &[Target],
-    etcd_prefix: &str,
-    etcd_keys: &[String],
-    options: &RewriteOptions,
-) -> RewriteReport {
-    let started = Instant::now();
-    let stats = Arc::new(Stats::default());
-    stats
-        .expected
-        .store(etcd_keys.len() as u64, Ordering::Relaxed);
-    let pace = Arc::new(Pace::new(options.concurrency));
-    let progress = Progress::start(options.progress, stats.clone(), pace.clone(), started);
-    let (wanted, strays) = wanted_by_target(targets, etcd_prefix, etcd_keys);
-    for key in strays {
-        stats.error(
-            options.max_reported_errors,
-            ObjectError {
-                resource: String::new(),
-                object: key.clone(),
-                error: "etcd key belongs to no resource being rewritten".into(),
-            },
-        );
-    }
-    for (target, wanted) in targets.iter().zip(&wanted) {
-        if options.cancel.is_cancelled() {
-            break;
-        }
-        if wanted.keys.is_empty() {
-            continue;
-        }
-        progress.resource(&target.name());
-        let run = ResourceRun {
-            servers,
-            target,
-            options,
-            stats: &stats,
-            pace: &pace,
-            wanted: Some(wanted),
-        };
-        run.rewrite().await;
-    }
-    progress.finish();
-    let report = finish(&stats, &pace, servers, started, options);
-    tracing::info!("listed targeted rewrite finished: {report}");
-    report
-}
-
-/// Each target's share of `etcd_keys` (the longest matching prefix wins), and the keys no target holds.
-fn wanted_by_target<'k>(
-    targets: &[Target],
-    etcd_prefix: &str,
-    etcd_keys: &'k [String],
-) -> (Vec<Wanted>, Vec<&'k String>) {
-    let mut wanted: Vec<Wanted> = targets
-        .iter()
-        .map(|t| Wanted {
-            key_prefix: t.etcd(etcd_prefix).key_prefix,
-            keys: HashSet::new(),
-        })
-        .collect();
-    let mut strays = Vec::new();
-    for key in etcd_keys {
-        let owner = wanted
-            .iter_mut()
-            .filter(|w| key.starts_with(w.key_prefix.as_str()))
-            .max_by_key(|w| w.key_prefix.len());
-        match owner {
-            Some(w) => {
-                w.keys.insert(key.clone());
-            }
-            None => strays.push(key),
-        }
-    }
-    (wanted, strays)
-}
-
-/// `ns/name` (namespaced) or `name` (cluster-scoped) after the resource's etcd prefix.
-fn split_object_path(namespaced: bool, rest: &str) -> Option<(Option<&str>, &str)> {
-    if namespaced {
-        let (ns, name) = rest.split_once('/')?;
-        (!ns.is_empty() && !name.is_empty() && !name.contains('/')).then_some((Some(ns), name))
-    } else {
-        (!rest.is_empty() && !rest.contains('/')).then_some((None, rest))
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn object_paths_split_by_scope() {
-        assert_eq!(
-            split_object_path(true, "default/s1"),
-            Some((Some("default"), "s1"))
-        );
-        assert_eq!(split_object_path(true, "s1"), None);
-        assert_eq!(split_object_path(true, "a/b/c"), None);
-        assert_eq!(
-            split_object_path(false, "cluster-admin"),
-            Some((None, "cluster-admin"))
-        );
-        assert_eq!(split_object_path(false, "a/b"), None);
-    }
-
-    #[test]
-    fn listing_is_preferred_once_a_quarter_is_stale() {
-        assert!(!prefer_listing(0, 0));
-        assert!(!prefer_listing(0, 100));
-        assert!(!prefer_listing(24, 100));
-        assert!(prefer_listing(25, 100));
-        assert!(prefer_listing(100, 100));
-        assert!(prefer_listing(1, 1));
-        assert!(!prefer_listing(1, 10_000));
-    }
-
-    fn object(namespace: Option<&str>, name: &str) -> DynamicObject {
-        let mut object = DynamicObject::new(name, &Target::secrets().api);
-        object.metadata.namespace = namespace.map(str::to_string);
-        object
-    }
-
-    #[test]
-    fn census_keys_go_to_the_longest_matching_target_and_strays_are_kept() {
-        let targets = vec![Target::secrets(), Target::configmaps()];
-        let keys: Vec<String> = [
-            "/registry/secrets/default/a",
-            "/registry/configmaps/kube-system/b",
-            "/registry/secrets/x/c",
-            "/registry/pods/default/d",
-        ]
-        .map(String::from)
-        .to_vec();
-        let (wanted, strays) = wanted_by_target(&targets, "/registry", &keys);
-        assert_eq!(wanted[0].keys.len(), 2);
-        assert_eq!(wanted[1].keys.len(), 1);
-        assert_eq!(strays, vec![&keys[3]]);
-        assert!(wanted[0].wants(&object(Some("default"), "a")));
-        assert!(wanted[0].wants(&object(Some("x"), "c")));
-        assert!(!wanted[0].wants(&object(Some("x"), "a")));
-        assert!(!wanted[0].wants(&object(Some("default"), "b")));
-        assert!(wanted[1].wants(&object(Some("kube-system"), "b")));
-    }
 }
