@@ -70,6 +70,30 @@ fn status_is_whole(b: &Bench, write_label: &str) -> String {
     stderr
 }
 
+/// `encrypt status` costs each node one remote command (each is a login shell there): the config file's
+/// hash. The server's `/metrics` is reached with the state's certificates, not ones read from the node.
+fn one_remote_command_per_node(b: &Bench, nodes: &[Node]) {
+    let out = b
+        .command(&["encrypt", "status"])
+        .env("RUST_LOG", "atrest=debug,warn")
+        .output()
+        .expect("run atrest");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "status failed: {stderr}");
+    for node in nodes {
+        let field = format!("address={}", node.address);
+        let commands = stderr
+            .lines()
+            .filter(|l| l.contains("remote command") && l.split_whitespace().any(|w| w == field))
+            .count();
+        assert_eq!(
+            commands, 1,
+            "status sent {} {commands} remote commands: {stderr}",
+            node.address
+        );
+    }
+}
+
 /// Another run's recreate renames `kube-apiserver` to `old-kube-apiserver` before it creates the new one: for that
 /// moment the node has no `kube-apiserver` container. status still reports everything else, names the node, and
 /// exits PARTIAL (3); verify (etcd only) passes; plan shows that `up` puts the old container back first, and `up`
@@ -227,6 +251,7 @@ fn status_verify_and_plan_answer_with_any_apiserver_down() {
         .expect("secrets on an aescbc key after enable");
     let nodes: Vec<Node> = b.tb.nodes().to_vec();
     let kubeconfig_server = &nodes[0];
+    one_remote_command_per_node(&b, &nodes);
 
     for node in &nodes {
         docker(&b, node, "stop");

@@ -582,6 +582,8 @@ impl Host {
 
     /// Run `command` as sent (no sudo added), feeding `stdin`; `what` names it in errors.
     async fn run(&self, command: &str, what: &str, stdin: &[u8]) -> Result<Output, SshError> {
+        // One line per command (its first words only: secrets go through stdin), so a test can count them.
+        tracing::debug!(address = %self.label.address, "remote command `{what}` on {}", self.label);
         let fut = async {
             let mut channel =
                 self.handle.channel_open_session().await.map_err(|e| {
