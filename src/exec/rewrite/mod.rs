@@ -224,6 +224,9 @@ struct ResourceRun<'a> {
     wanted: Option<&'a Wanted>,
 }
 
+/// Give up on a resource after this many expired-token restarts in a row that listed nothing new.
+const MAX_STALLED_RESTARTS: u32 = 5;
+
 impl ResourceRun<'_> {
     fn writer(&self) -> Writer {
         Writer::new(
@@ -264,12 +267,7 @@ impl ResourceRun<'_> {
             }
         }
     }
-}
 
-/// Give up on a resource after this many expired-token restarts in a row that listed nothing new.
-const MAX_STALLED_RESTARTS: u32 = 5;
-
-impl ResourceRun<'_> {
     /// Page through the resource and queue every object not yet handed out (and wanted), starting again on a 410.
     async fn list_into(&self, sender: tokio::sync::mpsc::Sender<Queued>, budget: &ByteBudget) {
         let Self {
