@@ -390,8 +390,9 @@ impl NodeDocker {
                             );
                         }
                         std::io::Error::other(format!(
-                            "{}: cannot open the Docker socket {socket} over SSH ({e}); the SSH user needs \
-                             access to it and sshd needs AllowStreamLocalForwarding",
+                            "{}: cannot open the Docker socket {socket} over SSH ({e}): no Docker engine \
+                             answers there (is dockerd running?), or the SSH user may not use the socket, or \
+                             sshd has AllowStreamLocalForwarding off",
                             host.label()
                         ))
                     })?;

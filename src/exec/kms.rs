@@ -146,8 +146,9 @@ fn channel_over_ssh(
                     .await
                     .map_err(|e| {
                         std::io::Error::other(format!(
-                            "cannot open {socket} over SSH ({e}); the SSH user needs access to the socket and \
-                             sshd needs AllowStreamLocalForwarding"
+                            "cannot open {socket} over SSH ({e}): nothing listens there (is the plugin \
+                             running?), or the SSH user may not use the socket, or sshd has \
+                             AllowStreamLocalForwarding off"
                         ))
                     })?;
                 Ok::<_, std::io::Error>(TokioIo::new(channel.into_stream()))

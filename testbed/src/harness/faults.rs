@@ -1,5 +1,5 @@
-//! Faults with a real cause, for the reliability suite (docs/reliability.md R2): a node's sshd killed for good
-//! (and started again later, in the node's own mount namespace, as a host coming back does), and a node's
+//! Faults with a real cause, for the reliability suite (docs/reliability.md R2): a node's sshd or Docker engine
+//! killed for good (and started again later, in the node's own mount namespace, as a host coming back does), a node's
 //! address cut off (every packet to it dropped by the kernel, as a network partition does: no reset, no error,
 //! only silence, so a client must notice by its own keepalives and deadlines), and a firewall that lets one user
 //! reach the nodes only through a bastion (so a test can tell a jump from a direct connection).
@@ -93,13 +93,7 @@ impl Testbed {
     /// Starts node `n`'s sshd again after [`Testbed::kill_sshd`], in the node's mount namespace (its dockerd's),
     /// and waits until it accepts connections.
     pub fn start_sshd(&mut self, n: &Node) -> Result<()> {
-        let dockerd = self
-            .manifest
-            .procs
-            .iter()
-            .find(|p| p.kind == "dockerd" && p.node == n.index)
-            .map(|p| p.pid)
-            .with_context(|| format!("no dockerd recorded for {}", n.name))?;
+        let dockerd = self.dockerd_pid(n)?;
         let cfg = n.dir.join("ssh/sshd_config");
         let mut cmd = Command::new("nsenter");
         cmd.arg(format!("--mount=/proc/{dockerd}/ns/mnt"))
@@ -128,6 +122,67 @@ impl Testbed {
                     );
                 }
                 Ok(health::tcp_open(addr))
+            },
+        )?;
+        Ok(())
+    }
+
+    fn dockerd_pid(&self, n: &Node) -> Result<u32> {
+        self.manifest
+            .procs
+            .iter()
+            .find(|p| p.kind == "dockerd" && p.node == n.index)
+            .map(|p| p.pid)
+            .with_context(|| format!("no dockerd recorded for {}", n.name))
+    }
+
+    /// Kills node `n`'s Docker engine with SIGKILL, as a crash or the OOM killer does. Only dockerd dies: its
+    /// containerd, the shims and the containers (etcd, kube-apiserver) run on, but nothing answers the Docker API
+    /// until [`Testbed::start_dockerd`].
+    pub fn kill_dockerd(&mut self, n: &Node) -> Result<()> {
+        let pid = self.dockerd_pid(n)?;
+        sigkill(pid);
+        // Reap it if it is our child: a zombie keeps its PID in the engine's pid file alive, and the next engine
+        // would refuse to start ("pid file found, ensure docker is not running").
+        if let Some(i) = self.children.iter().position(|c| c.id() == pid) {
+            let _ = self.children.swap_remove(i).wait();
+        }
+        health::wait_until(
+            &format!("dockerd of {} to die", n.name),
+            Duration::from_secs(10),
+            Duration::from_millis(20),
+            || Ok(!procs::alive(pid, "")),
+        )?;
+        Ok(())
+    }
+
+    /// Starts node `n`'s Docker engine again after [`Testbed::kill_dockerd`], with the same flags, in the node's
+    /// mount namespace (its sshd's), and waits until it answers. As after any engine crash without live-restore,
+    /// the new engine stops the containers the old one left and starts again those whose restart policy says so
+    /// (RKE's `always`).
+    pub fn start_dockerd(&mut self, n: &Node) -> Result<()> {
+        let sshd = self.sshd_record(n)?.pid;
+        let record = self
+            .manifest
+            .nodes
+            .get(n.index - 1)
+            .cloned()
+            .with_context(|| format!("no record of {}", n.name))?;
+        let log = n.dir.join("dockerd.log");
+        let child = procs::spawn_daemon(&mut super::dockerd_command(n, &record, sshd), &log)?;
+        self.manifest
+            .procs
+            .retain(|p| !(p.kind == "dockerd" && p.node == n.index));
+        let pid = self.record(child, "dockerd", n.index, &n.dir.join("daemon.json"))?;
+        health::wait_until(
+            &format!("dockerd of {} to answer again", n.name),
+            Duration::from_secs(60),
+            Duration::from_millis(50),
+            || {
+                if !procs::alive(pid, "") {
+                    bail!("dockerd exited; {}", health::log_tail(&log, 10));
+                }
+                Ok(health::docker_ping(&n.docker_socket))
             },
         )?;
         Ok(())

@@ -522,28 +522,7 @@ impl Testbed {
             if let Some(p) = self.manifest.procs.last_mut() {
                 p.cmdline = procs::cmdline(sshd_pid).unwrap_or_default();
             }
-            let mut cmd = Command::new("nsenter");
-            cmd.arg(format!("--mount=/proc/{sshd_pid}/ns/mnt"))
-                .arg("--")
-                .arg("dockerd")
-                .arg("--config-file")
-                .arg(n.dir.join("daemon.json"))
-                .arg("--data-root")
-                .arg(n.dir.join("docker"))
-                .arg("--exec-root")
-                .arg(rec.run_dir.join("exec"))
-                .arg("--pidfile")
-                .arg(rec.run_dir.join("docker.pid"))
-                .arg("-H")
-                .arg(format!("unix://{}", n.docker_socket.display()))
-                .args([
-                    "--bridge=none",
-                    "--iptables=false",
-                    "--ip-masq=false",
-                    "--ip-forward=false",
-                ])
-                .args(["--userland-proxy=false", "--log-level=warn"])
-                .arg(format!("--cgroup-parent={}", rec.cgroup_parent));
+            let mut cmd = dockerd_command(n, &rec, sshd_pid);
             let child = procs::spawn_daemon(&mut cmd, &n.dir.join("dockerd.log"))?;
             self.record(child, "dockerd", n.index, &n.dir.join("daemon.json"))?;
         }
@@ -1249,6 +1228,34 @@ impl Drop for Testbed {
             );
         }
     }
+}
+
+/// Node `n`'s Docker engine, started in the mount namespace of process `namespace_of` (the node's sshd), so that
+/// both see the node's own tree at the cluster's prefix path.
+pub(super) fn dockerd_command(n: &Node, rec: &NodeRecord, namespace_of: u32) -> Command {
+    let mut cmd = Command::new("nsenter");
+    cmd.arg(format!("--mount=/proc/{namespace_of}/ns/mnt"))
+        .arg("--")
+        .arg("dockerd")
+        .arg("--config-file")
+        .arg(n.dir.join("daemon.json"))
+        .arg("--data-root")
+        .arg(n.dir.join("docker"))
+        .arg("--exec-root")
+        .arg(rec.run_dir.join("exec"))
+        .arg("--pidfile")
+        .arg(rec.run_dir.join("docker.pid"))
+        .arg("-H")
+        .arg(format!("unix://{}", n.docker_socket.display()))
+        .args([
+            "--bridge=none",
+            "--iptables=false",
+            "--ip-masq=false",
+            "--ip-forward=false",
+        ])
+        .args(["--userland-proxy=false", "--log-level=warn"])
+        .arg(format!("--cgroup-parent={}", rec.cgroup_parent));
+    cmd
 }
 
 /// The node's own `/etc/hosts`, bound over the machine's in the node's mount namespace: `localhost` is the node's
