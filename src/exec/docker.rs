@@ -389,11 +389,11 @@ impl NodeDocker {
                                 host.channel_error(&format!("opening the Docker socket {socket}"), e),
                             );
                         }
+                        // The node and the socket are named by the error this one ends up in.
                         std::io::Error::other(format!(
-                            "{}: cannot open the Docker socket {socket} over SSH ({e}): no Docker engine \
-                             answers there (is dockerd running?), or the SSH user may not use the socket, or \
-                             sshd has AllowStreamLocalForwarding off",
-                            host.label()
+                            "cannot open the socket over SSH ({e}): no Docker engine answers there (is dockerd \
+                             running?), or the SSH user may not use the socket, or sshd has \
+                             AllowStreamLocalForwarding off"
                         ))
                     })?;
                 // A raw HTTP/1 connection: send origin-form URIs and a Host header, as a pooled client would.

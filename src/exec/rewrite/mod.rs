@@ -13,13 +13,14 @@
 //! page is fetched; how many of them have a request in flight is up to [`pace`], which grows it while
 //! throughput rises and backs off when the servers are overloaded (429, 5xx) or only slower. The writes are
 //! spread over every controlplane's API server ([`servers`]). Only a compact set of object ids (16 bytes each)
-//! is kept, to skip finished objects if an expired continue token (410) forces a fresh list.
+//! is kept, to skip finished objects if an expired continue token (410) forces a fresh list ([`lister`]).
 //!
 //! Split by concept: [`targets`] (which resources), [`targeted`] (only the objects a census found stale),
-//! [`budget`] (memory), [`writer`] (one object's write), [`pace`] (requests in flight), [`servers`] (which API
+//! [`lister`] (paging through a resource, 410 restarts), [`budget`] (memory), [`writer`] (one object's write), [`pace`] (requests in flight), [`servers`] (which API
 //! server), [`report`] (counters and the report), [`progress`] (what the user sees).
 
 mod budget;
+mod lister;
 mod pace;
 mod progress;
 mod report;
@@ -39,18 +40,16 @@ pub use targets::{
 pub use writer::Outcome;
 
 use budget::{ByteBudget, Share};
-use kube::api::{Api, DynamicObject, ListParams, TypeMeta};
+use kube::api::DynamicObject;
 use pace::Pace;
 use progress::Progress;
 use report::Stats;
-use sha2::{Digest, Sha256};
-use std::collections::HashSet;
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 use targeted::Wanted;
 use tokio_util::sync::CancellationToken;
-use writer::{Writer, paced, retry_after_error};
+use writer::Writer;
 
 #[derive(Debug, Clone)]
 pub struct RewriteOptions {
@@ -224,9 +223,6 @@ struct ResourceRun<'a> {
     wanted: Option<&'a Wanted>,
 }
 
-/// Give up on a resource after this many expired-token restarts in a row that listed nothing new.
-const MAX_STALLED_RESTARTS: u32 = 5;
-
 impl ResourceRun<'_> {
     fn writer(&self) -> Writer {
         Writer::new(
@@ -267,153 +263,6 @@ impl ResourceRun<'_> {
             }
         }
     }
-
-    /// Page through the resource and queue every object not yet handed out (and wanted), starting again on a 410.
-    async fn list_into(&self, sender: tokio::sync::mpsc::Sender<Queued>, budget: &ByteBudget) {
-        let Self {
-            servers,
-            target,
-            options,
-            stats,
-            pace,
-            wanted,
-        } = *self;
-        let mut matched = 0usize;
-        let mut dispatched: HashSet<u128> = HashSet::new();
-        let mut continue_token: Option<String> = None;
-        let mut first_page = true;
-        let mut restarted = false;
-        let mut stalled_restarts = 0u32;
-        let mut dispatched_at_last_restart = 0usize;
-        let mut attempt = 0u32;
-        let max_limit = budget::max_limit(options.page_size, options.page_bytes);
-        let mut limit = budget::first_limit(max_limit);
-        loop {
-            if options.cancel.is_cancelled() {
-                return;
-            }
-            let mut params = ListParams::default().limit(limit);
-            if let Some(token) = &continue_token {
-                params = params.continue_token(token);
-            }
-            let api: Api<DynamicObject> = Api::all_with(servers.lister().clone(), &target.api);
-            let page = tokio::select! {
-                page = paced(pace, api.list(&params)) => page,
-                () = options.cancel.cancelled() => return,
-            };
-            let page = match page {
-                Ok(page) => {
-                    attempt = 0;
-                    page
-                }
-                Err(kube::Error::Api(status))
-                    if status.code == 410 && stalled_restarts < MAX_STALLED_RESTARTS =>
-                {
-                    // The continue token expired (etcd compacted the list's revision). Upstream hands back a fresh
-                    // token that continues after the same key at the latest revision: every object not yet listed
-                    // is still ahead of it. Without one, list again from the start and skip what was handed out.
-                    Stats::add(&stats.list_restarts);
-                    if dispatched.len() == dispatched_at_last_restart {
-                        stalled_restarts += 1;
-                    } else {
-                        stalled_restarts = 0;
-                    }
-                    dispatched_at_last_restart = dispatched.len();
-                    continue_token = status
-                        .metadata
-                        .as_ref()
-                        .and_then(|m| m.continue_.clone())
-                        .filter(|t| !t.is_empty());
-                    tracing::info!(
-                        resource = %target.name(),
-                        resumed = continue_token.is_some(),
-                        "continue token expired, listing again"
-                    );
-                    first_page = continue_token.is_none();
-                    restarted = true;
-                    continue;
-                }
-                Err(e) if retry_after_error(&e, &mut attempt, options, stats, pace).await => {
-                    continue;
-                }
-                Err(e) => {
-                    stats
-                        .failed_resources
-                        .lock()
-                        .unwrap_or_else(|p| p.into_inner())
-                        .push(ObjectError {
-                            resource: target.name(),
-                            object: String::new(),
-                            error: format!("list failed: {e}"),
-                        });
-                    return;
-                }
-            };
-            if first_page && !restarted && wanted.is_none() {
-                let remaining = page.metadata.remaining_item_count.unwrap_or(0).max(0) as u64;
-                stats
-                    .expected
-                    .fetch_add(page.items.len() as u64 + remaining, Ordering::Relaxed);
-            }
-            first_page = false;
-            continue_token = page.metadata.continue_.clone().filter(|t| !t.is_empty());
-            let sizes: Vec<usize> = page.items.iter().map(budget::json_size).collect();
-            let page_bytes: usize = sizes.iter().sum();
-            stats.saw_page(page_bytes);
-            limit = budget::next_limit(
-                limit,
-                max_limit,
-                page_bytes,
-                sizes.len(),
-                options.page_bytes,
-            );
-            for (mut object, size) in page.items.into_iter().zip(sizes) {
-                if wanted.is_some_and(|w| !w.wants(&object))
-                    || !dispatched.insert(object_id(&object))
-                {
-                    continue;
-                }
-                matched += 1;
-                object.types = Some(TypeMeta {
-                    api_version: target.api.api_version.clone(),
-                    kind: target.api.kind.clone(),
-                });
-                let share = tokio::select! {
-                    share = budget.take(size) => share,
-                    () = options.cancel.cancelled() => return,
-                };
-                if sender.send((object, share)).await.is_err() {
-                    return; // writers stopped (cancelled)
-                }
-            }
-            if continue_token.is_none() {
-                if let Some(wanted) = wanted {
-                    // Stored when the census counted them, no longer listed: deleted since.
-                    let gone = wanted.keys.len().saturating_sub(matched) as u64;
-                    stats.gone.fetch_add(gone, Ordering::Relaxed);
-                }
-                return;
-            }
-        }
-    }
-}
-
-/// 16 bytes per object: the uid if there is one (else namespace/name), hashed so every id has one size.
-fn object_id(object: &DynamicObject) -> u128 {
-    let meta = &object.metadata;
-    let mut hasher = Sha256::new();
-    match &meta.uid {
-        Some(uid) => hasher.update(uid.as_bytes()),
-        None => {
-            hasher.update(meta.namespace.as_deref().unwrap_or_default().as_bytes());
-            hasher.update(b"/");
-            hasher.update(meta.name.as_deref().unwrap_or_default().as_bytes());
-        }
-    }
-    let digest = hasher.finalize();
-    let mut id = [0u8; 16];
-    id.copy_from_slice(&digest[..16]);
-    u128::from_le_bytes(id)
 }
 
 /// Write back one object as it was read (its `resourceVersion` is the precondition), with the same conflict,
