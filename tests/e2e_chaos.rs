@@ -328,12 +328,7 @@ enum Lost {
 
 /// Whether node `n` has a running `kube-apiserver` and no `old-kube-apiserver` (an interrupted recreate's).
 fn serves_unless_mid_recreate(b: &Bench, n: &testbed::harness::Node) -> bool {
-    let out =
-        b.tb.docker(n)
-            .args(["ps", "-a", "--format", "{{.Names}} {{.State}}"])
-            .output()
-            .expect("docker ps");
-    let text = String::from_utf8_lossy(&out.stdout);
+    let text = b.containers(n);
     let mid_recreate = text.lines().any(|l| l.starts_with("old-kube-apiserver "))
         || !text.lines().any(|l| l == "kube-apiserver running");
     if mid_recreate {
@@ -352,12 +347,7 @@ fn serves_unless_mid_recreate(b: &Bench, n: &testbed::harness::Node) -> bool {
 fn engine_settled(b: &Bench, n: &testbed::harness::Node) {
     let deadline = Instant::now() + Duration::from_secs(120);
     loop {
-        let out =
-            b.tb.docker(n)
-                .args(["ps", "-a", "--format", "{{.Names}} {{.State}}"])
-                .output()
-                .expect("docker ps");
-        let text = String::from_utf8_lossy(&out.stdout);
+        let text = b.containers(n);
         if text.lines().any(|l| l.starts_with("old-kube-apiserver "))
             || text.lines().any(|l| l == "kube-apiserver running")
         {

@@ -804,3 +804,53 @@ fn a_node_cut_off_mid_deploy_stops_the_run_naming_it_and_the_rerun_completes() {
     b.ok(&["up", "--yes"]);
     assert_complete_and_intact(&b);
 }
+
+/// A disable killed in the middle of node 3's recreate in its finish deploy (the file already removed, the old
+/// container renamed and stopped); the rerun puts that container back (its flag names the removed file: it
+/// cannot start) and is itself killed before it changes node 3 again. The next rerun still knows node 3 is
+/// half-changed by atrest (the records say so) and finishes it, instead of refusing it as "not healthy before
+/// the change".
+#[test]
+fn a_container_put_back_that_cannot_start_is_finished_by_a_later_rerun() {
+    let Some(b) = bench_seeded(200, 20) else {
+        return;
+    };
+    b.set_encryption(true, None);
+    b.ok(&["up", "--yes"]);
+    b.set_encryption(false, None);
+    // No deploy of a disable before its finish recreates a container: the third recreate is node 3's.
+    run_killed(&b, &["up", "--yes"], "recreate:stopped", 2);
+    let node3 = b.tb.nodes()[2].clone();
+    let left = b.containers(&node3);
+    assert!(
+        left.lines().any(|l| l.starts_with("old-kube-apiserver ")),
+        "node 3 is left mid-recreate: {left}"
+    );
+    let out = run_killed(&b, &["up", "--yes"], "node:file-written", 0);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains("put back the previous"),
+        "the rerun put node 3's container back:\n{}",
+        last_lines(&stderr, 30)
+    );
+    assert_eq!(
+        b.records()["putBack"],
+        serde_json::json!([node3.address.to_string()]),
+        "the records name the node put back"
+    );
+    let out = b.run(&["up", "--yes"]);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        out.status.success(),
+        "the next rerun finishes node 3:\n{}",
+        last_lines(&stderr, 30)
+    );
+    assert!(
+        stderr.contains("finishing the change an interrupted run began here"),
+        "{}",
+        last_lines(&stderr, 30)
+    );
+    assert!(b.records()["putBack"].is_null(), "no node is left marked");
+    assert_eq!(b.status()["encryptionStatus"], "Disabled");
+    assert_complete_and_intact(&b);
+}

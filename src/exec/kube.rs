@@ -62,17 +62,50 @@ pub async fn server_url(path: &Path) -> Result<http::Uri, KubeClientError> {
     Ok(config.cluster_url)
 }
 
+/// Why a server is not ready ([`probe`]).
+#[derive(Debug, thiserror::Error)]
+#[error("{reason}")]
+pub struct NotReady {
+    /// The server answered, with an error: it runs but is not ready (its etcd unreachable, say), which may pass.
+    pub answered: bool,
+    pub reason: String,
+}
+
 /// Whether the server behind `client` is ready: `GET /readyz` answered 200 within [`PROBE_TIMEOUT`]. The error
-/// says why not (connection refused, a timeout, a server still starting or shutting down).
-pub async fn probe(client: &kube::Client) -> Result<(), String> {
+/// says why not (connection refused, a timeout, a server still starting or shutting down, the checks that
+/// failed).
+pub async fn probe(client: &kube::Client) -> Result<(), NotReady> {
     let request = http::Request::get("/readyz")
         .body(Vec::new())
-        .map_err(|e| e.to_string())?;
+        .map_err(|e| NotReady {
+            answered: false,
+            reason: e.to_string(),
+        })?;
     match tokio::time::timeout(PROBE_TIMEOUT, client.request_text(request)).await {
         Ok(Ok(_)) => Ok(()),
-        Ok(Err(e)) => Err(one_line(&e)),
-        Err(_) => Err(format!("no answer within {} s", PROBE_TIMEOUT.as_secs())),
+        Ok(Err(e)) => Err(NotReady {
+            answered: matches!(e, kube::Error::Api(_)),
+            reason: failed_checks(&one_line(&e)).unwrap_or_else(|| one_line(&e)),
+        }),
+        Err(_) => Err(NotReady {
+            answered: false,
+            reason: format!("no answer within {} s", PROBE_TIMEOUT.as_secs()),
+        }),
     }
+}
+
+/// The checks a `/readyz` answer lists as failed (`[-]etcd failed: reason withheld` …), as one line, instead of
+/// the whole list of checks (some 40 lines).
+fn failed_checks(answer: &str) -> Option<String> {
+    let mut names: Vec<&str> = Vec::new();
+    for item in answer.split("[-]").skip(1) {
+        let name = item.split(" failed").next().unwrap_or_default().trim();
+        if !name.is_empty() && !name.contains(char::is_whitespace) && !names.contains(&name) {
+            names.push(name);
+        }
+    }
+    (!names.is_empty())
+        .then(|| format!("not ready: its /readyz checks {} failed", names.join(", ")))
 }
 
 /// An error and its causes on one line (`a: b: c`), for "server X does not answer (…)" messages.
@@ -138,4 +171,30 @@ pub async fn client_with(
     // A plain-text 429 keeps its Retry-After (see exec::retry_after).
     let retry_after = tower::util::MapFutureLayer::new(super::retry_after::status_for_plain_429);
     Ok(builder.with_layer(&retry_after).build())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_readyz_answer_is_summed_up_by_its_failed_checks() {
+        // As kube-apiserver answers while its etcd is unreachable: every check listed, the failed ones with [-],
+        // and kube's error repeating the body in its Debug form (escaped newlines).
+        let body = "[+]ping ok\n[+]log ok\n[-]etcd failed: reason withheld\n[-]etcd-readiness failed: reason \
+                    withheld\n[+]informer-sync ok\nreadyz check failed";
+        let answer = format!(
+            "ApiError: {body}: Failed to parse error data (Status {{ message: {body:?} }})"
+        );
+        assert_eq!(
+            failed_checks(&answer).as_deref(),
+            Some("not ready: its /readyz checks etcd, etcd-readiness failed")
+        );
+    }
+
+    #[test]
+    fn an_answer_without_failed_checks_is_left_as_it_is() {
+        assert_eq!(failed_checks("connection refused"), None);
+        assert_eq!(failed_checks("[+]ping ok\nreadyz check passed"), None);
+    }
 }

@@ -554,6 +554,10 @@ impl<'a> Executor<'a> {
                     progress.nodes.push(name.clone());
                 }
             }
+            // The change a put-back container waited for is made: from now on the node is gated as any other.
+            atrest
+                .put_back
+                .retain(|name| Some(name) != nodes.get(nodes_done - 1));
             records_file.save(atrest).map_err(|e| e.to_string())?;
             kill_points::here(&format!("deploy-node:{phase}"));
             // Ctrl-C: stop between nodes; the record says which nodes are done, so a rerun continues with the rest.
@@ -574,6 +578,7 @@ impl<'a> Executor<'a> {
             self.session
                 .files_seen
                 .insert(name.clone(), config_sha256_of(&change));
+            self.session.put_back.remove(name);
         }
         let stopped_for_ctrl_c = matches!(
             &result,

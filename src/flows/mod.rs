@@ -25,6 +25,8 @@ use crate::plan::{
     self, Intent, Observed, Plan, PlanInput, PlanKind, PlanOptions, StepwiseInput, StepwiseVerb,
     Target,
 };
+use crate::state::atrest::AtrestState;
+use crate::state::records::RecordsFile;
 use anyhow::{Context, anyhow, bail};
 use execute::{Executor, say};
 use options::{GlobalOpts, PlanFormat, StatusFormat, VerifyFormat};
@@ -330,10 +332,12 @@ async fn reconcile(
     };
     // Every way out of here closes the session: the cluster lock is released at once, not after its lease.
     let outcome = async {
-        if mode == Mode::Apply && !settle_leftovers(global, &mut session).await? {
+        session.adopt_records(atrest.clone());
+        if let Some(lock) = &lock
+            && !settle_leftovers(global, &mut session, &lock.records_file).await?
+        {
             return Ok(ExitCode::FAILURE);
         }
-        session.records = atrest.clone();
         let views = session.observe_nodes().await?;
         let mut observed_nodes = session::observations(&views);
         // A file `rke up` wrote from the state (state string + "\n"), or atrest's earlier layout, holds the deployed
@@ -517,10 +521,10 @@ async fn stepwise_verb(
     let mut session = Session::connect(global, &inputs.config, Access::Change(lock_request))
         .await
         .context("pre-flight failed; nothing was changed")?;
-    session.records = atrest.clone();
+    session.adopt_records(atrest.clone());
     // Every way out of here closes the session: the cluster lock is released at once, not after its lease.
     let outcome = async {
-        if !settle_leftovers(global, &mut session).await? {
+        if !settle_leftovers(global, &mut session, &lock.records_file).await? {
             return Ok(ExitCode::FAILURE);
         }
         // Pre-flight: the census must be reachable, since reencrypt and finish depend on it.
@@ -557,7 +561,11 @@ async fn stepwise_verb(
 /// What an interrupted recreate left is shown and, once confirmed, finished or undone before the cluster is
 /// observed and planned: the plan is then made from the cluster as it is. `false`: the operator declined, and
 /// nothing was changed.
-async fn settle_leftovers(global: &GlobalOpts, session: &mut Session) -> anyhow::Result<bool> {
+async fn settle_leftovers(
+    global: &GlobalOpts,
+    session: &mut Session,
+    records_file: &RecordsFile,
+) -> anyhow::Result<bool> {
     let notes = session.leftover_notes();
     if notes.is_empty() {
         return Ok(true);
@@ -570,7 +578,7 @@ async fn settle_leftovers(global: &GlobalOpts, session: &mut Session) -> anyhow:
         eprintln!("Cancelled; nothing was changed.");
         return Ok(false);
     }
-    session.recover_leftovers().await?;
+    session.recover_leftovers(records_file).await?;
     Ok(true)
 }
 
@@ -601,12 +609,17 @@ async fn apply(
         session.close().await;
         return Ok(ExitCode::FAILURE);
     }
+    let put_back = session.records.put_back.clone();
     let mut executor = Executor {
         session,
         file: &lock.state_file,
         records_file: &lock.records_file,
         state: lock.state.clone(),
-        records: lock.records.clone(),
+        // What the leftover recovery recorded since the lock was taken goes on.
+        records: AtrestState {
+            put_back,
+            ..lock.records.clone()
+        },
         rewritten: Vec::new(),
         rewrite_concurrency: crate::exec::rewrite::Concurrency::from_flag(
             global.rewrite_concurrency,

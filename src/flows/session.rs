@@ -18,6 +18,7 @@ use crate::exec::tunnel::Tunnel;
 use crate::plan::NodeObservation;
 use crate::state::RkeState;
 use crate::state::atrest::AtrestState;
+use crate::state::records::RecordsFile;
 use anyhow::{Context, anyhow, bail};
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -64,11 +65,22 @@ pub struct Session {
     /// first, once confirmed ([`Session::recover_leftovers`]); a plan shows them.
     leftovers: BTreeMap<String, Leftover>,
     /// Nodes (by name) whose interrupted recreate [`Session::recover_leftovers`] undid by putting the previous
-    /// container back: the interrupted change is still to be made there, and until it is that container may not
-    /// start (see [`crate::exec::restart::RolloutTarget::resumes_interrupted`]).
+    /// container back, in this run or an earlier one ([`AtrestState::put_back`]): the interrupted change is still
+    /// to be made there, and until it is that container may not start (see
+    /// [`crate::exec::restart::RolloutTarget::resumes_interrupted`]).
     pub put_back: std::collections::BTreeSet<String>,
     /// The cluster-wide lock, once a changing run took it ([`Session::lock_cluster`]); released by `close`.
     cluster_lock: std::sync::Mutex<Option<ClusterLock>>,
+}
+
+/// How long [`Session::kube`] waits for a server that answers but is not ready.
+const API_READY_WAIT: std::time::Duration = std::time::Duration::from_secs(60);
+
+/// Why no API server could be used ([`Session::try_reach_api`]).
+struct Unreached {
+    /// One of them answered, not ready: worth waiting for.
+    answered: bool,
+    why: String,
 }
 
 /// What a run does with the cluster, which decides what [`Session::connect`] checks first.
@@ -202,6 +214,13 @@ impl Session {
         Ok(())
     }
 
+    /// Takes over the nodes an earlier run put back ([`AtrestState::put_back`]) from `records`, which become
+    /// [`Session::records`].
+    pub fn adopt_records(&mut self, records: AtrestState) {
+        self.put_back.extend(records.put_back.iter().cloned());
+        self.records = records;
+    }
+
     /// What interrupted recreates left and what settling them does, one line per node (cluster.yml order).
     pub fn leftover_notes(&self) -> Vec<String> {
         self.hosts
@@ -211,8 +230,28 @@ impl Session {
     }
 
     /// Settles every leftover as the interrupted run would have (the operator confirmed), then checks every node
-    /// again: from here on each has its `kube-apiserver`.
-    pub async fn recover_leftovers(&mut self) -> anyhow::Result<()> {
+    /// again: from here on each has its `kube-apiserver`. The nodes whose old container may be put back are
+    /// recorded in `records_file` first ([`AtrestState::put_back`]): this run may be killed before it changes
+    /// them again, and the next one must know.
+    pub async fn recover_leftovers(&mut self, records_file: &RecordsFile) -> anyhow::Result<()> {
+        let may_put_back: Vec<String> = self
+            .hosts
+            .iter()
+            .filter(|h| {
+                matches!(
+                    self.leftover(h),
+                    Some(Leftover::PutBackOld | Leftover::FinishOurs)
+                )
+            })
+            .map(|h| node_name(h.node()))
+            .filter(|name| !self.records.put_back.contains(name))
+            .collect();
+        if !may_put_back.is_empty() {
+            self.records.put_back.extend(may_put_back);
+            records_file
+                .save(&self.records)
+                .with_context(|| format!("saving progress to {}", records_file.path().display()))?;
+        }
         for host in &self.hosts {
             if let Some(leftover) = self.leftover(host)
                 && recover_interrupted_recreate(host, &self.kubernetes_dir(host), leftover).await?
@@ -547,7 +586,7 @@ impl Session {
         let client = kube_client::client_with(&self.global.kubeconfig_path(), &options).await?;
         kube_client::probe(&client)
             .await
-            .map_err(|e| anyhow!("{name} through SSH: {e}"))?;
+            .map_err(|e| anyhow::Error::new(e).context(format!("{name} through SSH")))?;
         Ok(ApiConnection {
             client,
             _tunnel: Some(tunnel),
@@ -556,11 +595,45 @@ impl Session {
         })
     }
 
+    /// [`Session::try_reach_api`], again every 2 s for up to [`API_READY_WAIT`] while a server answers but is not
+    /// ready: right after a node came back, every server may report its etcd failed for a while.
     async fn reach_api(&self) -> anyhow::Result<ApiConnection> {
+        let deadline = std::time::Instant::now() + API_READY_WAIT;
+        let mut said = false;
+        loop {
+            match self.try_reach_api().await {
+                Ok(connection) => return Ok(connection),
+                Err(unreached) if unreached.answered && std::time::Instant::now() < deadline => {
+                    if !said {
+                        tracing::warn!(
+                            "{}; waiting up to {} s for one to be ready",
+                            unreached.why,
+                            API_READY_WAIT.as_secs()
+                        );
+                        said = true;
+                    }
+                    tokio::time::sleep(std::time::Duration::from_secs(2)).await;
+                }
+                Err(unreached) => return Err(anyhow!("{}", unreached.why)),
+            }
+        }
+    }
+
+    /// The kubeconfig's server if it is ready, else the first other controlplane's that is.
+    async fn try_reach_api(&self) -> Result<ApiConnection, Unreached> {
+        let unreached = |e: anyhow::Error| Unreached {
+            answered: false,
+            why: format!("{e:#}"),
+        };
         let path = self.global.kubeconfig_path();
-        let url = kube_client::server_url(&path).await?;
-        let direct = kube_client::client(&path).await?;
+        let url = kube_client::server_url(&path)
+            .await
+            .map_err(|e| unreached(e.into()))?;
+        let direct = kube_client::client(&path)
+            .await
+            .map_err(|e| unreached(e.into()))?;
         let mut failures = Vec::new();
+        let mut answered = false;
         match kube_client::probe(&direct).await {
             Ok(()) => {
                 return Ok(ApiConnection {
@@ -570,7 +643,10 @@ impl Session {
                     host: url.host().unwrap_or_default().to_string(),
                 });
             }
-            Err(e) => failures.push(format!("the kubeconfig's server {url}: {e}")),
+            Err(e) => {
+                answered |= e.answered;
+                failures.push(format!("the kubeconfig's server {url}: {e}"));
+            }
         }
         let kubeconfig_host = url.host().unwrap_or_default().to_string();
         for host in &self.hosts {
@@ -588,10 +664,20 @@ impl Session {
                     );
                     return Ok(connection);
                 }
-                Err(e) => failures.push(format!("{e:#}")),
+                Err(e) => {
+                    answered |= e.chain().any(|cause| {
+                        cause
+                            .downcast_ref::<kube_client::NotReady>()
+                            .is_some_and(|n| n.answered)
+                    });
+                    failures.push(format!("{e:#}"));
+                }
             }
         }
-        Err(anyhow!("no API server answers: {}", failures.join("; ")))
+        Err(Unreached {
+            answered,
+            why: format!("no API server answers: {}", failures.join("; ")),
+        })
     }
 
     /// Served resources matching config resource strings (`secrets`, `*.apps`, `*.*`). Named resources the API

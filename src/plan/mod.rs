@@ -265,12 +265,19 @@ fn skip_finished_nodes(
     let (Some(progress), Some(hash)) = (&record.deploying, input.config_hash) else {
         return;
     };
-    // A phase's deploy is its first step, so the recorded deploy can only be the first remaining step.
+    // The recorded deploy can only be the first deploy of the first remaining phase (usually its first step; the
+    // finish phase archives the retired keys before it).
+    let Some(first_phase) = remaining.first().map(|s| s.phase) else {
+        return;
+    };
     let Some(Step {
         phase,
         action: Action::Deploy { config, nodes, .. },
         ..
-    }) = remaining.first_mut()
+    }) = remaining
+        .iter_mut()
+        .take_while(|s| s.phase == first_phase)
+        .find(|s| matches!(s.action, Action::Deploy { .. }))
     else {
         return;
     };

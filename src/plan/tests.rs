@@ -617,6 +617,59 @@ fn an_interrupted_deploy_resumes_on_the_nodes_it_did_not_finish() {
 }
 
 #[test]
+fn an_interrupted_finish_deploy_resumes_on_the_nodes_it_did_not_finish_after_its_archive_step() {
+    let (o, n) = (managed(&["old"]), managed(&["new"]));
+    let hash = json_config_hash;
+    let seq = super::sequence::sequence(&o.config().cloned(), &n.config().cloned(), true)
+        .expect("sequence");
+    let (rotate_hash, finish_hash) = (hash(seq.rotate.as_ref()), hash(n.config()));
+    let mut input = PlanInput::new(n.clone(), o.clone(), nodes(3));
+    input.config_hash = Some(hash);
+    let mut rec = record(
+        &o,
+        &n,
+        Stage::ReencryptFinished,
+        &[
+            Phase::Prepare,
+            Phase::Rotate,
+            Phase::Reencrypt,
+            Phase::Verify,
+        ],
+    );
+    rec.deploying = Some(DeployProgress {
+        phase: Phase::Finish,
+        config_sha256: finish_hash.clone(),
+        nodes: vec!["cp1".into(), "cp2".into()],
+    });
+    input.transition = Some(rec);
+    input.observed.nodes = [&finish_hash, &finish_hash, &rotate_hash]
+        .iter()
+        .zip(1..=3)
+        .map(|(h, i)| NodeObservation {
+            node: format!("cp{i}"),
+            config_sha256: (*h).clone(),
+        })
+        .collect();
+    let p = plan(&input).expect("plan");
+    let steps = summary(&p);
+    assert!(
+        steps[0].starts_with("finish/reencrypt_finished: archive"),
+        "{steps:?}"
+    );
+    assert!(
+        steps[1].starts_with("finish/reencrypt_finished: deploy@cp3:"),
+        "{steps:?}"
+    );
+    assert!(
+        p.notes
+            .iter()
+            .any(|n| n.contains("already finished on cp1, cp2; it continues on cp3")),
+        "{:?}",
+        p.notes
+    );
+}
+
+#[test]
 fn resume_continues_from_each_point() {
     let (o, n) = (managed(&["old"]), managed(&["new"]));
     let cases: [(Stage, &[Phase], &str); 7] = [

@@ -26,6 +26,12 @@ pub struct AtrestState {
     /// (`None`: atrest has not recorded one yet). Lets atrest notice when an RKE write replaced or removed it.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub deployed: Option<DeployedRecord>,
+    /// Nodes (by name) where a run put the previous kube-apiserver back after an interrupted recreate, and which
+    /// no change has reached since. That container may not start until the change is made (a disable's finish
+    /// had removed the file its flag names), so no run asks such a node to be healthy before changing it. Kept
+    /// here, not only in the run, because the run that put it back may itself be killed before it gets there.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub put_back: Vec<String>,
 }
 
 /// What atrest last recorded as deployed on every controlplane.

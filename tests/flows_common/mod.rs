@@ -197,6 +197,18 @@ impl Bench {
         out
     }
 
+    /// The names and states of node `n`'s containers (`name state`, one per line).
+    #[allow(dead_code)]
+    pub fn containers(&self, n: &testbed::harness::Node) -> String {
+        let out = self
+            .tb
+            .docker(n)
+            .args(["ps", "-a", "--format", "{{.Names}} {{.State}}"])
+            .output()
+            .expect("docker ps");
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    }
+
     /// Polls node `n`'s `/readyz` (the admin certificate, directly) until it answers 200, for up to 3 min.
     #[allow(dead_code)]
     pub fn wait_serving(&self, n: &testbed::harness::Node) {

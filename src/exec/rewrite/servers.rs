@@ -143,7 +143,8 @@ impl Servers {
                     Ok(()) => failures[index] = 0,
                     Err(e) => {
                         failures[index] += 1;
-                        if failures[index] >= WATCH_FAILURES && !self.drop_member(index, &e) {
+                        if failures[index] >= WATCH_FAILURES && !self.drop_member(index, &e.reason)
+                        {
                             return format!("{}: {e}", member.server.name);
                         }
                     }
