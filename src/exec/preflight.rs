@@ -13,7 +13,8 @@ pub struct PreflightError(pub Vec<(NodeLabel, String)>);
 fn list(failures: &[(NodeLabel, String)]) -> String {
     failures
         .iter()
-        .map(|(n, why)| format!("  - {n}: {why}"))
+        // A Docker or SSH error names its node itself: the list names it once.
+        .map(|(n, why)| format!("  - {n}: {}", why.replace(&format!("{n}: "), "")))
         .collect::<Vec<_>>()
         .join("\n")
 }
@@ -127,5 +128,28 @@ pub async fn connect_and_preflight(
             h.close().await;
         }
         Err(PreflightError(failures))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn each_failing_node_is_named_once() {
+        let node = NodeLabel {
+            address: "10.0.0.13".into(),
+            hostname: None,
+        };
+        let error = PreflightError(vec![(
+            node.clone(),
+            format!("{node}: Docker at /var/run/docker.sock: ping: refused"),
+        )]);
+        let text = error.to_string();
+        assert_eq!(text.matches("10.0.0.13").count(), 1, "{text}");
+        assert!(
+            text.ends_with("\n  - node 10.0.0.13: Docker at /var/run/docker.sock: ping: refused"),
+            "{text}"
+        );
     }
 }

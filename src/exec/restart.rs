@@ -104,8 +104,8 @@ pub enum StepError {
 pub enum RolloutError {
     /// The node was not ready after the change; it was restored and is healthy again.
     #[error(
-        "{node}: the change failed ({cause}); the node was restored to its previous file and container and is \
-         healthy again. Nodes changed before it: {}", names(.changed)
+        "{node}: the change failed ({}); the node was restored to its previous file and container and is \
+         healthy again. Nodes changed before it: {}", unprefixed(.node, .cause), names(.changed)
     )]
     RolledBack {
         node: NodeLabel,
@@ -114,8 +114,9 @@ pub enum RolloutError {
     },
     /// The change failed and so did the restore: the node needs a human.
     #[error(
-        "{node}: the change failed ({cause}) AND restoring the node failed ({restore}); it needs manual \
-         attention. Nodes changed before it: {}", names(.changed)
+        "{node}: the change failed ({}) AND restoring the node failed ({}); it needs manual \
+         attention. Nodes changed before it: {}", unprefixed(.node, .cause), unprefixed(.node, .restore),
+        names(.changed)
     )]
     RestoreFailed {
         node: NodeLabel,
@@ -134,7 +135,10 @@ pub enum RolloutError {
         changed: Vec<NodeOutcome>,
     },
     /// A check on the node before its change failed (e.g. its image tag moved); nothing was done to it.
-    #[error("{node}: {cause}. Nothing was done to this node; stopped. Nodes changed before it: {}", names(.changed))]
+    #[error(
+        "{node}: {}. Nothing was done to this node; stopped. Nodes changed before it: {}",
+        unprefixed(.node, .cause), names(.changed)
+    )]
     NotStarted {
         node: NodeLabel,
         cause: StepError,
@@ -164,11 +168,11 @@ pub enum RolloutError {
     },
     /// The SSH connection to a node was lost in the middle of its change: it could not be restored.
     #[error(
-        "{node}: the SSH connection to it was lost during its change ({cause}), so it could not be restored. It \
+        "{node}: the SSH connection to it was lost during its change ({}), so it could not be restored. It \
          runs the new config or the previous one (each reads every stored object), or no kube-apiserver if the \
          loss came in the middle of a container recreate. Rerun once the node answers SSH again: the rerun takes \
          the node as it finds it and finishes the change. Nodes changed before it: {}",
-        names(.changed)
+        unprefixed(.node, .cause), names(.changed)
     )]
     LostMidChange {
         node: NodeLabel,
@@ -176,7 +180,11 @@ pub enum RolloutError {
         changed: Vec<NodeOutcome>,
     },
     /// A node was not healthy before anything was done to it.
-    #[error("{node}: kube-apiserver is not healthy before the change; nothing was done to it ({cause}). Nodes changed before it: {}", names(.changed))]
+    #[error(
+        "{node}: kube-apiserver is not healthy before the change; nothing was done to it ({}). Nodes changed \
+         before it: {}",
+        unprefixed(.node, .cause), names(.changed)
+    )]
     UnhealthyBefore {
         node: NodeLabel,
         cause: StepError,
@@ -220,6 +228,11 @@ pub fn short(sha256: &Option<String>) -> String {
         Some(h) => format!("sha256 {}", &h[..h.len().min(12)]),
         None => "no file".to_string(),
     }
+}
+
+/// `cause` without the `<node>: ` its parts put before their text: the rollout error names the node once, first.
+fn unprefixed(node: &NodeLabel, cause: &StepError) -> String {
+    cause.to_string().replace(&format!("{node}: "), "")
 }
 
 fn names(changed: &[NodeOutcome]) -> String {
@@ -483,6 +496,32 @@ fn unix_now() -> i64 {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_rollout_error_names_its_node_once() {
+        let node = NodeLabel {
+            address: "10.0.0.12".into(),
+            hostname: Some("cp2".into()),
+        };
+        let state = |detail: &str| {
+            StepError::Docker(DockerError::State {
+                node: node.to_string(),
+                detail: detail.into(),
+            })
+        };
+        let error = RolloutError::RestoreFailed {
+            node: node.clone(),
+            cause: state("recreate failed"),
+            restore: state("no old-kube-apiserver"),
+            changed: vec![],
+        };
+        let text = error.to_string();
+        assert_eq!(text.matches("10.0.0.12").count(), 1, "{text}");
+        assert!(
+            text.contains("the change failed (recreate failed) AND restoring the node failed (no old-kube-apiserver)"),
+            "{text}"
+        );
+    }
 
     #[test]
     fn debug_of_a_node_change_leaves_out_the_file() {
