@@ -854,3 +854,68 @@ fn a_container_put_back_that_cannot_start_is_finished_by_a_later_rerun() {
     assert_eq!(b.status()["encryptionStatus"], "Disabled");
     assert_complete_and_intact(&b);
 }
+
+/// `docker <args>` on node `n`, required to succeed; its stdout, trimmed.
+fn docker_on(b: &Bench, n: &testbed::harness::Node, args: &[&str]) -> String {
+    let out = b.tb.docker(n).args(args).output().expect("docker");
+    assert!(
+        out.status.success(),
+        "docker {}: {}",
+        args.join(" "),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).trim().to_string()
+}
+
+/// A recreate interrupted once its new kube-apiserver was ready, and then both containers running, as a Docker
+/// engine that was killed and came back leaves them (R2 found it): the old one holds port 6443 and the new one
+/// restarts in a loop, unable to bind, with Docker's back-off growing. The recovery must not take the old one's
+/// answer for the new one's: it stops the old one first and keeps the new one only once that one serves; the
+/// rerun completes.
+#[test]
+fn a_leftover_whose_old_container_holds_the_port_is_judged_by_the_new_one() {
+    let Some(b) = bench_seeded(200, 20) else {
+        return;
+    };
+    b.set_encryption(true, None);
+    // The enable's first deploy recreates each node; the first `node:ready` is node 1's, old container stopped.
+    run_killed(&b, &["up", "--yes"], "node:ready", 0);
+    let node1 = b.tb.nodes()[0].clone();
+    docker_on(&b, &node1, &["stop", "kube-apiserver"]);
+    docker_on(&b, &node1, &["start", "old-kube-apiserver"]);
+    b.wait_serving(&node1);
+    docker_on(&b, &node1, &["start", "kube-apiserver"]);
+    // Until Docker waits half a minute or more between the new one's attempts (restart 9: 25.6 s, then 51.2 s).
+    let deadline = Instant::now() + Duration::from_secs(240);
+    loop {
+        let restarts: u32 = docker_on(
+            &b,
+            &node1,
+            &["inspect", "-f", "{{.RestartCount}}", "kube-apiserver"],
+        )
+        .parse()
+        .expect("restart count");
+        if restarts >= 9 {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the new kube-apiserver restarted only {restarts} times: {}",
+            b.containers(&node1)
+        );
+        std::thread::sleep(Duration::from_secs(1));
+    }
+    let out = b.run(&["up", "--yes"]);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        out.status.success(),
+        "the rerun completes:\n{}",
+        last_lines(&stderr, 30)
+    );
+    assert!(
+        stderr.contains("the new kube-apiserver from the interrupted run is ready"),
+        "the new container was kept:\n{}",
+        last_lines(&stderr, 30)
+    );
+    assert_complete_and_intact(&b);
+}

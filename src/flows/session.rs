@@ -907,11 +907,8 @@ async fn recover_interrupted_recreate(
     }
     let docker = NodeDocker::new(host.clone())?;
     let new_ready = match docker.inspect(APISERVER).await? {
-        Some(info) if info.running && *leftover == Leftover::FinishOurs => {
-            let probe = HealthProbe::from_node_certs(host, kubernetes_dir).await?;
-            wait_ready(host, &probe, std::time::Duration::from_secs(60))
-                .await
-                .is_ok()
+        Some(_) if *leftover == Leftover::FinishOurs => {
+            new_container_serves(host, &docker, kubernetes_dir).await?
         }
         _ => false,
     };
@@ -927,6 +924,23 @@ async fn recover_interrupted_recreate(
         );
     }
     Ok(!new_ready)
+}
+
+/// Whether the `kube-apiserver` an interrupted recreate created becomes ready, with `old-kube-apiserver` stopped
+/// first: both share the node's port 6443, and a Docker engine that came back starts both again (the one that
+/// lost the race for the port restarts in a loop), so with the old one running a ready answer could be its own.
+async fn new_container_serves(
+    host: &Arc<Host>,
+    docker: &NodeDocker,
+    kubernetes_dir: &str,
+) -> anyhow::Result<bool> {
+    docker.stop(OLD_APISERVER).await?;
+    // Started if it had exited; one in Docker's restart back-off (up to a minute) is left to it.
+    docker.start(APISERVER).await?;
+    let probe = HealthProbe::from_node_certs(host, kubernetes_dir).await?;
+    Ok(wait_ready(host, &probe, std::time::Duration::from_secs(90))
+        .await
+        .is_ok())
 }
 
 #[cfg(test)]
