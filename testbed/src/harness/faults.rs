@@ -160,14 +160,44 @@ impl Testbed {
     /// mount namespace (its sshd's), and waits until it answers. As after any engine crash without live-restore,
     /// the new engine stops the containers the old one left and starts again those whose restart policy says so
     /// (RKE's `always`).
+    ///
+    /// The old engine's containerd runs on, and the new engine reconnects to it. Once (R2's full run, a loaded
+    /// machine) it did not answer the new engine, which gave up ("timeout waiting for containerd to start"): then
+    /// that containerd is killed too, as an operator would, and the engine started once more with a fresh one (the
+    /// containers' shims outlive it, and the new containerd takes them over).
     pub fn start_dockerd(&mut self, n: &Node) -> Result<()> {
-        let sshd = self.sshd_record(n)?.pid;
-        let record = self
-            .manifest
+        match self.try_start_dockerd(n) {
+            Err(e) if format!("{e:#}").contains("failed to start containerd") => {
+                let record = self.node_record(n)?;
+                let pid_file = record.run_dir.join("exec/containerd/containerd.pid");
+                let pid = std::fs::read_to_string(&pid_file)
+                    .ok()
+                    .and_then(|t| t.trim().parse::<u32>().ok());
+                eprintln!(
+                    "testbed: {}'s engine could not reach its containerd ({e:#}); killing containerd {pid:?} and \
+                     starting the engine again",
+                    n.name
+                );
+                if let Some(pid) = pid {
+                    sigkill(pid);
+                }
+                self.try_start_dockerd(n)
+            }
+            other => other,
+        }
+    }
+
+    fn node_record(&self, n: &Node) -> Result<super::NodeRecord> {
+        self.manifest
             .nodes
             .get(n.index - 1)
             .cloned()
-            .with_context(|| format!("no record of {}", n.name))?;
+            .with_context(|| format!("no record of {}", n.name))
+    }
+
+    fn try_start_dockerd(&mut self, n: &Node) -> Result<()> {
+        let sshd = self.sshd_record(n)?.pid;
+        let record = self.node_record(n)?;
         let log = n.dir.join("dockerd.log");
         let child = procs::spawn_daemon(&mut super::dockerd_command(n, &record, sshd), &log)?;
         self.manifest
