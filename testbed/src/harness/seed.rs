@@ -95,6 +95,39 @@ fn already_exists(e: &kube::Error) -> bool {
     matches!(e, kube::Error::Api(s) if s.code == 409)
 }
 
+/// Errors a loaded test bed gives now and then and that a second try clears: etcd's "request timed out" (500),
+/// a throttled or unavailable server (429, 503) and a dropped connection.
+fn transient(e: &kube::Error) -> bool {
+    match e {
+        kube::Error::Api(s) => s.code == 429 || s.code >= 500,
+        kube::Error::HyperError(_) | kube::Error::Service(_) => true,
+        _ => false,
+    }
+}
+
+/// Waits before the next try of a create that failed transiently: 1, 2, 4, 8, 16 s, then no more tries.
+const CREATE_BACKOFF_SECS: [u64; 5] = [1, 2, 4, 8, 16];
+
+/// Creates one object, trying again after transient errors. An object that already exists counts as created:
+/// a create whose answer was lost may have been stored, and seeding is idempotent anyway.
+async fn create_retrying<K>(api: &Api<K>, object: &K) -> Result<(), kube::Error>
+where
+    K: kube::Resource + Clone + serde::Serialize + serde::de::DeserializeOwned + std::fmt::Debug,
+{
+    let mut waits = CREATE_BACKOFF_SECS.iter();
+    loop {
+        match api.create(&PostParams::default(), object).await {
+            Ok(_) => return Ok(()),
+            Err(e) if already_exists(&e) => return Ok(()),
+            Err(e) if transient(&e) => match waits.next() {
+                Some(secs) => tokio::time::sleep(std::time::Duration::from_secs(*secs)).await,
+                None => return Err(e),
+            },
+            Err(e) => return Err(e),
+        }
+    }
+}
+
 /// Creates the namespaces and objects; objects that already exist are left alone (re-seeding is idempotent).
 pub async fn seed(client: &Client, spec: SeedSpec) -> Result<SeedReport> {
     let nss: Api<Namespace> = Api::all(client.clone());
@@ -106,13 +139,9 @@ pub async fn seed(client: &Client, spec: SeedSpec) -> Result<SeedReport> {
             },
             ..Default::default()
         };
-        match nss.create(&PostParams::default(), &ns).await {
-            Ok(_) => {}
-            Err(e) if already_exists(&e) => {}
-            Err(e) => {
-                return Err(e).with_context(|| format!("creating namespace {}", namespace_of(k)));
-            }
-        }
+        create_retrying(&nss, &ns)
+            .await
+            .with_context(|| format!("creating namespace {}", namespace_of(k)))?;
     }
     let size = spec.size_bytes;
     let secrets = stream::iter(0..spec.secrets)
@@ -136,52 +165,38 @@ pub async fn seed(client: &Client, spec: SeedSpec) -> Result<SeedReport> {
                     type_: Some("Opaque".into()),
                     ..Default::default()
                 };
-                match Api::<Secret>::namespaced(client, &ns)
-                    .create(&PostParams::default(), &s)
+                create_retrying(&Api::<Secret>::namespaced(client, &ns), &s)
                     .await
-                {
-                    Ok(_) => Ok(()),
-                    Err(e) if already_exists(&e) => Ok(()),
-                    Err(e) => {
-                        Err(anyhow::Error::new(e).context(format!("creating secret {ns}/{name}")))
-                    }
-                }
+                    .with_context(|| format!("creating secret {ns}/{name}"))
             }
         })
         .buffer_unordered(CONCURRENCY)
         .try_collect::<Vec<()>>();
     secrets.await?;
-    let cms =
-        stream::iter(0..spec.configmaps)
-            .map(|i| {
-                let client = client.clone();
-                async move {
-                    let (name, ns) = (format!("seed-configmap-{i:06}"), namespace_of(i));
-                    let p = payload(&name, size);
-                    let cm = ConfigMap {
-                        metadata: meta(&name, &ns, size),
-                        data: Some(
-                            [
-                                ("checksum".to_string(), checksum(&p)),
-                                ("payload".to_string(), p),
-                            ]
-                            .into(),
-                        ),
-                        ..Default::default()
-                    };
-                    match Api::<ConfigMap>::namespaced(client, &ns)
-                        .create(&PostParams::default(), &cm)
-                        .await
-                    {
-                        Ok(_) => Ok(()),
-                        Err(e) if already_exists(&e) => Ok(()),
-                        Err(e) => Err(anyhow::Error::new(e)
-                            .context(format!("creating configmap {ns}/{name}"))),
-                    }
-                }
-            })
-            .buffer_unordered(CONCURRENCY)
-            .try_collect::<Vec<()>>();
+    let cms = stream::iter(0..spec.configmaps)
+        .map(|i| {
+            let client = client.clone();
+            async move {
+                let (name, ns) = (format!("seed-configmap-{i:06}"), namespace_of(i));
+                let p = payload(&name, size);
+                let cm = ConfigMap {
+                    metadata: meta(&name, &ns, size),
+                    data: Some(
+                        [
+                            ("checksum".to_string(), checksum(&p)),
+                            ("payload".to_string(), p),
+                        ]
+                        .into(),
+                    ),
+                    ..Default::default()
+                };
+                create_retrying(&Api::<ConfigMap>::namespaced(client, &ns), &cm)
+                    .await
+                    .with_context(|| format!("creating configmap {ns}/{name}"))
+            }
+        })
+        .buffer_unordered(CONCURRENCY)
+        .try_collect::<Vec<()>>();
     cms.await?;
     Ok(SeedReport {
         secrets: spec.secrets,
@@ -373,5 +388,23 @@ mod tests {
     fn objects_spread_over_the_namespaces() {
         let nss: std::collections::BTreeSet<String> = (0..8).map(namespace_of).collect();
         assert_eq!(nss.len(), NAMESPACES);
+    }
+
+    fn api_error(code: u16, message: &str) -> kube::Error {
+        kube::Error::Api(
+            kube::core::Status::failure(message, "")
+                .with_code(code)
+                .boxed(),
+        )
+    }
+
+    #[test]
+    fn a_timed_out_etcd_request_is_tried_again_and_a_refused_object_is_not() {
+        assert!(transient(&api_error(500, "etcdserver: request timed out")));
+        assert!(transient(&api_error(429, "too many requests")));
+        assert!(transient(&api_error(503, "unavailable")));
+        assert!(!transient(&api_error(422, "invalid")));
+        assert!(!transient(&api_error(403, "forbidden")));
+        assert!(already_exists(&api_error(409, "exists")));
     }
 }
