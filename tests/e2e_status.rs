@@ -1,7 +1,8 @@
 //! Read-only verbs while kube-apiserver is down: `encrypt status`, `encrypt verify` and `plan` must answer with
 //! any one controlplane's server stopped (the kubeconfig's included: atrest then goes through another node's
 //! server over SSH and says so), and even with every server stopped (the etcd census needs no API for resources
-//! named exactly). Root only: a 3-node testbed.
+//! named exactly), and waiting while every server answers "not ready" (etcd without quorum). Root only: a
+//! 3-node testbed.
 
 mod flows_common;
 
@@ -14,14 +15,19 @@ const APISERVER: &str = "kube-apiserver";
 const READY_DEADLINE: Duration = Duration::from_secs(180);
 
 fn docker(b: &Bench, node: &Node, verb: &str) {
+    docker_on(b, node, verb, APISERVER);
+}
+
+/// `docker <verb> <container>` on the node, which must succeed.
+fn docker_on(b: &Bench, node: &Node, verb: &str, container: &str) {
     let out =
         b.tb.docker(node)
-            .args([verb, APISERVER])
+            .args([verb, container])
             .output()
             .expect("docker");
     assert!(
         out.status.success(),
-        "docker {verb} {APISERVER} on {}: {}",
+        "docker {verb} {container} on {}: {}",
         node.address,
         String::from_utf8_lossy(&out.stderr)
     );
@@ -29,23 +35,43 @@ fn docker(b: &Bench, node: &Node, verb: &str) {
 
 /// Polls the node's `/readyz` (admin credentials of the kubeconfig) until it answers, up to a deadline.
 fn wait_ready(b: &Bench, node: &Node) {
+    poll_readyz(b, node, "not ready", |ready, _| ready);
+}
+
+/// Polls the node's `/readyz` until it answers and says it is not ready (HTTP 500, the etcd check failing).
+fn wait_not_ready(b: &Bench, node: &Node) {
+    poll_readyz(b, node, "still ready", |ready, text| {
+        !ready && text.contains("etcd")
+    });
+}
+
+/// Asks the node's `/readyz?verbose` every 250 ms until `done(answered 200, its text)`, for up to
+/// [`READY_DEADLINE`]; `otherwise` says what the node still was when the deadline passed.
+fn poll_readyz(b: &Bench, node: &Node, otherwise: &str, done: impl Fn(bool, &str) -> bool) {
     let started = Instant::now();
     loop {
-        let ok = Command::new("kubectl")
+        let out = Command::new("kubectl")
             .arg("--kubeconfig")
             .arg(b.tb.kubeconfig())
             .arg("--server")
             .arg(b.tb.apiserver_url(node))
-            .args(["get", "--raw", "/readyz"])
+            .args([
+                "get",
+                "--raw",
+                "/readyz?verbose",
+                "--request-timeout",
+                "10s",
+            ])
             .output()
-            .map(|o| o.status.success())
-            .unwrap_or(false);
-        if ok {
+            .expect("kubectl");
+        let text = String::from_utf8_lossy(&out.stdout).into_owned()
+            + &String::from_utf8_lossy(&out.stderr);
+        if done(out.status.success(), &text) {
             return;
         }
         assert!(
             started.elapsed() < READY_DEADLINE,
-            "kube-apiserver on {} not ready {} s after docker start",
+            "kube-apiserver on {} {otherwise} after {} s: {text}",
             node.address,
             READY_DEADLINE.as_secs()
         );
@@ -300,6 +326,70 @@ fn status_verify_and_plan_answer_with_any_apiserver_down() {
         wait_ready(&b, node);
     }
     b.verify_seed();
+
+    servers_that_answer_not_ready_are_waited_for(&b, &nodes, &label);
+}
+
+/// etcd loses its quorum (two members stopped): every API server answers, not ready. `encrypt status` says it
+/// waits, the members come back while it does, and it then answers with the whole census through the API.
+fn servers_that_answer_not_ready_are_waited_for(b: &Bench, nodes: &[Node], label: &str) {
+    use std::io::{BufRead, BufReader};
+    let etcd = |node: &Node, verb: &str| docker_on(b, node, verb, "etcd");
+    for node in &nodes[1..] {
+        etcd(node, "stop");
+    }
+    wait_not_ready(b, &nodes[0]);
+    let mut child = b
+        .command(&["--api-wait", "600", "encrypt", "status", "-o", "json"])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("spawn atrest");
+    let stdout = child.stdout.take().expect("stdout");
+    let reader = std::thread::spawn(move || {
+        let mut json = Vec::new();
+        std::io::Read::read_to_end(&mut BufReader::new(stdout), &mut json).map(|_| json)
+    });
+    let mut text = String::new();
+    let mut restarted = false;
+    for line in BufReader::new(child.stderr.take().expect("stderr")).lines() {
+        let line = line.expect("stderr line");
+        eprintln!("  | {line}");
+        text.push_str(&line);
+        text.push('\n');
+        if !restarted && line.contains("waiting up to 600 s for one to be ready") {
+            for node in &nodes[1..] {
+                etcd(node, "start");
+            }
+            restarted = true;
+        }
+    }
+    let status = child.wait().expect("wait");
+    let json = reader.join().expect("stdout reader").expect("stdout");
+    if !restarted {
+        for node in &nodes[1..] {
+            etcd(node, "start");
+        }
+    }
+    assert!(
+        restarted,
+        "status did not say it waits for the not-ready servers:\n{text}"
+    );
+    assert!(status.success(), "status failed after the wait:\n{text}");
+    assert!(
+        !text.contains("without API discovery"),
+        "once ready, the servers' API is used, not etcd alone:\n{text}"
+    );
+    let status: serde_json::Value = serde_json::from_slice(&json).expect("status JSON");
+    assert_eq!(status["unavailable"], serde_json::json!([]), "{status}");
+    assert_eq!(
+        status["census"]["secrets"][label].as_u64(),
+        Some(SECRETS as u64),
+        "every seeded secret counted on {label}: {status}"
+    );
+    for node in nodes {
+        wait_ready(b, node);
+    }
 }
 
 /// The kubeconfig's API server stops in the middle of the rewrite: the run notices, drops it from the servers

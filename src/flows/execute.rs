@@ -44,7 +44,6 @@ pub struct Executor<'a> {
     /// atrest's records file (transition, archive, snapshots), saved before the state whenever both change.
     pub records_file: &'a RecordsFile,
     pub state: RkeState,
-    pub records: AtrestState,
     /// Steps carried out, for the summary.
     pub rewritten: Vec<RewriteReport>,
     /// Writes in flight during a rewrite: adaptive, or pinned by `--rewrite-concurrency`.
@@ -80,15 +79,14 @@ pub(crate) use say;
 
 impl<'a> Executor<'a> {
     fn atrest(&self) -> anyhow::Result<AtrestState> {
-        Ok(self.records.clone())
+        Ok(self.session.records.clone())
     }
 
     /// Saves the records, then the state if a setter changed it (the records first: they must never be older
     /// than what the state says).
     fn save_atrest(&mut self, atrest: &AtrestState) -> anyhow::Result<()> {
-        self.records = atrest.clone();
         self.session.records = atrest.clone();
-        self.records_file.save(&self.records).with_context(|| {
+        self.records_file.save(atrest).with_context(|| {
             format!("saving progress to {}", self.records_file.path().display())
         })?;
         self.save_state()
@@ -163,7 +161,7 @@ impl<'a> Executor<'a> {
         }
         let before = RecordedBefore {
             rke: self.state.encryption_view(),
-            deployed: self.records.deployed.clone(),
+            deployed: self.session.records.deployed.clone(),
         };
         self.set_deployed(config.as_ref())?;
         Ok(Some(before))
@@ -457,7 +455,7 @@ impl<'a> Executor<'a> {
                     config_path,
                     probe,
                     expected_sha256: self.session.files_seen.get(name).cloned(),
-                    resumes_interrupted: self.session.put_back.contains(name),
+                    resumes_interrupted: self.session.was_put_back(name),
                 },
             ));
         }
@@ -519,7 +517,7 @@ impl<'a> Executor<'a> {
             nodes.len()
         );
         let records_file = self.records_file;
-        let mut records = self.records.clone();
+        let mut records = self.session.records.clone();
         let mut clock = Instant::now();
         let mut nodes_done = 0usize;
         let result = rolling_apply(&targets, &change, &self.rollout, |outcome| {
@@ -567,8 +565,7 @@ impl<'a> Executor<'a> {
             Ok(())
         })
         .await;
-        self.session.records = records.clone();
-        self.records = records;
+        self.session.records = records;
         // The nodes changed now hold the new file: what a later deploy of this run expects to find there.
         let changed = match &result {
             Ok(report) => report.changed.len(),
@@ -578,7 +575,6 @@ impl<'a> Executor<'a> {
             self.session
                 .files_seen
                 .insert(name.clone(), config_sha256_of(&change));
-            self.session.put_back.remove(name);
         }
         let stopped_for_ctrl_c = matches!(
             &result,
@@ -677,10 +673,9 @@ impl<'a> Executor<'a> {
                 progress.nodes.push(name.to_string());
             }
         }
-        self.records = atrest.clone();
         self.session.records = atrest;
         self.records_file
-            .save(&self.records)
+            .save(&self.session.records)
             .with_context(|| format!("saving progress to {}", self.records_file.path().display()))
     }
 

@@ -25,7 +25,6 @@ use crate::plan::{
     self, Intent, Observed, Plan, PlanInput, PlanKind, PlanOptions, StepwiseInput, StepwiseVerb,
     Target,
 };
-use crate::state::atrest::AtrestState;
 use crate::state::records::RecordsFile;
 use anyhow::{Context, anyhow, bail};
 use execute::{Executor, say};
@@ -609,17 +608,11 @@ async fn apply(
         session.close().await;
         return Ok(ExitCode::FAILURE);
     }
-    let put_back = session.records.put_back.clone();
     let mut executor = Executor {
         session,
         file: &lock.state_file,
         records_file: &lock.records_file,
         state: lock.state.clone(),
-        // What the leftover recovery recorded since the lock was taken goes on.
-        records: AtrestState {
-            put_back,
-            ..lock.records.clone()
-        },
         rewritten: Vec::new(),
         rewrite_concurrency: crate::exec::rewrite::Concurrency::from_flag(
             global.rewrite_concurrency,

@@ -75,6 +75,13 @@ pub struct GlobalOpts {
           value_parser = clap::value_parser!(u16).range(10..=3600))]
     pub ready_timeout: u16,
 
+    /// How long to keep asking when an API server answers but is not ready (its etcd member rejoining, say),
+    /// every 2 s, before going on without the API (status, verify, plan) or stopping with nothing changed (0–3600;
+    /// 0 asks once). A server that does not answer at all is not waited for.
+    #[arg(long, global = true, value_name = "SECONDS", default_value_t = 60,
+          value_parser = clap::value_parser!(u16).range(0..=3600))]
+    pub api_wait: u16,
+
     /// More log output on stderr: -v for debug, -vv for trace.
     #[arg(short = 'v', long = "debug", visible_alias = "verbose", global = true, action = ArgAction::Count)]
     pub verbose: u8,

@@ -64,17 +64,9 @@ pub struct Session {
     /// What interrupted recreates left, by node address (nodes with a leftover only): a changing run settles them
     /// first, once confirmed ([`Session::recover_leftovers`]); a plan shows them.
     leftovers: BTreeMap<String, Leftover>,
-    /// Nodes (by name) whose interrupted recreate [`Session::recover_leftovers`] undid by putting the previous
-    /// container back, in this run or an earlier one ([`AtrestState::put_back`]): the interrupted change is still
-    /// to be made there, and until it is that container may not start (see
-    /// [`crate::exec::restart::RolloutTarget::resumes_interrupted`]).
-    pub put_back: std::collections::BTreeSet<String>,
     /// The cluster-wide lock, once a changing run took it ([`Session::lock_cluster`]); released by `close`.
     cluster_lock: std::sync::Mutex<Option<ClusterLock>>,
 }
-
-/// How long [`Session::kube`] waits for a server that answers but is not ready.
-const API_READY_WAIT: std::time::Duration = std::time::Duration::from_secs(60);
 
 /// Why no API server could be used ([`Session::try_reach_api`]).
 struct Unreached {
@@ -157,7 +149,6 @@ impl Session {
             cluster_lock: std::sync::Mutex::new(None),
             files_seen: BTreeMap::new(),
             leftovers: BTreeMap::new(),
-            put_back: Default::default(),
         };
         if let Err(e) = session.prepare(access).await {
             session.close().await;
@@ -214,11 +205,16 @@ impl Session {
         Ok(())
     }
 
-    /// Takes over the nodes an earlier run put back ([`AtrestState::put_back`]) from `records`, which become
-    /// [`Session::records`].
+    /// Takes `records` as [`Session::records`], the one copy a run keeps and changes.
     pub fn adopt_records(&mut self, records: AtrestState) {
-        self.put_back.extend(records.put_back.iter().cloned());
         self.records = records;
+    }
+
+    /// Whether an interrupted recreate on `node` was undone by putting the previous container back, in this run
+    /// or an earlier one ([`AtrestState::put_back`]): the interrupted change is still to be made there, and until
+    /// it is that container may not start (see [`crate::exec::restart::RolloutTarget::resumes_interrupted`]).
+    pub fn was_put_back(&self, node: &str) -> bool {
+        self.records.put_back.iter().any(|name| name == node)
     }
 
     /// What interrupted recreates left and what settling them does, one line per node (cluster.yml order).
@@ -232,9 +228,10 @@ impl Session {
     /// Settles every leftover as the interrupted run would have (the operator confirmed), then checks every node
     /// again: from here on each has its `kube-apiserver`. The nodes whose old container may be put back are
     /// recorded in `records_file` first ([`AtrestState::put_back`]): this run may be killed before it changes
-    /// them again, and the next one must know.
+    /// them again, and the next one must know. A node whose new container the recovery kept has its change and
+    /// is dropped from that list again.
     pub async fn recover_leftovers(&mut self, records_file: &RecordsFile) -> anyhow::Result<()> {
-        let may_put_back: Vec<String> = self
+        let recovering: Vec<String> = self
             .hosts
             .iter()
             .filter(|h| {
@@ -244,23 +241,44 @@ impl Session {
                 )
             })
             .map(|h| node_name(h.node()))
-            .filter(|name| !self.records.put_back.contains(name))
             .collect();
-        if !may_put_back.is_empty() {
-            self.records.put_back.extend(may_put_back);
-            records_file
-                .save(&self.records)
-                .with_context(|| format!("saving progress to {}", records_file.path().display()))?;
-        }
+        let mut marked = self.records.put_back.clone();
+        marked.extend(
+            recovering
+                .iter()
+                .filter(|n| !marked.contains(n))
+                .cloned()
+                .collect::<Vec<_>>(),
+        );
+        self.save_put_back(records_file, marked)?;
+        let mut kept_new = Vec::new();
         for host in &self.hosts {
             if let Some(leftover) = self.leftover(host)
-                && recover_interrupted_recreate(host, &self.kubernetes_dir(host), leftover).await?
+                && !recover_interrupted_recreate(host, &self.kubernetes_dir(host), leftover).await?
             {
-                self.put_back.insert(node_name(host.node()));
+                kept_new.push(node_name(host.node()));
             }
         }
+        let mut marked = self.records.put_back.clone();
+        marked.retain(|name| !kept_new.contains(name));
+        self.save_put_back(records_file, marked)?;
         self.leftovers.clear();
         self.preflight().await
+    }
+
+    /// Records `put_back` as the nodes whose container was put back, saving the records if that changes them.
+    fn save_put_back(
+        &mut self,
+        records_file: &RecordsFile,
+        put_back: Vec<String>,
+    ) -> anyhow::Result<()> {
+        if put_back == self.records.put_back {
+            return Ok(());
+        }
+        self.records.put_back = put_back;
+        records_file
+            .save(&self.records)
+            .with_context(|| format!("saving progress to {}", records_file.path().display()))
     }
 
     pub fn node_names(&self) -> Vec<String> {
@@ -595,10 +613,11 @@ impl Session {
         })
     }
 
-    /// [`Session::try_reach_api`], again every 2 s for up to [`API_READY_WAIT`] while a server answers but is not
+    /// [`Session::try_reach_api`], again every 2 s for up to `--api-wait` seconds while a server answers but is not
     /// ready: right after a node came back, every server may report its etcd failed for a while.
     async fn reach_api(&self) -> anyhow::Result<ApiConnection> {
-        let deadline = std::time::Instant::now() + API_READY_WAIT;
+        let wait = std::time::Duration::from_secs(u64::from(self.global.api_wait));
+        let deadline = std::time::Instant::now() + wait;
         let mut said = false;
         loop {
             match self.try_reach_api().await {
@@ -608,7 +627,7 @@ impl Session {
                         tracing::warn!(
                             "{}; waiting up to {} s for one to be ready",
                             unreached.why,
-                            API_READY_WAIT.as_secs()
+                            wait.as_secs()
                         );
                         said = true;
                     }
