@@ -838,6 +838,19 @@ fn a_container_put_back_that_cannot_start_is_finished_by_a_later_rerun() {
         serde_json::json!([node3.address.to_string()]),
         "the records name the node put back"
     );
+    let out = b.run(&["encrypt", "status", "-o", "json"]);
+    let status: serde_json::Value = serde_json::from_slice(&out.stdout).expect("status JSON");
+    assert_eq!(
+        status["putBack"],
+        serde_json::json!([node3.address.to_string()]),
+        "status names the node put back: {status}"
+    );
+    assert!(
+        status["attention"]
+            .as_array()
+            .is_some_and(|a| a.iter().any(|f| f["reason"] == "putBack")),
+        "status says the node needs the rerun: {status}"
+    );
     let out = b.run(&["up", "--yes"]);
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(

@@ -68,8 +68,9 @@ pub struct Finding {
 }
 
 /// What needs attention: nodes whose file differs from what the state records, a transition or rotation stage
-/// not finished (`reencrypt_finished` is a resting stage, as in K3s), another run holding the lock, objects not
-/// on the write key of their resource.
+/// not finished (`reencrypt_finished` is a resting stage, as in K3s), nodes whose previous container a recovery
+/// put back (the interrupted change is still to be made there), another run holding the lock, objects not on the
+/// write key of their resource.
 fn attention(
     atrest: &AtrestState,
     running: Option<u32>,
@@ -101,6 +102,16 @@ fn attention(
             message: format!(
                 "transition {} is at stage {}: rerun the command that started it, or `atrest up`",
                 t.kind, t.stage
+            ),
+        });
+    }
+    if !atrest.put_back.is_empty() {
+        out.push(Finding {
+            reason: "putBack",
+            message: format!(
+                "the previous kube-apiserver container was put back on {} after an interrupted recreate; the \
+                 change is still to be made there: rerun `atrest up`",
+                atrest.put_back.join(", ")
             ),
         });
     }
@@ -691,6 +702,7 @@ fn status_json(f: &StatusFacts) -> Value {
                 "phase": d.phase.to_string(), "sha256": d.config_sha256, "nodesDone": d.nodes,
             })),
         })),
+        "putBack": f.atrest.put_back,
         "hashesMatch": f.all_match,
         "nodes": f.views.iter().enumerate().map(|(i, v)| {
             let l = f.loaded.get(i).cloned().unwrap_or_default();
@@ -920,13 +932,24 @@ mod tests {
             assert_eq!(f.is_empty(), !busy, "{stage}");
         }
         atrest.transition = Some(transition(Stage::Rotate));
+        atrest.put_back = vec!["cp-2".to_string()];
         let f = attention(&atrest, Some(42), &views, Some("a"), &off(3));
         assert_eq!(
             reasons(&f),
-            ["stageInProgress", "runInProgress", "notOnActiveKey"]
+            [
+                "stageInProgress",
+                "putBack",
+                "runInProgress",
+                "notOnActiveKey"
+            ]
+        );
+        assert!(
+            f[1].message.contains("put back on cp-2"),
+            "{}",
+            f[1].message
         );
         assert_eq!(
-            f[2].message,
+            f[3].message,
             "secrets: 3 of 10 objects not on the write aescbc:k2"
         );
     }
@@ -1130,6 +1153,7 @@ mod tests {
                 "runInProgress",
                 "clusterLock",
                 "transition",
+                "putBack",
                 "hashesMatch",
                 "nodes",
                 "keys",
