@@ -72,6 +72,21 @@ const CYCLE: [Change; 6] = [
 /// How long a run of a change is before any measurement: the span the first kill moment is drawn from.
 const FIRST_SPAN: Duration = Duration::from_secs(45);
 
+/// What every run spends before it changes anything (connecting, pre-flight): a rerun repeats it, so it does not
+/// count as work a killed run got done.
+const RUN_SETUP: Duration = Duration::from_secs(2);
+
+/// The shortest span a rerun's moment is drawn from, however much its killed predecessors got done.
+const MIN_SPAN: Duration = Duration::from_secs(5);
+
+/// The span the next run's kill moment is drawn from: what is left of the change's span once the killed runs'
+/// work (each one's moment past its setup) is done. A rerun resumes, so drawing from the whole span would let
+/// most reruns end before their moment, and the changes with more kills per span would get fewer.
+fn span_left(span: Duration, killed_at: &[Duration]) -> Duration {
+    let done: Duration = killed_at.iter().map(|m| m.saturating_sub(RUN_SETUP)).sum();
+    span.saturating_sub(done).max(MIN_SPAN)
+}
+
 /// Per change: kills that landed, runs that ended before their moment, and the last unkilled run's duration.
 #[derive(Default)]
 struct Tally {
@@ -191,6 +206,15 @@ fn assert_on_final_keys(b: &Bench, change: Change, cycle: usize) {
     }
 }
 
+#[test]
+fn a_rerun_draws_its_moment_from_what_its_killed_runs_left() {
+    let span = Duration::from_secs(40);
+    assert_eq!(span_left(span, &[]), span);
+    let killed = [Duration::from_secs(12), Duration::from_secs(1)];
+    assert_eq!(span_left(span, &killed), Duration::from_secs(30));
+    assert_eq!(span_left(span, &[Duration::from_secs(60)]), MIN_SPAN);
+}
+
 /// Kills the runs of `change` at random moments (at most `kills` times), then lets a run finish; counts the kills
 /// that landed and the runs that ended before their moment in `tally`.
 fn drive(
@@ -203,22 +227,22 @@ fn drive(
 ) {
     let key_before = current_write_key(b);
     let span = tally.span.unwrap_or(FIRST_SPAN);
-    let mut landed = 0;
+    let mut killed_at = Vec::new();
     let mut run = 0;
     loop {
         run += 1;
         let args = command_for(b, change, key_before.as_deref());
         let log = logs.join(format!("{change:?}-{}-{run}.log", tally.changes));
-        let killing = landed < kills;
+        let killing = killed_at.len() < kills;
         let moment = if killing {
-            span.mul_f64(rng.random::<f64>())
+            span_left(span, &killed_at).mul_f64(rng.random::<f64>())
         } else {
             Duration::from_secs(1800)
         };
         let started = Instant::now();
         match run_until(b, &args, moment, &log) {
             Ended::Killed => {
-                landed += 1;
+                killed_at.push(moment);
                 eprintln!(
                     "{change:?}: killed atrest {} at {:.2} s",
                     args.join(" "),
@@ -242,7 +266,8 @@ fn drive(
                         tally.span = Some(started.elapsed());
                     }
                     eprintln!(
-                        "{change:?}: complete after {landed} kill(s), last run {:.1} s",
+                        "{change:?}: complete after {} kill(s), last run {:.1} s",
+                        killed_at.len(),
                         started.elapsed().as_secs_f64()
                     );
                     break;
@@ -250,7 +275,7 @@ fn drive(
             }
         }
     }
-    tally.kills += landed;
+    tally.kills += killed_at.len();
     tally.changes += 1;
 }
 
