@@ -18,13 +18,16 @@ pub use crate::config::encryption::is_managed_shape;
 pub use execute::snapshot_dir;
 pub use inputs::{Inputs, load_cluster_config};
 
+use crate::config::encryption::EncryptionConfiguration;
 use crate::config::{self, Desired};
+use crate::plan::InProgress;
 use crate::plan::stage::Stage;
 use crate::plan::units::{KeyProvider, key_unit};
 use crate::plan::{
     self, Intent, Observed, Plan, PlanInput, PlanKind, PlanOptions, StepwiseInput, StepwiseVerb,
     Target,
 };
+use crate::state::atrest::AtrestState;
 use crate::state::records::RecordsFile;
 use anyhow::{Context, anyhow, bail};
 use execute::{Executor, say};
@@ -196,7 +199,7 @@ async fn reconcile(
     if intent == Intent::RotateKey {
         require_managed(&desired, "encrypt rotate-key")?;
     }
-    let mut extra_notes = Vec::new();
+    let mut notes = Vec::new();
     // The locks are taken before the files are read and held until the run ends.
     let lock = match mode {
         Mode::Apply => Some(inputs.lock()?),
@@ -211,105 +214,27 @@ async fn reconcile(
     };
     let record = targets::recorded(&atrest)?;
     let deployed = targets::deployed(&state)?;
-    let base = match &record {
-        Some(r) => r.to.clone(),
-        None => deployed.clone(),
+    let base = record.as_ref().map_or(deployed.clone(), |r| r.to.clone());
+    let intent = if inputs.config.rotate_encryption_key {
+        with_rotate_request(intent, &desired, base.as_ref(), record.as_ref(), &mut notes)
+    } else {
+        intent
     };
-    // RKE's `rotate_encryption_key: true` asks `up` for a rotation of the managed key (so can a pull request).
-    let intent = match intent {
-        Intent::Reconcile if inputs.config.rotate_encryption_key => match (&desired, &base) {
-            (Desired::Managed, _)
-                if record
-                    .as_ref()
-                    .is_some_and(|r| r.kind != PlanKind::Rotate.as_str()) =>
-            {
-                extra_notes.push(
-                    "rotate_encryption_key: true in cluster.yml: a transition is in progress; it is finished \
-                     first, and the next run rotates the managed key"
-                        .to_string(),
-                );
-                Intent::Reconcile
-            }
-            (Desired::Managed, Some(b)) if is_managed_shape(b) => {
-                extra_notes.push(
-                    "rotate_encryption_key: true in cluster.yml: the managed key is replaced (on every run while \
-                     it is set, as `rke up` does; set it back to false once rotated)"
-                        .to_string(),
-                );
-                Intent::RotateKey
-            }
-            (Desired::Managed, _) => {
-                extra_notes.push(
-                    "rotate_encryption_key: true in cluster.yml: no managed config is deployed yet, so there is \
-                     nothing to rotate; the config deployed now gets a new key"
-                        .to_string(),
-                );
-                Intent::Reconcile
-            }
-            _ => {
-                extra_notes.push(format!(
-                    "rotate_encryption_key: true in cluster.yml is ignored: it rotates the managed config only. \
-                     {CUSTOM_ROTATION_HINT}"
-                ));
-                Intent::Reconcile
-            }
-        },
-        other => other,
+    let goal = Goal {
+        target: target_for(
+            intent,
+            &desired,
+            base.as_ref(),
+            record.as_ref(),
+            &atrest,
+            &mut notes,
+        )?,
+        deployed,
+        record,
+        intent,
     };
-    let desired_target = match intent {
-        Intent::Reconcile => targets::desired_target(&desired, base.as_ref(), &atrest)?,
-        Intent::RotateKey => match &record {
-            // A stepwise rotation left at reencrypt_finished is over; only an unfinished one is resumed.
-            Some(r)
-                if r.kind == PlanKind::Rotate.as_str() && r.stage != Stage::ReencryptFinished =>
-            {
-                extra_notes.push(
-                    "a key rotation is already in progress: it is finished first and no other key is generated"
-                        .to_string(),
-                );
-                Target::Managed(
-                    r.to.clone()
-                        .ok_or_else(|| anyhow!("the recorded rotation has no target config"))?,
-                )
-            }
-            _ => match &base {
-                Some(b) if is_managed_shape(b) => {
-                    Target::Managed(targets::rotated(Some(b), &atrest)?)
-                }
-                _ => bail!(
-                    "`atrest encrypt rotate-key` refused: the deployed config is not the managed one (run \
-                     `atrest up` first to deploy what cluster.yml asks for)"
-                ),
-            },
-        },
-    };
-
     if let Mode::ShowOffline(output) = mode {
-        let controlplanes = inputs
-            .config
-            .controlplanes()
-            .into_iter()
-            .map(session::node_name)
-            .collect();
-        let mut input = PlanInput::new(desired_target, Target::deployed(deployed), controlplanes);
-        input.transition = record;
-        input.intent = intent;
-        input.options = PlanOptions {
-            no_snapshot: global.no_snapshot,
-        };
-        input.config_hash = Some(targets::deployed_hash);
-        let mut plan = plan::plan(&input)?;
-        plan.notes.extend(extra_notes);
-        if !plan.is_noop() {
-            plan.notes.push(backup_note(&inputs));
-        }
-        plan.notes.push(
-            "offline: planned from cluster.yml and cluster.rkestate only; no node's deployed file and no etcd \
-             census were read, so drift and stored data are not taken into account"
-                .to_string(),
-        );
-        print_plan(&plan, output.format, true);
-        return Ok(output.code(!plan.is_noop()));
+        return plan_offline(global, &inputs, goal, notes, output);
     }
     let access = if mode == Mode::Apply {
         Access::Change(LockRequest {
@@ -323,83 +248,26 @@ async fn reconcile(
     } else {
         Access::Plan
     };
-    let mut session = match Session::connect(global, &inputs.config, access).await {
-        Ok(s) => s,
-        Err(e) => {
-            return Err(e.context("pre-flight failed; nothing was changed"));
-        }
-    };
+    let mut session = Session::connect(global, &inputs.config, access)
+        .await
+        .context("pre-flight failed; nothing was changed")?;
     // Every way out of here closes the session: the cluster lock is released at once, not after its lease.
     let outcome = async {
-        session.adopt_records(atrest.clone());
+        session.adopt_records(atrest);
         if let Some(lock) = &lock
             && !settle_leftovers(global, &mut session, &lock.records_file).await?
         {
             return Ok(ExitCode::FAILURE);
         }
-        let views = session.observe_nodes().await?;
-        let mut observed_nodes = session::observations(&views);
-        // A file `rke up` wrote from the state (state string + "\n"), or atrest's earlier layout, holds the deployed
-        // config too: count it as the deployed config, not as drift to repair with a restart (unless no
-        // kube-apiserver could start with it: `targets::equivalent_hashes`).
-        if let Some(config) = deployed.as_ref() {
-            let same = targets::equivalent_hashes(config, state.current_encryption_config());
-            for n in &mut observed_nodes {
-                if n.config_sha256.as_ref().is_some_and(|h| same.contains(h)) {
-                    n.config_sha256 = targets::deployed_hash(Some(config));
-                }
-            }
-        }
-        let resources = involved_resources(&[
-            deployed.as_ref(),
-            desired_target.config(),
-            record.as_ref().and_then(|r| r.from.as_ref()),
-            record.as_ref().and_then(|r| r.to.as_ref()),
-        ]);
-        let (_, census) = session
-            .census(&state, &resources, None)
-            .await
-            .context("pre-flight: the etcd census failed; nothing was changed")?;
-        let kms_configs: Vec<_> = [
-            deployed.as_ref(),
-            desired_target.config(),
-            record.as_ref().and_then(|r| r.from.as_ref()),
-            record.as_ref().and_then(|r| r.to.as_ref()),
-        ]
-        .into_iter()
-        .flatten()
-        .cloned()
-        .collect();
-        let deployed_config = deployed.clone();
         let state_text_repair = targets::template_text_for_custom(
             &desired,
-            deployed.as_ref(),
+            goal.deployed.as_ref(),
             state.current_encryption_config(),
         );
-
-        let mut input = PlanInput::new(
-            desired_target,
-            Target::deployed(deployed),
-            session.node_names(),
-        );
-        input.transition = record;
-        input.intent = intent;
-        input.options = PlanOptions {
-            no_snapshot: global.no_snapshot,
-        };
-        input.observed = Observed {
-            nodes: observed_nodes,
-            census: Some(session::census_counts(&census)),
-            reloading: views
-                .iter()
-                .filter(|v| v.reload && v.has_flag)
-                .map(|v| v.name.clone())
-                .collect(),
-        };
-        input.reload_wanted = session.cluster.reload_wanted();
-        input.config_hash = Some(targets::deployed_hash);
-        let mut plan = plan::plan(&input)?;
-        plan.notes.extend(extra_notes);
+        let deployed = goal.deployed.clone();
+        let kms_configs = goal.configs();
+        let mut plan = plan_observed(global, &mut session, &state, goal).await?;
+        plan.notes.extend(notes);
         plan.notes.extend(session.leftover_notes());
         if !plan.is_noop() {
             plan.notes.push(backup_note(&inputs));
@@ -410,37 +278,14 @@ async fn reconcile(
         // KMS: every plugin is checked before anything changes; with an unchanged config, objects still on an old
         // plugin key id are re-wrapped.
         if plan.is_noop() {
-            let work = match &deployed_config {
-                Some(c) => kms::stale_key_ids(&mut session, &state, c).await?,
-                None => Vec::new(),
-            };
-            if !work.is_empty() {
-                return match mode {
-                    // Shown, not applied: objects to re-wrap are changes a pipeline must see.
-                    Mode::Show(output) | Mode::ShowOffline(output) => {
-                        match output.format {
-                            PlanFormat::Text => print!("{}", kms::rewrap_text(&work)),
-                            PlanFormat::Json => println!(
-                                "{}",
-                                serde_json::to_string_pretty(&report::rewrap_plan_json(
-                                    &plan, &work
-                                ))
-                                .unwrap_or_default()
-                            ),
-                        }
-                        session.close().await;
-                        Ok(output.code(true))
-                    }
-                    Mode::Apply => {
-                        print!("{}", kms::rewrap_text(&work));
-                        kms::apply_rewrap(global, &mut session, &state, &work).await
-                    }
-                };
+            if let Some(code) =
+                rewrap_stale(global, &mut session, &state, deployed.as_ref(), &plan, mode).await
+            {
+                return code;
             }
         } else if mode == Mode::Apply {
             kms::preflight(&session, &kms_configs.iter().collect::<Vec<_>>()).await?;
         }
-
         match mode {
             Mode::Show(output) | Mode::ShowOffline(output) => {
                 print_plan(&plan, output.format, matches!(mode, Mode::ShowOffline(_)));
@@ -469,6 +314,233 @@ async fn reconcile(
     .await;
     session.close().await;
     outcome
+}
+
+/// What a run of `up` or `encrypt rotate-key` moves the cluster to, and from where.
+struct Goal {
+    target: Target,
+    /// The config RKE's state says is deployed.
+    deployed: Option<EncryptionConfiguration>,
+    /// The transition an earlier run recorded and did not finish.
+    record: Option<InProgress>,
+    intent: Intent,
+}
+
+impl Goal {
+    /// Every config the run may meet: deployed, desired, and the recorded transition's two ends.
+    fn configs(&self) -> Vec<EncryptionConfiguration> {
+        let record = self.record.as_ref();
+        [
+            self.deployed.as_ref(),
+            self.target.config(),
+            record.and_then(|r| r.from.as_ref()),
+            record.and_then(|r| r.to.as_ref()),
+        ]
+        .into_iter()
+        .flatten()
+        .cloned()
+        .collect()
+    }
+
+    /// The planner's input for these controlplanes, nothing observed yet.
+    fn plan_input(self, global: &GlobalOpts, controlplanes: Vec<String>) -> PlanInput {
+        let mut input = PlanInput::new(self.target, Target::deployed(self.deployed), controlplanes);
+        input.transition = self.record;
+        input.intent = self.intent;
+        input.options = PlanOptions {
+            no_snapshot: global.no_snapshot,
+        };
+        input.config_hash = Some(targets::deployed_hash);
+        input
+    }
+}
+
+/// RKE's `rotate_encryption_key: true` asks `up` for a rotation of the managed key (so can a pull request): what
+/// `up` does about it, said in `notes`.
+fn with_rotate_request(
+    intent: Intent,
+    desired: &Desired,
+    base: Option<&EncryptionConfiguration>,
+    record: Option<&InProgress>,
+    notes: &mut Vec<String>,
+) -> Intent {
+    if intent != Intent::Reconcile {
+        return intent;
+    }
+    let (intent, note) = match (desired, base) {
+        (Desired::Managed, _) if record.is_some_and(|r| r.kind != PlanKind::Rotate.as_str()) => (
+            Intent::Reconcile,
+            "rotate_encryption_key: true in cluster.yml: a transition is in progress; it is finished first, and \
+             the next run rotates the managed key"
+                .to_string(),
+        ),
+        (Desired::Managed, Some(b)) if is_managed_shape(b) => (
+            Intent::RotateKey,
+            "rotate_encryption_key: true in cluster.yml: the managed key is replaced (on every run while it is \
+             set, as `rke up` does; set it back to false once rotated)"
+                .to_string(),
+        ),
+        (Desired::Managed, _) => (
+            Intent::Reconcile,
+            "rotate_encryption_key: true in cluster.yml: no managed config is deployed yet, so there is nothing \
+             to rotate; the config deployed now gets a new key"
+                .to_string(),
+        ),
+        _ => (
+            Intent::Reconcile,
+            format!(
+                "rotate_encryption_key: true in cluster.yml is ignored: it rotates the managed config only. \
+                 {CUSTOM_ROTATION_HINT}"
+            ),
+        ),
+    };
+    notes.push(note);
+    intent
+}
+
+/// The config the run moves to: cluster.yml's, or for a rotation the managed config with a new key (the recorded
+/// one when a rotation is already under way, said in `notes`).
+fn target_for(
+    intent: Intent,
+    desired: &Desired,
+    base: Option<&EncryptionConfiguration>,
+    record: Option<&InProgress>,
+    atrest: &AtrestState,
+    notes: &mut Vec<String>,
+) -> anyhow::Result<Target> {
+    if intent == Intent::Reconcile {
+        return targets::desired_target(desired, base, atrest);
+    }
+    match record {
+        // A stepwise rotation left at reencrypt_finished is over; only an unfinished one is resumed.
+        Some(r) if r.kind == PlanKind::Rotate.as_str() && r.stage != Stage::ReencryptFinished => {
+            notes.push(
+                "a key rotation is already in progress: it is finished first and no other key is generated"
+                    .to_string(),
+            );
+            Ok(Target::Managed(r.to.clone().ok_or_else(|| {
+                anyhow!("the recorded rotation has no target config")
+            })?))
+        }
+        _ => match base {
+            Some(b) if is_managed_shape(b) => {
+                Ok(Target::Managed(targets::rotated(Some(b), atrest)?))
+            }
+            _ => bail!(
+                "`atrest encrypt rotate-key` refused: the deployed config is not the managed one (run `atrest up` \
+                 first to deploy what cluster.yml asks for)"
+            ),
+        },
+    }
+}
+
+/// `plan --offline`: the plan from cluster.yml and the state alone, printed.
+fn plan_offline(
+    global: &GlobalOpts,
+    inputs: &Inputs,
+    goal: Goal,
+    notes: Vec<String>,
+    output: PlanOutput,
+) -> anyhow::Result<ExitCode> {
+    let controlplanes = inputs
+        .config
+        .controlplanes()
+        .into_iter()
+        .map(session::node_name)
+        .collect();
+    let mut plan = plan::plan(&goal.plan_input(global, controlplanes))?;
+    plan.notes.extend(notes);
+    if !plan.is_noop() {
+        plan.notes.push(backup_note(inputs));
+    }
+    plan.notes.push(
+        "offline: planned from cluster.yml and cluster.rkestate only; no node's deployed file and no etcd census \
+         were read, so drift and stored data are not taken into account"
+            .to_string(),
+    );
+    print_plan(&plan, output.format, true);
+    Ok(output.code(!plan.is_noop()))
+}
+
+/// The plan from what the nodes hold and what etcd stores (a census of every resource the goal involves).
+async fn plan_observed(
+    global: &GlobalOpts,
+    session: &mut Session,
+    state: &crate::state::RkeState,
+    goal: Goal,
+) -> anyhow::Result<Plan> {
+    let views = session.observe_nodes().await?;
+    let mut observed_nodes = session::observations(&views);
+    // A file `rke up` wrote from the state (state string + "\n"), or atrest's earlier layout, holds the deployed
+    // config too: count it as the deployed config, not as drift to repair with a restart (unless no
+    // kube-apiserver could start with it: `targets::equivalent_hashes`).
+    if let Some(config) = goal.deployed.as_ref() {
+        let same = targets::equivalent_hashes(config, state.current_encryption_config());
+        for n in &mut observed_nodes {
+            if n.config_sha256.as_ref().is_some_and(|h| same.contains(h)) {
+                n.config_sha256 = targets::deployed_hash(Some(config));
+            }
+        }
+    }
+    let configs = goal.configs();
+    let resources = involved_resources(&configs.iter().map(Some).collect::<Vec<_>>());
+    let (_, census) = session
+        .census(state, &resources, None)
+        .await
+        .context("pre-flight: the etcd census failed; nothing was changed")?;
+    let mut input = goal.plan_input(global, session.node_names());
+    input.observed = Observed {
+        nodes: observed_nodes,
+        census: Some(session::census_counts(&census)),
+        reloading: views
+            .iter()
+            .filter(|v| v.reload && v.has_flag)
+            .map(|v| v.name.clone())
+            .collect(),
+    };
+    input.reload_wanted = session.cluster.reload_wanted();
+    Ok(plan::plan(&input)?)
+}
+
+/// With nothing to change: objects still on an old KMS plugin key id are re-wrapped (`up`) or shown as the changes
+/// they are (`plan`). `None` when there are none.
+async fn rewrap_stale(
+    global: &GlobalOpts,
+    session: &mut Session,
+    state: &crate::state::RkeState,
+    deployed: Option<&EncryptionConfiguration>,
+    plan: &Plan,
+    mode: Mode,
+) -> Option<anyhow::Result<ExitCode>> {
+    let work = match deployed {
+        Some(c) => match kms::stale_key_ids(session, state, c).await {
+            Ok(work) => work,
+            Err(e) => return Some(Err(e)),
+        },
+        None => Vec::new(),
+    };
+    if work.is_empty() {
+        return None;
+    }
+    Some(match mode {
+        // Shown, not applied: objects to re-wrap are changes a pipeline must see.
+        Mode::Show(output) | Mode::ShowOffline(output) => {
+            match output.format {
+                PlanFormat::Text => print!("{}", kms::rewrap_text(&work)),
+                PlanFormat::Json => println!(
+                    "{}",
+                    serde_json::to_string_pretty(&report::rewrap_plan_json(plan, &work))
+                        .unwrap_or_default()
+                ),
+            }
+            session.close().await;
+            Ok(output.code(true))
+        }
+        Mode::Apply => {
+            print!("{}", kms::rewrap_text(&work));
+            kms::apply_rewrap(global, session, state, &work).await
+        }
+    })
 }
 
 /// What to back up together before a change: RKE's files and atrest's records (the archive of retired keys).
