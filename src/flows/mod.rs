@@ -793,3 +793,80 @@ fn involved_resources(
     }
     set.into_iter().collect()
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::encryption::{Key, managed};
+    use crate::secret::SecretString;
+
+    fn managed_config() -> EncryptionConfiguration {
+        managed(vec![Key {
+            name: "key-1".to_string(),
+            secret: SecretString::new("c2VjcmV0LXNlY3JldC1zZWNyZXQtc2VjcmV0LTE=".to_string()),
+        }])
+    }
+
+    fn in_progress(kind: PlanKind) -> InProgress {
+        InProgress {
+            kind: kind.as_str().to_string(),
+            from: None,
+            to: Some(managed_config()),
+            stage: Stage::Prepare,
+            done: Vec::new(),
+            deploying: None,
+        }
+    }
+
+    /// `rotate_encryption_key: true` rotates only a deployed managed config with no other transition under way,
+    /// and every answer comes with a note saying what `up` does about the request.
+    #[test]
+    fn a_rotate_request_in_cluster_yml_rotates_only_a_deployed_managed_config() {
+        let deployed = managed_config();
+        let enabling = in_progress(PlanKind::Enable);
+        let custom = Desired::Custom(managed_config());
+        for (desired, base, record, want, says) in [
+            (
+                &Desired::Managed,
+                Some(&deployed),
+                None,
+                Intent::RotateKey,
+                "is replaced",
+            ),
+            (
+                &Desired::Managed,
+                Some(&deployed),
+                Some(&enabling),
+                Intent::Reconcile,
+                "in progress",
+            ),
+            (
+                &Desired::Managed,
+                None,
+                None,
+                Intent::Reconcile,
+                "nothing to rotate",
+            ),
+            (
+                &custom,
+                Some(&deployed),
+                None,
+                Intent::Reconcile,
+                "is ignored",
+            ),
+        ] {
+            let mut notes = Vec::new();
+            let intent = with_rotate_request(Intent::Reconcile, desired, base, record, &mut notes);
+            assert_eq!(intent, want, "{notes:?}");
+            assert!(notes.len() == 1 && notes[0].contains(says), "{notes:?}");
+        }
+        let mut notes = Vec::new();
+        let asked = with_rotate_request(Intent::RotateKey, &custom, None, None, &mut notes);
+        assert_eq!(
+            asked,
+            Intent::RotateKey,
+            "an explicit rotate-key is left as it is"
+        );
+        assert!(notes.is_empty());
+    }
+}
