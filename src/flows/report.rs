@@ -401,147 +401,190 @@ pub async fn status(
 
     let findings = attention(&atrest, running, &observed, expected.as_deref(), &off);
 
+    let facts = StatusFacts {
+        enabled,
+        stage,
+        running,
+        atrest: &atrest,
+        all_match,
+        views: &views,
+        expected: expected.as_deref(),
+        rows: &rows,
+        counts: &counts,
+        kms_lines: &kms_lines,
+        plaintext,
+        findings: &findings,
+        census_read,
+        unavailable: &unavailable,
+        loaded: &loaded,
+        cluster_lock: &cluster_lock,
+    };
     match format {
-        StatusFormat::Json => {
-            let value = status_json(&StatusFacts {
-                enabled,
-                stage,
-                running,
-                atrest: &atrest,
-                all_match,
-                views: &views,
-                expected: expected.as_deref(),
-                rows: &rows,
-                counts: &counts,
-                kms_lines: &kms_lines,
-                plaintext,
-                findings: &findings,
-                census_read,
-                unavailable: &unavailable,
-                loaded: &loaded,
-                cluster_lock: &cluster_lock,
-            });
-            println!("{}", serde_json::to_string_pretty(&value)?);
-        }
-        StatusFormat::Table => {
-            println!("Encryption Status: {enabled}");
-            if let Some(pid) = running {
-                println!(
-                    "Run in progress: atrest pid {pid} holds the state lock (what follows may change meanwhile)"
-                );
-            }
-            match &cluster_lock {
-                Ok(Some(view)) => println!("Cluster lock: {}", view.text()),
-                Ok(None) => println!("Cluster lock: free"),
-                Err(e) => println!("Cluster lock: unknown ({e})"),
-            }
-            println!("Current Rotation Stage: {stage}");
-            if let Some(t) = &atrest.transition {
-                let done: Vec<String> = t.done.iter().map(|p| p.to_string()).collect();
-                println!(
-                    "Transition: {} (done: {}; updated {})",
-                    t.kind,
-                    if done.is_empty() {
-                        "nothing".to_string()
-                    } else {
-                        done.join(", ")
-                    },
-                    t.updated_at
-                );
-                if let Some(d) = &t.deploying {
-                    println!(
-                        "Deploy of the {} config done on: {} (a rerun continues with the other nodes)",
-                        d.phase,
-                        d.nodes.join(", ")
-                    );
-                }
-            }
-            if all_match {
-                println!("Server Encryption Hashes: All hashes match");
-            } else {
-                println!("Server Encryption Hashes: hashes differ between nodes");
-            }
-            for (i, v) in views.iter().enumerate() {
-                if let Some(why) = &v.unobserved {
-                    println!("  {:<16} unknown: {why}", v.name);
-                    continue;
-                }
-                let hash = v.config_sha256.as_deref().unwrap_or("(no file)");
-                let note = if v.config_sha256 == expected {
-                    ""
-                } else {
-                    "  <- differs from the config the state records"
-                };
-                println!(
-                    "  {:<16} {hash}  flag: {}  reload: {}{note}",
-                    v.name,
-                    if v.has_flag { "yes" } else { "no" },
-                    if v.reload { "on" } else { "off" }
-                );
-                if let Some(l) = loaded.get(i) {
-                    println!("  {:<16} loaded: {}", "", l.text());
-                }
-            }
-            println!();
-            println!("Active  Key Type   Name                              Resources");
-            println!("------  ---------  --------------------------------  ---------");
-            for r in &rows {
-                println!(
-                    " {:<6} {:<10} {:<33} {}",
-                    if r.active { "*" } else { "" },
-                    r.key_type,
-                    r.name,
-                    r.resources
-                );
-            }
-            if rows.is_empty() {
-                println!(" (no encryption config deployed)");
-            }
-            if !kms_lines.is_empty() {
-                println!();
-                println!("KMS plugins:");
-                for l in &kms_lines {
-                    println!("  {l}");
-                }
-            }
-            println!();
-            println!("Census (etcd):");
-            for (resource, labels) in &counts {
-                let total: u64 = labels.values().sum();
-                let list: Vec<String> = labels.iter().map(|(l, n)| format!("{l}: {n}")).collect();
-                println!("  {resource}: {total} objects ({})", list.join(", "));
-            }
-            if let Some(plaintext) = plaintext {
-                println!("  plaintext objects: {plaintext}");
-            }
-            if !atrest.archive.is_empty() {
-                println!();
-                println!(
-                    "Archived keys (kept for older snapshots): {}",
-                    atrest.archive.len()
-                );
-                for k in &atrest.archive {
-                    println!("  {}:{} retired {}", k.provider, k.name, k.retired_at);
-                }
-            }
-            println!();
-            for why in &unavailable {
-                println!("not available: {why}");
-            }
-            if findings.is_empty() {
-                println!("Needs attention: nothing");
-            } else {
-                println!("Needs attention:");
-                for f in &findings {
-                    println!("  {}: {}", f.reason, f.message);
-                }
-            }
-        }
+        StatusFormat::Json => println!("{}", serde_json::to_string_pretty(&status_json(&facts))?),
+        StatusFormat::Table => print!("{}", status_table(&facts)),
     }
     if unavailable.is_empty() {
         Ok(attention_code(detailed_exitcode, &findings))
     } else {
         Ok(ExitCode::from(PARTIAL))
+    }
+}
+
+/// `encrypt status`'s table, as text.
+fn status_table(f: &StatusFacts) -> String {
+    let mut out = String::new();
+    status_head(&mut out, f);
+    status_nodes(&mut out, f);
+    status_keys(&mut out, f);
+    status_data(&mut out, f);
+    out
+}
+
+/// A line of text onto a `String` (which cannot fail to take it).
+macro_rules! put {
+    ($out:expr, $($arg:tt)*) => {{
+        use std::fmt::Write as _;
+        let _ = writeln!($out, $($arg)*);
+    }};
+}
+
+/// The table's head: whether encryption is on, who is running or holds the lock, the stage and transition.
+fn status_head(out: &mut String, f: &StatusFacts) {
+    put!(out, "Encryption Status: {}", f.enabled);
+    if let Some(pid) = f.running {
+        put!(
+            out,
+            "Run in progress: atrest pid {pid} holds the state lock (what follows may change meanwhile)"
+        );
+    }
+    match f.cluster_lock {
+        Ok(Some(view)) => put!(out, "Cluster lock: {}", view.text()),
+        Ok(None) => put!(out, "Cluster lock: free"),
+        Err(e) => put!(out, "Cluster lock: unknown ({e})"),
+    }
+    put!(out, "Current Rotation Stage: {}", f.stage);
+    if let Some(t) = &f.atrest.transition {
+        let done: Vec<String> = t.done.iter().map(|p| p.to_string()).collect();
+        put!(
+            out,
+            "Transition: {} (done: {}; updated {})",
+            t.kind,
+            if done.is_empty() {
+                "nothing".to_string()
+            } else {
+                done.join(", ")
+            },
+            t.updated_at
+        );
+        if let Some(d) = &t.deploying {
+            put!(
+                out,
+                "Deploy of the {} config done on: {} (a rerun continues with the other nodes)",
+                d.phase,
+                d.nodes.join(", ")
+            );
+        }
+    }
+}
+
+/// The table's nodes: each one's config hash, flag, reload and what its server says it loaded.
+fn status_nodes(out: &mut String, f: &StatusFacts) {
+    if f.all_match {
+        put!(out, "Server Encryption Hashes: All hashes match");
+    } else {
+        put!(out, "Server Encryption Hashes: hashes differ between nodes");
+    }
+    for (i, v) in f.views.iter().enumerate() {
+        if let Some(why) = &v.unobserved {
+            put!(out, "  {:<16} unknown: {why}", v.name);
+            continue;
+        }
+        let hash = v.config_sha256.as_deref().unwrap_or("(no file)");
+        let note = if v.config_sha256.as_deref() == f.expected {
+            ""
+        } else {
+            "  <- differs from the config the state records"
+        };
+        put!(
+            out,
+            "  {:<16} {hash}  flag: {}  reload: {}{note}",
+            v.name,
+            if v.has_flag { "yes" } else { "no" },
+            if v.reload { "on" } else { "off" }
+        );
+        if let Some(l) = f.loaded.get(i) {
+            put!(out, "  {:<16} loaded: {}", "", l.text());
+        }
+    }
+}
+
+/// The table's keys (never their secrets) and KMS plugins.
+fn status_keys(out: &mut String, f: &StatusFacts) {
+    put!(out, "");
+    put!(
+        out,
+        "Active  Key Type   Name                              Resources"
+    );
+    put!(
+        out,
+        "------  ---------  --------------------------------  ---------"
+    );
+    for r in f.rows {
+        put!(
+            out,
+            " {:<6} {:<10} {:<33} {}",
+            if r.active { "*" } else { "" },
+            r.key_type,
+            r.name,
+            r.resources
+        );
+    }
+    if f.rows.is_empty() {
+        put!(out, " (no encryption config deployed)");
+    }
+    if !f.kms_lines.is_empty() {
+        put!(out, "");
+        put!(out, "KMS plugins:");
+        for l in f.kms_lines {
+            put!(out, "  {l}");
+        }
+    }
+}
+
+/// The table's stored data: the census, the archive, what could not be read and what needs attention.
+fn status_data(out: &mut String, f: &StatusFacts) {
+    put!(out, "");
+    put!(out, "Census (etcd):");
+    for (resource, labels) in f.counts {
+        let total: u64 = labels.values().sum();
+        let list: Vec<String> = labels.iter().map(|(l, n)| format!("{l}: {n}")).collect();
+        put!(out, "  {resource}: {total} objects ({})", list.join(", "));
+    }
+    if let Some(plaintext) = f.plaintext {
+        put!(out, "  plaintext objects: {plaintext}");
+    }
+    if !f.atrest.archive.is_empty() {
+        put!(out, "");
+        put!(
+            out,
+            "Archived keys (kept for older snapshots): {}",
+            f.atrest.archive.len()
+        );
+        for k in &f.atrest.archive {
+            put!(out, "  {}:{} retired {}", k.provider, k.name, k.retired_at);
+        }
+    }
+    put!(out, "");
+    for why in f.unavailable {
+        put!(out, "not available: {why}");
+    }
+    if f.findings.is_empty() {
+        put!(out, "Needs attention: nothing");
+    } else {
+        put!(out, "Needs attention:");
+        for finding in f.findings {
+            put!(out, "  {}: {}", finding.reason, finding.message);
+        }
     }
 }
 
@@ -833,6 +876,97 @@ mod tests {
             reload: false,
             unobserved: None,
         }
+    }
+
+    /// The table names what an operator acts on: each node with its hash (a drifted one marked, one not observed
+    /// said so), the keys without their secrets, the census, the archive and every finding. No key text appears.
+    #[test]
+    fn the_status_table_shows_nodes_keys_census_archive_and_findings_and_no_secret() {
+        let views = [
+            view("cp-1", Some("a")),
+            view("cp-2", Some("b")),
+            NodeView {
+                unobserved: Some("ssh: connection refused".into()),
+                ..view("cp-3", None)
+            },
+        ];
+        let archived_secret = "QVJDSElWRUQtS0VZLVRFWFQtMDAwMDAwMDAwMDAwMDA=";
+        let atrest = AtrestState {
+            transition: Some(transition(Stage::Rotate)),
+            put_back: vec!["cp-2".into()],
+            archive: vec![crate::state::atrest::ArchivedKey {
+                provider: "aescbc".into(),
+                name: "k1".into(),
+                secret: Some(crate::secret::SecretString::new(archived_secret.into())),
+                retired_at: "2026-12-01T00:00:00Z".into(),
+                snapshots: Vec::new(),
+            }],
+            ..AtrestState::default()
+        };
+        let counts = BTreeMap::from([(
+            "secrets".to_string(),
+            BTreeMap::from([
+                ("aescbc:k1".to_string(), 3u64),
+                ("aescbc:k2".to_string(), 7),
+            ]),
+        )]);
+        let observed = &views[..2];
+        let findings = attention(&atrest, None, observed, Some("a"), &off(3));
+        let rows = [KeyRow {
+            active: true,
+            key_type: "AES-CBC".into(),
+            name: "k2".into(),
+            resources: "secrets".into(),
+        }];
+        let unavailable = ["node 10.0.0.3: ssh: connection refused".to_string()];
+        let table = status_table(&StatusFacts {
+            enabled: "Enabled",
+            stage: Stage::Rotate,
+            running: Some(7),
+            atrest: &atrest,
+            all_match: false,
+            views: &views,
+            expected: Some("a"),
+            rows: &rows,
+            counts: &counts,
+            kms_lines: &[],
+            plaintext: Some(0),
+            findings: &findings,
+            census_read: true,
+            unavailable: &unavailable,
+            loaded: &[],
+            cluster_lock: &Ok(None),
+        });
+        for expected in [
+            "Encryption Status: Enabled",
+            "Run in progress: atrest pid 7",
+            "Cluster lock: free",
+            "Current Rotation Stage: rotate",
+            "hashes differ between nodes",
+            "cp-2             b  flag: yes  reload: off  <- differs from the config the state records",
+            "cp-3             unknown: ssh: connection refused",
+            " *      AES-CBC    k2",
+            "secrets: 10 objects (aescbc:k1: 3, aescbc:k2: 7)",
+            "plaintext objects: 0",
+            "aescbc:k1 retired 2026-12-01T00:00:00Z",
+            "not available: node 10.0.0.3",
+            "drift: ",
+            "putBack: the previous kube-apiserver container was put back on cp-2",
+            "notOnActiveKey: secrets: 3 of 10",
+        ] {
+            assert!(
+                table.contains(expected),
+                "{expected:?} missing from:\n{table}"
+            );
+        }
+        assert!(
+            !table.contains("cp-1             a  flag: yes  reload: off  <-"),
+            "{table}"
+        );
+        assert!(
+            !table.contains(archived_secret),
+            "a key's text in the table:\n{table}"
+        );
     }
 
     #[test]
