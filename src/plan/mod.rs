@@ -44,27 +44,14 @@ pub fn plan(input: &PlanInput) -> Result<Plan, PlanError> {
     let multi = input.controlplanes.len() > 1;
     let desired = input.desired.config().cloned();
     let mut involved: Vec<Config> = vec![input.current.config().cloned(), desired.clone()];
-    let mut transitions: Vec<TransitionSpec> = Vec::new();
-    let mut steps: Vec<Step> = Vec::new();
-    let mut notes: Vec<String> = Vec::new();
-
-    // Configs a node may legitimately have right now, and the one to put back on a drifted node.
-    let mut base: Config = input.current.config().cloned();
-    let mut base_source = input.current.source();
-    let mut expected = Expected {
-        now: vec![base.clone()],
-        restore: base.clone(),
-    };
-    let mut current_stage = Stage::Start;
-    let mut drift_phase = Phase::Finish;
-
+    let mut draft = Draft::at_current(input);
     let mut abandons = None;
     if let Some(record) = input
         .transition
         .as_ref()
         .filter(|r| changed_nothing(input, r))
     {
-        notes.push(format!(
+        draft.notes.push(format!(
             "the recorded {} transition stopped before any node or stored object changed, and the desired config is \
              another one: it is dropped, not finished",
             record.kind
@@ -76,12 +63,80 @@ pub fn plan(input: &PlanInput) -> Result<Plan, PlanError> {
         involved.push(record.from.clone());
         involved.push(record.to.clone());
         check_key_reuse(&involved.iter().collect::<Vec<_>>())?;
+        draft.resume(input, record, multi)?;
+    } else {
+        check_key_reuse(&involved.iter().collect::<Vec<_>>())?;
+    }
+    if let Some(census) = &input.observed.census {
+        check_census(census, &involved.iter().collect::<Vec<_>>())?;
+    }
+    draft.change_to(input, &desired, multi)?;
+    add_drift_repair(
+        input,
+        &draft.expected,
+        draft.current_stage,
+        draft.drift_phase,
+        &mut draft.transitions,
+        &mut draft.steps,
+        &mut draft.notes,
+    );
+    assign_deploy_modes(
+        &input.observed.reloading,
+        input.reload_wanted,
+        &mut draft.steps,
+        &mut draft.notes,
+    );
+    Ok(draft.into_plan(input, abandons))
+}
+
+/// A plan being built: the transitions and steps so far, with what the nodes may hold meanwhile.
+struct Draft {
+    transitions: Vec<TransitionSpec>,
+    steps: Vec<Step>,
+    notes: Vec<String>,
+    /// The config the next transition starts from, and whether it is the managed or a custom one.
+    base: Config,
+    base_source: Option<ConfigSource>,
+    /// Configs a node may legitimately have right now, and the one to put back on a drifted node.
+    expected: Expected,
+    current_stage: Stage,
+    /// The phase a drift repair belongs to: the first one the plan runs.
+    drift_phase: Phase,
+}
+
+impl Draft {
+    /// Nothing planned yet; the nodes are expected on the deployed config.
+    fn at_current(input: &PlanInput) -> Draft {
+        let base: Config = input.current.config().cloned();
+        Draft {
+            transitions: Vec::new(),
+            steps: Vec::new(),
+            notes: Vec::new(),
+            expected: Expected {
+                now: vec![base.clone()],
+                restore: base.clone(),
+            },
+            base,
+            base_source: input.current.source(),
+            current_stage: Stage::Start,
+            drift_phase: Phase::Finish,
+        }
+    }
+
+    /// The recorded transition's remaining steps (the nodes an interrupted deploy finished skipped); the next
+    /// transition then starts from its target.
+    fn resume(
+        &mut self,
+        input: &PlanInput,
+        record: &InProgress,
+        multi: bool,
+    ) -> Result<(), PlanError> {
         let seq = sequence(&record.from, &record.to, multi)?;
         let done = done_phases(&record.done, record.stage);
         let all = seq.steps(0, &input.controlplanes);
         let (done_steps, mut remaining): (Vec<Step>, Vec<Step>) =
             all.into_iter().partition(|s| done.contains(&s.phase));
-        skip_finished_nodes(input, record, &mut remaining, &mut notes);
+        skip_finished_nodes(input, record, &mut remaining, &mut self.notes);
         let last_deployed = done_steps
             .iter()
             .rev()
@@ -91,77 +146,84 @@ pub fn plan(input: &PlanInput) -> Result<Plan, PlanError> {
         // When the next step is a rolling deploy, it may already have reached the drifted node, which may have
         // written with its writer (on one node, nothing before it can read that): that deploy's config, put on the
         // node first, is only a reordering of it. Otherwise (a rewrite comes first, say) the config deployed.
-        expected.restore = match remaining.first().and_then(deploy_config) {
+        self.expected.restore = match remaining.first().and_then(deploy_config) {
             Some(under_way) => under_way,
             None => last_deployed.clone(),
         };
-        expected.now = vec![last_deployed.clone()];
-        expected.now.extend(next_deploy);
-        current_stage = record.stage;
+        self.expected.now = vec![last_deployed];
+        self.expected.now.extend(next_deploy);
+        self.current_stage = record.stage;
+        let resumed = TransitionSpec {
+            kind: kind_from_record(&record.kind),
+            from: record.from.clone(),
+            to: record.to.clone(),
+            resumed_at: Some(record.stage),
+        };
         if let Some(first) = remaining.first() {
-            drift_phase = first.phase;
-            notes.push(format!(
+            self.drift_phase = first.phase;
+            self.notes.push(format!(
                 "resuming the recorded {} transition at stage {} (done: {})",
                 record.kind,
                 record.stage,
                 list_phases(&done)
             ));
-            transitions.push(TransitionSpec {
-                kind: kind_from_record(&record.kind),
-                from: record.from.clone(),
-                to: record.to.clone(),
-                resumed_at: Some(record.stage),
-            });
-            steps.extend(remaining);
+            self.transitions.push(resumed);
+            self.steps.extend(remaining);
         } else if !done.contains(&Phase::Finish) {
             // Nothing left to do, yet never recorded complete: a drift repair (its config is its `from`, so it
             // has no phases of its own) stopped after its deploy. Close it, or it would stay recorded for good.
-            notes.push(format!(
+            self.notes.push(format!(
                 "the recorded {} transition has nothing left to do: it is recorded as complete",
                 record.kind
             ));
-            transitions.push(TransitionSpec {
-                kind: kind_from_record(&record.kind),
-                from: record.from.clone(),
-                to: record.to.clone(),
-                resumed_at: Some(record.stage),
-            });
-            steps.push(Step {
+            self.transitions.push(resumed);
+            self.steps.push(Step {
                 transition: 0,
                 phase: Phase::Finish,
                 stage: Stage::Start,
                 action: Action::PersistStage { complete: true },
             });
         }
-        base = record.to.clone();
-        base_source = record.to_source().or_else(|| {
+        self.base = record.to.clone();
+        self.base_source = record.to_source().or_else(|| {
             if input.current.config() == record.to.as_ref() {
                 input.current.source()
             } else {
                 None
             }
         });
-        if record.to != desired && !transitions.is_empty() {
-            notes.push(format!(
+        if record.to != input.desired.config().cloned() && !self.transitions.is_empty() {
+            self.notes.push(format!(
                 "the desired config differs from the target of the unfinished {} transition: that transition is \
                  finished first, then the change to the desired config follows",
                 record.kind
             ));
         }
-    } else {
-        check_key_reuse(&involved.iter().collect::<Vec<_>>())?;
+        Ok(())
     }
 
-    if let Some(census) = &input.observed.census {
-        check_census(census, &involved.iter().collect::<Vec<_>>())?;
-    }
-
-    let seq = sequence(&base, &desired, multi)?;
-    let index = transitions.len();
-    let mut new_steps = seq.steps(index, &input.controlplanes);
-    if !new_steps.is_empty() {
-        let kind = classify(&base, base_source, &input.desired, input.intent, &seq);
-        notes.extend(seq.notes.iter().cloned());
+    /// The transition from the base to `desired` (none when they are the same), a snapshot first unless the
+    /// options say otherwise.
+    fn change_to(
+        &mut self,
+        input: &PlanInput,
+        desired: &Config,
+        multi: bool,
+    ) -> Result<(), PlanError> {
+        let seq = sequence(&self.base, desired, multi)?;
+        let index = self.transitions.len();
+        let mut new_steps = seq.steps(index, &input.controlplanes);
+        if new_steps.is_empty() {
+            return Ok(());
+        }
+        let kind = classify(
+            &self.base,
+            self.base_source,
+            &input.desired,
+            input.intent,
+            &seq,
+        );
+        self.notes.extend(seq.notes.iter().cloned());
         if !input.options.no_snapshot {
             let first = new_steps[0].phase;
             new_steps.insert(
@@ -174,52 +236,39 @@ pub fn plan(input: &PlanInput) -> Result<Plan, PlanError> {
                 },
             );
         }
-        if transitions.is_empty() {
-            drift_phase = new_steps[0].phase;
+        if self.transitions.is_empty() {
+            self.drift_phase = new_steps[0].phase;
         }
-        transitions.push(TransitionSpec {
+        self.transitions.push(TransitionSpec {
             kind,
-            from: base.clone(),
+            from: self.base.clone(),
             to: desired.clone(),
             resumed_at: None,
         });
-        steps.extend(new_steps);
+        self.steps.extend(new_steps);
+        Ok(())
     }
 
-    add_drift_repair(
-        input,
-        &expected,
-        current_stage,
-        drift_phase,
-        &mut transitions,
-        &mut steps,
-        &mut notes,
-    );
-
-    assign_deploy_modes(
-        &input.observed.reloading,
-        input.reload_wanted,
-        &mut steps,
-        &mut notes,
-    );
-
-    let kind = match transitions.first() {
-        None => PlanKind::Noop,
-        Some(t) if t.resumed_at.is_some() => PlanKind::Resume,
-        Some(t) => t.kind,
-    };
-    Ok(Plan {
-        kind,
-        from: transitions
-            .first()
-            .map_or_else(|| base.clone(), |t| t.from.clone()),
-        to: transitions.last().map_or(base, |t| t.to.clone()),
-        controlplanes: input.controlplanes.clone(),
-        transitions,
-        steps,
-        notes,
-        abandons,
-    })
+    fn into_plan(self, input: &PlanInput, abandons: Option<String>) -> Plan {
+        let kind = match self.transitions.first() {
+            None => PlanKind::Noop,
+            Some(t) if t.resumed_at.is_some() => PlanKind::Resume,
+            Some(t) => t.kind,
+        };
+        Plan {
+            kind,
+            from: self
+                .transitions
+                .first()
+                .map_or_else(|| self.base.clone(), |t| t.from.clone()),
+            to: self.transitions.last().map_or(self.base, |t| t.to.clone()),
+            controlplanes: input.controlplanes.clone(),
+            transitions: self.transitions,
+            steps: self.steps,
+            notes: self.notes,
+            abandons,
+        }
+    }
 }
 
 /// Did the recorded transition stop before changing anything, with the desired config another one? No phase
