@@ -436,51 +436,10 @@ impl<'a> Executor<'a> {
         nodes: &[String],
         reload: &[String],
     ) -> anyhow::Result<()> {
-        let mut all_targets = Vec::new();
-        for name in nodes {
-            let host = self
-                .session
-                .hosts
-                .iter()
-                .find(|h| super::session::node_name(h.node()) == *name)
-                .ok_or_else(|| anyhow!("node {name} is not among the connected controlplanes"))?
-                .clone();
-            let kubernetes_dir = self.session.kubernetes_dir(&host);
-            let config_path = self.session.config_path(&host)?;
-            let probe = HealthProbe::from_node_certs(&host, &kubernetes_dir).await?;
-            all_targets.push((
-                name.clone(),
-                RolloutTarget {
-                    host,
-                    config_path,
-                    probe,
-                    expected_sha256: self.session.files_seen.get(name).cloned(),
-                    resumes_interrupted: self.session.was_put_back(name),
-                },
-            ));
-        }
+        let all_targets = self.rollout_targets(nodes).await?;
         self.guard_node_files(label, &all_targets, config).await?;
         let recorded_before = self.record_ahead(config)?;
-        let change = NodeChange {
-            file: config.map(|c| Zeroizing::new(file_bytes(c).as_bytes().to_vec())),
-            flag: match flag {
-                // cluster.yml pins the flag in extra_args: RKE keeps it on the command line whatever `enabled`
-                // says, so atrest leaves it as RKE builds it.
-                _ if self.session.cluster.pinned_encryption_config().is_some() => FlagChange::Keep,
-                Flag::Keep => FlagChange::Keep,
-                Flag::Add => FlagChange::Add,
-                Flag::Remove => FlagChange::Remove,
-            },
-            // cluster.yml's kube-api binds (e.g. a KMS plugin socket dir): the container is recreated to get them.
-            extra_binds: super::kms::apiserver_extra_binds(self.session),
-            // The reload flag follows cluster.yml as `rke up` would put it (never added unasked), and goes with
-            // the config flag (kube-apiserver refuses it alone).
-            reload: match flag {
-                Flag::Remove => Some(false),
-                Flag::Keep | Flag::Add if self.session.cluster.reload_wanted() => Some(true),
-                Flag::Keep | Flag::Add => None,
-            },
-        };
+        let change = self.node_change(config, flag);
         let config_sha256 = super::targets::deployed_hash(config);
         // Servers that reload by themselves get the file first; those that cannot say they did are restarted.
         let mut fallback = Vec::new();
@@ -533,30 +492,10 @@ impl<'a> Executor<'a> {
             );
             clock = Instant::now();
             // Progress after each node: a rerun need not restart the nodes already done.
-            let atrest = &mut records;
-            if let Some(r) = atrest.transition.as_mut() {
-                r.updated_at = now();
-                let ours =
-                    |p: &DeployProgress| p.phase == phase && p.config_sha256 == config_sha256;
-                if !r.deploying.as_ref().is_some_and(ours) {
-                    r.deploying = Some(DeployProgress {
-                        phase,
-                        config_sha256: config_sha256.clone(),
-                        nodes: Vec::new(),
-                    });
-                }
-                if let (Some(progress), Some(name)) =
-                    (r.deploying.as_mut(), nodes.get(nodes_done - 1))
-                    && !progress.nodes.contains(name)
-                {
-                    progress.nodes.push(name.clone());
-                }
+            if let Some(name) = nodes.get(nodes_done - 1) {
+                record_node_deployed(&mut records, phase, &config_sha256, name);
             }
-            // The change a put-back container waited for is made: from now on the node is gated as any other.
-            atrest
-                .put_back
-                .retain(|name| Some(name) != nodes.get(nodes_done - 1));
-            records_file.save(atrest).map_err(|e| e.to_string())?;
+            records_file.save(&records).map_err(|e| e.to_string())?;
             kill_points::here(&format!("deploy-node:{phase}"));
             // Ctrl-C: stop between nodes; the record says which nodes are done, so a rerun continues with the rest.
             if interrupt::requested() && nodes_done < targets.len() {
@@ -604,6 +543,63 @@ impl<'a> Executor<'a> {
         self.set_deployed(config)
     }
 
+    /// Each node's rollout target (by name): its host, config path, health probe, the file this run last saw there,
+    /// and whether its container was put back after an interrupted recreate.
+    async fn rollout_targets(
+        &self,
+        nodes: &[String],
+    ) -> anyhow::Result<Vec<(String, RolloutTarget)>> {
+        let mut targets = Vec::new();
+        for name in nodes {
+            let host = self
+                .session
+                .hosts
+                .iter()
+                .find(|h| super::session::node_name(h.node()) == *name)
+                .ok_or_else(|| anyhow!("node {name} is not among the connected controlplanes"))?
+                .clone();
+            let kubernetes_dir = self.session.kubernetes_dir(&host);
+            let config_path = self.session.config_path(&host)?;
+            let probe = HealthProbe::from_node_certs(&host, &kubernetes_dir).await?;
+            targets.push((
+                name.clone(),
+                RolloutTarget {
+                    host,
+                    config_path,
+                    probe,
+                    expected_sha256: self.session.files_seen.get(name).cloned(),
+                    resumes_interrupted: self.session.was_put_back(name),
+                },
+            ));
+        }
+        Ok(targets)
+    }
+
+    /// What a deploy of `config` does on each node: the file, the flag, the binds and the reload flag.
+    fn node_change(&self, config: Option<&EncryptionConfiguration>, flag: Flag) -> NodeChange {
+        let cluster = &self.session.cluster;
+        NodeChange {
+            file: config.map(|c| Zeroizing::new(file_bytes(c).as_bytes().to_vec())),
+            flag: match flag {
+                // cluster.yml pins the flag in extra_args: RKE keeps it on the command line whatever `enabled`
+                // says, so atrest leaves it as RKE builds it.
+                _ if cluster.pinned_encryption_config().is_some() => FlagChange::Keep,
+                Flag::Keep => FlagChange::Keep,
+                Flag::Add => FlagChange::Add,
+                Flag::Remove => FlagChange::Remove,
+            },
+            // cluster.yml's kube-api binds (e.g. a KMS plugin socket dir): the container is recreated to get them.
+            extra_binds: super::kms::apiserver_extra_binds(self.session),
+            // The reload flag follows cluster.yml as `rke up` would put it (never added unasked), and goes with
+            // the config flag (kube-apiserver refuses it alone).
+            reload: match flag {
+                Flag::Remove => Some(false),
+                Flag::Keep | Flag::Add if cluster.reload_wanted() => Some(true),
+                Flag::Keep | Flag::Add => None,
+            },
+        }
+    }
+
     /// Before a deploy touches any node: every node's file must still be what this run saw (else another run
     /// or tool is writing to the cluster: stop with nothing written), and the keys each file would lose are
     /// archived first, so that replacing a drifted file never forgets a key its server may have written with.
@@ -649,7 +645,7 @@ impl<'a> Executor<'a> {
         }
     }
 
-    /// Records that `name` runs the deploy's config (a rerun leaves it out).
+    /// Records that `name` runs the deploy's config (a rerun leaves it out) and saves the records.
     fn note_node_done(
         &mut self,
         phase: Phase,
@@ -657,22 +653,7 @@ impl<'a> Executor<'a> {
         name: &str,
     ) -> anyhow::Result<()> {
         let mut atrest = self.atrest()?;
-        if let Some(r) = atrest.transition.as_mut() {
-            r.updated_at = now();
-            let ours = |p: &DeployProgress| p.phase == phase && &p.config_sha256 == config_sha256;
-            if !r.deploying.as_ref().is_some_and(ours) {
-                r.deploying = Some(DeployProgress {
-                    phase,
-                    config_sha256: config_sha256.clone(),
-                    nodes: Vec::new(),
-                });
-            }
-            if let Some(progress) = r.deploying.as_mut()
-                && !progress.nodes.iter().any(|n| n == name)
-            {
-                progress.nodes.push(name.to_string());
-            }
-        }
+        record_node_deployed(&mut atrest, phase, config_sha256, name);
         self.session.records = atrest;
         self.records_file
             .save(&self.session.records)
@@ -1140,6 +1121,33 @@ where
 /// What the rolling-restart hook returns to stop between nodes on Ctrl-C.
 const INTERRUPTED_BETWEEN_NODES: &str = "interrupted by Ctrl-C";
 
+/// Records that `node` holds the deploy of `phase` (config `config_sha256`) so a rerun skips it, and that the
+/// change a put-back container there waited for is made: from now on the node is gated as any other.
+fn record_node_deployed(
+    records: &mut AtrestState,
+    phase: Phase,
+    config_sha256: &Option<String>,
+    node: &str,
+) {
+    if let Some(r) = records.transition.as_mut() {
+        r.updated_at = now();
+        let ours = |p: &DeployProgress| p.phase == phase && p.config_sha256 == *config_sha256;
+        if !r.deploying.as_ref().is_some_and(ours) {
+            r.deploying = Some(DeployProgress {
+                phase,
+                config_sha256: config_sha256.clone(),
+                nodes: Vec::new(),
+            });
+        }
+        if let Some(progress) = r.deploying.as_mut()
+            && !progress.nodes.iter().any(|n| n == node)
+        {
+            progress.nodes.push(node.to_string());
+        }
+    }
+    records.put_back.retain(|name| name != node);
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -1164,6 +1172,56 @@ mod tests {
             snapshot_dir(Path::new("prod.rkestate")),
             Path::new("prod.snapshots")
         );
+    }
+
+    /// Each node a deploy finishes is recorded once under that deploy (a deploy of another phase or config starts
+    /// its own list), and leaves the put-back list; without a transition only the put-back list changes.
+    #[test]
+    fn a_deployed_node_is_recorded_once_under_its_deploy_and_leaves_the_put_back_list() {
+        let mut records = AtrestState {
+            transition: Some(crate::state::atrest::TransitionRecord {
+                id: "t".into(),
+                kind: "enable".into(),
+                from: None,
+                to: None,
+                stage: Stage::Prepare,
+                done: Vec::new(),
+                started_at: "then".into(),
+                updated_at: "then".into(),
+                deploying: None,
+            }),
+            put_back: vec!["b".into(), "c".into()],
+            ..AtrestState::default()
+        };
+        let first = Some("sha-1".to_string());
+        record_node_deployed(&mut records, Phase::Prepare, &first, "a");
+        record_node_deployed(&mut records, Phase::Prepare, &first, "b");
+        record_node_deployed(&mut records, Phase::Prepare, &first, "b");
+        let deploying = |r: &AtrestState| r.transition.as_ref().and_then(|t| t.deploying.clone());
+        let progress = deploying(&records).expect("a deploy recorded");
+        assert_eq!(
+            (progress.phase, &progress.nodes),
+            (Phase::Prepare, &vec!["a".to_string(), "b".to_string()])
+        );
+        assert_eq!(records.put_back, ["c"]);
+        assert_ne!(
+            records.transition.as_ref().map(|t| t.updated_at.as_str()),
+            Some("then")
+        );
+
+        record_node_deployed(&mut records, Phase::Finish, &Some("sha-2".into()), "a");
+        let progress = deploying(&records).expect("a deploy recorded");
+        assert_eq!(
+            (progress.phase, progress.nodes),
+            (Phase::Finish, vec!["a".to_string()])
+        );
+
+        let mut idle = AtrestState {
+            put_back: vec!["c".into()],
+            ..AtrestState::default()
+        };
+        record_node_deployed(&mut idle, Phase::Prepare, &first, "c");
+        assert!(idle.transition.is_none() && idle.put_back.is_empty());
     }
 
     #[test]
