@@ -559,6 +559,19 @@ fn cluster_diagnostics(config: &ClusterConfig) -> Vec<Diagnostic> {
             message: format!("{path}: {message}"),
         })
     };
+    check_nodes(config, &mut push);
+    check_external_etcd(config, &mut push);
+    check_kube_api_args(config, &mut push);
+    check_rotate_request(config, &mut push);
+    check_bastion(config, &mut push);
+    diags
+}
+
+/// What [`cluster_diagnostics`]'s checks report through: a YAML path and the message for it.
+type Report<'a> = dyn FnMut(&str, String) + 'a;
+
+/// `nodes`: at least one controlplane; each node with a unique address, known roles, a valid port and a user.
+fn check_nodes(config: &ClusterConfig, push: &mut Report) {
     if config.nodes.is_empty() {
         push("nodes", "at least one node is required".into());
     } else if !config.nodes.iter().any(Node::is_controlplane) {
@@ -611,6 +624,10 @@ fn cluster_diagnostics(config: &ClusterConfig) -> Vec<Diagnostic> {
             );
         }
     }
+}
+
+/// `services.etcd` with `external_urls`: no etcd nodes beside it, and its certificates and path given.
+fn check_external_etcd(config: &ClusterConfig, push: &mut Report) {
     let etcd = &config.services.etcd;
     if config.external_etcd() {
         if config.nodes.iter().any(Node::is_etcd) {
@@ -638,6 +655,10 @@ fn cluster_diagnostics(config: &ClusterConfig) -> Vec<Diagnostic> {
             }
         }
     }
+}
+
+/// `services.kube-api.extra_args` atrest depends on: a pinned encryption config path and the etcd prefix.
+fn check_kube_api_args(config: &ClusterConfig, push: &mut Report) {
     let args = &config.services.kube_api.extra_args;
     if let Some(path) = args.get(ENCRYPTION_CONFIG_ARG) {
         let at = format!("services.kube-api.extra_args.{ENCRYPTION_CONFIG_ARG}");
@@ -667,6 +688,10 @@ fn cluster_diagnostics(config: &ClusterConfig) -> Vec<Diagnostic> {
             ),
         );
     }
+}
+
+/// `rotate_encryption_key: true` needs managed encryption enabled.
+fn check_rotate_request(config: &ClusterConfig, push: &mut Report) {
     if config.rotate_encryption_key {
         let sec = config.services.kube_api.secrets_encryption_config.as_ref();
         if !config.encryption_enabled() {
@@ -683,6 +708,10 @@ fn cluster_diagnostics(config: &ClusterConfig) -> Vec<Diagnostic> {
             );
         }
     }
+}
+
+/// `bastion_host.port`, when given, is a port.
+fn check_bastion(config: &ClusterConfig, push: &mut Report) {
     if let Some(port) = config
         .bastion_host
         .as_ref()
@@ -692,7 +721,6 @@ fn cluster_diagnostics(config: &ClusterConfig) -> Vec<Diagnostic> {
     {
         push("bastion_host.port", bad_port(port));
     }
-    diags
 }
 
 #[cfg(test)]
