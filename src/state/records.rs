@@ -136,30 +136,7 @@ pub fn reconcile(
     now: &str,
 ) -> Result<Joined, StateError> {
     let mut joined = Joined::default();
-    let legacy = state.legacy_atrest()?;
-    joined.records = match (from_file, legacy) {
-        (Some(records), Some(_)) => {
-            state.remove_legacy_atrest();
-            joined.notices.push(format!(
-                "cluster.rkestate still had atrest's old `atrest` key; {} is newer and is kept, the key is removed",
-                records_path.display()
-            ));
-            records
-        }
-        (None, Some(legacy)) => {
-            state.remove_legacy_atrest();
-            joined.notices.push(format!(
-                "moved atrest's records (transition, archive of retired keys, snapshots) from cluster.rkestate to \
-                 {}: RKE drops unknown keys when it writes its state. Back that file up with cluster.yml and \
-                 cluster.rkestate",
-                records_path.display()
-            ));
-            joined.records_changed = true;
-            legacy
-        }
-        (Some(records), None) => records,
-        (None, None) => AtrestState::default(),
-    };
+    joined.records = take_legacy(state, from_file, records_path, &mut joined)?;
     let current = state.current_encryption_config().map(str::to_string);
     let records = &mut joined.records;
     match records
@@ -183,25 +160,7 @@ pub fn reconcile(
             }
         }
         Some(recorded) => {
-            let retired = retired_keys(recorded.as_deref(), current.as_deref());
-            let mut archived = Vec::new();
-            for (provider, name, secret) in retired {
-                if records
-                    .archive
-                    .iter()
-                    .any(|a| a.provider == provider && a.name == name)
-                {
-                    continue;
-                }
-                archived.push(format!("{provider}:{name}"));
-                records.archive.push(ArchivedKey {
-                    provider,
-                    name,
-                    secret,
-                    retired_at: now.to_string(),
-                    snapshots: records.snapshots.iter().map(|s| s.name.clone()).collect(),
-                });
-            }
+            let archived = archive_retired(records, recorded.as_deref(), current.as_deref(), now);
             let mut notice = "cluster.rkestate's currentState.encryptionConfig is not the config atrest recorded \
                               as deployed: another tool (e.g. `rke up` or `rke encrypt rotate-key`) changed it; \
                               atrest takes the state as the truth"
@@ -231,6 +190,68 @@ pub fn reconcile(
         joined.records_changed |= !adopting;
     }
     Ok(joined)
+}
+
+/// The records, with an `atrest` key left in the state by an older atrest moved out of it: it becomes the records
+/// when there is no records file, and is dropped (the file is newer) when there is one. Says which in `joined`.
+fn take_legacy(
+    state: &mut RkeState,
+    from_file: Option<AtrestState>,
+    records_path: &Path,
+    joined: &mut Joined,
+) -> Result<AtrestState, StateError> {
+    Ok(match (from_file, state.legacy_atrest()?) {
+        (Some(records), Some(_)) => {
+            state.remove_legacy_atrest();
+            joined.notices.push(format!(
+                "cluster.rkestate still had atrest's old `atrest` key; {} is newer and is kept, the key is removed",
+                records_path.display()
+            ));
+            records
+        }
+        (None, Some(legacy)) => {
+            state.remove_legacy_atrest();
+            joined.notices.push(format!(
+                "moved atrest's records (transition, archive of retired keys, snapshots) from cluster.rkestate to \
+                 {}: RKE drops unknown keys when it writes its state. Back that file up with cluster.yml and \
+                 cluster.rkestate",
+                records_path.display()
+            ));
+            joined.records_changed = true;
+            legacy
+        }
+        (Some(records), None) => records,
+        (None, None) => AtrestState::default(),
+    })
+}
+
+/// Archives every key of `recorded` that `current` lacks (unless already archived), with the snapshots taken so
+/// far; returns them as `provider:name`.
+fn archive_retired(
+    records: &mut AtrestState,
+    recorded: Option<&str>,
+    current: Option<&str>,
+    now: &str,
+) -> Vec<String> {
+    let mut archived = Vec::new();
+    for (provider, name, secret) in retired_keys(recorded, current) {
+        if records
+            .archive
+            .iter()
+            .any(|a| a.provider == provider && a.name == name)
+        {
+            continue;
+        }
+        archived.push(format!("{provider}:{name}"));
+        records.archive.push(ArchivedKey {
+            provider,
+            name,
+            secret,
+            retired_at: now.to_string(),
+            snapshots: records.snapshots.iter().map(|s| s.name.clone()).collect(),
+        });
+    }
+    archived
 }
 
 /// Keys (provider, name, secret) of `old` that `new` no longer has.
