@@ -87,6 +87,12 @@ pub enum Outcome {
     Violation(String),
 }
 
+/// The moments a run has had, and after how many it is cut off (a crash at that moment).
+struct Clock {
+    moments: usize,
+    stop_after: Option<usize>,
+}
+
 #[derive(Clone, Debug)]
 pub struct Cluster {
     pub servers: Vec<Server>,
@@ -342,44 +348,49 @@ impl Cluster {
     /// Runs `plan` like the executor, stopping after `stop_after` moments (a moment = one node restarted, or
     /// one other step, or one object rewritten) if given.
     pub fn run(&mut self, plan: &Plan, stop_after: Option<usize>, chaos: &mut Chaos) -> Outcome {
-        let mut moments = 0usize;
-        let mut active: Option<usize> = None;
-        macro_rules! moment {
-            () => {{
-                if let Err(e) = self.moment(chaos) {
-                    return Outcome::Violation(e);
-                }
-                moments += 1;
-                if stop_after.is_some_and(|s| moments >= s) {
-                    return Outcome::Interrupted;
-                }
-            }};
+        let mut clock = Clock {
+            moments: 0,
+            stop_after,
+        };
+        match self.run_steps(plan, &mut clock, chaos) {
+            Ok(()) => Outcome::Completed,
+            Err(stopped) => stopped,
         }
+    }
+
+    /// One moment passes: every server may write (per `chaos`); the run stops here when its moments are up.
+    fn tick(&mut self, clock: &mut Clock, chaos: &mut Chaos) -> Result<(), Outcome> {
+        self.moment(chaos).map_err(Outcome::Violation)?;
+        clock.moments += 1;
+        if clock.stop_after.is_some_and(|s| clock.moments >= s) {
+            return Err(Outcome::Interrupted);
+        }
+        Ok(())
+    }
+
+    /// The plan's steps in order; `Err` is how the run ended early.
+    fn run_steps(
+        &mut self,
+        plan: &Plan,
+        clock: &mut Clock,
+        chaos: &mut Chaos,
+    ) -> Result<(), Outcome> {
         // The executor drops a recorded transition the plan abandons before its first step (it changed nothing).
         if let Some(kind) = &plan.abandons {
             match &self.record {
                 Some(record) if &record.kind == kind => self.record = None,
                 other => {
-                    return Outcome::Violation(format!(
+                    return Err(Outcome::Violation(format!(
                         "the plan abandons a {kind} transition, but the record is {other:?}"
-                    ));
+                    )));
                 }
             }
         }
+        let mut active: Option<usize> = None;
         for (i, step) in plan.steps.iter().enumerate() {
             if active != Some(step.transition) {
                 active = Some(step.transition);
-                let spec = &plan.transitions[step.transition];
-                if spec.resumed_at.is_none() || self.record.is_none() {
-                    self.record = Some(InProgress {
-                        kind: spec.kind.as_str().to_string(),
-                        from: spec.from.clone(),
-                        to: spec.to.clone(),
-                        stage: Stage::Start,
-                        done: vec![],
-                        deploying: None,
-                    });
-                }
+                self.start_transition(&plan.transitions[step.transition]);
             }
             match &step.action {
                 Action::Snapshot | Action::Archive { .. } => {}
@@ -388,140 +399,12 @@ impl Cluster {
                     nodes,
                     reload,
                     flag,
-                } => {
-                    for node in nodes {
-                        if !self.servers.iter().any(|s| &s.name == node) {
-                            return Outcome::Violation(format!("deploy to unknown node {node}"));
-                        }
-                    }
-                    // As the executor does before the first node changes (`record_ahead`), and puts back when
-                    // the first node is rolled back.
-                    let recorded_before = self.current.clone();
-                    let mut restarted = 0usize;
-                    if !self.record_deploys_late
-                        && super::reads_all(config, &self.current.config().cloned())
-                    {
-                        self.current = Target::deployed(config.clone());
-                    }
-                    // Reloading nodes: the file goes to all of them, then the wait until each has loaded it.
-                    for (i, node) in reload.iter().enumerate() {
-                        let Some(server) = self.servers.iter_mut().find(|s| &s.name == node) else {
-                            return Outcome::Violation(format!("reload on unknown node {node}"));
-                        };
-                        if !server.reload || *flag != Flag::Keep {
-                            return Outcome::Violation(format!(
-                                "{node} is planned to reload but runs without automatic reload (or the flag changes)"
-                            ));
-                        }
-                        if self.reload_without_wait && i == 0 {
-                            server.config = config.clone();
-                            server.pending = None;
-                        } else {
-                            server.pending = Some(config.clone());
-                        }
-                        moment!();
-                    }
-                    if !self.reload_without_wait {
-                        let mut order: Vec<usize> = (0..reload.len()).collect();
-                        for i in (1..order.len()).rev() {
-                            let j = self.pick_server(chaos, i) % (i + 1);
-                            order.swap(i, j);
-                        }
-                        for i in order {
-                            let node = &reload[i];
-                            if let Some(server) = self.servers.iter_mut().find(|s| &s.name == node)
-                                && let Some(loaded) = server.pending.take()
-                            {
-                                server.config = loaded;
-                                moment!();
-                            }
-                            self.record_progress(step, config, node);
-                        }
-                    }
-                    for node in nodes.iter().filter(|n| !reload.contains(n)) {
-                        // Its health gate fails after the change: the executor restores its file and container
-                        // (the node is down meanwhile, then on its old config) and stops.
-                        if self.fault(3) {
-                            if restarted == 0 && reload.is_empty() {
-                                self.current = recorded_before;
-                            }
-                            moment!();
-                            return Outcome::Interrupted;
-                        }
-                        restarted += 1;
-                        let wanted = self.reload_wanted;
-                        let crash_before_record = self.fault(3);
-                        let Some(server) = self.servers.iter_mut().find(|s| &s.name == node) else {
-                            return Outcome::Violation(format!("deploy to unknown node {node}"));
-                        };
-                        server.config = config.clone();
-                        server.pending = None;
-                        // The executor adds the reload flag when cluster.yml asks for it, and drops it with the
-                        // config flag.
-                        match flag {
-                            Flag::Remove => server.reload = false,
-                            Flag::Add | Flag::Keep => server.reload |= wanted,
-                        }
-                        if crash_before_record {
-                            if let Err(e) = self.moment(chaos) {
-                                return Outcome::Violation(e);
-                            }
-                            return Outcome::Interrupted;
-                        }
-                        self.record_progress(step, config, node);
-                        moment!();
-                    }
-                    // As the executor does once a deploy's nodes are done: RKE's state names its config as
-                    // deployed, which is what the next run reads as current.
-                    self.current = Target::deployed(config.clone());
-                }
+                } => self.deploy(step, config, nodes, reload, *flag, clock, chaos)?,
                 Action::Rewrite {
                     resources,
                     targeted,
-                } => {
-                    // What the rewrite walks is fixed when it starts, as the executor's is: a list (every
-                    // object of a covered resource) or, targeted, a census of the keys off the write unit.
-                    // Objects written or moved after that are not looked at again; verify then counts.
-                    let covered = |object: &Object| {
-                        resources.iter().find(|t| {
-                            RuleKey::parse(&t.resource).covers(&RuleKey::parse(&object.resource))
-                        })
-                    };
-                    let walk: Vec<u64> = self
-                        .objects
-                        .iter()
-                        .filter(|o| covered(o).is_some_and(|t| !*targeted || o.unit != t.write))
-                        .map(|o| o.id)
-                        .collect();
-                    for id in walk {
-                        // Deleted since the list: gone, nothing to rewrite.
-                        let Some(object) = self.objects.iter().position(|o| o.id == id) else {
-                            continue;
-                        };
-                        let server = self.pick_server(chaos, object);
-                        if let Err(e) = self.update(server, object) {
-                            return Outcome::Violation(e);
-                        }
-                        moment!();
-                    }
-                }
-                Action::Verify { rules } => {
-                    for object in &self.objects {
-                        let key = RuleKey::parse(&object.resource);
-                        let rule = key.lookup_chain().into_iter().find_map(|candidate| {
-                            rules
-                                .iter()
-                                .find(|r| RuleKey::parse(&r.resource) == candidate)
-                        });
-                        let allowed = rule.map_or(vec![UnitId::Identity], |r| r.allowed.clone());
-                        if !allowed.contains(&object.unit) {
-                            return Outcome::VerifyFailed(format!(
-                                "a {} object is stored with {}",
-                                object.resource, object.unit
-                            ));
-                        }
-                    }
-                }
+                } => self.rewrite(resources, *targeted, clock, chaos)?,
+                Action::Verify { rules } => self.verify(rules)?,
                 Action::PersistStage { complete: true } => {
                     let spec = &plan.transitions[step.transition];
                     self.current = Target::deployed(spec.to.clone());
@@ -533,19 +416,198 @@ impl Cluster {
                 }
                 Action::PersistStage { complete: false } => {}
             }
-            if let Some(record) = &mut self.record {
-                record.stage = step.stage;
-                record.deploying = None;
-                let next = plan.steps.get(i + 1);
-                if next.is_none_or(|n| n.transition != step.transition || n.phase != step.phase)
-                    && !record.done.contains(&step.phase)
-                {
-                    record.done.push(step.phase);
-                }
-            }
-            moment!();
+            self.record_step(step, plan.steps.get(i + 1));
+            self.tick(clock, chaos)?;
         }
-        Outcome::Completed
+        Ok(())
+    }
+
+    /// A new transition is recorded when it starts (a resumed one keeps its record).
+    fn start_transition(&mut self, spec: &TransitionSpec) {
+        if spec.resumed_at.is_none() || self.record.is_none() {
+            self.record = Some(InProgress {
+                kind: spec.kind.as_str().to_string(),
+                from: spec.from.clone(),
+                to: spec.to.clone(),
+                stage: Stage::Start,
+                done: vec![],
+                deploying: None,
+            });
+        }
+    }
+
+    /// After a step, as the executor saves it: its stage, and its phase done when the next step is another's.
+    fn record_step(&mut self, step: &Step, next: Option<&Step>) {
+        if let Some(record) = &mut self.record {
+            record.stage = step.stage;
+            record.deploying = None;
+            if next.is_none_or(|n| n.transition != step.transition || n.phase != step.phase)
+                && !record.done.contains(&step.phase)
+            {
+                record.done.push(step.phase);
+            }
+        }
+    }
+
+    /// A deploy: the reloading nodes get the file and load it in any order, then the others are restarted one
+    /// at a time (each may fail its health gate, or the run may crash before recording it).
+    #[allow(clippy::too_many_arguments)]
+    fn deploy(
+        &mut self,
+        step: &Step,
+        config: &Option<EncryptionConfiguration>,
+        nodes: &[String],
+        reload: &[String],
+        flag: Flag,
+        clock: &mut Clock,
+        chaos: &mut Chaos,
+    ) -> Result<(), Outcome> {
+        for node in nodes {
+            if !self.servers.iter().any(|s| &s.name == node) {
+                return Err(Outcome::Violation(format!("deploy to unknown node {node}")));
+            }
+        }
+        // As the executor does before the first node changes (`record_ahead`), and puts back when the first node
+        // is rolled back.
+        let recorded_before = self.current.clone();
+        if !self.record_deploys_late && super::reads_all(config, &self.current.config().cloned()) {
+            self.current = Target::deployed(config.clone());
+        }
+        self.reload_nodes(step, config, reload, flag, clock, chaos)?;
+        for (restarted, node) in nodes.iter().filter(|n| !reload.contains(n)).enumerate() {
+            // Its health gate fails after the change: the executor restores its file and container (the node is
+            // down meanwhile, then on its old config) and stops.
+            if self.fault(3) {
+                if restarted == 0 && reload.is_empty() {
+                    self.current = recorded_before;
+                }
+                self.tick(clock, chaos)?;
+                return Err(Outcome::Interrupted);
+            }
+            let wanted = self.reload_wanted;
+            let crash_before_record = self.fault(3);
+            let Some(server) = self.servers.iter_mut().find(|s| &s.name == node) else {
+                return Err(Outcome::Violation(format!("deploy to unknown node {node}")));
+            };
+            server.config = config.clone();
+            server.pending = None;
+            // The executor adds the reload flag when cluster.yml asks for it, and drops it with the config flag.
+            match flag {
+                Flag::Remove => server.reload = false,
+                Flag::Add | Flag::Keep => server.reload |= wanted,
+            }
+            if crash_before_record {
+                self.moment(chaos).map_err(Outcome::Violation)?;
+                return Err(Outcome::Interrupted);
+            }
+            self.record_progress(step, config, node);
+            self.tick(clock, chaos)?;
+        }
+        // As the executor does once a deploy's nodes are done: RKE's state names its config as deployed, which is
+        // what the next run reads as current.
+        self.current = Target::deployed(config.clone());
+        Ok(())
+    }
+
+    /// Reloading nodes: the file goes to all of them, then the wait until each has loaded it.
+    fn reload_nodes(
+        &mut self,
+        step: &Step,
+        config: &Option<EncryptionConfiguration>,
+        reload: &[String],
+        flag: Flag,
+        clock: &mut Clock,
+        chaos: &mut Chaos,
+    ) -> Result<(), Outcome> {
+        for (i, node) in reload.iter().enumerate() {
+            let Some(server) = self.servers.iter_mut().find(|s| &s.name == node) else {
+                return Err(Outcome::Violation(format!("reload on unknown node {node}")));
+            };
+            if !server.reload || flag != Flag::Keep {
+                return Err(Outcome::Violation(format!(
+                    "{node} is planned to reload but runs without automatic reload (or the flag changes)"
+                )));
+            }
+            if self.reload_without_wait && i == 0 {
+                server.config = config.clone();
+                server.pending = None;
+            } else {
+                server.pending = Some(config.clone());
+            }
+            self.tick(clock, chaos)?;
+        }
+        if self.reload_without_wait {
+            return Ok(());
+        }
+        let mut order: Vec<usize> = (0..reload.len()).collect();
+        for i in (1..order.len()).rev() {
+            let j = self.pick_server(chaos, i) % (i + 1);
+            order.swap(i, j);
+        }
+        for i in order {
+            let node = &reload[i];
+            if let Some(server) = self.servers.iter_mut().find(|s| &s.name == node)
+                && let Some(loaded) = server.pending.take()
+            {
+                server.config = loaded;
+                self.tick(clock, chaos)?;
+            }
+            self.record_progress(step, config, node);
+        }
+        Ok(())
+    }
+
+    /// A rewrite walks what is fixed when it starts, as the executor's does: a list (every object of a covered
+    /// resource) or, targeted, a census of the keys off the write unit. Objects written or moved after that are
+    /// not looked at again; verify then counts.
+    fn rewrite(
+        &mut self,
+        resources: &[RewriteTarget],
+        targeted: bool,
+        clock: &mut Clock,
+        chaos: &mut Chaos,
+    ) -> Result<(), Outcome> {
+        let covered = |object: &Object| {
+            resources
+                .iter()
+                .find(|t| RuleKey::parse(&t.resource).covers(&RuleKey::parse(&object.resource)))
+        };
+        let walk: Vec<u64> = self
+            .objects
+            .iter()
+            .filter(|o| covered(o).is_some_and(|t| !targeted || o.unit != t.write))
+            .map(|o| o.id)
+            .collect();
+        for id in walk {
+            // Deleted since the list: gone, nothing to rewrite.
+            let Some(object) = self.objects.iter().position(|o| o.id == id) else {
+                continue;
+            };
+            let server = self.pick_server(chaos, object);
+            self.update(server, object).map_err(Outcome::Violation)?;
+            self.tick(clock, chaos)?;
+        }
+        Ok(())
+    }
+
+    /// Verify: every object on a unit its resource's rule allows.
+    fn verify(&self, rules: &[VerifyRule]) -> Result<(), Outcome> {
+        for object in &self.objects {
+            let key = RuleKey::parse(&object.resource);
+            let rule = key.lookup_chain().into_iter().find_map(|candidate| {
+                rules
+                    .iter()
+                    .find(|r| RuleKey::parse(&r.resource) == candidate)
+            });
+            let allowed = rule.map_or(vec![UnitId::Identity], |r| r.allowed.clone());
+            if !allowed.contains(&object.unit) {
+                return Err(Outcome::VerifyFailed(format!(
+                    "a {} object is stored with {}",
+                    object.resource, object.unit
+                )));
+            }
+        }
+        Ok(())
     }
 
     /// As the executor does after each node: a resumed run skips the nodes done.
