@@ -243,13 +243,11 @@ impl Session {
             .map(|h| node_name(h.node()))
             .collect();
         let mut marked = self.records.put_back.clone();
-        marked.extend(
-            recovering
-                .iter()
-                .filter(|n| !marked.contains(n))
-                .cloned()
-                .collect::<Vec<_>>(),
-        );
+        for name in recovering {
+            if !marked.contains(&name) {
+                marked.push(name);
+            }
+        }
         self.save_put_back(records_file, marked)?;
         let mut kept_new = Vec::new();
         for host in &self.hosts {
