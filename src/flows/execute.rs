@@ -23,8 +23,7 @@ use crate::plan::stage::{Phase, Stage};
 use crate::plan::units::{Unit, UnitId, units_dropped};
 use crate::plan::{Action, Flag, Plan, RewriteTarget, VerifyRule};
 use crate::state::atrest::{
-    ArchivedKey, AtrestState, CensusRecord, DeployProgress, DeployedRecord, SnapshotRecord,
-    TransitionRecord,
+    AtrestState, CensusRecord, DeployProgress, DeployedRecord, SnapshotRecord, TransitionRecord,
 };
 use crate::state::records::RecordsFile;
 use crate::state::{RkeState, StateFile};
@@ -900,7 +899,7 @@ impl<'a> Executor<'a> {
 
     fn archive(&mut self, label: &str, units: &[Unit]) -> anyhow::Result<()> {
         let mut atrest = self.atrest()?;
-        let snapshots: Vec<String> = atrest.snapshots.iter().map(|s| s.name.clone()).collect();
+        let snapshots = atrest.snapshots.len();
         let retired_at = now();
         let mut names = Vec::new();
         for unit in units {
@@ -917,24 +916,10 @@ impl<'a> Executor<'a> {
                 ),
                 Unit::Kms(k) => ("kms".to_string(), k.name.clone(), None),
             };
-            // Kept apart when the material differs: a drifted file may reuse a name with another secret.
-            let expose =
-                |s: Option<&crate::secret::SecretString>| s.map(|s| s.expose().to_string());
-            if atrest.archive.iter().any(|a| {
-                a.provider == provider
-                    && a.name == name
-                    && expose(a.secret.as_ref()) == expose(secret.as_ref())
-            }) {
-                continue;
+            let shown = format!("{provider}:{name}");
+            if atrest.archive_key(provider, name, secret, &retired_at) {
+                names.push(shown);
             }
-            names.push(format!("{provider}:{name}"));
-            atrest.archive.push(ArchivedKey {
-                provider,
-                name,
-                secret,
-                retired_at: retired_at.clone(),
-                snapshots: snapshots.clone(),
-            });
         }
         self.save_atrest(&atrest)?;
         if !names.is_empty() {
@@ -942,7 +927,7 @@ impl<'a> Executor<'a> {
                 "{label}: archived {} in {} (needed to restore the {} snapshot(s) taken before)",
                 names.join(", "),
                 self.records_file.path().display(),
-                snapshots.len()
+                snapshots
             );
         }
         Ok(())

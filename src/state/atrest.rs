@@ -34,6 +34,37 @@ pub struct AtrestState {
     pub put_back: Vec<String>,
 }
 
+impl AtrestState {
+    /// Archives a retired key with the names of the snapshots taken so far, unless the archive already holds it;
+    /// returns whether it was added. A key is the same only when its material is too: a drifted file or another
+    /// tool may reuse a name for another secret, and data or a snapshot written with either still needs it.
+    pub fn archive_key(
+        &mut self,
+        provider: String,
+        name: String,
+        secret: Option<crate::secret::SecretString>,
+        retired_at: &str,
+    ) -> bool {
+        let material = secret.as_ref().map(crate::secret::SecretString::expose);
+        if self.archive.iter().any(|a| {
+            a.provider == provider
+                && a.name == name
+                && a.secret.as_ref().map(crate::secret::SecretString::expose) == material
+        }) {
+            return false;
+        }
+        let snapshots = self.snapshots.iter().map(|s| s.name.clone()).collect();
+        self.archive.push(ArchivedKey {
+            provider,
+            name,
+            secret,
+            retired_at: retired_at.to_string(),
+            snapshots,
+        });
+        true
+    }
+}
+
 /// What atrest last recorded as deployed on every controlplane.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
@@ -133,6 +164,78 @@ pub struct CensusRecord {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::secret::SecretString;
+
+    fn key(
+        provider: &str,
+        name: &str,
+        secret: Option<&str>,
+    ) -> (String, String, Option<SecretString>) {
+        (
+            provider.into(),
+            name.into(),
+            secret.map(|s| SecretString::new(s.into())),
+        )
+    }
+
+    #[test]
+    fn a_key_is_archived_once_per_material_with_the_snapshots_taken_so_far() {
+        let mut state = AtrestState {
+            snapshots: vec![SnapshotRecord {
+                name: "before-rotate".into(),
+                node: "cp-1".into(),
+                path: "/opt/rke/etcd-snapshots/before-rotate".into(),
+                taken_at: "2026-12-01T00:00:00Z".into(),
+                config_sha256: None,
+            }],
+            ..Default::default()
+        };
+        let archive = |state: &mut AtrestState,
+                       (p, n, s): (String, String, Option<SecretString>)| {
+            state.archive_key(p, n, s, "2026-12-02T00:00:00Z")
+        };
+        assert!(archive(
+            &mut state,
+            key("aescbc", "key1", Some("c2VjcmV0LUE="))
+        ));
+        assert!(!archive(
+            &mut state,
+            key("aescbc", "key1", Some("c2VjcmV0LUE="))
+        ));
+        // The same name with other material is another key: both are kept.
+        assert!(archive(
+            &mut state,
+            key("aescbc", "key1", Some("c2VjcmV0LUI="))
+        ));
+        assert!(archive(
+            &mut state,
+            key("aesgcm", "key1", Some("c2VjcmV0LUE="))
+        ));
+        assert!(archive(&mut state, key("kms", "vault", None)));
+        assert!(!archive(&mut state, key("kms", "vault", None)));
+        let archived: Vec<(&str, &str, Option<&str>)> = state
+            .archive
+            .iter()
+            .map(|a| {
+                (
+                    &a.provider[..],
+                    &a.name[..],
+                    a.secret.as_ref().map(SecretString::expose),
+                )
+            })
+            .collect();
+        assert_eq!(
+            archived,
+            [
+                ("aescbc", "key1", Some("c2VjcmV0LUE=")),
+                ("aescbc", "key1", Some("c2VjcmV0LUI=")),
+                ("aesgcm", "key1", Some("c2VjcmV0LUE=")),
+                ("kms", "vault", None),
+            ]
+        );
+        assert!(state.archive.iter().all(|a| a.snapshots == ["before-rotate"]
+            && a.retired_at == "2026-12-02T00:00:00Z"));
+    }
 
     #[test]
     fn debug_of_a_transition_leaves_out_its_configs() {

@@ -13,7 +13,7 @@
 //! replaced it.
 
 use crate::secret::SecretString;
-use crate::state::atrest::{ArchivedKey, AtrestState, DeployedRecord};
+use crate::state::atrest::{AtrestState, DeployedRecord};
 use crate::state::error::StateError;
 use crate::state::rkestate::RkeState;
 use crate::state::store::{lock_sibling, read_bytes, sibling, write_atomic};
@@ -235,21 +235,10 @@ fn archive_retired(
 ) -> Vec<String> {
     let mut archived = Vec::new();
     for (provider, name, secret) in retired_keys(recorded, current) {
-        if records
-            .archive
-            .iter()
-            .any(|a| a.provider == provider && a.name == name)
-        {
-            continue;
+        let label = format!("{provider}:{name}");
+        if records.archive_key(provider, name, secret, now) {
+            archived.push(label);
         }
-        archived.push(format!("{provider}:{name}"));
-        records.archive.push(ArchivedKey {
-            provider,
-            name,
-            secret,
-            retired_at: now.to_string(),
-            snapshots: records.snapshots.iter().map(|s| s.name.clone()).collect(),
-        });
     }
     archived
 }
@@ -382,6 +371,45 @@ mod tests {
         assert_eq!(s.desired_encryption_config(), Some(K1));
         assert!(j.notices[0].contains("no longer holds"), "{:?}", j.notices);
         assert!(!j.notices[0].contains("MDEy"), "no key material in notices");
+    }
+
+    #[test]
+    fn a_dropped_key_is_archived_even_when_an_older_key_of_its_name_is() {
+        let mut records = sample();
+        records.deployed = Some(DeployedRecord {
+            config: Some(SecretString::new(K1.into())),
+            recorded_at: "earlier".into(),
+        });
+        // An earlier key reused the name with other material (a drifted file archived by a deploy, say).
+        records.archive_key(
+            "aescbc".into(),
+            "k-aaaaa".into(),
+            Some(SecretString::new(
+                "b3RoZXIta2V5LW1hdGVyaWFsLTAxMjM0NTY3ODk=".into(),
+            )),
+            "earlier",
+        );
+        let mut s = state(Some(K2), None);
+        let j = reconcile(&mut s, Some(records), Path::new("c.atreststate"), NOW).unwrap();
+        let secrets: Vec<Option<&str>> = j
+            .records
+            .archive
+            .iter()
+            .map(|a| a.secret.as_ref().map(SecretString::expose))
+            .collect();
+        assert_eq!(
+            secrets,
+            [
+                Some("b3RoZXIta2V5LW1hdGVyaWFsLTAxMjM0NTY3ODk="),
+                Some("MDEyMzQ1Njc4OWFiY2RlZjAxMjM0NTY3ODlhYmNkZWY=")
+            ],
+            "both keys named k-aaaaa stay archived"
+        );
+        assert!(
+            j.notices[0].contains("archived the key(s) it dropped (aescbc:k-aaaaa)"),
+            "{:?}",
+            j.notices
+        );
     }
 
     #[test]
