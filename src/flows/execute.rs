@@ -15,7 +15,8 @@ use crate::config::encryption::EncryptionConfiguration;
 use crate::exec::docker::FlagChange;
 use crate::exec::health::HealthProbe;
 use crate::exec::restart::{
-    ContainerAction, NodeChange, RolloutError, RolloutOptions, RolloutTarget, rolling_apply, short,
+    ContainerAction, NodeChange, RolloutError, RolloutOptions, RolloutReport, RolloutTarget,
+    rolling_apply, short,
 };
 use crate::exec::rewrite::{self, Concurrency, RewriteOptions, RewriteReport, Servers};
 use crate::kill_points;
@@ -452,33 +453,77 @@ impl<'a> Executor<'a> {
                 .reload_nodes(label, phase, &reloading, bytes, &config_sha256)
                 .await?;
         }
-        let restart_names: Vec<String> = nodes
-            .iter()
-            .filter(|n| !reload.contains(n) || fallback.contains(n))
-            .cloned()
-            .collect();
-        let targets: Vec<RolloutTarget> = all_targets
+        let (names, targets): (Vec<String>, Vec<RolloutTarget>) = all_targets
             .into_iter()
-            .filter(|(n, _)| restart_names.contains(n))
-            .map(|(_, t)| t)
-            .collect();
+            .filter(|(n, _)| !reload.contains(n) || fallback.contains(n))
+            .unzip();
         if targets.is_empty() {
             return self.set_deployed(config);
         }
-        let nodes = &restart_names[..];
         let what = match config {
             Some(c) => format!("config with write unit {}", write_unit(c)),
             None => "no config".to_string(),
         };
         say!(
             "{label}: deploying {what} to {} node(s), one at a time",
-            nodes.len()
+            names.len()
         );
+        let restart = Restart {
+            label,
+            phase,
+            names: &names,
+            targets: &targets,
+            change: &change,
+            config_sha256: &config_sha256,
+        };
+        let (result, nodes_done) = self.restart_one_at_a_time(&restart).await;
+        // Stopped before any node of this deploy changed (none reloads it either), each on its previous config
+        // for certain (a rollback, say): RKE's state names what they run again, so an unchanged transition can
+        // still be dropped.
+        if let (Err(e), Some(before)) = (&result, recorded_before)
+            && reload.is_empty()
+            && e.changed().is_empty()
+            && e.failed_node_unchanged()
+        {
+            self.record_back(before)?;
+        }
+        if matches!(
+            &result,
+            Err(RolloutError::HookFailed { error, .. }) if error == INTERRUPTED_BETWEEN_NODES
+        ) {
+            return Err(Interrupted {
+                at: format!(
+                    "during the rolling restart, after {nodes_done} of {} node(s)",
+                    targets.len()
+                ),
+            }
+            .into());
+        }
+        result?;
+        // Every node now has `config`: that is what RKE should see as deployed.
+        self.set_deployed(config)
+    }
+
+    /// Restarts (or recreates) `restart`'s nodes one at a time, recording each node as it comes back ready so a
+    /// rerun need not restart it again, and noting the file each changed node now holds. Returns the rollout's
+    /// result and how many nodes it finished.
+    async fn restart_one_at_a_time(
+        &mut self,
+        restart: &Restart<'_>,
+    ) -> (Result<RolloutReport, RolloutError>, usize) {
+        let Restart {
+            label,
+            phase,
+            names,
+            targets,
+            change,
+            config_sha256,
+        } = *restart;
         let records_file = self.records_file;
         let mut records = self.session.records.clone();
         let mut clock = Instant::now();
         let mut nodes_done = 0usize;
-        let result = rolling_apply(&targets, &change, &self.rollout, |outcome| {
+        let result = rolling_apply(targets, change, &self.rollout, |outcome| {
             nodes_done += 1;
             let action = match outcome.action {
                 ContainerAction::Restarted => "restarted",
@@ -491,8 +536,8 @@ impl<'a> Executor<'a> {
             );
             clock = Instant::now();
             // Progress after each node: a rerun need not restart the nodes already done.
-            if let Some(name) = nodes.get(nodes_done - 1) {
-                record_node_deployed(&mut records, phase, &config_sha256, name);
+            if let Some(name) = names.get(nodes_done - 1) {
+                record_node_deployed(&mut records, phase, config_sha256, name);
             }
             records_file.save(&records).map_err(|e| e.to_string())?;
             kill_points::here(&format!("deploy-node:{phase}"));
@@ -509,37 +554,12 @@ impl<'a> Executor<'a> {
             Ok(report) => report.changed.len(),
             Err(e) => e.changed().len(),
         };
-        for name in &nodes[..changed.min(nodes.len())] {
+        for name in &names[..changed.min(names.len())] {
             self.session
                 .files_seen
-                .insert(name.clone(), config_sha256_of(&change));
+                .insert(name.clone(), config_sha256_of(change));
         }
-        let stopped_for_ctrl_c = matches!(
-            &result,
-            Err(RolloutError::HookFailed { error, .. }) if error == INTERRUPTED_BETWEEN_NODES
-        );
-        // Stopped before any node of this deploy changed (none reloads it either), each on its previous config
-        // for certain (a rollback, say): RKE's state names what they run again, so an unchanged transition can
-        // still be dropped.
-        if let (Err(e), Some(before)) = (&result, recorded_before)
-            && reload.is_empty()
-            && e.changed().is_empty()
-            && e.failed_node_unchanged()
-        {
-            self.record_back(before)?;
-        }
-        if stopped_for_ctrl_c {
-            return Err(Interrupted {
-                at: format!(
-                    "during the rolling restart, after {nodes_done} of {} node(s)",
-                    targets.len()
-                ),
-            }
-            .into());
-        }
-        result?;
-        // Every node now has `config`: that is what RKE should see as deployed.
-        self.set_deployed(config)
+        (result, nodes_done)
     }
 
     /// Each node's rollout target (by name): its host, config path, health probe, the file this run last saw there,
@@ -932,6 +952,17 @@ impl<'a> Executor<'a> {
         }
         Ok(())
     }
+}
+
+/// The nodes one deploy restarts, by name and as rollout targets (in the same order), and what it puts there.
+#[derive(Clone, Copy)]
+struct Restart<'a> {
+    label: &'a str,
+    phase: Phase,
+    names: &'a [String],
+    targets: &'a [RolloutTarget],
+    change: &'a NodeChange,
+    config_sha256: &'a Option<String>,
 }
 
 /// The sha256 of the file a change puts on a node (`None`: it removes the file).
