@@ -22,7 +22,7 @@ use crate::exec::rewrite::{self, Concurrency, RewriteOptions, RewriteReport, Ser
 use crate::kill_points;
 use crate::plan::stage::{Phase, Stage};
 use crate::plan::units::{Unit, UnitId, units_dropped};
-use crate::plan::{Action, Flag, Plan, RewriteTarget, VerifyRule};
+use crate::plan::{Action, Flag, Plan, RewriteTarget, Step, TransitionSpec, VerifyRule};
 use crate::state::atrest::{
     AtrestState, CensusRecord, DeployProgress, DeployedRecord, SnapshotRecord, TransitionRecord,
 };
@@ -229,49 +229,24 @@ impl<'a> Executor<'a> {
         if let Some(kind) = &plan.abandons {
             self.drop_record(kind)?;
         }
-        let groups = phase_groups(plan);
+        let groups = phase_groups(plan).len();
         let mut started: Option<usize> = None;
         let mut group_index = 0usize;
         let mut deployed: Option<EncryptionConfiguration> = plan.from.clone();
         for (i, step) in plan.steps.iter().enumerate() {
             let spec = &plan.transitions[step.transition];
-            // Between steps the record is saved and consistent: the safe point to honour a Ctrl-C.
-            if interrupt::requested() {
-                return Err(Interrupted {
-                    at: format!(
-                        "before step {} of {} ({})",
-                        i + 1,
-                        plan.steps.len(),
-                        step.phase
-                    ),
-                }
-                .into());
-            }
-            if self.session.cluster_lock_lost() {
-                bail!(
-                    "stopped before step {} of {}: the cluster lock's lease could not be renewed for {} s (etcd \
-                     unreachable), so another run may hold the lock now; the progress is saved, rerun once etcd \
-                     answers",
-                    i + 1,
-                    plan.steps.len(),
-                    crate::exec::cluster_lock::TTL_SECONDS
-                );
-            }
+            self.may_go_on(i, plan)?;
             if started != Some(step.transition) {
                 started = Some(step.transition);
                 deployed = spec.from.clone();
                 self.begin_transition(plan, step.transition)?;
             }
-            let key = (step.transition, step.phase);
-            let first_of_phase = i == 0 || {
-                let prev = &plan.steps[i - 1];
-                (prev.transition, prev.phase) != key
-            };
-            if first_of_phase {
+            let same_phase =
+                |other: &Step| (other.transition, other.phase) == (step.transition, step.phase);
+            if i == 0 || !same_phase(&plan.steps[i - 1]) {
                 group_index += 1;
                 say!(
-                    "[{group_index}/{}] {} ({}{})",
-                    groups.len(),
+                    "[{group_index}/{groups}] {} ({}{})",
                     step.phase,
                     spec.kind,
                     spec.resumed_at
@@ -281,39 +256,13 @@ impl<'a> Executor<'a> {
                 // Saved before the phase starts, so the state shows the run is under way.
                 self.update_record(|_| {})?;
             }
-            let label = format!("[{group_index}/{}] {}", groups.len(), step.phase);
-            match &step.action {
-                Action::Snapshot => self.snapshot(&label, spec.kind.as_str(), &deployed).await?,
-                Action::Deploy {
-                    config,
-                    flag,
-                    nodes,
-                    reload,
-                } => {
-                    self.deploy(&label, step.phase, config.as_ref(), *flag, nodes, reload)
-                        .await?;
-                    deployed = config.clone();
-                }
-                Action::Rewrite {
-                    resources,
-                    targeted,
-                } => self.rewrite(&label, resources, *targeted).await?,
-                Action::Verify { rules } => self.verify(&label, rules).await?,
-                Action::Archive { units } => self.archive(&label, units)?,
-                Action::PersistStage { complete } => {
-                    if *complete {
-                        self.complete(step.stage, spec.to.as_ref())?;
-                        kill_points::here(&step_kill_point(step));
-                        continue;
-                    }
-                }
+            let label = format!("[{group_index}/{groups}] {}", step.phase);
+            if self.act(&label, step, spec, &mut deployed).await? == Recorded::Complete {
+                kill_points::here(&step_kill_point(step));
+                continue;
             }
-            let last_of_phase = plan
-                .steps
-                .get(i + 1)
-                .is_none_or(|next| (next.transition, next.phase) != key);
-            let stage = step.stage;
-            let phase = step.phase;
+            let last_of_phase = plan.steps.get(i + 1).is_none_or(|next| !same_phase(next));
+            let (stage, phase) = (step.stage, step.phase);
             self.update_record(|r| {
                 r.stage = stage;
                 r.deploying = None;
@@ -324,6 +273,69 @@ impl<'a> Executor<'a> {
             kill_points::here(&step_kill_point(step));
         }
         Ok(())
+    }
+
+    /// Between steps the record is saved and consistent: the safe point to honour a Ctrl-C, and to stop when the
+    /// cluster lock may have passed to another run.
+    fn may_go_on(&self, i: usize, plan: &Plan) -> anyhow::Result<()> {
+        let step = &plan.steps[i];
+        if interrupt::requested() {
+            return Err(Interrupted {
+                at: format!(
+                    "before step {} of {} ({})",
+                    i + 1,
+                    plan.steps.len(),
+                    step.phase
+                ),
+            }
+            .into());
+        }
+        if self.session.cluster_lock_lost() {
+            bail!(
+                "stopped before step {} of {}: the cluster lock's lease could not be renewed for {} s (etcd \
+                 unreachable), so another run may hold the lock now; the progress is saved, rerun once etcd \
+                 answers",
+                i + 1,
+                plan.steps.len(),
+                crate::exec::cluster_lock::TTL_SECONDS
+            );
+        }
+        Ok(())
+    }
+
+    /// Carries out one step's action; `deployed` follows the config every node runs.
+    async fn act(
+        &mut self,
+        label: &str,
+        step: &Step,
+        spec: &TransitionSpec,
+        deployed: &mut Option<EncryptionConfiguration>,
+    ) -> anyhow::Result<Recorded> {
+        match &step.action {
+            Action::Snapshot => self.snapshot(label, spec.kind.as_str(), deployed).await?,
+            Action::Deploy {
+                config,
+                flag,
+                nodes,
+                reload,
+            } => {
+                self.deploy(label, step.phase, config.as_ref(), *flag, nodes, reload)
+                    .await?;
+                deployed.clone_from(config);
+            }
+            Action::Rewrite {
+                resources,
+                targeted,
+            } => self.rewrite(label, resources, *targeted).await?,
+            Action::Verify { rules } => self.verify(label, rules).await?,
+            Action::Archive { units } => self.archive(label, units)?,
+            Action::PersistStage { complete: true } => {
+                self.complete(step.stage, spec.to.as_ref())?;
+                return Ok(Recorded::Complete);
+            }
+            Action::PersistStage { complete: false } => {}
+        }
+        Ok(Recorded::StepToRecord)
     }
 
     /// Writes the record of a new transition (a resumed one is already there).
@@ -952,6 +964,13 @@ impl<'a> Executor<'a> {
         }
         Ok(())
     }
+}
+
+/// What a step's action left to record: the transition completed (its record is gone), or the step to note.
+#[derive(Debug, PartialEq)]
+enum Recorded {
+    Complete,
+    StepToRecord,
 }
 
 /// The nodes one deploy restarts, by name and as rollout targets (in the same order), and what it puts there.
