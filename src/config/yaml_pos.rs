@@ -98,14 +98,7 @@ impl Frame {
 /// Parses the first document of `text`. `Ok(None)` when the stream holds no document.
 pub(crate) fn parse(text: &str) -> Result<Option<Node>, SyntaxError> {
     let mut parser = Parser::new_from_str(text);
-    let mut stack: Vec<Frame> = Vec::new();
-    // Anchored node and the number of nodes in it.
-    let mut anchors: HashMap<usize, (Node, usize)> = HashMap::new();
-    let mut root: Option<Node> = None;
-    let mut documents = 0usize;
-    let mut alias_nodes = 0usize;
-    let too_much = |pos: Position, message: String| Err(SyntaxError { pos, message });
-
+    let mut tree = TreeBuilder::default();
     while let Some(next) = parser.next_event() {
         let (event, span) = next.map_err(|e| SyntaxError {
             pos: Position {
@@ -114,10 +107,28 @@ pub(crate) fn parse(text: &str) -> Result<Option<Node>, SyntaxError> {
             },
             message: e.info().to_string(),
         })?;
-        let pos = position(&span);
+        tree.take(event, position(&span))?;
+    }
+    Ok(tree.root)
+}
+
+/// Builds the tree of the first document from the parser's events: the open sequences and mappings as a stack,
+/// and every anchored node with its size, so that aliases expand within [`MAX_ALIAS_NODES`].
+#[derive(Default)]
+struct TreeBuilder {
+    stack: Vec<Frame>,
+    /// Anchored node and the number of nodes in it.
+    anchors: HashMap<usize, (Node, usize)>,
+    root: Option<Node>,
+    documents: usize,
+    alias_nodes: usize,
+}
+
+impl TreeBuilder {
+    fn take(&mut self, event: Event, pos: Position) -> Result<(), SyntaxError> {
         let complete = match event {
             Event::DocumentStart(_) => {
-                documents += 1;
+                self.documents += 1;
                 None
             }
             Event::Scalar(value, style, anchor, _tag) => {
@@ -128,44 +139,19 @@ pub(crate) fn parse(text: &str) -> Result<Option<Node>, SyntaxError> {
                         plain: style == ScalarStyle::Plain,
                     },
                 };
-                if anchor > 0 {
-                    anchors.insert(anchor, (node.clone(), 1));
-                }
-                Some((node, 1))
+                Some(self.anchored(anchor, node, 1))
             }
-            Event::Alias(id) => match anchors.get(&id) {
-                Some((node, size)) => {
-                    alias_nodes += size;
-                    if alias_nodes > MAX_ALIAS_NODES {
-                        return too_much(
-                            pos,
-                            format!(
-                                "aliases here expand to more than {MAX_ALIAS_NODES} values (a YAML alias bomb?); \
-                                 write the values out instead"
-                            ),
-                        );
-                    }
-                    Some((node.clone(), *size))
-                }
-                None => Some((
-                    Node {
-                        pos,
-                        kind: NodeKind::Scalar {
-                            value: String::new(),
-                            plain: true,
-                        },
-                    },
-                    1,
-                )),
-            },
-            Event::SequenceStart(..) | Event::MappingStart(..) if stack.len() >= MAX_DEPTH => {
-                return too_much(
+            Event::Alias(id) => Some(self.alias(id, pos)?),
+            Event::SequenceStart(..) | Event::MappingStart(..) if self.stack.len() >= MAX_DEPTH => {
+                return Err(SyntaxError {
                     pos,
-                    format!("sequences and mappings nest deeper than {MAX_DEPTH} levels here"),
-                );
+                    message: format!(
+                        "sequences and mappings nest deeper than {MAX_DEPTH} levels here"
+                    ),
+                });
             }
             Event::SequenceStart(anchor, _) => {
-                stack.push(Frame::Seq {
+                self.stack.push(Frame::Seq {
                     pos,
                     anchor,
                     items: Vec::new(),
@@ -174,7 +160,7 @@ pub(crate) fn parse(text: &str) -> Result<Option<Node>, SyntaxError> {
                 None
             }
             Event::MappingStart(anchor, _) => {
-                stack.push(Frame::Map {
+                self.stack.push(Frame::Map {
                     pos,
                     anchor,
                     entries: Vec::new(),
@@ -183,58 +169,81 @@ pub(crate) fn parse(text: &str) -> Result<Option<Node>, SyntaxError> {
                 });
                 None
             }
-            Event::SequenceEnd | Event::MappingEnd => match stack.pop() {
-                Some(Frame::Seq {
-                    pos,
-                    anchor,
-                    items,
-                    size,
-                }) => {
-                    let node = Node {
-                        pos,
-                        kind: NodeKind::Seq(items),
-                    };
-                    if anchor > 0 {
-                        anchors.insert(anchor, (node.clone(), size));
-                    }
-                    Some((node, size))
-                }
-                Some(Frame::Map {
-                    pos,
-                    anchor,
-                    entries,
-                    size,
-                    ..
-                }) => {
-                    let node = Node {
-                        pos,
-                        kind: NodeKind::Map(entries),
-                    };
-                    if anchor > 0 {
-                        anchors.insert(anchor, (node.clone(), size));
-                    }
-                    Some((node, size))
-                }
-                None => None,
-            },
+            Event::SequenceEnd | Event::MappingEnd => self.close(),
             Event::StreamStart | Event::StreamEnd | Event::DocumentEnd | Event::Nothing => None,
         };
         if let Some((node, size)) = complete {
-            if let Some(parent) = stack.last_mut() {
-                *parent.size_mut() += size;
-            }
-            match stack.last_mut() {
-                Some(Frame::Seq { items, .. }) => items.push(node),
-                Some(Frame::Map { entries, key, .. }) => match key.take() {
-                    Some(k) => entries.push((k, node)),
-                    None => *key = Some(node),
-                },
-                None if documents == 1 => root = Some(node),
-                None => {}
-            }
+            self.attach(node, size);
+        }
+        Ok(())
+    }
+
+    /// `node` (of `size` nodes), remembered under `anchor` when it has one.
+    fn anchored(&mut self, anchor: usize, node: Node, size: usize) -> (Node, usize) {
+        if anchor > 0 {
+            self.anchors.insert(anchor, (node.clone(), size));
+        }
+        (node, size)
+    }
+
+    /// The anchored node an alias names (an unknown one reads as null), counted against [`MAX_ALIAS_NODES`].
+    fn alias(&mut self, id: usize, pos: Position) -> Result<(Node, usize), SyntaxError> {
+        let Some((node, size)) = self.anchors.get(&id) else {
+            let null = NodeKind::Scalar {
+                value: String::new(),
+                plain: true,
+            };
+            return Ok((Node { pos, kind: null }, 1));
+        };
+        self.alias_nodes += size;
+        if self.alias_nodes > MAX_ALIAS_NODES {
+            return Err(SyntaxError {
+                pos,
+                message: format!(
+                    "aliases here expand to more than {MAX_ALIAS_NODES} values (a YAML alias bomb?); write the \
+                     values out instead"
+                ),
+            });
+        }
+        Ok((node.clone(), *size))
+    }
+
+    /// Closes the innermost sequence or mapping: it becomes a node of its parent.
+    fn close(&mut self) -> Option<(Node, usize)> {
+        let (pos, anchor, kind, size) = match self.stack.pop()? {
+            Frame::Seq {
+                pos,
+                anchor,
+                items,
+                size,
+            } => (pos, anchor, NodeKind::Seq(items), size),
+            Frame::Map {
+                pos,
+                anchor,
+                entries,
+                size,
+                ..
+            } => (pos, anchor, NodeKind::Map(entries), size),
+        };
+        Some(self.anchored(anchor, Node { pos, kind }, size))
+    }
+
+    /// Puts a complete node into the open sequence or mapping (as a key, then as its value), or makes it the
+    /// first document's root.
+    fn attach(&mut self, node: Node, size: usize) {
+        if let Some(parent) = self.stack.last_mut() {
+            *parent.size_mut() += size;
+        }
+        match self.stack.last_mut() {
+            Some(Frame::Seq { items, .. }) => items.push(node),
+            Some(Frame::Map { entries, key, .. }) => match key.take() {
+                Some(k) => entries.push((k, node)),
+                None => *key = Some(node),
+            },
+            None if self.documents == 1 => self.root = Some(node),
+            None => {}
         }
     }
-    Ok(root)
 }
 
 /// Field path → position of the value, for every node in a tree.
