@@ -415,86 +415,17 @@ impl Session {
     /// certificate RKE keeps in the state (`kube-node`, trusted through `kube-ca`).
     pub async fn etcd(&mut self, state: &RkeState) -> anyhow::Result<&Etcd> {
         if self.etcd.is_none() {
-            let cert = |name: &str| {
-                state.certificate(name)?.ok_or_else(|| {
-                    anyhow!(
-                        "the state file has no `{name}` certificate in currentState.certificatesBundle \
-                         (needed to reach etcd)"
-                    )
-                })
-            };
-            let (host, address, port, tls) = if self.cluster.external_etcd() {
-                // External etcd (RKE's services.etcd.external_urls): reached from the first controlplane, as
-                // kube-apiserver reaches it, with the external client certificate (RKE keeps it in the state
-                // as kube-etcd-client / kube-etcd-client-ca; else cluster.yml's ca_cert/cert/key).
-                let url = &self.cluster.services.etcd.external_urls[0];
-                let (address, port, https) = external_endpoint(url)
-                    .map_err(|why| anyhow!("services.etcd.external_urls: {why}"))?;
-                let host = self
-                    .hosts
-                    .first()
-                    .cloned()
-                    .ok_or_else(|| anyhow!("no controlplane is connected"))?;
-                let etcd = &self.cluster.services.etcd;
-                let tls = match (
-                    state.certificate("kube-etcd-client")?,
-                    state.certificate("kube-etcd-client-ca")?,
-                ) {
-                    (Some(client), Some(ca)) => Some(EtcdTls {
-                        ca_pem: ca.cert_pem.into_bytes(),
-                        cert_pem: client.cert_pem.into_bytes(),
-                        key_pem: Zeroizing::new(client.key_pem.expose().as_bytes().to_vec()),
-                        server_name: Some(address.clone()),
-                    }),
-                    _ => match (&etcd.ca_cert, &etcd.cert, &etcd.key) {
-                        (Some(ca), Some(cert), Some(key)) => Some(EtcdTls {
-                            ca_pem: ca.clone().into_bytes(),
-                            cert_pem: cert.clone().into_bytes(),
-                            key_pem: Zeroizing::new(key.expose().as_bytes().to_vec()),
-                            server_name: Some(address.clone()),
-                        }),
-                        _ => None,
-                    },
-                };
-                if https && tls.is_none() {
-                    bail!(
-                        "external etcd {url}: no client certificate (neither kube-etcd-client in the state nor \
-                         services.etcd.ca_cert/cert/key in cluster.yml)"
-                    );
-                }
-                (host, address, port, tls)
+            let endpoint = if self.cluster.external_etcd() {
+                self.external_etcd(state)?
             } else {
-                let node = self
-                    .cluster
-                    .etcd_nodes()
-                    .into_iter()
-                    .next()
-                    .cloned()
-                    .ok_or_else(|| {
-                        anyhow!("{}: no node has the role etcd", self.cluster.origin())
-                    })?;
-                let host = match self.hosts.iter().find(|h| h.node().address == node.address) {
-                    Some(h) => h.clone(),
-                    None => connect_all(
-                        &self.cluster,
-                        std::slice::from_ref(&node),
-                        &ssh_options(&self.global),
-                        1,
-                    )
-                    .await?
-                    .remove(0),
-                };
-                let address = node_internal_address(&node);
-                let ca = cert("kube-ca")?;
-                let client = cert("kube-node")?;
-                let tls = Some(EtcdTls {
-                    ca_pem: ca.cert_pem.into_bytes(),
-                    cert_pem: client.cert_pem.into_bytes(),
-                    key_pem: Zeroizing::new(client.key_pem.expose().as_bytes().to_vec()),
-                    server_name: Some(address.clone()),
-                });
-                (host, address, ETCD_CLIENT_PORT, tls)
+                self.rke_etcd(state).await?
             };
+            let EtcdEndpoint {
+                host,
+                address,
+                port,
+                tls,
+            } = endpoint;
             let tunnel = Tunnel::open(host, &address, port).await?;
             let scheme = if tls.is_some() { "https" } else { "http" };
             let target = EtcdTarget {
@@ -510,6 +441,99 @@ impl Session {
             .as_ref()
             .map(|(e, _)| e)
             .ok_or_else(|| anyhow!("etcd is not connected"))
+    }
+
+    /// External etcd (RKE's services.etcd.external_urls): reached from the first controlplane, as kube-apiserver
+    /// reaches it, with the external client certificate (RKE keeps it in the state as kube-etcd-client /
+    /// kube-etcd-client-ca; else cluster.yml's ca_cert/cert/key).
+    fn external_etcd(&self, state: &RkeState) -> anyhow::Result<EtcdEndpoint> {
+        let url = &self.cluster.services.etcd.external_urls[0];
+        let (address, port, https) =
+            external_endpoint(url).map_err(|why| anyhow!("services.etcd.external_urls: {why}"))?;
+        let host = self
+            .hosts
+            .first()
+            .cloned()
+            .ok_or_else(|| anyhow!("no controlplane is connected"))?;
+        let etcd = &self.cluster.services.etcd;
+        let tls = match (
+            state.certificate("kube-etcd-client")?,
+            state.certificate("kube-etcd-client-ca")?,
+        ) {
+            (Some(client), Some(ca)) => Some(EtcdTls {
+                ca_pem: ca.cert_pem.into_bytes(),
+                cert_pem: client.cert_pem.into_bytes(),
+                key_pem: Zeroizing::new(client.key_pem.expose().as_bytes().to_vec()),
+                server_name: Some(address.clone()),
+            }),
+            _ => match (&etcd.ca_cert, &etcd.cert, &etcd.key) {
+                (Some(ca), Some(cert), Some(key)) => Some(EtcdTls {
+                    ca_pem: ca.clone().into_bytes(),
+                    cert_pem: cert.clone().into_bytes(),
+                    key_pem: Zeroizing::new(key.expose().as_bytes().to_vec()),
+                    server_name: Some(address.clone()),
+                }),
+                _ => None,
+            },
+        };
+        if https && tls.is_none() {
+            bail!(
+                "external etcd {url}: no client certificate (neither kube-etcd-client in the state nor \
+                 services.etcd.ca_cert/cert/key in cluster.yml)"
+            );
+        }
+        Ok(EtcdEndpoint {
+            host,
+            address,
+            port,
+            tls,
+        })
+    }
+
+    /// The cluster's own etcd: the first node with the etcd role (connected now if it is no controlplane), with
+    /// RKE's `kube-node` client certificate, trusted through `kube-ca`.
+    async fn rke_etcd(&self, state: &RkeState) -> anyhow::Result<EtcdEndpoint> {
+        let cert = |name: &str| {
+            state.certificate(name)?.ok_or_else(|| {
+                anyhow!(
+                    "the state file has no `{name}` certificate in currentState.certificatesBundle (needed to \
+                     reach etcd)"
+                )
+            })
+        };
+        let node = self
+            .cluster
+            .etcd_nodes()
+            .into_iter()
+            .next()
+            .cloned()
+            .ok_or_else(|| anyhow!("{}: no node has the role etcd", self.cluster.origin()))?;
+        let host = match self.hosts.iter().find(|h| h.node().address == node.address) {
+            Some(h) => h.clone(),
+            None => connect_all(
+                &self.cluster,
+                std::slice::from_ref(&node),
+                &ssh_options(&self.global),
+                1,
+            )
+            .await?
+            .remove(0),
+        };
+        let address = node_internal_address(&node);
+        let ca = cert("kube-ca")?;
+        let client = cert("kube-node")?;
+        let tls = Some(EtcdTls {
+            ca_pem: ca.cert_pem.into_bytes(),
+            cert_pem: client.cert_pem.into_bytes(),
+            key_pem: Zeroizing::new(client.key_pem.expose().as_bytes().to_vec()),
+            server_name: Some(address.clone()),
+        });
+        Ok(EtcdEndpoint {
+            host,
+            address,
+            port: ETCD_CLIENT_PORT,
+            tls,
+        })
     }
 
     /// The Kubernetes API client from the kubeconfig beside cluster.yml (or `--kubeconfig`), talking to the
@@ -958,6 +982,14 @@ async fn new_container_serves(
     Ok(wait_ready(host, &probe, std::time::Duration::from_secs(90))
         .await
         .is_ok())
+}
+
+/// Where atrest reaches etcd: through a tunnel from `host` to `address:port`, with `tls` unless it is plain http.
+struct EtcdEndpoint {
+    host: std::sync::Arc<Host>,
+    address: String,
+    port: u16,
+    tls: Option<EtcdTls>,
 }
 
 #[cfg(test)]
