@@ -251,77 +251,7 @@ pub async fn apply_rewrap(
         ..
     } in work
     {
-        loop {
-            let (targets, census) = session
-                .census(state, std::slice::from_ref(resource), Some(label))
-                .await?;
-            let keys: Vec<String> = census
-                .resources
-                .values()
-                .flat_map(|r| r.off_target.iter().cloned())
-                .collect();
-            if keys.is_empty() {
-                say!("kms-rewrap: {resource}: census shows every object on {label}");
-                break;
-            }
-            if started.elapsed() > REWRAP_DEADLINE {
-                bail!(
-                    "kms-rewrap: {resource}: {} object(s) still not on {label} after {} s; kube-apiserver may not \
-                     have picked up the plugin's new key id. Nothing was removed; rerun `atrest up`",
-                    keys.len(),
-                    started.elapsed().as_secs()
-                );
-            }
-            let kube = session.kube().await?.clone();
-            // kube-apiserver's KMS v2 health check asks the plugin for Status and switches to a new key id
-            // (it also does so every minute on its own); asking for it first saves most of that wait.
-            nudge_kms_health(&kube).await;
-            let report = crate::exec::rewrite::rewrite_keys(
-                &kube,
-                &targets,
-                &session.etcd_prefix(),
-                &keys,
-                &crate::exec::rewrite::RewriteOptions {
-                    concurrency: crate::exec::rewrite::Concurrency::from_flag(
-                        global.rewrite_concurrency,
-                    ),
-                    cancel: super::interrupt::token(),
-                    ..Default::default()
-                },
-            )
-            .await;
-            if report.interrupted {
-                return Err(super::interrupt::Interrupted {
-                    at: format!("during the kms-rewrap of {resource}"),
-                }
-                .into());
-            }
-            if !report.is_success() {
-                bail!(
-                    "kms-rewrap: rewriting {resource} did not complete: {:?}. Rerun `atrest up` to resume",
-                    report
-                        .errors
-                        .iter()
-                        .take(3)
-                        .map(|e| e.error.clone())
-                        .collect::<Vec<_>>()
-                );
-            }
-            total += report.rewritten;
-            say!(
-                "kms-rewrap: {resource}: {} object(s) rewritten, {} unchanged",
-                report.rewritten,
-                report.unchanged
-            );
-            if report.rewritten == 0 {
-                say!(
-                    "kms-rewrap: kube-apiserver still writes with the old key id (it asks its plugin every \
-                     minute); waiting {} s",
-                    REWRAP_PAUSE.as_secs()
-                );
-                tokio::time::sleep(REWRAP_PAUSE).await;
-            }
-        }
+        total += rewrap_resource(global, session, state, resource, label, started).await?;
     }
     session.close().await;
     say!(
@@ -329,6 +259,90 @@ pub async fn apply_rewrap(
         started.elapsed().as_secs_f64()
     );
     Ok(std::process::ExitCode::SUCCESS)
+}
+
+/// Rewrites `resource`'s objects that the census finds off `label` until none is (or [`REWRAP_DEADLINE`] passes
+/// since `started`); returns how many were rewritten.
+async fn rewrap_resource(
+    global: &super::options::GlobalOpts,
+    session: &mut Session,
+    state: &crate::state::RkeState,
+    resource: &str,
+    label: &str,
+    started: std::time::Instant,
+) -> anyhow::Result<u64> {
+    use super::execute::say;
+    let mut rewritten = 0u64;
+    loop {
+        let (targets, census) = session
+            .census(state, &[resource.to_string()], Some(label))
+            .await?;
+        let keys: Vec<String> = census
+            .resources
+            .values()
+            .flat_map(|r| r.off_target.iter().cloned())
+            .collect();
+        if keys.is_empty() {
+            say!("kms-rewrap: {resource}: census shows every object on {label}");
+            return Ok(rewritten);
+        }
+        if started.elapsed() > REWRAP_DEADLINE {
+            bail!(
+                "kms-rewrap: {resource}: {} object(s) still not on {label} after {} s; kube-apiserver may not \
+                 have picked up the plugin's new key id. Nothing was removed; rerun `atrest up`",
+                keys.len(),
+                started.elapsed().as_secs()
+            );
+        }
+        let kube = session.kube().await?.clone();
+        // kube-apiserver's KMS v2 health check asks the plugin for Status and switches to a new key id
+        // (it also does so every minute on its own); asking for it first saves most of that wait.
+        nudge_kms_health(&kube).await;
+        let options = crate::exec::rewrite::RewriteOptions {
+            concurrency: crate::exec::rewrite::Concurrency::from_flag(global.rewrite_concurrency),
+            cancel: super::interrupt::token(),
+            ..Default::default()
+        };
+        let report = crate::exec::rewrite::rewrite_keys(
+            &kube,
+            &targets,
+            &session.etcd_prefix(),
+            &keys,
+            &options,
+        )
+        .await;
+        if report.interrupted {
+            return Err(super::interrupt::Interrupted {
+                at: format!("during the kms-rewrap of {resource}"),
+            }
+            .into());
+        }
+        if !report.is_success() {
+            let first: Vec<String> = report
+                .errors
+                .iter()
+                .take(3)
+                .map(|e| e.error.clone())
+                .collect();
+            bail!(
+                "kms-rewrap: rewriting {resource} did not complete: {first:?}. Rerun `atrest up` to resume"
+            );
+        }
+        rewritten += report.rewritten;
+        say!(
+            "kms-rewrap: {resource}: {} object(s) rewritten, {} unchanged",
+            report.rewritten,
+            report.unchanged
+        );
+        if report.rewritten == 0 {
+            say!(
+                "kms-rewrap: kube-apiserver still writes with the old key id (it asks its plugin every minute); \
+                 waiting {} s",
+                REWRAP_PAUSE.as_secs()
+            );
+            tokio::time::sleep(REWRAP_PAUSE).await;
+        }
+    }
 }
 
 /// `GET /readyz/kms-providers`: runs kube-apiserver's KMS v2 probe, which picks up a changed plugin key id. The
