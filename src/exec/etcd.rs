@@ -442,6 +442,14 @@ pub struct Census {
 }
 
 impl Census {
+    /// The etcd keys of the objects found off the write label, across all resources (as many as were kept).
+    pub fn off_target_keys(&self) -> Vec<String> {
+        self.resources
+            .values()
+            .flat_map(|r| r.off_target.iter().cloned())
+            .collect()
+    }
+
     /// Objects across all resources not on the write label.
     pub fn off_target_total(&self) -> u64 {
         self.resources.values().map(|r| r.off_target_count).sum()

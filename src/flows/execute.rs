@@ -781,11 +781,7 @@ impl<'a> Executor<'a> {
             }
             let truncated = census.resources.values().any(|r| r.off_target_truncated());
             if !truncated {
-                let keys: Vec<String> = census
-                    .resources
-                    .values()
-                    .flat_map(|r| r.off_target.iter().cloned())
-                    .collect();
+                let keys = census.off_target_keys();
                 if keys.is_empty() {
                     return Ok(None);
                 }

@@ -277,11 +277,7 @@ async fn rewrap_resource(
         let (targets, census) = session
             .census(state, &[resource.to_string()], Some(label))
             .await?;
-        let keys: Vec<String> = census
-            .resources
-            .values()
-            .flat_map(|r| r.off_target.iter().cloned())
-            .collect();
+        let keys = census.off_target_keys();
         if keys.is_empty() {
             say!("kms-rewrap: {resource}: census shows every object on {label}");
             return Ok(rewritten);
