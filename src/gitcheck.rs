@@ -212,43 +212,23 @@ pub fn check(
             config_has_raw_keys,
         }));
     }
-    // File names are names, not patterns (`[`, `*` in a path match only themselves).
-    let mut ls = vec!["--literal-pathspecs", "ls-files", "-z", "--cached", "--"];
-    ls.extend(rels.iter().map(|(r, _)| r.as_str()));
-    let tracked_files = git_ok(&toplevel, &ls)?;
-    let tracked_files: Vec<&str> = tracked_files
-        .split('\0')
-        .filter(|s| !s.is_empty())
-        .collect();
-    // --no-index: whether a rule matches, also for tracked paths. A directory is asked with a trailing `/` so
-    // that directory-only rules (`name/`) match it before it exists.
+    let tracked_files = tracked(&toplevel, &rels)?;
+    // A directory is asked with a trailing `/` so that directory-only rules (`name/`) match it before it exists.
     let queries: Vec<String> = rels
         .iter()
         .map(|(r, s)| if s.dir { format!("{r}/") } else { r.clone() })
         .collect();
-    let ci = ["check-ignore", "-z", "--stdin", "--no-index"];
-    let input: String = queries.iter().map(|q| format!("{q}\0")).collect();
-    let ignored = git(&toplevel, &ci, Some(input.as_bytes()))?;
-    // check-ignore exits 1 when no path is ignored.
-    if !matches!(ignored.code, Some(0) | Some(1)) {
-        return Err(ignored.error(&ci));
-    }
-    let ignored: Vec<&str> = ignored
-        .stdout
-        .split('\0')
-        .filter(|s| !s.is_empty())
-        .collect();
-
+    let ignored = ignored(&toplevel, &queries)?;
     let mut findings = Vec::new();
     for ((rel, s), query) in rels.iter().zip(&queries) {
         let is_tracked = tracked_files.iter().any(|t| {
-            *t == rel
+            *t == *rel
                 || t.strip_prefix(rel.as_str())
                     .is_some_and(|r| r.starts_with('/'))
         });
         let is_ignored = ignored
             .iter()
-            .any(|i| *i == query || i.trim_end_matches('/') == rel);
+            .any(|i| i == query || i.trim_end_matches('/') == rel);
         let exposure = match (is_tracked, is_ignored) {
             (true, _) => Exposure::Tracked,
             (false, false) => Exposure::NotIgnored,
@@ -272,6 +252,34 @@ pub fn check(
         findings,
         config_has_raw_keys,
     }))
+}
+
+/// The files git tracks among `rels` (and under those that are directories).
+fn tracked(toplevel: &Path, rels: &[(String, Sensitive)]) -> Result<Vec<String>, GitError> {
+    // File names are names, not patterns (`[`, `*` in a path match only themselves).
+    let mut ls = vec!["--literal-pathspecs", "ls-files", "-z", "--cached", "--"];
+    ls.extend(rels.iter().map(|(r, _)| r.as_str()));
+    let listed = git_ok(toplevel, &ls)?;
+    Ok(nul_separated(&listed))
+}
+
+/// Which of `queries` an ignore rule matches (`--no-index`: also for tracked paths).
+fn ignored(toplevel: &Path, queries: &[String]) -> Result<Vec<String>, GitError> {
+    let ci = ["check-ignore", "-z", "--stdin", "--no-index"];
+    let input: String = queries.iter().map(|q| format!("{q}\0")).collect();
+    let out = git(toplevel, &ci, Some(input.as_bytes()))?;
+    // check-ignore exits 1 when no path is ignored.
+    if !matches!(out.code, Some(0) | Some(1)) {
+        return Err(out.error(&ci));
+    }
+    Ok(nul_separated(&out.stdout))
+}
+
+fn nul_separated(text: &str) -> Vec<String> {
+    text.split('\0')
+        .filter(|s| !s.is_empty())
+        .map(str::to_string)
+        .collect()
 }
 
 /// The work tree's top level, canonical; `None` without git or outside a work tree.
