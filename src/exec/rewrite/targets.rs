@@ -115,42 +115,13 @@ pub async fn resolve(
         .iter()
         .map(|s| ResourceSelector::parse(s))
         .collect();
-    let mut groups: Vec<String> = Vec::new();
-    if selectors.contains(&ResourceSelector::All) {
-        let all = kube::discovery::Discovery::new(client.clone())
-            .run()
-            .await
-            .map_err(|source| RewriteError::Discovery {
-                group: "*".into(),
-                source,
-            })?;
-        groups = all.groups().map(|g| g.name().to_string()).collect();
-    } else {
-        for selector in &selectors {
-            let group = match selector {
-                ResourceSelector::Exact { group, .. } | ResourceSelector::Group(group) => {
-                    group.clone()
-                }
-                ResourceSelector::All => continue,
-            };
-            if !groups.contains(&group) {
-                groups.push(group);
-            }
-        }
-    }
     let mut resolution = Resolution::default();
     let mut seen = HashSet::new();
-    let mut found_exact = HashSet::new();
-    for group in &groups {
-        let resources = match discovery::group(client, group).await {
+    for group in groups_to_discover(client, &selectors).await? {
+        let resources = match discovery::group(client, &group).await {
             Ok(api_group) => api_group.recommended_resources(),
             Err(kube::Error::Discovery(_)) => Vec::new(),
-            Err(source) => {
-                return Err(RewriteError::Discovery {
-                    group: group.clone(),
-                    source,
-                });
-            }
+            Err(source) => return Err(RewriteError::Discovery { group, source }),
         };
         for (api, caps) in resources {
             let named = selectors.iter().any(|s| {
@@ -166,7 +137,6 @@ pub async fn resolve(
             if !covered || !seen.insert((api.group.clone(), api.plural.clone())) {
                 continue;
             }
-            found_exact.insert((api.group.clone(), api.plural.clone()));
             let target = Target {
                 namespaced: caps.scope == Scope::Namespaced,
                 api,
@@ -183,27 +153,62 @@ pub async fn resolve(
             }
         }
     }
-    for selector in &selectors {
+    resolution.unusable.extend(not_served(&selectors, &seen));
+    resolution.targets.sort_by_key(Target::name);
+    resolution
+        .unusable
+        .sort_by(|a, b| a.resource.cmp(&b.resource));
+    Ok(resolution)
+}
+
+/// The API groups the selectors reach: every served group for `*`, else each one named, once.
+async fn groups_to_discover(
+    client: &kube::Client,
+    selectors: &[ResourceSelector],
+) -> Result<Vec<String>, RewriteError> {
+    if selectors.contains(&ResourceSelector::All) {
+        let all = kube::discovery::Discovery::new(client.clone())
+            .run()
+            .await
+            .map_err(|source| RewriteError::Discovery {
+                group: "*".into(),
+                source,
+            })?;
+        return Ok(all.groups().map(|g| g.name().to_string()).collect());
+    }
+    let mut groups: Vec<String> = Vec::new();
+    for selector in selectors {
+        let group = match selector {
+            ResourceSelector::Exact { group, .. } | ResourceSelector::Group(group) => group,
+            ResourceSelector::All => continue,
+        };
+        if !groups.contains(group) {
+            groups.push(group.clone());
+        }
+    }
+    Ok(groups)
+}
+
+/// The resources named exactly that discovery did not find (`found`: group and plural of each it did).
+fn not_served(selectors: &[ResourceSelector], found: &HashSet<(String, String)>) -> Vec<Unusable> {
+    let mut unusable = Vec::new();
+    for selector in selectors {
         if let ResourceSelector::Exact { group, resource } = selector
-            && !found_exact.contains(&(group.clone(), resource.clone()))
+            && !found.contains(&(group.clone(), resource.clone()))
         {
             let name = if group.is_empty() {
                 resource.clone()
             } else {
                 format!("{resource}.{group}")
             };
-            resolution.unusable.push(Unusable {
+            unusable.push(Unusable {
                 resource: name,
                 reason: "not served by the API server".into(),
                 from_wildcard: false,
             });
         }
     }
-    resolution.targets.sort_by_key(Target::name);
-    resolution
-        .unusable
-        .sort_by(|a, b| a.resource.cmp(&b.resource));
-    Ok(resolution)
+    unusable
 }
 
 /// The targets of resource strings that name resources exactly (`secrets`, `deployments.apps`), without asking the
