@@ -930,8 +930,8 @@ fn a_leftover_whose_old_container_holds_the_port_is_judged_by_the_new_one() {
     );
     assert!(
         b.records()["putBack"].is_null(),
-        "a node whose new container was kept is not marked put back: {}",
-        b.records()
+        "a node whose new container was kept is not marked put back: putBack {}",
+        b.records()["putBack"]
     );
     let out = b.run(&["up", "--yes"]);
     let stderr = String::from_utf8_lossy(&out.stderr);
