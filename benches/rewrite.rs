@@ -80,7 +80,9 @@ fn rss_child(kubeconfig: &Path) -> Result<()> {
             "vmhwm_kib": hwm_kib,
             "processed": report.processed(),
             "rewritten": report.rewritten,
+            "unchanged": report.unchanged,
             "errors": report.errors_total,
+            "first_errors": report.errors.iter().take(3).map(|e| e.error.clone()).collect::<Vec<_>>(),
             "seconds": report.elapsed.as_secs_f64(),
         })
     );
@@ -476,7 +478,10 @@ async fn peak_rss(bench: &Bench, expected: usize, bytes: usize, what: &str) -> R
     );
     let line = String::from_utf8_lossy(&output.stdout);
     let result: serde_json::Value = serde_json::from_str(line.trim())?;
-    bench.assert_all_on_write_key(expected as u64).await?;
+    bench
+        .assert_all_on_write_key(expected as u64)
+        .await
+        .with_context(|| format!("the rewrite reported {result}"))?;
     let mib = result["vmhwm_kib"].as_f64().unwrap_or_default() / 1024.0;
     let seconds = result["seconds"].as_f64().unwrap_or(1.0);
     println!(
