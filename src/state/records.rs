@@ -313,6 +313,16 @@ mod tests {
         }
     }
 
+    /// The sample records, with K1 recorded as deployed by an earlier run.
+    fn k1_recorded_earlier() -> AtrestState {
+        let mut records = sample();
+        records.deployed = Some(DeployedRecord {
+            config: Some(SecretString::new(K1.into())),
+            recorded_at: "earlier".into(),
+        });
+        records
+    }
+
     #[test]
     fn a_legacy_key_moves_out_of_the_state_once() {
         let mut s = state(Some(K1), Some(&sample()));
@@ -375,11 +385,7 @@ mod tests {
 
     #[test]
     fn a_dropped_key_is_archived_even_when_an_older_key_of_its_name_is() {
-        let mut records = sample();
-        records.deployed = Some(DeployedRecord {
-            config: Some(SecretString::new(K1.into())),
-            recorded_at: "earlier".into(),
-        });
+        let mut records = k1_recorded_earlier();
         // An earlier key reused the name with other material (a drifted file archived by a deploy, say).
         records.archive_key(
             "aescbc".into(),
@@ -414,11 +420,7 @@ mod tests {
 
     #[test]
     fn a_config_rke_replaced_is_taken_and_its_dropped_key_archived() {
-        let mut records = sample();
-        records.deployed = Some(DeployedRecord {
-            config: Some(SecretString::new(K1.into())),
-            recorded_at: "earlier".into(),
-        });
+        let mut records = k1_recorded_earlier();
         records.transition = None::<TransitionRecord>;
         let mut s = state(Some(K2), None);
         let j = reconcile(&mut s, Some(records), Path::new("c.atreststate"), NOW).unwrap();
