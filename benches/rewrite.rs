@@ -3,7 +3,8 @@
 //! (the real etcd and kube-apiserver as host processes) (see docs/benchmarks.md). Environment knobs:
 //! `ATREST_BENCH_OBJECTS` (10000), `ATREST_BENCH_RSS_OBJECTS` (100000, 0 to skip),
 //! `ATREST_BENCH_LARGE_OBJECTS` (2000 secrets of 1 MiB on a second etcd and server, 0 to skip),
-//! `ATREST_BENCH_MIXED_SMALL` (10000 secrets of ~2 KiB added among the large ones for the mixed row, 0 to skip),
+//! `ATREST_BENCH_MIXED_SMALL` and `ATREST_BENCH_MIXED_LARGE` (10000 secrets of ~2 KiB and 1000 of 0.5–1 MiB on
+//! a third etcd and server for the mixed row, 0 to skip),
 //! `ATREST_BENCH_CONCURRENCY` (adaptive,16,32,64,128,256: `adaptive` is the default setting, a number pins it),
 //! `ATREST_BENCH_SKIP_KUBECTL` (unset).
 
@@ -13,9 +14,12 @@ mod common;
 mod etcd_rates;
 
 use anyhow::{Context, Result, bail, ensure};
-use atrest::exec::etcd::{CensusOptions, Etcd, EtcdResource};
+use atrest::exec::etcd::{CensusOptions, Etcd, EtcdResource, EtcdTarget, EtcdTls};
 use atrest::exec::rewrite::{self, Concurrency, ProgressMode, RewriteOptions, Target};
-use common::{LocalApiserver, LocalEtcd, aescbc_config, private_loopback, random_key};
+use atrest::exec::sizes::StoredSizes;
+use common::{
+    ETCD_SERVER_NAME, LocalApiserver, LocalEtcd, aescbc_config, private_loopback, random_key,
+};
 use etcd_rates::{put_rate, read_then_put_rate};
 use futures::StreamExt;
 use k8s_openapi::ByteString;
@@ -23,9 +27,14 @@ use k8s_openapi::api::core::v1::{Namespace, Secret};
 use kube::api::{Api, ObjectMeta, PostParams};
 use std::collections::BTreeMap;
 use std::path::Path;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
+use zeroize::Zeroizing;
 
 const CHILD_ENV: &str = "ATREST_BENCH_CHILD_KUBECONFIG";
+/// The child's etcd: `<client url> <ca file> <client cert file> <client key file>`, for the census that sizes
+/// its list pages, as `atrest` takes one before each rewrite.
+const CHILD_ETCD_ENV: &str = "ATREST_BENCH_CHILD_ETCD";
 const NAMESPACES: usize = 10;
 /// The payload of a seeded secret: ~2 KiB, or a Helm-release-sized 1 MiB in the large-object run.
 const SMALL: usize = 2048;
@@ -57,6 +66,8 @@ fn main() -> Result<()> {
 
 /// Only the rewrite, in its own process, so VmHWM is the rewrite's peak and nothing else's.
 fn rss_child(kubeconfig: &Path) -> Result<()> {
+    // As `atrest`'s main does.
+    atrest::memory::return_large_blocks();
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()?;
@@ -66,7 +77,8 @@ fn rss_child(kubeconfig: &Path) -> Result<()> {
             progress: ProgressMode::Quiet,
             ..Default::default()
         };
-        anyhow::Ok(rewrite::rewrite(&client, &[Target::secrets()], &options).await)
+        let target = secrets_sized(&child_etcd().await?).await?;
+        anyhow::Ok(rewrite::rewrite(&client, &[target], &options).await)
     })?;
     let status = std::fs::read_to_string("/proc/self/status")?;
     let hwm_kib: u64 = status
@@ -87,6 +99,44 @@ fn rss_child(kubeconfig: &Path) -> Result<()> {
         })
     );
     Ok(())
+}
+
+/// The child's etcd client: the census `atrest` takes before a rewrite runs in this process, so its memory counts.
+async fn child_etcd() -> Result<Etcd> {
+    let spec = std::env::var(CHILD_ETCD_ENV).context("the child's etcd")?;
+    let [url, ca, cert, key] = spec.split(' ').collect::<Vec<_>>()[..] else {
+        bail!("{CHILD_ETCD_ENV}: four fields expected");
+    };
+    let etcd = Etcd::connect(&EtcdTarget {
+        endpoints: vec![url.to_string()],
+        tls: Some(EtcdTls {
+            ca_pem: std::fs::read(ca)?,
+            cert_pem: std::fs::read(cert)?,
+            key_pem: Zeroizing::new(std::fs::read(key)?),
+            server_name: Some(ETCD_SERVER_NAME.to_string()),
+        }),
+    })
+    .await?;
+    Ok(etcd)
+}
+
+async fn census_sizes(etcd: &Etcd) -> Result<StoredSizes> {
+    let census = etcd
+        .census(
+            &[EtcdResource::new("/registry", "", "secrets")],
+            None,
+            &CensusOptions::default(),
+        )
+        .await?;
+    Ok(census.resources["secrets"].sizes.clone())
+}
+
+/// The secrets, with the stored sizes a census taken now finds (what `atrest` knows when it rewrites).
+async fn secrets_sized(etcd: &Etcd) -> Result<Target> {
+    Ok(Target {
+        sizes: Some(Arc::new(census_sizes(etcd).await?)),
+        ..Target::secrets()
+    })
 }
 
 struct Bench {
@@ -142,6 +192,18 @@ impl Bench {
 
     async fn seed(&self, count: usize, start: usize, size: usize) -> Result<Duration> {
         let started = Instant::now();
+        self.seed_sized(count, start, |_| size).await?;
+        Ok(started.elapsed())
+    }
+
+    /// Seeds secrets `start..start + count` (the `i`th of `size(i)` bytes) into the bench's namespaces, creating
+    /// them first when `start` is 0; the bytes seeded in all.
+    async fn seed_sized(
+        &self,
+        count: usize,
+        start: usize,
+        size: impl Fn(usize) -> usize + Copy,
+    ) -> Result<usize> {
         if start == 0 {
             let namespaces: Api<Namespace> = Api::all(self.client.clone());
             for n in 0..NAMESPACES {
@@ -166,18 +228,18 @@ impl Bench {
                     },
                     data: Some(BTreeMap::from([(
                         "payload".to_string(),
-                        ByteString(vec![b'a' + (i % 26) as u8; size]),
+                        ByteString(vec![b'a' + (i % 26) as u8; size(i)]),
                     )])),
                     ..Default::default()
                 };
                 api.create(&PostParams::default(), &secret).await.is_err()
             })
-            .buffer_unordered(if size > SMALL { 16 } else { 64 })
+            .buffer_unordered(if size(start) > SMALL { 16 } else { 64 })
             .filter(|failed| std::future::ready(*failed))
             .count()
             .await;
         ensure!(failures == 0, "{failures} secrets could not be created");
-        Ok(started.elapsed())
+        Ok((start..start + count).map(size).sum())
     }
 
     /// All secrets on the current write key?
@@ -278,6 +340,8 @@ async fn run() -> Result<()> {
     let mut atrest_runs = Vec::new();
     for concurrency in concurrencies {
         bench.rotate().await?;
+        // Before the CPU probe: the census is not part of the rewrite's cost.
+        let target = secrets_sized(&bench.etcd).await?;
         let apiserver_pid = bench
             .apiserver
             .pid()
@@ -294,7 +358,7 @@ async fn run() -> Result<()> {
         };
         let name = setting_name(concurrency);
         let perf = perf_record(&name, &[apiserver_pid, etcd_pid, std::process::id()])?;
-        let report = rewrite::rewrite(&bench.client, &[Target::secrets()], &options).await;
+        let report = rewrite::rewrite(&bench.client, &[target], &options).await;
         perf_finish(perf)?;
         ensure!(
             report.is_success() && report.rewritten == objects as u64,
@@ -437,8 +501,8 @@ async fn run() -> Result<()> {
     }
 
     // 5. The same with Helm-release-sized secrets, on a second etcd and server (the first holds the small ones).
+    drop(bench);
     if large_objects > 0 {
-        drop(bench);
         let mut large = Bench::up(90).await?;
         let seeded = large.seed(large_objects, 0, LARGE).await?;
         println!(
@@ -448,15 +512,23 @@ async fn run() -> Result<()> {
         large.rotate().await?;
         let large_bytes = large_objects * LARGE;
         peak_rss(&large, large_objects, large_bytes, "secrets of 1 MiB").await?;
-        // 6. The mix: the same large secrets among many small ones (a cluster with Helm releases).
-        let mixed_small = env_usize("ATREST_BENCH_MIXED_SMALL", 10_000);
-        if mixed_small > 0 {
-            large.seed(mixed_small, large_objects, SMALL).await?;
-            large.rotate().await?;
-            let what = format!("secrets: {mixed_small} of ~2 KiB and {large_objects} of 1 MiB");
-            let bytes = large_bytes + mixed_small * SMALL;
-            peak_rss(&large, large_objects + mixed_small, bytes, &what).await?;
-        }
+    }
+    // 6. The mix: Helm-release-sized secrets of 0.5 to 1 MiB, each namespace's before its many small ones, so
+    // pages of small secrets run into large ones (a cluster with Helm releases). On a third etcd and server: with
+    // 2 GB stored, the 1 MiB row's etcd and kube-apiserver hold about 10 GB each, and the two rows' together do
+    // not fit on the 23 GiB machine.
+    let (mixed_small, mixed_large) = (
+        env_usize("ATREST_BENCH_MIXED_SMALL", 10_000),
+        env_usize("ATREST_BENCH_MIXED_LARGE", 1_000),
+    );
+    if mixed_small > 0 && mixed_large > 0 {
+        let mut mixed = Bench::up(91).await?;
+        let large_bytes = mixed.seed_sized(mixed_large, 0, helm_release_size).await?;
+        mixed.seed(mixed_small, mixed_large, SMALL).await?;
+        mixed.rotate().await?;
+        let what = format!("secrets: {mixed_small} of ~2 KiB and {mixed_large} of 0.5–1 MiB");
+        let bytes = large_bytes + mixed_small * SMALL;
+        peak_rss(&mixed, mixed_large + mixed_small, bytes, &what).await?;
     }
     println!(
         "load average at end: {}",
@@ -468,8 +540,16 @@ async fn run() -> Result<()> {
 /// A rewrite of every secret with the default settings, in a child process: its peak RSS and rate (objects/s,
 /// and MiB/s of payload: `bytes` in all).
 async fn peak_rss(bench: &Bench, expected: usize, bytes: usize, what: &str) -> Result<()> {
+    let pki = &bench.etcd_process.pki;
+    let etcd = [
+        bench.etcd_process.client_url.clone(),
+        pki.ca_file().display().to_string(),
+        pki.client_cert_file().display().to_string(),
+        pki.client_key_file().display().to_string(),
+    ];
     let output = std::process::Command::new(std::env::current_exe()?)
         .env(CHILD_ENV, &bench.apiserver.kubeconfig)
+        .env(CHILD_ETCD_ENV, etcd.join(" "))
         .output()?;
     ensure!(
         output.status.success(),
@@ -491,6 +571,11 @@ async fn peak_rss(bench: &Bench, expected: usize, bytes: usize, what: &str) -> R
         bytes as f64 / (1024.0 * 1024.0) / seconds
     );
     Ok(())
+}
+
+/// A Helm release's size for the `i`th large secret: from 0.5 MiB to 1 MiB, in 1 KiB steps.
+fn helm_release_size(i: usize) -> usize {
+    LARGE / 2 + (i * 1024) % (LARGE / 2 + 1024)
 }
 
 fn setting_name(concurrency: Concurrency) -> String {

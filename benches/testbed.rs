@@ -43,8 +43,8 @@
 use anyhow::{Context, Result, anyhow, bail, ensure};
 use etcd_client::{Certificate, Client, ConnectOptions, GetOptions, Identity, TlsOptions};
 use serde_json::Value;
-use std::collections::HashMap;
 use std::collections::hash_map::Entry;
+use std::collections::{BTreeMap, HashMap};
 use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
@@ -703,18 +703,34 @@ fn status_times() -> Result<Vec<(usize, Vec<StatusRun>)>> {
         let atrest = Atrest { tb: &tb };
         atrest.run(&["up", "--yes"])?;
         let mut runs = Vec::new();
+        let mut by_command = BTreeMap::new();
         for _ in 0..STATUS_RUNS {
             let (busy_before, atrest_before) = (machine_busy_seconds()?, children_cpu_seconds()?);
+            let commands_before = cpu_by_process();
             let (_, seconds) = atrest.timed(&["encrypt", "status"])?;
             let busy = machine_busy_seconds()? - busy_before;
             let own = children_cpu_seconds()? - atrest_before;
+            for (command, ticks) in cpu_since(&commands_before, &cpu_by_process()) {
+                *by_command.entry(command).or_insert(0u64) += ticks;
+            }
+            // The same time with no command: what the testbed's idle servers and daemons cost on their own.
+            let idle_before = machine_busy_seconds()?;
+            std::thread::sleep(Duration::from_secs_f64(seconds));
+            let idle = machine_busy_seconds()? - idle_before;
             println!(
-                "  CPU: atrest {own:.2} s; the whole machine {busy:.2} s busy of {:.2} s ({:.0} % of its cores)",
+                "  CPU: atrest {own:.2} s; the whole machine {busy:.2} s busy of {:.2} s ({:.0} % of its cores); \
+                 {idle:.2} s busy in as long without a command",
                 seconds * cores() as f64,
                 100.0 * busy / (seconds * cores() as f64)
             );
-            runs.push(StatusRun { seconds, own, busy });
+            runs.push(StatusRun {
+                seconds,
+                own,
+                busy,
+                idle,
+            });
         }
+        print_cpu_by_command(nodes, &by_command);
         runs.sort_by(|a, b| a.seconds.total_cmp(&b.seconds));
         times.push((nodes, runs));
     }
@@ -727,6 +743,54 @@ struct StatusRun {
     seconds: f64,
     own: f64,
     busy: f64,
+    /// Busy CPU seconds of the machine in as long a time right after, with no command running.
+    idle: f64,
+}
+
+/// CPU ticks of every process now, by (pid, start time): its own and its waited-for children's (a finished
+/// sshd session's CPU shows up in the sshd that waited for it), with its command name.
+fn cpu_by_process() -> BTreeMap<(u32, u64), (String, u64)> {
+    let Ok(entries) = std::fs::read_dir("/proc") else {
+        return BTreeMap::new();
+    };
+    entries
+        .filter_map(|e| e.ok()?.file_name().to_str()?.parse::<u32>().ok())
+        .filter_map(|pid| {
+            let stat = read_stat(&format!("/proc/{pid}/stat"))?;
+            let ticks = stat.utime + stat.stime + stat.cutime + stat.cstime;
+            Some(((pid, stat.starttime), (stat.comm, ticks)))
+        })
+        .collect()
+}
+
+/// Ticks each command name used between two [`cpu_by_process`] readings (processes gone by the second are left
+/// out: their CPU is in the parent that waited for them).
+fn cpu_since(
+    before: &BTreeMap<(u32, u64), (String, u64)>,
+    after: &BTreeMap<(u32, u64), (String, u64)>,
+) -> BTreeMap<String, u64> {
+    let mut used = BTreeMap::new();
+    for (key, (command, ticks)) in after {
+        let earlier = before.get(key).map_or(0, |(_, t)| *t);
+        *used.entry(command.clone()).or_insert(0) += ticks.saturating_sub(earlier);
+    }
+    used
+}
+
+/// The commands that used the most CPU over the status runs, per run.
+fn print_cpu_by_command(nodes: usize, by_command: &BTreeMap<String, u64>) {
+    let mut top: Vec<(&String, &u64)> = by_command.iter().collect();
+    top.sort_by(|a, b| b.1.cmp(a.1));
+    let per_run = |ticks: u64| ticks as f64 / ticks_per_second() / STATUS_RUNS as f64;
+    let listed: Vec<String> = top
+        .iter()
+        .take(8)
+        .map(|(command, ticks)| format!("{command} {:.2}", per_run(**ticks)))
+        .collect();
+    println!(
+        "  CPU by command, {nodes} node(s), s per status run: {}",
+        listed.join(", ")
+    );
 }
 
 /// CPU seconds the machine has spent busy since boot, over all cores (`/proc/stat`'s `cpu` line less idle and
@@ -756,14 +820,15 @@ fn print_status(status: &[(usize, Vec<StatusRun>)]) {
         let mean =
             |f: fn(&StatusRun) -> f64| runs.iter().map(f).sum::<f64>() / runs.len().max(1) as f64;
         println!(
-            "| `atrest encrypt status`, {nodes} node(s) | median {:.2} s (least {:.2}, most {:.2}; {} runs); CPU per run: atrest {:.2} s, whole machine {:.2} s busy of {} cores |",
+            "| `atrest encrypt status`, {nodes} node(s) | median {:.2} s (least {:.2}, most {:.2}; {} runs); CPU per run: atrest {:.2} s, whole machine {:.2} s busy of {} cores ({:.2} s in as long idle) |",
             median(runs),
             runs.first().map_or(f64::NAN, |r| r.seconds),
             runs.last().map_or(f64::NAN, |r| r.seconds),
             runs.len(),
             mean(|r| r.own),
             mean(|r| r.busy),
-            cores()
+            cores(),
+            mean(|r| r.idle)
         );
     }
     if let (Some((1, one)), Some((7, seven))) = (status.first(), status.last()) {

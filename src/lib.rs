@@ -13,6 +13,7 @@ pub mod gitcheck;
 pub mod gojson;
 pub mod kill_points;
 pub mod logging;
+pub mod memory;
 pub mod plan;
 pub mod secret;
 pub mod state;

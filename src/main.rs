@@ -2,6 +2,7 @@ use atrest::cli::{init_logging, parse, run};
 use std::process::ExitCode;
 
 fn main() -> ExitCode {
+    atrest::memory::return_large_blocks();
     // Usage errors exit 2 from here (clap; 1 with --detailed-exitcode); everything else is exit 1 below.
     let cli = parse();
     // Test builds only: the kill points FAILPOINTS names (a no-op otherwise).

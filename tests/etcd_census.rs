@@ -349,3 +349,52 @@ async fn census_pages_large_values_by_bytes() {
     assert_eq!(census.resources["secrets"].by_label["aesgcm:big"], 24);
     assert_eq!(census.off_target_total(), 0);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn census_records_the_largest_value_along_the_key_order() {
+    let process = LocalEtcd::start(95).unwrap();
+    let etcd = process.ready().await.unwrap();
+    // 300 small values, 5 of 200 KiB, 400 small: in key order (the order the API lists in).
+    let value = |bytes: usize| {
+        let mut v = b"k8s:enc:aescbc:v1:k:".to_vec();
+        v.resize(bytes, 0x5a);
+        v
+    };
+    for i in 0..705 {
+        let (group, bytes) = match i {
+            0..300 => ("a", 100),
+            300..305 => ("b", 200 * 1024),
+            _ => ("c", 100),
+        };
+        put(
+            &etcd,
+            &format!("/registry/secrets/{group}/s{i:03}"),
+            value(bytes),
+        )
+        .await;
+    }
+    let census = etcd
+        .census(&resources()[..1], None, &CensusOptions::default())
+        .await
+        .unwrap();
+    let sizes = &census.resources["secrets"].sizes;
+    assert_eq!(census.resources["secrets"].total, 705);
+    assert_eq!(
+        sizes.largest_near(0, 50),
+        100,
+        "the first segments are small"
+    );
+    assert_eq!(
+        sizes.largest_near(250, 20),
+        200 * 1024,
+        "the page reaching the large ones"
+    );
+    assert_eq!(
+        sizes.largest_near(560, 20),
+        100,
+        "small again two segments on"
+    );
+    // 500 objects would be 100 MiB of JSON if all were as large: a page there is cut to what fits 16 MiB.
+    assert!(sizes.page_limit(250, 500, 16 << 20) < 100);
+    assert_eq!(sizes.page_limit(0, 100, 16 << 20), 100);
+}

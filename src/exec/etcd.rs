@@ -5,6 +5,7 @@
 //! `k8s:enc:` prefix as it goes; only counts and a capped list of off-target keys are kept, so memory is bounded
 //! by one page whatever the cluster size.
 
+use crate::exec::sizes::{StoredSizes, blind_page_limit};
 use etcd_client::{Certificate, Client, ConnectOptions, GetOptions, Identity, TlsOptions};
 use sha2::{Digest, Sha256};
 use std::collections::BTreeMap;
@@ -188,7 +189,10 @@ impl Etcd {
         };
         let mut start = prefix.clone();
         let mut revision = 0i64;
-        let max_page = options.page_size.max(1);
+        // Sizes are not known before they are read, and they can jump (2 KiB Secrets, then a namespace of 1 MiB
+        // Helm releases), so a page is never more than a page of etcd's largest values could hold.
+        let blind = i64::try_from(blind_page_limit(options.page_bytes)).unwrap_or(i64::MAX);
+        let max_page = options.page_size.clamp(1, blind);
         // Start small and adapt to the value sizes, so a page stays near `page_bytes` even with 1 MiB objects.
         let mut limit = max_page.min(16);
         loop {
@@ -220,6 +224,9 @@ impl Etcd {
                             .push(String::from_utf8_lossy(item.key()).into_owned());
                     }
                 }
+                counted
+                    .sizes
+                    .record(counted.total as usize, item.value().len());
                 counted.total += 1;
                 *counted.by_label.entry(label).or_default() += 1;
             }
@@ -343,7 +350,7 @@ fn prefix_range_end(prefix: &[u8]) -> Vec<u8> {
 
 #[derive(Debug, Clone)]
 pub struct CensusOptions {
-    /// Most keys per range request.
+    /// Most keys per range request; never more than [`blind_page_limit`] of `page_bytes` (42 for 8 MiB).
     pub page_size: i64,
     /// Aim for pages of about this many bytes (the page size adapts between 1 and `page_size`); memory is
     /// about one page.
@@ -480,6 +487,9 @@ pub struct ResourceCensus {
     pub off_target: Vec<String>,
     /// All keys not on the write label (may exceed `off_target.len()`).
     pub off_target_count: u64,
+    /// How large the stored values are along the key order (the order the API lists in).
+    #[serde(skip)]
+    pub sizes: StoredSizes,
 }
 
 impl ResourceCensus {

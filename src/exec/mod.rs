@@ -17,5 +17,6 @@ pub mod retry_after;
 pub mod rewrite;
 pub mod rke_state;
 pub mod root;
+pub mod sizes;
 pub mod ssh;
 pub mod tunnel;

@@ -768,6 +768,14 @@ impl Session {
             .await?
             .census(&etcd_resources, write_label, &options)
             .await?;
+        let targets = targets
+            .into_iter()
+            .zip(&etcd_resources)
+            .map(|(target, stored)| RewriteTarget {
+                sizes: (census.resources.get(&stored.name)).map(|r| Arc::new(r.sizes.clone())),
+                ..target
+            })
+            .collect();
         Ok((targets, census))
     }
 

@@ -6,26 +6,37 @@
 //! - list pages adapt their `limit` so that a page holds about `page_bytes` ([`next_limit`]; the first page is
 //!   small, since nothing is known yet). Sizes can jump from one page to the next (a namespace of small
 //!   Secrets, then one of Helm releases), so the limit also never exceeds what keeps a page of the largest
-//!   objects etcd stores ([`MAX_OBJECT_BYTES`]) under `8 × page_bytes` ([`max_limit`]);
+//!   objects etcd stores ([`sizes::MAX_STORED_BYTES`]) under `8 × page_bytes` ([`max_limit`]). When a census has just
+//!   recorded the stored sizes along the key order ([`crate::exec::sizes`]), each page is instead cut before it
+//!   can reach more than `2 × page_bytes` ([`largest_page`]), and pages of small objects may hold `page_size`;
 //! - objects between the lister and the end of their write (queued or being written) hold a share of a
 //!   [`ByteBudget`] of `queue_bytes`: the lister waits for room before it queues one more.
 //!
 //! Sizes are the object's JSON length ([`json_size`]), counted without building the text.
 
+use crate::exec::sizes;
 use kube::api::DynamicObject;
 use std::sync::Arc;
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
-/// The largest value etcd accepts by default (`--max-request-bytes`, 1.5 MiB): no stored object is larger.
-pub(super) const MAX_OBJECT_BYTES: usize = 3 << 19;
-
-/// The most objects a page may ask for: `page_size`, but no more than `8 × page_bytes` of the largest
-/// objects (42 for the default 8 MiB).
+/// The most objects a page may ask for without a census's sizes: `page_size`, but no more than
+/// [`sizes::blind_page_limit`] (42 for the default 8 MiB).
 pub(super) fn max_limit(page_size: u32, page_bytes: usize) -> u32 {
-    let fit = page_bytes.saturating_mul(8) / MAX_OBJECT_BYTES;
-    u32::try_from(fit)
+    u32::try_from(sizes::blind_page_limit(page_bytes))
         .unwrap_or(u32::MAX)
         .clamp(1, page_size.max(1))
+}
+
+/// The most JSON one page may bring when a census told the stored sizes ([`crate::exec::sizes`]): a page is
+/// cut before it reaches more large objects than this holds.
+pub(super) fn largest_page(page_bytes: usize) -> usize {
+    page_bytes.saturating_mul(2)
+}
+
+/// What an object of `json_size` bytes takes from the budget: itself and, while it is written, the request
+/// body serialized from it (its answer is another copy, for a shorter time).
+pub(super) fn share_of(json_size: usize) -> usize {
+    json_size.saturating_mul(2)
 }
 
 /// The budget is kept in units of this many bytes (a semaphore counts in `u32`).
@@ -139,7 +150,6 @@ mod tests {
         assert_eq!(first_limit(0), 1);
         // The hard ceiling: a page of the largest objects stays under 8 × page_bytes.
         assert_eq!(max_limit(500, 8 * MIB), 42);
-        const { assert!(42 * MAX_OBJECT_BYTES <= 64 * MIB) };
         assert_eq!(max_limit(500, MIB), 5);
         assert_eq!(max_limit(5, 64 * MIB), 5);
         assert_eq!(max_limit(500, 1000), 1);

@@ -12,9 +12,11 @@ use super::budget::{self, ByteBudget};
 use super::report::{ObjectError, Stats};
 use super::writer::{paced, retry_after_error};
 use super::{Queued, ResourceRun, RewriteOptions};
+use crate::exec::sizes::StoredSizes;
 use kube::api::{Api, DynamicObject, ListParams, ObjectList, TypeMeta};
 use sha2::{Digest, Sha256};
 use std::collections::HashSet;
+use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use tokio::sync::mpsc::Sender;
 
@@ -35,6 +37,10 @@ struct Cursor {
     attempt: u32,
     limit: u32,
     max_limit: u32,
+    /// Objects listed since the listing (last) started from the beginning: where the next page starts in the
+    /// key order a census recorded `sizes` in.
+    position: usize,
+    sizes: Option<Arc<StoredSizes>>,
 }
 
 /// What one page request came to.
@@ -47,9 +53,14 @@ enum Fetched {
 }
 
 impl Cursor {
-    fn new(options: &RewriteOptions) -> Self {
-        let max_limit = budget::max_limit(options.page_size, options.page_bytes);
-        Self {
+    /// With `sizes` known, a page may hold up to `page_size` objects, as each page is cut before it reaches
+    /// large ones; without, never more than a page of the largest objects etcd stores allows.
+    fn new(options: &RewriteOptions, sizes: Option<Arc<StoredSizes>>) -> Self {
+        let max_limit = match sizes {
+            Some(_) => options.page_size.max(1),
+            None => budget::max_limit(options.page_size, options.page_bytes),
+        };
+        let mut cursor = Self {
             token: None,
             first_page: true,
             restarted: false,
@@ -58,6 +69,19 @@ impl Cursor {
             attempt: 0,
             limit: budget::first_limit(max_limit),
             max_limit,
+            position: 0,
+            sizes,
+        };
+        cursor.cut_to_sizes(options.page_bytes);
+        cursor
+    }
+
+    /// Lower the limit so that the next page stays under [`budget::largest_page`] even if every object it can
+    /// reach is the largest the census saw near there.
+    fn cut_to_sizes(&mut self, page_bytes: usize) {
+        if let Some(sizes) = &self.sizes {
+            let most = budget::largest_page(page_bytes);
+            self.limit = sizes.page_limit(self.position, self.limit, most);
         }
     }
 
@@ -81,6 +105,9 @@ impl Cursor {
             return false;
         }
         self.handed_out_at_last_restart = handed_out;
+        if fresh_token.is_none() {
+            self.position = 0;
+        }
         self.first_page = fresh_token.is_none();
         self.token = fresh_token;
         self.restarted = true;
@@ -98,13 +125,15 @@ impl Cursor {
             sizes.len(),
             page_bytes,
         );
+        self.position += page.items.len();
+        self.cut_to_sizes(page_bytes);
     }
 }
 
 impl ResourceRun<'_> {
     /// Page through the resource and queue every object not yet handed out (and wanted), starting again on a 410.
     pub(super) async fn list_into(&self, sender: Sender<Queued>, budget: &ByteBudget) {
-        let mut cursor = Cursor::new(self.options);
+        let mut cursor = Cursor::new(self.options, self.target.sizes.clone());
         let mut handed_out: HashSet<u128> = HashSet::new();
         let mut matched = 0usize;
         loop {
@@ -209,7 +238,7 @@ impl ResourceRun<'_> {
                 kind: self.target.api.kind.clone(),
             });
             let share = tokio::select! {
-                share = budget.take(size) => share,
+                share = budget.take(budget::share_of(size)) => share,
                 () = self.options.cancel.cancelled() => return None,
             };
             if sender.send((object, share)).await.is_err() {
@@ -243,7 +272,7 @@ mod tests {
     use super::*;
 
     fn cursor() -> Cursor {
-        Cursor::new(&RewriteOptions::default())
+        Cursor::new(&RewriteOptions::default(), None)
     }
 
     fn page(token: &str, objects: usize) -> ObjectList<DynamicObject> {
@@ -266,6 +295,40 @@ mod tests {
         assert_eq!(c.params().continue_token.as_deref(), Some("next"));
         c.advance(&page("", 1), &[10], 1 << 20);
         assert_eq!(c.token, None, "an empty continue token is the end");
+    }
+
+    /// Pages a cursor through 5 000 Secrets of 2 KiB followed by 200 of 1 MiB (1.33 MiB of JSON each):
+    /// the largest page in JSON bytes, and the most objects in one page.
+    fn walk_small_then_large(sizes: Option<Arc<StoredSizes>>) -> (usize, u32) {
+        const MIB: usize = 1 << 20;
+        let options = RewriteOptions::default();
+        let json = |i: usize| if i < 5_000 { 2_800 } else { MIB * 4 / 3 };
+        let mut c = Cursor::new(&options, sizes);
+        let (mut at, mut largest_page, mut most) = (0, 0, 0);
+        while at < 5_200 {
+            let n = (c.limit as usize).min(5_200 - at);
+            let bytes: Vec<usize> = (at..at + n).map(json).collect();
+            largest_page = largest_page.max(bytes.iter().sum());
+            most = most.max(c.limit);
+            c.advance(&page("more", n), &bytes, options.page_bytes);
+            at += n;
+        }
+        (largest_page, most)
+    }
+
+    #[test]
+    fn with_the_census_sizes_a_page_is_cut_before_the_large_objects() {
+        let mut sizes = StoredSizes::default();
+        for i in 0..5_200 {
+            sizes.record(i, if i < 5_000 { 2_100 } else { 1 << 20 });
+        }
+        let (largest, most) = walk_small_then_large(Some(Arc::new(sizes)));
+        assert!(largest <= 16 << 20, "{largest} bytes in one page");
+        assert_eq!(most, 500, "pages of small objects grow to page_size");
+        // Without the sizes, the blind cap lets one page bring 42 of them (56 MiB).
+        let (largest, most) = walk_small_then_large(None);
+        assert!(largest > 50 << 20, "{largest}");
+        assert_eq!(most, 42);
     }
 
     #[test]

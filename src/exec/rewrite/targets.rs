@@ -2,9 +2,11 @@
 //! discovery to served resources that can be listed and updated.
 
 use crate::exec::etcd::EtcdResource;
+use crate::exec::sizes::StoredSizes;
 use kube::api::ApiResource;
 use kube::discovery::{self, ApiCapabilities, Scope, verbs};
 use std::collections::HashSet;
+use std::sync::Arc;
 
 /// One entry of an EncryptionConfiguration's `resources:` list, parsed as upstream does
 /// (`schema.ParseGroupResource`: split at the first `.`).
@@ -37,6 +39,8 @@ impl ResourceSelector {
 pub struct Target {
     pub api: ApiResource,
     pub namespaced: bool,
+    /// Stored sizes from a census taken just before, if any: list pages are then sized before they are fetched.
+    pub sizes: Option<Arc<StoredSizes>>,
 }
 
 impl Target {
@@ -73,6 +77,7 @@ impl Target {
                 plural: plural.into(),
             },
             namespaced: true,
+            sizes: None,
         }
     }
 }
@@ -140,6 +145,7 @@ pub async fn resolve(
             let target = Target {
                 namespaced: caps.scope == Scope::Namespaced,
                 api,
+                sizes: None,
             };
             match missing_verbs(&caps) {
                 None => resolution.targets.push(target),
@@ -236,6 +242,7 @@ pub fn resolve_without_api(resource_strings: &[String]) -> Option<Vec<Target>> {
                 plural: resource,
             },
             namespaced: true,
+            sizes: None,
         });
     }
     targets.sort_by_key(Target::name);
