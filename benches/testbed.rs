@@ -33,12 +33,14 @@
 //! - kubectl on the same stale data (unless skipped): the documentation's `kubectl get | kubectl replace`, and
 //!   what a practised operator scripts: one list, split into 16 shards, 16 `kubectl replace` in parallel; atrest
 //!   default / 16 shards (target ≥ 1.5×), atrest default / documentation pipeline (target ≥ 5×), atrest best /
-//!   pipeline (target ≥ 20×).
+//!   pipeline (target ≥ 20×). Before them, the same stale data rewritten by `atrest encrypt reencrypt` (stepwise:
+//!   no restarts). For each of the three the log shows the servers' CPU during the rewrite alone, per object.
 //! - The ceilings on the same 3-member etcd: raw puts, raw get + conditional put, and atrest's best against them.
 //! - The real `rke encrypt rotate-key` on the same cluster (unless skipped), sampled: its rewrite's rate over
 //!   [`RKE_SAMPLE`], counted in etcd, and atrest's default against it. `rke` is stopped after the sample.
 //! - `atrest encrypt status` on 1 and on 7 nodes: median, least and most of [`STATUS_RUNS`] runs, and the ratio
-//!   (target: 7 nodes within 1.5× of 1).
+//!   (target: 7 nodes within 1.5× of 1). The log shows the CPU every command name used per run (a profile of
+//!   where the machine's time goes) and the machine's busy CPU in as long a time right after, with no command.
 
 use anyhow::{Context, Result, anyhow, bail, ensure};
 use etcd_client::{Certificate, Client, ConnectOptions, GetOptions, Identity, TlsOptions};
@@ -387,10 +389,12 @@ struct KubectlRates {
 /// The documentation's pipeline, then the sharded run; each on its own stale data (through node 1).
 fn kubectl_runs(tb: &Testbed, atrest: &Atrest, objects: usize) -> Result<KubectlRates> {
     let kubeconfig = tb.kubeconfig();
-    let pipeline = on_stale_data(atrest, "kubectl get | kubectl replace", || {
+    atrest_stepwise_rewrite(tb, atrest, objects)?;
+    let pipeline = on_stale_data(tb, atrest, "kubectl get | kubectl replace", || {
         documentation_pipeline(&kubeconfig, objects)
     })?;
     let shards = on_stale_data(
+        tb,
         atrest,
         &format!("kubectl get, {SHARDS} parallel kubectl replace"),
         || sharded_replace(&kubeconfig),
@@ -398,17 +402,48 @@ fn kubectl_runs(tb: &Testbed, atrest: &Atrest, objects: usize) -> Result<Kubectl
     Ok(KubectlRates { pipeline, shards })
 }
 
+/// For the servers' CPU per object of atrest's rewrite alone (a rotate-key's also counts the restarts): the
+/// stepwise verbs make every secret stale, and `atrest encrypt reencrypt` (census, rewrite, census) is measured.
+fn atrest_stepwise_rewrite(tb: &Testbed, atrest: &Atrest, objects: usize) -> Result<()> {
+    atrest.run(&["encrypt", "prepare", "--yes"])?;
+    atrest.run(&["encrypt", "rotate", "--yes"])?;
+    let ((out, seconds), servers) =
+        ServerCpu::during(tb, || atrest.timed(&["encrypt", "reencrypt", "--yes"]))?;
+    let rewrite = rewrite_rate(&out)?;
+    ensure!(
+        rewrite.rewritten == objects as u64,
+        "encrypt reencrypt rewrote {}",
+        rewrite.rewritten
+    );
+    println!(
+        "atrest encrypt reencrypt ({seconds:.1} s): {}\n  CPU of the servers during it: kube-apiservers {:.1} s, \
+         etcd {:.1} s: {:.2} ms per object",
+        rewrite.line,
+        servers.apiservers,
+        servers.etcd,
+        1000.0 * (servers.apiservers + servers.etcd) / objects.max(1) as f64
+    );
+    Ok(())
+}
+
 /// The stepwise verbs make every secret stale (prepare + rotate), `rewrite` rewrites them (it returns how many
 /// objects it wrote and its seconds), and `reencrypt` finishes the stage: its census must find nothing left, so
-/// `rewrite` did the whole job. Returns `rewrite`'s rate.
+/// `rewrite` did the whole job. Returns `rewrite`'s rate, and prints the servers' CPU during `rewrite` alone.
 fn on_stale_data(
+    tb: &Testbed,
     atrest: &Atrest,
     what: &str,
     rewrite: impl FnOnce() -> Result<(usize, f64)>,
 ) -> Result<f64> {
     atrest.run(&["encrypt", "prepare", "--yes"])?;
     atrest.run(&["encrypt", "rotate", "--yes"])?;
-    let (count, seconds) = rewrite()?;
+    let ((count, seconds), servers) = ServerCpu::during(tb, rewrite)?;
+    println!(
+        "  CPU of the servers during it: kube-apiservers {:.1} s, etcd {:.1} s: {:.2} ms per object",
+        servers.apiservers,
+        servers.etcd,
+        1000.0 * (servers.apiservers + servers.etcd) / count.max(1) as f64
+    );
     let out = atrest.run(&["encrypt", "reencrypt", "--yes"])?;
     ensure!(
         out.contains("secrets → ") && out.contains(": nothing to rewrite"),
