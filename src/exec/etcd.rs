@@ -5,7 +5,7 @@
 //! `k8s:enc:` prefix as it goes; only counts and a capped list of off-target keys are kept, so memory is bounded
 //! by one page whatever the cluster size.
 
-use crate::exec::sizes::{StoredSizes, blind_page_limit};
+use crate::exec::sizes::{StoredSizes, blind_page_limit, next_page_limit};
 use etcd_client::{Certificate, Client, ConnectOptions, GetOptions, Identity, TlsOptions};
 use sha2::{Digest, Sha256};
 use std::collections::BTreeMap;
@@ -189,10 +189,7 @@ impl Etcd {
         };
         let mut start = prefix.clone();
         let mut revision = 0i64;
-        // Sizes are not known before they are read, and they can jump (2 KiB Secrets, then a namespace of 1 MiB
-        // Helm releases), so a page is never more than a page of etcd's largest values could hold.
-        let blind = i64::try_from(blind_page_limit(options.page_bytes)).unwrap_or(i64::MAX);
-        let max_page = options.page_size.clamp(1, blind);
+        let max_page = census_max_page(options);
         // Start small and adapt to the value sizes, so a page stays near `page_bytes` even with 1 MiB objects.
         let mut limit = max_page.min(16);
         loop {
@@ -306,7 +303,7 @@ impl Etcd {
     }
 }
 
-/// The next page size: scaled so the next page holds about `target_bytes`, at most doubling per step.
+/// The next page size ([`next_page_limit`]) in etcd's `i64`.
 fn next_limit(
     limit: i64,
     max_page: i64,
@@ -314,12 +311,23 @@ fn next_limit(
     items: usize,
     target_bytes: usize,
 ) -> i64 {
-    if items == 0 || page_bytes == 0 {
-        return (limit * 2).clamp(1, max_page);
-    }
-    let average = (page_bytes / items).max(1);
-    let fitting = i64::try_from(target_bytes / average).unwrap_or(i64::MAX);
-    fitting.min(limit.saturating_mul(2)).clamp(1, max_page)
+    let as_usize = |n: i64| usize::try_from(n).unwrap_or(0);
+    let next = next_page_limit(
+        as_usize(limit),
+        as_usize(max_page),
+        page_bytes,
+        items,
+        target_bytes,
+    );
+    i64::try_from(next).unwrap_or(i64::MAX)
+}
+
+/// The most keys a census page asks for: `page_size`, but never more than [`blind_page_limit`] of `page_bytes`,
+/// since a value's size is not known before it is read and sizes can jump (2 KiB Secrets, then a namespace of
+/// 1 MiB Helm releases).
+fn census_max_page(options: &CensusOptions) -> i64 {
+    let blind = i64::try_from(blind_page_limit(options.page_bytes)).unwrap_or(i64::MAX);
+    options.page_size.clamp(1, blind)
 }
 
 fn open_private(path: &Path) -> std::io::Result<std::fs::File> {
@@ -759,6 +767,21 @@ mod tests {
             EtcdResource::new("/", "", "secrets").key_prefix,
             "/secrets/"
         );
+    }
+
+    #[test]
+    fn a_census_page_never_asks_for_more_than_a_page_of_the_largest_values_holds() {
+        let options = |page_size, page_bytes| CensusOptions {
+            page_size,
+            page_bytes,
+            ..CensusOptions::default()
+        };
+        // 500 keys of up to 1.5 MiB would be 750 MiB, over the 256 MiB a response may have.
+        assert_eq!(census_max_page(&CensusOptions::default()), 42);
+        assert_eq!(census_max_page(&options(20, 8 << 20)), 20);
+        assert_eq!(census_max_page(&options(500, 1024)), 1);
+        assert_eq!(census_max_page(&options(0, 8 << 20)), 1);
+        const { assert!(42 * crate::exec::sizes::MAX_STORED_BYTES < MAX_RESPONSE_BYTES) };
     }
 
     #[test]

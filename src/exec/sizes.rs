@@ -18,6 +18,27 @@ pub fn blind_page_limit(page_bytes: usize) -> usize {
     (page_bytes.saturating_mul(8) / MAX_STORED_BYTES).max(1)
 }
 
+/// The next page's limit from the last page (`page_bytes` over `items` objects, asked with `limit`): as many
+/// objects as fit `target_bytes` at the last page's average size, at most doubling per page, between 1 and
+/// `max_page`. An empty page says nothing of sizes: it doubles. The census's pages and the rewrite's lists both
+/// adapt by it.
+pub fn next_page_limit(
+    limit: usize,
+    max_page: usize,
+    page_bytes: usize,
+    items: usize,
+    target_bytes: usize,
+) -> usize {
+    let max_page = max_page.max(1);
+    if items == 0 || page_bytes == 0 {
+        return limit.saturating_mul(2).clamp(1, max_page);
+    }
+    let average = (page_bytes / items).max(1);
+    (target_bytes / average)
+        .min(limit.saturating_mul(2))
+        .clamp(1, max_page)
+}
+
 /// Keys per segment: a 100 000-object resource costs 4 KB.
 pub const SEGMENT: usize = 100;
 

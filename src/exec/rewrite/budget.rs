@@ -86,8 +86,7 @@ impl ByteBudget {
     }
 }
 
-/// The next list page size: scaled so the next page holds about `target_bytes` given the last page's
-/// `page_bytes` over `items` objects, at most doubling per step, between 1 and `max_page`.
+/// The next list page size ([`sizes::next_page_limit`]) in the API's `u32`.
 pub(super) fn next_limit(
     limit: u32,
     max_page: u32,
@@ -95,13 +94,14 @@ pub(super) fn next_limit(
     items: usize,
     target_bytes: usize,
 ) -> u32 {
-    let max_page = max_page.max(1);
-    if items == 0 || page_bytes == 0 {
-        return limit.saturating_mul(2).clamp(1, max_page);
-    }
-    let average = (page_bytes / items).max(1);
-    let fitting = u32::try_from(target_bytes / average).unwrap_or(u32::MAX);
-    fitting.min(limit.saturating_mul(2)).clamp(1, max_page)
+    let next = sizes::next_page_limit(
+        limit as usize,
+        max_page as usize,
+        page_bytes,
+        items,
+        target_bytes,
+    );
+    u32::try_from(next).unwrap_or(u32::MAX)
 }
 
 /// The first page's limit: small, as nothing is known about the sizes yet.
